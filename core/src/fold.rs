@@ -1,0 +1,549 @@
+//! The deterministic fold: `(state, position, record) -> (state', outcome)`.
+//!
+//! The projector folds every record into the views, and replay folds the whole
+//! log the same way, so every decision that needs serialising is taken here, in
+//! log order: the first signup of a username wins, a room admits joins up to its
+//! capacity, only members post or read, a repeated `client_msg_id` returns the
+//! first message. The fold reads nothing but `state`, the record and its
+//! position; it reads only state written by records with the same partition key,
+//! so partitions can be folded in any interleaving with the same result.
+
+use crate::ids::{LogPosition, normalize_username};
+use crate::record::Record;
+use crate::view::{FoldState, MemberView, MessageView, RoomView, SessionView, UserView, ViewKey, ViewValue};
+
+/// What the fold decided about one record.
+pub type Outcome = Result<Accepted, Rejection>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    SignedUp { user_id: String },
+    AccountDeleted,
+    AccountRestored,
+    SessionRevoked,
+    RoomCreated(RoomView),
+    /// `changed` is false when the user already was a member (a no-op join).
+    Joined { member_count: u32, changed: bool },
+    Quit { member_count: u32 },
+    /// `duplicate` when the `client_msg_id` was seen before: `message_id` is then
+    /// the first message's id and nothing was stored.
+    Posted { message_id: String, duplicate: bool },
+    ReadMarkerSet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("username is taken")]
+    UsernameTaken,
+    #[error("no such user")]
+    UnknownUser,
+    #[error("room id already exists")]
+    RoomExists,
+    #[error("room not found")]
+    RoomNotFound,
+    #[error("room is full")]
+    RoomFull,
+    #[error("not a member of this room")]
+    NotMember,
+    #[error("message not found in this room")]
+    MessageNotFound,
+}
+
+/// The keys `fold` may read for `record`. The projector prefetches exactly these
+/// before folding a batch; the fold never reads anything else.
+pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
+    match record {
+        Record::UserSignedUp(r) => vec![
+            ViewKey::Username(normalize_username(&r.username)),
+            ViewKey::User(r.user_id.clone()),
+        ],
+        Record::AccountDeleted(r) => vec![ViewKey::User(r.user_id.clone())],
+        Record::AccountRestored(r) => vec![ViewKey::User(r.user_id.clone())],
+        Record::SessionRevoked(_) => vec![],
+        Record::RoomCreated(r) => vec![ViewKey::Room(r.room_id.clone())],
+        Record::MemberJoined(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
+        Record::MemberQuit(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
+        Record::MessagePosted(r) => vec![
+            ViewKey::Room(r.room_id.clone()),
+            member(&r.room_id, &r.author_id),
+            ViewKey::ClientMsg {
+                room_id: r.room_id.clone(),
+                user_id: r.author_id.clone(),
+                client_msg_id: r.client_msg_id.clone(),
+            },
+        ],
+        Record::ReadMarkerSet(r) => vec![
+            ViewKey::Room(r.room_id.clone()),
+            member(&r.room_id, &r.user_id),
+            ViewKey::Message {
+                room_id: r.room_id.clone(),
+                message_id: r.message_id.clone(),
+            },
+        ],
+    }
+}
+
+fn member(room_id: &str, user_id: &str) -> ViewKey {
+    ViewKey::Member {
+        room_id: room_id.to_owned(),
+        user_id: user_id.to_owned(),
+    }
+}
+
+fn get_user(s: &impl FoldState, id: &str) -> Option<UserView> {
+    match s.get(&ViewKey::User(id.to_owned())) {
+        Some(ViewValue::User(u)) => Some(u.clone()),
+        _ => None,
+    }
+}
+
+fn get_room(s: &impl FoldState, id: &str) -> Option<RoomView> {
+    match s.get(&ViewKey::Room(id.to_owned())) {
+        Some(ViewValue::Room(r)) => Some(r.clone()),
+        _ => None,
+    }
+}
+
+fn get_member(s: &impl FoldState, room_id: &str, user_id: &str) -> Option<MemberView> {
+    match s.get(&member(room_id, user_id)) {
+        Some(ViewValue::Member(m)) => Some(m.clone()),
+        _ => None,
+    }
+}
+
+fn put_room(s: &mut impl FoldState, room: RoomView) {
+    s.put(ViewKey::Room(room.room_id.clone()), ViewValue::Room(room));
+}
+
+fn put_member(s: &mut impl FoldState, m: MemberView) {
+    s.put(member(&m.room_id, &m.user_id), ViewValue::Member(m));
+}
+
+/// Folds one record into `state` and says what was decided.
+pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Outcome {
+    match record {
+        Record::UserSignedUp(r) => {
+            let name_key = ViewKey::Username(normalize_username(&r.username));
+            if state.get(&name_key).is_some() {
+                return Err(Rejection::UsernameTaken);
+            }
+            if state.get(&ViewKey::User(r.user_id.clone())).is_some() {
+                // A random id collided; refuse rather than merge two accounts.
+                return Err(Rejection::UsernameTaken);
+            }
+            state.put(name_key, ViewValue::Username(r.user_id.clone()));
+            state.put(
+                ViewKey::User(r.user_id.clone()),
+                ViewValue::User(UserView {
+                    user_id: r.user_id.clone(),
+                    username: normalize_username(&r.username),
+                    password_hash: r.password_hash.clone(),
+                    created_at: r.at,
+                    deleted_at: None,
+                }),
+            );
+            Ok(Accepted::SignedUp {
+                user_id: r.user_id.clone(),
+            })
+        }
+        Record::AccountDeleted(r) => {
+            let mut user = get_user(state, &r.user_id).ok_or(Rejection::UnknownUser)?;
+            if user.deleted_at.is_none() {
+                user.deleted_at = Some(r.at);
+                state.put(ViewKey::User(user.user_id.clone()), ViewValue::User(user));
+            }
+            Ok(Accepted::AccountDeleted)
+        }
+        Record::AccountRestored(r) => {
+            let mut user = get_user(state, &r.user_id).ok_or(Rejection::UnknownUser)?;
+            if user.deleted_at.is_some() {
+                user.deleted_at = None;
+                state.put(ViewKey::User(user.user_id.clone()), ViewValue::User(user));
+            }
+            Ok(Accepted::AccountRestored)
+        }
+        Record::SessionRevoked(r) => {
+            state.put(
+                ViewKey::Session(r.session_id.clone()),
+                ViewValue::Session(SessionView {
+                    session_id: r.session_id.clone(),
+                    user_id: r.user_id.clone(),
+                    revoked_at: r.at,
+                    expires_at: r.expires_at,
+                }),
+            );
+            Ok(Accepted::SessionRevoked)
+        }
+        Record::RoomCreated(r) => {
+            if get_room(state, &r.room_id).is_some() {
+                return Err(Rejection::RoomExists);
+            }
+            let room = RoomView {
+                room_id: r.room_id.clone(),
+                name: r.name.clone(),
+                capacity: r.capacity.max(1) as u32,
+                owner_id: r.owner_id.clone(),
+                created_at: r.at,
+                member_count: 1,
+                message_count: 0,
+                last_message_id: None,
+            };
+            put_member(
+                state,
+                MemberView {
+                    room_id: r.room_id.clone(),
+                    user_id: r.owner_id.clone(),
+                    username: r.owner_name.clone(),
+                    joined_at: r.at,
+                    read_seq: 0,
+                    last_read_message_id: None,
+                },
+            );
+            put_room(state, room.clone());
+            Ok(Accepted::RoomCreated(room))
+        }
+        Record::MemberJoined(r) => {
+            let mut room = get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
+            if get_member(state, &r.room_id, &r.user_id).is_some() {
+                return Ok(Accepted::Joined {
+                    member_count: room.member_count,
+                    changed: false,
+                });
+            }
+            if room.member_count >= room.capacity {
+                return Err(Rejection::RoomFull);
+            }
+            room.member_count += 1;
+            let member_count = room.member_count;
+            put_member(
+                state,
+                MemberView {
+                    room_id: r.room_id.clone(),
+                    user_id: r.user_id.clone(),
+                    username: r.username.clone(),
+                    joined_at: r.at,
+                    read_seq: room.message_count,
+                    last_read_message_id: room.last_message_id.clone(),
+                },
+            );
+            put_room(state, room);
+            Ok(Accepted::Joined {
+                member_count,
+                changed: true,
+            })
+        }
+        Record::MemberQuit(r) => {
+            let mut room = get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
+            if get_member(state, &r.room_id, &r.user_id).is_none() {
+                return Err(Rejection::NotMember);
+            }
+            state.delete(&member(&r.room_id, &r.user_id));
+            room.member_count = room.member_count.saturating_sub(1);
+            let member_count = room.member_count;
+            put_room(state, room);
+            Ok(Accepted::Quit { member_count })
+        }
+        Record::MessagePosted(r) => {
+            let mut room = get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
+            let mut author = get_member(state, &r.room_id, &r.author_id).ok_or(Rejection::NotMember)?;
+            let cm_key = ViewKey::ClientMsg {
+                room_id: r.room_id.clone(),
+                user_id: r.author_id.clone(),
+                client_msg_id: r.client_msg_id.clone(),
+            };
+            if let Some(ViewValue::ClientMsg(first)) = state.get(&cm_key) {
+                return Ok(Accepted::Posted {
+                    message_id: first.clone(),
+                    duplicate: true,
+                });
+            }
+            let message_id = pos.to_id();
+            room.message_count += 1;
+            room.last_message_id = Some(message_id.clone());
+            let seq = room.message_count;
+            state.put(cm_key, ViewValue::ClientMsg(message_id.clone()));
+            state.put(
+                ViewKey::Message {
+                    room_id: r.room_id.clone(),
+                    message_id: message_id.clone(),
+                },
+                ViewValue::Message(MessageView {
+                    message_id: message_id.clone(),
+                    room_id: r.room_id.clone(),
+                    seq,
+                    author_id: r.author_id.clone(),
+                    author: r.author.clone(),
+                    text: r.text.clone(),
+                    created_at: r.at,
+                    client_msg_id: r.client_msg_id.clone(),
+                }),
+            );
+            author.read_seq = seq;
+            author.last_read_message_id = Some(message_id.clone());
+            put_member(state, author);
+            put_room(state, room);
+            Ok(Accepted::Posted {
+                message_id,
+                duplicate: false,
+            })
+        }
+        Record::ReadMarkerSet(r) => {
+            get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
+            let mut m = get_member(state, &r.room_id, &r.user_id).ok_or(Rejection::NotMember)?;
+            let key = ViewKey::Message {
+                room_id: r.room_id.clone(),
+                message_id: r.message_id.clone(),
+            };
+            let seq = match state.get(&key) {
+                Some(ViewValue::Message(msg)) => msg.seq,
+                _ => return Err(Rejection::MessageNotFound),
+            };
+            // Read markers only move forward: a late marker for an older
+            // message does not resurrect unread messages.
+            if seq > m.read_seq {
+                m.read_seq = seq;
+                m.last_read_message_id = Some(r.message_id.clone());
+                put_member(state, m);
+            }
+            Ok(Accepted::ReadMarkerSet)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{Topic, Topology, partition_for};
+    use crate::record::*;
+    use crate::view::{MemState, Overlay};
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+    const ROOMS: [&str; 3] = ["00000000000000a1", "00000000000000b2", "00000000000000c3"];
+
+    fn uid(i: usize) -> String {
+        format!("{:016x}", 0x100 + i)
+    }
+
+    /// A generated command: small id spaces so collisions (duplicate signups,
+    /// full rooms, repeated client_msg_ids) happen often.
+    fn arb_record() -> impl Strategy<Value = Record> {
+        let u = 0..USERS.len();
+        let r = 0..ROOMS.len();
+        prop_oneof![
+            (u.clone(), 0..2usize).prop_map(|(u, variant)| Record::UserSignedUp(UserSignedUp {
+                request_id: 1,
+                at: 10,
+                // The same username under two different ids: only the first may win.
+                user_id: format!("{:016x}", 0x100 + u + 16 * variant),
+                username: USERS[u].to_uppercase(),
+                password_hash: "h".into(),
+            })),
+            u.clone().prop_map(|u| Record::AccountDeleted(AccountDeleted {
+                request_id: 2,
+                at: 11,
+                user_id: uid(u),
+                username: USERS[u].into(),
+            })),
+            u.clone().prop_map(|u| Record::AccountRestored(AccountRestored {
+                request_id: 2,
+                at: 11,
+                user_id: uid(u),
+                username: USERS[u].into(),
+            })),
+            (r.clone(), u.clone(), 1..4i32).prop_map(|(r, u, cap)| Record::RoomCreated(RoomCreated {
+                request_id: 3,
+                at: 12,
+                room_id: ROOMS[r].into(),
+                name: "room".into(),
+                capacity: cap,
+                owner_id: uid(u),
+                owner_name: USERS[u].into(),
+            })),
+            (r.clone(), u.clone()).prop_map(|(r, u)| Record::MemberJoined(MemberJoined {
+                request_id: 4,
+                at: 13,
+                room_id: ROOMS[r].into(),
+                user_id: uid(u),
+                username: USERS[u].into(),
+            })),
+            (r.clone(), u.clone()).prop_map(|(r, u)| Record::MemberQuit(MemberQuit {
+                request_id: 5,
+                at: 14,
+                room_id: ROOMS[r].into(),
+                user_id: uid(u),
+                username: USERS[u].into(),
+            })),
+            (r.clone(), u.clone(), 0..3u8, "[a-z]{0,8}").prop_map(|(r, u, c, text)| Record::MessagePosted(
+                MessagePosted {
+                    request_id: 6,
+                    at: 15,
+                    room_id: ROOMS[r].into(),
+                    author_id: uid(u),
+                    author: USERS[u].into(),
+                    client_msg_id: format!("c{c}"),
+                    text,
+                }
+            )),
+            (r.clone(), u.clone(), 0..40u64).prop_map(|(r, u, off)| Record::ReadMarkerSet(ReadMarkerSet {
+                request_id: 7,
+                at: 16,
+                room_id: ROOMS[r].into(),
+                user_id: uid(u),
+                message_id: LogPosition::new(partition_for(ROOMS[r].as_bytes(), 8), off).to_id(),
+            })),
+            u.prop_map(|u| Record::SessionRevoked(SessionRevoked {
+                request_id: 8,
+                at: 17,
+                user_id: uid(u),
+                username: USERS[u].into(),
+                session_id: format!("s{u}"),
+                expires_at: 99,
+            })),
+        ]
+    }
+
+    /// Assigns log positions as a log would: per topic partition, offsets count up.
+    fn place(records: &[Record]) -> Vec<(LogPosition, Record)> {
+        let topo = Topology::default();
+        let mut next: HashMap<(Topic, u32), u64> = HashMap::new();
+        records
+            .iter()
+            .map(|r| {
+                let p = partition_for(r.key().as_bytes(), topo.partitions(r.topic()));
+                let off = next.entry((r.topic(), p)).or_default();
+                let pos = LogPosition::new(p, *off);
+                *off += 1;
+                (pos, r.clone())
+            })
+            .collect()
+    }
+
+    fn fold_all(log: &[(LogPosition, Record)]) -> (MemState, Vec<Outcome>) {
+        let mut s = MemState::default();
+        let outcomes = log.iter().map(|(p, r)| fold(&mut s, *p, r)).collect();
+        (s, outcomes)
+    }
+
+    proptest! {
+        #[test]
+        fn folding_twice_gives_equal_state(records in proptest::collection::vec(arb_record(), 0..120)) {
+            let log = place(&records);
+            let (a, oa) = fold_all(&log);
+            let (b, ob) = fold_all(&log);
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(oa, ob);
+        }
+
+        /// Partitions are independent: folding one topic-partition after another
+        /// (as replay may) gives the same state as the interleaved live order.
+        #[test]
+        fn partition_interleaving_does_not_matter(records in proptest::collection::vec(arb_record(), 0..120)) {
+            let log = place(&records);
+            let (live, _) = fold_all(&log);
+            let mut grouped = log.clone();
+            grouped.sort_by_key(|(p, r)| (r.topic(), p.partition, p.offset));
+            let (replayed, _) = fold_all(&grouped);
+            prop_assert_eq!(live, replayed);
+        }
+
+        /// The projector's path (prefetch keys into an overlay, fold, take the
+        /// changes) produces exactly the state of a whole-state fold.
+        #[test]
+        fn overlay_batches_equal_whole_state(records in proptest::collection::vec(arb_record(), 0..120), batch in 1usize..17) {
+            let log = place(&records);
+            let (expected, expected_outcomes) = fold_all(&log);
+            let mut store = MemState::default();
+            let mut outcomes = Vec::new();
+            for chunk in log.chunks(batch) {
+                let mut overlay = Overlay::default();
+                for (p, r) in chunk {
+                    for k in keys_read_by(r) {
+                        if !overlay.contains(&k) {
+                            let v = store.get(&k).cloned();
+                            overlay.preload(k, v);
+                        }
+                    }
+                    outcomes.push(fold(&mut overlay, *p, r));
+                }
+                for (k, v) in overlay.take_changes() {
+                    match v { Some(v) => store.put(k, v), None => store.delete(&k) }
+                }
+            }
+            prop_assert_eq!(store, expected);
+            prop_assert_eq!(outcomes, expected_outcomes);
+        }
+
+        /// Capacity holds whatever the order: a room never has more members than it admits.
+        #[test]
+        fn capacity_is_never_exceeded(records in proptest::collection::vec(arb_record(), 0..200)) {
+            let (s, _) = fold_all(&place(&records));
+            for v in s.entries.values() {
+                if let ViewValue::Room(room) = v {
+                    let members = s.entries.keys().filter(|k| matches!(k, ViewKey::Member { room_id, .. } if *room_id == room.room_id)).count();
+                    prop_assert_eq!(members as u32, room.member_count);
+                    prop_assert!(room.member_count <= room.capacity);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn first_signup_wins_and_duplicate_client_msg_returns_first_id() {
+        let signup = |id: &str| {
+            Record::UserSignedUp(UserSignedUp {
+                request_id: 0,
+                at: 1,
+                user_id: id.into(),
+                username: "Alice".into(),
+                password_hash: "x".into(),
+            })
+        };
+        let mut s = MemState::default();
+        assert!(fold(&mut s, LogPosition::new(0, 0), &signup("0000000000000001")).is_ok());
+        assert_eq!(
+            fold(&mut s, LogPosition::new(0, 1), &signup("0000000000000002")),
+            Err(Rejection::UsernameTaken)
+        );
+
+        let room = "00000000000000aa".to_string();
+        let created = Record::RoomCreated(RoomCreated {
+            request_id: 0,
+            at: 2,
+            room_id: room.clone(),
+            name: "r".into(),
+            capacity: 2,
+            owner_id: "0000000000000001".into(),
+            owner_name: "alice".into(),
+        });
+        fold(&mut s, LogPosition::new(1, 0), &created).unwrap();
+        let post = Record::MessagePosted(MessagePosted {
+            request_id: 0,
+            at: 3,
+            room_id: room.clone(),
+            author_id: "0000000000000001".into(),
+            author: "alice".into(),
+            client_msg_id: "k".into(),
+            text: "hi".into(),
+        });
+        let first = fold(&mut s, LogPosition::new(1, 1), &post).unwrap();
+        let again = fold(&mut s, LogPosition::new(1, 2), &post).unwrap();
+        assert_eq!(
+            first,
+            Accepted::Posted {
+                message_id: LogPosition::new(1, 1).to_id(),
+                duplicate: false
+            }
+        );
+        assert_eq!(
+            again,
+            Accepted::Posted {
+                message_id: LogPosition::new(1, 1).to_id(),
+                duplicate: true
+            }
+        );
+        let messages = s.entries.keys().filter(|k| matches!(k, ViewKey::Message { .. })).count();
+        assert_eq!(messages, 1);
+    }
+}

@@ -1,0 +1,150 @@
+//! The ports: contracts between the services and the engines behind them.
+//!
+//! Handlers hold `Arc<dyn Log>` / `Arc<dyn ViewStore>`; the binary picks the
+//! adapter from a URL (`embedded://`, `kafka://`, `scylla://`, `redis://`).
+//! Every adapter must pass the generic test body written for its port.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::ids::{LogPosition, Topic, Topology};
+use crate::view::{MemberView, MessageView, RoomView, SessionView, UserView, ViewKey, ViewValue};
+
+/// One record read from a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub offset: u64,
+    pub key: Bytes,
+    pub value: Bytes,
+    /// When the log accepted the record (milliseconds since the epoch).
+    pub timestamp_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("unknown topic or partition {topic}/{partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    #[error("offset {offset} is out of range for {topic}/{partition} (end {end})")]
+    OffsetOutOfRange {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        end: u64,
+    },
+    #[error("log is shutting down")]
+    Closed,
+    #[error("log storage error: {0}")]
+    Storage(String),
+}
+
+/// The durable, partitioned, append-only log: the single source of truth.
+///
+/// Contract (the generic log test body checks each point):
+/// - **Partitioning**: `append` places a record in
+///   [`crate::ids::partition_for`]`(key, partitions)`; one key's records are
+///   totally ordered.
+/// - **Durability**: `append` returns only once the record is durable (synced to
+///   disk, or acknowledged by all in-sync replicas). An `Ok` is never lost, even
+///   to `kill -9`; an `Err` means the record may or may not have been written.
+/// - **Offsets**: within a partition offsets are dense, start at 0 and increase
+///   by one per record; a record's offset never changes.
+/// - **Reads**: `fetch` returns records at offsets `>= from`, in offset order,
+///   at most `max` of them; if none are available it waits up to `wait` for one
+///   and then returns what it has (possibly nothing). Reading at the end offset
+///   is not an error; reading beyond it is `OffsetOutOfRange`.
+/// - **Consumer groups**: `commit` stores the next offset a group will read;
+///   `committed` returns the last stored value. Commits are durable but may be
+///   lost in a crash only if the caller was not yet told `Ok`.
+#[async_trait]
+pub trait Log: Send + Sync + 'static {
+    /// Partition counts of the topics.
+    fn topology(&self) -> Topology;
+
+    /// Appends `value` under `key` to `topic` and returns where it landed, once durable.
+    async fn append(&self, topic: Topic, key: &[u8], value: Bytes) -> Result<LogPosition, LogError>;
+
+    /// Reads from `partition` of `topic` starting at offset `from`.
+    async fn fetch(
+        &self,
+        topic: Topic,
+        partition: u32,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<LogEntry>, LogError>;
+
+    /// The offset the next record appended to the partition will get.
+    async fn end_offset(&self, topic: Topic, partition: u32) -> Result<u64, LogError>;
+
+    /// Stores `next_offset` as the group's position in the partition.
+    async fn commit(&self, group: &str, topic: Topic, partition: u32, next_offset: u64) -> Result<(), LogError>;
+
+    /// The group's stored position in the partition, if it ever committed one.
+    async fn committed(&self, group: &str, topic: Topic, partition: u32) -> Result<Option<u64>, LogError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("view store error: {0}")]
+    Storage(String),
+    #[error("corrupt view entry in {table}: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+}
+
+/// Which consumer's views a position belongs to (each consumer's views are
+/// rebuilt, and resume, independently).
+pub const CORE_VIEWS: &str = "core";
+
+/// A batch of view writes, committed atomically with the log positions it covers.
+#[derive(Debug, Default, Clone)]
+pub struct ViewBatch {
+    /// The consumer whose positions are advanced (e.g. [`CORE_VIEWS`]).
+    pub consumer: String,
+    /// Entity writes (`Some`) and deletions (`None`).
+    pub changes: Vec<(ViewKey, Option<ViewValue>)>,
+    /// `(topic, partition, next_offset)`: everything before `next_offset` has
+    /// been applied once this batch is committed.
+    pub positions: Vec<(Topic, u32, u64)>,
+}
+
+/// The read models, written only by projectors.
+///
+/// Contract:
+/// - **Atomic batches**: `apply` makes all of a batch's changes and positions
+///   visible together or not at all, so a restarted projector resuming from
+///   `position` never applies a record twice nor skips one.
+/// - **Read your writes**: once `apply` returns, every query sees the batch.
+/// - **Deterministic content**: `checksum` digests every view entity and
+///   position in a fixed order; two stores with equal content give equal digests
+///   whatever the adapter's physical layout.
+/// - **Queries** return entities exactly as the fold wrote them. `history`
+///   returns the newest `limit` messages of a room with ids `< before` (all if
+///   `None`), oldest first.
+#[async_trait]
+pub trait ViewStore: Send + Sync + 'static {
+    /// Point reads, one result per key, in order.
+    async fn load(&self, keys: &[ViewKey]) -> Result<Vec<Option<ViewValue>>, StoreError>;
+    async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError>;
+    /// The next offset to apply for `consumer` on a partition (0 when none applied).
+    async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError>;
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserView>, StoreError>;
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserView>, StoreError>;
+    async fn room(&self, room_id: &str) -> Result<Option<RoomView>, StoreError>;
+    /// Rooms in id order, starting after `after`, at most `limit`.
+    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError>;
+    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberView>, StoreError>;
+    /// A room's members in user-id order.
+    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError>;
+    /// A user's memberships in room-id order.
+    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError>;
+    async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError>;
+    async fn session(&self, session_id: &str) -> Result<Option<SessionView>, StoreError>;
+
+    /// Drops the views of `consumer` (their entities and positions) for a rebuild.
+    async fn clear(&self, consumer: &str) -> Result<(), StoreError>;
+    /// A hex digest of all content (see the contract).
+    async fn checksum(&self) -> Result<String, StoreError>;
+}

@@ -1,0 +1,236 @@
+//! View entities, the keys that address them, and the state the fold works on.
+//!
+//! The views are a key-value model: every entity the fold reads or writes has a
+//! [`ViewKey`]. A view store adapter maps keys to its own tables (fjall keyspaces,
+//! Scylla tables) and keeps the secondary indexes the queries need (a user's
+//! memberships, a room's history in id order).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    pub user_id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub created_at: i64,
+    /// Set while the account is soft-deleted.
+    pub deleted_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomView {
+    pub room_id: String,
+    pub name: String,
+    pub capacity: u32,
+    pub owner_id: String,
+    pub created_at: i64,
+    pub member_count: u32,
+    /// Messages posted so far; a message's `seq` is its 1-based rank in the room.
+    pub message_count: u64,
+    pub last_message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub room_id: String,
+    pub user_id: String,
+    pub username: String,
+    pub joined_at: i64,
+    /// `seq` of the last message this member has read; unread = room's
+    /// `message_count - read_seq`. Joining marks history as read, and posting
+    /// marks one's own message as read.
+    pub read_seq: u64,
+    pub last_read_message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    pub message_id: String,
+    pub room_id: String,
+    pub seq: u64,
+    pub author_id: String,
+    pub author: String,
+    pub text: String,
+    pub created_at: i64,
+    pub client_msg_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    pub session_id: String,
+    pub user_id: String,
+    pub revoked_at: i64,
+    pub expires_at: i64,
+}
+
+/// The address of one view entity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ViewKey {
+    User(String),
+    /// Normalized username → user id.
+    Username(String),
+    Room(String),
+    Member {
+        room_id: String,
+        user_id: String,
+    },
+    Message {
+        room_id: String,
+        message_id: String,
+    },
+    /// `(room, sender, client_msg_id)` → the message id first stored for it.
+    ClientMsg {
+        room_id: String,
+        user_id: String,
+        client_msg_id: String,
+    },
+    Session(String),
+}
+
+/// Tables of the view model, in the order checksums visit them.
+pub const TABLES: [&str; 7] = [
+    "users",
+    "usernames",
+    "rooms",
+    "members",
+    "messages",
+    "client_msgs",
+    "sessions",
+];
+
+impl ViewKey {
+    /// The table this key belongs to (one of [`TABLES`]).
+    pub fn table(&self) -> &'static str {
+        match self {
+            ViewKey::User(_) => "users",
+            ViewKey::Username(_) => "usernames",
+            ViewKey::Room(_) => "rooms",
+            ViewKey::Member { .. } => "members",
+            ViewKey::Message { .. } => "messages",
+            ViewKey::ClientMsg { .. } => "client_msgs",
+            ViewKey::Session(_) => "sessions",
+        }
+    }
+
+    /// Canonical key bytes within the table: components joined by NUL. Ids
+    /// are fixed-width hex, so only the last component can vary in length and
+    /// prefixes (`room_id\0`) select one room's members or messages in id order.
+    pub fn encode(&self) -> Vec<u8> {
+        fn join(parts: &[&str]) -> Vec<u8> {
+            let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    out.push(0);
+                }
+                out.extend_from_slice(p.as_bytes());
+            }
+            out
+        }
+        match self {
+            ViewKey::User(id) | ViewKey::Username(id) | ViewKey::Room(id) | ViewKey::Session(id) => {
+                id.as_bytes().to_vec()
+            }
+            ViewKey::Member { room_id, user_id } => join(&[room_id, user_id]),
+            ViewKey::Message {
+                room_id,
+                message_id,
+            } => join(&[room_id, message_id]),
+            ViewKey::ClientMsg {
+                room_id,
+                user_id,
+                client_msg_id,
+            } => join(&[room_id, user_id, client_msg_id]),
+        }
+    }
+}
+
+/// One view entity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ViewValue {
+    User(UserView),
+    Username(String),
+    Room(RoomView),
+    Member(MemberView),
+    Message(MessageView),
+    ClientMsg(String),
+    Session(SessionView),
+}
+
+/// The state the fold reads and writes. The projector's implementation is an
+/// overlay over the view store holding the keys prefetched for a batch
+/// ([`crate::keys_read_by`]); [`MemState`] holds a whole state in memory.
+pub trait FoldState {
+    fn get(&self, key: &ViewKey) -> Option<&ViewValue>;
+    fn put(&mut self, key: ViewKey, value: ViewValue);
+    fn delete(&mut self, key: &ViewKey);
+}
+
+/// A complete view state in memory, ordered, so two equal states compare equal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemState {
+    pub entries: BTreeMap<ViewKey, ViewValue>,
+}
+
+impl FoldState for MemState {
+    fn get(&self, key: &ViewKey) -> Option<&ViewValue> {
+        self.entries.get(key)
+    }
+    fn put(&mut self, key: ViewKey, value: ViewValue) {
+        self.entries.insert(key, value);
+    }
+    fn delete(&mut self, key: &ViewKey) {
+        self.entries.remove(key);
+    }
+}
+
+/// The staged changes of one projector batch over prefetched store contents.
+/// Reads see earlier writes of the same batch; `changes` are what to commit.
+#[derive(Debug, Default)]
+pub struct Overlay {
+    loaded: std::collections::HashMap<ViewKey, Option<ViewValue>>,
+    changed: std::collections::HashSet<ViewKey>,
+}
+
+impl Overlay {
+    /// Whether `key` has been loaded (or written) in this batch.
+    pub fn contains(&self, key: &ViewKey) -> bool {
+        self.loaded.contains_key(key)
+    }
+
+    /// Records what the store holds for `key`, unless the batch already has it.
+    pub fn preload(&mut self, key: ViewKey, value: Option<ViewValue>) {
+        self.loaded.entry(key).or_insert(value);
+    }
+
+    /// Drains the changed entries, leaving the overlay empty.
+    pub fn take_changes(&mut self) -> Vec<(ViewKey, Option<ViewValue>)> {
+        let changed = std::mem::take(&mut self.changed);
+        let mut loaded = std::mem::take(&mut self.loaded);
+        let mut out: Vec<_> = changed
+            .into_iter()
+            .map(|k| {
+                let v = loaded.remove(&k).flatten();
+                (k, v)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+impl FoldState for Overlay {
+    fn get(&self, key: &ViewKey) -> Option<&ViewValue> {
+        debug_assert!(self.loaded.contains_key(key), "fold read unprefetched key {key:?}");
+        self.loaded.get(key).and_then(Option::as_ref)
+    }
+    fn put(&mut self, key: ViewKey, value: ViewValue) {
+        self.changed.insert(key.clone());
+        self.loaded.insert(key, Some(value));
+    }
+    fn delete(&mut self, key: &ViewKey) {
+        self.changed.insert(key.clone());
+        self.loaded.insert(key.clone(), None);
+    }
+}

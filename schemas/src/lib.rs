@@ -1,0 +1,219 @@
+//! The Avro schemas of every record on the log, and the codec that writes and
+//! reads them.
+//!
+//! Records are Avro [single-object encoded]: `C3 01`, the 8-byte little-endian
+//! CRC-64-AVRO (Rabin) fingerprint of the writer schema's canonical form, then
+//! the Avro binary datum. The fingerprint names both the record type and the
+//! schema version, so a reader decodes records written under any released
+//! version and resolves them to the current one.
+//!
+//! # Layout
+//! - `avro/*.avsc`: the current schema of each record type (the source of truth).
+//! - `avro/history/*.vN.avsc`: every released version, kept so the compatibility
+//!   test can prove that the current schemas still read them.
+//! - [`encode`] / [`decode`]: the codec over [`emosation_core::Record`].
+//!
+//! [single-object encoded]: https://avro.apache.org/docs/1.11.1/specification/#single-object-encoding
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::{Schema, from_avro_datum, from_value};
+use emosation_core::Record;
+use emosation_core::record as r;
+use serde::de::DeserializeOwned;
+
+/// A record type on the log, with its current schema text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordType {
+    UserSignedUp,
+    AccountDeleted,
+    AccountRestored,
+    SessionRevoked,
+    RoomCreated,
+    MemberJoined,
+    MemberQuit,
+    MessagePosted,
+    ReadMarkerSet,
+}
+
+/// Each record type, its file stem and its current schema.
+pub const CURRENT: [(RecordType, &str, &str); 9] = [
+    (RecordType::UserSignedUp, "user_signed_up", include_str!("../avro/user_signed_up.avsc")),
+    (RecordType::AccountDeleted, "account_deleted", include_str!("../avro/account_deleted.avsc")),
+    (RecordType::AccountRestored, "account_restored", include_str!("../avro/account_restored.avsc")),
+    (RecordType::SessionRevoked, "session_revoked", include_str!("../avro/session_revoked.avsc")),
+    (RecordType::RoomCreated, "room_created", include_str!("../avro/room_created.avsc")),
+    (RecordType::MemberJoined, "member_joined", include_str!("../avro/member_joined.avsc")),
+    (RecordType::MemberQuit, "member_quit", include_str!("../avro/member_quit.avsc")),
+    (RecordType::MessagePosted, "message_posted", include_str!("../avro/message_posted.avsc")),
+    (RecordType::ReadMarkerSet, "read_marker_set", include_str!("../avro/read_marker_set.avsc")),
+];
+
+/// Every released version `(type, version, schema)`; the newest of each type
+/// must equal the current schema.
+pub const HISTORY: [(RecordType, u32, &str); 9] = [
+    (RecordType::UserSignedUp, 1, include_str!("../avro/history/user_signed_up.v1.avsc")),
+    (RecordType::AccountDeleted, 1, include_str!("../avro/history/account_deleted.v1.avsc")),
+    (RecordType::AccountRestored, 1, include_str!("../avro/history/account_restored.v1.avsc")),
+    (RecordType::SessionRevoked, 1, include_str!("../avro/history/session_revoked.v1.avsc")),
+    (RecordType::RoomCreated, 1, include_str!("../avro/history/room_created.v1.avsc")),
+    (RecordType::MemberJoined, 1, include_str!("../avro/history/member_joined.v1.avsc")),
+    (RecordType::MemberQuit, 1, include_str!("../avro/history/member_quit.v1.avsc")),
+    (RecordType::MessagePosted, 1, include_str!("../avro/history/message_posted.v1.avsc")),
+    (RecordType::ReadMarkerSet, 1, include_str!("../avro/history/read_marker_set.v1.avsc")),
+];
+
+const MAGIC: [u8; 2] = [0xC3, 0x01];
+const HEADER_LEN: usize = 10;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SchemaError {
+    #[error("record is {0} bytes, shorter than the 10-byte single-object header")]
+    TooShort(usize),
+    #[error("record does not start with the Avro single-object marker C3 01")]
+    BadMagic,
+    #[error("unknown schema fingerprint {0:016x}")]
+    UnknownFingerprint(u64),
+    #[error("record does not match its schema: {0}")]
+    Malformed(String),
+    #[error("{0} trailing bytes after the record")]
+    TrailingBytes(usize),
+    #[error("cannot encode record: {0}")]
+    Encode(String),
+}
+
+struct Writer {
+    fingerprint: [u8; 8],
+    schema: Schema,
+}
+
+struct Known {
+    kind: RecordType,
+    writer: Schema,
+    /// `None` when the writer schema is the current one (no resolution needed).
+    reader: Option<Schema>,
+}
+
+struct Registry {
+    current: HashMap<RecordType, Writer>,
+    by_fingerprint: HashMap<[u8; 8], Known>,
+}
+
+fn fingerprint(schema: &Schema) -> [u8; 8] {
+    let fp = schema.fingerprint::<Rabin>();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&fp.bytes[..8]);
+    out
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let mut current = HashMap::new();
+    let mut by_fingerprint = HashMap::new();
+    for (kind, stem, text) in CURRENT {
+        // The schemas are compiled in and checked by this crate's tests.
+        let schema = Schema::parse_str(text).unwrap_or_else(|e| panic!("schema {stem} does not parse: {e}"));
+        let fp = fingerprint(&schema);
+        by_fingerprint.insert(
+            fp,
+            Known {
+                kind,
+                writer: schema.clone(),
+                reader: None,
+            },
+        );
+        current.insert(kind, Writer { fingerprint: fp, schema });
+    }
+    for (kind, version, text) in HISTORY {
+        let schema = Schema::parse_str(text).unwrap_or_else(|e| panic!("schema {kind:?} v{version} does not parse: {e}"));
+        let fp = fingerprint(&schema);
+        by_fingerprint.entry(fp).or_insert_with(|| Known {
+            kind,
+            writer: schema,
+            reader: Some(current[&kind].schema.clone()),
+        });
+    }
+    Registry {
+        current,
+        by_fingerprint,
+    }
+});
+
+/// The record type of a [`Record`].
+pub fn record_type(record: &Record) -> RecordType {
+    match record {
+        Record::UserSignedUp(_) => RecordType::UserSignedUp,
+        Record::AccountDeleted(_) => RecordType::AccountDeleted,
+        Record::AccountRestored(_) => RecordType::AccountRestored,
+        Record::SessionRevoked(_) => RecordType::SessionRevoked,
+        Record::RoomCreated(_) => RecordType::RoomCreated,
+        Record::MemberJoined(_) => RecordType::MemberJoined,
+        Record::MemberQuit(_) => RecordType::MemberQuit,
+        Record::MessagePosted(_) => RecordType::MessagePosted,
+        Record::ReadMarkerSet(_) => RecordType::ReadMarkerSet,
+    }
+}
+
+/// The current schema's fingerprint for a record type.
+pub fn current_fingerprint(kind: RecordType) -> [u8; 8] {
+    REGISTRY.current[&kind].fingerprint
+}
+
+/// Encodes a record as an Avro single object under its current schema.
+pub fn encode(record: &Record) -> Result<Vec<u8>, SchemaError> {
+    let w = &REGISTRY.current[&record_type(record)];
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&w.fingerprint);
+    let res = match record {
+        Record::UserSignedUp(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::AccountDeleted(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::AccountRestored(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::SessionRevoked(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::RoomCreated(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::MemberJoined(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::MemberQuit(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::MessagePosted(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::ReadMarkerSet(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+    };
+    res.map_err(|e| SchemaError::Encode(e.to_string()))?;
+    Ok(out)
+}
+
+/// Decodes an Avro single object written under any known version of any
+/// record schema. Garbage, truncation and unknown fingerprints are errors.
+pub fn decode(bytes: &[u8]) -> Result<Record, SchemaError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(SchemaError::TooShort(bytes.len()));
+    }
+    if bytes[..2] != MAGIC {
+        return Err(SchemaError::BadMagic);
+    }
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+    let known = REGISTRY
+        .by_fingerprint
+        .get(&fp)
+        .ok_or(SchemaError::UnknownFingerprint(u64::from_le_bytes(fp)))?;
+    let mut body = &bytes[HEADER_LEN..];
+    let value = from_avro_datum(&known.writer, &mut body, known.reader.as_ref())
+        .map_err(|e| SchemaError::Malformed(e.to_string()))?;
+    if !body.is_empty() {
+        return Err(SchemaError::TrailingBytes(body.len()));
+    }
+    fn typed<T: DeserializeOwned>(v: &apache_avro::types::Value) -> Result<T, SchemaError> {
+        from_value::<T>(v).map_err(|e| SchemaError::Malformed(e.to_string()))
+    }
+    Ok(match known.kind {
+        RecordType::UserSignedUp => Record::UserSignedUp(typed::<r::UserSignedUp>(&value)?),
+        RecordType::AccountDeleted => Record::AccountDeleted(typed::<r::AccountDeleted>(&value)?),
+        RecordType::AccountRestored => Record::AccountRestored(typed::<r::AccountRestored>(&value)?),
+        RecordType::SessionRevoked => Record::SessionRevoked(typed::<r::SessionRevoked>(&value)?),
+        RecordType::RoomCreated => Record::RoomCreated(typed::<r::RoomCreated>(&value)?),
+        RecordType::MemberJoined => Record::MemberJoined(typed::<r::MemberJoined>(&value)?),
+        RecordType::MemberQuit => Record::MemberQuit(typed::<r::MemberQuit>(&value)?),
+        RecordType::MessagePosted => Record::MessagePosted(typed::<r::MessagePosted>(&value)?),
+        RecordType::ReadMarkerSet => Record::ReadMarkerSet(typed::<r::ReadMarkerSet>(&value)?),
+    })
+}

@@ -1,0 +1,129 @@
+//! Schema evolution and codec robustness.
+
+use apache_avro::Schema;
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use emosation_core::Record;
+use emosation_core::record::*;
+use emosation_schemas::{CURRENT, HISTORY, SchemaError, current_fingerprint, decode, encode, record_type};
+use proptest::prelude::*;
+
+fn samples() -> Vec<Record> {
+    vec![
+        Record::UserSignedUp(UserSignedUp {
+            request_id: -7,
+            at: 1_795_306_692_345,
+            user_id: "00000000000000aa".into(),
+            username: "alice".into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        }),
+        Record::AccountDeleted(AccountDeleted { request_id: 1, at: 2, user_id: "u".into(), username: "alice".into() }),
+        Record::AccountRestored(AccountRestored { request_id: 1, at: 2, user_id: "u".into(), username: "alice".into() }),
+        Record::SessionRevoked(SessionRevoked {
+            request_id: 1,
+            at: 2,
+            user_id: "u".into(),
+            username: "alice".into(),
+            session_id: "s".into(),
+            expires_at: 3,
+        }),
+        Record::RoomCreated(RoomCreated {
+            request_id: 1,
+            at: 2,
+            room_id: "r".into(),
+            name: "général 💬".into(),
+            capacity: 5,
+            owner_id: "u".into(),
+            owner_name: "alice".into(),
+        }),
+        Record::MemberJoined(MemberJoined { request_id: 1, at: 2, room_id: "r".into(), user_id: "u".into(), username: "a".into() }),
+        Record::MemberQuit(MemberQuit { request_id: 1, at: 2, room_id: "r".into(), user_id: "u".into(), username: "a".into() }),
+        Record::MessagePosted(MessagePosted {
+            request_id: i64::MAX,
+            at: 2,
+            room_id: "r".into(),
+            author_id: "u".into(),
+            author: "a".into(),
+            client_msg_id: "c-1".into(),
+            text: "안녕하세요 :)".into(),
+        }),
+        Record::ReadMarkerSet(ReadMarkerSet { request_id: 1, at: 2, room_id: "r".into(), user_id: "u".into(), message_id: "m".into() }),
+    ]
+}
+
+#[test]
+fn every_record_type_round_trips() {
+    let samples = samples();
+    assert_eq!(samples.len(), CURRENT.len(), "a sample per record type");
+    for rec in samples {
+        let bytes = encode(&rec).unwrap();
+        assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        assert_eq!(&bytes[2..10], &current_fingerprint(record_type(&rec)));
+        assert_eq!(decode(&bytes).unwrap(), rec);
+    }
+}
+
+#[test]
+fn current_schemas_read_every_released_version() {
+    for (kind, stem, text) in CURRENT {
+        let current = Schema::parse_str(text).unwrap();
+        let versions: Vec<_> = HISTORY.iter().filter(|(k, _, _)| *k == kind).collect();
+        assert!(!versions.is_empty(), "{stem} has no released version in avro/history/");
+        for (_, version, old) in &versions {
+            let old = Schema::parse_str(old).unwrap();
+            SchemaCompatibility::can_read(&old, &current)
+                .unwrap_or_else(|e| panic!("{stem}: current schema cannot read v{version}: {e}"));
+        }
+        // The newest released version is the current schema: changing a schema
+        // means releasing a new version file, which this test then checks.
+        let newest = versions.iter().max_by_key(|(_, v, _)| *v).unwrap();
+        assert_eq!(
+            Schema::parse_str(newest.2).unwrap().canonical_form(),
+            current.canonical_form(),
+            "{stem}: the current schema differs from its newest file in avro/history/; add a new version"
+        );
+    }
+}
+
+#[test]
+fn the_checker_rejects_an_incompatible_change() {
+    // Guard against a checker that accepts everything: a new required field
+    // without a default cannot read old records.
+    let (_, _, text) = CURRENT[7];
+    let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+    v["fields"].as_array_mut().unwrap().push(serde_json::json!({"name": "thread_id", "type": "string"}));
+    let incompatible = Schema::parse_str(&v.to_string()).unwrap();
+    let old = Schema::parse_str(text).unwrap();
+    assert!(SchemaCompatibility::can_read(&old, &incompatible).is_err());
+}
+
+#[test]
+fn garbage_is_a_typed_error() {
+    assert_eq!(decode(&[]), Err(SchemaError::TooShort(0)));
+    assert_eq!(decode(&[0u8; 12]), Err(SchemaError::BadMagic));
+    let mut unknown = vec![0xC3, 0x01];
+    unknown.extend_from_slice(&42u64.to_le_bytes());
+    assert_eq!(decode(&unknown), Err(SchemaError::UnknownFingerprint(42)));
+
+    let good = encode(&samples()[7]).unwrap();
+    let truncated = &good[..good.len() - 3];
+    assert!(matches!(decode(truncated), Err(SchemaError::Malformed(_))));
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert_eq!(decode(&trailing), Err(SchemaError::TrailingBytes(1)));
+}
+
+proptest! {
+    /// Any bytes at all decode to a value or a typed error, never a panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode(&bytes);
+    }
+
+    /// A valid header followed by arbitrary bytes exercises the datum decoder.
+    #[test]
+    fn arbitrary_bodies_never_panic(which in 0usize..9, body in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let mut bytes = encode(&samples()[which]).unwrap()[..10].to_vec();
+        bytes.extend_from_slice(&body);
+        let _ = decode(&bytes);
+    }
+}
