@@ -1,0 +1,366 @@
+//! [`EmbeddedLog`]: the durable partitioned log on fjall, with group commit.
+//!
+//! One fjall keyspace per topic holds every partition, keyed
+//! `partition (u32 BE) ++ offset (u64 BE)`, so a partition is one contiguous,
+//! ordered key range. A single writer thread owns offset assignment: it takes
+//! every append waiting in its queue, writes them as one atomic batch, syncs
+//! the journal once (`fsync`), and only then acknowledges them all and advances
+//! the partitions' durable end offsets. Readers never see past the durable end,
+//! so nothing downstream can act on a record a crash could still take back.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use emosation_core::ids::{LogPosition, Topic, Topology, partition_for};
+use emosation_core::ports::{Log, LogEntry, LogError};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, error};
+
+use crate::OpenError;
+
+/// The most appends one group commit takes from the queue.
+const MAX_GROUP: usize = 16_384;
+
+struct Append {
+    topic: Topic,
+    partition: u32,
+    key: Bytes,
+    value: Bytes,
+    reply: oneshot::Sender<Result<LogPosition, LogError>>,
+}
+
+struct Shared {
+    db: Database,
+    topics: HashMap<Topic, Keyspace>,
+    groups: Keyspace,
+    topology: Topology,
+    /// Durable end offset of each partition; readers wait on these.
+    ends: HashMap<(Topic, u32), watch::Sender<u64>>,
+}
+
+/// The embedded log. Cheap to share behind an `Arc`; dropping the last handle
+/// stops the writer after it has finished the appends already queued.
+pub struct EmbeddedLog {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<mpsc::Sender<Append>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for EmbeddedLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedLog").field("topology", &self.shared.topology).finish()
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> LogError {
+    LogError::Storage(e.to_string())
+}
+
+fn entry_key(partition: u32, offset: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&partition.to_be_bytes());
+    k[4..].copy_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Stored value: timestamp (i64 BE) ++ key length (u32 BE) ++ key ++ value.
+fn encode_entry(ts: i64, key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12 + key.len() + value.len());
+    v.extend_from_slice(&ts.to_be_bytes());
+    v.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    v.extend_from_slice(key);
+    v.extend_from_slice(value);
+    v
+}
+
+fn decode_entry(offset: u64, raw: Bytes) -> Result<LogEntry, LogError> {
+    if raw.len() < 12 {
+        return Err(storage(format!("log entry at offset {offset} is truncated")));
+    }
+    let ts = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+    let klen = u32::from_be_bytes(raw[8..12].try_into().expect("4 bytes")) as usize;
+    if raw.len() < 12 + klen {
+        return Err(storage(format!("log entry at offset {offset} has a bad key length")));
+    }
+    Ok(LogEntry {
+        offset,
+        key: raw.slice(12..12 + klen),
+        value: raw.slice(12 + klen..),
+        timestamp_ms: ts,
+    })
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log in `dir`. The topology is fixed at creation:
+    /// a log reopened with another topology keeps the one it was created with.
+    pub fn open(dir: &Path, topology: Topology) -> Result<Self, OpenError> {
+        let err = |e: fjall::Error| OpenError::Open {
+            what: "embedded log",
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        };
+        let db = Database::builder(dir).open().map_err(err)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(err)?;
+        let topology = match meta.get("topology").map_err(err)? {
+            Some(v) if v.len() == 8 => Topology {
+                accounts_partitions: u32::from_be_bytes(v[..4].try_into().expect("4 bytes")),
+                rooms_partitions: u32::from_be_bytes(v[4..].try_into().expect("4 bytes")),
+            },
+            _ => {
+                let mut v = topology.accounts_partitions.to_be_bytes().to_vec();
+                v.extend_from_slice(&topology.rooms_partitions.to_be_bytes());
+                meta.insert("topology", v).map_err(err)?;
+                db.persist(PersistMode::SyncAll).map_err(err)?;
+                topology
+            }
+        };
+        let mut topics = HashMap::new();
+        let mut ends = HashMap::new();
+        let mut next = HashMap::new();
+        for topic in Topic::ALL {
+            let ks = db.keyspace(topic.name(), KeyspaceCreateOptions::default).map_err(err)?;
+            for p in 0..topology.partitions(topic) {
+                let end = match ks.prefix(p.to_be_bytes()).next_back() {
+                    Some(g) => {
+                        let k = g.key().map_err(err)?;
+                        u64::from_be_bytes(k[4..12].try_into().expect("12-byte key")) + 1
+                    }
+                    None => 0,
+                };
+                next.insert((topic, p), end);
+                ends.insert((topic, p), watch::channel(end).0);
+            }
+            topics.insert(topic, ks);
+        }
+        let groups = db.keyspace("groups", KeyspaceCreateOptions::default).map_err(err)?;
+        let shared = Arc::new(Shared {
+            db,
+            topics,
+            groups,
+            topology,
+            ends,
+        });
+        let (tx, rx) = mpsc::channel();
+        let w = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer_loop(&w, rx, next))
+            .map_err(|e| OpenError::Open {
+                what: "embedded log",
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(EmbeddedLog {
+            shared,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn end_watch(&self, topic: Topic, partition: u32) -> Result<&watch::Sender<u64>, LogError> {
+        self.shared
+            .ends
+            .get(&(topic, partition))
+            .ok_or_else(|| LogError::UnknownPartition {
+                topic: topic.name().to_owned(),
+                partition,
+            })
+    }
+
+    /// Appends many records, each acknowledged individually; the writer folds
+    /// them into as few group commits as it can. Used by benchmarks and bulk loads.
+    pub fn append_many(
+        &self,
+        items: impl IntoIterator<Item = (Topic, Bytes, Bytes)>,
+    ) -> Vec<oneshot::Receiver<Result<LogPosition, LogError>>> {
+        let guard = self.tx.lock().expect("log sender lock");
+        items
+            .into_iter()
+            .map(|(topic, key, value)| {
+                let (reply, rx) = oneshot::channel();
+                let partition = partition_for(&key, self.shared.topology.partitions(topic));
+                if let Some(tx) = guard.as_ref() {
+                    let _ = tx.send(Append {
+                        topic,
+                        partition,
+                        key,
+                        value,
+                        reply,
+                    });
+                }
+                rx
+            })
+            .collect()
+    }
+}
+
+impl Drop for EmbeddedLog {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit.
+        self.tx.lock().expect("log sender lock").take();
+        if let Some(w) = self.writer.lock().expect("writer lock").take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Append>, mut next: HashMap<(Topic, u32), u64>) {
+    let mut group: Vec<Append> = Vec::with_capacity(1024);
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(a) => group.push(a),
+                Err(_) => break,
+            }
+        }
+        let ts = now_ms();
+        let mut batch = shared.db.batch();
+        let mut positions = Vec::with_capacity(group.len());
+        let mut touched: HashMap<(Topic, u32), u64> = HashMap::new();
+        for a in &group {
+            let Some(n) = next.get_mut(&(a.topic, a.partition)) else {
+                positions.push(None);
+                continue;
+            };
+            let offset = *n;
+            *n += 1;
+            batch.insert(
+                &shared.topics[&a.topic],
+                entry_key(a.partition, offset),
+                encode_entry(ts, &a.key, &a.value),
+            );
+            touched.insert((a.topic, a.partition), offset + 1);
+            positions.push(Some(LogPosition::new(a.partition, offset)));
+        }
+        let result = batch.commit().and_then(|_| shared.db.persist(PersistMode::SyncAll));
+        match result {
+            Ok(()) => {
+                for ((topic, p), end) in touched {
+                    shared.ends[&(topic, p)].send_replace(end);
+                }
+                debug!(records = group.len(), "group commit");
+                for (a, pos) in group.drain(..).zip(positions) {
+                    let r = pos.ok_or_else(|| LogError::UnknownPartition {
+                        topic: a.topic.name().to_owned(),
+                        partition: a.partition,
+                    });
+                    let _ = a.reply.send(r);
+                }
+            }
+            Err(e) => {
+                // The batch may be partly on disk; offsets handed out in it must
+                // not be reused, so this writer stops and the log reports errors
+                // until it is reopened (which recovers offsets from disk).
+                error!(error = %e, "group commit failed; log writer stopping");
+                for a in group.drain(..) {
+                    let _ = a.reply.send(Err(storage(&e)));
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Log for EmbeddedLog {
+    fn topology(&self) -> Topology {
+        self.shared.topology
+    }
+
+    async fn append(&self, topic: Topic, key: &[u8], value: Bytes) -> Result<LogPosition, LogError> {
+        let partition = partition_for(key, self.shared.topology.partitions(topic));
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.tx.lock().expect("log sender lock");
+            let tx = guard.as_ref().ok_or(LogError::Closed)?;
+            tx.send(Append {
+                topic,
+                partition,
+                key: Bytes::copy_from_slice(key),
+                value,
+                reply,
+            })
+            .map_err(|_| LogError::Closed)?;
+        }
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    async fn fetch(
+        &self,
+        topic: Topic,
+        partition: u32,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<LogEntry>, LogError> {
+        let ends = self.end_watch(topic, partition)?;
+        let mut end = *ends.borrow();
+        if from > end {
+            return Err(LogError::OffsetOutOfRange {
+                topic: topic.name().to_owned(),
+                partition,
+                offset: from,
+                end,
+            });
+        }
+        if from == end && !wait.is_zero() {
+            let mut rx = ends.subscribe();
+            if let Ok(Ok(e)) = tokio::time::timeout(wait, rx.wait_for(|e| *e > from)).await {
+                end = *e;
+            }
+        }
+        if from >= end || max == 0 {
+            return Ok(Vec::new());
+        }
+        let upto = end.min(from.saturating_add(max as u64));
+        let ks = &self.shared.topics[&topic];
+        let mut out = Vec::with_capacity((upto - from) as usize);
+        for g in ks.range(entry_key(partition, from)..entry_key(partition, upto)) {
+            let (k, v) = g.into_inner().map_err(storage)?;
+            let offset = u64::from_be_bytes(k[4..12].try_into().map_err(storage)?);
+            out.push(decode_entry(offset, Bytes::from(v))?);
+        }
+        Ok(out)
+    }
+
+    async fn end_offset(&self, topic: Topic, partition: u32) -> Result<u64, LogError> {
+        Ok(*self.end_watch(topic, partition)?.borrow())
+    }
+
+    async fn commit(&self, group: &str, topic: Topic, partition: u32, next_offset: u64) -> Result<(), LogError> {
+        self.end_watch(topic, partition)?;
+        self.shared
+            .groups
+            .insert(group_key(group, topic, partition), next_offset.to_be_bytes())
+            .map_err(storage)?;
+        self.shared.db.persist(PersistMode::SyncAll).map_err(storage)
+    }
+
+    async fn committed(&self, group: &str, topic: Topic, partition: u32) -> Result<Option<u64>, LogError> {
+        self.end_watch(topic, partition)?;
+        let v = self.shared.groups.get(group_key(group, topic, partition)).map_err(storage)?;
+        Ok(v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+}
+
+fn group_key(group: &str, topic: Topic, partition: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(group.len() + topic.name().len() + 6);
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k.extend_from_slice(topic.name().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}

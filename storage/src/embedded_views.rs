@@ -1,0 +1,299 @@
+//! [`EmbeddedViewStore`]: the view store on fjall.
+//!
+//! One keyspace per view table (see [`emosation_core::view::TABLES`]) with the
+//! canonical key bytes of [`ViewKey::encode`], plus `user_rooms` (a user's
+//! memberships, the other direction of `members`) and `positions`. Values are
+//! postcard-encoded [`ViewValue`]s. A batch and its positions are one atomic
+//! fjall write batch, so the views and the positions they claim never diverge.
+//! Batches are not synced: after a machine crash the store may fall back to an
+//! earlier consistent batch, and the projector re-applies from its positions.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use emosation_core::ids::Topic;
+use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
+use emosation_core::view::{MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use sha2::{Digest, Sha256};
+
+use crate::OpenError;
+
+pub struct EmbeddedViewStore {
+    db: Database,
+    /// In the order of [`TABLES`].
+    tables: Vec<Keyspace>,
+    user_rooms: Keyspace,
+    positions: Keyspace,
+}
+
+impl std::fmt::Debug for EmbeddedViewStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedViewStore").finish_non_exhaustive()
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+fn table_index(table: &str) -> usize {
+    TABLES.iter().position(|t| *t == table).expect("known table")
+}
+
+fn position_key(consumer: &str, topic: Topic, partition: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(consumer.len() + 24);
+    k.extend_from_slice(consumer.as_bytes());
+    k.push(0);
+    k.extend_from_slice(topic.name().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn join2(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+fn prefix_of(id: &str) -> Vec<u8> {
+    let mut k = id.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+impl EmbeddedViewStore {
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        let err = |e: fjall::Error| OpenError::Open {
+            what: "embedded view store",
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        };
+        let db = Database::builder(dir).open().map_err(err)?;
+        let tables = TABLES
+            .iter()
+            .map(|t| db.keyspace(t, KeyspaceCreateOptions::default))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        let user_rooms = db.keyspace("user_rooms", KeyspaceCreateOptions::default).map_err(err)?;
+        let positions = db.keyspace("positions", KeyspaceCreateOptions::default).map_err(err)?;
+        Ok(EmbeddedViewStore {
+            db,
+            tables,
+            user_rooms,
+            positions,
+        })
+    }
+
+    fn table(&self, name: &str) -> &Keyspace {
+        &self.tables[table_index(name)]
+    }
+
+    fn decode(table: &'static str, raw: &[u8]) -> Result<ViewValue, StoreError> {
+        postcard::from_bytes(raw).map_err(|e| StoreError::Corrupt {
+            table,
+            reason: e.to_string(),
+        })
+    }
+
+    fn get(&self, key: &ViewKey) -> Result<Option<ViewValue>, StoreError> {
+        let table = key.table();
+        match self.table(table).get(key.encode()).map_err(storage)? {
+            Some(raw) => Ok(Some(Self::decode(table, &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan<T>(
+        &self,
+        table: &'static str,
+        iter: impl Iterator<Item = fjall::Guard>,
+        pick: impl Fn(ViewValue) -> Option<T>,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for g in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let v = g.value().map_err(storage)?;
+            if let Some(t) = pick(Self::decode(table, &v)?) {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn as_member(v: ViewValue) -> Option<MemberView> {
+    match v {
+        ViewValue::Member(m) => Some(m),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl ViewStore for EmbeddedViewStore {
+    async fn load(&self, keys: &[ViewKey]) -> Result<Vec<Option<ViewValue>>, StoreError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
+    async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
+        let mut b = self.db.batch();
+        for (key, value) in &batch.changes {
+            let ks = self.table(key.table());
+            match value {
+                Some(v) => b.insert(ks, key.encode(), postcard::to_allocvec(v).map_err(storage)?),
+                None => b.remove(ks, key.encode()),
+            }
+            if let ViewKey::Member { room_id, user_id } = key {
+                let idx = join2(user_id, room_id);
+                match value {
+                    Some(_) => b.insert(&self.user_rooms, idx, []),
+                    None => b.remove(&self.user_rooms, idx),
+                }
+            }
+        }
+        for (topic, partition, next) in &batch.positions {
+            b.insert(&self.positions, position_key(&batch.consumer, *topic, *partition), next.to_be_bytes());
+        }
+        b.commit().map_err(storage)
+    }
+
+    async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError> {
+        let v = self.positions.get(position_key(consumer, topic, partition)).map_err(storage)?;
+        Ok(v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0))
+    }
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserView>, StoreError> {
+        Ok(match self.get(&ViewKey::User(user_id.to_owned()))? {
+            Some(ViewValue::User(u)) => Some(u),
+            _ => None,
+        })
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserView>, StoreError> {
+        match self.get(&ViewKey::Username(username.to_owned()))? {
+            Some(ViewValue::Username(id)) => self.user(&id).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn room(&self, room_id: &str) -> Result<Option<RoomView>, StoreError> {
+        Ok(match self.get(&ViewKey::Room(room_id.to_owned()))? {
+            Some(ViewValue::Room(r)) => Some(r),
+            _ => None,
+        })
+    }
+
+    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError> {
+        let ks = self.table("rooms");
+        let iter: Box<dyn Iterator<Item = fjall::Guard>> = match after {
+            Some(a) => {
+                let mut from = a.as_bytes().to_vec();
+                from.push(0);
+                Box::new(ks.range(from..))
+            }
+            None => Box::new(ks.iter()),
+        };
+        self.scan(
+            "rooms",
+            iter,
+            |v| match v {
+                ViewValue::Room(r) => Some(r),
+                _ => None,
+            },
+            limit,
+        )
+    }
+
+    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberView>, StoreError> {
+        Ok(self
+            .get(&ViewKey::Member {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+            })?
+            .and_then(as_member))
+    }
+
+    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
+        self.scan("members", self.table("members").prefix(prefix_of(room_id)), as_member, usize::MAX)
+    }
+
+    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError> {
+        let mut out = Vec::new();
+        for g in self.user_rooms.prefix(prefix_of(user_id)) {
+            let k = g.key().map_err(storage)?;
+            let room_id = std::str::from_utf8(&k[user_id.len() + 1..]).map_err(storage)?;
+            if let Some(m) = self.member(room_id, user_id).await? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError> {
+        let ks = self.table("messages");
+        let start = prefix_of(room_id);
+        let mut end = start.clone();
+        match before {
+            Some(b) => end.extend_from_slice(b.as_bytes()),
+            None => *end.last_mut().expect("non-empty") = 1,
+        }
+        let mut out = self.scan(
+            "messages",
+            ks.range(start..end).rev(),
+            |v| match v {
+                ViewValue::Message(m) => Some(m),
+                _ => None,
+            },
+            limit,
+        )?;
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<SessionView>, StoreError> {
+        Ok(match self.get(&ViewKey::Session(session_id.to_owned()))? {
+            Some(ViewValue::Session(s)) => Some(s),
+            _ => None,
+        })
+    }
+
+    async fn clear(&self, consumer: &str) -> Result<(), StoreError> {
+        if consumer == CORE_VIEWS {
+            for ks in self.tables.iter().chain([&self.user_rooms]) {
+                ks.clear().map_err(storage)?;
+            }
+        }
+        let mut b = self.db.batch();
+        for g in self.positions.prefix(prefix_of(consumer)) {
+            b.remove(&self.positions, g.key().map_err(storage)?);
+        }
+        b.commit().map_err(storage)
+    }
+
+    async fn checksum(&self) -> Result<String, StoreError> {
+        let mut h = Sha256::new();
+        let mut feed = |name: &str, ks: &Keyspace| -> Result<(), StoreError> {
+            h.update((name.len() as u32).to_be_bytes());
+            h.update(name.as_bytes());
+            for g in ks.iter() {
+                let (k, v) = g.into_inner().map_err(storage)?;
+                h.update((k.len() as u32).to_be_bytes());
+                h.update(&k);
+                h.update((v.len() as u32).to_be_bytes());
+                h.update(&v);
+            }
+            Ok(())
+        };
+        for (name, ks) in TABLES.iter().zip(&self.tables) {
+            feed(name, ks)?;
+        }
+        feed("positions", &self.positions)?;
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}

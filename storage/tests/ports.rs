@@ -1,0 +1,298 @@
+//! The port contracts, written once and run on every adapter.
+//!
+//! The embedded adapters always run; adapters for external engines add a
+//! `#[tokio::test]` here that calls the same body.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use emosation_core::ids::{Topic, Topology, partition_for};
+use emosation_core::ports::{CORE_VIEWS, Log, LogError, ViewBatch, ViewStore};
+use emosation_core::view::{MemberView, MessageView, RoomView, UserView, ViewKey, ViewValue};
+use emosation_storage::{EmbeddedLog, EmbeddedViewStore};
+
+async fn log_contract(log: Arc<dyn Log>) {
+    let topo = log.topology();
+    assert!(topo.rooms_partitions >= 2);
+
+    // Partitioning and dense offsets.
+    let keys = ["room-a", "room-b", "room-c", "room-a", "room-a"];
+    let mut expected_next = std::collections::HashMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        let pos = log.append(Topic::Rooms, k.as_bytes(), Bytes::from(format!("v{i}"))).await.unwrap();
+        let p = partition_for(k.as_bytes(), topo.rooms_partitions);
+        assert_eq!(pos.partition, p, "key {k} goes to its partition");
+        let next = expected_next.entry(p).or_insert(0u64);
+        assert_eq!(pos.offset, *next, "offsets are dense from 0");
+        *next += 1;
+    }
+    let pa = partition_for(b"room-a", topo.rooms_partitions);
+    let end = log.end_offset(Topic::Rooms, pa).await.unwrap();
+    assert_eq!(end, expected_next[&pa]);
+
+    // Reads in order, bounded by max.
+    let all = log.fetch(Topic::Rooms, pa, 0, 100, Duration::ZERO).await.unwrap();
+    assert_eq!(all.len() as u64, end);
+    assert!(all.windows(2).all(|w| w[0].offset + 1 == w[1].offset));
+    let a_values: Vec<_> = all.iter().filter(|e| &e.key[..] == b"room-a").map(|e| e.value.clone()).collect();
+    assert_eq!(a_values, vec![Bytes::from("v0"), Bytes::from("v3"), Bytes::from("v4")]);
+    assert!(all.iter().all(|e| e.timestamp_ms > 0));
+    let one = log.fetch(Topic::Rooms, pa, 1, 1, Duration::ZERO).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].offset, 1);
+
+    // At the end: empty after the wait; beyond it: an error.
+    let t = Instant::now();
+    let none = log.fetch(Topic::Rooms, pa, end, 10, Duration::from_millis(50)).await.unwrap();
+    assert!(none.is_empty());
+    assert!(t.elapsed() >= Duration::from_millis(40), "fetch waited");
+    assert!(matches!(
+        log.fetch(Topic::Rooms, pa, end + 5, 10, Duration::ZERO).await,
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert!(matches!(
+        log.fetch(Topic::Rooms, 9999, 0, 10, Duration::ZERO).await,
+        Err(LogError::UnknownPartition { .. })
+    ));
+
+    // A waiting fetch wakes up for a new record.
+    let l2 = Arc::clone(&log);
+    let waiter = tokio::spawn(async move { l2.fetch(Topic::Rooms, pa, end, 10, Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t = Instant::now();
+    log.append(Topic::Rooms, b"room-a", Bytes::from_static(b"late")).await.unwrap();
+    let got = waiter.await.unwrap().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].value, Bytes::from_static(b"late"));
+    assert!(t.elapsed() < Duration::from_secs(2), "woken by the append, not the timeout");
+
+    // Concurrent appends to one key keep a total order with no gaps.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let l = Arc::clone(&log);
+        tasks.push(tokio::spawn(async move {
+            l.append(Topic::Accounts, b"same-key", Bytes::from(format!("{i}"))).await.unwrap()
+        }));
+    }
+    let mut offsets: Vec<u64> = Vec::new();
+    for t in tasks {
+        offsets.push(t.await.unwrap().offset);
+    }
+    offsets.sort();
+    assert!(offsets.windows(2).all(|w| w[0] + 1 == w[1]));
+
+    // Consumer groups.
+    assert_eq!(log.committed("g1", Topic::Rooms, pa).await.unwrap(), None);
+    log.commit("g1", Topic::Rooms, pa, 2).await.unwrap();
+    log.commit("g1", Topic::Rooms, pa, 3).await.unwrap();
+    assert_eq!(log.committed("g1", Topic::Rooms, pa).await.unwrap(), Some(3));
+    assert_eq!(log.committed("g2", Topic::Rooms, pa).await.unwrap(), None);
+}
+
+fn room(id: &str, members: u32, messages: u64) -> RoomView {
+    RoomView {
+        room_id: id.into(),
+        name: format!("room {id}"),
+        capacity: 10,
+        owner_id: "u1".into(),
+        created_at: 1,
+        member_count: members,
+        message_count: messages,
+        last_message_id: None,
+    }
+}
+
+fn member(room_id: &str, user_id: &str) -> MemberView {
+    MemberView {
+        room_id: room_id.into(),
+        user_id: user_id.into(),
+        username: format!("name-{user_id}"),
+        joined_at: 1,
+        read_seq: 0,
+        last_read_message_id: None,
+    }
+}
+
+fn message(room_id: &str, seq: u64) -> MessageView {
+    MessageView {
+        message_id: format!("{:016x}", seq),
+        room_id: room_id.into(),
+        seq,
+        author_id: "u1".into(),
+        author: "alice".into(),
+        text: format!("text {seq}"),
+        created_at: seq as i64,
+        client_msg_id: format!("c{seq}"),
+    }
+}
+
+fn sample_batch() -> ViewBatch {
+    let mut changes = vec![
+        (
+            ViewKey::User("u1".into()),
+            Some(ViewValue::User(UserView {
+                user_id: "u1".into(),
+                username: "alice".into(),
+                password_hash: "h".into(),
+                created_at: 1,
+                deleted_at: None,
+            })),
+        ),
+        (ViewKey::Username("alice".into()), Some(ViewValue::Username("u1".into()))),
+        (ViewKey::Room("r1".into()), Some(ViewValue::Room(room("r1", 2, 60)))),
+        (ViewKey::Room("r2".into()), Some(ViewValue::Room(room("r2", 1, 0)))),
+        (
+            ViewKey::Member {
+                room_id: "r1".into(),
+                user_id: "u1".into(),
+            },
+            Some(ViewValue::Member(member("r1", "u1"))),
+        ),
+        (
+            ViewKey::Member {
+                room_id: "r1".into(),
+                user_id: "u2".into(),
+            },
+            Some(ViewValue::Member(member("r1", "u2"))),
+        ),
+        (
+            ViewKey::Member {
+                room_id: "r2".into(),
+                user_id: "u1".into(),
+            },
+            Some(ViewValue::Member(member("r2", "u1"))),
+        ),
+    ];
+    for seq in 1..=60 {
+        changes.push((
+            ViewKey::Message {
+                room_id: "r1".into(),
+                message_id: format!("{:016x}", seq),
+            },
+            Some(ViewValue::Message(message("r1", seq))),
+        ));
+    }
+    ViewBatch {
+        consumer: CORE_VIEWS.into(),
+        changes,
+        positions: vec![(Topic::Rooms, 3, 61), (Topic::Accounts, 0, 1)],
+    }
+}
+
+async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore>) {
+    let empty = store.checksum().await.unwrap();
+    assert_eq!(store.position(CORE_VIEWS, Topic::Rooms, 3).await.unwrap(), 0);
+    store.apply(sample_batch()).await.unwrap();
+    assert_ne!(store.checksum().await.unwrap(), empty);
+    assert_eq!(store.position(CORE_VIEWS, Topic::Rooms, 3).await.unwrap(), 61);
+    assert_eq!(store.position("other", Topic::Rooms, 3).await.unwrap(), 0);
+
+    assert_eq!(store.user("u1").await.unwrap().unwrap().username, "alice");
+    assert_eq!(store.user_by_name("alice").await.unwrap().unwrap().user_id, "u1");
+    assert!(store.user_by_name("bob").await.unwrap().is_none());
+    assert_eq!(store.room("r1").await.unwrap().unwrap().member_count, 2);
+    assert!(store.room("nope").await.unwrap().is_none());
+    let rooms = store.rooms(None, 10).await.unwrap();
+    assert_eq!(rooms.iter().map(|r| r.room_id.as_str()).collect::<Vec<_>>(), ["r1", "r2"]);
+    let after = store.rooms(Some("r1"), 10).await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].room_id, "r2");
+
+    let members = store.members("r1").await.unwrap();
+    assert_eq!(members.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(), ["u1", "u2"]);
+    let mine = store.user_rooms("u1").await.unwrap();
+    assert_eq!(mine.iter().map(|m| m.room_id.as_str()).collect::<Vec<_>>(), ["r1", "r2"]);
+
+    // History: newest `limit` before the cursor, oldest first.
+    let page = store.history("r1", None, 50).await.unwrap();
+    assert_eq!(page.len(), 50);
+    assert_eq!(page.first().unwrap().seq, 11);
+    assert_eq!(page.last().unwrap().seq, 60);
+    let older = store.history("r1", Some(&page[0].message_id), 50).await.unwrap();
+    assert_eq!(older.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    assert!(store.history("r2", None, 50).await.unwrap().is_empty());
+
+    // Loads see exactly what was written; deletions remove both directions.
+    let k = ViewKey::Member {
+        room_id: "r1".into(),
+        user_id: "u2".into(),
+    };
+    assert!(store.load(std::slice::from_ref(&k)).await.unwrap()[0].is_some());
+    store
+        .apply(ViewBatch {
+            consumer: CORE_VIEWS.into(),
+            changes: vec![(k.clone(), None)],
+            positions: vec![(Topic::Rooms, 3, 62)],
+        })
+        .await
+        .unwrap();
+    assert!(store.load(&[k]).await.unwrap()[0].is_none());
+    assert!(store.user_rooms("u2").await.unwrap().is_empty());
+
+    // Equal content, equal digest, on another store.
+    other.apply(sample_batch()).await.unwrap();
+    assert_ne!(other.checksum().await.unwrap(), store.checksum().await.unwrap());
+    other
+        .apply(ViewBatch {
+            consumer: CORE_VIEWS.into(),
+            changes: vec![(
+                ViewKey::Member {
+                    room_id: "r1".into(),
+                    user_id: "u2".into(),
+                },
+                None,
+            )],
+            positions: vec![(Topic::Rooms, 3, 62)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(other.checksum().await.unwrap(), store.checksum().await.unwrap());
+
+    store.clear(CORE_VIEWS).await.unwrap();
+    assert_eq!(store.checksum().await.unwrap(), empty);
+    assert!(store.user("u1").await.unwrap().is_none());
+    assert_eq!(store.position(CORE_VIEWS, Topic::Rooms, 3).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn embedded_log_meets_the_log_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), Topology::default()).unwrap();
+    log_contract(Arc::new(log)).await;
+}
+
+#[tokio::test]
+async fn embedded_log_survives_reopen_and_keeps_its_topology() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = Topology {
+        accounts_partitions: 2,
+        rooms_partitions: 3,
+    };
+    let pos = {
+        let log = EmbeddedLog::open(dir.path(), topo).unwrap();
+        for i in 0..10 {
+            log.append(Topic::Rooms, b"k", Bytes::from(format!("{i}"))).await.unwrap();
+        }
+        log.append(Topic::Rooms, b"k", Bytes::from_static(b"last")).await.unwrap()
+    };
+    let log = EmbeddedLog::open(dir.path(), Topology::default()).unwrap();
+    assert_eq!(log.topology(), topo, "topology is fixed at creation");
+    assert_eq!(log.end_offset(Topic::Rooms, pos.partition).await.unwrap(), pos.offset + 1);
+    let next = log.append(Topic::Rooms, b"k", Bytes::from_static(b"after")).await.unwrap();
+    assert_eq!(next.offset, pos.offset + 1);
+    let all = log.fetch(Topic::Rooms, pos.partition, 0, 100, Duration::ZERO).await.unwrap();
+    assert_eq!(all[10].value, Bytes::from_static(b"last"));
+    assert_eq!(all[11].value, Bytes::from_static(b"after"));
+}
+
+#[tokio::test]
+async fn embedded_view_store_meets_the_view_store_contract() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    view_store_contract(
+        Arc::new(EmbeddedViewStore::open(a.path()).unwrap()),
+        Arc::new(EmbeddedViewStore::open(b.path()).unwrap()),
+    )
+    .await;
+}
