@@ -148,3 +148,31 @@ pub trait ViewStore: Send + Sync + 'static {
     /// A hex digest of all content (see the contract).
     async fn checksum(&self) -> Result<String, StoreError>;
 }
+
+/// What the fold decided about one appended command, as seen by the node that
+/// appended it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub topic: Topic,
+    pub position: LogPosition,
+    pub outcome: crate::fold::Outcome,
+}
+
+/// A pending wait for a [`Decision`]; `None` if the feed closed first.
+pub type DecisionTicket = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Decision>> + Send>>;
+
+/// How ingest learns what the fold decided about its command.
+///
+/// Contract:
+/// - `expect(request_id)` is called *before* the command is appended; the
+///   returned ticket resolves once a projector has folded the record carrying
+///   that `request_id` **and** committed the resulting views (so the caller's
+///   next read sees them).
+/// - `publish` is called by projectors for every folded record; decisions no one
+///   expects are dropped. Dropping a ticket cancels the wait.
+/// - Request ids are random 64-bit values; a collision can only confuse the two
+///   colliding requests, never the views.
+pub trait Decisions: Send + Sync + 'static {
+    fn expect(&self, request_id: i64) -> DecisionTicket;
+    fn publish(&self, request_id: i64, decision: Decision);
+}

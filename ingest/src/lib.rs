@@ -1,1 +1,410 @@
-//! placeholder
+//! Ingest: the command path.
+//!
+//! A command is validated, checked against the views for the cheap refusals
+//! (unknown room, not a member, username already taken), turned into a
+//! [`Record`], appended to the log, and answered only once the projector has
+//! folded it: the answer is the fold's decision, taken in log order, so two
+//! racing signups or a join into the last seat are decided exactly as every
+//! replay will decide them. A 2xx for a write therefore means the record is
+//! durable in the log *and* the views already show it.
+//!
+//! # Layout
+//! - [`Ingest`]: the commands, callable from HTTP (here) and WebSocket (ws-fanout).
+//! - [`validate`]: the contract's input rules.
+//! - [`limiter`]: per-user message rate limit.
+//! - [`http`]: the command endpoints.
+
+pub mod http;
+pub mod limiter;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::http::StatusCode;
+use emosation_core::ids::{LogPosition, normalize_username, random_id};
+use emosation_core::ports::{Decision, Decisions, Log, ViewStore};
+use emosation_core::record::*;
+use emosation_core::view::RoomView;
+use emosation_core::{Accepted, Record};
+use emosation_http::auth::TokenKind;
+use emosation_http::{ApiError, AuthUser, Authenticator, TokenPair};
+use tokio::sync::Semaphore;
+
+use crate::limiter::RateLimiter;
+
+/// Ingest settings.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Messages per second per user (burst 2×); 0 disables the limit.
+    pub message_rate: u32,
+    /// How long to wait for the fold's decision before answering 503.
+    pub decision_timeout: Duration,
+    /// Shared secret for the admin endpoints; `None` disables them.
+    pub admin_token: Option<String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            message_rate: 50,
+            decision_timeout: Duration::from_secs(10),
+            admin_token: None,
+        }
+    }
+}
+
+/// The outcome of posting a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    pub message_id: String,
+    pub cursor: String,
+    /// The `client_msg_id` had been used before; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// The command path shared by HTTP and WebSocket.
+pub struct Ingest {
+    log: Arc<dyn Log>,
+    views: Arc<dyn ViewStore>,
+    decisions: Arc<dyn Decisions>,
+    auth: Arc<Authenticator>,
+    limiter: RateLimiter,
+    /// Bounds concurrent password hashes (each takes ~19 MiB and a core).
+    hashing: Semaphore,
+    dummy_hash: String,
+    cfg: IngestConfig,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn hash_password(password: &str) -> Result<String, ApiError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::internal("argon2 hash", e))
+}
+
+fn verify_password(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+impl Ingest {
+    pub fn new(
+        log: Arc<dyn Log>,
+        views: Arc<dyn ViewStore>,
+        decisions: Arc<dyn Decisions>,
+        auth: Arc<Authenticator>,
+        cfg: IngestConfig,
+    ) -> Result<Self, ApiError> {
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Ok(Ingest {
+            log,
+            views,
+            decisions,
+            auth,
+            limiter: RateLimiter::new(cfg.message_rate),
+            hashing: Semaphore::new(workers * 2),
+            dummy_hash: hash_password("not-a-real-password")?,
+            cfg,
+        })
+    }
+
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
+    }
+
+    pub fn config(&self) -> &IngestConfig {
+        &self.cfg
+    }
+
+    async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let _permit = self.hashing.acquire().await.map_err(|_| ApiError::unavailable("shutting down"))?;
+        tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| ApiError::internal("hash task", e))?
+    }
+
+    async fn verify(&self, password: String, phc: String) -> Result<bool, ApiError> {
+        let _permit = self.hashing.acquire().await.map_err(|_| ApiError::unavailable("shutting down"))?;
+        tokio::task::spawn_blocking(move || verify_password(&password, &phc))
+            .await
+            .map_err(|e| ApiError::internal("verify task", e))
+    }
+
+    /// Appends the record built by `make(request_id, at)` and waits for the fold's decision.
+    async fn submit(&self, make: impl FnOnce(i64, i64) -> Record) -> Result<Decision, ApiError> {
+        let request_id = rand::random::<i64>();
+        let record = make(request_id, now_ms());
+        let value = emosation_schemas::encode(&record).map_err(|e| ApiError::internal("encode record", e))?;
+        let ticket = self.decisions.expect(request_id);
+        let key = record.key();
+        let pos = self.log.append(record.topic(), key.as_bytes(), value.into()).await?;
+        metrics::counter!("emosation_ingest_commands_total", "kind" => record.kind()).increment(1);
+        match tokio::time::timeout(self.cfg.decision_timeout, ticket).await {
+            Ok(Some(decision)) => Ok(decision),
+            Ok(None) => Err(ApiError::unavailable("the projector stopped before deciding")),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "decision_pending",
+                format!(
+                    "the command is durably in the log at {}, but the views have not decided it yet",
+                    pos.to_id()
+                ),
+            )),
+        }
+    }
+
+    pub async fn signup(&self, username: &str, password: &str) -> Result<(String, String), ApiError> {
+        validate::username(username)?;
+        validate::password(password)?;
+        let username = normalize_username(username);
+        // Cheap early refusal; the fold still decides every race.
+        if self.views.user_by_name(&username).await?.is_some() {
+            return Err(emosation_core::Rejection::UsernameTaken.into());
+        }
+        let password_hash = self.hash(password.to_owned()).await?;
+        let user_id = random_id(rand::random());
+        let decision = self
+            .submit(|request_id, at| {
+                Record::UserSignedUp(UserSignedUp {
+                    request_id,
+                    at,
+                    user_id,
+                    username: username.clone(),
+                    password_hash,
+                })
+            })
+            .await?;
+        match decision.outcome? {
+            Accepted::SignedUp { user_id } => Ok((user_id, username)),
+            other => Err(ApiError::internal("signup", format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Result<TokenPair, ApiError> {
+        let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong username or password");
+        let user = if validate::username(username).is_ok() {
+            self.views.user_by_name(&normalize_username(username)).await?
+        } else {
+            None
+        };
+        // Verify against a dummy hash for unknown users, so timing does not
+        // reveal which usernames exist.
+        let phc = user.as_ref().map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+        let ok = self.verify(password.to_owned(), phc).await?;
+        match user {
+            Some(u) if ok && u.deleted_at.is_none() => {
+                let sid = random_id(rand::random());
+                metrics::counter!("emosation_logins_total").increment(1);
+                self.auth.keys.issue(&u.user_id, &u.username, &sid)
+            }
+            _ => Err(invalid()),
+        }
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, ApiError> {
+        let claims = self.auth.authenticate(refresh_token, TokenKind::Refresh).await?;
+        self.auth.keys.issue(&claims.sub, &claims.name, &claims.sid)
+    }
+
+    pub async fn logout(&self, user: &AuthUser) -> Result<(), ApiError> {
+        let expires_at = self.auth.keys.session_expiry(user.issued_at) * 1000;
+        self.submit(|request_id, at| {
+            Record::SessionRevoked(SessionRevoked {
+                request_id,
+                at,
+                user_id: user.user_id.clone(),
+                username: user.username.clone(),
+                session_id: user.session_id.clone(),
+                expires_at,
+            })
+        })
+        .await?
+        .outcome?;
+        Ok(())
+    }
+
+    pub async fn delete_account(&self, user: &AuthUser) -> Result<(), ApiError> {
+        self.submit(|request_id, at| {
+            Record::AccountDeleted(AccountDeleted {
+                request_id,
+                at,
+                user_id: user.user_id.clone(),
+                username: user.username.clone(),
+            })
+        })
+        .await?
+        .outcome?;
+        Ok(())
+    }
+
+    /// Restores a soft-deleted account (admin).
+    pub async fn restore_account(&self, user_id: &str) -> Result<(), ApiError> {
+        let user = self
+            .views
+            .user(user_id)
+            .await?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no such user"))?;
+        self.submit(|request_id, at| {
+            Record::AccountRestored(AccountRestored {
+                request_id,
+                at,
+                user_id: user.user_id.clone(),
+                username: user.username.clone(),
+            })
+        })
+        .await?
+        .outcome?;
+        Ok(())
+    }
+
+    pub async fn create_room(&self, user: &AuthUser, name: &str, capacity: Option<i64>) -> Result<RoomView, ApiError> {
+        let name = validate::room_name(name)?;
+        let capacity = validate::capacity(capacity)?;
+        let room_id = random_id(rand::random());
+        let decision = self
+            .submit(|request_id, at| {
+                Record::RoomCreated(RoomCreated {
+                    request_id,
+                    at,
+                    room_id,
+                    name,
+                    capacity,
+                    owner_id: user.user_id.clone(),
+                    owner_name: user.username.clone(),
+                })
+            })
+            .await?;
+        match decision.outcome? {
+            Accepted::RoomCreated(room) => Ok(room),
+            other => Err(ApiError::internal("create room", format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn existing_room(&self, room_id: &str) -> Result<RoomView, ApiError> {
+        if !validate::is_id(room_id) {
+            return Err(ApiError::room_not_found());
+        }
+        self.views.room(room_id).await?.ok_or_else(ApiError::room_not_found)
+    }
+
+    /// Joins a room; joining twice is a no-op. Returns the member count.
+    pub async fn join(&self, user: &AuthUser, room_id: &str) -> Result<u32, ApiError> {
+        let room = self.existing_room(room_id).await?;
+        if self.views.member(room_id, &user.user_id).await?.is_some() {
+            return Ok(room.member_count);
+        }
+        let decision = self
+            .submit(|request_id, at| {
+                Record::MemberJoined(MemberJoined {
+                    request_id,
+                    at,
+                    room_id: room_id.to_owned(),
+                    user_id: user.user_id.clone(),
+                    username: user.username.clone(),
+                })
+            })
+            .await?;
+        match decision.outcome? {
+            Accepted::Joined { member_count, .. } => Ok(member_count),
+            other => Err(ApiError::internal("join", format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    pub async fn quit(&self, user: &AuthUser, room_id: &str) -> Result<u32, ApiError> {
+        self.existing_room(room_id).await?;
+        if self.views.member(room_id, &user.user_id).await?.is_none() {
+            return Err(ApiError::not_member());
+        }
+        let decision = self
+            .submit(|request_id, at| {
+                Record::MemberQuit(MemberQuit {
+                    request_id,
+                    at,
+                    room_id: room_id.to_owned(),
+                    user_id: user.user_id.clone(),
+                    username: user.username.clone(),
+                })
+            })
+            .await?;
+        match decision.outcome? {
+            Accepted::Quit { member_count } => Ok(member_count),
+            other => Err(ApiError::internal("quit", format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Posts a message. A repeated `client_msg_id` answers the first message.
+    pub async fn post(&self, user: &AuthUser, room_id: &str, client_msg_id: &str, text: &str) -> Result<Posted, ApiError> {
+        validate::client_msg_id(client_msg_id)?;
+        validate::text(text)?;
+        self.existing_room(room_id).await?;
+        if self.views.member(room_id, &user.user_id).await?.is_none() {
+            return Err(ApiError::not_member());
+        }
+        if !self.limiter.allow(&user.user_id) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("more than {} messages per second", self.cfg.message_rate),
+            ));
+        }
+        let decision = self
+            .submit(|request_id, at| {
+                Record::MessagePosted(MessagePosted {
+                    request_id,
+                    at,
+                    room_id: room_id.to_owned(),
+                    author_id: user.user_id.clone(),
+                    author: user.username.clone(),
+                    client_msg_id: client_msg_id.to_owned(),
+                    text: text.to_owned(),
+                })
+            })
+            .await?;
+        match decision.outcome? {
+            Accepted::Posted { message_id, duplicate } => Ok(Posted {
+                cursor: message_id.clone(),
+                message_id,
+                duplicate,
+            }),
+            other => Err(ApiError::internal("post", format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    pub async fn mark_read(&self, user: &AuthUser, room_id: &str, message_id: &str) -> Result<(), ApiError> {
+        self.existing_room(room_id).await?;
+        if LogPosition::parse_id(message_id).is_none() {
+            return Err(ApiError::invalid_request("message_id is not a message id"));
+        }
+        if self.views.member(room_id, &user.user_id).await?.is_none() {
+            return Err(ApiError::not_member());
+        }
+        self.submit(|request_id, at| {
+            Record::ReadMarkerSet(ReadMarkerSet {
+                request_id,
+                at,
+                room_id: room_id.to_owned(),
+                user_id: user.user_id.clone(),
+                message_id: message_id.to_owned(),
+            })
+        })
+        .await?
+        .outcome?;
+        Ok(())
+    }
+}

@@ -1,1 +1,183 @@
-//! placeholder
+//! Query API: the read endpoints of the contract, answered from the views.
+//!
+//! Reads never touch the log. Everything here is a lookup or an ordered range
+//! scan on the view store: history pages walk one room's messages by id
+//! (= log order), a user's rooms come from the membership index, and unread
+//! counts are `room.message_count - member.read_seq`, both maintained by the fold.
+//!
+//! # Layout
+//! - [`routes`]: the router; [`json`]: how view entities are rendered.
+
+pub mod json;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRef, State};
+use axum::routing::get;
+use emosation_core::ids::LogPosition;
+use emosation_core::ports::ViewStore;
+use emosation_core::view::RoomView;
+use emosation_http::{ApiError, ApiPath, ApiQuery, AuthUser, Authenticator};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub const DEFAULT_HISTORY_LIMIT: usize = 50;
+pub const MAX_HISTORY_LIMIT: usize = 200;
+pub const DEFAULT_ROOMS_LIMIT: usize = 100;
+pub const MAX_ROOMS_LIMIT: usize = 1000;
+
+#[derive(Clone)]
+pub struct QueryState {
+    pub views: Arc<dyn ViewStore>,
+    pub auth: Arc<Authenticator>,
+}
+
+impl FromRef<QueryState> for Arc<Authenticator> {
+    fn from_ref(s: &QueryState) -> Self {
+        Arc::clone(&s.auth)
+    }
+}
+
+/// The read routes, ready to merge with other services' routes.
+pub fn routes(views: Arc<dyn ViewStore>, auth: Arc<Authenticator>) -> Router {
+    Router::new()
+        .route("/v1/me", get(me))
+        .route("/v1/me/rooms", get(my_rooms))
+        .route("/v1/rooms", get(list_rooms))
+        .route("/v1/rooms/{room_id}", get(get_room))
+        .route("/v1/rooms/{room_id}/members", get(members))
+        .route("/v1/rooms/{room_id}/messages", get(history))
+        .route("/v1/rooms/{room_id}/emotions", get(emotions))
+        .with_state(QueryState { views, auth })
+}
+
+fn is_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+async fn room_or_404(views: &dyn ViewStore, room_id: &str) -> Result<RoomView, ApiError> {
+    if !is_id(room_id) {
+        return Err(ApiError::room_not_found());
+    }
+    views.room(room_id).await?.ok_or_else(ApiError::room_not_found)
+}
+
+/// The room, if `user` is a member: 404 for an unknown room, 403 otherwise.
+async fn member_room(views: &dyn ViewStore, room_id: &str, user: &AuthUser) -> Result<RoomView, ApiError> {
+    let room = room_or_404(views, room_id).await?;
+    if views.member(room_id, &user.user_id).await?.is_none() {
+        return Err(ApiError::not_member());
+    }
+    Ok(room)
+}
+
+fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match raw {
+        None | Some("") => Ok(default),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid_request(format!("limit must be an integer from 1 to {max}"))),
+        },
+    }
+}
+
+async fn me(State(s): State<QueryState>, user: AuthUser) -> Result<axum::Json<Value>, ApiError> {
+    let u = s
+        .views
+        .user(&user.user_id)
+        .await?
+        .ok_or_else(|| ApiError::invalid_token("account does not exist"))?;
+    Ok(axum::Json(json::user(&u)))
+}
+
+async fn my_rooms(State(s): State<QueryState>, user: AuthUser) -> Result<axum::Json<Value>, ApiError> {
+    let mut rooms = Vec::new();
+    for m in s.views.user_rooms(&user.user_id).await? {
+        if let Some(room) = s.views.room(&m.room_id).await? {
+            rooms.push(json::my_room(&room, &m));
+        }
+    }
+    Ok(axum::Json(json!({ "rooms": rooms })))
+}
+
+#[derive(Deserialize)]
+struct RoomsQuery {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_rooms(State(s): State<QueryState>, ApiQuery(q): ApiQuery<RoomsQuery>) -> Result<axum::Json<Value>, ApiError> {
+    let limit = parse_limit(q.limit.as_deref(), DEFAULT_ROOMS_LIMIT, MAX_ROOMS_LIMIT)?;
+    let rooms = s.views.rooms(q.after.as_deref(), limit).await?;
+    let next_after = (rooms.len() == limit).then(|| rooms.last().map(|r| r.room_id.clone())).flatten();
+    Ok(axum::Json(json!({
+        "rooms": rooms.iter().map(json::room).collect::<Vec<_>>(),
+        "next_after": next_after,
+    })))
+}
+
+async fn get_room(State(s): State<QueryState>, ApiPath(room_id): ApiPath<String>) -> Result<axum::Json<Value>, ApiError> {
+    Ok(axum::Json(json::room(&room_or_404(&*s.views, &room_id).await?)))
+}
+
+async fn members(
+    State(s): State<QueryState>,
+    user: AuthUser,
+    ApiPath(room_id): ApiPath<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    member_room(&*s.views, &room_id, &user).await?;
+    let members = s.views.members(&room_id).await?;
+    Ok(axum::Json(json!({
+        "members": members.iter().map(|m| json!({"user_id": m.user_id, "username": m.username})).collect::<Vec<_>>()
+    })))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+async fn history(
+    State(s): State<QueryState>,
+    user: AuthUser,
+    ApiPath(room_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    member_room(&*s.views, &room_id, &user).await?;
+    let limit = parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
+    let before = match q.before.as_deref() {
+        None | Some("") => None,
+        Some(b) if LogPosition::parse_id(b).is_some() => Some(b),
+        Some(_) => return Err(ApiError::invalid_request("before must be a message id or cursor")),
+    };
+    let messages = s.views.history(&room_id, before, limit).await?;
+    // Messages of a room have seq 1, 2, 3, …: the page reaches the start of
+    // the room exactly when its oldest message is seq 1.
+    let next_before = messages
+        .first()
+        .filter(|m| m.seq > 1)
+        .map(|m| m.message_id.clone());
+    Ok(axum::Json(json!({
+        "messages": messages.iter().map(json::message).collect::<Vec<_>>(),
+        "next_before": next_before,
+    })))
+}
+
+#[derive(Deserialize)]
+struct EmotionsQuery {
+    limit: Option<String>,
+}
+
+async fn emotions(
+    State(s): State<QueryState>,
+    user: AuthUser,
+    ApiPath(room_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<EmotionsQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    member_room(&*s.views, &room_id, &user).await?;
+    parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
+    // Emotion events arrive with the analyzer; until then no message has one.
+    Ok(axum::Json(json!({ "emotions": [], "summary": {} })))
+}

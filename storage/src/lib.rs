@@ -4,6 +4,7 @@
 //! - [`embedded_log`]: [`EmbeddedLog`], the durable partitioned log on fjall with
 //!   group commit: the default, needs nothing else installed.
 //! - [`embedded_views`]: [`EmbeddedViewStore`], the view store on fjall.
+//! - [`local_decisions`]: [`LocalDecisions`], the in-process decision feed.
 //! - [`open_log`] / [`open_views`]: URL → adapter (`embedded://PATH` or a bare
 //!   path). Kafka, ScyllaDB and Redis adapters join here behind their schemes.
 
@@ -15,9 +16,11 @@ use emosation_core::ports::{Log, ViewStore};
 
 pub mod embedded_log;
 pub mod embedded_views;
+pub mod local_decisions;
 
 pub use embedded_log::EmbeddedLog;
 pub use embedded_views::EmbeddedViewStore;
+pub use local_decisions::LocalDecisions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -1,0 +1,268 @@
+//! The command line. Every flag also reads an `EMOSATION_*` environment variable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use emosation_core::ids::Topology;
+use emosation_ingest::IngestConfig;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::net::TcpListener;
+
+use crate::system::{Engines, ServeConfig, Server};
+
+/// emosation: an event-sourced, emotion-aware chat backend.
+///
+/// With no subcommand, runs `serve`: every service in one process on the
+/// embedded log and views under ./data.
+#[derive(Debug, Parser)]
+#[command(name = "emosation", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every service in one process (the default).
+    Serve(ServeArgs),
+    /// Drop the views and rebuild them from the start of the log.
+    Replay(ReplayArgs),
+    /// Inspect the views.
+    Views {
+        #[command(subcommand)]
+        command: ViewsCommand,
+    },
+    /// Run the ingest service alone (distributed deployment).
+    Ingest(ServiceArgs),
+    /// Run the projector alone (distributed deployment).
+    Projector(ServiceArgs),
+    /// Run a WebSocket fan-out node alone (distributed deployment).
+    Fanout(ServiceArgs),
+    /// Run the emotion analyzer alone (distributed deployment).
+    Analyzer(ServiceArgs),
+    /// Run the query API alone (distributed deployment).
+    QueryApi(ServiceArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ViewsCommand {
+    /// Print one deterministic digest of every view's content.
+    Checksum(EngineArgs),
+}
+
+/// Where the log and the views live.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Directory of the embedded engines (log, views, JWT secret).
+    #[arg(long, env = "EMOSATION_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Log URL: `embedded://PATH` (default: DATA_DIR/log) or `kafka://HOST:PORT,…`.
+    #[arg(long, env = "EMOSATION_LOG")]
+    pub log: Option<String>,
+    /// View store URL: `embedded://PATH` (default: DATA_DIR/views) or `scylla://HOST:PORT`.
+    #[arg(long, env = "EMOSATION_STORE")]
+    pub store: Option<String>,
+    /// Cache and presence URL: in-process by default, or `redis://HOST:PORT`.
+    #[arg(long, env = "EMOSATION_CACHE")]
+    pub cache: Option<String>,
+    /// Partitions of the accounts topic, used when the log is created.
+    #[arg(long, env = "EMOSATION_ACCOUNTS_PARTITIONS", default_value_t = 4)]
+    pub accounts_partitions: u32,
+    /// Partitions of the rooms topic, used when the log is created.
+    #[arg(long, env = "EMOSATION_ROOMS_PARTITIONS", default_value_t = 8)]
+    pub rooms_partitions: u32,
+}
+
+impl EngineArgs {
+    fn engines(&self) -> anyhow::Result<Engines> {
+        if let Some(cache) = &self.cache {
+            anyhow::ensure!(
+                !cache.starts_with("redis://"),
+                "--cache redis:// is not supported by this build yet; omit it to use the in-process cache"
+            );
+        }
+        for (what, n) in [("accounts", self.accounts_partitions), ("rooms", self.rooms_partitions)] {
+            anyhow::ensure!(
+                (1..=emosation_core::ids::MAX_PARTITIONS).contains(&n),
+                "--{what}-partitions must be between 1 and {}",
+                emosation_core::ids::MAX_PARTITIONS
+            );
+        }
+        Ok(Engines {
+            data_dir: self.data_dir.clone(),
+            log: self.log.clone(),
+            store: self.store.clone(),
+            topology: Topology {
+                accounts_partitions: self.accounts_partitions,
+                rooms_partitions: self.rooms_partitions,
+            },
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to serve HTTP and WebSocket on.
+    #[arg(long, env = "EMOSATION_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    #[command(flatten)]
+    pub engines: EngineArgs,
+    /// Messages per second per user (burst 2×); 0 turns the limit off.
+    #[arg(long, env = "EMOSATION_MESSAGE_RATE", default_value_t = 50)]
+    pub message_rate: u32,
+    /// JWT signing secret (≥ 32 bytes). Default: generated into DATA_DIR/jwt.secret.
+    #[arg(long, env = "EMOSATION_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "EMOSATION_ACCESS_TTL_SECS", default_value_t = 900)]
+    pub access_ttl_secs: u64,
+    /// Lifetime of refresh tokens, in seconds.
+    #[arg(long, env = "EMOSATION_REFRESH_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    pub refresh_ttl_secs: u64,
+    /// Shared secret for the admin endpoints (`X-Admin-Token`); unset disables them.
+    #[arg(long, env = "EMOSATION_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Seconds to wait for the fold's decision on a command before answering 503.
+    #[arg(long, env = "EMOSATION_DECISION_TIMEOUT_SECS", default_value_t = 10)]
+    pub decision_timeout_secs: u64,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        // Parsing an empty command line applies the defaults and the environment.
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        Wrap::parse_from(["emosation"]).args
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub engines: EngineArgs,
+    /// Views to rebuild (comma-separated): core, users, rooms, members, messages, sessions.
+    #[arg(long, env = "EMOSATION_VIEWS", value_delimiter = ',', default_value = "core")]
+    pub views: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    /// Address to serve on (services with an HTTP side).
+    #[arg(long, env = "EMOSATION_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    #[command(flatten)]
+    pub engines: EngineArgs,
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EMOSATION_LOG_LEVEL")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(args).await,
+        Command::Replay(args) => replay(args).await,
+        Command::Views {
+            command: ViewsCommand::Checksum(args),
+        } => {
+            let views = args.engines()?.open_views()?;
+            println!("{}", views.checksum().await?);
+            Ok(())
+        }
+        Command::Ingest(_) | Command::Projector(_) | Command::Fanout(_) | Command::Analyzer(_) | Command::QueryApi(_) => {
+            anyhow::bail!(
+                "running one service alone needs a shared log (--log kafka://…), which this build does not support yet; \
+                 use `emosation serve` to run every service in one process"
+            )
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = ServeConfig {
+        engines: args.engines.engines()?,
+        ingest: IngestConfig {
+            message_rate: args.message_rate,
+            decision_timeout: Duration::from_secs(args.decision_timeout_secs.max(1)),
+            admin_token: args.admin_token.filter(|t| !t.is_empty()),
+        },
+        jwt_secret: args.jwt_secret,
+        access_ttl: Duration::from_secs(args.access_ttl_secs.max(1)),
+        refresh_ttl: Duration::from_secs(args.refresh_ttl_secs.max(1)),
+    };
+    let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    let server = Server::start(cfg, listener).await?;
+    let stop = server.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    server.wait().await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+const CORE_VIEW_NAMES: [&str; 6] = ["core", "users", "rooms", "members", "messages", "sessions"];
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    for v in &args.views {
+        anyhow::ensure!(
+            CORE_VIEW_NAMES.contains(&v.as_str()),
+            "unknown view {v:?}; known views: {}",
+            CORE_VIEW_NAMES.join(", ")
+        );
+    }
+    if args.views.iter().any(|v| v != "core") {
+        eprintln!("note: users, rooms, members, messages and sessions share the fold's decisions; rebuilding them together");
+    }
+    let engines = args.engines.engines()?;
+    let log = engines.open_log()?;
+    let views = engines.open_views()?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} records  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let b = bar.clone();
+    let progress = Arc::new(move |done: u64, total: u64| {
+        b.set_length(total);
+        b.set_position(done);
+    });
+    let stats = emosation_projector::replay(log, Arc::clone(&views), progress).await?;
+    bar.finish();
+    println!(
+        "replayed {} records in {:.2}s: {:.0} events/s",
+        stats.records,
+        stats.elapsed.as_secs_f64(),
+        stats.per_second()
+    );
+    println!("views checksum {}", views.checksum().await?);
+    Ok(())
+}

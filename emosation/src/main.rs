@@ -1,0 +1,10 @@
+//! `emosation`: see `emosation --help`.
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = emosation::cli::Cli::parse();
+    emosation::cli::init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(emosation::cli::run(cli))
+}

@@ -1,0 +1,195 @@
+//! Wiring: engines from URLs, services on top, one HTTP router.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use emosation_core::ids::Topology;
+use emosation_core::ports::{Decisions, Log, ViewStore};
+use emosation_http::{Authenticator, TokenKeys};
+use emosation_ingest::{Ingest, IngestConfig};
+use emosation_projector::Projector;
+use emosation_storage::LocalDecisions;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Largest request body accepted (a 4000-character message is at most ~16 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Where the engines are.
+#[derive(Debug, Clone)]
+pub struct Engines {
+    pub data_dir: PathBuf,
+    /// Log URL; `None` → `embedded://DATA_DIR/log`.
+    pub log: Option<String>,
+    /// View store URL; `None` → `embedded://DATA_DIR/views`.
+    pub store: Option<String>,
+    pub topology: Topology,
+}
+
+impl Engines {
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        Engines {
+            data_dir: data_dir.into(),
+            log: None,
+            store: None,
+            topology: Topology::default(),
+        }
+    }
+
+    fn log_url(&self) -> String {
+        self.log
+            .clone()
+            .unwrap_or_else(|| format!("embedded://{}", self.data_dir.join("log").display()))
+    }
+
+    fn store_url(&self) -> String {
+        self.store
+            .clone()
+            .unwrap_or_else(|| format!("embedded://{}", self.data_dir.join("views").display()))
+    }
+
+    pub fn open_log(&self) -> anyhow::Result<Arc<dyn Log>> {
+        std::fs::create_dir_all(&self.data_dir).with_context(|| format!("create data dir {}", self.data_dir.display()))?;
+        emosation_storage::open_log(&self.log_url(), self.topology).context("open log")
+    }
+
+    pub fn open_views(&self) -> anyhow::Result<Arc<dyn ViewStore>> {
+        std::fs::create_dir_all(&self.data_dir).with_context(|| format!("create data dir {}", self.data_dir.display()))?;
+        emosation_storage::open_views(&self.store_url()).context("open view store")
+    }
+}
+
+/// Settings of the all-in-one server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub engines: Engines,
+    pub ingest: IngestConfig,
+    /// JWT signing secret; `None` → read or create `DATA_DIR/jwt.secret`.
+    pub jwt_secret: Option<String>,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+impl ServeConfig {
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        ServeConfig {
+            engines: Engines::embedded(data_dir),
+            ingest: IngestConfig::default(),
+            jwt_secret: None,
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// The JWT secret: given, or read from / generated into `DATA_DIR/jwt.secret`
+/// (mode 0600) so tokens survive restarts. Never a constant in the code.
+pub fn jwt_secret(given: Option<&str>, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Some(s) = given {
+        anyhow::ensure!(s.len() >= 32, "the JWT secret must be at least 32 bytes");
+        return Ok(s.as_bytes().to_vec());
+    }
+    let path = data_dir.join("jwt.secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        anyhow::ensure!(s.len() >= 32, "{} holds fewer than 32 bytes", path.display());
+        return Ok(s.as_bytes().to_vec());
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let secret: String = (0..4).map(|_| format!("{:016x}", rand::random::<u64>())).collect();
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&path).with_context(|| format!("create {}", path.display()))?;
+        f.write_all(secret.as_bytes())?;
+        f.sync_all()?;
+    }
+    info!(path = %path.display(), "generated a new JWT signing secret");
+    Ok(secret.into_bytes())
+}
+
+/// A running all-in-one server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Opens the engines and starts every service, serving HTTP on `listener`.
+    pub async fn start(cfg: ServeConfig, listener: TcpListener) -> anyhow::Result<Server> {
+        let log = cfg.engines.open_log()?;
+        let views = cfg.engines.open_views()?;
+        let secret = jwt_secret(cfg.jwt_secret.as_deref(), &cfg.engines.data_dir)?;
+        let keys = TokenKeys::new(&secret, cfg.access_ttl, cfg.refresh_ttl);
+        let auth = Arc::new(Authenticator::new(keys, Arc::clone(&views)));
+        let decisions: Arc<dyn Decisions> = Arc::new(LocalDecisions::new());
+        let ingest = Arc::new(
+            Ingest::new(Arc::clone(&log), Arc::clone(&views), Arc::clone(&decisions), Arc::clone(&auth), cfg.ingest)
+                .map_err(|e| anyhow::anyhow!("start ingest: {}", e.message))?,
+        );
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions);
+        let stop = shutdown.clone();
+        tasks.spawn(async move { projector.run(stop).await.context("projector") });
+
+        let app = emosation_http::observe::finish(
+            Router::new()
+                .merge(emosation_ingest::http::routes(ingest))
+                .merge(emosation_query_api::routes(views, auth)),
+        )
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        let addr = listener.local_addr()?;
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .context("http server")
+        });
+        info!(%addr, "emosation serving");
+        Ok(Server { addr, shutdown, tasks })
+    }
+
+    /// Waits until a task ends (an error, or shutdown), then stops the rest
+    /// within a deadline.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let first = self.tasks.join_next().await;
+        self.shutdown.cancel();
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = self.tasks.join_next() => if next.is_none() { break },
+                _ = &mut deadline => {
+                    warn!("shutdown deadline passed; aborting remaining tasks");
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        match first {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => Err(anyhow::anyhow!("task panicked: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}

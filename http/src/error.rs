@@ -1,0 +1,95 @@
+//! The error every handler returns.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use emosation_core::Rejection;
+use emosation_core::ports::{LogError, StoreError};
+use serde_json::json;
+use tracing::error;
+
+/// An error answered to a client. `code` is part of the public contract.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn invalid_token(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
+    }
+
+    pub fn room_not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "room_not_found", "room not found")
+    }
+
+    pub fn not_member() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "not_member", "you are not a member of this room")
+    }
+
+    /// An internal failure: logged in full, answered as a bare 500.
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        error!(%context, error = %err, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    }
+
+    /// A dependency is down or too slow; the client may retry.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::internal("view store", e)
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Closed => ApiError::unavailable("the log is shutting down"),
+            other => ApiError::internal("log", other),
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        let (status, code) = match r {
+            Rejection::UsernameTaken => (StatusCode::CONFLICT, "username_taken"),
+            Rejection::UnknownUser => (StatusCode::NOT_FOUND, "user_not_found"),
+            Rejection::RoomExists => (StatusCode::CONFLICT, "room_exists"),
+            Rejection::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found"),
+            Rejection::RoomFull => (StatusCode::CONFLICT, "room_full"),
+            Rejection::NotMember => (StatusCode::FORBIDDEN, "not_member"),
+            Rejection::MessageNotFound => (StatusCode::NOT_FOUND, "message_not_found"),
+        };
+        ApiError::new(status, code, r.to_string())
+    }
+}
