@@ -1,0 +1,517 @@
+//! The HTTP contract against a real server on 127.0.0.1:0.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use base64::Engine;
+use common::{SECRET, TestServer};
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_signup_login_refresh_me_logout() {
+    let s = TestServer::start().await;
+    let api = s.client();
+
+    let created = api.signup("alice").await.expect(201);
+    assert_eq!(created["username"], "alice");
+    let user_id = created["user_id"].as_str().unwrap().to_owned();
+    api.signup("alice").await.expect_error(409, "username_taken");
+
+    // Validation.
+    for bad in ["al", "Alice", "with space", "ü_nicode", &"a".repeat(33)] {
+        api.post("/v1/auth/signup", None, json!({"username": bad, "password": "long enough"}))
+            .await
+            .expect_error(400, "invalid_request");
+    }
+    api.post("/v1/auth/signup", None, json!({"username": "bob", "password": "short"}))
+        .await
+        .expect_error(400, "invalid_request");
+    api.post("/v1/auth/signup", None, json!({"username": "bob", "password": "x".repeat(129)}))
+        .await
+        .expect_error(400, "invalid_request");
+
+    // Login.
+    api.post("/v1/auth/login", None, json!({"username": "alice", "password": "wrong password"}))
+        .await
+        .expect_error(401, "invalid_credentials");
+    api.post("/v1/auth/login", None, json!({"username": "nobody", "password": "correct horse"}))
+        .await
+        .expect_error(401, "invalid_credentials");
+    let login = api.login("alice").await;
+    assert_eq!(login["token_type"], "Bearer");
+    assert_eq!(login["user_id"], user_id.as_str());
+    assert!(login["expires_in"].as_u64().unwrap() > 0);
+    let access = login["access_token"].as_str().unwrap().to_owned();
+    let refresh = login["refresh_token"].as_str().unwrap().to_owned();
+
+    let me = api.get("/v1/me", &access).await.expect(200);
+    assert_eq!(me["user_id"], user_id.as_str());
+    assert_eq!(me["username"], "alice");
+    assert!(me["created_at"].as_str().unwrap().ends_with('Z'));
+
+    // A refresh token is not an access token, and vice versa.
+    api.get("/v1/me", &refresh).await.expect_error(401, "invalid_token");
+    api.post("/v1/auth/refresh", None, json!({"refresh_token": access}))
+        .await
+        .expect_error(401, "invalid_token");
+    let refreshed = api.post("/v1/auth/refresh", None, json!({"refresh_token": refresh})).await.expect(200);
+    let access2 = refreshed["access_token"].as_str().unwrap().to_owned();
+    api.get("/v1/me", &access2).await.expect(200);
+
+    // Logout revokes the session: its access and refresh tokens all stop working.
+    let other = api.login("alice").await["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(api.call(Method::POST, "/v1/auth/logout", Some(&access), None).await.status, 204);
+    api.get("/v1/me", &access).await.expect_error(401, "invalid_token");
+    api.get("/v1/me", &access2).await.expect_error(401, "invalid_token");
+    api.post("/v1/auth/refresh", None, json!({"refresh_token": refresh}))
+        .await
+        .expect_error(401, "invalid_token");
+    api.call(Method::POST, "/v1/auth/logout", Some(&access), None)
+        .await
+        .expect_error(401, "invalid_token");
+    // Another session of the same user is unaffected.
+    api.get("/v1/me", &other).await.expect(200);
+
+    // No token at all.
+    api.call(Method::GET, "/v1/me", None, None).await.expect_error(401, "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_delete_refuses_login_keeps_data_and_admin_restores() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (uid, token) = api.user("carol").await;
+    let room = api.create_room(&token, "kept", None).await;
+    api.send(&token, &room, "c1", "before delete").await.expect(202);
+
+    assert_eq!(api.call(Method::DELETE, "/v1/me", Some(&token), None).await.status, 204);
+    api.get("/v1/me", &token).await.expect_error(401, "invalid_token");
+    api.post("/v1/auth/login", None, json!({"username": "carol", "password": "correct horse"}))
+        .await
+        .expect_error(401, "invalid_credentials");
+    // The name stays taken: data is kept.
+    api.signup("carol").await.expect_error(409, "username_taken");
+
+    // Admin restore needs the admin token.
+    let path = format!("/v1/admin/users/{uid}/restore");
+    let r = api.raw(Method::POST, &path, None, None, vec![]).await;
+    r.expect_error(403, "forbidden");
+    let res = api
+        .http
+        .post(format!("{}{}", api.base, path))
+        .header("x-admin-token", "admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 204);
+    let token = api.login("carol").await["access_token"].as_str().unwrap().to_owned();
+    let history = api.get(&format!("/v1/rooms/{room}/messages"), &token).await.expect(200);
+    assert_eq!(history["messages"][0]["text"], "before delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_alg_none_expired_and_garbage_tokens_are_refused() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (uid, token) = api.user("dave").await;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = |exp: i64| {
+        json!({"sub": uid, "name": "dave", "sid": "0000000000000001", "typ": "access", "iat": now, "exp": exp, "jti": "x"})
+    };
+
+    // alg:none with valid-looking claims.
+    let none = format!(
+        "{}.{}.",
+        b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(claims(now + 600).to_string())
+    );
+    // Signed with another key.
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims(now + 600),
+        &jsonwebtoken::EncodingKey::from_secret(b"not-the-server-secret-not-the-server-secret"),
+    )
+    .unwrap();
+    // Right key, but expired.
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims(now - 3600),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    // Right key, wrong algorithm.
+    let hs512 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+        &claims(now + 600),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    // A genuine token with one payload byte changed.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut payload = b64.decode(&parts[1]).unwrap();
+    let i = payload.len() / 2;
+    payload[i] ^= 1;
+    parts[1] = b64.encode(payload);
+    let tampered = parts.join(".");
+
+    for (what, t) in [("none", none), ("forged", forged), ("expired", expired), ("hs512", hs512), ("tampered", tampered), ("garbage", "abc.def".to_owned())] {
+        let r = api.get("/v1/me", &t).await;
+        assert_eq!(r.status.as_u16(), 401, "{what}: {}", r.body);
+        assert_eq!(r.code(), "invalid_token", "{what}");
+    }
+    // The right key and claims still work, so the refusals above were about the tokens.
+    let valid = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims(now + 600),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    api.get("/v1/me", &valid).await.expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_membership_messages_and_unread() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (alice_id, alice) = api.user("alice").await;
+    let (bob_id, bob) = api.user("bob").await;
+
+    let created = api.post("/v1/rooms", Some(&alice), json!({"name": "  lobby ", "capacity": 3})).await.expect(201);
+    assert_eq!(created["name"], "lobby");
+    assert_eq!(created["capacity"], 3);
+    assert_eq!(created["owner_id"], alice_id.as_str());
+    assert_eq!(created["member_count"], 1);
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let default_cap = api.post("/v1/rooms", Some(&alice), json!({"name": "big"})).await.expect(201);
+    assert_eq!(default_cap["capacity"], 100);
+
+    for bad in [json!({"name": ""}), json!({"name": "x", "capacity": 0}), json!({"name": "x", "capacity": "3"}), json!({"capacity": 3}), json!({"name": "a".repeat(101)})] {
+        let r = api.post("/v1/rooms", Some(&alice), bad.clone()).await;
+        r.expect_error(400, "invalid_request");
+    }
+
+    let listed = s.client().call(Method::GET, "/v1/rooms", None, None).await.expect(200);
+    assert_eq!(listed["rooms"].as_array().unwrap().len(), 2);
+    let one = api.get(&format!("/v1/rooms/{room}"), &bob).await.expect(200);
+    assert_eq!(one["member_count"], 1);
+    api.get("/v1/rooms/00000000000000ff", &bob).await.expect_error(404, "room_not_found");
+    api.get("/v1/rooms/not-an-id", &bob).await.expect_error(404, "room_not_found");
+
+    // Non-members are refused.
+    api.get(&format!("/v1/rooms/{room}/members"), &bob).await.expect_error(403, "not_member");
+    api.get(&format!("/v1/rooms/{room}/messages"), &bob).await.expect_error(403, "not_member");
+    api.get(&format!("/v1/rooms/{room}/emotions"), &bob).await.expect_error(403, "not_member");
+    api.send(&bob, &room, "b1", "let me in").await.expect_error(403, "not_member");
+    api.post(&format!("/v1/rooms/{room}/quit"), Some(&bob), json!({})).await.expect_error(403, "not_member");
+    api.send(&bob, "00000000000000ff", "b1", "hi").await.expect_error(404, "room_not_found");
+    api.post("/v1/rooms/00000000000000ff/join", Some(&bob), json!({})).await.expect_error(404, "room_not_found");
+
+    // Join (twice is a no-op), members.
+    let j = api.post(&format!("/v1/rooms/{room}/join"), Some(&bob), json!({})).await.expect(200);
+    assert_eq!(j, json!({"room_id": room, "member_count": 2}));
+    let j = api.post(&format!("/v1/rooms/{room}/join"), Some(&bob), json!({})).await.expect(200);
+    assert_eq!(j["member_count"], 2);
+    let members = api.get(&format!("/v1/rooms/{room}/members"), &bob).await.expect(200);
+    let mut names: Vec<_> = members["members"].as_array().unwrap().iter().map(|m| m["username"].as_str().unwrap().to_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["alice", "bob"]);
+
+    // Messages: validation, ordering, history fields.
+    api.send(&alice, &room, "a0", "").await.expect_error(400, "invalid_request");
+    api.send(&alice, &room, "a0", &"x".repeat(4001)).await.expect_error(400, "invalid_request");
+    api.send(&alice, &room, "", "no key").await.expect_error(400, "invalid_request");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = api.send(&alice, &room, &format!("a{i}"), &format!("hello {i}")).await.expect(202);
+        assert_eq!(r["message_id"], r["cursor"]);
+        ids.push(r["message_id"].as_str().unwrap().to_owned());
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "message ids sort in log order");
+    let h = api.get(&format!("/v1/rooms/{room}/messages"), &bob).await.expect(200);
+    let msgs = h["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 5);
+    assert_eq!(msgs[0]["text"], "hello 0");
+    assert_eq!(msgs[4]["author"], "alice");
+    assert_eq!(msgs[4]["author_id"], alice_id.as_str());
+    assert_eq!(msgs[4]["room_id"], room.as_str());
+    assert!(msgs[4]["created_at"].as_str().unwrap().contains('T'));
+    assert_eq!(h["next_before"], serde_json::Value::Null);
+
+    // Unread: bob has 5, alice 0 (own messages count as read).
+    let mine = api.get("/v1/me/rooms", &bob).await.expect(200);
+    let r = &mine["rooms"][0];
+    assert_eq!(r["room_id"], room.as_str());
+    assert_eq!(r["unread_count"], 5);
+    assert_eq!(r["member_count"], 2);
+    let mine = api.get("/v1/me/rooms", &alice).await.expect(200);
+    let lobby = mine["rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == room.as_str()).unwrap().clone();
+    assert_eq!(lobby["unread_count"], 0);
+    assert_eq!(lobby["last_read_message_id"], ids[4].as_str());
+
+    // Read markers.
+    assert_eq!(api.post(&format!("/v1/rooms/{room}/read"), Some(&bob), json!({"message_id": ids[2]})).await.status, 204);
+    let mine = api.get("/v1/me/rooms", &bob).await.expect(200);
+    assert_eq!(mine["rooms"][0]["unread_count"], 2);
+    assert_eq!(mine["rooms"][0]["last_read_message_id"], ids[2].as_str());
+    // Markers never move backwards.
+    assert_eq!(api.post(&format!("/v1/rooms/{room}/read"), Some(&bob), json!({"message_id": ids[0]})).await.status, 204);
+    assert_eq!(api.get("/v1/me/rooms", &bob).await.expect(200)["rooms"][0]["unread_count"], 2);
+    api.post(&format!("/v1/rooms/{room}/read"), Some(&bob), json!({"message_id": "0000ffffffffffff"}))
+        .await
+        .expect_error(404, "message_not_found");
+    api.post(&format!("/v1/rooms/{room}/read"), Some(&bob), json!({"message_id": "nope"}))
+        .await
+        .expect_error(400, "invalid_request");
+
+    // Quit.
+    let q = api.post(&format!("/v1/rooms/{room}/quit"), Some(&bob), json!({})).await.expect(200);
+    assert_eq!(q["member_count"], 1);
+    api.get(&format!("/v1/rooms/{room}/messages"), &bob).await.expect_error(403, "not_member");
+    assert!(api.get("/v1/me/rooms", &bob).await.expect(200)["rooms"].as_array().unwrap().is_empty());
+    let _ = bob_id;
+
+    // Emotions: empty until the analyzer lands, but shaped.
+    let e = api.get(&format!("/v1/rooms/{room}/emotions"), &alice).await.expect(200);
+    assert_eq!(e["emotions"], json!([]));
+    assert!(e["summary"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_by_cursor() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (_, t) = api.user("pager").await;
+    let room = api.create_room(&t, "pages", None).await;
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        ids.push(api.send(&t, &room, &format!("m{i}"), &format!("n{i}")).await.expect(202)["message_id"].as_str().unwrap().to_owned());
+    }
+    let p1 = api.get(&format!("/v1/rooms/{room}/messages?limit=50"), &t).await.expect(200);
+    let m1 = p1["messages"].as_array().unwrap();
+    assert_eq!(m1.len(), 50);
+    assert_eq!(m1[0]["text"], "n70");
+    assert_eq!(m1[49]["text"], "n119");
+    let nb = p1["next_before"].as_str().unwrap();
+    assert_eq!(nb, ids[70]);
+    let p2 = api.get(&format!("/v1/rooms/{room}/messages?limit=50&before={nb}"), &t).await.expect(200);
+    assert_eq!(p2["messages"][0]["text"], "n20");
+    let nb = p2["next_before"].as_str().unwrap();
+    let p3 = api.get(&format!("/v1/rooms/{room}/messages?limit=50&before={nb}"), &t).await.expect(200);
+    assert_eq!(p3["messages"].as_array().unwrap().len(), 20);
+    assert_eq!(p3["next_before"], serde_json::Value::Null, "start of the room");
+    let default = api.get(&format!("/v1/rooms/{room}/messages"), &t).await.expect(200);
+    assert_eq!(default["messages"].as_array().unwrap().len(), 50);
+    assert_eq!(api.all_messages(&t, &room).await.len(), 120);
+
+    for bad in ["limit=0", "limit=201", "limit=abc", "limit=-1", "before=xyz"] {
+        api.get(&format!("/v1/rooms/{room}/messages?{bad}"), &t).await.expect_error(400, "invalid_request");
+    }
+    let max = api.get(&format!("/v1/rooms/{room}/messages?limit=200"), &t).await.expect(200);
+    assert_eq!(max["messages"].as_array().unwrap().len(), 120);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_msg_id_repeat_returns_the_first_id_and_stores_one_copy() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (_, t) = api.user("idem").await;
+    let room = api.create_room(&t, "idem", None).await;
+    let first = api.send(&t, &room, "same-key", "once").await.expect(202);
+    // Sequential repeats, even with another text.
+    for text in ["once", "different text"] {
+        let again = api.send(&t, &room, "same-key", text).await.expect(202);
+        assert_eq!(again["message_id"], first["message_id"]);
+        assert_eq!(again["cursor"], first["cursor"]);
+    }
+    // Concurrent repeats of a fresh key: all answers agree, one copy stored.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (api, t, room) = (api.clone(), t.clone(), room.clone());
+        tasks.push(tokio::spawn(async move { api.send(&t, &room, "racy-key", "race").await.expect(202) }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        ids.insert(task.await.unwrap()["message_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "every repeat answered with the first id");
+    let all = api.all_messages(&t, &room).await;
+    assert_eq!(all.len(), 2, "one stored copy per key: {all:?}");
+    // The key is per sender: another member may use the same key.
+    let (_, other) = api.user("other").await;
+    api.post(&format!("/v1/rooms/{room}/join"), Some(&other), json!({})).await.expect(200);
+    let theirs = api.send(&other, &room, "same-key", "mine").await.expect(202);
+    assert_ne!(theirs["message_id"], first["message_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_concurrent_identical_signups_make_one_account() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move { api.signup("popular").await }));
+    }
+    let mut created = Vec::new();
+    let mut taken = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status.as_u16() {
+            201 => created.push(r.body["user_id"].as_str().unwrap().to_owned()),
+            409 => {
+                assert_eq!(r.code(), "username_taken");
+                taken += 1
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one signup wins");
+    assert_eq!(taken, 299);
+    let l = api.login("popular").await;
+    assert_eq!(l["user_id"], created[0].as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_five_admits_four_of_thirty_concurrent_joins() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (_, owner) = api.user("owner").await;
+    let room = api.create_room(&owner, "small", Some(5)).await;
+    let mut tokens = Vec::new();
+    for i in 0..30 {
+        tokens.push(api.user(&format!("joiner_{i}")).await.1);
+    }
+    let room = Arc::new(room);
+    let mut tasks = Vec::new();
+    for t in tokens {
+        let (api, room) = (api.clone(), Arc::clone(&room));
+        tasks.push(tokio::spawn(async move { api.post(&format!("/v1/rooms/{room}/join"), Some(&t), json!({})).await }));
+    }
+    let (mut ok, mut full) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status.as_u16() {
+            200 => ok += 1,
+            409 => {
+                assert_eq!(r.code(), "room_full");
+                full += 1
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert_eq!(ok, 4);
+    assert_eq!(full, 26);
+    let members = api.get(&format!("/v1/rooms/{room}/members"), &owner).await.expect(200);
+    assert_eq!(members["members"].as_array().unwrap().len(), 5);
+    assert_eq!(api.get(&format!("/v1/rooms/{room}"), &owner).await.expect(200)["member_count"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_contract_errors() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (_, t) = api.user("eve").await;
+    let room = api.create_room(&t, "r", None).await;
+    let path = format!("/v1/rooms/{room}/messages");
+    let json_ct = Some("application/json");
+
+    api.raw(Method::POST, &path, Some(&t), json_ct, b"{not json".to_vec()).await.expect_error(400, "invalid_json");
+    api.raw(Method::POST, &path, Some(&t), json_ct, b"".to_vec()).await.expect_error(400, "invalid_json");
+    api.raw(Method::POST, &path, Some(&t), json_ct, br#"{"client_msg_id": 5, "text": "x"}"#.to_vec())
+        .await
+        .expect_error(400, "invalid_request");
+    api.raw(Method::POST, &path, Some(&t), json_ct, br#"{"text": "x"}"#.to_vec()).await.expect_error(400, "invalid_request");
+    api.raw(Method::POST, &path, Some(&t), json_ct, br#"[1,2,3]"#.to_vec()).await.expect_error(400, "invalid_request");
+    api.raw(Method::POST, &path, Some(&t), None, br#"{"client_msg_id":"a","text":"x"}"#.to_vec())
+        .await
+        .expect_error(415, "unsupported_media_type");
+    let huge = format!(r#"{{"client_msg_id":"a","text":"{}"}}"#, "x".repeat(200_000));
+    api.raw(Method::POST, &path, Some(&t), json_ct, huge.into_bytes()).await.expect_error(413, "payload_too_large");
+    api.raw(Method::POST, "/v1/auth/signup", None, json_ct, vec![0xff, 0xfe, 0x00]).await.expect_error(400, "invalid_json");
+    api.call(Method::GET, "/v1/nowhere", None, None).await.expect_error(404, "not_found");
+    api.call(Method::PUT, "/v1/rooms", Some(&t), None).await.expect_error(405, "method_not_allowed");
+    let r = api.raw(Method::GET, "/v1/me", None, None, vec![]).await;
+    r.expect_error(401, "unauthorized");
+    let res = api.http.get(format!("{}/v1/me", api.base)).header("authorization", "Basic abc").send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+
+    // Nothing accepted was lost or corrupted by the noise.
+    api.send(&t, &room, "ok", "still fine").await.expect(202);
+    let all = api.all_messages(&t, &room).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["text"], "still fine");
+
+    // Health and metrics.
+    let h = api.http.get(format!("{}/healthz", api.base)).send().await.unwrap();
+    assert_eq!(h.status().as_u16(), 200);
+    let m = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("emosation_http_requests_total"), "{m}");
+    assert!(m.contains("emosation_projector_records_total"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_429() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(tmp.path());
+    cfg.ingest.message_rate = 5;
+    let s = TestServer::start_with(cfg).await;
+    let api = s.client();
+    let (_, t) = api.user("chatty").await;
+    let room = api.create_room(&t, "r", None).await;
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let r = api.send(&t, &room, &format!("k{i}"), "spam").await;
+        if r.status.as_u16() == 429 {
+            assert_eq!(r.code(), "rate_limited");
+        }
+        statuses.push(r.status.as_u16());
+    }
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    assert!((10..=14).contains(&accepted), "burst of 2x5 plus refill, got {accepted}: {statuses:?}");
+    assert!(statuses.contains(&429));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_survive_restart_and_replay_gives_the_same_checksum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_with(common::config(tmp.path())).await;
+    let api = s.client();
+    let (_, a) = api.user("anna").await;
+    let (_, b) = api.user("ben").await;
+    let room = api.create_room(&a, "r", Some(3)).await;
+    api.post(&format!("/v1/rooms/{room}/join"), Some(&b), json!({})).await.expect(200);
+    for i in 0..40 {
+        api.send(if i % 2 == 0 { &a } else { &b }, &room, &format!("k{i}"), &format!("t{i}")).await.expect(202);
+    }
+    let last = api.send(&a, &room, "k0", "dup").await.expect(202);
+    api.post(&format!("/v1/rooms/{room}/read"), Some(&b), json!({"message_id": last["message_id"]})).await;
+    api.post(&format!("/v1/rooms/{room}/quit"), Some(&b), json!({})).await.expect(200);
+    api.call(Method::POST, "/v1/auth/logout", Some(&b), None).await;
+    s.stop().await;
+
+    let engines = emosation::system::Engines::embedded(tmp.path());
+    let live = engines.open_views().unwrap().checksum().await.unwrap();
+    drop(engines);
+
+    // Restarted, the server resumes from the stored positions: same views.
+    let mut s = TestServer::start_with(common::config(tmp.path())).await;
+    let api = s.client();
+    let a = api.login("anna").await["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(api.all_messages(&a, &room).await.len(), 40);
+    s.stop().await;
+
+    // Replay from scratch gives the same digest.
+    let engines = emosation::system::Engines::embedded(tmp.path());
+    let log = engines.open_log().unwrap();
+    let views = engines.open_views().unwrap();
+    assert_eq!(views.checksum().await.unwrap(), live, "restart changed nothing");
+    let stats = emosation_projector::replay(log, std::sync::Arc::clone(&views), std::sync::Arc::new(|_, _| {})).await.unwrap();
+    assert!(stats.records >= 47, "replayed {}", stats.records);
+    assert_eq!(views.checksum().await.unwrap(), live);
+}

@@ -1,0 +1,189 @@
+//! Helpers shared by the integration tests: a real server on 127.0.0.1:0 and
+//! a small HTTP client for the contract.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use emosation::system::{ServeConfig, Server};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub base: String,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn config(dir: &Path) -> ServeConfig {
+    let mut cfg = ServeConfig::embedded(dir);
+    cfg.jwt_secret = Some(SECRET.to_owned());
+    cfg.ingest.message_rate = 0;
+    cfg.ingest.admin_token = Some("admin-token".into());
+    cfg
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut s = Self::start_with(config(&dir)).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub async fn start_with(cfg: ServeConfig) -> TestServer {
+        let dir = cfg.engines.data_dir.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Server::start(cfg, listener).await.unwrap();
+        TestServer {
+            base: format!("http://{}", server.addr),
+            server: Some(server),
+            dir,
+            _tmp: None,
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await.unwrap();
+        }
+    }
+
+    pub fn client(&self) -> Api {
+        Api {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            base: self.base.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+/// A response: status and JSON body (`Value::Null` when empty).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected response body: {}", self.body);
+        self.body
+    }
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.code(), code, "body: {}", self.body);
+        assert!(self.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+}
+
+impl Api {
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Resp { status, body }
+    }
+
+    pub async fn raw(&self, method: Method, path: &str, token: Option<&str>, content_type: Option<&str>, body: Vec<u8>) -> Resp {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path)).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Resp { status, body }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn signup(&self, username: &str) -> Resp {
+        self.post("/v1/auth/signup", None, json!({"username": username, "password": "correct horse"})).await
+    }
+
+    pub async fn login(&self, username: &str) -> Value {
+        self.post("/v1/auth/login", None, json!({"username": username, "password": "correct horse"}))
+            .await
+            .expect(200)
+    }
+
+    /// Signs up and logs in; returns (user_id, access_token).
+    pub async fn user(&self, username: &str) -> (String, String) {
+        self.signup(username).await.expect(201);
+        let l = self.login(username).await;
+        (l["user_id"].as_str().unwrap().to_owned(), l["access_token"].as_str().unwrap().to_owned())
+    }
+
+    pub async fn create_room(&self, token: &str, name: &str, capacity: Option<u32>) -> String {
+        let mut body = json!({"name": name});
+        if let Some(c) = capacity {
+            body["capacity"] = json!(c);
+        }
+        let r = self.post("/v1/rooms", Some(token), body).await.expect(201);
+        r["room_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn send(&self, token: &str, room: &str, cmid: &str, text: &str) -> Resp {
+        self.post(
+            &format!("/v1/rooms/{room}/messages"),
+            Some(token),
+            json!({"client_msg_id": cmid, "text": text}),
+        )
+        .await
+    }
+
+    /// Every message of a room, oldest first, following `next_before`.
+    pub async fn all_messages(&self, token: &str, room: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let path = match &before {
+                Some(b) => format!("/v1/rooms/{room}/messages?limit=200&before={b}"),
+                None => format!("/v1/rooms/{room}/messages?limit=200"),
+            };
+            let page = self.get(&path, token).await.expect(200);
+            let mut msgs = page["messages"].as_array().unwrap().clone();
+            msgs.extend(out);
+            out = msgs;
+            match page["next_before"].as_str() {
+                Some(b) => before = Some(b.to_owned()),
+                None => return out,
+            }
+        }
+    }
+}
