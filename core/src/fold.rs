@@ -17,17 +17,27 @@ pub type Outcome = Result<Accepted, Rejection>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
-    SignedUp { user_id: String },
+    SignedUp {
+        user_id: String,
+    },
     AccountDeleted,
     AccountRestored,
     SessionRevoked,
     RoomCreated(RoomView),
     /// `changed` is false when the user already was a member (a no-op join).
-    Joined { member_count: u32, changed: bool },
-    Quit { member_count: u32 },
+    Joined {
+        member_count: u32,
+        changed: bool,
+    },
+    Quit {
+        member_count: u32,
+    },
     /// `duplicate` when the `client_msg_id` was seen before: `message_id` is then
     /// the first message's id and nothing was stored.
-    Posted { message_id: String, duplicate: bool },
+    Posted {
+        message_id: String,
+        duplicate: bool,
+    },
     ReadMarkerSet,
 }
 
@@ -543,7 +553,11 @@ mod tests {
                 duplicate: true
             }
         );
-        let messages = s.entries.keys().filter(|k| matches!(k, ViewKey::Message { .. })).count();
+        let messages = s
+            .entries
+            .keys()
+            .filter(|k| matches!(k, ViewKey::Message { .. }))
+            .count();
         assert_eq!(messages, 1);
     }
 }

@@ -133,10 +133,7 @@ impl ViewKey {
                 id.as_bytes().to_vec()
             }
             ViewKey::Member { room_id, user_id } => join(&[room_id, user_id]),
-            ViewKey::Message {
-                room_id,
-                message_id,
-            } => join(&[room_id, message_id]),
+            ViewKey::Message { room_id, message_id } => join(&[room_id, message_id]),
             ViewKey::ClientMsg {
                 room_id,
                 user_id,

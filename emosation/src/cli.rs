@@ -163,7 +163,10 @@ pub struct ServiceArgs {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EMOSATION_LOG_LEVEL")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -177,7 +180,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", views.checksum().await?);
             Ok(())
         }
-        Command::Ingest(_) | Command::Projector(_) | Command::Fanout(_) | Command::Analyzer(_) | Command::QueryApi(_) => {
+        Command::Ingest(_)
+        | Command::Projector(_)
+        | Command::Fanout(_)
+        | Command::Analyzer(_)
+        | Command::QueryApi(_) => {
             anyhow::bail!(
                 "running one service alone needs a shared log (--log kafka://…), which this build does not support yet; \
                  use `emosation serve` to run every service in one process"
@@ -198,7 +205,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         access_ttl: Duration::from_secs(args.access_ttl_secs.max(1)),
         refresh_ttl: Duration::from_secs(args.refresh_ttl_secs.max(1)),
     };
-    let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
     let server = Server::start(cfg, listener).await?;
     let stop = server.shutdown.clone();
     tokio::spawn(async move {
@@ -240,7 +249,9 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     if args.views.iter().any(|v| v != "core") {
-        eprintln!("note: users, rooms, members, messages and sessions share the fold's decisions; rebuilding them together");
+        eprintln!(
+            "note: users, rooms, members, messages and sessions share the fold's decisions; rebuilding them together"
+        );
     }
     let engines = args.engines.engines()?;
     let log = engines.open_log()?;

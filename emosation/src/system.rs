@@ -56,12 +56,14 @@ impl Engines {
     }
 
     pub fn open_log(&self) -> anyhow::Result<Arc<dyn Log>> {
-        std::fs::create_dir_all(&self.data_dir).with_context(|| format!("create data dir {}", self.data_dir.display()))?;
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("create data dir {}", self.data_dir.display()))?;
         emosation_storage::open_log(&self.log_url(), self.topology).context("open log")
     }
 
     pub fn open_views(&self) -> anyhow::Result<Arc<dyn ViewStore>> {
-        std::fs::create_dir_all(&self.data_dir).with_context(|| format!("create data dir {}", self.data_dir.display()))?;
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("create data dir {}", self.data_dir.display()))?;
         emosation_storage::open_views(&self.store_url()).context("open view store")
     }
 }
@@ -135,8 +137,14 @@ impl Server {
         let auth = Arc::new(Authenticator::new(keys, Arc::clone(&views)));
         let decisions: Arc<dyn Decisions> = Arc::new(LocalDecisions::new());
         let ingest = Arc::new(
-            Ingest::new(Arc::clone(&log), Arc::clone(&views), Arc::clone(&decisions), Arc::clone(&auth), cfg.ingest)
-                .map_err(|e| anyhow::anyhow!("start ingest: {}", e.message))?,
+            Ingest::new(
+                Arc::clone(&log),
+                Arc::clone(&views),
+                Arc::clone(&decisions),
+                Arc::clone(&auth),
+                cfg.ingest,
+            )
+            .map_err(|e| anyhow::anyhow!("start ingest: {}", e.message))?,
         );
 
         let shutdown = CancellationToken::new();

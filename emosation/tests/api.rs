@@ -22,24 +22,40 @@ async fn accounts_signup_login_refresh_me_logout() {
 
     // Validation.
     for bad in ["al", "Alice", "with space", "ü_nicode", &"a".repeat(33)] {
-        api.post("/v1/auth/signup", None, json!({"username": bad, "password": "long enough"}))
-            .await
-            .expect_error(400, "invalid_request");
+        api.post(
+            "/v1/auth/signup",
+            None,
+            json!({"username": bad, "password": "long enough"}),
+        )
+        .await
+        .expect_error(400, "invalid_request");
     }
     api.post("/v1/auth/signup", None, json!({"username": "bob", "password": "short"}))
         .await
         .expect_error(400, "invalid_request");
-    api.post("/v1/auth/signup", None, json!({"username": "bob", "password": "x".repeat(129)}))
-        .await
-        .expect_error(400, "invalid_request");
+    api.post(
+        "/v1/auth/signup",
+        None,
+        json!({"username": "bob", "password": "x".repeat(129)}),
+    )
+    .await
+    .expect_error(400, "invalid_request");
 
     // Login.
-    api.post("/v1/auth/login", None, json!({"username": "alice", "password": "wrong password"}))
-        .await
-        .expect_error(401, "invalid_credentials");
-    api.post("/v1/auth/login", None, json!({"username": "nobody", "password": "correct horse"}))
-        .await
-        .expect_error(401, "invalid_credentials");
+    api.post(
+        "/v1/auth/login",
+        None,
+        json!({"username": "alice", "password": "wrong password"}),
+    )
+    .await
+    .expect_error(401, "invalid_credentials");
+    api.post(
+        "/v1/auth/login",
+        None,
+        json!({"username": "nobody", "password": "correct horse"}),
+    )
+    .await
+    .expect_error(401, "invalid_credentials");
     let login = api.login("alice").await;
     assert_eq!(login["token_type"], "Bearer");
     assert_eq!(login["user_id"], user_id.as_str());
@@ -57,13 +73,21 @@ async fn accounts_signup_login_refresh_me_logout() {
     api.post("/v1/auth/refresh", None, json!({"refresh_token": access}))
         .await
         .expect_error(401, "invalid_token");
-    let refreshed = api.post("/v1/auth/refresh", None, json!({"refresh_token": refresh})).await.expect(200);
+    let refreshed = api
+        .post("/v1/auth/refresh", None, json!({"refresh_token": refresh}))
+        .await
+        .expect(200);
     let access2 = refreshed["access_token"].as_str().unwrap().to_owned();
     api.get("/v1/me", &access2).await.expect(200);
 
     // Logout revokes the session: its access and refresh tokens all stop working.
     let other = api.login("alice").await["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(api.call(Method::POST, "/v1/auth/logout", Some(&access), None).await.status, 204);
+    assert_eq!(
+        api.call(Method::POST, "/v1/auth/logout", Some(&access), None)
+            .await
+            .status,
+        204
+    );
     api.get("/v1/me", &access).await.expect_error(401, "invalid_token");
     api.get("/v1/me", &access2).await.expect_error(401, "invalid_token");
     api.post("/v1/auth/refresh", None, json!({"refresh_token": refresh}))
@@ -76,7 +100,9 @@ async fn accounts_signup_login_refresh_me_logout() {
     api.get("/v1/me", &other).await.expect(200);
 
     // No token at all.
-    api.call(Method::GET, "/v1/me", None, None).await.expect_error(401, "unauthorized");
+    api.call(Method::GET, "/v1/me", None, None)
+        .await
+        .expect_error(401, "unauthorized");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,9 +115,13 @@ async fn soft_delete_refuses_login_keeps_data_and_admin_restores() {
 
     assert_eq!(api.call(Method::DELETE, "/v1/me", Some(&token), None).await.status, 204);
     api.get("/v1/me", &token).await.expect_error(401, "invalid_token");
-    api.post("/v1/auth/login", None, json!({"username": "carol", "password": "correct horse"}))
-        .await
-        .expect_error(401, "invalid_credentials");
+    api.post(
+        "/v1/auth/login",
+        None,
+        json!({"username": "carol", "password": "correct horse"}),
+    )
+    .await
+    .expect_error(401, "invalid_credentials");
     // The name stays taken: data is kept.
     api.signup("carol").await.expect_error(409, "username_taken");
 
@@ -118,10 +148,11 @@ async fn forged_alg_none_expired_and_garbage_tokens_are_refused() {
     let api = s.client();
     let (uid, token) = api.user("dave").await;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let claims = |exp: i64| {
-        json!({"sub": uid, "name": "dave", "sid": "0000000000000001", "typ": "access", "iat": now, "exp": exp, "jti": "x"})
-    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = |exp: i64| json!({"sub": uid, "name": "dave", "sid": "0000000000000001", "typ": "access", "iat": now, "exp": exp, "jti": "x"});
 
     // alg:none with valid-looking claims.
     let none = format!(
@@ -158,7 +189,14 @@ async fn forged_alg_none_expired_and_garbage_tokens_are_refused() {
     parts[1] = b64.encode(payload);
     let tampered = parts.join(".");
 
-    for (what, t) in [("none", none), ("forged", forged), ("expired", expired), ("hs512", hs512), ("tampered", tampered), ("garbage", "abc.def".to_owned())] {
+    for (what, t) in [
+        ("none", none),
+        ("forged", forged),
+        ("expired", expired),
+        ("hs512", hs512),
+        ("tampered", tampered),
+        ("garbage", "abc.def".to_owned()),
+    ] {
         let r = api.get("/v1/me", &t).await;
         assert_eq!(r.status.as_u16(), 401, "{what}: {}", r.body);
         assert_eq!(r.code(), "invalid_token", "{what}");
@@ -180,16 +218,28 @@ async fn rooms_membership_messages_and_unread() {
     let (alice_id, alice) = api.user("alice").await;
     let (bob_id, bob) = api.user("bob").await;
 
-    let created = api.post("/v1/rooms", Some(&alice), json!({"name": "  lobby ", "capacity": 3})).await.expect(201);
+    let created = api
+        .post("/v1/rooms", Some(&alice), json!({"name": "  lobby ", "capacity": 3}))
+        .await
+        .expect(201);
     assert_eq!(created["name"], "lobby");
     assert_eq!(created["capacity"], 3);
     assert_eq!(created["owner_id"], alice_id.as_str());
     assert_eq!(created["member_count"], 1);
     let room = created["room_id"].as_str().unwrap().to_owned();
-    let default_cap = api.post("/v1/rooms", Some(&alice), json!({"name": "big"})).await.expect(201);
+    let default_cap = api
+        .post("/v1/rooms", Some(&alice), json!({"name": "big"}))
+        .await
+        .expect(201);
     assert_eq!(default_cap["capacity"], 100);
 
-    for bad in [json!({"name": ""}), json!({"name": "x", "capacity": 0}), json!({"name": "x", "capacity": "3"}), json!({"capacity": 3}), json!({"name": "a".repeat(101)})] {
+    for bad in [
+        json!({"name": ""}),
+        json!({"name": "x", "capacity": 0}),
+        json!({"name": "x", "capacity": "3"}),
+        json!({"capacity": 3}),
+        json!({"name": "a".repeat(101)}),
+    ] {
         let r = api.post("/v1/rooms", Some(&alice), bad.clone()).await;
         r.expect_error(400, "invalid_request");
     }
@@ -198,35 +248,73 @@ async fn rooms_membership_messages_and_unread() {
     assert_eq!(listed["rooms"].as_array().unwrap().len(), 2);
     let one = api.get(&format!("/v1/rooms/{room}"), &bob).await.expect(200);
     assert_eq!(one["member_count"], 1);
-    api.get("/v1/rooms/00000000000000ff", &bob).await.expect_error(404, "room_not_found");
-    api.get("/v1/rooms/not-an-id", &bob).await.expect_error(404, "room_not_found");
+    api.get("/v1/rooms/00000000000000ff", &bob)
+        .await
+        .expect_error(404, "room_not_found");
+    api.get("/v1/rooms/not-an-id", &bob)
+        .await
+        .expect_error(404, "room_not_found");
 
     // Non-members are refused.
-    api.get(&format!("/v1/rooms/{room}/members"), &bob).await.expect_error(403, "not_member");
-    api.get(&format!("/v1/rooms/{room}/messages"), &bob).await.expect_error(403, "not_member");
-    api.get(&format!("/v1/rooms/{room}/emotions"), &bob).await.expect_error(403, "not_member");
-    api.send(&bob, &room, "b1", "let me in").await.expect_error(403, "not_member");
-    api.post(&format!("/v1/rooms/{room}/quit"), Some(&bob), json!({})).await.expect_error(403, "not_member");
-    api.send(&bob, "00000000000000ff", "b1", "hi").await.expect_error(404, "room_not_found");
-    api.post("/v1/rooms/00000000000000ff/join", Some(&bob), json!({})).await.expect_error(404, "room_not_found");
+    api.get(&format!("/v1/rooms/{room}/members"), &bob)
+        .await
+        .expect_error(403, "not_member");
+    api.get(&format!("/v1/rooms/{room}/messages"), &bob)
+        .await
+        .expect_error(403, "not_member");
+    api.get(&format!("/v1/rooms/{room}/emotions"), &bob)
+        .await
+        .expect_error(403, "not_member");
+    api.send(&bob, &room, "b1", "let me in")
+        .await
+        .expect_error(403, "not_member");
+    api.post(&format!("/v1/rooms/{room}/quit"), Some(&bob), json!({}))
+        .await
+        .expect_error(403, "not_member");
+    api.send(&bob, "00000000000000ff", "b1", "hi")
+        .await
+        .expect_error(404, "room_not_found");
+    api.post("/v1/rooms/00000000000000ff/join", Some(&bob), json!({}))
+        .await
+        .expect_error(404, "room_not_found");
 
     // Join (twice is a no-op), members.
-    let j = api.post(&format!("/v1/rooms/{room}/join"), Some(&bob), json!({})).await.expect(200);
+    let j = api
+        .post(&format!("/v1/rooms/{room}/join"), Some(&bob), json!({}))
+        .await
+        .expect(200);
     assert_eq!(j, json!({"room_id": room, "member_count": 2}));
-    let j = api.post(&format!("/v1/rooms/{room}/join"), Some(&bob), json!({})).await.expect(200);
+    let j = api
+        .post(&format!("/v1/rooms/{room}/join"), Some(&bob), json!({}))
+        .await
+        .expect(200);
     assert_eq!(j["member_count"], 2);
     let members = api.get(&format!("/v1/rooms/{room}/members"), &bob).await.expect(200);
-    let mut names: Vec<_> = members["members"].as_array().unwrap().iter().map(|m| m["username"].as_str().unwrap().to_owned()).collect();
+    let mut names: Vec<_> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["username"].as_str().unwrap().to_owned())
+        .collect();
     names.sort();
     assert_eq!(names, ["alice", "bob"]);
 
     // Messages: validation, ordering, history fields.
-    api.send(&alice, &room, "a0", "").await.expect_error(400, "invalid_request");
-    api.send(&alice, &room, "a0", &"x".repeat(4001)).await.expect_error(400, "invalid_request");
-    api.send(&alice, &room, "", "no key").await.expect_error(400, "invalid_request");
+    api.send(&alice, &room, "a0", "")
+        .await
+        .expect_error(400, "invalid_request");
+    api.send(&alice, &room, "a0", &"x".repeat(4001))
+        .await
+        .expect_error(400, "invalid_request");
+    api.send(&alice, &room, "", "no key")
+        .await
+        .expect_error(400, "invalid_request");
     let mut ids = Vec::new();
     for i in 0..5 {
-        let r = api.send(&alice, &room, &format!("a{i}"), &format!("hello {i}")).await.expect(202);
+        let r = api
+            .send(&alice, &room, &format!("a{i}"), &format!("hello {i}"))
+            .await
+            .expect(202);
         assert_eq!(r["message_id"], r["cursor"]);
         ids.push(r["message_id"].as_str().unwrap().to_owned());
     }
@@ -250,30 +338,75 @@ async fn rooms_membership_messages_and_unread() {
     assert_eq!(r["unread_count"], 5);
     assert_eq!(r["member_count"], 2);
     let mine = api.get("/v1/me/rooms", &alice).await.expect(200);
-    let lobby = mine["rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == room.as_str()).unwrap().clone();
+    let lobby = mine["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room_id"] == room.as_str())
+        .unwrap()
+        .clone();
     assert_eq!(lobby["unread_count"], 0);
     assert_eq!(lobby["last_read_message_id"], ids[4].as_str());
 
     // Read markers.
-    assert_eq!(api.post(&format!("/v1/rooms/{room}/read"), Some(&bob), json!({"message_id": ids[2]})).await.status, 204);
+    assert_eq!(
+        api.post(
+            &format!("/v1/rooms/{room}/read"),
+            Some(&bob),
+            json!({"message_id": ids[2]})
+        )
+        .await
+        .status,
+        204
+    );
     let mine = api.get("/v1/me/rooms", &bob).await.expect(200);
     assert_eq!(mine["rooms"][0]["unread_count"], 2);
     assert_eq!(mine["rooms"][0]["last_read_message_id"], ids[2].as_str());
     // Markers never move backwards.
-    assert_eq!(api.post(&format!("/v1/rooms/{room}/read"), Some(&bob), json!({"message_id": ids[0]})).await.status, 204);
-    assert_eq!(api.get("/v1/me/rooms", &bob).await.expect(200)["rooms"][0]["unread_count"], 2);
-    api.post(&format!("/v1/rooms/{room}/read"), Some(&bob), json!({"message_id": "0000ffffffffffff"}))
+    assert_eq!(
+        api.post(
+            &format!("/v1/rooms/{room}/read"),
+            Some(&bob),
+            json!({"message_id": ids[0]})
+        )
         .await
-        .expect_error(404, "message_not_found");
-    api.post(&format!("/v1/rooms/{room}/read"), Some(&bob), json!({"message_id": "nope"}))
-        .await
-        .expect_error(400, "invalid_request");
+        .status,
+        204
+    );
+    assert_eq!(
+        api.get("/v1/me/rooms", &bob).await.expect(200)["rooms"][0]["unread_count"],
+        2
+    );
+    api.post(
+        &format!("/v1/rooms/{room}/read"),
+        Some(&bob),
+        json!({"message_id": "0000ffffffffffff"}),
+    )
+    .await
+    .expect_error(404, "message_not_found");
+    api.post(
+        &format!("/v1/rooms/{room}/read"),
+        Some(&bob),
+        json!({"message_id": "nope"}),
+    )
+    .await
+    .expect_error(400, "invalid_request");
 
     // Quit.
-    let q = api.post(&format!("/v1/rooms/{room}/quit"), Some(&bob), json!({})).await.expect(200);
+    let q = api
+        .post(&format!("/v1/rooms/{room}/quit"), Some(&bob), json!({}))
+        .await
+        .expect(200);
     assert_eq!(q["member_count"], 1);
-    api.get(&format!("/v1/rooms/{room}/messages"), &bob).await.expect_error(403, "not_member");
-    assert!(api.get("/v1/me/rooms", &bob).await.expect(200)["rooms"].as_array().unwrap().is_empty());
+    api.get(&format!("/v1/rooms/{room}/messages"), &bob)
+        .await
+        .expect_error(403, "not_member");
+    assert!(
+        api.get("/v1/me/rooms", &bob).await.expect(200)["rooms"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let _ = bob_id;
 
     // Emotions: empty until the analyzer lands, but shaped.
@@ -290,19 +423,35 @@ async fn history_pages_by_cursor() {
     let room = api.create_room(&t, "pages", None).await;
     let mut ids = Vec::new();
     for i in 0..120 {
-        ids.push(api.send(&t, &room, &format!("m{i}"), &format!("n{i}")).await.expect(202)["message_id"].as_str().unwrap().to_owned());
+        ids.push(
+            api.send(&t, &room, &format!("m{i}"), &format!("n{i}"))
+                .await
+                .expect(202)["message_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
-    let p1 = api.get(&format!("/v1/rooms/{room}/messages?limit=50"), &t).await.expect(200);
+    let p1 = api
+        .get(&format!("/v1/rooms/{room}/messages?limit=50"), &t)
+        .await
+        .expect(200);
     let m1 = p1["messages"].as_array().unwrap();
     assert_eq!(m1.len(), 50);
     assert_eq!(m1[0]["text"], "n70");
     assert_eq!(m1[49]["text"], "n119");
     let nb = p1["next_before"].as_str().unwrap();
     assert_eq!(nb, ids[70]);
-    let p2 = api.get(&format!("/v1/rooms/{room}/messages?limit=50&before={nb}"), &t).await.expect(200);
+    let p2 = api
+        .get(&format!("/v1/rooms/{room}/messages?limit=50&before={nb}"), &t)
+        .await
+        .expect(200);
     assert_eq!(p2["messages"][0]["text"], "n20");
     let nb = p2["next_before"].as_str().unwrap();
-    let p3 = api.get(&format!("/v1/rooms/{room}/messages?limit=50&before={nb}"), &t).await.expect(200);
+    let p3 = api
+        .get(&format!("/v1/rooms/{room}/messages?limit=50&before={nb}"), &t)
+        .await
+        .expect(200);
     assert_eq!(p3["messages"].as_array().unwrap().len(), 20);
     assert_eq!(p3["next_before"], serde_json::Value::Null, "start of the room");
     let default = api.get(&format!("/v1/rooms/{room}/messages"), &t).await.expect(200);
@@ -310,9 +459,14 @@ async fn history_pages_by_cursor() {
     assert_eq!(api.all_messages(&t, &room).await.len(), 120);
 
     for bad in ["limit=0", "limit=201", "limit=abc", "limit=-1", "before=xyz"] {
-        api.get(&format!("/v1/rooms/{room}/messages?{bad}"), &t).await.expect_error(400, "invalid_request");
+        api.get(&format!("/v1/rooms/{room}/messages?{bad}"), &t)
+            .await
+            .expect_error(400, "invalid_request");
     }
-    let max = api.get(&format!("/v1/rooms/{room}/messages?limit=200"), &t).await.expect(200);
+    let max = api
+        .get(&format!("/v1/rooms/{room}/messages?limit=200"), &t)
+        .await
+        .expect(200);
     assert_eq!(max["messages"].as_array().unwrap().len(), 120);
 }
 
@@ -333,7 +487,9 @@ async fn client_msg_id_repeat_returns_the_first_id_and_stores_one_copy() {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (api, t, room) = (api.clone(), t.clone(), room.clone());
-        tasks.push(tokio::spawn(async move { api.send(&t, &room, "racy-key", "race").await.expect(202) }));
+        tasks.push(tokio::spawn(async move {
+            api.send(&t, &room, "racy-key", "race").await.expect(202)
+        }));
     }
     let mut ids = HashSet::new();
     for task in tasks {
@@ -344,7 +500,9 @@ async fn client_msg_id_repeat_returns_the_first_id_and_stores_one_copy() {
     assert_eq!(all.len(), 2, "one stored copy per key: {all:?}");
     // The key is per sender: another member may use the same key.
     let (_, other) = api.user("other").await;
-    api.post(&format!("/v1/rooms/{room}/join"), Some(&other), json!({})).await.expect(200);
+    api.post(&format!("/v1/rooms/{room}/join"), Some(&other), json!({}))
+        .await
+        .expect(200);
     let theirs = api.send(&other, &room, "same-key", "mine").await.expect(202);
     assert_ne!(theirs["message_id"], first["message_id"]);
 }
@@ -391,7 +549,9 @@ async fn capacity_five_admits_four_of_thirty_concurrent_joins() {
     let mut tasks = Vec::new();
     for t in tokens {
         let (api, room) = (api.clone(), Arc::clone(&room));
-        tasks.push(tokio::spawn(async move { api.post(&format!("/v1/rooms/{room}/join"), Some(&t), json!({})).await }));
+        tasks.push(tokio::spawn(async move {
+            api.post(&format!("/v1/rooms/{room}/join"), Some(&t), json!({})).await
+        }));
     }
     let (mut ok, mut full) = (0, 0);
     for t in tasks {
@@ -409,7 +569,10 @@ async fn capacity_five_admits_four_of_thirty_concurrent_joins() {
     assert_eq!(full, 26);
     let members = api.get(&format!("/v1/rooms/{room}/members"), &owner).await.expect(200);
     assert_eq!(members["members"].as_array().unwrap().len(), 5);
-    assert_eq!(api.get(&format!("/v1/rooms/{room}"), &owner).await.expect(200)["member_count"], 5);
+    assert_eq!(
+        api.get(&format!("/v1/rooms/{room}"), &owner).await.expect(200)["member_count"],
+        5
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,24 +584,58 @@ async fn bad_input_gets_contract_errors() {
     let path = format!("/v1/rooms/{room}/messages");
     let json_ct = Some("application/json");
 
-    api.raw(Method::POST, &path, Some(&t), json_ct, b"{not json".to_vec()).await.expect_error(400, "invalid_json");
-    api.raw(Method::POST, &path, Some(&t), json_ct, b"".to_vec()).await.expect_error(400, "invalid_json");
-    api.raw(Method::POST, &path, Some(&t), json_ct, br#"{"client_msg_id": 5, "text": "x"}"#.to_vec())
+    api.raw(Method::POST, &path, Some(&t), json_ct, b"{not json".to_vec())
+        .await
+        .expect_error(400, "invalid_json");
+    api.raw(Method::POST, &path, Some(&t), json_ct, b"".to_vec())
+        .await
+        .expect_error(400, "invalid_json");
+    api.raw(
+        Method::POST,
+        &path,
+        Some(&t),
+        json_ct,
+        br#"{"client_msg_id": 5, "text": "x"}"#.to_vec(),
+    )
+    .await
+    .expect_error(400, "invalid_request");
+    api.raw(Method::POST, &path, Some(&t), json_ct, br#"{"text": "x"}"#.to_vec())
         .await
         .expect_error(400, "invalid_request");
-    api.raw(Method::POST, &path, Some(&t), json_ct, br#"{"text": "x"}"#.to_vec()).await.expect_error(400, "invalid_request");
-    api.raw(Method::POST, &path, Some(&t), json_ct, br#"[1,2,3]"#.to_vec()).await.expect_error(400, "invalid_request");
-    api.raw(Method::POST, &path, Some(&t), None, br#"{"client_msg_id":"a","text":"x"}"#.to_vec())
+    api.raw(Method::POST, &path, Some(&t), json_ct, br#"[1,2,3]"#.to_vec())
         .await
-        .expect_error(415, "unsupported_media_type");
+        .expect_error(400, "invalid_request");
+    api.raw(
+        Method::POST,
+        &path,
+        Some(&t),
+        None,
+        br#"{"client_msg_id":"a","text":"x"}"#.to_vec(),
+    )
+    .await
+    .expect_error(415, "unsupported_media_type");
     let huge = format!(r#"{{"client_msg_id":"a","text":"{}"}}"#, "x".repeat(200_000));
-    api.raw(Method::POST, &path, Some(&t), json_ct, huge.into_bytes()).await.expect_error(413, "payload_too_large");
-    api.raw(Method::POST, "/v1/auth/signup", None, json_ct, vec![0xff, 0xfe, 0x00]).await.expect_error(400, "invalid_json");
-    api.call(Method::GET, "/v1/nowhere", None, None).await.expect_error(404, "not_found");
-    api.call(Method::PUT, "/v1/rooms", Some(&t), None).await.expect_error(405, "method_not_allowed");
+    api.raw(Method::POST, &path, Some(&t), json_ct, huge.into_bytes())
+        .await
+        .expect_error(413, "payload_too_large");
+    api.raw(Method::POST, "/v1/auth/signup", None, json_ct, vec![0xff, 0xfe, 0x00])
+        .await
+        .expect_error(400, "invalid_json");
+    api.call(Method::GET, "/v1/nowhere", None, None)
+        .await
+        .expect_error(404, "not_found");
+    api.call(Method::PUT, "/v1/rooms", Some(&t), None)
+        .await
+        .expect_error(405, "method_not_allowed");
     let r = api.raw(Method::GET, "/v1/me", None, None, vec![]).await;
     r.expect_error(401, "unauthorized");
-    let res = api.http.get(format!("{}/v1/me", api.base)).header("authorization", "Basic abc").send().await.unwrap();
+    let res = api
+        .http
+        .get(format!("{}/v1/me", api.base))
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status().as_u16(), 401);
 
     // Nothing accepted was lost or corrupted by the noise.
@@ -450,7 +647,15 @@ async fn bad_input_gets_contract_errors() {
     // Health and metrics.
     let h = api.http.get(format!("{}/healthz", api.base)).send().await.unwrap();
     assert_eq!(h.status().as_u16(), 200);
-    let m = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
+    let m = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("emosation_http_requests_total"), "{m}");
     assert!(m.contains("emosation_projector_records_total"), "{m}");
 }
@@ -473,7 +678,10 @@ async fn rate_limit_answers_429() {
         statuses.push(r.status.as_u16());
     }
     let accepted = statuses.iter().filter(|s| **s == 202).count();
-    assert!((10..=14).contains(&accepted), "burst of 2x5 plus refill, got {accepted}: {statuses:?}");
+    assert!(
+        (10..=14).contains(&accepted),
+        "burst of 2x5 plus refill, got {accepted}: {statuses:?}"
+    );
     assert!(statuses.contains(&429));
 }
 
@@ -485,13 +693,29 @@ async fn views_survive_restart_and_replay_gives_the_same_checksum() {
     let (_, a) = api.user("anna").await;
     let (_, b) = api.user("ben").await;
     let room = api.create_room(&a, "r", Some(3)).await;
-    api.post(&format!("/v1/rooms/{room}/join"), Some(&b), json!({})).await.expect(200);
+    api.post(&format!("/v1/rooms/{room}/join"), Some(&b), json!({}))
+        .await
+        .expect(200);
     for i in 0..40 {
-        api.send(if i % 2 == 0 { &a } else { &b }, &room, &format!("k{i}"), &format!("t{i}")).await.expect(202);
+        api.send(
+            if i % 2 == 0 { &a } else { &b },
+            &room,
+            &format!("k{i}"),
+            &format!("t{i}"),
+        )
+        .await
+        .expect(202);
     }
     let last = api.send(&a, &room, "k0", "dup").await.expect(202);
-    api.post(&format!("/v1/rooms/{room}/read"), Some(&b), json!({"message_id": last["message_id"]})).await;
-    api.post(&format!("/v1/rooms/{room}/quit"), Some(&b), json!({})).await.expect(200);
+    api.post(
+        &format!("/v1/rooms/{room}/read"),
+        Some(&b),
+        json!({"message_id": last["message_id"]}),
+    )
+    .await;
+    api.post(&format!("/v1/rooms/{room}/quit"), Some(&b), json!({}))
+        .await
+        .expect(200);
     api.call(Method::POST, "/v1/auth/logout", Some(&b), None).await;
     s.stop().await;
 
@@ -511,7 +735,9 @@ async fn views_survive_restart_and_replay_gives_the_same_checksum() {
     let log = engines.open_log().unwrap();
     let views = engines.open_views().unwrap();
     assert_eq!(views.checksum().await.unwrap(), live, "restart changed nothing");
-    let stats = emosation_projector::replay(log, std::sync::Arc::clone(&views), std::sync::Arc::new(|_, _| {})).await.unwrap();
+    let stats = emosation_projector::replay(log, std::sync::Arc::clone(&views), std::sync::Arc::new(|_, _| {}))
+        .await
+        .unwrap();
     assert!(stats.records >= 47, "replayed {}", stats.records);
     assert_eq!(views.checksum().await.unwrap(), live);
 }

@@ -68,7 +68,10 @@ pub struct TokenPair {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn random_hex() -> String {
@@ -103,7 +106,8 @@ impl TokenKeys {
                 exp: now + ttl.as_secs() as i64,
                 jti: random_hex(),
             };
-            encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| ApiError::internal("jwt encode", e))
+            encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+                .map_err(|e| ApiError::internal("jwt encode", e))
         };
         Ok(TokenPair {
             access_token: make(TokenKind::Access, self.access_ttl)?,
@@ -140,7 +144,9 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
     }
 }
 

@@ -49,7 +49,11 @@ struct Credentials {
 
 async fn signup(State(s): State<IngestState>, ApiJson(c): ApiJson<Credentials>) -> Result<Response, ApiError> {
     let (user_id, username) = s.ingest.signup(&c.username, &c.password).await?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"user_id": user_id, "username": username}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"user_id": user_id, "username": username})),
+    )
+        .into_response())
 }
 
 async fn login(State(s): State<IngestState>, ApiJson(c): ApiJson<Credentials>) -> Result<Response, ApiError> {
@@ -82,14 +86,22 @@ async fn restore(
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let Some(expected) = s.ingest.config().admin_token.as_deref() else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "admin endpoints are disabled"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "admin endpoints are disabled",
+        ));
     };
     let given = headers
         .get("x-admin-token")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "admin token required"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "admin token required",
+        ));
     }
     s.ingest.restore_account(&user_id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -21,9 +21,9 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use axum::http::StatusCode;
 use emosation_core::ids::{LogPosition, normalize_username, random_id};
 use emosation_core::ports::{Decision, Decisions, Log, ViewStore};
@@ -86,7 +86,10 @@ impl std::fmt::Debug for Ingest {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn hash_password(password: &str) -> Result<String, ApiError> {
@@ -133,14 +136,22 @@ impl Ingest {
     }
 
     async fn hash(&self, password: String) -> Result<String, ApiError> {
-        let _permit = self.hashing.acquire().await.map_err(|_| ApiError::unavailable("shutting down"))?;
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable("shutting down"))?;
         tokio::task::spawn_blocking(move || hash_password(&password))
             .await
             .map_err(|e| ApiError::internal("hash task", e))?
     }
 
     async fn verify(&self, password: String, phc: String) -> Result<bool, ApiError> {
-        let _permit = self.hashing.acquire().await.map_err(|_| ApiError::unavailable("shutting down"))?;
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable("shutting down"))?;
         tokio::task::spawn_blocking(move || verify_password(&password, &phc))
             .await
             .map_err(|e| ApiError::internal("verify task", e))
@@ -197,7 +208,13 @@ impl Ingest {
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Result<TokenPair, ApiError> {
-        let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "wrong username or password");
+        let invalid = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "wrong username or password",
+            )
+        };
         let user = if validate::username(username).is_ok() {
             self.views.user_by_name(&normalize_username(username)).await?
         } else {
@@ -205,7 +222,9 @@ impl Ingest {
         };
         // Verify against a dummy hash for unknown users, so timing does not
         // reveal which usernames exist.
-        let phc = user.as_ref().map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+        let phc = user
+            .as_ref()
+            .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
         let ok = self.verify(password.to_owned(), phc).await?;
         match user {
             Some(u) if ok && u.deleted_at.is_none() => {
@@ -292,7 +311,10 @@ impl Ingest {
             .await?;
         match decision.outcome? {
             Accepted::RoomCreated(room) => Ok(room),
-            other => Err(ApiError::internal("create room", format!("unexpected outcome {other:?}"))),
+            other => Err(ApiError::internal(
+                "create room",
+                format!("unexpected outcome {other:?}"),
+            )),
         }
     }
 
@@ -349,7 +371,13 @@ impl Ingest {
     }
 
     /// Posts a message. A repeated `client_msg_id` answers the first message.
-    pub async fn post(&self, user: &AuthUser, room_id: &str, client_msg_id: &str, text: &str) -> Result<Posted, ApiError> {
+    pub async fn post(
+        &self,
+        user: &AuthUser,
+        room_id: &str,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Result<Posted, ApiError> {
         validate::client_msg_id(client_msg_id)?;
         validate::text(text)?;
         self.existing_room(room_id).await?;

@@ -11,11 +11,15 @@ pub const MAX_CAPACITY: i32 = 100_000;
 
 /// 3–32 of `[a-z0-9_]`.
 pub fn username(u: &str) -> Result<(), ApiError> {
-    let ok = (3..=32).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let ok = (3..=32).contains(&u.len())
+        && u.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid_request("username must be 3-32 characters of a-z, 0-9 and _"))
+        Err(ApiError::invalid_request(
+            "username must be 3-32 characters of a-z, 0-9 and _",
+        ))
     }
 }
 
@@ -62,7 +66,9 @@ pub fn text(t: &str) -> Result<(), ApiError> {
 pub fn client_msg_id(c: &str) -> Result<(), ApiError> {
     let len = c.chars().count();
     if len == 0 || len > MAX_CLIENT_MSG_ID_CHARS || c.chars().any(char::is_control) {
-        return Err(ApiError::invalid_request("client_msg_id must be 1-128 printable characters"));
+        return Err(ApiError::invalid_request(
+            "client_msg_id must be 1-128 printable characters",
+        ));
     }
     Ok(())
 }

@@ -60,7 +60,8 @@ pub async fn fold_batch(
         match emosation_schemas::decode(&e.value) {
             Ok(r) => records.push((LogPosition::new(partition, e.offset), r)),
             Err(err) => {
-                metrics::counter!("emosation_projector_undecodable_records_total", "topic" => topic.name()).increment(1);
+                metrics::counter!("emosation_projector_undecodable_records_total", "topic" => topic.name())
+                    .increment(1);
                 warn!(topic = topic.name(), partition, offset = e.offset, error = %err, "skipping undecodable record");
             }
         }
@@ -114,9 +115,7 @@ impl Projector {
                 let store = Arc::clone(&self.store);
                 let decisions = Arc::clone(&self.decisions);
                 let stop = shutdown.clone();
-                tasks.spawn(async move {
-                    run_partition(&*log, &*store, &*decisions, topic, partition, stop).await
-                });
+                tasks.spawn(async move { run_partition(&*log, &*store, &*decisions, topic, partition, stop).await });
             }
         }
         info!(partitions = tasks.len(), "projector running");
@@ -129,7 +128,9 @@ impl Projector {
                 }
                 Err(join) => {
                     shutdown.cancel();
-                    return Err(ProjectorError::Store(StoreError::Storage(format!("projector task died: {join}"))));
+                    return Err(ProjectorError::Store(StoreError::Storage(format!(
+                        "projector task died: {join}"
+                    ))));
                 }
             }
         }
@@ -220,10 +221,15 @@ pub async fn replay(
     // Partitions are independent; fold two at a time to use both cores.
     let mut tasks = JoinSet::new();
     let mut queue = work.into_iter();
-    let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4);
+    let parallel = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(4);
     loop {
         while tasks.len() < parallel {
-            let Some((topic, partition, end)) = queue.next() else { break };
+            let Some((topic, partition, end)) = queue.next() else {
+                break;
+            };
             let log = Arc::clone(&log);
             let store = Arc::clone(&store);
             let done = Arc::clone(&done);

@@ -77,7 +77,9 @@ fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, A
         None | Some("") => Ok(default),
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(ApiError::invalid_request(format!("limit must be an integer from 1 to {max}"))),
+            _ => Err(ApiError::invalid_request(format!(
+                "limit must be an integer from 1 to {max}"
+            ))),
         },
     }
 }
@@ -107,17 +109,25 @@ struct RoomsQuery {
     limit: Option<String>,
 }
 
-async fn list_rooms(State(s): State<QueryState>, ApiQuery(q): ApiQuery<RoomsQuery>) -> Result<axum::Json<Value>, ApiError> {
+async fn list_rooms(
+    State(s): State<QueryState>,
+    ApiQuery(q): ApiQuery<RoomsQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
     let limit = parse_limit(q.limit.as_deref(), DEFAULT_ROOMS_LIMIT, MAX_ROOMS_LIMIT)?;
     let rooms = s.views.rooms(q.after.as_deref(), limit).await?;
-    let next_after = (rooms.len() == limit).then(|| rooms.last().map(|r| r.room_id.clone())).flatten();
+    let next_after = (rooms.len() == limit)
+        .then(|| rooms.last().map(|r| r.room_id.clone()))
+        .flatten();
     Ok(axum::Json(json!({
         "rooms": rooms.iter().map(json::room).collect::<Vec<_>>(),
         "next_after": next_after,
     })))
 }
 
-async fn get_room(State(s): State<QueryState>, ApiPath(room_id): ApiPath<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn get_room(
+    State(s): State<QueryState>,
+    ApiPath(room_id): ApiPath<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     Ok(axum::Json(json::room(&room_or_404(&*s.views, &room_id).await?)))
 }
 
@@ -155,10 +165,7 @@ async fn history(
     let messages = s.views.history(&room_id, before, limit).await?;
     // Messages of a room have seq 1, 2, 3, …: the page reaches the start of
     // the room exactly when its oldest message is seq 1.
-    let next_before = messages
-        .first()
-        .filter(|m| m.seq > 1)
-        .map(|m| m.message_id.clone());
+    let next_before = messages.first().filter(|m| m.seq > 1).map(|m| m.message_id.clone());
     Ok(axum::Json(json!({
         "messages": messages.iter().map(json::message).collect::<Vec<_>>(),
         "next_before": next_before,

@@ -40,29 +40,101 @@ pub enum RecordType {
 
 /// Each record type, its file stem and its current schema.
 pub const CURRENT: [(RecordType, &str, &str); 9] = [
-    (RecordType::UserSignedUp, "user_signed_up", include_str!("../avro/user_signed_up.avsc")),
-    (RecordType::AccountDeleted, "account_deleted", include_str!("../avro/account_deleted.avsc")),
-    (RecordType::AccountRestored, "account_restored", include_str!("../avro/account_restored.avsc")),
-    (RecordType::SessionRevoked, "session_revoked", include_str!("../avro/session_revoked.avsc")),
-    (RecordType::RoomCreated, "room_created", include_str!("../avro/room_created.avsc")),
-    (RecordType::MemberJoined, "member_joined", include_str!("../avro/member_joined.avsc")),
-    (RecordType::MemberQuit, "member_quit", include_str!("../avro/member_quit.avsc")),
-    (RecordType::MessagePosted, "message_posted", include_str!("../avro/message_posted.avsc")),
-    (RecordType::ReadMarkerSet, "read_marker_set", include_str!("../avro/read_marker_set.avsc")),
+    (
+        RecordType::UserSignedUp,
+        "user_signed_up",
+        include_str!("../avro/user_signed_up.avsc"),
+    ),
+    (
+        RecordType::AccountDeleted,
+        "account_deleted",
+        include_str!("../avro/account_deleted.avsc"),
+    ),
+    (
+        RecordType::AccountRestored,
+        "account_restored",
+        include_str!("../avro/account_restored.avsc"),
+    ),
+    (
+        RecordType::SessionRevoked,
+        "session_revoked",
+        include_str!("../avro/session_revoked.avsc"),
+    ),
+    (
+        RecordType::RoomCreated,
+        "room_created",
+        include_str!("../avro/room_created.avsc"),
+    ),
+    (
+        RecordType::MemberJoined,
+        "member_joined",
+        include_str!("../avro/member_joined.avsc"),
+    ),
+    (
+        RecordType::MemberQuit,
+        "member_quit",
+        include_str!("../avro/member_quit.avsc"),
+    ),
+    (
+        RecordType::MessagePosted,
+        "message_posted",
+        include_str!("../avro/message_posted.avsc"),
+    ),
+    (
+        RecordType::ReadMarkerSet,
+        "read_marker_set",
+        include_str!("../avro/read_marker_set.avsc"),
+    ),
 ];
 
 /// Every released version `(type, version, schema)`; the newest of each type
 /// must equal the current schema.
 pub const HISTORY: [(RecordType, u32, &str); 9] = [
-    (RecordType::UserSignedUp, 1, include_str!("../avro/history/user_signed_up.v1.avsc")),
-    (RecordType::AccountDeleted, 1, include_str!("../avro/history/account_deleted.v1.avsc")),
-    (RecordType::AccountRestored, 1, include_str!("../avro/history/account_restored.v1.avsc")),
-    (RecordType::SessionRevoked, 1, include_str!("../avro/history/session_revoked.v1.avsc")),
-    (RecordType::RoomCreated, 1, include_str!("../avro/history/room_created.v1.avsc")),
-    (RecordType::MemberJoined, 1, include_str!("../avro/history/member_joined.v1.avsc")),
-    (RecordType::MemberQuit, 1, include_str!("../avro/history/member_quit.v1.avsc")),
-    (RecordType::MessagePosted, 1, include_str!("../avro/history/message_posted.v1.avsc")),
-    (RecordType::ReadMarkerSet, 1, include_str!("../avro/history/read_marker_set.v1.avsc")),
+    (
+        RecordType::UserSignedUp,
+        1,
+        include_str!("../avro/history/user_signed_up.v1.avsc"),
+    ),
+    (
+        RecordType::AccountDeleted,
+        1,
+        include_str!("../avro/history/account_deleted.v1.avsc"),
+    ),
+    (
+        RecordType::AccountRestored,
+        1,
+        include_str!("../avro/history/account_restored.v1.avsc"),
+    ),
+    (
+        RecordType::SessionRevoked,
+        1,
+        include_str!("../avro/history/session_revoked.v1.avsc"),
+    ),
+    (
+        RecordType::RoomCreated,
+        1,
+        include_str!("../avro/history/room_created.v1.avsc"),
+    ),
+    (
+        RecordType::MemberJoined,
+        1,
+        include_str!("../avro/history/member_joined.v1.avsc"),
+    ),
+    (
+        RecordType::MemberQuit,
+        1,
+        include_str!("../avro/history/member_quit.v1.avsc"),
+    ),
+    (
+        RecordType::MessagePosted,
+        1,
+        include_str!("../avro/history/message_posted.v1.avsc"),
+    ),
+    (
+        RecordType::ReadMarkerSet,
+        1,
+        include_str!("../avro/history/read_marker_set.v1.avsc"),
+    ),
 ];
 
 const MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -123,10 +195,17 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
                 reader: None,
             },
         );
-        current.insert(kind, Writer { fingerprint: fp, schema });
+        current.insert(
+            kind,
+            Writer {
+                fingerprint: fp,
+                schema,
+            },
+        );
     }
     for (kind, version, text) in HISTORY {
-        let schema = Schema::parse_str(text).unwrap_or_else(|e| panic!("schema {kind:?} v{version} does not parse: {e}"));
+        let schema =
+            Schema::parse_str(text).unwrap_or_else(|e| panic!("schema {kind:?} v{version} does not parse: {e}"));
         let fp = fingerprint(&schema);
         by_fingerprint.entry(fp).or_insert_with(|| Known {
             kind,

@@ -16,8 +16,18 @@ fn samples() -> Vec<Record> {
             username: "alice".into(),
             password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
         }),
-        Record::AccountDeleted(AccountDeleted { request_id: 1, at: 2, user_id: "u".into(), username: "alice".into() }),
-        Record::AccountRestored(AccountRestored { request_id: 1, at: 2, user_id: "u".into(), username: "alice".into() }),
+        Record::AccountDeleted(AccountDeleted {
+            request_id: 1,
+            at: 2,
+            user_id: "u".into(),
+            username: "alice".into(),
+        }),
+        Record::AccountRestored(AccountRestored {
+            request_id: 1,
+            at: 2,
+            user_id: "u".into(),
+            username: "alice".into(),
+        }),
         Record::SessionRevoked(SessionRevoked {
             request_id: 1,
             at: 2,
@@ -35,8 +45,20 @@ fn samples() -> Vec<Record> {
             owner_id: "u".into(),
             owner_name: "alice".into(),
         }),
-        Record::MemberJoined(MemberJoined { request_id: 1, at: 2, room_id: "r".into(), user_id: "u".into(), username: "a".into() }),
-        Record::MemberQuit(MemberQuit { request_id: 1, at: 2, room_id: "r".into(), user_id: "u".into(), username: "a".into() }),
+        Record::MemberJoined(MemberJoined {
+            request_id: 1,
+            at: 2,
+            room_id: "r".into(),
+            user_id: "u".into(),
+            username: "a".into(),
+        }),
+        Record::MemberQuit(MemberQuit {
+            request_id: 1,
+            at: 2,
+            room_id: "r".into(),
+            user_id: "u".into(),
+            username: "a".into(),
+        }),
         Record::MessagePosted(MessagePosted {
             request_id: i64::MAX,
             at: 2,
@@ -46,7 +68,13 @@ fn samples() -> Vec<Record> {
             client_msg_id: "c-1".into(),
             text: "안녕하세요 :)".into(),
         }),
-        Record::ReadMarkerSet(ReadMarkerSet { request_id: 1, at: 2, room_id: "r".into(), user_id: "u".into(), message_id: "m".into() }),
+        Record::ReadMarkerSet(ReadMarkerSet {
+            request_id: 1,
+            at: 2,
+            room_id: "r".into(),
+            user_id: "u".into(),
+            message_id: "m".into(),
+        }),
     ]
 }
 
@@ -90,7 +118,10 @@ fn the_checker_rejects_an_incompatible_change() {
     // without a default cannot read old records.
     let (_, _, text) = CURRENT[7];
     let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
-    v["fields"].as_array_mut().unwrap().push(serde_json::json!({"name": "thread_id", "type": "string"}));
+    v["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "thread_id", "type": "string"}));
     let incompatible = Schema::parse_str(&v.to_string()).unwrap();
     let old = Schema::parse_str(text).unwrap();
     assert!(SchemaCompatibility::can_read(&old, &incompatible).is_err());

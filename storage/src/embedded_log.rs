@@ -55,7 +55,9 @@ pub struct EmbeddedLog {
 
 impl std::fmt::Debug for EmbeddedLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedLog").field("topology", &self.shared.topology).finish()
+        f.debug_struct("EmbeddedLog")
+            .field("topology", &self.shared.topology)
+            .finish()
     }
 }
 
@@ -71,7 +73,10 @@ fn entry_key(partition: u32, offset: u64) -> [u8; 12] {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Stored value: timestamp (i64 BE) ++ key length (u32 BE) ++ key ++ value.
@@ -350,7 +355,11 @@ impl Log for EmbeddedLog {
 
     async fn committed(&self, group: &str, topic: Topic, partition: u32) -> Result<Option<u64>, LogError> {
         self.end_watch(topic, partition)?;
-        let v = self.shared.groups.get(group_key(group, topic, partition)).map_err(storage)?;
+        let v = self
+            .shared
+            .groups
+            .get(group_key(group, topic, partition))
+            .map_err(storage)?;
         Ok(v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 }

@@ -158,14 +158,22 @@ impl ViewStore for EmbeddedViewStore {
             }
         }
         for (topic, partition, next) in &batch.positions {
-            b.insert(&self.positions, position_key(&batch.consumer, *topic, *partition), next.to_be_bytes());
+            b.insert(
+                &self.positions,
+                position_key(&batch.consumer, *topic, *partition),
+                next.to_be_bytes(),
+            );
         }
         b.commit().map_err(storage)
     }
 
     async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError> {
-        let v = self.positions.get(position_key(consumer, topic, partition)).map_err(storage)?;
-        Ok(v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0))
+        let v = self
+            .positions
+            .get(position_key(consumer, topic, partition))
+            .map_err(storage)?;
+        Ok(v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
     }
 
     async fn user(&self, user_id: &str) -> Result<Option<UserView>, StoreError> {
@@ -220,7 +228,12 @@ impl ViewStore for EmbeddedViewStore {
     }
 
     async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
-        self.scan("members", self.table("members").prefix(prefix_of(room_id)), as_member, usize::MAX)
+        self.scan(
+            "members",
+            self.table("members").prefix(prefix_of(room_id)),
+            as_member,
+            usize::MAX,
+        )
     }
 
     async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError> {

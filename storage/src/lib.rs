@@ -43,7 +43,11 @@ fn embedded_path(url: &str) -> Option<PathBuf> {
     if let Some(rest) = url.strip_prefix("embedded://") {
         return Some(PathBuf::from(rest));
     }
-    if url.contains("://") { None } else { Some(PathBuf::from(url)) }
+    if url.contains("://") {
+        None
+    } else {
+        Some(PathBuf::from(url))
+    }
 }
 
 /// Opens the log named by `url`.

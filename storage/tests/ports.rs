@@ -20,7 +20,10 @@ async fn log_contract(log: Arc<dyn Log>) {
     let keys = ["room-a", "room-b", "room-c", "room-a", "room-a"];
     let mut expected_next = std::collections::HashMap::new();
     for (i, k) in keys.iter().enumerate() {
-        let pos = log.append(Topic::Rooms, k.as_bytes(), Bytes::from(format!("v{i}"))).await.unwrap();
+        let pos = log
+            .append(Topic::Rooms, k.as_bytes(), Bytes::from(format!("v{i}")))
+            .await
+            .unwrap();
         let p = partition_for(k.as_bytes(), topo.rooms_partitions);
         assert_eq!(pos.partition, p, "key {k} goes to its partition");
         let next = expected_next.entry(p).or_insert(0u64);
@@ -35,7 +38,11 @@ async fn log_contract(log: Arc<dyn Log>) {
     let all = log.fetch(Topic::Rooms, pa, 0, 100, Duration::ZERO).await.unwrap();
     assert_eq!(all.len() as u64, end);
     assert!(all.windows(2).all(|w| w[0].offset + 1 == w[1].offset));
-    let a_values: Vec<_> = all.iter().filter(|e| &e.key[..] == b"room-a").map(|e| e.value.clone()).collect();
+    let a_values: Vec<_> = all
+        .iter()
+        .filter(|e| &e.key[..] == b"room-a")
+        .map(|e| e.value.clone())
+        .collect();
     assert_eq!(a_values, vec![Bytes::from("v0"), Bytes::from("v3"), Bytes::from("v4")]);
     assert!(all.iter().all(|e| e.timestamp_ms > 0));
     let one = log.fetch(Topic::Rooms, pa, 1, 1, Duration::ZERO).await.unwrap();
@@ -44,7 +51,10 @@ async fn log_contract(log: Arc<dyn Log>) {
 
     // At the end: empty after the wait; beyond it: an error.
     let t = Instant::now();
-    let none = log.fetch(Topic::Rooms, pa, end, 10, Duration::from_millis(50)).await.unwrap();
+    let none = log
+        .fetch(Topic::Rooms, pa, end, 10, Duration::from_millis(50))
+        .await
+        .unwrap();
     assert!(none.is_empty());
     assert!(t.elapsed() >= Duration::from_millis(40), "fetch waited");
     assert!(matches!(
@@ -61,18 +71,25 @@ async fn log_contract(log: Arc<dyn Log>) {
     let waiter = tokio::spawn(async move { l2.fetch(Topic::Rooms, pa, end, 10, Duration::from_secs(5)).await });
     tokio::time::sleep(Duration::from_millis(20)).await;
     let t = Instant::now();
-    log.append(Topic::Rooms, b"room-a", Bytes::from_static(b"late")).await.unwrap();
+    log.append(Topic::Rooms, b"room-a", Bytes::from_static(b"late"))
+        .await
+        .unwrap();
     let got = waiter.await.unwrap().unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].value, Bytes::from_static(b"late"));
-    assert!(t.elapsed() < Duration::from_secs(2), "woken by the append, not the timeout");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "woken by the append, not the timeout"
+    );
 
     // Concurrent appends to one key keep a total order with no gaps.
     let mut tasks = Vec::new();
     for i in 0..200 {
         let l = Arc::clone(&log);
         tasks.push(tokio::spawn(async move {
-            l.append(Topic::Accounts, b"same-key", Bytes::from(format!("{i}"))).await.unwrap()
+            l.append(Topic::Accounts, b"same-key", Bytes::from(format!("{i}")))
+                .await
+                .unwrap()
         }));
     }
     let mut offsets: Vec<u64> = Vec::new();
@@ -139,7 +156,10 @@ fn sample_batch() -> ViewBatch {
                 deleted_at: None,
             })),
         ),
-        (ViewKey::Username("alice".into()), Some(ViewValue::Username("u1".into()))),
+        (
+            ViewKey::Username("alice".into()),
+            Some(ViewValue::Username("u1".into())),
+        ),
         (ViewKey::Room("r1".into()), Some(ViewValue::Room(room("r1", 2, 60)))),
         (ViewKey::Room("r2".into()), Some(ViewValue::Room(room("r2", 1, 0)))),
         (
@@ -194,15 +214,24 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
     assert_eq!(store.room("r1").await.unwrap().unwrap().member_count, 2);
     assert!(store.room("nope").await.unwrap().is_none());
     let rooms = store.rooms(None, 10).await.unwrap();
-    assert_eq!(rooms.iter().map(|r| r.room_id.as_str()).collect::<Vec<_>>(), ["r1", "r2"]);
+    assert_eq!(
+        rooms.iter().map(|r| r.room_id.as_str()).collect::<Vec<_>>(),
+        ["r1", "r2"]
+    );
     let after = store.rooms(Some("r1"), 10).await.unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].room_id, "r2");
 
     let members = store.members("r1").await.unwrap();
-    assert_eq!(members.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(), ["u1", "u2"]);
+    assert_eq!(
+        members.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(),
+        ["u1", "u2"]
+    );
     let mine = store.user_rooms("u1").await.unwrap();
-    assert_eq!(mine.iter().map(|m| m.room_id.as_str()).collect::<Vec<_>>(), ["r1", "r2"]);
+    assert_eq!(
+        mine.iter().map(|m| m.room_id.as_str()).collect::<Vec<_>>(),
+        ["r1", "r2"]
+    );
 
     // History: newest `limit` before the cursor, oldest first.
     let page = store.history("r1", None, 50).await.unwrap();
@@ -210,7 +239,10 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
     assert_eq!(page.first().unwrap().seq, 11);
     assert_eq!(page.last().unwrap().seq, 60);
     let older = store.history("r1", Some(&page[0].message_id), 50).await.unwrap();
-    assert_eq!(older.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        older.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
     assert!(store.history("r2", None, 50).await.unwrap().is_empty());
 
     // Loads see exactly what was written; deletions remove both directions.
@@ -272,16 +304,29 @@ async fn embedded_log_survives_reopen_and_keeps_its_topology() {
     let pos = {
         let log = EmbeddedLog::open(dir.path(), topo).unwrap();
         for i in 0..10 {
-            log.append(Topic::Rooms, b"k", Bytes::from(format!("{i}"))).await.unwrap();
+            log.append(Topic::Rooms, b"k", Bytes::from(format!("{i}")))
+                .await
+                .unwrap();
         }
-        log.append(Topic::Rooms, b"k", Bytes::from_static(b"last")).await.unwrap()
+        log.append(Topic::Rooms, b"k", Bytes::from_static(b"last"))
+            .await
+            .unwrap()
     };
     let log = EmbeddedLog::open(dir.path(), Topology::default()).unwrap();
     assert_eq!(log.topology(), topo, "topology is fixed at creation");
-    assert_eq!(log.end_offset(Topic::Rooms, pos.partition).await.unwrap(), pos.offset + 1);
-    let next = log.append(Topic::Rooms, b"k", Bytes::from_static(b"after")).await.unwrap();
+    assert_eq!(
+        log.end_offset(Topic::Rooms, pos.partition).await.unwrap(),
+        pos.offset + 1
+    );
+    let next = log
+        .append(Topic::Rooms, b"k", Bytes::from_static(b"after"))
+        .await
+        .unwrap();
     assert_eq!(next.offset, pos.offset + 1);
-    let all = log.fetch(Topic::Rooms, pos.partition, 0, 100, Duration::ZERO).await.unwrap();
+    let all = log
+        .fetch(Topic::Rooms, pos.partition, 0, 100, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(all[10].value, Bytes::from_static(b"last"));
     assert_eq!(all[11].value, Bytes::from_static(b"after"));
 }

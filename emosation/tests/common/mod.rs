@@ -57,7 +57,10 @@ impl TestServer {
 
     pub fn client(&self) -> Api {
         Api {
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
             base: self.base.clone(),
         }
     }
@@ -105,11 +108,22 @@ impl Api {
         let res = req.send().await.unwrap();
         let status = res.status();
         let text = res.text().await.unwrap();
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         Resp { status, body }
     }
 
-    pub async fn raw(&self, method: Method, path: &str, token: Option<&str>, content_type: Option<&str>, body: Vec<u8>) -> Resp {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Resp {
         let mut req = self.http.request(method, format!("{}{}", self.base, path)).body(body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -133,20 +147,32 @@ impl Api {
     }
 
     pub async fn signup(&self, username: &str) -> Resp {
-        self.post("/v1/auth/signup", None, json!({"username": username, "password": "correct horse"})).await
+        self.post(
+            "/v1/auth/signup",
+            None,
+            json!({"username": username, "password": "correct horse"}),
+        )
+        .await
     }
 
     pub async fn login(&self, username: &str) -> Value {
-        self.post("/v1/auth/login", None, json!({"username": username, "password": "correct horse"}))
-            .await
-            .expect(200)
+        self.post(
+            "/v1/auth/login",
+            None,
+            json!({"username": username, "password": "correct horse"}),
+        )
+        .await
+        .expect(200)
     }
 
     /// Signs up and logs in; returns (user_id, access_token).
     pub async fn user(&self, username: &str) -> (String, String) {
         self.signup(username).await.expect(201);
         let l = self.login(username).await;
-        (l["user_id"].as_str().unwrap().to_owned(), l["access_token"].as_str().unwrap().to_owned())
+        (
+            l["user_id"].as_str().unwrap().to_owned(),
+            l["access_token"].as_str().unwrap().to_owned(),
+        )
     }
 
     pub async fn create_room(&self, token: &str, name: &str, capacity: Option<u32>) -> String {
