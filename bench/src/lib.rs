@@ -1,1 +1,158 @@
-//! placeholder
+//! Shared pieces of the benchmarks: latency summaries, record generators, and
+//! starting the release server as a child process.
+//!
+//! Run a scenario with `cargo run --release -p emosation-bench --bin NAME`;
+//! `bench/run` runs them all. Each prints one JSON line with its figures.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use emosation_core::Record;
+use emosation_core::record::{MemberJoined, MessagePosted, RoomCreated, UserSignedUp};
+use reqwest::Client;
+use serde_json::{Value, json};
+
+/// Latency percentiles in microseconds.
+pub fn percentiles(mut us: Vec<u64>) -> Value {
+    if us.is_empty() {
+        return json!({});
+    }
+    us.sort_unstable();
+    let p = |q: f64| us[((us.len() as f64 * q) as usize).min(us.len() - 1)];
+    json!({"p50_us": p(0.50), "p90_us": p(0.90), "p99_us": p(0.99), "p999_us": p(0.999), "max_us": us[us.len() - 1], "n": us.len()})
+}
+
+pub fn id(n: u64) -> String {
+    format!("{n:016x}")
+}
+
+/// A realistic log: `users` signups, `rooms` rooms each joined by 10 users,
+/// then messages round-robin over the rooms until `total` records.
+pub fn synthetic_log(total: u64, users: u64, rooms: u64) -> impl Iterator<Item = Record> {
+    let setup = users + rooms + rooms * 10;
+    (0..total).map(move |i| {
+        let at = 1_795_000_000_000 + i as i64;
+        if i < users {
+            Record::UserSignedUp(UserSignedUp {
+                request_id: i as i64,
+                at,
+                user_id: id(0x1000_0000 + i),
+                username: format!("user_{i}"),
+                password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
+            })
+        } else if i < users + rooms {
+            let r = i - users;
+            Record::RoomCreated(RoomCreated {
+                request_id: i as i64,
+                at,
+                room_id: id(0x2000_0000 + r),
+                name: format!("room {r}"),
+                capacity: 100,
+                owner_id: id(0x1000_0000 + r % users),
+                owner_name: format!("user_{}", r % users),
+            })
+        } else if i < setup {
+            let j = i - users - rooms;
+            let (r, k) = (j / 10, j % 10);
+            let u = (r * 10 + k + 1) % users;
+            Record::MemberJoined(MemberJoined {
+                request_id: i as i64,
+                at,
+                room_id: id(0x2000_0000 + r),
+                user_id: id(0x1000_0000 + u),
+                username: format!("user_{u}"),
+            })
+        } else {
+            let m = i - setup;
+            let r = m % rooms;
+            let u = (r * 10 + (m / rooms) % 10 + 1) % users;
+            Record::MessagePosted(MessagePosted {
+                request_id: i as i64,
+                at,
+                room_id: id(0x2000_0000 + r),
+                author_id: id(0x1000_0000 + u),
+                author: format!("user_{u}"),
+                client_msg_id: format!("c{m}"),
+                text: format!("message number {m}: how are you feeling today? 🙂"),
+            })
+        }
+    })
+}
+
+/// The release `emosation` binary next to this benchmark.
+pub fn server_binary() -> PathBuf {
+    let me = std::env::current_exe().expect("current exe");
+    me.parent().expect("bin dir").join("emosation")
+}
+
+/// A server child process on a free port with its own data dir.
+pub struct ServerProcess {
+    pub child: tokio::process::Child,
+    pub base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    pub async fn start(extra: &[&str]) -> anyhow::Result<ServerProcess> {
+        let bin = server_binary();
+        anyhow::ensure!(bin.exists(), "{} not found: run `cargo build --release` first", bin.display());
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        // BENCH_SERVER_CPU=0 pins the server to a core (the load stays on the others).
+        let mut cmd = match std::env::var("BENCH_SERVER_CPU") {
+            Ok(cpu) => {
+                let mut c = tokio::process::Command::new("taskset");
+                c.arg("-c").arg(cpu).arg(&bin);
+                c
+            }
+            Err(_) => tokio::process::Command::new(&bin),
+        };
+        let child = cmd
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--message-rate", "0", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .env("EMOSATION_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let base = format!("http://127.0.0.1:{port}");
+        let client = Client::new();
+        let t = Instant::now();
+        while client.get(format!("{base}/healthz")).send().await.is_err() {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(ServerProcess { child, base, _dir: dir })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
+/// Signs up and logs in; returns (user_id, token).
+pub async fn user(client: &Client, base: &str, name: &str) -> anyhow::Result<(String, String)> {
+    let creds = json!({"username": name, "password": "benchmark-password"});
+    client.post(format!("{base}/v1/auth/signup")).json(&creds).send().await?.error_for_status()?;
+    let l: Value = client.post(format!("{base}/v1/auth/login")).json(&creds).send().await?.error_for_status()?.json().await?;
+    Ok((l["user_id"].as_str().unwrap_or_default().to_owned(), l["access_token"].as_str().unwrap_or_default().to_owned()))
+}
+
+pub async fn create_room(client: &Client, base: &str, token: &str, name: &str) -> anyhow::Result<String> {
+    let r: Value = client
+        .post(format!("{base}/v1/rooms"))
+        .bearer_auth(token)
+        .json(&json!({"name": name, "capacity": 100000}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(r["room_id"].as_str().unwrap_or_default().to_owned())
+}
+
+pub async fn join(client: &Client, base: &str, token: &str, room: &str) -> anyhow::Result<()> {
+    client.post(format!("{base}/v1/rooms/{room}/join")).bearer_auth(token).send().await?.error_for_status()?;
+    Ok(())
+}

@@ -5,7 +5,10 @@
 //! Scylla tables) and keeps the secondary indexes the queries need (a user's
 //! memberships, a room's history in id order).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
+
+use rustc_hash::FxHasher;
 
 use serde::{Deserialize, Serialize};
 
@@ -183,51 +186,66 @@ impl FoldState for MemState {
 }
 
 /// The staged changes of one projector batch over prefetched store contents.
-/// Reads see earlier writes of the same batch; `changes` are what to commit.
+/// Reads see earlier writes of the same batch; `take_changes` returns what to
+/// commit. One hash map holds each key once, with a dirty flag (this is the
+/// projector's hottest structure).
 #[derive(Debug, Default)]
 pub struct Overlay {
-    loaded: std::collections::HashMap<ViewKey, Option<ViewValue>>,
-    changed: std::collections::HashSet<ViewKey>,
+    entries: HashMap<ViewKey, (Option<ViewValue>, bool), BuildHasherDefault<FxHasher>>,
 }
 
 impl Overlay {
+    pub fn with_capacity(n: usize) -> Self {
+        Overlay {
+            entries: HashMap::with_capacity_and_hasher(n, Default::default()),
+        }
+    }
+
     /// Whether `key` has been loaded (or written) in this batch.
     pub fn contains(&self, key: &ViewKey) -> bool {
-        self.loaded.contains_key(key)
+        self.entries.contains_key(key)
     }
 
     /// Records what the store holds for `key`, unless the batch already has it.
     pub fn preload(&mut self, key: ViewKey, value: Option<ViewValue>) {
-        self.loaded.entry(key).or_insert(value);
+        self.entries.entry(key).or_insert((value, false));
     }
 
-    /// Drains the changed entries, leaving the overlay empty.
+    /// Sets what the store holds for a key that is not yet written in this batch.
+    pub fn preload_replace(&mut self, key: ViewKey, value: Option<ViewValue>) {
+        match self.entries.get_mut(&key) {
+            Some((_, true)) => {}
+            Some(e) => e.0 = value,
+            None => {
+                self.entries.insert(key, (value, false));
+            }
+        }
+    }
+
+    /// Drains the changed entries (in no particular order), leaving the overlay empty.
     pub fn take_changes(&mut self) -> Vec<(ViewKey, Option<ViewValue>)> {
-        let changed = std::mem::take(&mut self.changed);
-        let mut loaded = std::mem::take(&mut self.loaded);
-        let mut out: Vec<_> = changed
-            .into_iter()
-            .map(|k| {
-                let v = loaded.remove(&k).flatten();
-                (k, v)
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        self.entries
+            .drain()
+            .filter_map(|(k, (v, dirty))| dirty.then_some((k, v)))
+            .collect()
     }
 }
 
 impl FoldState for Overlay {
     fn get(&self, key: &ViewKey) -> Option<&ViewValue> {
-        debug_assert!(self.loaded.contains_key(key), "fold read unprefetched key {key:?}");
-        self.loaded.get(key).and_then(Option::as_ref)
+        let entry = self.entries.get(key);
+        debug_assert!(entry.is_some(), "fold read unprefetched key {key:?}");
+        entry.and_then(|(v, _)| v.as_ref())
     }
     fn put(&mut self, key: ViewKey, value: ViewValue) {
-        self.changed.insert(key.clone());
-        self.loaded.insert(key, Some(value));
+        self.entries.insert(key, (Some(value), true));
     }
     fn delete(&mut self, key: &ViewKey) {
-        self.changed.insert(key.clone());
-        self.loaded.insert(key.clone(), None);
+        match self.entries.get_mut(key) {
+            Some(e) => *e = (None, true),
+            None => {
+                self.entries.insert(key.clone(), (None, true));
+            }
+        }
     }
 }

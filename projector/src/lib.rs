@@ -15,7 +15,6 @@
 //! - [`replay`]: drop the views and rebuild them from the start of the log.
 //! - [`fold_batch`]: the shared step, decode → prefetch → fold → changes.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,17 +65,22 @@ pub async fn fold_batch(
             }
         }
     }
-    let mut overlay = Overlay::default();
-    let mut seen = HashSet::new();
-    let keys: Vec<ViewKey> = records
-        .iter()
-        .flat_map(|(_, r)| keys_read_by(r))
-        .filter(|k| seen.insert(k.clone()))
-        .collect();
+    let mut overlay = Overlay::with_capacity(records.len() * 3);
+    let mut keys = Vec::with_capacity(records.len() * 3);
+    for (_, r) in &records {
+        for k in keys_read_by(r) {
+            if !overlay.contains(&k) {
+                overlay.preload(k.clone(), None);
+                keys.push(k);
+            }
+        }
+    }
     if !keys.is_empty() {
         let values = store.load(&keys).await?;
         for (k, v) in keys.into_iter().zip(values) {
-            overlay.preload(k, v);
+            if v.is_some() {
+                overlay.preload_replace(k, v);
+            }
         }
     }
     let folded = records
