@@ -1,8 +1,33 @@
 //! How view entities are rendered in responses (the contract's shapes).
+//!
+//! Hot responses (history pages) serialize typed, borrowing structs straight
+//! into the response buffer: no intermediate `serde_json::Value`, no
+//! per-field allocation, timestamps formatted on the fly.
 
+use std::fmt;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use emosation_core::time::rfc3339_millis;
 use emosation_core::view::{MemberView, MessageView, RoomView, UserView};
+use serde::Serialize;
 use serde_json::{Value, json};
+
+/// Milliseconds since the epoch, serialized as an RFC 3339 string.
+#[derive(Debug, Clone, Copy)]
+pub struct Timestamp(pub i64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&rfc3339_millis(self.0))
+    }
+}
 
 pub fn user(u: &UserView) -> Value {
     json!({"user_id": u.user_id, "username": u.username, "created_at": rfc3339_millis(u.created_at)})
@@ -30,14 +55,43 @@ pub fn my_room(r: &RoomView, m: &MemberView) -> Value {
 }
 
 /// A `Message`: its cursor is its log position, the same string as its id.
-pub fn message(m: &MessageView) -> Value {
-    json!({
-        "message_id": m.message_id,
-        "room_id": m.room_id,
-        "author_id": m.author_id,
-        "author": m.author,
-        "text": m.text,
-        "created_at": rfc3339_millis(m.created_at),
-        "cursor": m.message_id,
-    })
+#[derive(Debug, Serialize)]
+pub struct Message<'a> {
+    pub message_id: &'a str,
+    pub room_id: &'a str,
+    pub author_id: &'a str,
+    pub author: &'a str,
+    pub text: &'a str,
+    pub created_at: Timestamp,
+    pub cursor: &'a str,
+}
+
+impl<'a> From<&'a MessageView> for Message<'a> {
+    fn from(m: &'a MessageView) -> Self {
+        Message {
+            message_id: &m.message_id,
+            room_id: &m.room_id,
+            author_id: &m.author_id,
+            author: &m.author,
+            text: &m.text,
+            created_at: Timestamp(m.created_at),
+            cursor: &m.message_id,
+        }
+    }
+}
+
+/// A page of history.
+#[derive(Debug, Serialize)]
+pub struct HistoryPage<'a> {
+    pub messages: Vec<Message<'a>>,
+    pub next_before: Option<&'a str>,
+}
+
+/// Serializes `body` into one pre-sized buffer and answers it as JSON.
+pub fn respond<T: Serialize>(body: &T, size_hint: usize) -> Response {
+    let mut buf = Vec::with_capacity(size_hint);
+    match serde_json::to_writer(&mut buf, body) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], buf).into_response(),
+        Err(e) => emosation_http::ApiError::internal("serialize response", e).into_response(),
+    }
 }

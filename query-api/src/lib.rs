@@ -154,7 +154,7 @@ async fn history(
     user: AuthUser,
     ApiPath(room_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     member_room(&*s.views, &room_id, &user).await?;
     let limit = parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
     let before = match q.before.as_deref() {
@@ -165,11 +165,12 @@ async fn history(
     let messages = s.views.history(&room_id, before, limit).await?;
     // Messages of a room have seq 1, 2, 3, …: the page reaches the start of
     // the room exactly when its oldest message is seq 1.
-    let next_before = messages.first().filter(|m| m.seq > 1).map(|m| m.message_id.clone());
-    Ok(axum::Json(json!({
-        "messages": messages.iter().map(json::message).collect::<Vec<_>>(),
-        "next_before": next_before,
-    })))
+    let page = json::HistoryPage {
+        next_before: messages.first().filter(|m| m.seq > 1).map(|m| m.message_id.as_str()),
+        messages: messages.iter().map(json::Message::from).collect(),
+    };
+    let size_hint = 64 + messages.iter().map(|m| 200 + m.text.len()).sum::<usize>();
+    Ok(json::respond(&page, size_hint))
 }
 
 #[derive(Deserialize)]

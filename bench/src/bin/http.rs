@@ -1,0 +1,140 @@
+//! HTTP on loopback against the release server (a child process):
+//! - `post`: `POST /v1/rooms/{id}/messages`, closed loop, many connections:
+//!   requests/s and latency percentiles (each 202 means durable and folded);
+//! - `history`: `GET /v1/rooms/{id}/messages?limit=50` open loop at a fixed
+//!   rate (default 10,000 req/s): achieved rate and latency percentiles.
+//!
+//! Env: POST_SECS (5), POST_CONNS (64), HISTORY_RATE (10000), HISTORY_SECS (5),
+//! BENCH_SERVER_CPU (pin the server with taskset).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use emosation_bench::{ServerProcess, create_room, join, percentiles, user};
+use serde_json::json;
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let server = ServerProcess::start(&[]).await?;
+    let base = server.base.clone();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+
+    // Users and one room everyone is in.
+    let conns: usize = env("POST_CONNS", 64);
+    let mut tokens = Vec::new();
+    for i in 0..16 {
+        tokens.push(user(&client, &base, &format!("bench_{i}")).await?.1);
+    }
+    let room = create_room(&client, &base, &tokens[0], "bench").await?;
+    for t in &tokens[1..] {
+        join(&client, &base, t, &room).await?;
+    }
+
+    // --- post: closed loop.
+    let secs: u64 = env("POST_SECS", 5);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (client, base, room, token) = (client.clone(), base.clone(), room.clone(), tokens[c % tokens.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let url = format!("{base}/v1/rooms/{room}/messages");
+            // Bounded in time and in count.
+            for i in 0..1_000_000u64 {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"client_msg_id": format!("c{c}-{i}"), "text": "benchmark message, how do you feel?"}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        let _ = r.bytes().await;
+                        lat.push(t.elapsed().as_micros() as u64)
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let n = lat.len();
+    println!(
+        "{}",
+        json!({"bench": "http_post_messages", "connections": conns, "seconds": elapsed, "accepted": n, "errors": errors,
+               "req_per_sec": (n as f64 / elapsed).round(), "latency": percentiles(lat)})
+    );
+
+    // --- history: open loop at a fixed rate over a room with >= 10,000 messages.
+    let rate: u64 = env("HISTORY_RATE", 10_000);
+    let hsecs: u64 = env("HISTORY_SECS", 5);
+    let workers: u64 = 100;
+    let per_worker_interval = Duration::from_secs_f64(workers as f64 / rate as f64);
+    let url = Arc::new(format!("{base}/v1/rooms/{room}/messages?limit=50"));
+    // Warm up connections.
+    for _ in 0..200 {
+        client.get(url.as_str()).bearer_auth(&tokens[0]).send().await?.bytes().await?;
+    }
+    let started = Instant::now();
+    let end = started + Duration::from_secs(hsecs);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (client, url, token) = (client.clone(), Arc::clone(&url), tokens[(w as usize) % tokens.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut next = started + per_worker_interval.mul_f64(w as f64 / workers as f64);
+            while next < end {
+                tokio::time::sleep_until(next.into()).await;
+                let t = Instant::now();
+                match client.get(url.as_str()).bearer_auth(&token).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let body = r.bytes().await.unwrap_or_default();
+                        if body.len() < 1000 {
+                            errors += 1;
+                        }
+                        lat.push(t.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+                next += per_worker_interval;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let n = lat.len();
+    let summary = percentiles(lat);
+    println!(
+        "{}",
+        json!({"bench": "http_history_page", "limit": 50, "offered_per_sec": rate, "seconds": elapsed, "requests": n,
+               "errors": errors, "achieved_per_sec": (n as f64 / elapsed).round(), "latency": summary, "target_p99_us": 2000})
+    );
+    drop(server);
+    Ok(())
+}
