@@ -96,7 +96,11 @@ pub struct ServerProcess {
 impl ServerProcess {
     pub async fn start(extra: &[&str]) -> anyhow::Result<ServerProcess> {
         let bin = server_binary();
-        anyhow::ensure!(bin.exists(), "{} not found: run `cargo build --release` first", bin.display());
+        anyhow::ensure!(
+            bin.exists(),
+            "{} not found: run `cargo build --release` first",
+            bin.display()
+        );
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         // BENCH_SERVER_CPU=0 pins the server to a core (the load stays on the others).
@@ -109,7 +113,14 @@ impl ServerProcess {
             Err(_) => tokio::process::Command::new(&bin),
         };
         let child = cmd
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--message-rate", "0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--message-rate",
+                "0",
+                "--data-dir",
+            ])
             .arg(dir.path())
             .args(extra)
             .env("EMOSATION_LOG_LEVEL", "warn")
@@ -134,9 +145,24 @@ impl ServerProcess {
 /// Signs up and logs in; returns (user_id, token).
 pub async fn user(client: &Client, base: &str, name: &str) -> anyhow::Result<(String, String)> {
     let creds = json!({"username": name, "password": "benchmark-password"});
-    client.post(format!("{base}/v1/auth/signup")).json(&creds).send().await?.error_for_status()?;
-    let l: Value = client.post(format!("{base}/v1/auth/login")).json(&creds).send().await?.error_for_status()?.json().await?;
-    Ok((l["user_id"].as_str().unwrap_or_default().to_owned(), l["access_token"].as_str().unwrap_or_default().to_owned()))
+    client
+        .post(format!("{base}/v1/auth/signup"))
+        .json(&creds)
+        .send()
+        .await?
+        .error_for_status()?;
+    let l: Value = client
+        .post(format!("{base}/v1/auth/login"))
+        .json(&creds)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok((
+        l["user_id"].as_str().unwrap_or_default().to_owned(),
+        l["access_token"].as_str().unwrap_or_default().to_owned(),
+    ))
 }
 
 pub async fn create_room(client: &Client, base: &str, token: &str, name: &str) -> anyhow::Result<String> {
@@ -153,6 +179,11 @@ pub async fn create_room(client: &Client, base: &str, token: &str, name: &str) -
 }
 
 pub async fn join(client: &Client, base: &str, token: &str, room: &str) -> anyhow::Result<()> {
-    client.post(format!("{base}/v1/rooms/{room}/join")).bearer_auth(token).send().await?.error_for_status()?;
+    client
+        .post(format!("{base}/v1/rooms/{room}/join"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?;
     Ok(())
 }

@@ -9,11 +9,13 @@
 //! - [`routes`]: the router; [`json`]: how view entities are rendered.
 
 pub mod json;
+pub mod tail;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{FromRef, State};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use emosation_core::ids::LogPosition;
 use emosation_core::ports::ViewStore;
@@ -31,7 +33,11 @@ pub const MAX_ROOMS_LIMIT: usize = 1000;
 pub struct QueryState {
     pub views: Arc<dyn ViewStore>,
     pub auth: Arc<Authenticator>,
+    pub tails: Arc<tail::TailCache>,
 }
+
+/// Rooms whose newest messages are kept rendered in memory.
+pub const TAIL_CACHE_ROOMS: usize = 1024;
 
 impl FromRef<QueryState> for Arc<Authenticator> {
     fn from_ref(s: &QueryState) -> Self {
@@ -49,7 +55,11 @@ pub fn routes(views: Arc<dyn ViewStore>, auth: Arc<Authenticator>) -> Router {
         .route("/v1/rooms/{room_id}/members", get(members))
         .route("/v1/rooms/{room_id}/messages", get(history))
         .route("/v1/rooms/{room_id}/emotions", get(emotions))
-        .with_state(QueryState { views, auth })
+        .with_state(QueryState {
+            views,
+            auth,
+            tails: Arc::new(tail::TailCache::new(TAIL_CACHE_ROOMS)),
+        })
 }
 
 fn is_id(s: &str) -> bool {
@@ -155,13 +165,27 @@ async fn history(
     ApiPath(room_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    member_room(&*s.views, &room_id, &user).await?;
+    let room = member_room(&*s.views, &room_id, &user).await?;
     let limit = parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
     let before = match q.before.as_deref() {
         None | Some("") => None,
         Some(b) if LogPosition::parse_id(b).is_some() => Some(b),
         Some(_) => return Err(ApiError::invalid_request("before must be a message id or cursor")),
     };
+    let tail = match s.tails.get(&room) {
+        Some(t) => t,
+        None => {
+            let newest = s.views.history(&room_id, None, tail::TAIL_LEN).await?;
+            s.tails.put(&room, &newest)
+        }
+    };
+    if let Some(page) = tail.page(before, limit) {
+        return Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            tail::RoomTail::render_page(page),
+        )
+            .into_response());
+    }
     let messages = s.views.history(&room_id, before, limit).await?;
     // Messages of a room have seq 1, 2, 3, …: the page reaches the start of
     // the room exactly when its oldest message is seq 1.

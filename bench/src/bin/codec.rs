@@ -9,7 +9,10 @@ fn main() -> anyhow::Result<()> {
     let n: u64 = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     let records: Vec<_> = synthetic_log(n + 13_000, 2_000, 1_000).skip(13_000).collect();
     let t = Instant::now();
-    let encoded: Vec<Vec<u8>> = records.iter().map(|r| emosation_schemas::encode(r).expect("encode")).collect();
+    let encoded: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| emosation_schemas::encode(r).expect("encode"))
+        .collect();
     let enc = t.elapsed();
     let t = Instant::now();
     for (b, r) in encoded.iter().zip(&records) {

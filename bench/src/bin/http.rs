@@ -40,7 +40,12 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..conns {
-        let (client, base, room, token) = (client.clone(), base.clone(), room.clone(), tokens[c % tokens.len()].clone());
+        let (client, base, room, token) = (
+            client.clone(),
+            base.clone(),
+            room.clone(),
+            tokens[c % tokens.len()].clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
@@ -91,13 +96,23 @@ async fn main() -> anyhow::Result<()> {
     let url = Arc::new(format!("{base}/v1/rooms/{room}/messages?limit=50"));
     // Warm up connections.
     for _ in 0..200 {
-        client.get(url.as_str()).bearer_auth(&tokens[0]).send().await?.bytes().await?;
+        client
+            .get(url.as_str())
+            .bearer_auth(&tokens[0])
+            .send()
+            .await?
+            .bytes()
+            .await?;
     }
     let started = Instant::now();
     let end = started + Duration::from_secs(hsecs);
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let (client, url, token) = (client.clone(), Arc::clone(&url), tokens[(w as usize) % tokens.len()].clone());
+        let (client, url, token) = (
+            client.clone(),
+            Arc::clone(&url),
+            tokens[(w as usize) % tokens.len()].clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;

@@ -13,14 +13,25 @@ use serde_json::json;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let total: u64 = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let appenders: u64 = std::env::var("APPENDERS").ok().and_then(|v| v.parse().ok()).unwrap_or(4096);
+    let total: u64 = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let appenders: u64 = std::env::var("APPENDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096);
     let dir = tempfile::tempdir()?;
     let log = Arc::new(EmbeddedLog::open(dir.path(), Topology::default())?);
     // Realistic values: encoded MessagePosted records keyed by room.
     let records: Vec<(Bytes, Bytes)> = synthetic_log(10_000 + 4096, 100, 1000)
         .skip(10_000)
-        .map(|r| (Bytes::from(r.key()), Bytes::from(emosation_schemas::encode(&r).expect("encode"))))
+        .map(|r| {
+            (
+                Bytes::from(r.key()),
+                Bytes::from(emosation_schemas::encode(&r).expect("encode")),
+            )
+        })
         .collect();
     let records = Arc::new(records);
     let per = total / appenders;
@@ -51,6 +62,10 @@ async fn main() -> anyhow::Result<()> {
         json!({"bench": "log_append", "records": n, "appenders": appenders, "seconds": elapsed.as_secs_f64(),
                "commands_per_sec": rate.round(), "ack_latency": percentiles(lat), "target_per_sec": 200_000})
     );
-    println!("durable appends: {n} in {:.2}s = {:.0} commands/s (target >= 200,000)", elapsed.as_secs_f64(), rate);
+    println!(
+        "durable appends: {n} in {:.2}s = {:.0} commands/s (target >= 200,000)",
+        elapsed.as_secs_f64(),
+        rate
+    );
     Ok(())
 }

@@ -12,7 +12,10 @@ use serde_json::json;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let total: u64 = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let total: u64 = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir()?;
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log"), Topology::default())?);
     let t = Instant::now();
