@@ -4,6 +4,10 @@
 //! Run a scenario with `cargo run --release -p emosation-bench --bin NAME`;
 //! `bench/run` runs them all. Each prints one JSON line with its figures.
 
+/// The allocator of the server binary, so figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -37,7 +41,6 @@ pub fn synthetic_log(total: u64, users: u64, rooms: u64) -> impl Iterator<Item =
             Record::UserSignedUp(UserSignedUp {
                 request_id: i as i64,
                 at,
-                user_id: id(0x1000_0000 + i),
                 username: format!("user_{i}"),
                 password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
             })

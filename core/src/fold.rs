@@ -63,12 +63,9 @@ pub enum Rejection {
 /// before folding a batch; the fold never reads anything else.
 pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
     match record {
-        Record::UserSignedUp(r) => vec![
-            ViewKey::Username(normalize_username(&r.username)),
-            ViewKey::User(r.user_id.clone()),
-        ],
-        Record::AccountDeleted(r) => vec![ViewKey::User(r.user_id.clone())],
-        Record::AccountRestored(r) => vec![ViewKey::User(r.user_id.clone())],
+        Record::UserSignedUp(r) => vec![ViewKey::Username(normalize_username(&r.username))],
+        Record::AccountDeleted(r) => account_keys(&r.username, &r.user_id),
+        Record::AccountRestored(r) => account_keys(&r.username, &r.user_id),
         Record::SessionRevoked(_) => vec![],
         Record::RoomCreated(r) => vec![ViewKey::Room(r.room_id.clone())],
         Record::MemberJoined(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
@@ -90,6 +87,24 @@ pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
                 message_id: r.message_id.clone(),
             },
         ],
+    }
+}
+
+fn account_keys(username: &str, user_id: &str) -> Vec<ViewKey> {
+    vec![
+        ViewKey::Username(normalize_username(username)),
+        ViewKey::User(user_id.to_owned()),
+    ]
+}
+
+/// The user an account record names, if its username's index in this
+/// partition points at that user id. Checking the index first keeps the fold
+/// local: a record naming another partition's user is refused without using
+/// that user's state.
+fn account_user(s: &impl FoldState, username: &str, user_id: &str) -> Option<UserView> {
+    match s.get(&ViewKey::Username(normalize_username(username))) {
+        Some(ViewValue::Username(id)) if id == user_id => get_user(s, user_id),
+        _ => None,
     }
 }
 
@@ -137,27 +152,22 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
             if state.get(&name_key).is_some() {
                 return Err(Rejection::UsernameTaken);
             }
-            if state.get(&ViewKey::User(r.user_id.clone())).is_some() {
-                // A random id collided; refuse rather than merge two accounts.
-                return Err(Rejection::UsernameTaken);
-            }
-            state.put(name_key, ViewValue::Username(r.user_id.clone()));
+            let user_id = pos.to_id();
+            state.put(name_key, ViewValue::Username(user_id.clone()));
             state.put(
-                ViewKey::User(r.user_id.clone()),
+                ViewKey::User(user_id.clone()),
                 ViewValue::User(UserView {
-                    user_id: r.user_id.clone(),
+                    user_id: user_id.clone(),
                     username: normalize_username(&r.username),
                     password_hash: r.password_hash.clone(),
                     created_at: r.at,
                     deleted_at: None,
                 }),
             );
-            Ok(Accepted::SignedUp {
-                user_id: r.user_id.clone(),
-            })
+            Ok(Accepted::SignedUp { user_id })
         }
         Record::AccountDeleted(r) => {
-            let mut user = get_user(state, &r.user_id).ok_or(Rejection::UnknownUser)?;
+            let mut user = account_user(state, &r.username, &r.user_id).ok_or(Rejection::UnknownUser)?;
             if user.deleted_at.is_none() {
                 user.deleted_at = Some(r.at);
                 state.put(ViewKey::User(user.user_id.clone()), ViewValue::User(user));
@@ -165,7 +175,7 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
             Ok(Accepted::AccountDeleted)
         }
         Record::AccountRestored(r) => {
-            let mut user = get_user(state, &r.user_id).ok_or(Rejection::UnknownUser)?;
+            let mut user = account_user(state, &r.username, &r.user_id).ok_or(Rejection::UnknownUser)?;
             if user.deleted_at.is_some() {
                 user.deleted_at = None;
                 state.put(ViewKey::User(user.user_id.clone()), ViewValue::User(user));
@@ -174,7 +184,10 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
         }
         Record::SessionRevoked(r) => {
             state.put(
-                ViewKey::Session(r.session_id.clone()),
+                ViewKey::Session {
+                    username: normalize_username(&r.username),
+                    session_id: r.session_id.clone(),
+                },
                 ViewValue::Session(SessionView {
                     session_id: r.session_id.clone(),
                     user_id: r.user_id.clone(),
@@ -342,12 +355,15 @@ mod tests {
         let u = 0..USERS.len();
         let r = 0..ROOMS.len();
         prop_oneof![
-            (u.clone(), 0..2usize).prop_map(|(u, variant)| Record::UserSignedUp(UserSignedUp {
+            (u.clone(), any::<bool>()).prop_map(|(u, upper)| Record::UserSignedUp(UserSignedUp {
                 request_id: 1,
                 at: 10,
-                // The same username under two different ids: only the first may win.
-                user_id: format!("{:016x}", 0x100 + u + 16 * variant),
-                username: USERS[u].to_uppercase(),
+                // The same name in two cases is one username: only the first may win.
+                username: if upper {
+                    USERS[u].to_uppercase()
+                } else {
+                    USERS[u].to_owned()
+                },
                 password_hash: "h".into(),
             })),
             u.clone().prop_map(|u| Record::AccountDeleted(AccountDeleted {
@@ -414,10 +430,13 @@ mod tests {
         ]
     }
 
-    /// Assigns log positions as a log would: per topic partition, offsets count up.
+    /// Assigns log positions as a log would: per topic partition, offsets
+    /// count up. Account records name the user id their username got at its
+    /// first signup (as ingest would), when there was one.
     fn place(records: &[Record]) -> Vec<(LogPosition, Record)> {
         let topo = Topology::default();
         let mut next: HashMap<(Topic, u32), u64> = HashMap::new();
+        let mut ids: HashMap<String, String> = HashMap::new();
         records
             .iter()
             .map(|r| {
@@ -425,7 +444,20 @@ mod tests {
                 let off = next.entry((r.topic(), p)).or_default();
                 let pos = LogPosition::new(p, *off);
                 *off += 1;
-                (pos, r.clone())
+                let mut r = r.clone();
+                match &mut r {
+                    Record::UserSignedUp(s) => {
+                        ids.entry(s.username.to_lowercase()).or_insert_with(|| pos.to_id());
+                    }
+                    Record::AccountDeleted(AccountDeleted { user_id, username, .. })
+                    | Record::AccountRestored(AccountRestored { user_id, username, .. }) => {
+                        if let Some(id) = ids.get(username.as_str()) {
+                            *user_id = id.clone();
+                        }
+                    }
+                    _ => {}
+                }
+                (pos, r)
             })
             .collect()
     }
@@ -501,11 +533,10 @@ mod tests {
 
     #[test]
     fn first_signup_wins_and_duplicate_client_msg_returns_first_id() {
-        let signup = |id: &str| {
+        let signup = |_: &str| {
             Record::UserSignedUp(UserSignedUp {
                 request_id: 0,
                 at: 1,
-                user_id: id.into(),
                 username: "Alice".into(),
                 password_hash: "x".into(),
             })

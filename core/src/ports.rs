@@ -141,10 +141,23 @@ pub trait ViewStore: Send + Sync + 'static {
     /// A user's memberships in room-id order.
     async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError>;
     async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError>;
-    async fn session(&self, session_id: &str) -> Result<Option<SessionView>, StoreError>;
+    /// A revoked session of `username` (normalized), if it was revoked.
+    async fn session(&self, username: &str, session_id: &str) -> Result<Option<SessionView>, StoreError>;
 
     /// Drops the views of `consumer` (their entities and positions) for a rebuild.
     async fn clear(&self, consumer: &str) -> Result<(), StoreError>;
+
+    /// Bulk-loads entities during a rebuild, bypassing the write path of
+    /// `apply`. Only for keys that are written once and never deleted
+    /// ([`ViewKey::is_write_once`]) and not already present; keys may come in
+    /// any order. Not atomic with positions: callers bracket a rebuild with
+    /// [`ViewStore::set_rebuilding`].
+    async fn ingest(&self, entries: Vec<(ViewKey, ViewValue)>) -> Result<(), StoreError>;
+
+    /// Marks `consumer`'s views as mid-rebuild (or no longer). Views marked
+    /// so are incomplete: a projector must refuse to resume them.
+    async fn set_rebuilding(&self, consumer: &str, on: bool) -> Result<(), StoreError>;
+    async fn rebuilding(&self, consumer: &str) -> Result<bool, StoreError>;
     /// A hex digest of all content (see the contract).
     async fn checksum(&self) -> Result<String, StoreError>;
 }

@@ -13,7 +13,8 @@ use crate::ids::{Topic, normalize_username};
 pub struct UserSignedUp {
     pub request_id: i64,
     pub at: i64,
-    pub user_id: String,
+    /// The user's id is not chosen by anyone: it is this record's log
+    /// position, unique by construction and local to the username's partition.
     pub username: String,
     /// PHC string of an argon2id hash; the password itself never reaches the log.
     pub password_hash: String,

@@ -89,7 +89,12 @@ pub enum ViewKey {
         user_id: String,
         client_msg_id: String,
     },
-    Session(String),
+    /// `(normalized username, session id)`: keyed under the username so a
+    /// revocation stays local to the username's partition.
+    Session {
+        username: String,
+        session_id: String,
+    },
 }
 
 /// Tables of the view model, in the order checksums visit them.
@@ -113,12 +118,19 @@ impl ViewKey {
             ViewKey::Member { .. } => "members",
             ViewKey::Message { .. } => "messages",
             ViewKey::ClientMsg { .. } => "client_msgs",
-            ViewKey::Session(_) => "sessions",
+            ViewKey::Session { .. } => "sessions",
         }
     }
 
+    /// Entities that the fold writes once and never changes or deletes
+    /// afterwards (messages and idempotency keys). Replay bulk-loads them.
+    pub fn is_write_once(&self) -> bool {
+        matches!(self, ViewKey::Message { .. } | ViewKey::ClientMsg { .. })
+    }
+
     /// Canonical key bytes within the table: components joined by NUL. Ids
-    /// are fixed-width hex, so only the last component can vary in length and
+    /// are fixed-width hex and usernames never contain NUL, so only the last
+    /// component can vary in length and
     /// prefixes (`room_id\0`) select one room's members or messages in id order.
     pub fn encode(&self) -> Vec<u8> {
         fn join(parts: &[&str]) -> Vec<u8> {
@@ -132,9 +144,8 @@ impl ViewKey {
             out
         }
         match self {
-            ViewKey::User(id) | ViewKey::Username(id) | ViewKey::Room(id) | ViewKey::Session(id) => {
-                id.as_bytes().to_vec()
-            }
+            ViewKey::User(id) | ViewKey::Username(id) | ViewKey::Room(id) => id.as_bytes().to_vec(),
+            ViewKey::Session { username, session_id } => join(&[username, session_id]),
             ViewKey::Member { room_id, user_id } => join(&[room_id, user_id]),
             ViewKey::Message { room_id, message_id } => join(&[room_id, message_id]),
             ViewKey::ClientMsg {

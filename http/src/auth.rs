@@ -159,7 +159,7 @@ impl Authenticator {
     /// revoked and its account exists and is not deleted.
     pub async fn authenticate(&self, token: &str, kind: TokenKind) -> Result<Claims, ApiError> {
         let claims = self.keys.verify(token, kind)?;
-        if self.views.session(&claims.sid).await?.is_some() {
+        if self.views.session(&claims.name, &claims.sid).await?.is_some() {
             return Err(ApiError::invalid_token("session has been logged out"));
         }
         match self.views.user(&claims.sub).await? {

@@ -189,13 +189,11 @@ impl Ingest {
             return Err(emosation_core::Rejection::UsernameTaken.into());
         }
         let password_hash = self.hash(password.to_owned()).await?;
-        let user_id = random_id(rand::random());
         let decision = self
             .submit(|request_id, at| {
                 Record::UserSignedUp(UserSignedUp {
                     request_id,
                     at,
-                    user_id,
                     username: username.clone(),
                     password_hash,
                 })

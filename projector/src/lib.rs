@@ -12,11 +12,13 @@
 //!
 //! # Layout
 //! - [`Projector`]: the live projector, one task per partition.
-//! - [`replay`]: drop the views and rebuild them from the start of the log.
+//! - [`replay`](mod@replay): drop the views and rebuild them from the start of the log.
 //! - [`fold_batch`]: the shared step, decode → prefetch → fold → changes.
 
+pub mod replay;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use emosation_core::ids::{LogPosition, Topic};
 use emosation_core::ports::{
@@ -34,6 +36,8 @@ pub enum ProjectorError {
     Log(#[from] LogError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the views are incomplete: a replay was interrupted; run `emosation replay` again")]
+    Rebuilding,
 }
 
 /// One folded record.
@@ -111,6 +115,9 @@ impl Projector {
 
     /// Runs until `shutdown` is cancelled or a partition task fails.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+        if self.store.rebuilding(CORE_VIEWS).await? {
+            return Err(ProjectorError::Rebuilding);
+        }
         let topo = self.log.topology();
         let mut tasks = JoinSet::new();
         for topic in Topic::ALL {
@@ -183,90 +190,4 @@ async fn run_partition(
     }
 }
 
-/// Figures from a replay.
-#[derive(Debug, Clone, Copy)]
-pub struct ReplayStats {
-    pub records: u64,
-    pub elapsed: Duration,
-}
-
-impl ReplayStats {
-    pub fn per_second(&self) -> f64 {
-        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
-/// Records per view batch during replay.
-const REPLAY_BATCH: usize = 8192;
-
-/// Drops the core views and rebuilds them from offset 0 of every partition, up
-/// to the end offsets seen at the start. `progress(done, total)` is called as
-/// records are applied. Safe on a stopped deployment; a live projector must not
-/// run at the same time.
-pub async fn replay(
-    log: Arc<dyn Log>,
-    store: Arc<dyn ViewStore>,
-    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
-) -> Result<ReplayStats, ProjectorError> {
-    let started = Instant::now();
-    let topo = log.topology();
-    let mut work = Vec::new();
-    let mut total = 0;
-    for topic in Topic::ALL {
-        for partition in 0..topo.partitions(topic) {
-            let end = log.end_offset(topic, partition).await?;
-            total += end;
-            work.push((topic, partition, end));
-        }
-    }
-    store.clear(CORE_VIEWS).await?;
-    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    progress(0, total);
-    // Partitions are independent; fold two at a time to use both cores.
-    let mut tasks = JoinSet::new();
-    let mut queue = work.into_iter();
-    let parallel = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .min(4);
-    loop {
-        while tasks.len() < parallel {
-            let Some((topic, partition, end)) = queue.next() else {
-                break;
-            };
-            let log = Arc::clone(&log);
-            let store = Arc::clone(&store);
-            let done = Arc::clone(&done);
-            let progress = Arc::clone(&progress);
-            tasks.spawn(async move {
-                let mut next = 0;
-                while next < end {
-                    let want = REPLAY_BATCH.min((end - next) as usize);
-                    let entries = log.fetch(topic, partition, next, want, Duration::ZERO).await?;
-                    let Some(last) = entries.last() else { break };
-                    next = last.offset + 1;
-                    let (changes, _) = fold_batch(&*store, topic, partition, &entries).await?;
-                    store
-                        .apply(ViewBatch {
-                            consumer: CORE_VIEWS.to_owned(),
-                            changes,
-                            positions: vec![(topic, partition, next)],
-                        })
-                        .await?;
-                    let d = done.fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed)
-                        + entries.len() as u64;
-                    progress(d, total);
-                }
-                Ok::<_, ProjectorError>(())
-            });
-        }
-        match tasks.join_next().await {
-            Some(res) => res.map_err(|e| StoreError::Storage(format!("replay task died: {e}")))??,
-            None => break,
-        }
-    }
-    Ok(ReplayStats {
-        records: done.load(std::sync::atomic::Ordering::Relaxed),
-        elapsed: started.elapsed(),
-    })
-}
+pub use replay::{ReplayOptions, ReplayStats, replay, replay_with};

@@ -12,7 +12,6 @@ fn samples() -> Vec<Record> {
         Record::UserSignedUp(UserSignedUp {
             request_id: -7,
             at: 1_795_306_692_345,
-            user_id: "00000000000000aa".into(),
             username: "alice".into(),
             password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
         }),

@@ -9,6 +9,7 @@
 //! earlier consistent batch, and the projector re-applies from its positions.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use emosation_core::ids::Topic;
@@ -21,10 +22,35 @@ use crate::OpenError;
 
 pub struct EmbeddedViewStore {
     db: Database,
+    /// Swapped whole by `clear`, which drops and recreates the keyspaces.
+    handles: RwLock<Arc<Handles>>,
+    positions: Keyspace,
+    /// Bulk loads run one at a time: concurrent fjall ingestions into one
+    /// keyspace can lose tables (seen in replay tests).
+    ingesting: Mutex<()>,
+}
+
+/// The keyspaces of the core views.
+struct Handles {
     /// In the order of [`TABLES`].
     tables: Vec<Keyspace>,
     user_rooms: Keyspace,
-    positions: Keyspace,
+}
+
+impl Handles {
+    fn open(db: &Database) -> fjall::Result<Handles> {
+        Ok(Handles {
+            tables: TABLES
+                .iter()
+                .map(|t| db.keyspace(t, KeyspaceCreateOptions::default))
+                .collect::<Result<Vec<_>, _>>()?,
+            user_rooms: db.keyspace("user_rooms", KeyspaceCreateOptions::default)?,
+        })
+    }
+
+    fn table(&self, name: &str) -> &Keyspace {
+        &self.tables[table_index(name)]
+    }
 }
 
 impl std::fmt::Debug for EmbeddedViewStore {
@@ -51,6 +77,13 @@ fn position_key(consumer: &str, topic: Topic, partition: u32) -> Vec<u8> {
     k
 }
 
+/// Sorts after every position key of the consumer (`consumer\0topic…`).
+fn rebuilding_key(consumer: &str) -> Vec<u8> {
+    let mut k = consumer.as_bytes().to_vec();
+    k.extend_from_slice(b"\x01rebuilding");
+    k
+}
+
 fn join2(a: &str, b: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(a.len() + b.len() + 1);
     k.extend_from_slice(a.as_bytes());
@@ -73,23 +106,18 @@ impl EmbeddedViewStore {
             reason: e.to_string(),
         };
         let db = Database::builder(dir).open().map_err(err)?;
-        let tables = TABLES
-            .iter()
-            .map(|t| db.keyspace(t, KeyspaceCreateOptions::default))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err)?;
-        let user_rooms = db.keyspace("user_rooms", KeyspaceCreateOptions::default).map_err(err)?;
+        let handles = Handles::open(&db).map_err(err)?;
         let positions = db.keyspace("positions", KeyspaceCreateOptions::default).map_err(err)?;
         Ok(EmbeddedViewStore {
             db,
-            tables,
-            user_rooms,
+            handles: RwLock::new(Arc::new(handles)),
             positions,
+            ingesting: Mutex::new(()),
         })
     }
 
-    fn table(&self, name: &str) -> &Keyspace {
-        &self.tables[table_index(name)]
+    fn handles(&self) -> Arc<Handles> {
+        Arc::clone(&self.handles.read().expect("view handles lock"))
     }
 
     fn decode(table: &'static str, raw: &[u8]) -> Result<ViewValue, StoreError> {
@@ -101,7 +129,7 @@ impl EmbeddedViewStore {
 
     fn get(&self, key: &ViewKey) -> Result<Option<ViewValue>, StoreError> {
         let table = key.table();
-        match self.table(table).get(key.encode()).map_err(storage)? {
+        match self.handles().table(table).get(key.encode()).map_err(storage)? {
             Some(raw) => Ok(Some(Self::decode(table, &raw)?)),
             None => Ok(None),
         }
@@ -142,9 +170,10 @@ impl ViewStore for EmbeddedViewStore {
     }
 
     async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
+        let h = self.handles();
         let mut b = self.db.batch();
         for (key, value) in &batch.changes {
-            let ks = self.table(key.table());
+            let ks = h.table(key.table());
             match value {
                 Some(v) => b.insert(ks, key.encode(), postcard::to_allocvec(v).map_err(storage)?),
                 None => b.remove(ks, key.encode()),
@@ -152,8 +181,8 @@ impl ViewStore for EmbeddedViewStore {
             if let ViewKey::Member { room_id, user_id } = key {
                 let idx = join2(user_id, room_id);
                 match value {
-                    Some(_) => b.insert(&self.user_rooms, idx, []),
-                    None => b.remove(&self.user_rooms, idx),
+                    Some(_) => b.insert(&h.user_rooms, idx, []),
+                    None => b.remove(&h.user_rooms, idx),
                 }
             }
         }
@@ -198,7 +227,8 @@ impl ViewStore for EmbeddedViewStore {
     }
 
     async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError> {
-        let ks = self.table("rooms");
+        let h = self.handles();
+        let ks = h.table("rooms");
         let iter: Box<dyn Iterator<Item = fjall::Guard>> = match after {
             Some(a) => {
                 let mut from = a.as_bytes().to_vec();
@@ -230,7 +260,7 @@ impl ViewStore for EmbeddedViewStore {
     async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
         self.scan(
             "members",
-            self.table("members").prefix(prefix_of(room_id)),
+            self.handles().table("members").prefix(prefix_of(room_id)),
             as_member,
             usize::MAX,
         )
@@ -238,7 +268,7 @@ impl ViewStore for EmbeddedViewStore {
 
     async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError> {
         let mut out = Vec::new();
-        for g in self.user_rooms.prefix(prefix_of(user_id)) {
+        for g in self.handles().user_rooms.prefix(prefix_of(user_id)) {
             let k = g.key().map_err(storage)?;
             let room_id = std::str::from_utf8(&k[user_id.len() + 1..]).map_err(storage)?;
             if let Some(m) = self.member(room_id, user_id).await? {
@@ -249,7 +279,8 @@ impl ViewStore for EmbeddedViewStore {
     }
 
     async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError> {
-        let ks = self.table("messages");
+        let h = self.handles();
+        let ks = h.table("messages");
         let start = prefix_of(room_id);
         let mut end = start.clone();
         match before {
@@ -269,24 +300,73 @@ impl ViewStore for EmbeddedViewStore {
         Ok(out)
     }
 
-    async fn session(&self, session_id: &str) -> Result<Option<SessionView>, StoreError> {
-        Ok(match self.get(&ViewKey::Session(session_id.to_owned()))? {
-            Some(ViewValue::Session(s)) => Some(s),
-            _ => None,
-        })
+    async fn session(&self, username: &str, session_id: &str) -> Result<Option<SessionView>, StoreError> {
+        Ok(
+            match self.get(&ViewKey::Session {
+                username: username.to_owned(),
+                session_id: session_id.to_owned(),
+            })? {
+                Some(ViewValue::Session(s)) => Some(s),
+                _ => None,
+            },
+        )
     }
 
     async fn clear(&self, consumer: &str) -> Result<(), StoreError> {
         if consumer == CORE_VIEWS {
-            for ks in self.tables.iter().chain([&self.user_rooms]) {
-                ks.clear().map_err(storage)?;
+            // Drop and recreate the keyspaces rather than `Keyspace::clear`:
+            // a journaled clear is replayed on recovery over tables bulk-loaded
+            // after it, which would lose a replay's ingested entities.
+            let mut guard = self.handles.write().expect("view handles lock");
+            for ks in guard.tables.iter().chain([&guard.user_rooms]) {
+                self.db.delete_keyspace(ks.clone()).map_err(storage)?;
             }
+            *guard = Arc::new(Handles::open(&self.db).map_err(storage)?);
         }
         let mut b = self.db.batch();
         for g in self.positions.prefix(prefix_of(consumer)) {
             b.remove(&self.positions, g.key().map_err(storage)?);
         }
         b.commit().map_err(storage)
+    }
+
+    async fn ingest(&self, entries: Vec<(ViewKey, ViewValue)>) -> Result<(), StoreError> {
+        let mut per_table: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); TABLES.len()];
+        for (key, value) in &entries {
+            if !key.is_write_once() {
+                return Err(storage(format!("ingest of a mutable entity {key:?}")));
+            }
+            per_table[table_index(key.table())].push((key.encode(), postcard::to_allocvec(value).map_err(storage)?));
+        }
+        drop(entries);
+        let _one_at_a_time = self.ingesting.lock().expect("ingest lock");
+        let h = self.handles();
+        for (rows, ks) in per_table.iter_mut().zip(&h.tables) {
+            if rows.is_empty() {
+                continue;
+            }
+            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            rows.dedup_by(|a, b| a.0 == b.0);
+            let mut ingestion = ks.start_ingestion().map_err(storage)?;
+            for (k, v) in rows.drain(..) {
+                ingestion.write(k, v).map_err(storage)?;
+            }
+            ingestion.finish().map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    async fn set_rebuilding(&self, consumer: &str, on: bool) -> Result<(), StoreError> {
+        let key = rebuilding_key(consumer);
+        if on {
+            self.positions.insert(key, [1u8]).map_err(storage)
+        } else {
+            self.positions.remove(key).map_err(storage)
+        }
+    }
+
+    async fn rebuilding(&self, consumer: &str) -> Result<bool, StoreError> {
+        self.positions.contains_key(rebuilding_key(consumer)).map_err(storage)
     }
 
     async fn checksum(&self) -> Result<String, StoreError> {
@@ -303,7 +383,8 @@ impl ViewStore for EmbeddedViewStore {
             }
             Ok(())
         };
-        for (name, ks) in TABLES.iter().zip(&self.tables) {
+        let handles = self.handles();
+        for (name, ks) in TABLES.iter().zip(&handles.tables) {
             feed(name, ks)?;
         }
         feed("positions", &self.positions)?;

@@ -1,0 +1,292 @@
+//! Replay: drop the core views and rebuild them from offset 0 of every partition.
+//!
+//! Replay folds with the same [`fold`] as the live projector, record by record,
+//! but writes differently, because it knows two things the live path does not:
+//! the store started empty, and each partition is folded by exactly one task.
+//! So a task keeps its partition's *mutable* entities (users, rooms,
+//! memberships, sessions) in memory, authoritative — an entity it has not
+//! written does not exist — and writes them once, at the end, in ordinary
+//! batches carrying the partition's final position. The *write-once* entities
+//! (messages, idempotency keys) are bulk-loaded in sorted chunks
+//! ([`ViewStore::ingest`]) as they accumulate; a set of their key hashes tells
+//! whether a later lookup can hit (then the store is asked) or certainly
+//! misses. The views are marked as being rebuilt for the duration, so an
+//! interrupted replay is never mistaken for complete views.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use emosation_core::ids::{LogPosition, Topic};
+use emosation_core::ports::{CORE_VIEWS, Log, StoreError, ViewBatch, ViewStore};
+use emosation_core::view::{FoldState, ViewKey, ViewValue};
+use emosation_core::{fold, keys_read_by};
+use rustc_hash::FxHasher;
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use crate::ProjectorError;
+
+type Fx = BuildHasherDefault<FxHasher>;
+
+/// Figures from a replay.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayStats {
+    pub records: u64,
+    pub elapsed: Duration,
+}
+
+impl ReplayStats {
+    pub fn per_second(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Records fetched per read during replay.
+const FETCH: usize = 8192;
+/// How replay runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayOptions {
+    /// Write-once entities accumulated per partition before a bulk load.
+    pub ingest_chunk: usize,
+    /// Partitions folded at once (default: the number of cores, at most 4).
+    pub parallel: usize,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            ingest_chunk: 256 * 1024,
+            parallel: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .min(4),
+        }
+    }
+}
+/// Mutable entities per view batch when a partition is done.
+const FINAL_BATCH: usize = 32 * 1024;
+
+/// One partition's state during replay.
+struct PartitionState {
+    ingest_chunk: usize,
+    /// Mutable entities (authoritative) and write-once entities not yet bulk-loaded.
+    mem: HashMap<ViewKey, Option<ViewValue>, Fx>,
+    /// Write-once entities waiting in `mem`.
+    pending: Vec<ViewKey>,
+    /// Hashes of write-once keys already bulk-loaded into the store.
+    ingested: HashSet<u64, Fx>,
+    /// Write-once entities fetched back from the store for this batch.
+    loaded: HashMap<ViewKey, ViewValue, Fx>,
+}
+
+impl PartitionState {
+    fn new(ingest_chunk: usize) -> Self {
+        PartitionState {
+            ingest_chunk,
+            // Sized for a full chunk up front: growing a large map rehashes
+            // and faults in fresh pages on the hot path.
+            mem: HashMap::with_capacity_and_hasher(ingest_chunk * 3, Fx::default()),
+            pending: Vec::with_capacity(ingest_chunk + FETCH * 2),
+            ingested: HashSet::with_capacity_and_hasher(ingest_chunk * 4, Fx::default()),
+            loaded: HashMap::default(),
+        }
+    }
+}
+
+impl FoldState for PartitionState {
+    fn get(&self, key: &ViewKey) -> Option<&ViewValue> {
+        match self.mem.get(key) {
+            Some(v) => v.as_ref(),
+            None => self.loaded.get(key),
+        }
+    }
+    fn put(&mut self, key: ViewKey, value: ViewValue) {
+        if key.is_write_once() && !self.mem.contains_key(&key) {
+            self.pending.push(key.clone());
+        }
+        self.mem.insert(key, Some(value));
+    }
+    fn delete(&mut self, key: &ViewKey) {
+        debug_assert!(!key.is_write_once(), "write-once entities are never deleted");
+        self.mem.insert(key.clone(), None);
+    }
+}
+
+fn key_hash(k: &ViewKey) -> u64 {
+    Fx::default().hash_one(k)
+}
+
+impl PartitionState {
+    /// Moves the pending write-once entities into the store.
+    async fn ingest(&mut self, store: &dyn ViewStore) -> Result<(), StoreError> {
+        let mut entries = Vec::with_capacity(self.pending.len());
+        for k in self.pending.drain(..) {
+            if let Some(Some(v)) = self.mem.remove(&k) {
+                self.ingested.insert(key_hash(&k));
+                entries.push((k, v));
+            }
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        store.ingest(entries).await
+    }
+
+    async fn fold_entries(
+        &mut self,
+        store: &dyn ViewStore,
+        topic: Topic,
+        partition: u32,
+        entries: &[emosation_core::ports::LogEntry],
+    ) -> Result<(), StoreError> {
+        let mut records = Vec::with_capacity(entries.len());
+        for e in entries {
+            match emosation_schemas::decode(&e.value) {
+                Ok(r) => records.push((LogPosition::new(partition, e.offset), r)),
+                Err(err) => {
+                    metrics::counter!("emosation_projector_undecodable_records_total", "topic" => topic.name())
+                        .increment(1);
+                    warn!(topic = topic.name(), partition, offset = e.offset, error = %err, "skipping undecodable record");
+                }
+            }
+        }
+        // Write-once keys that may have been bulk-loaded already are read back.
+        let mut wanted = Vec::new();
+        for (_, r) in &records {
+            for k in keys_read_by(r) {
+                if k.is_write_once() && !self.mem.contains_key(&k) && self.ingested.contains(&key_hash(&k)) {
+                    wanted.push(k);
+                }
+            }
+        }
+        self.loaded.clear();
+        if !wanted.is_empty() {
+            let values = store.load(&wanted).await?;
+            for (k, v) in wanted.into_iter().zip(values) {
+                if let Some(v) = v {
+                    self.loaded.insert(k, v);
+                }
+            }
+        }
+        for (pos, r) in &records {
+            let _ = fold(self, *pos, r);
+        }
+        if self.pending.len() >= self.ingest_chunk {
+            self.ingest(store).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the mutable entities, the last batch carrying the position.
+    async fn finish(
+        mut self,
+        store: &dyn ViewStore,
+        topic: Topic,
+        partition: u32,
+        next: u64,
+    ) -> Result<(), StoreError> {
+        self.ingest(store).await?;
+        let mut changes: Vec<_> = self.mem.into_iter().filter(|(_, v)| v.is_some()).collect();
+        loop {
+            let rest = changes.split_off(changes.len().min(FINAL_BATCH));
+            let last = rest.is_empty();
+            store
+                .apply(ViewBatch {
+                    consumer: CORE_VIEWS.to_owned(),
+                    changes,
+                    // An empty partition has no position, as with the live projector.
+                    positions: if last && next > 0 {
+                        vec![(topic, partition, next)]
+                    } else {
+                        vec![]
+                    },
+                })
+                .await?;
+            if last {
+                return Ok(());
+            }
+            changes = rest;
+        }
+    }
+}
+
+/// Drops the core views and rebuilds them from offset 0 of every partition, up
+/// to the end offsets seen at the start. `progress(done, total)` is called as
+/// records are folded. Safe on a stopped deployment; a live projector must not
+/// run at the same time.
+pub async fn replay(
+    log: Arc<dyn Log>,
+    store: Arc<dyn ViewStore>,
+    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+) -> Result<ReplayStats, ProjectorError> {
+    replay_with(log, store, progress, ReplayOptions::default()).await
+}
+
+/// [`replay`] with explicit options.
+pub async fn replay_with(
+    log: Arc<dyn Log>,
+    store: Arc<dyn ViewStore>,
+    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+    options: ReplayOptions,
+) -> Result<ReplayStats, ProjectorError> {
+    let started = Instant::now();
+    let topo = log.topology();
+    let mut work = Vec::new();
+    let mut total = 0;
+    for topic in Topic::ALL {
+        for partition in 0..topo.partitions(topic) {
+            let end = log.end_offset(topic, partition).await?;
+            total += end;
+            work.push((topic, partition, end));
+        }
+    }
+    // Largest partitions first, so the tail of the run stays parallel.
+    work.sort_by_key(|w| std::cmp::Reverse(w.2));
+    store.set_rebuilding(CORE_VIEWS, true).await?;
+    store.clear(CORE_VIEWS).await?;
+    let done = Arc::new(AtomicU64::new(0));
+    progress(0, total);
+    let parallel = options.parallel.max(1);
+    let mut tasks = JoinSet::new();
+    let mut queue = work.into_iter();
+    loop {
+        while tasks.len() < parallel {
+            let Some((topic, partition, end)) = queue.next() else {
+                break;
+            };
+            let (log, store, done, progress) = (
+                Arc::clone(&log),
+                Arc::clone(&store),
+                Arc::clone(&done),
+                Arc::clone(&progress),
+            );
+            tasks.spawn(async move {
+                let mut state = PartitionState::new(options.ingest_chunk.max(1));
+                let mut next = 0;
+                while next < end {
+                    let want = FETCH.min((end - next) as usize);
+                    let entries = log.fetch(topic, partition, next, want, Duration::ZERO).await?;
+                    let Some(last) = entries.last() else { break };
+                    next = last.offset + 1;
+                    state.fold_entries(&*store, topic, partition, &entries).await?;
+                    let d = done.fetch_add(entries.len() as u64, Ordering::Relaxed) + entries.len() as u64;
+                    progress(d, total);
+                }
+                state.finish(&*store, topic, partition, next).await?;
+                Ok::<_, ProjectorError>(())
+            });
+        }
+        match tasks.join_next().await {
+            Some(res) => res.map_err(|e| StoreError::Storage(format!("replay task died: {e}")))??,
+            None => break,
+        }
+    }
+    store.set_rebuilding(CORE_VIEWS, false).await?;
+    Ok(ReplayStats {
+        records: done.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    })
+}
