@@ -72,13 +72,21 @@ const FINAL_BATCH: usize = 32 * 1024;
 /// One partition's state during replay.
 struct PartitionState {
     ingest_chunk: usize,
-    /// Mutable entities (authoritative) and write-once entities not yet bulk-loaded.
+    /// Mutable entities, authoritative: absent means it does not exist.
     mem: HashMap<ViewKey, Option<ViewValue>, Fx>,
-    /// Write-once entities waiting in `mem`.
-    pending: Vec<ViewKey>,
+    /// Write-once entities written by the batch being folded.
+    batch_once: HashMap<ViewKey, ViewValue, Fx>,
+    /// Write-once entities of earlier batches, waiting for the next bulk load,
+    /// in a flat vector (large maps of large values cost more in copying and
+    /// cache misses than the fold itself).
+    pending: Vec<(ViewKey, ViewValue)>,
+    /// Key hash → index into `pending`; `collided` holds the rare indexes whose
+    /// hash was already taken.
+    pending_index: HashMap<u64, u32, Fx>,
+    collided: Vec<u32>,
     /// Hashes of write-once keys already bulk-loaded into the store.
     ingested: HashSet<u64, Fx>,
-    /// Write-once entities fetched back from the store for this batch.
+    /// Write-once entities of earlier batches that this batch reads.
     loaded: HashMap<ViewKey, ViewValue, Fx>,
 }
 
@@ -86,28 +94,60 @@ impl PartitionState {
     fn new(ingest_chunk: usize) -> Self {
         PartitionState {
             ingest_chunk,
-            // Sized for a full chunk up front: growing a large map rehashes
-            // and faults in fresh pages on the hot path.
-            mem: HashMap::with_capacity_and_hasher(ingest_chunk * 3, Fx::default()),
-            pending: Vec::with_capacity(ingest_chunk + FETCH * 2),
-            ingested: HashSet::with_capacity_and_hasher(ingest_chunk * 4, Fx::default()),
+            mem: HashMap::default(),
+            batch_once: HashMap::with_capacity_and_hasher(FETCH * 2, Fx::default()),
+            pending: Vec::with_capacity(ingest_chunk.min(1 << 20) + FETCH * 2),
+            pending_index: HashMap::with_capacity_and_hasher(ingest_chunk.min(1 << 20) + FETCH * 2, Fx::default()),
+            collided: Vec::new(),
+            ingested: HashSet::default(),
             loaded: HashMap::default(),
+        }
+    }
+
+    /// A pending write-once entity, compared by the full key.
+    fn pending_get(&self, hash: u64, key: &ViewKey) -> Option<&ViewValue> {
+        let direct = self.pending_index.get(&hash).map(|&i| &self.pending[i as usize]);
+        if let Some((k, v)) = direct
+            && k == key
+        {
+            return Some(v);
+        }
+        self.collided
+            .iter()
+            .map(|&i| &self.pending[i as usize])
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// Moves the batch's write-once entities to `pending`.
+    fn close_batch(&mut self) {
+        for (k, v) in self.batch_once.drain() {
+            let i = self.pending.len() as u32;
+            match self.pending_index.entry(key_hash(&k)) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => self.collided.push(i),
+            }
+            self.pending.push((k, v));
         }
     }
 }
 
 impl FoldState for PartitionState {
     fn get(&self, key: &ViewKey) -> Option<&ViewValue> {
-        match self.mem.get(key) {
-            Some(v) => v.as_ref(),
-            None => self.loaded.get(key),
+        if key.is_write_once() {
+            self.batch_once.get(key).or_else(|| self.loaded.get(key))
+        } else {
+            self.mem.get(key).and_then(Option::as_ref)
         }
     }
     fn put(&mut self, key: ViewKey, value: ViewValue) {
-        if key.is_write_once() && !self.mem.contains_key(&key) {
-            self.pending.push(key.clone());
+        if key.is_write_once() {
+            self.batch_once.insert(key, value);
+        } else {
+            self.mem.insert(key, Some(value));
         }
-        self.mem.insert(key, Some(value));
     }
     fn delete(&mut self, key: &ViewKey) {
         debug_assert!(!key.is_write_once(), "write-once entities are never deleted");
@@ -122,16 +162,19 @@ fn key_hash(k: &ViewKey) -> u64 {
 impl PartitionState {
     /// Moves the pending write-once entities into the store.
     async fn ingest(&mut self, store: &dyn ViewStore) -> Result<(), StoreError> {
-        let mut entries = Vec::with_capacity(self.pending.len());
-        for k in self.pending.drain(..) {
-            if let Some(Some(v)) = self.mem.remove(&k) {
-                self.ingested.insert(key_hash(&k));
-                entries.push((k, v));
-            }
-        }
-        if entries.is_empty() {
+        self.close_batch();
+        if self.pending.is_empty() {
             return Ok(());
         }
+        for h in self.pending_index.keys() {
+            self.ingested.insert(*h);
+        }
+        for &i in &self.collided {
+            self.ingested.insert(key_hash(&self.pending[i as usize].0));
+        }
+        self.pending_index.clear();
+        self.collided.clear();
+        let entries = std::mem::replace(&mut self.pending, Vec::with_capacity(self.ingest_chunk.min(1 << 20)));
         store.ingest(entries).await
     }
 
@@ -153,16 +196,24 @@ impl PartitionState {
                 }
             }
         }
-        // Write-once keys that may have been bulk-loaded already are read back.
+        // Write-once keys of earlier batches are looked up in `pending`, or
+        // read back from the store if they may have been bulk-loaded.
+        self.loaded.clear();
         let mut wanted = Vec::new();
         for (_, r) in &records {
             for k in keys_read_by(r) {
-                if k.is_write_once() && !self.mem.contains_key(&k) && self.ingested.contains(&key_hash(&k)) {
+                if !k.is_write_once() || self.loaded.contains_key(&k) {
+                    continue;
+                }
+                let h = key_hash(&k);
+                if let Some(v) = self.pending_get(h, &k) {
+                    let v = v.clone();
+                    self.loaded.insert(k, v);
+                } else if self.ingested.contains(&h) {
                     wanted.push(k);
                 }
             }
         }
-        self.loaded.clear();
         if !wanted.is_empty() {
             let values = store.load(&wanted).await?;
             for (k, v) in wanted.into_iter().zip(values) {
@@ -174,6 +225,7 @@ impl PartitionState {
         for (pos, r) in &records {
             let _ = fold(self, *pos, r);
         }
+        self.close_batch();
         if self.pending.len() >= self.ingest_chunk {
             self.ingest(store).await?;
         }

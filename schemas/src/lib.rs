@@ -15,6 +15,8 @@
 //!
 //! [single-object encoded]: https://avro.apache.org/docs/1.11.1/specification/#single-object-encoding
 
+mod fast;
+
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
@@ -275,7 +277,15 @@ pub fn decode(bytes: &[u8]) -> Result<Record, SchemaError> {
         .by_fingerprint
         .get(&fp)
         .ok_or(SchemaError::UnknownFingerprint(u64::from_le_bytes(fp)))?;
-    let mut body = &bytes[HEADER_LEN..];
+    if known.reader.is_none() {
+        return fast::decode_current(known.kind, &bytes[HEADER_LEN..]);
+    }
+    decode_resolved(known, &bytes[HEADER_LEN..])
+}
+
+/// Decodes through apache-avro, resolving an older writer schema to the
+/// current one (and, in tests, cross-checking the fast path).
+fn decode_resolved(known: &Known, mut body: &[u8]) -> Result<Record, SchemaError> {
     let value = from_avro_datum(&known.writer, &mut body, known.reader.as_ref())
         .map_err(|e| SchemaError::Malformed(e.to_string()))?;
     if !body.is_empty() {
@@ -295,4 +305,23 @@ pub fn decode(bytes: &[u8]) -> Result<Record, SchemaError> {
         RecordType::MessagePosted => Record::MessagePosted(typed::<r::MessagePosted>(&value)?),
         RecordType::ReadMarkerSet => Record::ReadMarkerSet(typed::<r::ReadMarkerSet>(&value)?),
     })
+}
+
+/// Decodes with apache-avro only, bypassing the fast path (for tests and
+/// benchmarks that compare the two).
+#[doc(hidden)]
+pub fn decode_with_apache_avro(bytes: &[u8]) -> Result<Record, SchemaError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(SchemaError::TooShort(bytes.len()));
+    }
+    if bytes[..2] != MAGIC {
+        return Err(SchemaError::BadMagic);
+    }
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+    let known = REGISTRY
+        .by_fingerprint
+        .get(&fp)
+        .ok_or(SchemaError::UnknownFingerprint(u64::from_le_bytes(fp)))?;
+    decode_resolved(known, &bytes[HEADER_LEN..])
 }

@@ -157,3 +157,130 @@ proptest! {
         let _ = decode(&bytes);
     }
 }
+
+fn arb_text() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-z0-9_]{0,20}", ".{0,60}", Just(String::new())]
+}
+
+fn arb_record() -> impl Strategy<Value = Record> {
+    let t = arb_text;
+    prop_oneof![
+        (any::<i64>(), any::<i64>(), t(), t()).prop_map(|(request_id, at, username, password_hash)| {
+            Record::UserSignedUp(UserSignedUp {
+                request_id,
+                at,
+                username,
+                password_hash,
+            })
+        }),
+        (any::<i64>(), any::<i64>(), t(), t()).prop_map(|(request_id, at, user_id, username)| {
+            Record::AccountDeleted(AccountDeleted {
+                request_id,
+                at,
+                user_id,
+                username,
+            })
+        }),
+        (any::<i64>(), any::<i64>(), t(), t()).prop_map(|(request_id, at, user_id, username)| {
+            Record::AccountRestored(AccountRestored {
+                request_id,
+                at,
+                user_id,
+                username,
+            })
+        }),
+        (any::<i64>(), any::<i64>(), t(), t(), t(), any::<i64>()).prop_map(
+            |(request_id, at, user_id, username, session_id, expires_at)| {
+                Record::SessionRevoked(SessionRevoked {
+                    request_id,
+                    at,
+                    user_id,
+                    username,
+                    session_id,
+                    expires_at,
+                })
+            }
+        ),
+        (any::<i64>(), any::<i64>(), t(), t(), any::<i32>(), t(), t()).prop_map(
+            |(request_id, at, room_id, name, capacity, owner_id, owner_name)| {
+                Record::RoomCreated(RoomCreated {
+                    request_id,
+                    at,
+                    room_id,
+                    name,
+                    capacity,
+                    owner_id,
+                    owner_name,
+                })
+            }
+        ),
+        (any::<i64>(), any::<i64>(), t(), t(), t()).prop_map(|(request_id, at, room_id, user_id, username)| {
+            Record::MemberJoined(MemberJoined {
+                request_id,
+                at,
+                room_id,
+                user_id,
+                username,
+            })
+        }),
+        (any::<i64>(), any::<i64>(), t(), t(), t()).prop_map(|(request_id, at, room_id, user_id, username)| {
+            Record::MemberQuit(MemberQuit {
+                request_id,
+                at,
+                room_id,
+                user_id,
+                username,
+            })
+        }),
+        (any::<i64>(), any::<i64>(), t(), t(), t(), t(), t()).prop_map(
+            |(request_id, at, room_id, author_id, author, client_msg_id, text)| {
+                Record::MessagePosted(MessagePosted {
+                    request_id,
+                    at,
+                    room_id,
+                    author_id,
+                    author,
+                    client_msg_id,
+                    text,
+                })
+            }
+        ),
+        (any::<i64>(), any::<i64>(), t(), t(), t()).prop_map(|(request_id, at, room_id, user_id, message_id)| {
+            Record::ReadMarkerSet(ReadMarkerSet {
+                request_id,
+                at,
+                room_id,
+                user_id,
+                message_id,
+            })
+        }),
+    ]
+}
+
+proptest! {
+    /// The direct decoder and apache-avro read every record identically.
+    #[test]
+    fn fast_decoder_agrees_with_apache_avro(rec in arb_record()) {
+        let bytes = encode(&rec).unwrap();
+        prop_assert_eq!(&decode(&bytes).unwrap(), &rec);
+        prop_assert_eq!(emosation_schemas::decode_with_apache_avro(&bytes).unwrap(), rec);
+    }
+
+    /// On damaged bodies both decoders fail (or succeed) together.
+    #[test]
+    fn fast_decoder_fails_where_apache_avro_fails(rec in arb_record(), cut in 0usize..64, flip in any::<(usize, u8)>()) {
+        let mut bytes = encode(&rec).unwrap();
+        let keep = bytes.len().saturating_sub(cut).max(10);
+        bytes.truncate(keep);
+        if bytes.len() > 10 {
+            let i = 10 + flip.0 % (bytes.len() - 10);
+            bytes[i] ^= flip.1;
+        }
+        let fast = decode(&bytes);
+        let slow = emosation_schemas::decode_with_apache_avro(&bytes);
+        prop_assert_eq!(fast.is_ok(), slow.is_ok(), "fast {:?} slow {:?}", fast, slow);
+        if let (Ok(a), Ok(b)) = (fast, slow) {
+            prop_assert_eq!(a, b);
+        }
+    }
+}
