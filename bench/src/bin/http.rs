@@ -94,7 +94,9 @@ async fn main() -> anyhow::Result<()> {
     let workers: u64 = 100;
     let per_worker_interval = Duration::from_secs_f64(workers as f64 / rate as f64);
     let url = Arc::new(format!("{base}/v1/rooms/{room}/messages?limit=50"));
-    // Warm up connections.
+    // Let the server settle (background compaction after the post storm),
+    // then warm up connections.
+    tokio::time::sleep(Duration::from_secs(env("SETTLE_SECS", 3))).await;
     for _ in 0..200 {
         client
             .get(url.as_str())
