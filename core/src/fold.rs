@@ -267,8 +267,17 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
             Ok(Accepted::Quit { member_count })
         }
         Record::MessagePosted(r) => {
-            let mut room = get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
-            let mut author = get_member(state, &r.room_id, &r.author_id).ok_or(Rejection::NotMember)?;
+            // The hot path: read in place, update in place, allocate only
+            // what is stored.
+            let room_key = ViewKey::Room(r.room_id.clone());
+            let seq = match state.get(&room_key) {
+                Some(ViewValue::Room(room)) => room.message_count + 1,
+                _ => return Err(Rejection::RoomNotFound),
+            };
+            let author_key = member(&r.room_id, &r.author_id);
+            if !matches!(state.get(&author_key), Some(ViewValue::Member(_))) {
+                return Err(Rejection::NotMember);
+            }
             let cm_key = ViewKey::ClientMsg {
                 room_id: r.room_id.clone(),
                 user_id: r.author_id.clone(),
@@ -281,9 +290,19 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
                 });
             }
             let message_id = pos.to_id();
-            room.message_count += 1;
-            room.last_message_id = Some(message_id.clone());
-            let seq = room.message_count;
+            state.update(&room_key, |v| {
+                if let ViewValue::Room(room) = v {
+                    room.message_count = seq;
+                    room.last_message_id = Some(message_id.clone());
+                }
+            });
+            // Posting marks one's own message read.
+            state.update(&author_key, |v| {
+                if let ViewValue::Member(m) = v {
+                    m.read_seq = seq;
+                    m.last_read_message_id = Some(message_id.clone());
+                }
+            });
             state.put(cm_key, ViewValue::ClientMsg(message_id.clone()));
             state.put(
                 ViewKey::Message {
@@ -301,10 +320,6 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
                     client_msg_id: r.client_msg_id.clone(),
                 }),
             );
-            author.read_seq = seq;
-            author.last_read_message_id = Some(message_id.clone());
-            put_member(state, author);
-            put_room(state, room);
             Ok(Accepted::Posted {
                 message_id,
                 duplicate: false,

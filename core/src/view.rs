@@ -176,6 +176,9 @@ pub trait FoldState {
     fn get(&self, key: &ViewKey) -> Option<&ViewValue>;
     fn put(&mut self, key: ViewKey, value: ViewValue);
     fn delete(&mut self, key: &ViewKey);
+    /// Changes an existing entity in place (the hot path's alternative to
+    /// clone-modify-put); does nothing if the entity does not exist.
+    fn update(&mut self, key: &ViewKey, f: impl FnOnce(&mut ViewValue));
 }
 
 /// A complete view state in memory, ordered, so two equal states compare equal.
@@ -193,6 +196,11 @@ impl FoldState for MemState {
     }
     fn delete(&mut self, key: &ViewKey) {
         self.entries.remove(key);
+    }
+    fn update(&mut self, key: &ViewKey, f: impl FnOnce(&mut ViewValue)) {
+        if let Some(v) = self.entries.get_mut(key) {
+            f(v);
+        }
     }
 }
 
@@ -257,6 +265,12 @@ impl FoldState for Overlay {
             None => {
                 self.entries.insert(key.clone(), (None, true));
             }
+        }
+    }
+    fn update(&mut self, key: &ViewKey, f: impl FnOnce(&mut ViewValue)) {
+        if let Some((Some(v), dirty)) = self.entries.get_mut(key) {
+            f(v);
+            *dirty = true;
         }
     }
 }

@@ -74,12 +74,13 @@ struct PartitionState {
     ingest_chunk: usize,
     /// Mutable entities, authoritative: absent means it does not exist.
     mem: HashMap<ViewKey, Option<ViewValue>, Fx>,
-    /// Write-once entities written by the batch being folded.
-    batch_once: HashMap<ViewKey, ViewValue, Fx>,
+    /// Write-once entities written by the batch being folded (boxed: they
+    /// move twice more before the bulk load, and messages are large).
+    batch_once: HashMap<ViewKey, Box<ViewValue>, Fx>,
     /// Write-once entities of earlier batches, waiting for the next bulk load,
     /// in a flat vector (large maps of large values cost more in copying and
     /// cache misses than the fold itself).
-    pending: Vec<(ViewKey, ViewValue)>,
+    pending: Vec<(ViewKey, Box<ViewValue>)>,
     /// Key hash → index into `pending`; `collided` holds the rare indexes whose
     /// hash was already taken.
     pending_index: HashMap<u64, u32, Fx>,
@@ -96,8 +97,8 @@ impl PartitionState {
             ingest_chunk,
             mem: HashMap::default(),
             batch_once: HashMap::with_capacity_and_hasher(FETCH * 2, Fx::default()),
-            pending: Vec::with_capacity(ingest_chunk.min(1 << 20) + FETCH * 2),
-            pending_index: HashMap::with_capacity_and_hasher(ingest_chunk.min(1 << 20) + FETCH * 2, Fx::default()),
+            pending: Vec::new(),
+            pending_index: HashMap::default(),
             collided: Vec::new(),
             ingested: HashSet::default(),
             loaded: HashMap::default(),
@@ -110,13 +111,13 @@ impl PartitionState {
         if let Some((k, v)) = direct
             && k == key
         {
-            return Some(v);
+            return Some(&**v);
         }
         self.collided
             .iter()
             .map(|&i| &self.pending[i as usize])
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
+            .map(|(_, v)| &**v)
     }
 
     /// Moves the batch's write-once entities to `pending`.
@@ -137,14 +138,14 @@ impl PartitionState {
 impl FoldState for PartitionState {
     fn get(&self, key: &ViewKey) -> Option<&ViewValue> {
         if key.is_write_once() {
-            self.batch_once.get(key).or_else(|| self.loaded.get(key))
+            self.batch_once.get(key).map(|v| &**v).or_else(|| self.loaded.get(key))
         } else {
             self.mem.get(key).and_then(Option::as_ref)
         }
     }
     fn put(&mut self, key: ViewKey, value: ViewValue) {
         if key.is_write_once() {
-            self.batch_once.insert(key, value);
+            self.batch_once.insert(key, Box::new(value));
         } else {
             self.mem.insert(key, Some(value));
         }
@@ -152,6 +153,12 @@ impl FoldState for PartitionState {
     fn delete(&mut self, key: &ViewKey) {
         debug_assert!(!key.is_write_once(), "write-once entities are never deleted");
         self.mem.insert(key.clone(), None);
+    }
+    fn update(&mut self, key: &ViewKey, f: impl FnOnce(&mut ViewValue)) {
+        debug_assert!(!key.is_write_once(), "write-once entities are never updated");
+        if let Some(Some(v)) = self.mem.get_mut(key) {
+            f(v);
+        }
     }
 }
 
@@ -174,7 +181,7 @@ impl PartitionState {
         }
         self.pending_index.clear();
         self.collided.clear();
-        let entries = std::mem::replace(&mut self.pending, Vec::with_capacity(self.ingest_chunk.min(1 << 20)));
+        let entries = std::mem::take(&mut self.pending).into_iter().map(|(k, v)| (k, *v)).collect();
         store.ingest(entries).await
     }
 

@@ -42,7 +42,7 @@ impl Handles {
         Ok(Handles {
             tables: TABLES
                 .iter()
-                .map(|t| db.keyspace(t, KeyspaceCreateOptions::default))
+                .map(|t| db.keyspace(t, || table_options(t)))
                 .collect::<Result<Vec<_>, _>>()?,
             user_rooms: db.keyspace("user_rooms", KeyspaceCreateOptions::default)?,
         })
@@ -56,6 +56,19 @@ impl Handles {
 impl std::fmt::Debug for EmbeddedViewStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedViewStore").finish_non_exhaustive()
+    }
+}
+
+/// Per-table tuning. History is read by range scans (bigger blocks) and
+/// point-read only for keys that exist (read markers name real messages), so it
+/// needs no bloom filters; building them is a large part of bulk-load cost.
+fn table_options(table: &str) -> KeyspaceCreateOptions {
+    let opts = KeyspaceCreateOptions::default();
+    match table {
+        "messages" => opts
+            .expect_point_read_hits(true)
+            .data_block_size_policy(fjall::config::BlockSizePolicy::all(16 * 1024)),
+        _ => opts,
     }
 }
 

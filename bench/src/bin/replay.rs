@@ -33,6 +33,12 @@ async fn main() -> anyhow::Result<()> {
         rx.await??;
     }
     eprintln!("built a {total}-record log in {:.1}s", t.elapsed().as_secs_f64());
+    // Replay runs on a stopped deployment: close the log, let its background
+    // flushes and compactions finish, and reopen it, so they do not run
+    // during the measurement.
+    drop(log);
+    tokio::time::sleep(std::time::Duration::from_secs(std::env::var("SETTLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3))).await;
+    let log = Arc::new(EmbeddedLog::open(&dir.path().join("log"), Topology::default())?);
 
     let views: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("views"))?);
     let log: Arc<dyn Log> = log;
