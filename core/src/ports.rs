@@ -152,7 +152,8 @@ pub trait ViewStore: Send + Sync + 'static {
     /// ([`ViewKey::is_write_once`]) and not already present; keys may come in
     /// any order. Not atomic with positions: callers bracket a rebuild with
     /// [`ViewStore::set_rebuilding`].
-    async fn ingest(&self, entries: Vec<(ViewKey, ViewValue)>) -> Result<(), StoreError>;
+    /// Values come boxed: bulk loads move hundreds of thousands of them.
+    async fn ingest(&self, entries: Vec<(ViewKey, Box<ViewValue>)>) -> Result<(), StoreError>;
 
     /// Marks `consumer`'s views as mid-rebuild (or no longer). Views marked
     /// so are incomplete: a projector must refuse to resume them.

@@ -30,7 +30,11 @@ async fn every_documented_operation_is_served() {
             }
             let r = api.call(m, &concrete, Some(&token), None).await;
             assert_ne!(r.code(), "not_found", "{method} {path} is documented but not routed");
-            assert_ne!(r.code(), "method_not_allowed", "{method} {path} is documented but not routed");
+            assert_ne!(
+                r.code(),
+                "method_not_allowed",
+                "{method} {path} is documented but not routed"
+            );
             let documented: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
             assert!(
                 documented.iter().any(|c| c.as_str() == r.status.as_str()),

@@ -181,8 +181,7 @@ impl PartitionState {
         }
         self.pending_index.clear();
         self.collided.clear();
-        let entries = std::mem::take(&mut self.pending).into_iter().map(|(k, v)| (k, *v)).collect();
-        store.ingest(entries).await
+        store.ingest(std::mem::take(&mut self.pending)).await
     }
 
     async fn fold_entries(

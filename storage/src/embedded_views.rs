@@ -343,15 +343,14 @@ impl ViewStore for EmbeddedViewStore {
         b.commit().map_err(storage)
     }
 
-    async fn ingest(&self, entries: Vec<(ViewKey, ViewValue)>) -> Result<(), StoreError> {
+    async fn ingest(&self, entries: Vec<(ViewKey, Box<ViewValue>)>) -> Result<(), StoreError> {
         let mut per_table: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); TABLES.len()];
-        for (key, value) in &entries {
+        for (key, value) in entries {
             if !key.is_write_once() {
                 return Err(storage(format!("ingest of a mutable entity {key:?}")));
             }
-            per_table[table_index(key.table())].push((key.encode(), postcard::to_allocvec(value).map_err(storage)?));
+            per_table[table_index(key.table())].push((key.encode(), postcard::to_allocvec(&*value).map_err(storage)?));
         }
-        drop(entries);
         let _one_at_a_time = self.ingesting.lock().expect("ingest lock");
         let h = self.handles();
         for (rows, ks) in per_table.iter_mut().zip(&h.tables) {

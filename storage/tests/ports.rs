@@ -295,7 +295,7 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
                     room_id: "r1".into(),
                     message_id: format!("{:016x}", seq),
                 },
-                ViewValue::Message(message("r1", seq)),
+                Box::new(ViewValue::Message(message("r1", seq))),
             )
         })
         .collect();
@@ -305,7 +305,7 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
             user_id: "u1".into(),
             client_msg_id: "c1".into(),
         },
-        ViewValue::ClientMsg(format!("{:016x}", 1)),
+        Box::new(ViewValue::ClientMsg(format!("{:016x}", 1))),
     ));
     store.ingest(once).await.unwrap();
     let page = store.history("r1", None, 50).await.unwrap();
@@ -313,7 +313,10 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
     assert_eq!(page.last().unwrap().seq, 60);
     assert!(
         store
-            .ingest(vec![(ViewKey::Room("r9".into()), ViewValue::Room(room("r9", 1, 0)))])
+            .ingest(vec![(
+                ViewKey::Room("r9".into()),
+                Box::new(ViewValue::Room(room("r9", 1, 0)))
+            )])
             .await
             .is_err(),
         "mutable entities are never bulk-loaded"
@@ -399,7 +402,7 @@ async fn embedded_views_keep_bulk_loads_made_after_a_clear_across_reopen() {
                         room_id: "r1".into(),
                         message_id: format!("{:016x}", seq),
                     },
-                    ViewValue::Message(message("r1", seq)),
+                    Box::new(ViewValue::Message(message("r1", seq))),
                 )
             })
             .collect();

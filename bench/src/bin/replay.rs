@@ -37,7 +37,13 @@ async fn main() -> anyhow::Result<()> {
     // flushes and compactions finish, and reopen it, so they do not run
     // during the measurement.
     drop(log);
-    tokio::time::sleep(std::time::Duration::from_secs(std::env::var("SETTLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3))).await;
+    tokio::time::sleep(std::time::Duration::from_secs(
+        std::env::var("SETTLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3),
+    ))
+    .await;
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log"), Topology::default())?);
 
     let views: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("views"))?);
