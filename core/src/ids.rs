@@ -142,6 +142,12 @@ pub fn random_id(random: u64) -> String {
     format!("{random:016x}")
 }
 
+/// Whether `s` has the shape of an id: 16 lowercase hex digits (user, room
+/// and message ids, cursors). Anything else names nothing.
+pub fn is_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Usernames are matched case-insensitively: `Alice` and `alice` are one account.
 pub fn normalize_username(name: &str) -> String {
     name.to_ascii_lowercase()

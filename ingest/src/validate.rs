@@ -73,10 +73,7 @@ pub fn client_msg_id(c: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Whether `s` has the shape of a user or room id (16 lowercase hex digits).
-pub fn is_id(s: &str) -> bool {
-    s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
+pub use emosation_core::ids::is_id;
 
 #[cfg(test)]
 mod tests {

@@ -48,16 +48,10 @@ pub struct Folded {
     pub outcome: Outcome,
 }
 
-/// Folds a batch of entries of one partition against the store. Returns the
-/// view changes and each decoded record's outcome. Records that do not decode
-/// are skipped (and counted): a poison record must not stop the views, and
-/// replay skips it the same way.
-pub async fn fold_batch(
-    store: &dyn ViewStore,
-    topic: Topic,
-    partition: u32,
-    entries: &[LogEntry],
-) -> Result<(Vec<(ViewKey, Option<emosation_core::ViewValue>)>, Vec<Folded>), StoreError> {
+/// Decodes a partition's entries. Records that do not decode are skipped (and
+/// counted): a poison record must not stop the views, and every fold — live
+/// or replay — skips it alike.
+pub fn decode_entries(topic: Topic, partition: u32, entries: &[LogEntry]) -> Vec<(LogPosition, Record)> {
     let mut records = Vec::with_capacity(entries.len());
     for e in entries {
         match emosation_schemas::decode(&e.value) {
@@ -69,6 +63,18 @@ pub async fn fold_batch(
             }
         }
     }
+    records
+}
+
+/// Folds a batch of entries of one partition against the store. Returns the
+/// view changes and each decoded record's outcome.
+pub async fn fold_batch(
+    store: &dyn ViewStore,
+    topic: Topic,
+    partition: u32,
+    entries: &[LogEntry],
+) -> Result<(Vec<(ViewKey, Option<emosation_core::ViewValue>)>, Vec<Folded>), StoreError> {
+    let records = decode_entries(topic, partition, entries);
     let mut overlay = Overlay::with_capacity(records.len() * 3);
     let mut keys = Vec::with_capacity(records.len() * 3);
     for (_, r) in &records {

@@ -19,13 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use emosation_core::ids::{LogPosition, Topic};
+use emosation_core::ids::Topic;
 use emosation_core::ports::{CORE_VIEWS, Log, StoreError, ViewBatch, ViewStore};
 use emosation_core::view::{FoldState, ViewKey, ViewValue};
 use emosation_core::{fold, keys_read_by};
 use rustc_hash::FxHasher;
 use tokio::task::JoinSet;
-use tracing::warn;
 
 use crate::ProjectorError;
 
@@ -191,17 +190,7 @@ impl PartitionState {
         partition: u32,
         entries: &[emosation_core::ports::LogEntry],
     ) -> Result<(), StoreError> {
-        let mut records = Vec::with_capacity(entries.len());
-        for e in entries {
-            match emosation_schemas::decode(&e.value) {
-                Ok(r) => records.push((LogPosition::new(partition, e.offset), r)),
-                Err(err) => {
-                    metrics::counter!("emosation_projector_undecodable_records_total", "topic" => topic.name())
-                        .increment(1);
-                    warn!(topic = topic.name(), partition, offset = e.offset, error = %err, "skipping undecodable record");
-                }
-            }
-        }
+        let records = crate::decode_entries(topic, partition, entries);
         // Write-once keys of earlier batches are looked up in `pending`, or
         // read back from the store if they may have been bulk-loaded.
         self.loaded.clear();

@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::{FromRef, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use emosation_core::ids::LogPosition;
+use emosation_core::ids::{LogPosition, is_id};
 use emosation_core::ports::ViewStore;
 use emosation_core::view::RoomView;
 use emosation_http::{ApiError, ApiPath, ApiQuery, AuthUser, Authenticator};
@@ -60,10 +60,6 @@ pub fn routes(views: Arc<dyn ViewStore>, auth: Arc<Authenticator>) -> Router {
             auth,
             tails: Arc::new(tail::TailCache::new(TAIL_CACHE_ROOMS)),
         })
-}
-
-fn is_id(s: &str) -> bool {
-    s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 async fn room_or_404(views: &dyn ViewStore, room_id: &str) -> Result<RoomView, ApiError> {

@@ -265,6 +265,15 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, SchemaError> {
 /// Decodes an Avro single object written under any known version of any
 /// record schema. Garbage, truncation and unknown fingerprints are errors.
 pub fn decode(bytes: &[u8]) -> Result<Record, SchemaError> {
+    let (known, body) = split_header(bytes)?;
+    if known.reader.is_none() {
+        return fast::decode_current(known.kind, body);
+    }
+    decode_resolved(known, body)
+}
+
+/// Checks the single-object header and finds the writer schema.
+fn split_header(bytes: &[u8]) -> Result<(&'static Known, &[u8]), SchemaError> {
     if bytes.len() < HEADER_LEN {
         return Err(SchemaError::TooShort(bytes.len()));
     }
@@ -277,10 +286,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, SchemaError> {
         .by_fingerprint
         .get(&fp)
         .ok_or(SchemaError::UnknownFingerprint(u64::from_le_bytes(fp)))?;
-    if known.reader.is_none() {
-        return fast::decode_current(known.kind, &bytes[HEADER_LEN..]);
-    }
-    decode_resolved(known, &bytes[HEADER_LEN..])
+    Ok((known, &bytes[HEADER_LEN..]))
 }
 
 /// Decodes through apache-avro, resolving an older writer schema to the
@@ -311,17 +317,6 @@ fn decode_resolved(known: &Known, mut body: &[u8]) -> Result<Record, SchemaError
 /// benchmarks that compare the two).
 #[doc(hidden)]
 pub fn decode_with_apache_avro(bytes: &[u8]) -> Result<Record, SchemaError> {
-    if bytes.len() < HEADER_LEN {
-        return Err(SchemaError::TooShort(bytes.len()));
-    }
-    if bytes[..2] != MAGIC {
-        return Err(SchemaError::BadMagic);
-    }
-    let mut fp = [0u8; 8];
-    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
-    let known = REGISTRY
-        .by_fingerprint
-        .get(&fp)
-        .ok_or(SchemaError::UnknownFingerprint(u64::from_le_bytes(fp)))?;
-    decode_resolved(known, &bytes[HEADER_LEN..])
+    let (known, body) = split_header(bytes)?;
+    decode_resolved(known, body)
 }
