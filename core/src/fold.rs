@@ -10,7 +10,9 @@
 
 use crate::ids::{LogPosition, normalize_username};
 use crate::record::Record;
-use crate::view::{FoldState, MemberView, MessageView, RoomView, SessionView, UserView, ViewKey, ViewValue};
+use crate::view::{
+    FoldState, MemberView, MessageView, RoomEventView, RoomView, SessionView, UserView, ViewKey, ViewValue,
+};
 
 /// What the fold decided about one record.
 pub type Outcome = Result<Accepted, Rejection>;
@@ -136,6 +138,33 @@ fn get_member(s: &impl FoldState, room_id: &str, user_id: &str) -> Option<Member
     }
 }
 
+#[allow(clippy::too_many_arguments)]
+fn put_room_event(
+    s: &mut impl FoldState,
+    pos: LogPosition,
+    room_id: &str,
+    joined: bool,
+    user_id: &str,
+    username: &str,
+    member_count: u32,
+    at: i64,
+) {
+    s.put(
+        ViewKey::RoomEvent {
+            room_id: room_id.to_owned(),
+            position: pos.to_id(),
+        },
+        ViewValue::RoomEvent(RoomEventView {
+            room_id: room_id.to_owned(),
+            joined,
+            user_id: user_id.to_owned(),
+            username: username.to_owned(),
+            member_count,
+            at,
+        }),
+    );
+}
+
 fn put_room(s: &mut impl FoldState, room: RoomView) {
     s.put(ViewKey::Room(room.room_id.clone()), ViewValue::Room(room));
 }
@@ -238,6 +267,16 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
             }
             room.member_count += 1;
             let member_count = room.member_count;
+            put_room_event(
+                state,
+                pos,
+                &r.room_id,
+                true,
+                &r.user_id,
+                &r.username,
+                member_count,
+                r.at,
+            );
             put_member(
                 state,
                 MemberView {
@@ -263,6 +302,16 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
             state.delete(&member(&r.room_id, &r.user_id));
             room.member_count = room.member_count.saturating_sub(1);
             let member_count = room.member_count;
+            put_room_event(
+                state,
+                pos,
+                &r.room_id,
+                false,
+                &r.user_id,
+                &r.username,
+                member_count,
+                r.at,
+            );
             put_room(state, room);
             Ok(Accepted::Quit { member_count })
         }

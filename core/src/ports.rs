@@ -186,7 +186,21 @@ pub type DecisionTicket = std::pin::Pin<Box<dyn std::future::Future<Output = Opt
 ///   expects are dropped. Dropping a ticket cancels the wait.
 /// - Request ids are random 64-bit values; a collision can only confuse the two
 ///   colliding requests, never the views.
+///
+/// It also carries the projector's *applied watermark* per partition, which
+/// readers of the log (fan-out nodes) wait on before looking up what the fold
+/// decided about a record they read.
 pub trait Decisions: Send + Sync + 'static {
     fn expect(&self, request_id: i64) -> DecisionTicket;
     fn publish(&self, request_id: i64, decision: Decision);
+
+    /// The views include every record of the partition before `next_offset`.
+    fn applied(&self, topic: Topic, partition: u32, next_offset: u64);
+
+    /// Resolves with the partition's applied next offset once it exceeds
+    /// `offset`, or with whatever it is after `timeout`.
+    fn wait_applied(&self, topic: Topic, partition: u32, offset: u64, timeout: Duration) -> AppliedTicket;
 }
+
+/// A pending wait for an applied watermark.
+pub type AppliedTicket = std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>;

@@ -60,6 +60,18 @@ pub struct MessageView {
     pub client_msg_id: String,
 }
 
+/// What changed in a room's membership, and the member count after it: what
+/// a fan-out node tells subscribers (`member_joined` / `member_left`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomEventView {
+    pub room_id: String,
+    pub joined: bool,
+    pub user_id: String,
+    pub username: String,
+    pub member_count: u32,
+    pub at: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionView {
     pub session_id: String,
@@ -89,6 +101,11 @@ pub enum ViewKey {
         user_id: String,
         client_msg_id: String,
     },
+    /// A membership change of a room, at its log position (16-hex id).
+    RoomEvent {
+        room_id: String,
+        position: String,
+    },
     /// `(normalized username, session id)`: keyed under the username so a
     /// revocation stays local to the username's partition.
     Session {
@@ -98,7 +115,7 @@ pub enum ViewKey {
 }
 
 /// Tables of the view model, in the order checksums visit them.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "users",
     "usernames",
     "rooms",
@@ -106,6 +123,7 @@ pub const TABLES: [&str; 7] = [
     "messages",
     "client_msgs",
     "sessions",
+    "room_events",
 ];
 
 impl ViewKey {
@@ -119,13 +137,17 @@ impl ViewKey {
             ViewKey::Message { .. } => "messages",
             ViewKey::ClientMsg { .. } => "client_msgs",
             ViewKey::Session { .. } => "sessions",
+            ViewKey::RoomEvent { .. } => "room_events",
         }
     }
 
     /// Entities that the fold writes once and never changes or deletes
     /// afterwards (messages and idempotency keys). Replay bulk-loads them.
     pub fn is_write_once(&self) -> bool {
-        matches!(self, ViewKey::Message { .. } | ViewKey::ClientMsg { .. })
+        matches!(
+            self,
+            ViewKey::Message { .. } | ViewKey::ClientMsg { .. } | ViewKey::RoomEvent { .. }
+        )
     }
 
     /// Canonical key bytes within the table: components joined by NUL. Ids
@@ -147,6 +169,7 @@ impl ViewKey {
             ViewKey::User(id) | ViewKey::Username(id) | ViewKey::Room(id) => id.as_bytes().to_vec(),
             ViewKey::Session { username, session_id } => join(&[username, session_id]),
             ViewKey::Member { room_id, user_id } => join(&[room_id, user_id]),
+            ViewKey::RoomEvent { room_id, position } => join(&[room_id, position]),
             ViewKey::Message { room_id, message_id } => join(&[room_id, message_id]),
             ViewKey::ClientMsg {
                 room_id,
@@ -167,6 +190,7 @@ pub enum ViewValue {
     Message(MessageView),
     ClientMsg(String),
     Session(SessionView),
+    RoomEvent(RoomEventView),
 }
 
 /// The state the fold reads and writes. The projector's implementation is an

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use emosation_core::ids::Topology;
 use emosation_ingest::IngestConfig;
+use emosation_ws_fanout::FanoutConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
 
@@ -128,6 +129,15 @@ pub struct ServeArgs {
     /// Seconds to wait for the fold's decision on a command before answering 503.
     #[arg(long, env = "EMOSATION_DECISION_TIMEOUT_SECS", default_value_t = 10)]
     pub decision_timeout_secs: u64,
+    /// WebSocket connections a user may hold at once; a newer one kicks the oldest.
+    #[arg(long, env = "EMOSATION_SESSIONS_PER_USER", default_value_t = 1)]
+    pub sessions_per_user: usize,
+    /// Frames queued per WebSocket before the client is closed as too slow (1013).
+    #[arg(long, env = "EMOSATION_WS_QUEUE_FRAMES", default_value_t = 1024)]
+    pub ws_queue_frames: usize,
+    /// Seconds without any frame from a WebSocket client before it is closed.
+    #[arg(long, env = "EMOSATION_WS_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub ws_idle_timeout_secs: u64,
 }
 
 impl Default for ServeArgs {
@@ -204,6 +214,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         jwt_secret: args.jwt_secret,
         access_ttl: Duration::from_secs(args.access_ttl_secs.max(1)),
         refresh_ttl: Duration::from_secs(args.refresh_ttl_secs.max(1)),
+        fanout: FanoutConfig {
+            sessions_per_user: args.sessions_per_user.max(1),
+            queue_frames: args.ws_queue_frames.max(1),
+            idle_timeout: Duration::from_secs(args.ws_idle_timeout_secs.max(1)),
+            ping_interval: Duration::from_secs((args.ws_idle_timeout_secs / 3).max(1)),
+            ..FanoutConfig::default()
+        },
     };
     let listener = TcpListener::bind(&args.listen)
         .await

@@ -14,6 +14,7 @@ use emosation_http::{Authenticator, TokenKeys};
 use emosation_ingest::{Ingest, IngestConfig};
 use emosation_projector::Projector;
 use emosation_storage::LocalDecisions;
+use emosation_ws_fanout::{Fanout, FanoutConfig, Hub};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +78,7 @@ pub struct ServeConfig {
     pub jwt_secret: Option<String>,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    pub fanout: FanoutConfig,
 }
 
 impl ServeConfig {
@@ -87,6 +89,7 @@ impl ServeConfig {
             jwt_secret: None,
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            fanout: FanoutConfig::default(),
         }
     }
 }
@@ -149,6 +152,13 @@ impl Server {
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let hub = Hub::new(
+            Arc::clone(&log),
+            Arc::clone(&views),
+            Arc::clone(&decisions),
+            shutdown.clone(),
+        );
+        let fanout = Fanout::new(hub, Arc::clone(&ingest), cfg.fanout);
         let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions);
         let stop = shutdown.clone();
         tasks.spawn(async move { projector.run(stop).await.context("projector") });
@@ -156,7 +166,8 @@ impl Server {
         let app = emosation_http::observe::finish(
             Router::new()
                 .merge(emosation_ingest::http::routes(ingest))
-                .merge(emosation_query_api::routes(views, auth)),
+                .merge(emosation_query_api::routes(views, auth))
+                .merge(emosation_ws_fanout::routes(fanout)),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
         let addr = listener.local_addr()?;

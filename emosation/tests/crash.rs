@@ -210,3 +210,102 @@ async fn cli_help_and_bad_flags() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown view"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_websocket_sends_then_resume_delivers_every_acked_message() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut child, api) = spawn_server(dir, free_port()).await;
+    let (_, token) = api.user("wsstorm").await;
+    let room = api.create_room(&token, "wsstorm", None).await;
+    let ws_url = |api: &Api| format!("{}/v1/ws?access_token={token}", api.base.replace("http://", "ws://"));
+    let json = |m: Message| -> Option<serde_json::Value> {
+        match m {
+            Message::Text(t) => serde_json::from_str(t.as_str()).ok(),
+            _ => None,
+        }
+    };
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&api)).await.unwrap();
+    ws.next().await; // hello
+    ws.send(Message::text(json!({"type": "subscribe", "room_id": room}).to_string()))
+        .await
+        .unwrap();
+    let cursor = loop {
+        let f = json(ws.next().await.unwrap().unwrap());
+        if let Some(f) = f.filter(|f| f["type"] == "subscribed") {
+            break f["cursor"].as_str().unwrap().to_owned();
+        }
+    };
+    // Pipeline sends; record every ack; kill -9 once a few hundred are acked.
+    let (mut tx, mut rx) = ws.split();
+    let sender = tokio::spawn(async move {
+        for i in 0..5000 {
+            let f =
+                json!({"type": "send", "room_id": room, "client_msg_id": format!("w{i}"), "text": format!("ws {i}")});
+            if tx.send(Message::text(f.to_string())).await.is_err() {
+                break;
+            }
+            if i % 64 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    let mut acked = Vec::new();
+    while acked.len() < 300 {
+        match tokio::time::timeout(Duration::from_secs(20), rx.next()).await {
+            Ok(Some(Ok(m))) => {
+                if let Some(f) = json(m).filter(|f| f["type"] == "ack") {
+                    acked.push(f["message_id"].as_str().unwrap().to_owned());
+                }
+            }
+            other => panic!("stream ended early: {other:?}"),
+        }
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    // Acks already in flight when the process died count too.
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(200), rx.next()).await {
+        if let Some(f) = json(m).filter(|f| f["type"] == "ack") {
+            acked.push(f["message_id"].as_str().unwrap().to_owned());
+        }
+    }
+    sender.abort();
+
+    // Restart and resume from the cursor: every acked message arrives, once.
+    let (mut child, api) = spawn_server(dir, free_port()).await;
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url(&api)).await.unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let room_id = api.get("/v1/me/rooms", &token).await.expect(200)["rooms"][0]["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tx.send(Message::text(
+        json!({"type": "subscribe", "room_id": room_id, "since": cursor}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let wanted: HashSet<String> = acked.iter().cloned().collect();
+    let mut seen = HashSet::new();
+    let mut delivered = 0;
+    while !wanted.is_subset(&seen) {
+        let m = tokio::time::timeout(Duration::from_secs(20), rx.next())
+            .await
+            .expect("resume delivers within 20 s")
+            .unwrap()
+            .unwrap();
+        if let Some(f) = json(m).filter(|f| f["type"] == "message") {
+            delivered += 1;
+            assert!(
+                seen.insert(f["message_id"].as_str().unwrap().to_owned()),
+                "no duplicate on resume"
+            );
+        }
+    }
+    assert!(delivered >= acked.len());
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}

@@ -166,6 +166,7 @@ async fn run_partition(
     let mut next = store.position(CORE_VIEWS, topic, partition).await?;
     let topic_label = topic.name();
     debug!(topic = topic_label, partition, next, "projector partition resumes");
+    decisions.applied(topic, partition, next);
     loop {
         let entries = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -181,6 +182,7 @@ async fn run_partition(
                 positions: vec![(topic, partition, new_next)],
             })
             .await?;
+        decisions.applied(topic, partition, new_next);
         for f in folded {
             decisions.publish(
                 f.request_id,

@@ -7,17 +7,30 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use emosation_core::ports::{Decision, DecisionTicket, Decisions};
-use tokio::sync::oneshot;
+use std::time::Duration;
+
+use emosation_core::ids::Topic;
+use emosation_core::ports::{AppliedTicket, Decision, DecisionTicket, Decisions};
+use tokio::sync::{oneshot, watch};
 
 #[derive(Debug, Default)]
 pub struct LocalDecisions {
     waiting: Arc<Mutex<HashMap<i64, oneshot::Sender<Decision>>>>,
+    watermarks: Mutex<HashMap<(Topic, u32), watch::Sender<u64>>>,
 }
 
 impl LocalDecisions {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn watermark(&self, topic: Topic, partition: u32) -> watch::Sender<u64> {
+        self.watermarks
+            .lock()
+            .expect("watermarks lock")
+            .entry((topic, partition))
+            .or_insert_with(|| watch::channel(0).0)
+            .clone()
     }
 
     /// Waits registered and not yet resolved or dropped.
@@ -64,5 +77,21 @@ impl Decisions for LocalDecisions {
         if let Some(tx) = tx {
             let _ = tx.send(decision);
         }
+    }
+
+    fn applied(&self, topic: Topic, partition: u32, next_offset: u64) {
+        self.watermark(topic, partition).send_if_modified(|v| {
+            let advanced = next_offset > *v;
+            *v = (*v).max(next_offset);
+            advanced
+        });
+    }
+
+    fn wait_applied(&self, topic: Topic, partition: u32, offset: u64, timeout: Duration) -> AppliedTicket {
+        let mut rx = self.watermark(topic, partition).subscribe();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > offset)).await;
+            *rx.borrow()
+        })
     }
 }

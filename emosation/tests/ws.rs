@@ -1,0 +1,370 @@
+//! The WebSocket protocol against a real server on 127.0.0.1:0.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Api, TestServer};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Client {
+    ws: Ws,
+}
+
+impl Client {
+    async fn connect(base: &str, token: &str) -> Client {
+        let url = format!("{}/v1/ws?access_token={token}", base.replace("http://", "ws://"));
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        let mut c = Client { ws };
+        let hello = c.next().await;
+        assert_eq!(hello["type"], "hello", "{hello}");
+        c
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// The next JSON frame (skipping pings), or panics after 10 s.
+    async fn next(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("a frame within 10 s")
+                .expect("stream open")
+                .expect("frame ok");
+            match m {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Close(c) => return json!({"type": "__close", "code": c.map(|c| u16::from(c.code))}),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame of one of `types`, skipping others.
+    async fn next_of(&mut self, types: &[&str]) -> Value {
+        loop {
+            let f = self.next().await;
+            if types.contains(&f["type"].as_str().unwrap_or("")) {
+                return f;
+            }
+        }
+    }
+
+    /// No frame arrives within `ms`.
+    async fn quiet(&mut self, ms: u64) -> bool {
+        tokio::time::timeout(Duration::from_millis(ms), self.ws.next())
+            .await
+            .is_err()
+    }
+
+    async fn subscribe(&mut self, room: &str, since: Option<&str>) -> Value {
+        let mut f = json!({"type": "subscribe", "room_id": room});
+        if let Some(s) = since {
+            f["since"] = json!(s);
+        }
+        self.send(f).await;
+        self.next_of(&["subscribed", "error"]).await
+    }
+}
+
+async fn room_with(api: &Api, owner: &str, others: &[&str]) -> (String, Vec<String>) {
+    let (_, t0) = api.user(owner).await;
+    let room = api.create_room(&t0, "ws", None).await;
+    let mut tokens = vec![t0];
+    for o in others {
+        let (_, t) = api.user(o).await;
+        api.post(&format!("/v1/rooms/{room}/join"), Some(&t), json!({}))
+            .await
+            .expect(200);
+        tokens.push(t);
+    }
+    (room, tokens)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_chat_live() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (room, t) = room_with(&api, "alice", &["bob"]).await;
+    let mut a = Client::connect(&s.base, &t[0]).await;
+    let mut b = Client::connect(&s.base, &t[1]).await;
+    assert_eq!(a.subscribe(&room, None).await["type"], "subscribed");
+    let sub = b.subscribe(&room, None).await;
+    assert_eq!(sub["room_id"], room.as_str());
+    assert!(sub["cursor"].as_str().unwrap().len() == 16);
+
+    // A WebSocket send: acked once durable, delivered to both.
+    a.send(json!({"type": "send", "room_id": room, "client_msg_id": "w1", "text": "hi bob"}))
+        .await;
+    // The ack and the delivery of one's own message may come in either order.
+    let first = a.next_of(&["ack", "message"]).await;
+    let second = a.next_of(&["ack", "message"]).await;
+    let (ack, own) = if first["type"] == "ack" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(ack["client_msg_id"], "w1");
+    let id = ack["message_id"].as_str().unwrap().to_owned();
+    assert_eq!(ack["cursor"], id.as_str());
+    let got = b.next_of(&["message"]).await;
+    assert_eq!(got["message_id"], id.as_str());
+    assert_eq!(got["text"], "hi bob");
+    assert_eq!(got["author"], "alice");
+    assert_eq!(own["message_id"], id.as_str());
+
+    // An HTTP send reaches WebSocket subscribers too; a repeat is not delivered twice.
+    api.send(&t[1], &room, "h1", "hello from http").await.expect(202);
+    api.send(&t[1], &room, "h1", "hello from http").await.expect(202);
+    assert_eq!(a.next_of(&["message"]).await["text"], "hello from http");
+    a.send(json!({"type": "send", "room_id": room, "client_msg_id": "w1", "text": "repeat"}))
+        .await;
+    assert_eq!(
+        a.next_of(&["ack"]).await["message_id"],
+        id.as_str(),
+        "idempotent over WebSocket too"
+    );
+    api.send(&t[1], &room, "h2", "marker").await.expect(202);
+    assert_eq!(
+        a.next_of(&["message"]).await["text"],
+        "marker",
+        "no duplicate before the marker"
+    );
+
+    // Typing goes to the others only, and is not logged.
+    a.send(json!({"type": "typing", "room_id": room})).await;
+    let typing = b.next_of(&["typing"]).await;
+    assert_eq!(typing["room_id"], room.as_str());
+    assert!(a.quiet(200).await, "the typist does not get its own typing frame");
+
+    // Membership changes carry the member count.
+    let (_, carol) = api.user("carol").await;
+    api.post(&format!("/v1/rooms/{room}/join"), Some(&carol), json!({}))
+        .await
+        .expect(200);
+    let joined = b.next_of(&["member_joined"]).await;
+    assert_eq!(joined["username"], "carol");
+    assert_eq!(joined["member_count"], 3);
+    api.post(&format!("/v1/rooms/{room}/quit"), Some(&carol), json!({}))
+        .await
+        .expect(200);
+    let left = b.next_of(&["member_left"]).await;
+    assert_eq!(left["member_count"], 2);
+
+    // Send errors carry the client_msg_id.
+    a.send(json!({"type": "send", "room_id": room, "client_msg_id": "e1", "text": ""}))
+        .await;
+    let e = a.next_of(&["error"]).await;
+    assert_eq!(e["code"], "invalid_request");
+    assert_eq!(e["client_msg_id"], "e1");
+
+    // Unsubscribe stops delivery.
+    b.send(json!({"type": "unsubscribe", "room_id": room})).await;
+    assert_eq!(b.next_of(&["unsubscribed"]).await["room_id"], room.as_str());
+    api.send(&t[0], &room, "after", "after unsubscribe").await.expect(202);
+    assert!(b.quiet(300).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_fifty_missed_messages_is_exact() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (room, t) = room_with(&api, "ann", &["ben"]).await;
+    let mut b = Client::connect(&s.base, &t[1]).await;
+    b.subscribe(&room, None).await;
+    api.send(&t[0], &room, "seen", "seen live").await.expect(202);
+    let seen = b.next_of(&["message"]).await;
+    let cursor = seen["cursor"].as_str().unwrap().to_owned();
+    drop(b);
+
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        sent.push(
+            api.send(&t[0], &room, &format!("m{i}"), &format!("missed {i}"))
+                .await
+                .expect(202)["message_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut b = Client::connect(&s.base, &t[1]).await;
+    let sub = b.subscribe(&room, Some(&cursor)).await;
+    assert_eq!(sub["type"], "subscribed", "{sub}");
+    // Live traffic during the catch-up must come after it, without gap or duplicate.
+    let api2 = api.clone();
+    let (room2, t0) = (room.clone(), t[0].clone());
+    let live = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            ids.push(
+                api2.send(&t0, &room2, &format!("l{i}"), &format!("live {i}"))
+                    .await
+                    .expect(202)["message_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        ids
+    });
+    let mut got = Vec::new();
+    while got.len() < 60 {
+        let f = b.next_of(&["message"]).await;
+        got.push(f["message_id"].as_str().unwrap().to_owned());
+    }
+    sent.extend(live.await.unwrap());
+    assert_eq!(
+        got, sent,
+        "exactly the missed messages, then the live ones, in log order"
+    );
+    assert!(b.quiet(300).await, "nothing more");
+
+    // A cursor of another room or garbage is refused.
+    let e = b.subscribe(&room, Some("zzzz")).await;
+    assert_eq!(e["code"], "invalid_cursor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_connection_kicks_the_older_one() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (_, t) = api.user("dup").await;
+    let mut first = Client::connect(&s.base, &t).await;
+    let _second = Client::connect(&s.base, &t).await;
+    let kicked = first.next().await;
+    assert_eq!(kicked, json!({"type": "kicked", "reason": "duplicate_session"}));
+    let close = first.next().await;
+    assert_eq!(close["type"], "__close");
+    assert_eq!(close["code"], 1008);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_bad_frames_keep_the_connection_open() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (room, t) = room_with(&api, "owner", &[]).await;
+    let (_, stranger) = api.user("stranger").await;
+    let mut c = Client::connect(&s.base, &stranger).await;
+    assert_eq!(c.subscribe(&room, None).await["code"], "not_member");
+    assert_eq!(c.subscribe("00000000000000ff", None).await["code"], "room_not_found");
+    assert_eq!(c.subscribe("../etc", None).await["code"], "room_not_found");
+    for (frame, code) in [
+        ("not json".to_owned(), "invalid_json"),
+        (r#"{"type":"dance"}"#.to_owned(), "unknown_type"),
+        (r#"{"type":"subscribe"}"#.to_owned(), "invalid_request"),
+        (r#"{"no_type":1}"#.to_owned(), "invalid_request"),
+        (format!(r#"{{"type":"typing","room_id":"{room}"}}"#), "not_subscribed"),
+        (
+            format!(
+                r#"{{"type":"send","room_id":"{room}","client_msg_id":"x","text":"{}"}}"#,
+                "a".repeat(70_000)
+            ),
+            "frame_too_large",
+        ),
+    ] {
+        c.ws.send(Message::text(frame)).await.unwrap();
+        let e = c.next_of(&["error"]).await;
+        assert_eq!(e["code"], code, "{e}");
+    }
+    c.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(c.next_of(&["error"]).await["code"], "unsupported_frame");
+    c.send(json!({"type": "send", "room_id": room, "client_msg_id": "s1", "text": "let me in"}))
+        .await;
+    let e = c.next_of(&["error"]).await;
+    assert_eq!(
+        (e["code"].as_str(), e["client_msg_id"].as_str()),
+        (Some("not_member"), Some("s1"))
+    );
+
+    // Still open: a member's connection in the same process works normally.
+    let mut owner = Client::connect(&s.base, &t[0]).await;
+    assert_eq!(owner.subscribe(&room, None).await["type"], "subscribed");
+    c.send(json!({"type": "unsubscribe", "room_id": room})).await;
+    assert_eq!(c.next_of(&["error"]).await["code"], "not_subscribed");
+
+    // Tokens are checked before the upgrade.
+    let base = s.base.replace("http://", "ws://");
+    for url in [format!("{base}/v1/ws"), format!("{base}/v1/ws?access_token=garbage")] {
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 401),
+            other => panic!("expected a 401 refusal, got {:?}", other.map(|_| ())),
+        }
+    }
+    api.call(reqwest::Method::POST, "/v1/auth/logout", Some(&stranger), None)
+        .await;
+    match tokio_tungstenite::connect_async(format!("{base}/v1/ws?access_token={stranger}")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 401),
+        other => panic!("a revoked token must be refused, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_disconnected_while_the_room_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(tmp.path());
+    cfg.fanout.queue_frames = 16;
+    let s = TestServer::start_with(cfg).await;
+    let api = s.client();
+    let (room, t) = room_with(&api, "talker", &["slow", "fast"]).await;
+
+    // The slow client's socket has a tiny receive buffer and it never reads.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(s.server.as_ref().unwrap().addr).await.unwrap();
+    let url = format!("{}/v1/ws?access_token={}", s.base.replace("http://", "ws://"), t[1]);
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let mut slow = Client { ws };
+    slow.next().await; // hello
+    slow.subscribe(&room, None).await;
+    let mut fast = Client::connect(&s.base, &t[2]).await;
+    fast.subscribe(&room, None).await;
+
+    // Enough traffic to fill the kernel's socket buffers (several MB), then
+    // the connection's queue.
+    let text = "x".repeat(3900);
+    const N: usize = 1600;
+    let fast_reader = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        while ids.len() < N {
+            let f = fast.next_of(&["message"]).await;
+            ids.push(f["message_id"].as_str().unwrap().to_owned());
+        }
+        ids
+    });
+    let mut senders = Vec::new();
+    for w in 0..8 {
+        let (api, token, room, text) = (api.clone(), t[0].clone(), room.clone(), text.clone());
+        senders.push(tokio::spawn(async move {
+            for i in (w..N).step_by(8) {
+                api.send(&token, &room, &format!("k{i}"), &text).await.expect(202);
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    // The fast reader got every message, in log order, while the slow one stalled.
+    let got = fast_reader.await.unwrap();
+    assert_eq!(got.len(), N);
+    assert!(got.windows(2).all(|w| w[0] < w[1]));
+    // The slow reader, reading at last, finds its connection closed with 1013.
+    let mut closed = None;
+    for _ in 0..100_000 {
+        let f = slow.next().await;
+        if f["type"] == "__close" {
+            closed = Some(f);
+            break;
+        }
+    }
+    assert_eq!(closed.expect("closed")["code"], 1013);
+}

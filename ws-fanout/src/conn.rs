@@ -1,0 +1,357 @@
+//! One WebSocket connection.
+//!
+//! Two halves: the reader handles client frames (subscribe, send, typing…);
+//! the writer drains the connection's bounded queue, coalescing whatever is
+//! queued into one flush, and sends keepalive pings. Anything that must end
+//! the connection — a full queue, a kick, an idle timeout — goes through
+//! [`ConnHandle::close`], which the writer turns into a close frame.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use emosation_core::ids::is_id;
+use emosation_http::{ApiError, AuthUser};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::Fanout;
+use crate::frames::{self, ClientFrame, FrameError};
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Sends in flight per connection before the reader stops reading.
+const MAX_INFLIGHT_SENDS: usize = 256;
+/// Frames written per flush at most.
+const COALESCE: usize = 64;
+
+/// The shareable side of a connection: its queue and its way to be closed.
+pub struct ConnHandle {
+    pub id: u64,
+    pub user_id: String,
+    tx: mpsc::Sender<Utf8Bytes>,
+    closer: CancellationToken,
+    /// Close code, reason and a last frame to send first (e.g. `kicked`).
+    ending: Mutex<Option<(u16, &'static str, Option<Utf8Bytes>)>>,
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnHandle")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .finish()
+    }
+}
+
+impl ConnHandle {
+    /// Queues a frame; a full queue closes the connection (1013): a slow
+    /// client never slows its room.
+    pub fn push(&self, frame: Utf8Bytes) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("emosation_fanout_slow_disconnects_total").increment(1);
+                self.close(1013, "too slow: resume with since");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a frame, waiting for room (catch-up reads at the client's pace),
+    /// but not forever.
+    pub async fn push_waiting(&self, frame: Utf8Bytes) -> bool {
+        match tokio::time::timeout(Duration::from_secs(10), self.tx.send(frame)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.close(1013, "too slow: resume with since");
+                false
+            }
+        }
+    }
+
+    pub fn close(&self, code: u16, reason: &'static str) {
+        self.ending
+            .lock()
+            .expect("ending lock")
+            .get_or_insert((code, reason, None));
+        self.closer.cancel();
+    }
+
+    /// Ends this connection because a newer one of the same user replaced it.
+    pub fn kick(&self) {
+        self.ending.lock().expect("ending lock").get_or_insert((
+            1008,
+            "duplicate_session",
+            Some(frames::kicked("duplicate_session")),
+        ));
+        self.closer.cancel();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closer.is_cancelled()
+    }
+}
+
+/// Open connections per user, oldest first: the session policy.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    users: Mutex<HashMap<String, VecDeque<Arc<ConnHandle>>>>,
+}
+
+impl Sessions {
+    /// Registers `conn`; returns the connections it replaces (oldest first)
+    /// so that at most `max` remain.
+    fn register(&self, conn: &Arc<ConnHandle>, max: usize) -> Vec<Arc<ConnHandle>> {
+        let mut users = self.users.lock().expect("sessions lock");
+        let list = users.entry(conn.user_id.clone()).or_default();
+        list.push_back(Arc::clone(conn));
+        let mut out = Vec::new();
+        while list.len() > max.max(1) {
+            if let Some(old) = list.pop_front() {
+                out.push(old);
+            }
+        }
+        out
+    }
+
+    fn unregister(&self, conn: &ConnHandle) {
+        let mut users = self.users.lock().expect("sessions lock");
+        if let Some(list) = users.get_mut(&conn.user_id) {
+            list.retain(|c| c.id != conn.id);
+            if list.is_empty() {
+                users.remove(&conn.user_id);
+            }
+        }
+    }
+
+    /// Connections currently open for `user_id`.
+    pub fn count(&self, user_id: &str) -> usize {
+        self.users
+            .lock()
+            .expect("sessions lock")
+            .get(user_id)
+            .map_or(0, VecDeque::len)
+    }
+}
+
+fn frame_error(e: ApiError, client_msg_id: Option<&str>) -> FrameError {
+    FrameError {
+        code: e.code,
+        message: e.message,
+        client_msg_id: client_msg_id.map(str::to_owned),
+    }
+}
+
+/// Serves one upgraded socket until it closes.
+pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
+    let cfg = fanout.cfg.clone();
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(cfg.queue_frames.max(1));
+    let conn = Arc::new(ConnHandle {
+        id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+        user_id: user.user_id.clone(),
+        tx,
+        closer: CancellationToken::new(),
+        ending: Mutex::new(None),
+    });
+    if sink
+        .send(Message::Text(frames::hello(&user.user_id, &user.session_id)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    for old in fanout.sessions.register(&conn, cfg.sessions_per_user) {
+        old.kick();
+    }
+    metrics::gauge!("emosation_fanout_connections").increment(1.0);
+
+    let writer = {
+        let conn = Arc::clone(&conn);
+        let ping_every = cfg.ping_interval;
+        tokio::spawn(async move {
+            let mut ping = tokio::time::interval(ping_every);
+            ping.tick().await;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = conn.closer.cancelled() => break,
+                    f = rx.recv() => {
+                        let Some(f) = f else { break };
+                        if sink.feed(Message::Text(f)).await.is_err() {
+                            conn.close(1011, "write failed");
+                            return;
+                        }
+                        // Coalesce whatever else is queued into one flush.
+                        for _ in 0..COALESCE {
+                            match rx.try_recv() {
+                                Ok(f) => {
+                                    if sink.feed(Message::Text(f)).await.is_err() {
+                                        conn.close(1011, "write failed");
+                                        return;
+                                    }
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if sink.flush().await.is_err() {
+                            conn.close(1011, "write failed");
+                            return;
+                        }
+                    }
+                    _ = ping.tick() => {
+                        if sink.send(Message::Ping(Default::default())).await.is_err() {
+                            conn.close(1011, "write failed");
+                            return;
+                        }
+                    }
+                }
+            }
+            let ending = conn.ending.lock().expect("ending lock").take();
+            let (code, reason, last) = ending.unwrap_or((1000, "", None));
+            if let Some(f) = last {
+                let _ = sink.send(Message::Text(f)).await;
+            }
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                })))
+                .await;
+            let _ = sink.close().await;
+        })
+    };
+
+    let sends = Arc::new(Semaphore::new(MAX_INFLIGHT_SENDS));
+    loop {
+        let next = tokio::select! {
+            _ = conn.closer.cancelled() => break,
+            m = tokio::time::timeout(cfg.idle_timeout, stream.next()) => m,
+        };
+        let msg = match next {
+            Err(_) => {
+                conn.close(1000, "idle timeout");
+                break;
+            }
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(m))) => m,
+        };
+        match msg {
+            Message::Text(t) => {
+                if t.len() > cfg.max_frame_bytes {
+                    conn.push(frames::error(&FrameError::new(
+                        "frame_too_large",
+                        format!("frames are at most {} bytes", cfg.max_frame_bytes),
+                    )));
+                    continue;
+                }
+                match frames::parse(t.as_str()) {
+                    Ok(frame) => handle(&fanout, &conn, &user, frame, &sends).await,
+                    Err(e) => {
+                        conn.push(frames::error(&e));
+                    }
+                }
+            }
+            Message::Binary(_) => {
+                conn.push(frames::error(&FrameError::new(
+                    "unsupported_frame",
+                    "binary frames are not supported; send JSON text frames",
+                )));
+            }
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
+
+    fanout.hub.drop_conn(conn.id);
+    fanout.sessions.unregister(&conn);
+    conn.closer.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    metrics::gauge!("emosation_fanout_connections").decrement(1.0);
+    debug!(conn = conn.id, user = %conn.user_id, "connection closed");
+}
+
+async fn handle(
+    fanout: &Arc<Fanout>,
+    conn: &Arc<ConnHandle>,
+    user: &AuthUser,
+    frame: ClientFrame,
+    sends: &Arc<Semaphore>,
+) {
+    match frame {
+        ClientFrame::Subscribe {
+            room_id,
+            since,
+            streams,
+        } => {
+            let views = fanout.hub.views();
+            let member = if !is_id(&room_id) {
+                Err(FrameError::new("room_not_found", "room not found"))
+            } else {
+                match (views.room(&room_id).await, views.member(&room_id, &user.user_id).await) {
+                    (Ok(None), _) => Err(FrameError::new("room_not_found", "room not found")),
+                    (Ok(Some(_)), Ok(Some(_))) => Ok(()),
+                    (Ok(Some(_)), Ok(None)) => Err(FrameError::new("not_member", "you are not a member of this room")),
+                    (Err(e), _) | (_, Err(e)) => Err(frame_error(ApiError::from(e), None)),
+                }
+            };
+            let result = match member {
+                Ok(()) => fanout
+                    .hub
+                    .subscribe(Arc::clone(conn), &room_id, since.as_deref(), streams)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                conn.push(frames::error(&e));
+            }
+        }
+        ClientFrame::Unsubscribe { room_id } => {
+            if fanout.hub.unsubscribe(conn.id, &room_id) {
+                conn.push(frames::unsubscribed(&room_id));
+            } else {
+                conn.push(frames::error(&FrameError::new(
+                    "not_subscribed",
+                    "not subscribed to this room",
+                )));
+            }
+        }
+        ClientFrame::Typing { room_id } => {
+            if fanout.hub.is_subscribed(conn.id, &room_id) {
+                fanout.hub.typing(conn.id, &room_id, &user.user_id);
+            } else {
+                conn.push(frames::error(&FrameError::new(
+                    "not_subscribed",
+                    "subscribe to the room first",
+                )));
+            }
+        }
+        ClientFrame::Send {
+            room_id,
+            client_msg_id,
+            text,
+        } => {
+            // Sends run concurrently (acks carry client_msg_id), bounded per connection.
+            let Ok(permit) = Arc::clone(sends).acquire_owned().await else {
+                return;
+            };
+            let (fanout, conn, user) = (Arc::clone(fanout), Arc::clone(conn), user.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let frame = match fanout.ingest.post(&user, &room_id, &client_msg_id, &text).await {
+                    Ok(p) => frames::ack(&client_msg_id, &p.message_id, &p.cursor),
+                    Err(e) => frames::error(&frame_error(e, Some(&client_msg_id))),
+                };
+                conn.push(frame);
+            });
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The frames of the WebSocket protocol (see the contract and docs/api.md).
+
+use axum::extract::ws::Utf8Bytes;
+use emosation_core::time::rfc3339_millis;
+use emosation_core::view::RoomEventView;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Which stream an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Chat,
+    Emotion,
+}
+
+/// Streams a subscription receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streams {
+    pub chat: bool,
+    pub emotion: bool,
+}
+
+impl Streams {
+    pub const ALL: Streams = Streams {
+        chat: true,
+        emotion: true,
+    };
+
+    pub fn wants(&self, s: Stream) -> bool {
+        match s {
+            Stream::Chat => self.chat,
+            Stream::Emotion => self.emotion,
+        }
+    }
+}
+
+/// A frame from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    Subscribe {
+        room_id: String,
+        since: Option<String>,
+        streams: Streams,
+    },
+    Unsubscribe {
+        room_id: String,
+    },
+    Send {
+        room_id: String,
+        client_msg_id: String,
+        text: String,
+    },
+    Typing {
+        room_id: String,
+    },
+}
+
+/// Why a client frame was refused: `(code, message, client_msg_id)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: &'static str,
+    pub message: String,
+    pub client_msg_id: Option<String>,
+}
+
+impl FrameError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        FrameError {
+            code,
+            message: message.into(),
+            client_msg_id: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SubscribeBody {
+    room_id: String,
+    since: Option<String>,
+    streams: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct RoomBody {
+    room_id: String,
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    room_id: String,
+    client_msg_id: String,
+    text: String,
+}
+
+/// Parses a client frame; every failure is a frame error, never a panic.
+pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| FrameError::new("invalid_json", e.to_string()))?;
+    let Some(kind) = v.get("type").and_then(Value::as_str) else {
+        return Err(FrameError::new("invalid_request", "a frame needs a string \"type\""));
+    };
+    let bad = |e: serde_json::Error| {
+        let mut err = FrameError::new("invalid_request", format!("{kind}: {e}"));
+        err.client_msg_id = v.get("client_msg_id").and_then(Value::as_str).map(str::to_owned);
+        err
+    };
+    match kind {
+        "subscribe" => {
+            let b: SubscribeBody = serde_json::from_value(v.clone()).map_err(bad)?;
+            let streams = match b.streams {
+                None => Streams::ALL,
+                Some(list) => {
+                    let mut s = Streams {
+                        chat: false,
+                        emotion: false,
+                    };
+                    for name in &list {
+                        match name.as_str() {
+                            "chat" => s.chat = true,
+                            "emotion" => s.emotion = true,
+                            other => {
+                                return Err(FrameError::new(
+                                    "invalid_request",
+                                    format!("unknown stream {other:?}; streams are chat and emotion"),
+                                ));
+                            }
+                        }
+                    }
+                    if list.is_empty() {
+                        return Err(FrameError::new("invalid_request", "streams must not be empty"));
+                    }
+                    s
+                }
+            };
+            Ok(ClientFrame::Subscribe {
+                room_id: b.room_id,
+                since: b.since,
+                streams,
+            })
+        }
+        "unsubscribe" => {
+            let b: RoomBody = serde_json::from_value(v.clone()).map_err(bad)?;
+            Ok(ClientFrame::Unsubscribe { room_id: b.room_id })
+        }
+        "send" => {
+            let b: SendBody = serde_json::from_value(v.clone()).map_err(bad)?;
+            Ok(ClientFrame::Send {
+                room_id: b.room_id,
+                client_msg_id: b.client_msg_id,
+                text: b.text,
+            })
+        }
+        "typing" => {
+            let b: RoomBody = serde_json::from_value(v.clone()).map_err(bad)?;
+            Ok(ClientFrame::Typing { room_id: b.room_id })
+        }
+        other => Err(FrameError::new("unknown_type", format!("unknown frame type {other:?}"))),
+    }
+}
+
+fn text(v: Value) -> Utf8Bytes {
+    Utf8Bytes::from(v.to_string())
+}
+
+pub fn hello(user_id: &str, session_id: &str) -> Utf8Bytes {
+    text(json!({"type": "hello", "user_id": user_id, "session_id": session_id}))
+}
+
+pub fn subscribed(room_id: &str, cursor: &str) -> Utf8Bytes {
+    text(json!({"type": "subscribed", "room_id": room_id, "cursor": cursor}))
+}
+
+pub fn unsubscribed(room_id: &str) -> Utf8Bytes {
+    text(json!({"type": "unsubscribed", "room_id": room_id}))
+}
+
+pub fn ack(client_msg_id: &str, message_id: &str, cursor: &str) -> Utf8Bytes {
+    text(json!({"type": "ack", "client_msg_id": client_msg_id, "message_id": message_id, "cursor": cursor}))
+}
+
+pub fn error(e: &FrameError) -> Utf8Bytes {
+    let mut v = json!({"type": "error", "code": e.code, "message": e.message});
+    if let Some(c) = &e.client_msg_id {
+        v["client_msg_id"] = json!(c);
+    }
+    text(v)
+}
+
+pub fn typing(room_id: &str, user_id: &str) -> Utf8Bytes {
+    text(json!({"type": "typing", "room_id": room_id, "user_id": user_id}))
+}
+
+pub fn kicked(reason: &str) -> Utf8Bytes {
+    text(json!({"type": "kicked", "reason": reason}))
+}
+
+/// A `message` frame, from the record and the id its position gives it.
+pub fn message(m: &emosation_core::record::MessagePosted, message_id: &str) -> Utf8Bytes {
+    text(json!({
+        "type": "message",
+        "message_id": message_id,
+        "room_id": m.room_id,
+        "author_id": m.author_id,
+        "author": m.author,
+        "text": m.text,
+        "created_at": rfc3339_millis(m.at),
+        "cursor": message_id,
+    }))
+}
+
+/// A `member_joined` / `member_left` frame.
+pub fn membership(e: &RoomEventView, cursor: &str) -> Utf8Bytes {
+    text(json!({
+        "type": if e.joined { "member_joined" } else { "member_left" },
+        "room_id": e.room_id,
+        "user_id": e.user_id,
+        "username": e.username,
+        "member_count": e.member_count,
+        "cursor": cursor,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses() {
+        assert_eq!(
+            parse(r#"{"type":"subscribe","room_id":"r","streams":["chat"]}"#).unwrap(),
+            ClientFrame::Subscribe {
+                room_id: "r".into(),
+                since: None,
+                streams: Streams {
+                    chat: true,
+                    emotion: false
+                }
+            }
+        );
+        assert_eq!(parse("not json").unwrap_err().code, "invalid_json");
+        assert_eq!(parse(r#"{"room_id":"r"}"#).unwrap_err().code, "invalid_request");
+        assert_eq!(parse(r#"{"type":"dance"}"#).unwrap_err().code, "unknown_type");
+        assert_eq!(parse(r#"{"type":"subscribe"}"#).unwrap_err().code, "invalid_request");
+        assert_eq!(
+            parse(r#"{"type":"subscribe","room_id":"r","streams":["x"]}"#)
+                .unwrap_err()
+                .code,
+            "invalid_request"
+        );
+        let e = parse(r#"{"type":"send","room_id":"r","client_msg_id":"c9"}"#).unwrap_err();
+        assert_eq!((e.code, e.client_msg_id.as_deref()), ("invalid_request", Some("c9")));
+        assert_eq!(parse(r#"[1,2]"#).unwrap_err().code, "invalid_request");
+    }
+}
