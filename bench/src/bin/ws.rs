@@ -1,0 +1,265 @@
+//! WebSocket fan-out scenarios against the release server (a child process),
+//! latency measured from the sender's `send` to each receiver's frame, through
+//! the log. One JSON line per scenario.
+//!
+//! Run pinned, server on one core and this load generator on the other:
+//! `BENCH_SERVER_CPU=0 taskset -c 1 target/release/ws` (what `bench/run` does).
+//! `SCENARIOS=room1k,rooms100,light,ramp` picks scenarios; `SECS` (default 10)
+//! sets each load's duration.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use emosation_bench::{ServerProcess, create_room, join, percentiles, user};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(base: &str, token: &str) -> anyhow::Result<Ws> {
+    let url = format!("{}/v1/ws?access_token={token}", base.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    ws.next().await; // hello
+    Ok(ws)
+}
+
+async fn subscribe(ws: &mut Ws, room: &str) -> anyhow::Result<()> {
+    ws.send(Message::text(json!({"type": "subscribe", "room_id": room}).to_string()))
+        .await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => return Ok(()),
+            Some(Ok(Message::Text(t))) if t.as_str().contains("\"error\"") => {
+                anyhow::bail!("subscribe: {}", t.as_str())
+            }
+            Some(Ok(_)) => continue,
+            _ => anyhow::bail!("closed while subscribing"),
+        }
+    }
+}
+
+/// The send time embedded in a message frame's text (`"text":"t=<micros>`).
+fn sent_at(frame: &str) -> Option<u64> {
+    let i = frame.find("\"text\":\"t=")? + 10;
+    let digits: &str = &frame[i..];
+    let end = digits.find(|c: char| !c.is_ascii_digit())?;
+    digits[..end].parse().ok()
+}
+
+struct Receivers {
+    latencies: Vec<Arc<std::sync::Mutex<Vec<u32>>>>,
+    received: Arc<AtomicU64>,
+}
+
+/// Opens `n` subscribed receivers per room.
+async fn receivers(base: &str, token: &str, rooms: &[String], per_room: usize) -> anyhow::Result<Receivers> {
+    let received = Arc::new(AtomicU64::new(0));
+    let mut latencies = Vec::new();
+    for room in rooms {
+        for _ in 0..per_room {
+            let mut ws = connect(base, token).await?;
+            subscribe(&mut ws, room).await?;
+            let lat = Arc::new(std::sync::Mutex::new(Vec::with_capacity(4096)));
+            latencies.push(Arc::clone(&lat));
+            let received = Arc::clone(&received);
+            tokio::spawn(async move {
+                while let Some(Ok(m)) = ws.next().await {
+                    if let Message::Text(t) = m
+                        && let Some(at) = sent_at(t.as_str())
+                    {
+                        lat.lock().unwrap().push(now_us().saturating_sub(at) as u32);
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    }
+    Ok(Receivers { latencies, received })
+}
+
+/// `senders` connections send `rate` messages/s in total for `secs` over
+/// `rooms`, round robin; returns the number acknowledged.
+async fn send_load(
+    base: &str,
+    token: &str,
+    rooms: &[String],
+    senders: usize,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<u64> {
+    let acked = Arc::new(AtomicU64::new(0));
+    let per_sender = rate as f64 / senders as f64;
+    let interval = Duration::from_secs_f64(1.0 / per_sender);
+    let total_per_sender = (per_sender * secs as f64) as u64;
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let ws = connect(base, token).await?;
+        let (mut tx, mut rx) = ws.split();
+        let acked = Arc::clone(&acked);
+        let rooms = rooms.to_vec();
+        let acks = tokio::spawn(async move {
+            let mut n = 0;
+            while n < total_per_sender {
+                match tokio::time::timeout(Duration::from_secs(30), rx.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"ack\"") => {
+                        n += 1;
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
+                }
+            }
+        });
+        tasks.push(tokio::spawn(async move {
+            let start = Instant::now() + interval.mul_f64(s as f64 / senders as f64);
+            for i in 0..total_per_sender {
+                tokio::time::sleep_until((start + interval.mul_f64(i as f64)).into()).await;
+                let room = &rooms[(i as usize * senders + s) % rooms.len()];
+                let f = json!({"type": "send", "room_id": room, "client_msg_id": format!("s{s}-{i}"), "text": format!("t={} hello", now_us())});
+                if tx.send(Message::text(f.to_string())).await.is_err() {
+                    break;
+                }
+            }
+            let _ = acks.await;
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(acked.load(Ordering::Relaxed))
+}
+
+async fn scenario(
+    name: &str,
+    base: &str,
+    recv_token: &str,
+    send_token: &str,
+    rooms: &[String],
+    per_room: usize,
+    senders: usize,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<()> {
+    let r = receivers(base, recv_token, rooms, per_room).await?;
+    let started = Instant::now();
+    let acked = send_load(base, send_token, rooms, senders, rate, secs).await?;
+    // Let deliveries drain.
+    let expected = acked * per_room as u64;
+    let drain = Instant::now();
+    while r.received.load(Ordering::Relaxed) < expected && drain.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let received = r.received.load(Ordering::Relaxed);
+    let mut all = Vec::new();
+    for l in &r.latencies {
+        all.extend(l.lock().unwrap().iter().map(|v| *v as u64));
+    }
+    println!(
+        "{}",
+        json!({"bench": "ws", "scenario": name, "rooms": rooms.len(), "clients_per_room": per_room, "senders": senders,
+               "offered_msgs_per_sec": rate, "acked": acked, "deliveries_expected": expected, "deliveries": received,
+               "lost": expected.saturating_sub(received), "deliveries_per_sec": (received as f64 / elapsed).round(),
+               "latency": percentiles(all)})
+    );
+    Ok(())
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let scenarios: String = env("SCENARIOS", "light,rooms100,room1k,ramp".to_owned());
+    let secs: u64 = env("SECS", 10);
+    for name in scenarios.split(',') {
+        let server = ServerProcess::start(&["--sessions-per-user", "100000", "--ws-queue-frames", "4096"]).await?;
+        let base = server.base.clone();
+        let http = reqwest::Client::new();
+        let (_, rt) = user(&http, &base, "receiver").await?;
+        let (_, st) = user(&http, &base, "sender").await?;
+        let room_count = if name == "rooms100" { 100 } else { 1 };
+        let mut rooms = Vec::new();
+        for i in 0..room_count {
+            let room = create_room(&http, &base, &st, &format!("r{i}")).await?;
+            join(&http, &base, &rt, &room).await?;
+            rooms.push(room);
+        }
+        match name {
+            "light" => scenario(name, &base, &rt, &st, &rooms, 100, 1, 25, secs).await?,
+            "rooms100" => scenario(name, &base, &rt, &st, &rooms, 10, 10, 2000, secs).await?,
+            "room1k" => scenario(name, &base, &rt, &st, &rooms, 1000, 10, 500, secs).await?,
+            "ramp" => {
+                let n: usize = env("RAMP_CONNS", 10_000);
+                let pid = server.child.id().unwrap_or(0);
+                let before = rss_kb(pid);
+                let t = Instant::now();
+                let mut conns = Vec::with_capacity(n);
+                // Connect (with the JWT check) as fast as the server accepts.
+                let mut pending = futures_util::stream::FuturesUnordered::new();
+                let mut opened = 0;
+                while opened < n || !pending.is_empty() {
+                    while opened < n && pending.len() < 256 {
+                        let (base, rt) = (base.clone(), rt.clone());
+                        pending.push(async move { connect(&base, &rt).await });
+                        opened += 1;
+                    }
+                    if let Some(r) = pending.next().await {
+                        conns.push(r?);
+                    }
+                }
+                let connect_secs = t.elapsed().as_secs_f64();
+                for ws in conns.iter_mut() {
+                    ws.send(Message::text(
+                        json!({"type": "subscribe", "room_id": rooms[0]}).to_string(),
+                    ))
+                    .await?;
+                }
+                for ws in conns.iter_mut() {
+                    subscribe_ack(ws).await?;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let after = rss_kb(pid);
+                println!(
+                    "{}",
+                    json!({"bench": "ws", "scenario": "ramp", "connections": n, "connect_secs": connect_secs,
+                           "connections_per_sec": (n as f64 / connect_secs).round(), "rss_before_kb": before,
+                           "rss_after_kb": after, "rss_per_connection_kb": ((after.saturating_sub(before)) as f64 / n as f64 * 10.0).round() / 10.0})
+                );
+                drop(conns);
+            }
+            other => anyhow::bail!("unknown scenario {other}"),
+        }
+        drop(server);
+    }
+    Ok(())
+}
+
+async fn subscribe_ack(ws: &mut Ws) -> anyhow::Result<()> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => return Ok(()),
+            Some(Ok(Message::Text(t))) if t.as_str().contains("\"error\"") => anyhow::bail!("{}", t.as_str()),
+            Some(Ok(_)) => continue,
+            _ => anyhow::bail!("closed while subscribing"),
+        }
+    }
+}
