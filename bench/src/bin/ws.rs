@@ -142,17 +142,27 @@ async fn send_load(
     Ok(acked.load(Ordering::Relaxed))
 }
 
-async fn scenario(
-    name: &str,
-    base: &str,
-    recv_token: &str,
-    send_token: &str,
-    rooms: &[String],
+/// One load: receivers per room, senders, total messages/s, duration.
+struct Load {
     per_room: usize,
     senders: usize,
     rate: u64,
     secs: u64,
+}
+
+async fn scenario(
+    name: &str,
+    base: &str,
+    (recv_token, send_token): (&str, &str),
+    rooms: &[String],
+    load: Load,
 ) -> anyhow::Result<()> {
+    let Load {
+        per_room,
+        senders,
+        rate,
+        secs,
+    } = load;
     let r = receivers(base, recv_token, rooms, per_room).await?;
     let started = Instant::now();
     let acked = send_load(base, send_token, rooms, senders, rate, secs).await?;
@@ -204,9 +214,33 @@ async fn main() -> anyhow::Result<()> {
             rooms.push(room);
         }
         match name {
-            "light" => scenario(name, &base, &rt, &st, &rooms, 100, 1, 25, secs).await?,
-            "rooms100" => scenario(name, &base, &rt, &st, &rooms, 10, 10, 2000, secs).await?,
-            "room1k" => scenario(name, &base, &rt, &st, &rooms, 1000, 10, 500, secs).await?,
+            "light" => {
+                let load = Load {
+                    per_room: 100,
+                    senders: 1,
+                    rate: 25,
+                    secs,
+                };
+                scenario(name, &base, (&rt, &st), &rooms, load).await?
+            }
+            "rooms100" => {
+                let load = Load {
+                    per_room: 10,
+                    senders: 10,
+                    rate: 2000,
+                    secs,
+                };
+                scenario(name, &base, (&rt, &st), &rooms, load).await?
+            }
+            "room1k" => {
+                let load = Load {
+                    per_room: 1000,
+                    senders: 10,
+                    rate: 500,
+                    secs,
+                };
+                scenario(name, &base, (&rt, &st), &rooms, load).await?
+            }
             "ramp" => {
                 let n: usize = env("RAMP_CONNS", 10_000);
                 let pid = server.child.id().unwrap_or(0);
