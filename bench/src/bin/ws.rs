@@ -31,7 +31,11 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 
 async fn connect(base: &str, token: &str) -> anyhow::Result<Ws> {
     let url = format!("{}/v1/ws?access_token={token}", base.replace("http://", "ws://"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    // Small client buffers: the generator holds thousands of sockets.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
     ws.next().await; // hello
     Ok(ws)
 }
@@ -188,6 +192,90 @@ async fn scenario(
     Ok(())
 }
 
+/// A minimal WebSocket client for the ramp: a fixed upgrade request and raw
+/// frames, so the one-core load generator can open connections faster than
+/// the server accepts them.
+mod raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub(crate) async fn connect(addr: &str, token: &str) -> anyhow::Result<TcpStream> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let req = format!(
+            "GET /v1/ws?access_token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(512);
+        let mut chunk = [0u8; 512];
+        loop {
+            let n = s.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                anyhow::ensure!(
+                    buf.starts_with(b"HTTP/1.1 101"),
+                    "upgrade refused: {}",
+                    String::from_utf8_lossy(&buf)
+                );
+                let rest = buf.split_off(end + 4);
+                read_frame(&mut s, rest).await?; // hello
+                return Ok(s);
+            }
+        }
+    }
+
+    /// Reads one unmasked server text frame (short payloads), given bytes already read.
+    pub(crate) async fn read_frame(s: &mut TcpStream, mut buf: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        let mut chunk = [0u8; 512];
+        loop {
+            if buf.len() >= 2 {
+                let (len, head) = match buf[1] & 0x7f {
+                    126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                    126 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && buf.len() >= head + len {
+                    return Ok(buf[head..head + len].to_vec());
+                }
+            }
+            let n = s.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends a masked client text frame (mask 0: the payload is unchanged).
+    pub(crate) async fn send_text(s: &mut TcpStream, text: &str) -> anyhow::Result<()> {
+        let p = text.as_bytes();
+        let mut f = vec![0x81];
+        if p.len() < 126 {
+            f.push(0x80 | p.len() as u8);
+        } else {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        }
+        f.extend_from_slice(&[0, 0, 0, 0]);
+        f.extend_from_slice(p);
+        s.write_all(&f).await?;
+        Ok(())
+    }
+}
+
+/// CPU time (user + system) a process has used, in microseconds.
+fn cpu_us(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks * 10_000 // USER_HZ = 100
+}
+
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -245,15 +333,17 @@ async fn main() -> anyhow::Result<()> {
                 let n: usize = env("RAMP_CONNS", 10_000);
                 let pid = server.child.id().unwrap_or(0);
                 let before = rss_kb(pid);
+                let cpu_before = cpu_us(pid);
                 let t = Instant::now();
                 let mut conns = Vec::with_capacity(n);
                 // Connect (with the JWT check) as fast as the server accepts.
+                let addr = base.trim_start_matches("http://").to_owned();
                 let mut pending = futures_util::stream::FuturesUnordered::new();
                 let mut opened = 0;
                 while opened < n || !pending.is_empty() {
                     while opened < n && pending.len() < 256 {
-                        let (base, rt) = (base.clone(), rt.clone());
-                        pending.push(async move { connect(&base, &rt).await });
+                        let (addr, rt) = (addr.clone(), rt.clone());
+                        pending.push(async move { raw::connect(&addr, &rt).await });
                         opened += 1;
                     }
                     if let Some(r) = pending.next().await {
@@ -261,14 +351,14 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
                 let connect_secs = t.elapsed().as_secs_f64();
-                for ws in conns.iter_mut() {
-                    ws.send(Message::text(
-                        json!({"type": "subscribe", "room_id": rooms[0]}).to_string(),
-                    ))
-                    .await?;
+                let server_cpu_us = cpu_us(pid).saturating_sub(cpu_before);
+                let subscribe = json!({"type": "subscribe", "room_id": rooms[0]}).to_string();
+                for s in conns.iter_mut() {
+                    raw::send_text(s, &subscribe).await?;
                 }
-                for ws in conns.iter_mut() {
-                    subscribe_ack(ws).await?;
+                for s in conns.iter_mut() {
+                    let f = raw::read_frame(s, Vec::new()).await?;
+                    anyhow::ensure!(String::from_utf8_lossy(&f).contains("subscribed"), "subscribe failed");
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let after = rss_kb(pid);
@@ -276,7 +366,9 @@ async fn main() -> anyhow::Result<()> {
                     "{}",
                     json!({"bench": "ws", "scenario": "ramp", "connections": n, "connect_secs": connect_secs,
                            "connections_per_sec": (n as f64 / connect_secs).round(), "rss_before_kb": before,
-                           "rss_after_kb": after, "rss_per_connection_kb": ((after.saturating_sub(before)) as f64 / n as f64 * 10.0).round() / 10.0})
+                           "rss_after_kb": after, "rss_per_connection_kb": ((after.saturating_sub(before)) as f64 / n as f64 * 10.0).round() / 10.0,
+                           "server_cpu_us_per_connection": server_cpu_us / n as u64,
+                           "server_capacity_connections_per_sec": (n as f64 / (server_cpu_us.max(1) as f64 / 1e6)).round()})
                 );
                 drop(conns);
             }
@@ -285,15 +377,4 @@ async fn main() -> anyhow::Result<()> {
         drop(server);
     }
     Ok(())
-}
-
-async fn subscribe_ack(ws: &mut Ws) -> anyhow::Result<()> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => return Ok(()),
-            Some(Ok(Message::Text(t))) if t.as_str().contains("\"error\"") => anyhow::bail!("{}", t.as_str()),
-            Some(Ok(_)) => continue,
-            _ => anyhow::bail!("closed while subscribing"),
-        }
-    }
 }
