@@ -48,10 +48,15 @@ async fn main() -> anyhow::Result<()> {
 
     let views: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("views"))?);
     let log: Arc<dyn Log> = log;
-    let stats = emosation_projector::replay(Arc::clone(&log), Arc::clone(&views), Arc::new(|_, _| {})).await?;
+    let mut options = emosation_projector::ReplayOptions::default();
+    if let Some(p) = std::env::var("PARALLEL").ok().and_then(|v| v.parse().ok()) {
+        options.parallel = p;
+    }
+    let stats =
+        emosation_projector::replay_with(Arc::clone(&log), Arc::clone(&views), Arc::new(|_, _| {}), options).await?;
     let checksum = views.checksum().await?;
     // A second replay must land on the same digest.
-    let again = emosation_projector::replay(log, Arc::clone(&views), Arc::new(|_, _| {})).await?;
+    let again = emosation_projector::replay_with(log, Arc::clone(&views), Arc::new(|_, _| {}), options).await?;
     assert_eq!(views.checksum().await?, checksum, "replay is deterministic");
     println!(
         "{}",
