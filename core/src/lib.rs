@@ -12,9 +12,11 @@
 //! - [`record`]: the commands as they are stored on the log (one Avro schema each).
 //! - [`view`]: view entities and their keys; [`view::MemState`], a whole state in memory.
 //! - [`fold`]: `fold(state, position, record) -> outcome`, and the keys a record reads.
-//! - [`ports`]: the log and view-store contracts.
+//! - [`emotion`]: emotion labels and classifications.
+//! - [`ports`]: the log, view-store, decisions and classifier contracts.
 //! - [`time`]: RFC 3339 formatting of record timestamps.
 
+pub mod emotion;
 pub mod fold;
 pub mod ids;
 pub mod ports;

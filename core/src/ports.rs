@@ -204,3 +204,33 @@ pub trait Decisions: Send + Sync + 'static {
 
 /// A pending wait for an applied watermark.
 pub type AppliedTicket = std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    /// The model could not be reached or answered with an error; retrying
+    /// later (or another classifier) may succeed.
+    #[error("classifier unavailable: {0}")]
+    Unavailable(String),
+    /// The model answered, but not with something that can be read as
+    /// classifications of the given texts.
+    #[error("classifier answered unreadably: {0}")]
+    Malformed(String),
+}
+
+/// Classifies the emotion of texts.
+///
+/// Contract:
+/// - `classify(texts)` returns exactly one [`crate::emotion::Classification`]
+///   per text, in the same order, or an error for the whole batch.
+/// - Scores are in [0, 1] and sum to 1 per text; `label` is the top score.
+/// - An adapter may batch texts into one model request; callers may pass any
+///   number of texts and must not assume a request per text.
+/// - An offline adapter is deterministic: the same text always gets the same
+///   classification. Model adapters need not be, which is why the analyzer
+///   appends classifications to the log instead of recomputing them.
+#[async_trait]
+pub trait Classifier: Send + Sync + 'static {
+    /// The model name recorded with each classification.
+    fn model(&self) -> &str;
+    async fn classify(&self, texts: &[&str]) -> Result<Vec<crate::emotion::Classification>, ClassifyError>;
+}
