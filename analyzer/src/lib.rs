@@ -3,7 +3,14 @@
 //! fan-out nodes deliver on the `emotion` stream and the query API serves.
 //!
 //! Its port is [`emosation_core::ports::Classifier`] (vocabulary in
-//! [`emosation_core::emotion`]); the offline lexicon classifier and the
-//! OpenAI-compatible adapter, the consumer group and the emotion view arrive
-//! with the analyzer issue. It is also the model for every later analytics
-//! consumer: its own consumer group, backfill from offset 0, progress and lag.
+//! [`emosation_core::emotion`]). It is also the model for every later
+//! analytics consumer: its own consumer group, backfill from offset 0,
+//! progress and lag.
+//!
+//! # Layout
+//! - [`offline`]: [`offline::LexiconClassifier`], the default classifier
+//!   (English and Korean lexicon and rules, no network).
+//! - [`eval`]: the labelled evaluation set and accuracy / macro-F1.
+
+pub mod eval;
+pub mod offline;
