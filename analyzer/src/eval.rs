@@ -124,18 +124,3 @@ mod tests {
         assert!(held.accuracy >= 0.6, "held-out accuracy {held:?}");
     }
 }
-
-#[cfg(test)]
-mod debug {
-    #[test]
-    #[ignore]
-    fn print_errors() {
-        let c = crate::offline::LexiconClassifier::new();
-        for (lang, gold, text) in super::eval_set() {
-            let got = c.classify_one(text);
-            if got.label != gold {
-                eprintln!("{lang} {gold} -> {} ({:.2}) | {text}", got.label, got.score);
-            }
-        }
-    }
-}

@@ -8,10 +8,11 @@
 //! position; it reads only state written by records with the same partition key,
 //! so partitions can be folded in any interleaving with the same result.
 
+use crate::emotion::Label;
 use crate::ids::{LogPosition, normalize_username};
 use crate::record::Record;
 use crate::view::{
-    FoldState, MemberView, MessageView, RoomEventView, RoomView, SessionView, UserView, ViewKey, ViewValue,
+    EmotionView, FoldState, MemberView, MessageView, RoomEventView, RoomView, SessionView, UserView, ViewKey, ViewValue,
 };
 
 /// What the fold decided about one record.
@@ -41,6 +42,10 @@ pub enum Accepted {
         duplicate: bool,
     },
     ReadMarkerSet,
+    /// `duplicate` when the message already had an emotion (the first wins).
+    EmotionRecorded {
+        duplicate: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +64,8 @@ pub enum Rejection {
     NotMember,
     #[error("message not found in this room")]
     MessageNotFound,
+    #[error("record is malformed")]
+    Malformed,
 }
 
 /// The keys `fold` may read for `record`. The projector prefetches exactly these
@@ -79,6 +86,17 @@ pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
                 room_id: r.room_id.clone(),
                 user_id: r.author_id.clone(),
                 client_msg_id: r.client_msg_id.clone(),
+            },
+        ],
+        Record::EmotionRecorded(r) => vec![
+            ViewKey::Room(r.room_id.clone()),
+            ViewKey::Message {
+                room_id: r.room_id.clone(),
+                message_id: r.message_id.clone(),
+            },
+            ViewKey::Emotion {
+                room_id: r.room_id.clone(),
+                message_id: r.message_id.clone(),
             },
         ],
         Record::ReadMarkerSet(r) => vec![
@@ -239,6 +257,7 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
                 member_count: 1,
                 message_count: 0,
                 last_message_id: None,
+                emotion_counts: [0; 7],
             };
             put_member(
                 state,
@@ -374,6 +393,51 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
                 duplicate: false,
             })
         }
+        Record::EmotionRecorded(r) => {
+            let room_key = ViewKey::Room(r.room_id.clone());
+            if !matches!(state.get(&room_key), Some(ViewValue::Room(_))) {
+                return Err(Rejection::RoomNotFound);
+            }
+            let msg_key = ViewKey::Message {
+                room_id: r.room_id.clone(),
+                message_id: r.message_id.clone(),
+            };
+            if !matches!(state.get(&msg_key), Some(ViewValue::Message(_))) {
+                return Err(Rejection::MessageNotFound);
+            }
+            let emotion_key = ViewKey::Emotion {
+                room_id: r.room_id.clone(),
+                message_id: r.message_id.clone(),
+            };
+            if state.get(&emotion_key).is_some() {
+                return Ok(Accepted::EmotionRecorded { duplicate: true });
+            }
+            let label: Label = r.label.parse().map_err(|_| Rejection::Malformed)?;
+            let scores: [f32; 7] = r.scores.as_slice().try_into().map_err(|_| Rejection::Malformed)?;
+            if !r.score.is_finite() || scores.iter().any(|s| !s.is_finite()) {
+                return Err(Rejection::Malformed);
+            }
+            let slot = Label::ALL.iter().position(|l| *l == label).unwrap_or(6);
+            state.update(&room_key, |v| {
+                if let ViewValue::Room(room) = v {
+                    room.emotion_counts[slot] += 1;
+                }
+            });
+            state.put(
+                emotion_key,
+                ViewValue::Emotion(EmotionView {
+                    room_id: r.room_id.clone(),
+                    message_id: r.message_id.clone(),
+                    label: label.as_str().to_owned(),
+                    score: r.score,
+                    scores,
+                    model: r.model.clone(),
+                    created_at: r.at,
+                    position: pos.to_id(),
+                }),
+            );
+            Ok(Accepted::EmotionRecorded { duplicate: false })
+        }
         Record::ReadMarkerSet(r) => {
             get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
             let mut m = get_member(state, &r.room_id, &r.user_id).ok_or(Rejection::NotMember)?;
@@ -482,6 +546,16 @@ mod tests {
                 room_id: ROOMS[r].into(),
                 user_id: uid(u),
                 message_id: LogPosition::new(partition_for(ROOMS[r].as_bytes(), 8), off).to_id(),
+            })),
+            (r.clone(), 0..40u64, 0..7usize).prop_map(|(r, off, l)| Record::EmotionRecorded(EmotionRecorded {
+                request_id: 9,
+                at: 18,
+                room_id: ROOMS[r].into(),
+                message_id: LogPosition::new(partition_for(ROOMS[r].as_bytes(), 8), off).to_id(),
+                label: crate::emotion::Label::ALL[l].as_str().into(),
+                score: 0.5,
+                scores: vec![0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05],
+                model: "m".into(),
             })),
             u.prop_map(|u| Record::SessionRevoked(SessionRevoked {
                 request_id: 8,

@@ -96,8 +96,22 @@ pub struct ReadMarkerSet {
     pub message_id: String,
 }
 
+/// The analyzer's classification of one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmotionRecorded {
+    pub request_id: i64,
+    pub at: i64,
+    pub room_id: String,
+    pub message_id: String,
+    pub label: String,
+    pub score: f32,
+    /// One score per label, in `Label::ALL` order.
+    pub scores: Vec<f32>,
+    pub model: String,
+}
+
 /// A record on the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     UserSignedUp(UserSignedUp),
     AccountDeleted(AccountDeleted),
@@ -108,6 +122,7 @@ pub enum Record {
     MemberQuit(MemberQuit),
     MessagePosted(MessagePosted),
     ReadMarkerSet(ReadMarkerSet),
+    EmotionRecorded(EmotionRecorded),
 }
 
 impl Record {
@@ -122,7 +137,8 @@ impl Record {
             | Record::MemberJoined(_)
             | Record::MemberQuit(_)
             | Record::MessagePosted(_)
-            | Record::ReadMarkerSet(_) => Topic::Rooms,
+            | Record::ReadMarkerSet(_)
+            | Record::EmotionRecorded(_) => Topic::Rooms,
         }
     }
 
@@ -141,6 +157,7 @@ impl Record {
             Record::MemberQuit(r) => r.room_id.clone(),
             Record::MessagePosted(r) => r.room_id.clone(),
             Record::ReadMarkerSet(r) => r.room_id.clone(),
+            Record::EmotionRecorded(r) => r.room_id.clone(),
         }
     }
 
@@ -155,6 +172,7 @@ impl Record {
             Record::MemberQuit(r) => r.request_id,
             Record::MessagePosted(r) => r.request_id,
             Record::ReadMarkerSet(r) => r.request_id,
+            Record::EmotionRecorded(r) => r.request_id,
         }
     }
 
@@ -170,6 +188,7 @@ impl Record {
             Record::MemberQuit(_) => "member_quit",
             Record::MessagePosted(_) => "message_posted",
             Record::ReadMarkerSet(_) => "read_marker_set",
+            Record::EmotionRecorded(_) => "emotion_recorded",
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct RoomView {
     /// Messages posted so far; a message's `seq` is its 1-based rank in the room.
     pub message_count: u64,
     pub last_message_id: Option<String>,
+    /// Emotions recorded for the room's messages, per label in `Label::ALL` order.
+    pub emotion_counts: [u32; 7],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +60,20 @@ pub struct MessageView {
     pub text: String,
     pub created_at: i64,
     pub client_msg_id: String,
+}
+
+/// The emotion of one message (the analyzer's first classification of it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmotionView {
+    pub room_id: String,
+    pub message_id: String,
+    pub label: String,
+    pub score: f32,
+    pub scores: [f32; 7],
+    pub model: String,
+    pub created_at: i64,
+    /// Log position of the `EmotionRecorded` record: the `emotion` stream's cursor.
+    pub position: String,
 }
 
 /// What changed in a room's membership, and the member count after it: what
@@ -101,6 +117,11 @@ pub enum ViewKey {
         user_id: String,
         client_msg_id: String,
     },
+    /// The emotion of a message.
+    Emotion {
+        room_id: String,
+        message_id: String,
+    },
     /// A membership change of a room, at its log position (16-hex id).
     RoomEvent {
         room_id: String,
@@ -115,7 +136,7 @@ pub enum ViewKey {
 }
 
 /// Tables of the view model, in the order checksums visit them.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "users",
     "usernames",
     "rooms",
@@ -124,6 +145,7 @@ pub const TABLES: [&str; 8] = [
     "client_msgs",
     "sessions",
     "room_events",
+    "emotions",
 ];
 
 impl ViewKey {
@@ -138,6 +160,7 @@ impl ViewKey {
             ViewKey::ClientMsg { .. } => "client_msgs",
             ViewKey::Session { .. } => "sessions",
             ViewKey::RoomEvent { .. } => "room_events",
+            ViewKey::Emotion { .. } => "emotions",
         }
     }
 
@@ -146,7 +169,7 @@ impl ViewKey {
     pub fn is_write_once(&self) -> bool {
         matches!(
             self,
-            ViewKey::Message { .. } | ViewKey::ClientMsg { .. } | ViewKey::RoomEvent { .. }
+            ViewKey::Message { .. } | ViewKey::ClientMsg { .. } | ViewKey::RoomEvent { .. } | ViewKey::Emotion { .. }
         )
     }
 
@@ -170,6 +193,7 @@ impl ViewKey {
             ViewKey::Session { username, session_id } => join(&[username, session_id]),
             ViewKey::Member { room_id, user_id } => join(&[room_id, user_id]),
             ViewKey::RoomEvent { room_id, position } => join(&[room_id, position]),
+            ViewKey::Emotion { room_id, message_id } => join(&[room_id, message_id]),
             ViewKey::Message { room_id, message_id } => join(&[room_id, message_id]),
             ViewKey::ClientMsg {
                 room_id,
@@ -181,7 +205,7 @@ impl ViewKey {
 }
 
 /// One view entity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ViewValue {
     User(UserView),
     Username(String),
@@ -191,6 +215,7 @@ pub enum ViewValue {
     ClientMsg(String),
     Session(SessionView),
     RoomEvent(RoomEventView),
+    Emotion(EmotionView),
 }
 
 /// The state the fold reads and writes. The projector's implementation is an
@@ -206,7 +231,7 @@ pub trait FoldState {
 }
 
 /// A complete view state in memory, ordered, so two equal states compare equal.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemState {
     pub entries: BTreeMap<ViewKey, ViewValue>,
 }

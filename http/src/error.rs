@@ -89,6 +89,7 @@ impl From<Rejection> for ApiError {
             Rejection::RoomFull => (StatusCode::CONFLICT, "room_full"),
             Rejection::NotMember => (StatusCode::FORBIDDEN, "not_member"),
             Rejection::MessageNotFound => (StatusCode::NOT_FOUND, "message_not_found"),
+            Rejection::Malformed => (StatusCode::BAD_REQUEST, "invalid_request"),
         };
         ApiError::new(status, code, r.to_string())
     }

@@ -79,6 +79,21 @@ fn commands(n: usize, topo: Topology) -> Vec<Record> {
                 session_id: random_id(next(1000)),
                 expires_at: 10,
             }),
+            8 => {
+                // Emotions for messages that may or may not exist, sometimes twice.
+                let p = partition_for(rooms[r].as_bytes(), topo.rooms_partitions);
+                let label = ["joy", "sadness", "anger", "neutral"][next(4) as usize];
+                Record::EmotionRecorded(EmotionRecorded {
+                    request_id: i as i64,
+                    at,
+                    room_id: rooms[r].clone(),
+                    message_id: LogPosition::new(p, next(n as u64)).to_id(),
+                    label: label.into(),
+                    score: 0.4,
+                    scores: vec![0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1],
+                    model: "test".into(),
+                })
+            }
             _ => Record::MessagePosted(MessagePosted {
                 request_id: i as i64,
                 at,

@@ -41,6 +41,37 @@ impl<'a> Reader<'a> {
         i32::try_from(self.long()?).map_err(|_| malformed("int out of range"))
     }
 
+    fn float(&mut self) -> Result<f32, SchemaError> {
+        if self.buf.len() < 4 {
+            return Err(malformed("truncated float"));
+        }
+        let (b, rest) = self.buf.split_at(4);
+        self.buf = rest;
+        Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// An array of floats: blocks of `count` items (a negative count is
+    /// followed by the block's size in bytes), ended by a zero count.
+    fn floats(&mut self) -> Result<Vec<f32>, SchemaError> {
+        let mut out = Vec::new();
+        loop {
+            let count = self.long()?;
+            if count == 0 {
+                return Ok(out);
+            }
+            if count < 0 {
+                self.long()?;
+            }
+            let n = count.unsigned_abs();
+            if n > (self.buf.len() / 4) as u64 {
+                return Err(malformed("array longer than the record"));
+            }
+            for _ in 0..n {
+                out.push(self.float()?);
+            }
+        }
+    }
+
     fn string(&mut self) -> Result<String, SchemaError> {
         let len = usize::try_from(self.long()?).map_err(|_| malformed("negative string length"))?;
         if len > self.buf.len() {
@@ -115,6 +146,16 @@ pub(crate) fn decode_current(kind: RecordType, body: &[u8]) -> Result<Record, Sc
             author: r.string()?,
             client_msg_id: r.string()?,
             text: r.string()?,
+        }),
+        RecordType::EmotionRecorded => Record::EmotionRecorded(EmotionRecorded {
+            request_id,
+            at,
+            room_id: r.string()?,
+            message_id: r.string()?,
+            label: r.string()?,
+            score: r.float()?,
+            scores: r.floats()?,
+            model: r.string()?,
         }),
         RecordType::ReadMarkerSet => Record::ReadMarkerSet(ReadMarkerSet {
             request_id,

@@ -38,10 +38,11 @@ pub enum RecordType {
     MemberQuit,
     MessagePosted,
     ReadMarkerSet,
+    EmotionRecorded,
 }
 
 /// Each record type, its file stem and its current schema.
-pub const CURRENT: [(RecordType, &str, &str); 9] = [
+pub const CURRENT: [(RecordType, &str, &str); 10] = [
     (
         RecordType::UserSignedUp,
         "user_signed_up",
@@ -87,11 +88,16 @@ pub const CURRENT: [(RecordType, &str, &str); 9] = [
         "read_marker_set",
         include_str!("../avro/read_marker_set.avsc"),
     ),
+    (
+        RecordType::EmotionRecorded,
+        "emotion_recorded",
+        include_str!("../avro/emotion_recorded.avsc"),
+    ),
 ];
 
 /// Every released version `(type, version, schema)`; the newest of each type
 /// must equal the current schema.
-pub const HISTORY: [(RecordType, u32, &str); 9] = [
+pub const HISTORY: [(RecordType, u32, &str); 10] = [
     (
         RecordType::UserSignedUp,
         1,
@@ -136,6 +142,11 @@ pub const HISTORY: [(RecordType, u32, &str); 9] = [
         RecordType::ReadMarkerSet,
         1,
         include_str!("../avro/history/read_marker_set.v1.avsc"),
+    ),
+    (
+        RecordType::EmotionRecorded,
+        1,
+        include_str!("../avro/history/emotion_recorded.v1.avsc"),
     ),
 ];
 
@@ -233,6 +244,7 @@ pub fn record_type(record: &Record) -> RecordType {
         Record::MemberQuit(_) => RecordType::MemberQuit,
         Record::MessagePosted(_) => RecordType::MessagePosted,
         Record::ReadMarkerSet(_) => RecordType::ReadMarkerSet,
+        Record::EmotionRecorded(_) => RecordType::EmotionRecorded,
     }
 }
 
@@ -257,6 +269,7 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, SchemaError> {
         Record::MemberQuit(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
         Record::MessagePosted(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
         Record::ReadMarkerSet(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::EmotionRecorded(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
     };
     res.map_err(|e| SchemaError::Encode(e.to_string()))?;
     Ok(out)
@@ -310,6 +323,7 @@ fn decode_resolved(known: &Known, mut body: &[u8]) -> Result<Record, SchemaError
         RecordType::MemberQuit => Record::MemberQuit(typed::<r::MemberQuit>(&value)?),
         RecordType::MessagePosted => Record::MessagePosted(typed::<r::MessagePosted>(&value)?),
         RecordType::ReadMarkerSet => Record::ReadMarkerSet(typed::<r::ReadMarkerSet>(&value)?),
+        RecordType::EmotionRecorded => Record::EmotionRecorded(typed::<r::EmotionRecorded>(&value)?),
     })
 }
 

@@ -74,6 +74,16 @@ fn samples() -> Vec<Record> {
             user_id: "u".into(),
             message_id: "m".into(),
         }),
+        Record::EmotionRecorded(EmotionRecorded {
+            request_id: 3,
+            at: 4,
+            room_id: "r".into(),
+            message_id: "m".into(),
+            label: "joy".into(),
+            score: 0.7,
+            scores: vec![0.7, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025],
+            model: "offline-lexicon-v1".into(),
+        }),
     ]
 }
 
@@ -151,7 +161,7 @@ proptest! {
 
     /// A valid header followed by arbitrary bytes exercises the datum decoder.
     #[test]
-    fn arbitrary_bodies_never_panic(which in 0usize..9, body in proptest::collection::vec(any::<u8>(), 0..256)) {
+    fn arbitrary_bodies_never_panic(which in 0usize..10, body in proptest::collection::vec(any::<u8>(), 0..256)) {
         let mut bytes = encode(&samples()[which]).unwrap()[..10].to_vec();
         bytes.extend_from_slice(&body);
         let _ = decode(&bytes);
@@ -254,6 +264,28 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 message_id,
             })
         }),
+        (
+            any::<i64>(),
+            any::<i64>(),
+            t(),
+            t(),
+            t(),
+            -1.0f32..2.0,
+            proptest::collection::vec(0.0f32..1.0, 0..9),
+            t()
+        )
+            .prop_map(|(request_id, at, room_id, message_id, label, score, scores, model)| {
+                Record::EmotionRecorded(EmotionRecorded {
+                    request_id,
+                    at,
+                    room_id,
+                    message_id,
+                    label,
+                    score,
+                    scores,
+                    model,
+                })
+            }),
     ]
 }
 

@@ -117,6 +117,7 @@ fn room(id: &str, members: u32, messages: u64) -> RoomView {
         member_count: members,
         message_count: messages,
         last_message_id: None,
+        emotion_counts: [0; 7],
     }
 }
 
