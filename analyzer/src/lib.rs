@@ -10,7 +10,11 @@
 //! # Layout
 //! - [`offline`]: [`offline::LexiconClassifier`], the default classifier
 //!   (English and Korean lexicon and rules, no network).
+//! - [`consumer`]: [`Analyzer`], the consumer group that appends emotion events.
 //! - [`eval`]: the labelled evaluation set and accuracy / macro-F1.
 
+pub mod consumer;
 pub mod eval;
 pub mod offline;
+
+pub use consumer::Analyzer;

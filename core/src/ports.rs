@@ -141,6 +141,8 @@ pub trait ViewStore: Send + Sync + 'static {
     /// A user's memberships in room-id order.
     async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError>;
     async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError>;
+    /// The emotions of a room's newest `limit` classified messages, oldest first.
+    async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<crate::view::EmotionView>, StoreError>;
     /// A revoked session of `username` (normalized), if it was revoked.
     async fn session(&self, username: &str, session_id: &str) -> Result<Option<SessionView>, StoreError>;
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use emosation_analyzer::Analyzer;
+use emosation_analyzer::offline::LexiconClassifier;
 use emosation_core::ids::Topology;
 use emosation_core::ports::{Decisions, Log, ViewStore};
 use emosation_http::{Authenticator, TokenKeys};
@@ -159,6 +161,9 @@ impl Server {
             shutdown.clone(),
         );
         let fanout = Fanout::new(hub, Arc::clone(&ingest), cfg.fanout);
+        let analyzer = Analyzer::new(Arc::clone(&log), Arc::new(LexiconClassifier::new()));
+        let stop = shutdown.clone();
+        tasks.spawn(async move { analyzer.run(stop).await.context("analyzer") });
         let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions);
         let stop = shutdown.clone();
         tasks.spawn(async move { projector.run(stop).await.context("projector") });

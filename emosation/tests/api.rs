@@ -8,7 +8,7 @@ use std::sync::Arc;
 use base64::Engine;
 use common::{SECRET, TestServer};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_signup_login_refresh_me_logout() {
@@ -409,10 +409,12 @@ async fn rooms_membership_messages_and_unread() {
     );
     let _ = bob_id;
 
-    // Emotions: empty until the analyzer lands, but shaped.
+    // Emotions: shaped, with a count for every label.
     let e = api.get(&format!("/v1/rooms/{room}/emotions"), &alice).await.expect(200);
-    assert_eq!(e["emotions"], json!([]));
-    assert!(e["summary"].is_object());
+    assert!(e["emotions"].is_array());
+    for l in ["joy", "sadness", "anger", "fear", "surprise", "disgust", "neutral"] {
+        assert!(e["summary"][l].is_u64(), "summary has {l}: {e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -740,4 +742,54 @@ async fn views_survive_restart_and_replay_gives_the_same_checksum() {
         .unwrap();
     assert!(stats.records >= 47, "replayed {}", stats.records);
     assert_eq!(views.checksum().await.unwrap(), live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_gets_exactly_one_emotion() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (_, t) = api.user("feeler").await;
+    let room = api.create_room(&t, "feelings", None).await;
+    let texts = [
+        ("I am so happy today!", "joy"),
+        ("I miss you so much, I cried all night", "sadness"),
+        ("This is ridiculous, I'm furious", "anger"),
+        ("정말 무서워요", "fear"),
+        ("The meeting is at 3pm", "neutral"),
+    ];
+    let mut ids = Vec::new();
+    for (i, (text, _)) in texts.iter().enumerate() {
+        ids.push(
+            api.send(&t, &room, &format!("e{i}"), text).await.expect(202)["message_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // A repeated post is one message, so one emotion.
+    api.send(&t, &room, "e0", "I am so happy today!").await.expect(202);
+    let mut body = Value::Null;
+    for _ in 0..200 {
+        body = api.get(&format!("/v1/rooms/{room}/emotions"), &t).await.expect(200);
+        if body["emotions"].as_array().unwrap().len() >= texts.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let emotions = body["emotions"].as_array().unwrap();
+    assert_eq!(emotions.len(), texts.len(), "one emotion per message: {body}");
+    for ((_, label), (e, id)) in texts.iter().zip(emotions.iter().zip(&ids)) {
+        assert_eq!(e["message_id"], id.as_str());
+        assert_eq!(e["label"], *label, "{e}");
+        assert_eq!(e["model"], "offline-lexicon-v1");
+        assert!(e["scores"]["joy"].is_number());
+        assert_eq!(e["cursor"].as_str().unwrap().len(), 16);
+    }
+    assert_eq!(body["summary"]["joy"], 1);
+    assert_eq!(body["summary"]["neutral"], 1);
+    // History carries each message's emotion.
+    let history = api.get(&format!("/v1/rooms/{room}/messages"), &t).await.expect(200);
+    for (m, (_, label)) in history["messages"].as_array().unwrap().iter().zip(texts.iter()) {
+        assert_eq!(m["emotion"]["label"], *label, "{m}");
+    }
 }

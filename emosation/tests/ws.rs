@@ -64,8 +64,9 @@ impl Client {
             .is_err()
     }
 
+    /// Subscribes to the chat stream (the emotion stream has its own test).
     async fn subscribe(&mut self, room: &str, since: Option<&str>) -> Value {
-        let mut f = json!({"type": "subscribe", "room_id": room});
+        let mut f = json!({"type": "subscribe", "room_id": room, "streams": ["chat"]});
         if let Some(s) = since {
             f["since"] = json!(s);
         }
@@ -367,4 +368,76 @@ async fn a_slow_reader_is_disconnected_while_the_room_goes_on() {
         }
     }
     assert_eq!(closed.expect("closed")["code"], 1013);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emotions_arrive_on_their_own_stream_only() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (room, t) = room_with(&api, "emo_a", &["emo_b"]).await;
+    let mut both = Client::connect(&s.base, &t[0]).await;
+    both.send(json!({"type": "subscribe", "room_id": room})).await;
+    assert_eq!(both.next_of(&["subscribed"]).await["room_id"], room.as_str());
+    let mut chat_only = Client::connect(&s.base, &t[1]).await;
+    chat_only
+        .send(json!({"type": "subscribe", "room_id": room, "streams": ["chat"]}))
+        .await;
+    assert_eq!(chat_only.next_of(&["subscribed"]).await["room_id"], room.as_str());
+
+    let id = api
+        .send(&t[0], &room, "happy", "I am so happy today!")
+        .await
+        .expect(202)["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let emotion = both.next_of(&["emotion"]).await;
+    assert_eq!(emotion["message_id"], id.as_str());
+    assert_eq!(emotion["label"], "joy");
+    assert_eq!(emotion["room_id"], room.as_str());
+    assert!(emotion["scores"]["neutral"].is_number());
+    // Posted after the emotion record: the chat-only subscriber sees the two
+    // messages and nothing of the emotion stream between them.
+    let marker = api.send(&t[0], &room, "marker", "marker").await.expect(202)["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = chat_only.next().await;
+    assert_eq!(first["message_id"], id.as_str(), "{first}");
+    let second = chat_only.next().await;
+    assert_eq!(
+        second["type"], "message",
+        "no emotion frame on a chat-only subscription: {second}"
+    );
+    assert_eq!(second["message_id"], marker.as_str());
+
+    // Resume covers the emotion stream too.
+    let mut again = Client::connect(&s.base, &t[0]).await;
+    let cursor = LogCursor::before(&id);
+    again
+        .send(json!({"type": "subscribe", "room_id": room, "since": cursor}))
+        .await;
+    let sub = again.next_of(&["subscribed", "error"]).await;
+    assert_eq!(sub["type"], "subscribed", "{sub}");
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let f = again.next_of(&["message", "emotion"]).await;
+        kinds.push((
+            f["type"].as_str().unwrap().to_owned(),
+            f["message_id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert!(kinds.contains(&("emotion".to_owned(), id.clone())), "{kinds:?}");
+}
+
+/// Cursors are 16 hex digits: partition (4) and offset (12).
+struct LogCursor;
+
+impl LogCursor {
+    /// The cursor just before a message (same partition, offset - 1).
+    fn before(id: &str) -> String {
+        let p = &id[..4];
+        let off = u64::from_str_radix(&id[4..], 16).unwrap();
+        format!("{p}{:012x}", off - 1)
+    }
 }

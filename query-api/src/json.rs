@@ -8,8 +8,9 @@ use std::fmt;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use emosation_core::emotion::Label;
 use emosation_core::time::rfc3339_millis;
-use emosation_core::view::{MemberView, MessageView, RoomView, UserView};
+use emosation_core::view::{EmotionView, MemberView, MessageView, RoomView, UserView};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -64,10 +65,12 @@ pub struct Message<'a> {
     pub text: &'a str,
     pub created_at: Timestamp,
     pub cursor: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emotion: Option<Emotion<'a>>,
 }
 
-impl<'a> From<&'a MessageView> for Message<'a> {
-    fn from(m: &'a MessageView) -> Self {
+impl<'a> Message<'a> {
+    pub fn new(m: &'a MessageView, emotion: Option<&'a EmotionView>) -> Self {
         Message {
             message_id: &m.message_id,
             room_id: &m.room_id,
@@ -76,6 +79,50 @@ impl<'a> From<&'a MessageView> for Message<'a> {
             text: &m.text,
             created_at: Timestamp(m.created_at),
             cursor: &m.message_id,
+            emotion: emotion.map(Emotion::from),
+        }
+    }
+}
+
+/// Scores per label, serialized as `{label: score}`.
+#[derive(Debug, Clone, Copy)]
+pub struct Scores(pub [f32; 7]);
+
+impl Serialize for Scores {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(7))?;
+        for (l, v) in Label::ALL.iter().zip(self.0) {
+            m.serialize_entry(l.as_str(), &v)?;
+        }
+        m.end()
+    }
+}
+
+/// An `Emotion`: its cursor is the position of the emotion record.
+#[derive(Debug, Serialize)]
+pub struct Emotion<'a> {
+    pub message_id: &'a str,
+    pub room_id: &'a str,
+    pub label: &'a str,
+    pub score: f32,
+    pub scores: Scores,
+    pub model: &'a str,
+    pub created_at: Timestamp,
+    pub cursor: &'a str,
+}
+
+impl<'a> From<&'a EmotionView> for Emotion<'a> {
+    fn from(e: &'a EmotionView) -> Self {
+        Emotion {
+            message_id: &e.message_id,
+            room_id: &e.room_id,
+            label: &e.label,
+            score: e.score,
+            scores: Scores(e.scores),
+            model: &e.model,
+            created_at: Timestamp(e.created_at),
+            cursor: &e.position,
         }
     }
 }

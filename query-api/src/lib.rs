@@ -17,9 +17,10 @@ use axum::Router;
 use axum::extract::{FromRef, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use emosation_core::emotion::Label;
 use emosation_core::ids::{LogPosition, is_id};
 use emosation_core::ports::ViewStore;
-use emosation_core::view::RoomView;
+use emosation_core::view::{EmotionView, RoomView, ViewKey, ViewValue};
 use emosation_http::{ApiError, ApiPath, ApiQuery, AuthUser, Authenticator};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -60,6 +61,30 @@ pub fn routes(views: Arc<dyn ViewStore>, auth: Arc<Authenticator>) -> Router {
             auth,
             tails: Arc::new(tail::TailCache::new(TAIL_CACHE_ROOMS)),
         })
+}
+
+/// The emotion of each message, where one has been recorded.
+async fn emotions_of(
+    views: &dyn ViewStore,
+    room_id: &str,
+    messages: &[emosation_core::view::MessageView],
+) -> Result<Vec<Option<EmotionView>>, ApiError> {
+    let keys: Vec<ViewKey> = messages
+        .iter()
+        .map(|m| ViewKey::Emotion {
+            room_id: room_id.to_owned(),
+            message_id: m.message_id.clone(),
+        })
+        .collect();
+    Ok(views
+        .load(&keys)
+        .await?
+        .into_iter()
+        .map(|v| match v {
+            Some(ViewValue::Emotion(e)) => Some(e),
+            _ => None,
+        })
+        .collect())
 }
 
 async fn room_or_404(views: &dyn ViewStore, room_id: &str) -> Result<RoomView, ApiError> {
@@ -172,7 +197,8 @@ async fn history(
         Some(t) => t,
         None => {
             let newest = s.views.history(&room_id, None, tail::TAIL_LEN).await?;
-            s.tails.put(&room, &newest)
+            let emotions = emotions_of(&*s.views, &room_id, &newest).await?;
+            s.tails.put(&room, &newest, &emotions)
         }
     };
     if let Some(page) = tail.page(before, limit) {
@@ -183,11 +209,16 @@ async fn history(
             .into_response());
     }
     let messages = s.views.history(&room_id, before, limit).await?;
+    let emotions = emotions_of(&*s.views, &room_id, &messages).await?;
     // Messages of a room have seq 1, 2, 3, …: the page reaches the start of
     // the room exactly when its oldest message is seq 1.
     let page = json::HistoryPage {
         next_before: messages.first().filter(|m| m.seq > 1).map(|m| m.message_id.as_str()),
-        messages: messages.iter().map(json::Message::from).collect(),
+        messages: messages
+            .iter()
+            .zip(&emotions)
+            .map(|(m, e)| json::Message::new(m, e.as_ref()))
+            .collect(),
     };
     let size_hint = 64 + messages.iter().map(|m| 200 + m.text.len()).sum::<usize>();
     Ok(json::respond(&page, size_hint))
@@ -203,9 +234,19 @@ async fn emotions(
     user: AuthUser,
     ApiPath(room_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<EmotionsQuery>,
-) -> Result<axum::Json<Value>, ApiError> {
-    member_room(&*s.views, &room_id, &user).await?;
-    parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
-    // Emotion events arrive with the analyzer; until then no message has one.
-    Ok(axum::Json(json!({ "emotions": [], "summary": {} })))
+) -> Result<axum::response::Response, ApiError> {
+    let room = member_room(&*s.views, &room_id, &user).await?;
+    let limit = parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
+    let emotions = s.views.emotions(&room_id, limit).await?;
+    // The summary counts every emotion of the room, not only this page.
+    let summary: serde_json::Map<String, Value> = Label::ALL
+        .iter()
+        .zip(room.emotion_counts)
+        .map(|(l, n)| (l.as_str().to_owned(), json!(n)))
+        .collect();
+    let body = json!({
+        "emotions": emotions.iter().map(json::Emotion::from).collect::<Vec<_>>(),
+        "summary": summary,
+    });
+    Ok(json::respond(&body, 256 + emotions.len() * 300))
 }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use emosation_core::view::{MessageView, RoomView};
+use emosation_core::view::{EmotionView, MessageView, RoomView};
 
 use crate::json;
 
@@ -28,11 +28,11 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    pub fn new(m: &MessageView) -> Self {
+    pub fn new(m: &MessageView, emotion: Option<&EmotionView>) -> Self {
         Rendered {
             message_id: m.message_id.clone(),
             seq: m.seq,
-            json: Bytes::from(serde_json::to_vec(&json::Message::from(m)).unwrap_or_default()),
+            json: Bytes::from(serde_json::to_vec(&json::Message::new(m, emotion)).unwrap_or_default()),
         }
     }
 }
@@ -41,6 +41,9 @@ impl Rendered {
 #[derive(Debug)]
 pub struct RoomTail {
     pub last_message_id: Option<String>,
+    /// Emotions recorded in the room when the tail was built: an emotion
+    /// arriving for a cached message makes the tail stale too.
+    pub emotions: u32,
     pub entries: Vec<Rendered>,
 }
 
@@ -81,6 +84,10 @@ impl RoomTail {
     }
 }
 
+fn emotion_total(room: &RoomView) -> u32 {
+    room.emotion_counts.iter().sum()
+}
+
 #[derive(Debug)]
 pub struct TailCache {
     shards: Vec<Mutex<HashMap<String, Arc<RoomTail>>>>,
@@ -107,15 +114,20 @@ impl TailCache {
         let shard = self.shard(&room.room_id).lock().ok()?;
         shard
             .get(&room.room_id)
-            .filter(|t| t.last_message_id == room.last_message_id)
+            .filter(|t| t.last_message_id == room.last_message_id && t.emotions == emotion_total(room))
             .cloned()
     }
 
     /// Stores a tail built from the views for `room`'s current state.
-    pub fn put(&self, room: &RoomView, newest_first_reversed: &[MessageView]) -> Arc<RoomTail> {
+    pub fn put(&self, room: &RoomView, messages: &[MessageView], emotions: &[Option<EmotionView>]) -> Arc<RoomTail> {
         let tail = Arc::new(RoomTail {
             last_message_id: room.last_message_id.clone(),
-            entries: newest_first_reversed.iter().map(Rendered::new).collect(),
+            emotions: emotion_total(room),
+            entries: messages
+                .iter()
+                .zip(emotions.iter().map(Option::as_ref).chain(std::iter::repeat(None)))
+                .map(|(m, e)| Rendered::new(m, e))
+                .collect(),
         });
         if let Ok(mut shard) = self.shard(&room.room_id).lock() {
             if shard.len() >= self.rooms_per_shard && !shard.contains_key(&room.room_id) {
@@ -137,6 +149,7 @@ mod tests {
     fn tail(seqs: std::ops::RangeInclusive<u64>) -> RoomTail {
         RoomTail {
             last_message_id: None,
+            emotions: 0,
             entries: seqs
                 .map(|s| Rendered {
                     message_id: format!("{s:016x}"),
@@ -166,6 +179,7 @@ mod tests {
         assert!(t.page(Some(&format!("{:016x}", 1)), 50).unwrap().is_empty());
         let empty = RoomTail {
             last_message_id: None,
+            emotions: 0,
             entries: vec![],
         };
         assert!(empty.page(None, 50).unwrap().is_empty(), "an empty room");

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_trait::async_trait;
 use emosation_core::ids::Topic;
 use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
-use emosation_core::view::{MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue};
+use emosation_core::view::{
+    EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
+};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use sha2::{Digest, Sha256};
 
@@ -305,6 +307,21 @@ impl ViewStore for EmbeddedViewStore {
             ks.range(start..end).rev(),
             |v| match v {
                 ViewValue::Message(m) => Some(m),
+                _ => None,
+            },
+            limit,
+        )?;
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<EmotionView>, StoreError> {
+        let h = self.handles();
+        let mut out = self.scan(
+            "emotions",
+            h.table("emotions").prefix(prefix_of(room_id)).rev(),
+            |v| match v {
+                ViewValue::Emotion(e) => Some(e),
                 _ => None,
             },
             limit,

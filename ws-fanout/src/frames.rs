@@ -1,8 +1,9 @@
 //! The frames of the WebSocket protocol (see the contract and docs/api.md).
 
 use axum::extract::ws::Utf8Bytes;
+use emosation_core::emotion::Label;
 use emosation_core::time::rfc3339_millis;
-use emosation_core::view::RoomEventView;
+use emosation_core::view::{EmotionView, RoomEventView};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -204,6 +205,26 @@ pub fn message(m: &emosation_core::record::MessagePosted, message_id: &str) -> U
         "text": m.text,
         "created_at": rfc3339_millis(m.at),
         "cursor": message_id,
+    }))
+}
+
+/// An `emotion` frame; its cursor is the emotion record's position.
+pub fn emotion(e: &EmotionView) -> Utf8Bytes {
+    let scores: serde_json::Map<String, Value> = Label::ALL
+        .iter()
+        .zip(e.scores)
+        .map(|(l, s)| (l.as_str().to_owned(), json!(s)))
+        .collect();
+    text(json!({
+        "type": "emotion",
+        "message_id": e.message_id,
+        "room_id": e.room_id,
+        "label": e.label,
+        "score": e.score,
+        "scores": scores,
+        "model": e.model,
+        "created_at": rfc3339_millis(e.created_at),
+        "cursor": e.position,
     }))
 }
 

@@ -246,6 +246,7 @@ impl Hub {
             Record::MessagePosted(r) => &r.room_id,
             Record::MemberJoined(r) => &r.room_id,
             Record::MemberQuit(r) => &r.room_id,
+            Record::EmotionRecorded(r) => &r.room_id,
             _ => return None,
         };
         match only_room {
@@ -269,6 +270,29 @@ impl Hub {
                         left: None,
                     }),
                     Ok(_) => None,
+                    Err(err) => {
+                        warn!(error = %err, "fan-out view lookup");
+                        None
+                    }
+                }
+            }
+            Record::EmotionRecorded(r) => {
+                // Delivered iff this record is the emotion the fold kept.
+                let key = ViewKey::Emotion {
+                    room_id: r.room_id.clone(),
+                    message_id: r.message_id.clone(),
+                };
+                match self.views.load(&[key]).await {
+                    Ok(mut v) => match v.pop().flatten() {
+                        Some(ViewValue::Emotion(em)) if em.position == position => Some(Event {
+                            offset: e.offset,
+                            room_id: em.room_id.clone(),
+                            stream: Stream::Emotion,
+                            frame: frames::emotion(&em),
+                            left: None,
+                        }),
+                        _ => None,
+                    },
                     Err(err) => {
                         warn!(error = %err, "fan-out view lookup");
                         None
