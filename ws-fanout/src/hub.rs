@@ -69,6 +69,9 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+/// Live events held back for one catching-up subscription, at most.
+const MAX_HELD: usize = 65_536;
+
 /// How long a tailer waits for the projector before looking again.
 const APPLIED_WAIT: Duration = Duration::from_secs(1);
 
@@ -433,6 +436,12 @@ fn deliver(st: &mut State, ev: Event) {
             continue;
         }
         if let Some(held) = &mut s.held {
+            // A catch-up that cannot keep up with the room ends like a slow
+            // client: closed, to resume later from its cursor.
+            if held.len() >= MAX_HELD {
+                s.conn.close(1013, "too slow: resume with since");
+                continue;
+            }
             held.push(ev.clone());
             continue;
         }
