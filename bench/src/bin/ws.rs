@@ -41,8 +41,10 @@ async fn connect(base: &str, token: &str) -> anyhow::Result<Ws> {
 }
 
 async fn subscribe(ws: &mut Ws, room: &str) -> anyhow::Result<()> {
-    ws.send(Message::text(json!({"type": "subscribe", "room_id": room}).to_string()))
-        .await?;
+    ws.send(Message::text(
+        json!({"type": "subscribe", "room_id": room, "streams": ["chat"]}).to_string(),
+    ))
+    .await?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => return Ok(()),
