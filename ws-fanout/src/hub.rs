@@ -40,6 +40,9 @@ pub struct Event {
 }
 
 struct Sub {
+    /// Distinguishes a re-subscription from the one it replaced, so a
+    /// catch-up of the old one cannot deliver into the new one.
+    id: u64,
     conn: Arc<ConnHandle>,
     streams: Streams,
     /// Offset of the last event this subscription has, or is deemed to have, seen.
@@ -68,6 +71,8 @@ impl std::fmt::Debug for Hub {
         f.debug_struct("Hub").finish_non_exhaustive()
     }
 }
+
+static NEXT_SUB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Live events held back for one catching-up subscription, at most.
 const MAX_HELD: usize = 65_536;
@@ -126,6 +131,7 @@ impl Hub {
                 }
             },
         };
+        let sub_id = NEXT_SUB.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (boundary, start_tailer) = {
             let mut st = self.state.lock().expect("hub lock");
             let (boundary, start) = match st.tailers.get(&p) {
@@ -144,6 +150,7 @@ impl Hub {
                 None => (boundary.saturating_sub(1), None),
             };
             subs.push(Sub {
+                id: sub_id,
                 conn: Arc::clone(&conn),
                 streams,
                 last,
@@ -165,7 +172,7 @@ impl Hub {
         {
             let hub = Arc::clone(self);
             let room = room_id.to_owned();
-            tokio::spawn(async move { hub.catch_up(conn, room, p, s + 1, boundary).await });
+            tokio::spawn(async move { hub.catch_up(conn, sub_id, room, p, s + 1, boundary).await });
         }
         Ok(cursor)
     }
@@ -369,7 +376,7 @@ impl Hub {
 
     /// Delivers the room's events in `[from, to)` from the log to one
     /// subscription, then the events held back meanwhile, then goes live.
-    async fn catch_up(self: Arc<Self>, conn: Arc<ConnHandle>, room: String, p: u32, from: u64, to: u64) {
+    async fn catch_up(self: Arc<Self>, conn: Arc<ConnHandle>, sub_id: u64, room: String, p: u32, from: u64, to: u64) {
         let mut next = from;
         let mut last = from.saturating_sub(1);
         while next < to && !conn.is_closed() {
@@ -387,7 +394,7 @@ impl Hub {
                     return;
                 }
                 if let Some(ev) = self.event(p, e, Some(&room)).await
-                    && self.wants(conn.id, &room, ev.stream)
+                    && self.wants(sub_id, &room, ev.stream)
                     && !conn.push_waiting(ev.frame).await
                 {
                     return;
@@ -404,7 +411,7 @@ impl Hub {
         let Some(sub) = st
             .rooms
             .get_mut(&room)
-            .and_then(|subs| subs.iter_mut().find(|s| s.conn.id == conn.id))
+            .and_then(|subs| subs.iter_mut().find(|s| s.id == sub_id))
         else {
             return;
         };
@@ -417,11 +424,11 @@ impl Hub {
         }
     }
 
-    fn wants(&self, conn_id: u64, room: &str, stream: Stream) -> bool {
+    fn wants(&self, sub_id: u64, room: &str, stream: Stream) -> bool {
         let st = self.state.lock().expect("hub lock");
         st.rooms
             .get(room)
-            .and_then(|subs| subs.iter().find(|s| s.conn.id == conn_id))
+            .and_then(|subs| subs.iter().find(|s| s.id == sub_id))
             .is_some_and(|s| s.streams.wants(stream))
     }
 }
