@@ -23,6 +23,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// Records read per batch (one classifier call, one burst of appends).
+const BATCH: usize = 64;
+
 /// The analyzer's consumer group.
 pub const GROUP: &str = "analyzer";
 
@@ -91,7 +94,9 @@ async fn analyze_partition(
     loop {
         let entries = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = log.fetch(Topic::Rooms, p, next, 256, Duration::from_millis(500)) => r?,
+            // Modest batches: emotion records share partitions with chat, so
+            // a large burst of them would queue ahead of new messages.
+            r = log.fetch(Topic::Rooms, p, next, BATCH, Duration::from_millis(500)) => r?,
         };
         let Some(last) = entries.last().map(|e| e.offset) else {
             continue;

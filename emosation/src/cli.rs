@@ -135,6 +135,9 @@ pub struct ServeArgs {
     /// Frames queued per WebSocket before the client is closed as too slow (1013).
     #[arg(long, env = "EMOSATION_WS_QUEUE_FRAMES", default_value_t = 1024)]
     pub ws_queue_frames: usize,
+    /// Run the emotion analyzer in this process (`false` when it runs as its own service).
+    #[arg(long, env = "EMOSATION_ANALYZER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub analyzer: bool,
     /// Seconds without any frame from a WebSocket client before it is closed.
     #[arg(long, env = "EMOSATION_WS_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub ws_idle_timeout_secs: u64,
@@ -221,6 +224,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ping_interval: Duration::from_secs((args.ws_idle_timeout_secs / 3).max(1)),
             ..FanoutConfig::default()
         },
+        analyzer: args.analyzer,
     };
     let listener = TcpListener::bind(&args.listen)
         .await

@@ -81,6 +81,8 @@ pub struct ServeConfig {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub fanout: FanoutConfig,
+    /// Run the emotion analyzer in this process.
+    pub analyzer: bool,
 }
 
 impl ServeConfig {
@@ -92,6 +94,7 @@ impl ServeConfig {
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             fanout: FanoutConfig::default(),
+            analyzer: true,
         }
     }
 }
@@ -161,9 +164,11 @@ impl Server {
             shutdown.clone(),
         );
         let fanout = Fanout::new(hub, Arc::clone(&ingest), cfg.fanout);
-        let analyzer = Analyzer::new(Arc::clone(&log), Arc::new(LexiconClassifier::new()));
-        let stop = shutdown.clone();
-        tasks.spawn(async move { analyzer.run(stop).await.context("analyzer") });
+        if cfg.analyzer {
+            let analyzer = Analyzer::new(Arc::clone(&log), Arc::new(LexiconClassifier::new()));
+            let stop = shutdown.clone();
+            tasks.spawn(async move { analyzer.run(stop).await.context("analyzer") });
+        }
         let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions);
         let stop = shutdown.clone();
         tasks.spawn(async move { projector.run(stop).await.context("projector") });

@@ -36,6 +36,19 @@ struct Append {
     reply: oneshot::Sender<Result<LogPosition, LogError>>,
 }
 
+/// A consumer group's offset, stored durably by the writer with the next group
+/// commit (never an fsync of its own on the caller's thread).
+struct OffsetCommit {
+    key: Vec<u8>,
+    next_offset: u64,
+    reply: oneshot::Sender<Result<(), LogError>>,
+}
+
+enum Request {
+    Append(Append),
+    Commit(OffsetCommit),
+}
+
 struct Shared {
     db: Database,
     topics: HashMap<Topic, Keyspace>,
@@ -49,7 +62,7 @@ struct Shared {
 /// stops the writer after it has finished the appends already queued.
 pub struct EmbeddedLog {
     shared: Arc<Shared>,
-    tx: Mutex<Option<mpsc::Sender<Append>>>,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -196,13 +209,13 @@ impl EmbeddedLog {
                 let (reply, rx) = oneshot::channel();
                 let partition = partition_for(&key, self.shared.topology.partitions(topic));
                 if let Some(tx) = guard.as_ref() {
-                    let _ = tx.send(Append {
+                    let _ = tx.send(Request::Append(Append {
                         topic,
                         partition,
                         key,
                         value,
                         reply,
-                    });
+                    }));
                 }
                 rx
             })
@@ -220,8 +233,8 @@ impl Drop for EmbeddedLog {
     }
 }
 
-fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Append>, mut next: HashMap<(Topic, u32), u64>) {
-    let mut group: Vec<Append> = Vec::with_capacity(1024);
+fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(Topic, u32), u64>) {
+    let mut group: Vec<Request> = Vec::with_capacity(1024);
     while let Ok(first) = rx.recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -234,20 +247,28 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Append>, mut next: HashMap<(T
         let mut batch = shared.db.batch();
         let mut positions = Vec::with_capacity(group.len());
         let mut touched: HashMap<(Topic, u32), u64> = HashMap::new();
-        for a in &group {
-            let Some(n) = next.get_mut(&(a.topic, a.partition)) else {
-                positions.push(None);
-                continue;
-            };
-            let offset = *n;
-            *n += 1;
-            batch.insert(
-                &shared.topics[&a.topic],
-                entry_key(a.partition, offset),
-                encode_entry(ts, &a.key, &a.value),
-            );
-            touched.insert((a.topic, a.partition), offset + 1);
-            positions.push(Some(LogPosition::new(a.partition, offset)));
+        for r in &group {
+            match r {
+                Request::Append(a) => {
+                    let Some(n) = next.get_mut(&(a.topic, a.partition)) else {
+                        positions.push(None);
+                        continue;
+                    };
+                    let offset = *n;
+                    *n += 1;
+                    batch.insert(
+                        &shared.topics[&a.topic],
+                        entry_key(a.partition, offset),
+                        encode_entry(ts, &a.key, &a.value),
+                    );
+                    touched.insert((a.topic, a.partition), offset + 1);
+                    positions.push(Some(LogPosition::new(a.partition, offset)));
+                }
+                Request::Commit(c) => {
+                    batch.insert(&shared.groups, c.key.clone(), c.next_offset.to_be_bytes());
+                    positions.push(None);
+                }
+            }
         }
         let result = batch.commit().and_then(|_| shared.db.persist(PersistMode::SyncAll));
         match result {
@@ -255,13 +276,20 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Append>, mut next: HashMap<(T
                 for ((topic, p), end) in touched {
                     shared.ends[&(topic, p)].send_replace(end);
                 }
-                debug!(records = group.len(), "group commit");
-                for (a, pos) in group.drain(..).zip(positions) {
-                    let r = pos.ok_or_else(|| LogError::UnknownPartition {
-                        topic: a.topic.name().to_owned(),
-                        partition: a.partition,
-                    });
-                    let _ = a.reply.send(r);
+                debug!(requests = group.len(), "group commit");
+                for (r, pos) in group.drain(..).zip(positions) {
+                    match r {
+                        Request::Append(a) => {
+                            let res = pos.ok_or_else(|| LogError::UnknownPartition {
+                                topic: a.topic.name().to_owned(),
+                                partition: a.partition,
+                            });
+                            let _ = a.reply.send(res);
+                        }
+                        Request::Commit(c) => {
+                            let _ = c.reply.send(Ok(()));
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -269,8 +297,15 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Append>, mut next: HashMap<(T
                 // not be reused, so this writer stops and the log reports errors
                 // until it is reopened (which recovers offsets from disk).
                 error!(error = %e, "group commit failed; log writer stopping");
-                for a in group.drain(..) {
-                    let _ = a.reply.send(Err(storage(&e)));
+                for r in group.drain(..) {
+                    match r {
+                        Request::Append(a) => {
+                            let _ = a.reply.send(Err(storage(&e)));
+                        }
+                        Request::Commit(c) => {
+                            let _ = c.reply.send(Err(storage(&e)));
+                        }
+                    }
                 }
                 return;
             }
@@ -290,13 +325,13 @@ impl Log for EmbeddedLog {
         {
             let guard = self.tx.lock().expect("log sender lock");
             let tx = guard.as_ref().ok_or(LogError::Closed)?;
-            tx.send(Append {
+            tx.send(Request::Append(Append {
                 topic,
                 partition,
                 key: Bytes::copy_from_slice(key),
                 value,
                 reply,
-            })
+            }))
             .map_err(|_| LogError::Closed)?;
         }
         rx.await.map_err(|_| LogError::Closed)?
@@ -346,11 +381,18 @@ impl Log for EmbeddedLog {
 
     async fn commit(&self, group: &str, topic: Topic, partition: u32, next_offset: u64) -> Result<(), LogError> {
         self.end_watch(topic, partition)?;
-        self.shared
-            .groups
-            .insert(group_key(group, topic, partition), next_offset.to_be_bytes())
-            .map_err(storage)?;
-        self.shared.db.persist(PersistMode::SyncAll).map_err(storage)
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.tx.lock().expect("log sender lock");
+            let tx = guard.as_ref().ok_or(LogError::Closed)?;
+            tx.send(Request::Commit(OffsetCommit {
+                key: group_key(group, topic, partition),
+                next_offset,
+                reply,
+            }))
+            .map_err(|_| LogError::Closed)?;
+        }
+        rx.await.map_err(|_| LogError::Closed)?
     }
 
     async fn committed(&self, group: &str, topic: Topic, partition: u32) -> Result<Option<u64>, LogError> {

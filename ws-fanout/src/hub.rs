@@ -222,8 +222,11 @@ impl Hub {
         }
     }
 
-    fn room_has_subs(&self, room_id: &str) -> bool {
-        self.state.lock().expect("hub lock").rooms.contains_key(room_id)
+    fn room_wants(&self, room_id: &str, stream: Stream) -> bool {
+        let st = self.state.lock().expect("hub lock");
+        st.rooms
+            .get(room_id)
+            .is_some_and(|subs| subs.iter().any(|s| s.streams.wants(stream) || s.held.is_some()))
     }
 
     /// Waits until the projector has applied `offset` of partition `p`.
@@ -259,9 +262,14 @@ impl Hub {
             Record::EmotionRecorded(r) => &r.room_id,
             _ => return None,
         };
+        let stream = match &record {
+            Record::EmotionRecorded(_) => Stream::Emotion,
+            _ => Stream::Chat,
+        };
         match only_room {
             Some(room) if room != room_id => return None,
-            None if !self.room_has_subs(room_id) => return None,
+            // No view lookups for events nobody on this node wants.
+            None if !self.room_wants(room_id, stream) => return None,
             _ => {}
         }
         let position = LogPosition::new(p, e.offset).to_id();

@@ -291,7 +291,18 @@ async fn main() -> anyhow::Result<()> {
     let scenarios: String = env("SCENARIOS", "light,rooms100,room1k,ramp".to_owned());
     let secs: u64 = env("SECS", 10);
     for name in scenarios.split(',') {
-        let server = ServerProcess::start(&["--sessions-per-user", "100000", "--ws-queue-frames", "4096"]).await?;
+        // BENCH_ANALYZER=false runs the server without the in-process analyzer
+        // (as when the analyzer runs as its own service).
+        let analyzer = std::env::var("BENCH_ANALYZER").unwrap_or_else(|_| "true".to_owned());
+        let server = ServerProcess::start(&[
+            "--sessions-per-user",
+            "100000",
+            "--ws-queue-frames",
+            "4096",
+            "--analyzer",
+            &analyzer,
+        ])
+        .await?;
         let base = server.base.clone();
         let http = reqwest::Client::new();
         let (_, rt) = user(&http, &base, "receiver").await?;
