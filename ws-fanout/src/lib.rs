@@ -105,12 +105,7 @@ async fn upgrade(
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let from_header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned());
+    let from_header = emosation_http::auth::bearer_header(&headers).map(str::to_owned);
     let token = from_header.or_else(|| query.ok().and_then(|Query(q)| q.access_token));
     let Some(token) = token else {
         return ApiError::unauthorized("missing token (Authorization: Bearer or ?access_token=)").into_response();
