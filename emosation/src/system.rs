@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::serve::ListenerExt;
 use emosation_analyzer::Analyzer;
 use emosation_analyzer::offline::LexiconClassifier;
 use emosation_core::ids::Topology;
@@ -183,6 +184,13 @@ impl Server {
         let addr = listener.local_addr()?;
         let stop = shutdown.clone();
         tasks.spawn(async move {
+            // Small frames and responses go out at once: Nagle's algorithm
+            // with delayed ACKs would hold them back by tens of milliseconds.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    warn!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
