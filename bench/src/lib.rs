@@ -17,6 +17,23 @@ use emosation_core::record::{MemberJoined, MessagePosted, RoomCreated, UserSigne
 use reqwest::Client;
 use serde_json::{Value, json};
 
+/// A benchmark knob from the environment, or its default.
+pub fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Joins load tasks that each return `(latencies, errors)` and sums them.
+pub async fn gather(tasks: Vec<tokio::task::JoinHandle<(Vec<u64>, u64)>>) -> anyhow::Result<(Vec<u64>, u64)> {
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    Ok((lat, errors))
+}
+
 /// Latency percentiles in microseconds.
 pub fn percentiles(mut us: Vec<u64>) -> Value {
     if us.is_empty() {

@@ -13,10 +13,7 @@ fn main() {
     let (held, held_en, held_ko) = evaluate_offline(holdout_set());
     let texts: Vec<&str> = eval_set().into_iter().chain(holdout_set()).map(|(_, _, t)| t).collect();
     let c = LexiconClassifier::new();
-    let n: usize = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let n: usize = emosation_bench::env("N", 1_000_000);
     let t = Instant::now();
     let mut joy = 0usize;
     for i in 0..n {

@@ -6,7 +6,7 @@ use emosation_bench::synthetic_log;
 use serde_json::json;
 
 fn main() -> anyhow::Result<()> {
-    let n: u64 = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let n: u64 = emosation_bench::env("N", 200_000);
     let records: Vec<_> = synthetic_log(n + 13_000, 2_000, 1_000).skip(13_000).collect();
     let t = Instant::now();
     let encoded: Vec<Vec<u8>> = records

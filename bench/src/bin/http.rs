@@ -10,12 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emosation_bench::{ServerProcess, create_room, join, percentiles, user};
+use emosation_bench::{ServerProcess, create_room, env, gather, join, percentiles, user};
 use serde_json::json;
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -73,13 +69,7 @@ async fn main() -> anyhow::Result<()> {
             (lat, errors)
         }));
     }
-    let mut lat = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await?;
-        lat.extend(l);
-        errors += e;
-    }
+    let (lat, errors) = gather(tasks).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let n = lat.len();
     println!(
@@ -137,13 +127,7 @@ async fn main() -> anyhow::Result<()> {
             (lat, errors)
         }));
     }
-    let mut lat = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await?;
-        lat.extend(l);
-        errors += e;
-    }
+    let (lat, errors) = gather(tasks).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let n = lat.len();
     let summary = percentiles(lat);

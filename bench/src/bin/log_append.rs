@@ -13,14 +13,8 @@ use serde_json::json;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let total: u64 = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let appenders: u64 = std::env::var("APPENDERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4096);
+    let total: u64 = emosation_bench::env("N", 1_000_000);
+    let appenders: u64 = emosation_bench::env("APPENDERS", 4096);
     let dir = tempfile::tempdir()?;
     let log = Arc::new(EmbeddedLog::open(dir.path(), Topology::default())?);
     // Realistic values: encoded MessagePosted records keyed by room.

@@ -12,10 +12,7 @@ use serde_json::json;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let total: u64 = std::env::var("N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let total: u64 = emosation_bench::env("N", 1_000_000);
     let dir = tempfile::tempdir()?;
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log"), Topology::default())?);
     let t = Instant::now();
@@ -37,21 +34,13 @@ async fn main() -> anyhow::Result<()> {
     // flushes and compactions finish, and reopen it, so they do not run
     // during the measurement.
     drop(log);
-    tokio::time::sleep(std::time::Duration::from_secs(
-        std::env::var("SETTLE_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3),
-    ))
-    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(emosation_bench::env("SETTLE_SECS", 3))).await;
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log"), Topology::default())?);
 
     let views: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("views"))?);
     let log: Arc<dyn Log> = log;
     let mut options = emosation_projector::ReplayOptions::default();
-    if let Some(p) = std::env::var("PARALLEL").ok().and_then(|v| v.parse().ok()) {
-        options.parallel = p;
-    }
+    options.parallel = emosation_bench::env("PARALLEL", options.parallel);
     let stats =
         emosation_projector::replay_with(Arc::clone(&log), Arc::clone(&views), Arc::new(|_, _| {}), options).await?;
     let checksum = views.checksum().await?;

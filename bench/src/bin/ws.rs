@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use emosation_bench::{ServerProcess, create_room, join, percentiles, user};
+use emosation_bench::{ServerProcess, create_room, env, join, percentiles, user};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -21,10 +21,6 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -293,7 +289,7 @@ async fn main() -> anyhow::Result<()> {
     for name in scenarios.split(',') {
         // BENCH_ANALYZER=false runs the server without the in-process analyzer
         // (as when the analyzer runs as its own service).
-        let analyzer = std::env::var("BENCH_ANALYZER").unwrap_or_else(|_| "true".to_owned());
+        let analyzer: String = env("BENCH_ANALYZER", "true".to_owned());
         let server = ServerProcess::start(&[
             "--sessions-per-user",
             "100000",
