@@ -95,3 +95,44 @@ impl Decisions for LocalDecisions {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emosation_core::ids::LogPosition;
+    use emosation_core::{Accepted, Outcome};
+
+    fn decision() -> Decision {
+        let outcome: Outcome = Ok(Accepted::ReadMarkerSet);
+        Decision {
+            topic: Topic::Rooms,
+            position: LogPosition::new(0, 1),
+            outcome,
+        }
+    }
+
+    #[tokio::test]
+    async fn decisions_reach_their_waiter_and_abandoned_waits_are_forgotten() {
+        let d = LocalDecisions::new();
+        let ticket = d.expect(7);
+        let dropped = d.expect(8);
+        assert_eq!(d.pending(), 2);
+        drop(dropped);
+        assert_eq!(d.pending(), 1, "a dropped ticket unregisters");
+        d.publish(9, decision()); // nobody waits: dropped
+        d.publish(7, decision());
+        assert_eq!(ticket.await, Some(decision()));
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn applied_watermarks_only_move_forward() {
+        let d = LocalDecisions::new();
+        d.applied(Topic::Rooms, 2, 5);
+        d.applied(Topic::Rooms, 2, 3);
+        assert_eq!(d.wait_applied(Topic::Rooms, 2, 4, Duration::from_millis(10)).await, 5);
+        // Not yet applied: the wait times out with the current watermark.
+        assert_eq!(d.wait_applied(Topic::Rooms, 2, 5, Duration::from_millis(20)).await, 5);
+        assert_eq!(d.wait_applied(Topic::Rooms, 3, 0, Duration::from_millis(20)).await, 0);
+    }
+}

@@ -130,15 +130,6 @@ impl Sessions {
             }
         }
     }
-
-    /// Connections currently open for `user_id`.
-    pub fn count(&self, user_id: &str) -> usize {
-        self.users
-            .lock()
-            .expect("sessions lock")
-            .get(user_id)
-            .map_or(0, VecDeque::len)
-    }
 }
 
 fn frame_error(e: ApiError, client_msg_id: Option<&str>) -> FrameError {
