@@ -184,6 +184,13 @@ mod tests {
     }
 
     #[test]
+    fn id_shape() {
+        assert!(is_id("00000000000000af"));
+        assert!(!is_id("../etc/passwd"));
+        assert!(!is_id("00000000000000AF"));
+    }
+
+    #[test]
     fn partitioner_is_stable_and_in_range() {
         for n in 1..20u32 {
             for key in ["alice", "bob", "0123456789abcdef", ""] {

@@ -31,6 +31,7 @@ use emosation_core::record::*;
 use emosation_core::view::RoomView;
 use emosation_core::{Accepted, Record};
 use emosation_http::auth::TokenKind;
+use emosation_http::rooms::{member_room, room_or_404};
 use emosation_http::{ApiError, AuthUser, Authenticator, TokenPair};
 use tokio::sync::Semaphore;
 
@@ -316,16 +317,9 @@ impl Ingest {
         }
     }
 
-    async fn existing_room(&self, room_id: &str) -> Result<RoomView, ApiError> {
-        if !validate::is_id(room_id) {
-            return Err(ApiError::room_not_found());
-        }
-        self.views.room(room_id).await?.ok_or_else(ApiError::room_not_found)
-    }
-
     /// Joins a room; joining twice is a no-op. Returns the member count.
     pub async fn join(&self, user: &AuthUser, room_id: &str) -> Result<u32, ApiError> {
-        let room = self.existing_room(room_id).await?;
+        let room = room_or_404(&*self.views, room_id).await?;
         if self.views.member(room_id, &user.user_id).await?.is_some() {
             return Ok(room.member_count);
         }
@@ -347,10 +341,7 @@ impl Ingest {
     }
 
     pub async fn quit(&self, user: &AuthUser, room_id: &str) -> Result<u32, ApiError> {
-        self.existing_room(room_id).await?;
-        if self.views.member(room_id, &user.user_id).await?.is_none() {
-            return Err(ApiError::not_member());
-        }
+        member_room(&*self.views, room_id, &user.user_id).await?;
         let decision = self
             .submit(|request_id, at| {
                 Record::MemberQuit(MemberQuit {
@@ -378,10 +369,7 @@ impl Ingest {
     ) -> Result<Posted, ApiError> {
         validate::client_msg_id(client_msg_id)?;
         validate::text(text)?;
-        self.existing_room(room_id).await?;
-        if self.views.member(room_id, &user.user_id).await?.is_none() {
-            return Err(ApiError::not_member());
-        }
+        member_room(&*self.views, room_id, &user.user_id).await?;
         if !self.limiter.allow(&user.user_id) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -413,13 +401,11 @@ impl Ingest {
     }
 
     pub async fn mark_read(&self, user: &AuthUser, room_id: &str, message_id: &str) -> Result<(), ApiError> {
-        self.existing_room(room_id).await?;
+        room_or_404(&*self.views, room_id).await?;
         if LogPosition::parse_id(message_id).is_none() {
             return Err(ApiError::invalid_request("message_id is not a message id"));
         }
-        if self.views.member(room_id, &user.user_id).await?.is_none() {
-            return Err(ApiError::not_member());
-        }
+        member_room(&*self.views, room_id, &user.user_id).await?;
         self.submit(|request_id, at| {
             Record::ReadMarkerSet(ReadMarkerSet {
                 request_id,

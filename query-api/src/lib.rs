@@ -18,9 +18,10 @@ use axum::extract::{FromRef, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use emosation_core::emotion::Label;
-use emosation_core::ids::{LogPosition, is_id};
+use emosation_core::ids::LogPosition;
 use emosation_core::ports::ViewStore;
-use emosation_core::view::{EmotionView, RoomView, ViewKey, ViewValue};
+use emosation_core::view::{EmotionView, ViewKey, ViewValue};
+use emosation_http::rooms::{member_room, room_or_404};
 use emosation_http::{ApiError, ApiPath, ApiQuery, AuthUser, Authenticator};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -87,22 +88,6 @@ async fn emotions_of(
         .collect())
 }
 
-async fn room_or_404(views: &dyn ViewStore, room_id: &str) -> Result<RoomView, ApiError> {
-    if !is_id(room_id) {
-        return Err(ApiError::room_not_found());
-    }
-    views.room(room_id).await?.ok_or_else(ApiError::room_not_found)
-}
-
-/// The room, if `user` is a member: 404 for an unknown room, 403 otherwise.
-async fn member_room(views: &dyn ViewStore, room_id: &str, user: &AuthUser) -> Result<RoomView, ApiError> {
-    let room = room_or_404(views, room_id).await?;
-    if views.member(room_id, &user.user_id).await?.is_none() {
-        return Err(ApiError::not_member());
-    }
-    Ok(room)
-}
-
 fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
     match raw {
         None | Some("") => Ok(default),
@@ -167,7 +152,7 @@ async fn members(
     user: AuthUser,
     ApiPath(room_id): ApiPath<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    member_room(&*s.views, &room_id, &user).await?;
+    member_room(&*s.views, &room_id, &user.user_id).await?;
     let members = s.views.members(&room_id).await?;
     Ok(axum::Json(json!({
         "members": members.iter().map(|m| json!({"user_id": m.user_id, "username": m.username})).collect::<Vec<_>>()
@@ -186,7 +171,7 @@ async fn history(
     ApiPath(room_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    let room = member_room(&*s.views, &room_id, &user).await?;
+    let room = member_room(&*s.views, &room_id, &user.user_id).await?;
     let limit = parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
     let before = match q.before.as_deref() {
         None | Some("") => None,
@@ -235,7 +220,7 @@ async fn emotions(
     ApiPath(room_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<EmotionsQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    let room = member_room(&*s.views, &room_id, &user).await?;
+    let room = member_room(&*s.views, &room_id, &user.user_id).await?;
     let limit = parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
     let emotions = s.views.emotions(&room_id, limit).await?;
     // The summary counts every emotion of the room, not only this page.

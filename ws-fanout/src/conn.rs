@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use emosation_core::ids::is_id;
+use emosation_http::rooms::member_room;
 use emosation_http::{ApiError, AuthUser};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc};
@@ -282,19 +282,11 @@ async fn handle(
             since,
             streams,
         } => {
-            let views = fanout.hub.views();
-            let member = if !is_id(&room_id) {
-                Err(FrameError::new("room_not_found", "room not found"))
-            } else {
-                match (views.room(&room_id).await, views.member(&room_id, &user.user_id).await) {
-                    (Ok(None), _) => Err(FrameError::new("room_not_found", "room not found")),
-                    (Ok(Some(_)), Ok(Some(_))) => Ok(()),
-                    (Ok(Some(_)), Ok(None)) => Err(FrameError::new("not_member", "you are not a member of this room")),
-                    (Err(e), _) | (_, Err(e)) => Err(frame_error(ApiError::from(e), None)),
-                }
-            };
+            let member = member_room(&**fanout.hub.views(), &room_id, &user.user_id)
+                .await
+                .map_err(|e| frame_error(e, None));
             let result = match member {
-                Ok(()) => fanout
+                Ok(_) => fanout
                     .hub
                     .subscribe(Arc::clone(conn), &room_id, since.as_deref(), streams)
                     .await
