@@ -275,7 +275,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     let engines = args.engines.engines()?;
-    let log = engines.open_log()?;
+    let log = engines.open_log().await?;
     let views = engines.open_views()?;
     let bar = ProgressBar::new(0);
     bar.set_style(

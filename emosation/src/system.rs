@@ -59,10 +59,12 @@ impl Engines {
             .unwrap_or_else(|| format!("embedded://{}", self.data_dir.join("views").display()))
     }
 
-    pub fn open_log(&self) -> anyhow::Result<Arc<dyn Log>> {
+    pub async fn open_log(&self) -> anyhow::Result<Arc<dyn Log>> {
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("create data dir {}", self.data_dir.display()))?;
-        emosation_storage::open_log(&self.log_url(), self.topology).context("open log")
+        emosation_storage::open_log(&self.log_url(), self.topology)
+            .await
+            .context("open log")
     }
 
     pub fn open_views(&self) -> anyhow::Result<Arc<dyn ViewStore>> {
@@ -139,7 +141,7 @@ pub struct Server {
 impl Server {
     /// Opens the engines and starts every service, serving HTTP on `listener`.
     pub async fn start(cfg: ServeConfig, listener: TcpListener) -> anyhow::Result<Server> {
-        let log = cfg.engines.open_log()?;
+        let log = cfg.engines.open_log().await?;
         let views = cfg.engines.open_views()?;
         let secret = jwt_secret(cfg.jwt_secret.as_deref(), &cfg.engines.data_dir)?;
         let keys = TokenKeys::new(&secret, cfg.access_ttl, cfg.refresh_ttl);

@@ -734,7 +734,7 @@ async fn views_survive_restart_and_replay_gives_the_same_checksum() {
 
     // Replay from scratch gives the same digest.
     let engines = emosation::system::Engines::embedded(tmp.path());
-    let log = engines.open_log().unwrap();
+    let log = engines.open_log().await.unwrap();
     let views = engines.open_views().unwrap();
     assert_eq!(views.checksum().await.unwrap(), live, "restart changed nothing");
     let stats = emosation_projector::replay(log, std::sync::Arc::clone(&views), std::sync::Arc::new(|_, _| {}))

@@ -16,10 +16,12 @@ use emosation_core::ports::{Log, ViewStore};
 
 pub mod embedded_log;
 pub mod embedded_views;
+pub mod kafka_log;
 pub mod local_decisions;
 
 pub use embedded_log::EmbeddedLog;
 pub use embedded_views::EmbeddedViewStore;
+pub use kafka_log::KafkaLog;
 pub use local_decisions::LocalDecisions;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,14 +52,19 @@ fn embedded_path(url: &str) -> Option<PathBuf> {
     }
 }
 
-/// Opens the log named by `url`.
-pub fn open_log(url: &str, topology: Topology) -> Result<Arc<dyn Log>, OpenError> {
+/// Opens the log named by `url`: `embedded://PATH` (or a bare path) or
+/// `kafka://HOST:PORT,…` (see [`kafka_log`]). `topology` gives the partition
+/// counts of topics this call creates; existing topics keep theirs.
+pub async fn open_log(url: &str, topology: Topology) -> Result<Arc<dyn Log>, OpenError> {
+    if url.starts_with("kafka://") {
+        return Ok(Arc::new(KafkaLog::connect(url, topology).await?));
+    }
     match embedded_path(url) {
         Some(path) => Ok(Arc::new(EmbeddedLog::open(&path, topology)?)),
         None => Err(OpenError::Unsupported {
             what: "log",
             url: url.to_owned(),
-            reason: "this build supports embedded://PATH only",
+            reason: "expected embedded://PATH or kafka://HOST:PORT",
         }),
     }
 }

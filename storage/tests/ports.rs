@@ -340,6 +340,66 @@ async fn embedded_log_meets_the_log_contract() {
 }
 
 #[tokio::test]
+async fn kafka_log_meets_the_log_contract_on_tansu() {
+    let broker = emosation_testkit::Tansu::start();
+    let log = emosation_storage::KafkaLog::connect(&broker.isolated_url(), Topology::default())
+        .await
+        .unwrap();
+    assert_eq!(log.topology(), Topology::default());
+    log_contract(Arc::new(log)).await;
+}
+
+#[tokio::test]
+async fn kafka_log_reconnects_to_existing_topics_and_keeps_their_records() {
+    let broker = emosation_testkit::Tansu::start();
+    let url = broker.isolated_url();
+    let small = Topology {
+        accounts_partitions: 2,
+        rooms_partitions: 3,
+    };
+    let pos = {
+        let log = emosation_storage::KafkaLog::connect(&url, small).await.unwrap();
+        for i in 0..10 {
+            log.append(Topic::Rooms, b"k", Bytes::from(format!("{i}")))
+                .await
+                .unwrap();
+        }
+        log.commit("g", Topic::Rooms, 0, 7).await.unwrap();
+        log.append(Topic::Rooms, b"k", Bytes::from_static(b"last"))
+            .await
+            .unwrap()
+    };
+    // Asking for other counts does not change existing topics.
+    let log = emosation_storage::KafkaLog::connect(&url, Topology::default())
+        .await
+        .unwrap();
+    assert_eq!(log.topology(), small, "the broker's partition counts win");
+    assert_eq!(
+        log.end_offset(Topic::Rooms, pos.partition).await.unwrap(),
+        pos.offset + 1
+    );
+    assert_eq!(log.committed("g", Topic::Rooms, 0).await.unwrap(), Some(7));
+    let all = log
+        .fetch(Topic::Rooms, pos.partition, 0, 100, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 11);
+    assert_eq!(all[10].value, Bytes::from_static(b"last"));
+    // Random access: back to the middle, then on from there.
+    let mid = log
+        .fetch(Topic::Rooms, pos.partition, 4, 2, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(mid.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![4, 5]);
+    let next = log
+        .fetch(Topic::Rooms, pos.partition, 6, 100, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(next.first().map(|e| e.offset), Some(6));
+    assert_eq!(next.len(), 5);
+}
+
+#[tokio::test]
 async fn embedded_log_survives_reopen_and_keeps_its_topology() {
     let dir = tempfile::tempdir().unwrap();
     let topo = Topology {
