@@ -189,7 +189,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Views {
             command: ViewsCommand::Checksum(args),
         } => {
-            let views = args.engines()?.open_views()?;
+            let views = args.engines()?.open_views().await?;
             println!("{}", views.checksum().await?);
             Ok(())
         }
@@ -276,7 +276,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     let engines = args.engines.engines()?;
     let log = engines.open_log().await?;
-    let views = engines.open_views()?;
+    let views = engines.open_views().await?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} records  {per_sec}  eta {eta}")

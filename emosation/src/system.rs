@@ -67,10 +67,12 @@ impl Engines {
             .context("open log")
     }
 
-    pub fn open_views(&self) -> anyhow::Result<Arc<dyn ViewStore>> {
+    pub async fn open_views(&self) -> anyhow::Result<Arc<dyn ViewStore>> {
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("create data dir {}", self.data_dir.display()))?;
-        emosation_storage::open_views(&self.store_url()).context("open view store")
+        emosation_storage::open_views(&self.store_url())
+            .await
+            .context("open view store")
     }
 }
 
@@ -142,7 +144,7 @@ impl Server {
     /// Opens the engines and starts every service, serving HTTP on `listener`.
     pub async fn start(cfg: ServeConfig, listener: TcpListener) -> anyhow::Result<Server> {
         let log = cfg.engines.open_log().await?;
-        let views = cfg.engines.open_views()?;
+        let views = cfg.engines.open_views().await?;
         let secret = jwt_secret(cfg.jwt_secret.as_deref(), &cfg.engines.data_dir)?;
         let keys = TokenKeys::new(&secret, cfg.access_ttl, cfg.refresh_ttl);
         let auth = Arc::new(Authenticator::new(keys, Arc::clone(&views)));

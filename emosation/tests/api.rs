@@ -722,7 +722,7 @@ async fn views_survive_restart_and_replay_gives_the_same_checksum() {
     s.stop().await;
 
     let engines = emosation::system::Engines::embedded(tmp.path());
-    let live = engines.open_views().unwrap().checksum().await.unwrap();
+    let live = engines.open_views().await.unwrap().checksum().await.unwrap();
     drop(engines);
 
     // Restarted, the server resumes from the stored positions: same views.
@@ -735,7 +735,7 @@ async fn views_survive_restart_and_replay_gives_the_same_checksum() {
     // Replay from scratch gives the same digest.
     let engines = emosation::system::Engines::embedded(tmp.path());
     let log = engines.open_log().await.unwrap();
-    let views = engines.open_views().unwrap();
+    let views = engines.open_views().await.unwrap();
     assert_eq!(views.checksum().await.unwrap(), live, "restart changed nothing");
     let stats = emosation_projector::replay(log, std::sync::Arc::clone(&views), std::sync::Arc::new(|_, _| {}))
         .await

@@ -155,6 +155,10 @@ impl Projector {
     }
 }
 
+/// Follows one partition for as long as the projector runs. Failures of the
+/// log or the store (a broker failing over, a Redis restarting) do not stop
+/// it: it waits, re-reads its position from the store — which is where the
+/// views really are, even if the store lost them — and carries on from there.
 async fn run_partition(
     log: &dyn Log,
     store: &dyn ViewStore,
@@ -163,16 +167,58 @@ async fn run_partition(
     partition: u32,
     shutdown: CancellationToken,
 ) -> Result<(), ProjectorError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match follow_partition(log, store, decisions, topic, partition, &shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                warn!(topic = topic.name(), partition, error = %e, ?backoff, "projector partition failed; resuming from the stored position");
+                metrics::counter!("emosation_projector_restarts_total", "topic" => topic.name()).increment(1);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// How often an idle partition checks that the store still holds its position.
+const POSITION_CHECK: Duration = Duration::from_secs(2);
+
+async fn follow_partition(
+    log: &dyn Log,
+    store: &dyn ViewStore,
+    decisions: &dyn Decisions,
+    topic: Topic,
+    partition: u32,
+    shutdown: &CancellationToken,
+) -> Result<(), ProjectorError> {
     let mut next = store.position(CORE_VIEWS, topic, partition).await?;
     let topic_label = topic.name();
     debug!(topic = topic_label, partition, next, "projector partition resumes");
     decisions.applied(topic, partition, next);
+    let mut checked = tokio::time::Instant::now();
     loop {
         let entries = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = log.fetch(topic, partition, next, LIVE_BATCH, Duration::from_millis(500)) => r?,
         };
-        let Some(last) = entries.last() else { continue };
+        let Some(last) = entries.last() else {
+            // Idle: make sure the views are still where we think (a store
+            // that lost its data reports an earlier position).
+            if checked.elapsed() >= POSITION_CHECK {
+                checked = tokio::time::Instant::now();
+                let stored = store.position(CORE_VIEWS, topic, partition).await?;
+                if stored != next {
+                    return Err(ProjectorError::Store(StoreError::Storage(format!(
+                        "the store is at offset {stored}, not {next}: it lost or moved views"
+                    ))));
+                }
+            }
+            continue;
+        };
         let new_next = last.offset + 1;
         let (changes, folded) = fold_batch(store, topic, partition, &entries).await?;
         store

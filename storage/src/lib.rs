@@ -18,11 +18,13 @@ pub mod embedded_log;
 pub mod embedded_views;
 pub mod kafka_log;
 pub mod local_decisions;
+pub mod redis_views;
 
 pub use embedded_log::EmbeddedLog;
 pub use embedded_views::EmbeddedViewStore;
 pub use kafka_log::KafkaLog;
 pub use local_decisions::LocalDecisions;
+pub use redis_views::RedisViewStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -69,14 +71,18 @@ pub async fn open_log(url: &str, topology: Topology) -> Result<Arc<dyn Log>, Ope
     }
 }
 
-/// Opens the view store named by `url`.
-pub fn open_views(url: &str) -> Result<Arc<dyn ViewStore>, OpenError> {
+/// Opens the view store named by `url`: `embedded://PATH` (or a bare path)
+/// or `redis://HOST:PORT` (see [`redis_views`]).
+pub async fn open_views(url: &str) -> Result<Arc<dyn ViewStore>, OpenError> {
+    if url.starts_with("redis://") {
+        return Ok(Arc::new(RedisViewStore::connect(url).await?));
+    }
     match embedded_path(url) {
         Some(path) => Ok(Arc::new(EmbeddedViewStore::open(&path)?)),
         None => Err(OpenError::Unsupported {
             what: "view store",
             url: url.to_owned(),
-            reason: "this build supports embedded://PATH only",
+            reason: "expected embedded://PATH or redis://HOST:PORT",
         }),
     }
 }

@@ -1,0 +1,716 @@
+//! [`RedisViewStore`]: the view store on Redis, for hot state that must be
+//! shared by every node and served from memory.
+//!
+//! # Data model
+//! Every key carries the hash tag `{NS}` (default `{emosation}`), so a Redis
+//! Cluster keeps one deployment's views in one slot and the apply script may
+//! touch them all atomically. (That caps the views at one shard: they are
+//! hot state — rooms, memberships, recent history, revoked sessions — not an
+//! archive; ScyllaDB is the store that scales out.)
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{NS}:t:TABLE` | hash | canonical key bytes ([`ViewKey::encode`]) → postcard [`ViewValue`], one per table of [`TABLES`] |
+//! | `{NS}:rooms` | zset (lex) | room ids, for listing rooms in id order |
+//! | `{NS}:m:ROOM` / `{NS}:ur:USER` | zset (lex) | members of a room / rooms of a user |
+//! | `{NS}:h:ROOM` | zset (lex) | message ids of a room (fixed-width hex, so lex order is log order) |
+//! | `{NS}:e:ROOM` | zset (lex) | message ids with an emotion |
+//! | `{NS}:positions` | hash | `consumer\0topic\0partition` → next offset (8 bytes BE); `consumer\x01rebuilding` |
+//!
+//! Values and key bytes are exactly the embedded store's, so the checksum
+//! (tables in [`TABLES`] order, entries in key-byte order, then positions) is
+//! equal for equal content whichever store holds it.
+//!
+//! # Atomic batches, and noticing a Redis that came back empty
+//! `apply` runs one Lua script: it first checks that each position the batch
+//! advances is still where this store last saw it (read by `position`, or
+//! written by its previous `apply`), then makes every change and writes the
+//! new positions. Redis runs a script atomically, so readers see all of a
+//! batch or none of it. If Redis restarted without its data (or someone
+//! flushed it), the positions are gone, the check fails, and `apply` returns
+//! an error naming the lost position; the projector then re-reads its
+//! position (now 0) and folds the partition again from the start of the log,
+//! which rebuilds exactly the same views.
+//!
+//! URL: `redis://HOST:PORT[/DB][?ns=NAME&pool=N]`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use emosation_core::ids::Topic;
+use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
+use emosation_core::view::{
+    EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
+};
+use redis::aio::ConnectionManager;
+use sha2::{Digest, Sha256};
+
+use crate::OpenError;
+
+/// Keys written per pipeline round trip by `ingest`.
+const INGEST_CHUNK: usize = 2_000;
+
+const APPLY_SCRIPT: &str = r#"
+-- KEYS[1]: the positions hash.
+-- ARGV: n_checks, then (field, expected) pairs, then ops:
+--   "s" hash field value | "d" hash field | "z" zset member | "r" zset member
+local n = tonumber(ARGV[1])
+local i = 2
+for _ = 1, n do
+  local have = redis.call('HGET', KEYS[1], ARGV[i])
+  local want = ARGV[i + 1]
+  if want == '' then
+    if have then return redis.error_reply('EMOSATION_MOVED position advanced elsewhere') end
+  elseif have ~= want then
+    return redis.error_reply('EMOSATION_LOST view position missing or moved (did Redis restart empty?)')
+  end
+  i = i + 2
+end
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == 's' then redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]); i = i + 4
+  elseif op == 'd' then redis.call('HDEL', ARGV[i + 1], ARGV[i + 2]); i = i + 3
+  elseif op == 'z' then redis.call('ZADD', ARGV[i + 1], 0, ARGV[i + 2]); i = i + 3
+  elseif op == 'r' then redis.call('ZREM', ARGV[i + 1], ARGV[i + 2]); i = i + 3
+  else return redis.error_reply('EMOSATION_BADOP ' .. tostring(op)) end
+end
+return 1
+"#;
+
+/// Parsed `redis://` URL: the part the client takes, and ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub client_url: String,
+    pub ns: String,
+    pub pool: usize,
+}
+
+impl RedisUrl {
+    pub fn parse(url: &str) -> Result<Self, OpenError> {
+        let bad = |reason: &'static str| OpenError::Unsupported {
+            what: "redis",
+            url: url.to_owned(),
+            reason,
+        };
+        if !url.starts_with("redis://") || url.len() == "redis://".len() {
+            return Err(bad("expected redis://HOST:PORT[/DB]"));
+        }
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut parsed = RedisUrl {
+            client_url: base.to_owned(),
+            ns: "emosation".to_owned(),
+            pool: 4,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("ns", v)) if !v.is_empty() && !v.contains(['{', '}']) => parsed.ns = v.to_owned(),
+                Some(("pool", v)) => {
+                    parsed.pool = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=64).contains(n))
+                        .ok_or(bad("pool must be 1..=64"))?
+                }
+                _ => return Err(bad("options are ns=NAME (no braces) and pool=N")),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// One `HSCAN` page: the next cursor and field/value pairs.
+type HashPage = (u64, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// A small pool of multiplexed, self-reconnecting connections.
+#[derive(Clone)]
+pub(crate) struct RedisPool {
+    conns: std::sync::Arc<Vec<ConnectionManager>>,
+    next: std::sync::Arc<AtomicUsize>,
+}
+
+impl RedisPool {
+    pub(crate) async fn connect(url: &RedisUrl) -> Result<Self, OpenError> {
+        let open = |e: redis::RedisError| OpenError::Open {
+            what: "redis",
+            path: url.client_url.clone(),
+            reason: e.to_string(),
+        };
+        let client = redis::Client::open(url.client_url.as_str()).map_err(open)?;
+        let mut conns = Vec::with_capacity(url.pool);
+        for _ in 0..url.pool {
+            let cfg = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+                .set_response_timeout(Some(std::time::Duration::from_secs(10)))
+                .set_number_of_retries(3);
+            conns.push(
+                ConnectionManager::new_with_config(client.clone(), cfg)
+                    .await
+                    .map_err(open)?,
+            );
+        }
+        Ok(RedisPool {
+            conns: std::sync::Arc::new(conns),
+            next: std::sync::Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    pub(crate) fn get(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].clone()
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(format!("redis: {e}"))
+}
+
+fn position_field(consumer: &str, topic: Topic, partition: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(consumer.len() + 24);
+    k.extend_from_slice(consumer.as_bytes());
+    k.push(0);
+    k.extend_from_slice(topic.name().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn rebuilding_field(consumer: &str) -> Vec<u8> {
+    let mut k = consumer.as_bytes().to_vec();
+    k.extend_from_slice(b"\x01rebuilding");
+    k
+}
+
+/// The view store on Redis.
+pub struct RedisViewStore {
+    pool: RedisPool,
+    ns: String,
+    apply: redis::Script,
+    /// Where each position was when this store last read or wrote it (the
+    /// apply script's guard against a Redis that lost its data); `None` once
+    /// an apply failed, until `position` reads it again.
+    seen: Mutex<HashMap<Vec<u8>, Option<u64>>>,
+}
+
+impl std::fmt::Debug for RedisViewStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisViewStore").field("ns", &self.ns).finish()
+    }
+}
+
+impl RedisViewStore {
+    pub async fn connect(url: &str) -> Result<Self, OpenError> {
+        let url = RedisUrl::parse(url)?;
+        let pool = RedisPool::connect(&url).await?;
+        Ok(RedisViewStore {
+            pool,
+            ns: url.ns,
+            apply: redis::Script::new(APPLY_SCRIPT),
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{{{}}}:{rest}", self.ns).into_bytes()
+    }
+
+    fn table_key(&self, table: &str) -> Vec<u8> {
+        self.key(&format!("t:{table}"))
+    }
+
+    fn index_key(&self, kind: &str, id: &str) -> Vec<u8> {
+        self.key(&format!("{kind}:{id}"))
+    }
+
+    fn positions_key(&self) -> Vec<u8> {
+        self.key("positions")
+    }
+
+    fn decode(table: &'static str, raw: &[u8]) -> Result<ViewValue, StoreError> {
+        postcard::from_bytes(raw).map_err(|e| StoreError::Corrupt {
+            table,
+            reason: e.to_string(),
+        })
+    }
+
+    /// The index entries (zset, member) a key keeps.
+    fn indexes(&self, key: &ViewKey) -> Vec<(Vec<u8>, String)> {
+        match key {
+            ViewKey::Room(id) => vec![(self.key("rooms"), id.clone())],
+            ViewKey::Member { room_id, user_id } => vec![
+                (self.index_key("m", room_id), user_id.clone()),
+                (self.index_key("ur", user_id), room_id.clone()),
+            ],
+            ViewKey::Message { room_id, message_id } => vec![(self.index_key("h", room_id), message_id.clone())],
+            ViewKey::Emotion { room_id, message_id } => vec![(self.index_key("e", room_id), message_id.clone())],
+            _ => Vec::new(),
+        }
+    }
+
+    async fn get_many(&self, keys: &[ViewKey]) -> Result<Vec<Option<ViewValue>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("HGET").arg(self.table_key(k.table())).arg(k.encode());
+        }
+        let raw: Vec<Option<Vec<u8>>> = pipe.query_async(&mut self.pool.get()).await.map_err(storage)?;
+        keys.iter()
+            .zip(raw)
+            .map(|(k, r)| r.map(|r| Self::decode(k.table(), &r)).transpose())
+            .collect()
+    }
+
+    async fn get(&self, key: ViewKey) -> Result<Option<ViewValue>, StoreError> {
+        Ok(self.get_many(std::slice::from_ref(&key)).await?.pop().flatten())
+    }
+
+    /// Ids from a lex zset: `(after, +]` ascending or `[-, before)` descending.
+    async fn range(
+        &self,
+        zset: Vec<u8>,
+        after: Option<&str>,
+        before: Option<&str>,
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let mut con = self.pool.get();
+        let out: Vec<String> = if rev {
+            let max = before.map_or("+".to_owned(), |b| format!("({b}"));
+            redis::cmd("ZREVRANGEBYLEX")
+                .arg(zset)
+                .arg(max)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut con)
+                .await
+        } else {
+            let min = after.map_or("-".to_owned(), |a| format!("({a}"));
+            redis::cmd("ZRANGEBYLEX")
+                .arg(zset)
+                .arg(min)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut con)
+                .await
+        }
+        .map_err(storage)?;
+        Ok(out)
+    }
+
+    async fn scan_keys(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut con = self.pool.get();
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await
+                .map_err(storage)?;
+            out.extend(keys);
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Every field of a hash, sorted by field bytes.
+    async fn sorted_hash(&self, key: Vec<u8>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut con = self.pool.get();
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, chunk): HashPage = redis::cmd("HSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await
+                .map_err(storage)?;
+            out.extend(chunk);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // HSCAN may return a field twice while the hash is rehashing.
+        out.sort_unstable();
+        out.dedup_by(|a, b| a.0 == b.0);
+        Ok(out)
+    }
+
+    fn values_of<T>(vals: Vec<Option<ViewValue>>, pick: impl Fn(ViewValue) -> Option<T>) -> Vec<T> {
+        vals.into_iter().flatten().filter_map(pick).collect()
+    }
+}
+
+fn as_member(v: ViewValue) -> Option<MemberView> {
+    match v {
+        ViewValue::Member(m) => Some(m),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl ViewStore for RedisViewStore {
+    async fn load(&self, keys: &[ViewKey]) -> Result<Vec<Option<ViewValue>>, StoreError> {
+        self.get_many(keys).await
+    }
+
+    async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
+        let mut inv = self.apply.key(self.positions_key());
+        let fields: Vec<(Vec<u8>, u64)> = batch
+            .positions
+            .iter()
+            .map(|(t, p, next)| (position_field(&batch.consumer, *t, *p), *next))
+            .collect();
+        {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            inv.arg(fields.len());
+            for (field, _) in &fields {
+                inv.arg(field.as_slice());
+                // A position this store never read is taken as absent (a
+                // fresh consumer); one it read as 0 may be absent too.
+                match seen.get(field) {
+                    Some(Some(0)) | None => inv.arg(""),
+                    Some(Some(v)) => inv.arg(v.to_be_bytes().as_slice()),
+                    Some(None) => {
+                        return Err(storage(
+                            "a previous batch failed: re-read the position before applying more",
+                        ));
+                    }
+                };
+            }
+        }
+        for (key, value) in &batch.changes {
+            let table = self.table_key(key.table());
+            match value {
+                Some(v) => {
+                    inv.arg("s")
+                        .arg(table)
+                        .arg(key.encode())
+                        .arg(postcard::to_allocvec(v).map_err(storage)?);
+                    for (zset, member) in self.indexes(key) {
+                        inv.arg("z").arg(zset).arg(member);
+                    }
+                }
+                None => {
+                    inv.arg("d").arg(table).arg(key.encode());
+                    for (zset, member) in self.indexes(key) {
+                        inv.arg("r").arg(zset).arg(member);
+                    }
+                }
+            }
+        }
+        for (field, next) in &fields {
+            inv.arg("s")
+                .arg(self.positions_key())
+                .arg(field.as_slice())
+                .arg(next.to_be_bytes().as_slice());
+        }
+        let r: Result<i64, _> = inv.invoke_async(&mut self.pool.get()).await;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(_) => {
+                for (field, next) in fields {
+                    seen.insert(field, Some(next));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // The batch may or may not have landed: the caller must
+                // re-read its positions before it applies anything more.
+                for (field, _) in fields {
+                    seen.insert(field, None);
+                }
+                Err(storage(e))
+            }
+        }
+    }
+
+    async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError> {
+        let field = position_field(consumer, topic, partition);
+        let raw: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.positions_key())
+            .arg(&field)
+            .query_async(&mut self.pool.get())
+            .await
+            .map_err(storage)?;
+        let v = raw
+            .and_then(|r| <[u8; 8]>::try_from(r.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(field, Some(v));
+        Ok(v)
+    }
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserView>, StoreError> {
+        Ok(match self.get(ViewKey::User(user_id.to_owned())).await? {
+            Some(ViewValue::User(u)) => Some(u),
+            _ => None,
+        })
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserView>, StoreError> {
+        match self.get(ViewKey::Username(username.to_owned())).await? {
+            Some(ViewValue::Username(id)) => self.user(&id).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn room(&self, room_id: &str) -> Result<Option<RoomView>, StoreError> {
+        Ok(match self.get(ViewKey::Room(room_id.to_owned())).await? {
+            Some(ViewValue::Room(r)) => Some(r),
+            _ => None,
+        })
+    }
+
+    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError> {
+        let ids = self.range(self.key("rooms"), after, None, false, limit).await?;
+        let keys: Vec<ViewKey> = ids.into_iter().map(ViewKey::Room).collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
+            ViewValue::Room(r) => Some(r),
+            _ => None,
+        }))
+    }
+
+    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberView>, StoreError> {
+        Ok(self
+            .get(ViewKey::Member {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+            })
+            .await?
+            .and_then(as_member))
+    }
+
+    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
+        let ids = self
+            .range(self.index_key("m", room_id), None, None, false, usize::MAX)
+            .await?;
+        let keys: Vec<ViewKey> = ids
+            .into_iter()
+            .map(|user_id| ViewKey::Member {
+                room_id: room_id.to_owned(),
+                user_id,
+            })
+            .collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, as_member))
+    }
+
+    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError> {
+        let ids = self
+            .range(self.index_key("ur", user_id), None, None, false, usize::MAX)
+            .await?;
+        let keys: Vec<ViewKey> = ids
+            .into_iter()
+            .map(|room_id| ViewKey::Member {
+                room_id,
+                user_id: user_id.to_owned(),
+            })
+            .collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, as_member))
+    }
+
+    async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError> {
+        let ids = self
+            .range(self.index_key("h", room_id), None, before, true, limit)
+            .await?;
+        let keys: Vec<ViewKey> = ids
+            .into_iter()
+            .rev()
+            .map(|message_id| ViewKey::Message {
+                room_id: room_id.to_owned(),
+                message_id,
+            })
+            .collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
+            ViewValue::Message(m) => Some(m),
+            _ => None,
+        }))
+    }
+
+    async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<EmotionView>, StoreError> {
+        let ids = self
+            .range(self.index_key("e", room_id), None, None, true, limit)
+            .await?;
+        let keys: Vec<ViewKey> = ids
+            .into_iter()
+            .rev()
+            .map(|message_id| ViewKey::Emotion {
+                room_id: room_id.to_owned(),
+                message_id,
+            })
+            .collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
+            ViewValue::Emotion(e) => Some(e),
+            _ => None,
+        }))
+    }
+
+    async fn session(&self, username: &str, session_id: &str) -> Result<Option<SessionView>, StoreError> {
+        Ok(
+            match self
+                .get(ViewKey::Session {
+                    username: username.to_owned(),
+                    session_id: session_id.to_owned(),
+                })
+                .await?
+            {
+                Some(ViewValue::Session(s)) => Some(s),
+                _ => None,
+            },
+        )
+    }
+
+    async fn clear(&self, consumer: &str) -> Result<(), StoreError> {
+        let mut con = self.pool.get();
+        if consumer == CORE_VIEWS {
+            let mut doomed = Vec::new();
+            for t in TABLES {
+                doomed.push(self.table_key(t));
+            }
+            doomed.push(self.key("rooms"));
+            for kind in ["m", "ur", "h", "e"] {
+                doomed.extend(self.scan_keys(&self.index_key(kind, "*")).await?);
+            }
+            for chunk in doomed.chunks(500) {
+                let _: i64 = redis::cmd("UNLINK")
+                    .arg(chunk)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(storage)?;
+            }
+        }
+        let fields: Vec<Vec<u8>> = self
+            .sorted_hash(self.positions_key())
+            .await?
+            .into_iter()
+            .map(|(f, _)| f)
+            .filter(|f| f.starts_with(consumer.as_bytes()) && f.get(consumer.len()) == Some(&0))
+            .collect();
+        if !fields.is_empty() {
+            let _: i64 = redis::cmd("HDEL")
+                .arg(self.positions_key())
+                .arg(&fields)
+                .query_async(&mut con)
+                .await
+                .map_err(storage)?;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for f in fields {
+            seen.insert(f, Some(0));
+        }
+        Ok(())
+    }
+
+    async fn ingest(&self, entries: Vec<(ViewKey, Box<ViewValue>)>) -> Result<(), StoreError> {
+        for chunk in entries.chunks(INGEST_CHUNK) {
+            let mut pipe = redis::pipe();
+            for (key, value) in chunk {
+                if !key.is_write_once() {
+                    return Err(storage(format!("ingest of a mutable entity {key:?}")));
+                }
+                pipe.cmd("HSET")
+                    .arg(self.table_key(key.table()))
+                    .arg(key.encode())
+                    .arg(postcard::to_allocvec(&**value).map_err(storage)?)
+                    .ignore();
+                for (zset, member) in self.indexes(key) {
+                    pipe.cmd("ZADD").arg(zset).arg(0).arg(member).ignore();
+                }
+            }
+            let () = pipe.query_async(&mut self.pool.get()).await.map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    async fn set_rebuilding(&self, consumer: &str, on: bool) -> Result<(), StoreError> {
+        let mut con = self.pool.get();
+        let field = rebuilding_field(consumer);
+        let _: i64 = if on {
+            redis::cmd("HSET")
+                .arg(self.positions_key())
+                .arg(field)
+                .arg(&[1u8][..])
+                .query_async(&mut con)
+                .await
+        } else {
+            redis::cmd("HDEL")
+                .arg(self.positions_key())
+                .arg(field)
+                .query_async(&mut con)
+                .await
+        }
+        .map_err(storage)?;
+        Ok(())
+    }
+
+    async fn rebuilding(&self, consumer: &str) -> Result<bool, StoreError> {
+        redis::cmd("HEXISTS")
+            .arg(self.positions_key())
+            .arg(rebuilding_field(consumer))
+            .query_async(&mut self.pool.get())
+            .await
+            .map_err(storage)
+    }
+
+    async fn checksum(&self) -> Result<String, StoreError> {
+        let mut h = Sha256::new();
+        let mut feed = |name: &str, rows: Vec<(Vec<u8>, Vec<u8>)>| {
+            h.update((name.len() as u32).to_be_bytes());
+            h.update(name.as_bytes());
+            for (k, v) in rows {
+                h.update((k.len() as u32).to_be_bytes());
+                h.update(&k);
+                h.update((v.len() as u32).to_be_bytes());
+                h.update(&v);
+            }
+        };
+        for t in TABLES {
+            feed(t, self.sorted_hash(self.table_key(t)).await?);
+        }
+        feed("positions", self.sorted_hash(self.positions_key()).await?);
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let u = RedisUrl::parse("redis://127.0.0.1:6379/2?ns=t1&pool=8").unwrap();
+        assert_eq!(u.client_url, "redis://127.0.0.1:6379/2");
+        assert_eq!((u.ns.as_str(), u.pool), ("t1", 8));
+        let d = RedisUrl::parse("redis://h:1").unwrap();
+        assert_eq!((d.ns.as_str(), d.pool), ("emosation", 4));
+        for bad in [
+            "redis://",
+            "kafka://h:1",
+            "redis://h:1?ns={x}",
+            "redis://h:1?pool=0",
+            "redis://h:1?x=1",
+        ] {
+            assert!(RedisUrl::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}
