@@ -236,3 +236,56 @@ pub trait Classifier: Send + Sync + 'static {
     fn model(&self) -> &str;
     async fn classify(&self, texts: &[&str]) -> Result<Vec<crate::emotion::Classification>, ClassifyError>;
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceError {
+    #[error("presence store error: {0}")]
+    Storage(String),
+}
+
+/// One live WebSocket connection: the fan-out node holding it and its id there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnRef {
+    pub node: String,
+    pub conn: u64,
+}
+
+/// Delivers kick orders to the connections of one node.
+pub type KickSink = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Who is connected where, shared by every fan-out node: the session policy
+/// across nodes, presence, and shared rate limits. Ephemeral by nature — it
+/// describes live connections, not the log — so losing it loses nothing:
+/// live connections re-register on their next refresh.
+///
+/// Contract (the generic presence test body checks each point):
+/// - `register` adds `conn` as the user's newest connection and returns the
+///   user's older connections beyond the `max` newest, oldest first, on any
+///   node; they are no longer registered. Concurrent registrations of one
+///   user are serialised: every connection is evicted by exactly one call.
+/// - A registration lives `ttl` unless `refresh`ed; `refresh` returns
+///   `false` if the connection is no longer registered (evicted or expired),
+///   which tells its node to close it.
+/// - `kick` reaches the [`KickSink`] that `on_kicks` installed for the
+///   connection's node, at most once, promptly while both are up.
+/// - `online` tells, per user, whether any registration is live.
+/// - `take` is a token bucket per `bucket` name shared by every caller:
+///   `rate` tokens per second, at most `burst` stored; `true` if a token was
+///   taken.
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    async fn register(
+        &self,
+        user_id: &str,
+        conn: &ConnRef,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<Vec<ConnRef>, PresenceError>;
+    async fn refresh(&self, user_id: &str, conn: &ConnRef, ttl: Duration) -> Result<bool, PresenceError>;
+    async fn unregister(&self, user_id: &str, conn: &ConnRef) -> Result<(), PresenceError>;
+    async fn online(&self, user_ids: &[String]) -> Result<Vec<bool>, PresenceError>;
+    async fn kick(&self, conn: &ConnRef) -> Result<(), PresenceError>;
+    /// Installs the sink for kick orders addressed to `node` (one per node).
+    async fn on_kicks(&self, node: &str, sink: KickSink) -> Result<(), PresenceError>;
+    async fn take(&self, bucket: &str, rate: u32, burst: u32) -> Result<bool, PresenceError>;
+}

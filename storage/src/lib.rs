@@ -12,18 +12,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use emosation_core::ids::Topology;
-use emosation_core::ports::{Log, ViewStore};
+use emosation_core::ports::{Log, Presence, ViewStore};
 
 pub mod embedded_log;
 pub mod embedded_views;
 pub mod kafka_log;
 pub mod local_decisions;
+pub mod local_presence;
+pub mod redis_presence;
 pub mod redis_views;
 
 pub use embedded_log::EmbeddedLog;
 pub use embedded_views::EmbeddedViewStore;
 pub use kafka_log::KafkaLog;
 pub use local_decisions::LocalDecisions;
+pub use local_presence::LocalPresence;
+pub use redis_presence::RedisPresence;
 pub use redis_views::RedisViewStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,20 @@ pub async fn open_log(url: &str, topology: Topology) -> Result<Arc<dyn Log>, Ope
             what: "log",
             url: url.to_owned(),
             reason: "expected embedded://PATH or kafka://HOST:PORT",
+        }),
+    }
+}
+
+/// Opens the presence port named by `url`: in-process when `None`, or
+/// `redis://HOST:PORT` (see [`redis_presence`]).
+pub async fn open_presence(url: Option<&str>) -> Result<Arc<dyn Presence>, OpenError> {
+    match url {
+        None => Ok(Arc::new(LocalPresence::new())),
+        Some(u) if u.starts_with("redis://") => Ok(Arc::new(RedisPresence::connect(u).await?)),
+        Some(u) => Err(OpenError::Unsupported {
+            what: "cache",
+            url: u.to_owned(),
+            reason: "expected redis://HOST:PORT (or no cache URL for the in-process one)",
         }),
     }
 }

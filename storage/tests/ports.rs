@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use emosation_core::ids::{Topic, Topology, partition_for};
-use emosation_core::ports::{CORE_VIEWS, Log, LogError, ViewBatch, ViewStore};
+use emosation_core::ports::{CORE_VIEWS, ConnRef, Log, LogError, Presence, ViewBatch, ViewStore};
 use emosation_core::view::{MemberView, MessageView, RoomView, UserView, ViewKey, ViewValue};
-use emosation_storage::{EmbeddedLog, EmbeddedViewStore, RedisViewStore};
+use emosation_storage::{EmbeddedLog, EmbeddedViewStore, LocalPresence, RedisPresence, RedisViewStore};
 
 async fn log_contract(log: Arc<dyn Log>) {
     let topo = log.topology();
@@ -567,4 +567,135 @@ async fn embedded_views_keep_bulk_loads_made_after_a_clear_across_reopen() {
     assert_eq!(store.history("r1", None, 50).await.unwrap().len(), 10);
     assert!(store.user("u1").await.unwrap().is_none(), "the clear held too");
     assert_eq!(store.checksum().await.unwrap(), before);
+}
+
+/// The presence contract. `a` and `b` are two handles on one registry (two
+/// fan-out nodes); for the in-process adapter they are the same value.
+async fn presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
+    use std::sync::Mutex;
+    let ttl = Duration::from_secs(30);
+    let conn = |node: &str, conn: u64| ConnRef {
+        node: node.to_owned(),
+        conn,
+    };
+    let kicked_a = Arc::new(Mutex::new(Vec::new()));
+    let kicked_b = Arc::new(Mutex::new(Vec::new()));
+    let (ka, kb) = (Arc::clone(&kicked_a), Arc::clone(&kicked_b));
+    a.on_kicks("node-a", Arc::new(move |c| ka.lock().unwrap().push(c)))
+        .await
+        .unwrap();
+    b.on_kicks("node-b", Arc::new(move |c| kb.lock().unwrap().push(c)))
+        .await
+        .unwrap();
+
+    // Newest connections win; older ones are evicted, on whichever node.
+    assert!(a.register("u1", &conn("node-a", 1), 1, ttl).await.unwrap().is_empty());
+    assert_eq!(a.online(&["u1".into(), "u2".into()]).await.unwrap(), vec![true, false]);
+    let evicted = b.register("u1", &conn("node-b", 7), 1, ttl).await.unwrap();
+    assert_eq!(evicted, vec![conn("node-a", 1)]);
+    assert!(
+        !a.refresh("u1", &conn("node-a", 1), ttl).await.unwrap(),
+        "evicted: its node must close it"
+    );
+    assert!(b.refresh("u1", &conn("node-b", 7), ttl).await.unwrap());
+
+    // Kicks reach the owning node's sink.
+    b.kick(&evicted[0]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kicked_a.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*kicked_a.lock().unwrap(), vec![1]);
+    assert!(kicked_b.lock().unwrap().is_empty());
+
+    // N sessions: the two newest stay.
+    assert!(a.register("u1", &conn("node-a", 2), 2, ttl).await.unwrap().is_empty());
+    let evicted = a.register("u1", &conn("node-a", 3), 2, ttl).await.unwrap();
+    assert_eq!(evicted, vec![conn("node-b", 7)]);
+
+    // Concurrent registrations: every connection but the newest is evicted exactly once.
+    let mut tasks = Vec::new();
+    for i in 0..40u64 {
+        let p = if i % 2 == 0 { Arc::clone(&a) } else { Arc::clone(&b) };
+        tasks.push(tokio::spawn(async move {
+            let c = ConnRef {
+                node: if i % 2 == 0 { "node-a" } else { "node-b" }.to_owned(),
+                conn: 100 + i,
+            };
+            p.register("u9", &c, 1, Duration::from_secs(30)).await.unwrap()
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "no connection evicted twice");
+    assert_eq!(all.len(), 39, "all but one evicted");
+
+    // Unregister: offline.
+    for c in [conn("node-a", 2), conn("node-a", 3)] {
+        a.unregister("u1", &c).await.unwrap();
+    }
+    assert_eq!(b.online(&["u1".into()]).await.unwrap(), vec![false]);
+
+    // Token buckets are shared.
+    let mut granted = 0;
+    for i in 0..20 {
+        let p = if i % 2 == 0 { &a } else { &b };
+        if p.take("rate:u1", 5, 10).await.unwrap() {
+            granted += 1;
+        }
+    }
+    assert!(
+        (10..=11).contains(&granted),
+        "burst of 10 shared by both nodes, got {granted}"
+    );
+    assert!(a.take("rate:u2", 5, 10).await.unwrap(), "buckets are independent");
+    assert!(a.take("rate:off", 0, 0).await.unwrap());
+}
+
+#[tokio::test]
+async fn local_presence_meets_the_presence_contract() {
+    let p: Arc<dyn Presence> = Arc::new(LocalPresence::new());
+    presence_contract(Arc::clone(&p), p).await;
+}
+
+#[tokio::test]
+async fn redis_presence_meets_the_presence_contract() {
+    let redis = emosation_testkit::RedisServer::start();
+    let a = RedisPresence::connect(redis.url()).await.unwrap();
+    let b = RedisPresence::connect(redis.url()).await.unwrap();
+    presence_contract(Arc::new(a), Arc::new(b)).await;
+}
+
+#[tokio::test]
+async fn redis_presence_expires_connections_whose_node_died() {
+    let redis = emosation_testkit::RedisServer::start();
+    let p = RedisPresence::connect(redis.url()).await.unwrap();
+    let dead = ConnRef {
+        node: "gone".into(),
+        conn: 1,
+    };
+    p.register("u", &dead, 1, Duration::from_millis(200)).await.unwrap();
+    assert_eq!(p.online(&["u".into()]).await.unwrap(), vec![true]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        p.online(&["u".into()]).await.unwrap(),
+        vec![false],
+        "expired without a refresh"
+    );
+    let live = ConnRef {
+        node: "alive".into(),
+        conn: 2,
+    };
+    assert!(
+        p.register("u", &live, 1, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_empty(),
+        "an expired connection is not evicted again"
+    );
 }

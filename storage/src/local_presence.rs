@@ -1,0 +1,115 @@
+//! [`LocalPresence`]: the presence port in process, for one node (the
+//! embedded default). Registrations have no expiry to enforce: a connection
+//! of this process unregisters when it closes, and a crash takes the
+//! registry with it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use emosation_core::ports::{ConnRef, KickSink, Presence, PresenceError};
+
+#[derive(Default)]
+pub struct LocalPresence {
+    users: Mutex<HashMap<String, VecDeque<ConnRef>>>,
+    sinks: Mutex<HashMap<String, KickSink>>,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl std::fmt::Debug for LocalPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalPresence").finish_non_exhaustive()
+    }
+}
+
+impl LocalPresence {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Presence for LocalPresence {
+    async fn register(
+        &self,
+        user_id: &str,
+        conn: &ConnRef,
+        max: usize,
+        _ttl: Duration,
+    ) -> Result<Vec<ConnRef>, PresenceError> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let list = users.entry(user_id.to_owned()).or_default();
+        list.retain(|c| c != conn);
+        list.push_back(conn.clone());
+        let mut evicted = Vec::new();
+        while list.len() > max.max(1) {
+            evicted.extend(list.pop_front());
+        }
+        Ok(evicted)
+    }
+
+    async fn refresh(&self, user_id: &str, conn: &ConnRef, _ttl: Duration) -> Result<bool, PresenceError> {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(users.get(user_id).is_some_and(|l| l.contains(conn)))
+    }
+
+    async fn unregister(&self, user_id: &str, conn: &ConnRef) -> Result<(), PresenceError> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = users.get_mut(user_id) {
+            list.retain(|c| c != conn);
+            if list.is_empty() {
+                users.remove(user_id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn online(&self, user_ids: &[String]) -> Result<Vec<bool>, PresenceError> {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(user_ids.iter().map(|u| users.contains_key(u)).collect())
+    }
+
+    async fn kick(&self, conn: &ConnRef) -> Result<(), PresenceError> {
+        let sink = self
+            .sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&conn.node)
+            .cloned();
+        if let Some(sink) = sink {
+            sink(conn.conn);
+        }
+        Ok(())
+    }
+
+    async fn on_kicks(&self, node: &str, sink: KickSink) -> Result<(), PresenceError> {
+        self.sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_owned(), sink);
+        Ok(())
+    }
+
+    async fn take(&self, bucket: &str, rate: u32, burst: u32) -> Result<bool, PresenceError> {
+        if rate == 0 {
+            return Ok(true);
+        }
+        let (rate, burst) = (rate as f64, burst.max(1) as f64);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > 100_000 {
+            // Forget buckets that have refilled: they are indistinguishable from new ones.
+            buckets.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < burst / rate);
+        }
+        let (tokens, last) = buckets.entry(bucket.to_owned()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! [`RedisPresence`]: the presence port on Redis, shared by every fan-out node.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{NS}:s:USER` | zset | the user's connections `NODE/CONN`, scored by registration order |
+//! | `{NS}:c:NODE/CONN` | string, expiring | the connection is alive (its owner refreshes it) |
+//! | `{NS}:seq` | counter | registration order |
+//! | `{NS}:b:BUCKET` | hash, expiring | token bucket: tokens and last refill (ms) |
+//! | channel `{NS}:kick:NODE` | pub/sub | connection ids the node must close |
+//!
+//! `register` is one Lua script (prune expired connections, add the new one,
+//! evict beyond `max`), so concurrent registrations of a user on any nodes
+//! are serialised by Redis and every eviction is returned to exactly one
+//! caller. A connection whose node died simply expires. A node that missed a
+//! kick message (pub/sub is at-most-once) still learns it was evicted on its
+//! next `refresh`, which returns `false`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use emosation_core::ports::{ConnRef, KickSink, Presence, PresenceError};
+use futures_util::StreamExt;
+use tracing::{debug, warn};
+
+use crate::OpenError;
+use crate::redis_views::{RedisPool, RedisUrl};
+
+const REGISTER: &str = r#"
+-- ARGV: prefix, user, member, max, ttl_ms
+local p, user, member, max, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local z = p .. 's:' .. user
+for _, m in ipairs(redis.call('ZRANGE', z, 0, -1)) do
+  if m ~= member and redis.call('EXISTS', p .. 'c:' .. m) == 0 then redis.call('ZREM', z, m) end
+end
+local seq = redis.call('INCR', p .. 'seq')
+redis.call('ZADD', z, seq, member)
+redis.call('SET', p .. 'c:' .. member, user, 'PX', ttl)
+redis.call('PEXPIRE', z, ttl)
+local n = redis.call('ZCARD', z)
+local evicted = {}
+if n > max then
+  evicted = redis.call('ZRANGE', z, 0, n - max - 1)
+  redis.call('ZREMRANGEBYRANK', z, 0, n - max - 1)
+  for _, m in ipairs(evicted) do redis.call('DEL', p .. 'c:' .. m) end
+end
+return evicted
+"#;
+
+const REFRESH: &str = r#"
+-- ARGV: prefix, user, member, ttl_ms
+local p, user, member, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local z = p .. 's:' .. user
+if redis.call('ZSCORE', z, member) == false then return 0 end
+redis.call('SET', p .. 'c:' .. member, user, 'PX', ttl)
+redis.call('PEXPIRE', z, ttl)
+return 1
+"#;
+
+const ONLINE: &str = r#"
+-- ARGV: prefix, users...
+local p = ARGV[1]
+local out = {}
+for i = 2, #ARGV do
+  local live = 0
+  for _, m in ipairs(redis.call('ZRANGE', p .. 's:' .. ARGV[i], 0, -1)) do
+    if redis.call('EXISTS', p .. 'c:' .. m) == 1 then live = 1; break end
+  end
+  out[#out + 1] = live
+end
+return out
+"#;
+
+const TAKE: &str = r#"
+-- ARGV: key, rate, burst
+local key, rate, burst = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local b = redis.call('HMGET', key, 'tokens', 'at')
+local tokens, at = tonumber(b[1]), tonumber(b[2])
+if tokens == nil then tokens, at = burst, now end
+tokens = math.min(burst, tokens + (now - at) * rate / 1000)
+local ok = 0
+if tokens >= 1 then tokens = tokens - 1; ok = 1 end
+redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now)
+redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
+return ok
+"#;
+
+fn err(e: impl std::fmt::Display) -> PresenceError {
+    PresenceError::Storage(format!("redis: {e}"))
+}
+
+fn member(conn: &ConnRef) -> String {
+    format!("{}/{}", conn.node, conn.conn)
+}
+
+fn parse_member(m: &str) -> Option<ConnRef> {
+    let (node, conn) = m.rsplit_once('/')?;
+    Some(ConnRef {
+        node: node.to_owned(),
+        conn: conn.parse().ok()?,
+    })
+}
+
+pub struct RedisPresence {
+    client: redis::Client,
+    pool: RedisPool,
+    prefix: String,
+    register: redis::Script,
+    refresh: redis::Script,
+    online: redis::Script,
+    take: redis::Script,
+}
+
+impl std::fmt::Debug for RedisPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPresence").field("prefix", &self.prefix).finish()
+    }
+}
+
+impl RedisPresence {
+    /// `redis://HOST:PORT[/DB][?ns=NAME&pool=N]`.
+    pub async fn connect(url: &str) -> Result<Self, OpenError> {
+        let url = RedisUrl::parse(url)?;
+        let pool = RedisPool::connect(&url).await?;
+        let client = redis::Client::open(url.client_url.as_str()).map_err(|e| OpenError::Open {
+            what: "redis",
+            path: url.client_url.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(RedisPresence {
+            client,
+            pool,
+            prefix: format!("{{{}}}:", url.ns),
+            register: redis::Script::new(REGISTER),
+            refresh: redis::Script::new(REFRESH),
+            online: redis::Script::new(ONLINE),
+            take: redis::Script::new(TAKE),
+        })
+    }
+
+    fn kick_channel(&self, node: &str) -> String {
+        format!("{}kick:{node}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl Presence for RedisPresence {
+    async fn register(
+        &self,
+        user_id: &str,
+        conn: &ConnRef,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<Vec<ConnRef>, PresenceError> {
+        let evicted: Vec<String> = self
+            .register
+            .arg(&self.prefix)
+            .arg(user_id)
+            .arg(member(conn))
+            .arg(max.max(1))
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut self.pool.get())
+            .await
+            .map_err(err)?;
+        Ok(evicted.iter().filter_map(|m| parse_member(m)).collect())
+    }
+
+    async fn refresh(&self, user_id: &str, conn: &ConnRef, ttl: Duration) -> Result<bool, PresenceError> {
+        let live: i64 = self
+            .refresh
+            .arg(&self.prefix)
+            .arg(user_id)
+            .arg(member(conn))
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut self.pool.get())
+            .await
+            .map_err(err)?;
+        Ok(live == 1)
+    }
+
+    async fn unregister(&self, user_id: &str, conn: &ConnRef) -> Result<(), PresenceError> {
+        let m = member(conn);
+        let () = redis::pipe()
+            .atomic()
+            .cmd("ZREM")
+            .arg(format!("{}s:{user_id}", self.prefix))
+            .arg(&m)
+            .ignore()
+            .cmd("DEL")
+            .arg(format!("{}c:{m}", self.prefix))
+            .ignore()
+            .query_async(&mut self.pool.get())
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn online(&self, user_ids: &[String]) -> Result<Vec<bool>, PresenceError> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.online.arg(&self.prefix);
+        for u in user_ids {
+            inv.arg(u);
+        }
+        let flags: Vec<i64> = inv.invoke_async(&mut self.pool.get()).await.map_err(err)?;
+        Ok(flags.into_iter().map(|f| f == 1).collect())
+    }
+
+    async fn kick(&self, conn: &ConnRef) -> Result<(), PresenceError> {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(self.kick_channel(&conn.node))
+            .arg(conn.conn)
+            .query_async(&mut self.pool.get())
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn on_kicks(&self, node: &str, sink: KickSink) -> Result<(), PresenceError> {
+        let channel = self.kick_channel(node);
+        let client = self.client.clone();
+        // Subscribe once before returning, so no kick sent after this call
+        // is missed; then keep the subscription up across reconnects.
+        let mut pubsub = client.get_async_pubsub().await.map_err(err)?;
+        pubsub.subscribe(&channel).await.map_err(err)?;
+        tokio::spawn(async move {
+            let mut pubsub = Some(pubsub);
+            loop {
+                let mut ps = match pubsub.take() {
+                    Some(ps) => ps,
+                    None => match client.get_async_pubsub().await {
+                        Ok(mut ps) => match ps.subscribe(&channel).await {
+                            Ok(()) => ps,
+                            Err(e) => {
+                                warn!(error = %e, "kick subscription failed; retrying");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                continue;
+                            }
+                        },
+                        Err(e) => {
+                            debug!(error = %e, "redis unreachable for kicks; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    },
+                };
+                let mut messages = ps.on_message();
+                while let Some(msg) = messages.next().await {
+                    match msg.get_payload::<u64>() {
+                        Ok(conn) => sink(conn),
+                        Err(e) => warn!(error = %e, "unreadable kick order"),
+                    }
+                }
+                drop(messages);
+                warn!(%channel, "kick subscription lost; resubscribing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Ok(())
+    }
+
+    async fn take(&self, bucket: &str, rate: u32, burst: u32) -> Result<bool, PresenceError> {
+        if rate == 0 {
+            return Ok(true);
+        }
+        let ok: i64 = self
+            .take
+            .arg(format!("{}b:{bucket}", self.prefix))
+            .arg(rate)
+            .arg(burst.max(1))
+            .invoke_async(&mut self.pool.get())
+            .await
+            .map_err(err)?;
+        Ok(ok == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_round_trip() {
+        let c = ConnRef {
+            node: "n-1/x".into(),
+            conn: 42,
+        };
+        assert_eq!(parse_member(&member(&c)), Some(c));
+        assert_eq!(parse_member("nonsense"), None);
+    }
+}
