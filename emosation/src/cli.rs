@@ -12,7 +12,7 @@ use emosation_ws_fanout::FanoutConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
 
-use crate::system::{Engines, ServeConfig, Server};
+use crate::system::{Engines, Roles, ServeConfig, Server};
 
 /// emosation: an event-sourced, emotion-aware chat backend.
 ///
@@ -37,15 +37,15 @@ pub enum Command {
         command: ViewsCommand,
     },
     /// Run the ingest service alone (distributed deployment).
-    Ingest(ServiceArgs),
+    Ingest(ServeArgs),
     /// Run the projector alone (distributed deployment).
-    Projector(ServiceArgs),
+    Projector(ServeArgs),
     /// Run a WebSocket fan-out node alone (distributed deployment).
-    Fanout(ServiceArgs),
+    Fanout(ServeArgs),
     /// Run the emotion analyzer alone (distributed deployment).
-    Analyzer(ServiceArgs),
+    Analyzer(ServeArgs),
     /// Run the query API alone (distributed deployment).
-    QueryApi(ServiceArgs),
+    QueryApi(ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,12 +79,6 @@ pub struct EngineArgs {
 
 impl EngineArgs {
     fn engines(&self) -> anyhow::Result<Engines> {
-        if let Some(cache) = &self.cache {
-            anyhow::ensure!(
-                !cache.starts_with("redis://"),
-                "--cache redis:// is not supported by this build yet; omit it to use the in-process cache"
-            );
-        }
         for (what, n) in [("accounts", self.accounts_partitions), ("rooms", self.rooms_partitions)] {
             anyhow::ensure!(
                 (1..=emosation_core::ids::MAX_PARTITIONS).contains(&n),
@@ -96,6 +90,7 @@ impl EngineArgs {
             data_dir: self.data_dir.clone(),
             log: self.log.clone(),
             store: self.store.clone(),
+            cache: self.cache.clone(),
             topology: Topology {
                 accounts_partitions: self.accounts_partitions,
                 rooms_partitions: self.rooms_partitions,
@@ -184,7 +179,57 @@ pub fn init_tracing() {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default())) {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(args, Roles::ALL).await,
+        Command::Ingest(args) => {
+            serve(
+                args,
+                Roles {
+                    ingest: true,
+                    ..Roles::NONE
+                },
+            )
+            .await
+        }
+        Command::Projector(args) => {
+            serve(
+                args,
+                Roles {
+                    projector: true,
+                    ..Roles::NONE
+                },
+            )
+            .await
+        }
+        Command::Fanout(args) => {
+            serve(
+                args,
+                Roles {
+                    fanout: true,
+                    ..Roles::NONE
+                },
+            )
+            .await
+        }
+        Command::Analyzer(args) => {
+            serve(
+                args,
+                Roles {
+                    analyzer: true,
+                    ..Roles::NONE
+                },
+            )
+            .await
+        }
+        Command::QueryApi(args) => {
+            serve(
+                args,
+                Roles {
+                    query_api: true,
+                    ..Roles::NONE
+                },
+            )
+            .await
+        }
         Command::Replay(args) => replay(args).await,
         Command::Views {
             command: ViewsCommand::Checksum(args),
@@ -193,20 +238,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", views.checksum().await?);
             Ok(())
         }
-        Command::Ingest(_)
-        | Command::Projector(_)
-        | Command::Fanout(_)
-        | Command::Analyzer(_)
-        | Command::QueryApi(_) => {
-            anyhow::bail!(
-                "running one service alone needs a shared log (--log kafka://…), which this build does not support yet; \
-                 use `emosation serve` to run every service in one process"
-            )
-        }
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
+    let roles = Roles {
+        // `serve --analyzer false` leaves the analyzer to its own process.
+        analyzer: roles.analyzer && (args.analyzer || roles != Roles::ALL),
+        ..roles
+    };
     let cfg = ServeConfig {
         engines: args.engines.engines()?,
         ingest: IngestConfig {
@@ -224,7 +264,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ping_interval: Duration::from_secs((args.ws_idle_timeout_secs / 3).max(1)),
             ..FanoutConfig::default()
         },
-        analyzer: args.analyzer,
+        roles,
     };
     let listener = TcpListener::bind(&args.listen)
         .await

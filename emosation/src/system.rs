@@ -12,7 +12,7 @@ use axum::serve::ListenerExt;
 use emosation_analyzer::Analyzer;
 use emosation_analyzer::offline::LexiconClassifier;
 use emosation_core::ids::Topology;
-use emosation_core::ports::{Decisions, Log, ViewStore};
+use emosation_core::ports::{Decisions, Log, Presence, ViewStore};
 use emosation_http::{Authenticator, TokenKeys};
 use emosation_ingest::{Ingest, IngestConfig};
 use emosation_projector::Projector;
@@ -34,6 +34,8 @@ pub struct Engines {
     pub log: Option<String>,
     /// View store URL; `None` → `embedded://DATA_DIR/views`.
     pub store: Option<String>,
+    /// Cache and presence URL; `None` → in process.
+    pub cache: Option<String>,
     pub topology: Topology,
 }
 
@@ -43,6 +45,7 @@ impl Engines {
             data_dir: data_dir.into(),
             log: None,
             store: None,
+            cache: None,
             topology: Topology::default(),
         }
     }
@@ -67,6 +70,12 @@ impl Engines {
             .context("open log")
     }
 
+    pub async fn open_presence(&self) -> anyhow::Result<Arc<dyn Presence>> {
+        emosation_storage::open_presence(self.cache.as_deref())
+            .await
+            .context("open cache/presence")
+    }
+
     pub async fn open_views(&self) -> anyhow::Result<Arc<dyn ViewStore>> {
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("create data dir {}", self.data_dir.display()))?;
@@ -86,8 +95,41 @@ pub struct ServeConfig {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub fanout: FanoutConfig,
-    /// Run the emotion analyzer in this process.
+    /// The services this process runs.
+    pub roles: Roles,
+}
+
+/// The services of one process: all of them for `serve`, one for
+/// `emosation ingest | projector | fanout | analyzer | query-api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub ingest: bool,
+    pub projector: bool,
+    pub fanout: bool,
     pub analyzer: bool,
+    pub query_api: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        ingest: true,
+        projector: true,
+        fanout: true,
+        analyzer: true,
+        query_api: true,
+    };
+    pub const NONE: Roles = Roles {
+        ingest: false,
+        projector: false,
+        fanout: false,
+        analyzer: false,
+        query_api: false,
+    };
+
+    /// Whether any of the services reads the views.
+    fn reads_views(&self) -> bool {
+        self.ingest || self.fanout || self.query_api || self.projector
+    }
 }
 
 impl ServeConfig {
@@ -99,7 +141,7 @@ impl ServeConfig {
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             fanout: FanoutConfig::default(),
-            analyzer: true,
+            roles: Roles::ALL,
         }
     }
 }
@@ -141,9 +183,28 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the engines and starts every service, serving HTTP on `listener`.
+    /// Opens the engines and starts the services of `cfg.roles`, serving
+    /// their HTTP side (and `/healthz`, `/metrics`) on `listener`.
+    ///
+    /// Views are per process when the store is embedded: a process whose
+    /// services read views then folds the log into its own embedded store (a
+    /// replica — the fold is deterministic, so every replica decides every
+    /// command the same way) and learns decisions from its own projector.
+    /// With a shared store (`redis://`), only a projector writes it.
     pub async fn start(cfg: ServeConfig, listener: TcpListener) -> anyhow::Result<Server> {
+        let roles = cfg.roles;
         let log = cfg.engines.open_log().await?;
+        let shared_views = cfg
+            .engines
+            .store
+            .as_deref()
+            .is_some_and(|s| s.contains("://") && !s.starts_with("embedded://"));
+        let run_projector = roles.projector || (roles.reads_views() && !shared_views);
+        anyhow::ensure!(
+            run_projector || !(roles.ingest || roles.fanout),
+            "ingest and fan-out on a shared view store wait for the projector's decisions, which this build \
+             carries only within a process: run them with the projector (`serve`), or on embedded views"
+        );
         let views = cfg.engines.open_views().await?;
         let secret = jwt_secret(cfg.jwt_secret.as_deref(), &cfg.engines.data_dir)?;
         let keys = TokenKeys::new(&secret, cfg.access_ttl, cfg.refresh_ttl);
@@ -162,29 +223,39 @@ impl Server {
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let hub = Hub::new(
-            Arc::clone(&log),
-            Arc::clone(&views),
-            Arc::clone(&decisions),
-            shutdown.clone(),
-        );
-        let fanout = Fanout::new(hub, Arc::clone(&ingest), cfg.fanout);
-        if cfg.analyzer {
+        let mut app = Router::new();
+        if roles.ingest {
+            app = app.merge(emosation_ingest::http::routes(Arc::clone(&ingest)));
+        }
+        if roles.query_api {
+            app = app.merge(emosation_query_api::routes(Arc::clone(&views), Arc::clone(&auth)));
+        }
+        if roles.fanout {
+            let hub = Hub::new(
+                Arc::clone(&log),
+                Arc::clone(&views),
+                Arc::clone(&decisions),
+                shutdown.clone(),
+            );
+            let presence = cfg.engines.open_presence().await?;
+            let fanout = Fanout::start(hub, Arc::clone(&ingest), presence, cfg.fanout)
+                .await
+                .context("subscribe to kick orders")?;
+            app = app.merge(emosation_ws_fanout::routes(fanout));
+        }
+        if roles.analyzer {
             let analyzer = Analyzer::new(Arc::clone(&log), Arc::new(LexiconClassifier::new()));
             let stop = shutdown.clone();
             tasks.spawn(async move { analyzer.run(stop).await.context("analyzer") });
         }
-        let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions);
-        let stop = shutdown.clone();
-        tasks.spawn(async move { projector.run(stop).await.context("projector") });
+        if run_projector {
+            let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions);
+            let stop = shutdown.clone();
+            tasks.spawn(async move { projector.run(stop).await.context("projector") });
+        }
+        info!(?roles, replica = run_projector && !roles.projector, "services starting");
 
-        let app = emosation_http::observe::finish(
-            Router::new()
-                .merge(emosation_ingest::http::routes(ingest))
-                .merge(emosation_query_api::routes(views, auth))
-                .merge(emosation_ws_fanout::routes(fanout)),
-        )
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        let app = emosation_http::observe::finish(app).layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
         let addr = listener.local_addr()?;
         let stop = shutdown.clone();
         tasks.spawn(async move {

@@ -6,7 +6,6 @@
 //! the connection — a full queue, a kick, an idle timeout — goes through
 //! [`ConnHandle::close`], which the writer turns into a close frame.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -99,39 +98,6 @@ impl ConnHandle {
     }
 }
 
-/// Open connections per user, oldest first: the session policy.
-#[derive(Debug, Default)]
-pub struct Sessions {
-    users: Mutex<HashMap<String, VecDeque<Arc<ConnHandle>>>>,
-}
-
-impl Sessions {
-    /// Registers `conn`; returns the connections it replaces (oldest first)
-    /// so that at most `max` remain.
-    fn register(&self, conn: &Arc<ConnHandle>, max: usize) -> Vec<Arc<ConnHandle>> {
-        let mut users = self.users.lock().expect("sessions lock");
-        let list = users.entry(conn.user_id.clone()).or_default();
-        list.push_back(Arc::clone(conn));
-        let mut out = Vec::new();
-        while list.len() > max.max(1) {
-            if let Some(old) = list.pop_front() {
-                out.push(old);
-            }
-        }
-        out
-    }
-
-    fn unregister(&self, conn: &ConnHandle) {
-        let mut users = self.users.lock().expect("sessions lock");
-        if let Some(list) = users.get_mut(&conn.user_id) {
-            list.retain(|c| c.id != conn.id);
-            if list.is_empty() {
-                users.remove(&conn.user_id);
-            }
-        }
-    }
-}
-
 fn frame_error(e: ApiError, client_msg_id: Option<&str>) -> FrameError {
     FrameError {
         code: e.code,
@@ -159,13 +125,12 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
     {
         return;
     }
-    for old in fanout.sessions.register(&conn, cfg.sessions_per_user) {
-        old.kick();
-    }
+    fanout.admit(&conn).await;
     metrics::gauge!("emosation_fanout_connections").increment(1.0);
 
     let writer = {
         let conn = Arc::clone(&conn);
+        let fanout_w = Arc::clone(&fanout);
         let ping_every = cfg.ping_interval;
         tokio::spawn(async move {
             let mut ping = tokio::time::interval(ping_every);
@@ -201,6 +166,13 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
                         if sink.send(Message::Ping(Default::default())).await.is_err() {
                             conn.close(1011, "write failed");
                             return;
+                        }
+                        // Keep the registration alive; a connection evicted
+                        // by a newer one (whose kick order was lost) learns
+                        // it here.
+                        let me = fanout_w.conn_ref(conn.id);
+                        if let Ok(false) = fanout_w.presence.refresh(&conn.user_id, &me, fanout_w.session_ttl()).await {
+                            conn.kick();
                         }
                     }
                 }
@@ -262,7 +234,14 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
     }
 
     fanout.hub.drop_conn(conn.id);
-    fanout.sessions.unregister(&conn);
+    fanout.remove_conn(conn.id);
+    if let Err(e) = fanout
+        .presence
+        .unregister(&conn.user_id, &fanout.conn_ref(conn.id))
+        .await
+    {
+        debug!(error = %e, "cannot unregister a closed connection; it will expire");
+    }
     conn.closer.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     metrics::gauge!("emosation_fanout_connections").decrement(1.0);

@@ -20,6 +20,7 @@ pub mod conn;
 pub mod frames;
 pub mod hub;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,10 +30,12 @@ use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use emosation_core::ports::{ConnRef, Presence, PresenceError};
 use emosation_http::ApiError;
 use emosation_http::auth::TokenKind;
 use emosation_ingest::Ingest;
 use serde::Deserialize;
+use tracing::warn;
 
 pub use hub::Hub;
 
@@ -68,7 +71,12 @@ pub struct Fanout {
     pub hub: Arc<Hub>,
     pub ingest: Arc<Ingest>,
     pub cfg: FanoutConfig,
-    pub sessions: conn::Sessions,
+    /// The session registry shared by every node (in process, or Redis).
+    pub presence: Arc<dyn Presence>,
+    /// This node's name in the registry (unique per process).
+    pub node: String,
+    /// This node's open connections, by id: where kick orders land.
+    conns: std::sync::Mutex<HashMap<u64, Arc<conn::ConnHandle>>>,
 }
 
 impl std::fmt::Debug for Fanout {
@@ -78,13 +86,94 @@ impl std::fmt::Debug for Fanout {
 }
 
 impl Fanout {
-    pub fn new(hub: Arc<Hub>, ingest: Arc<Ingest>, cfg: FanoutConfig) -> Arc<Self> {
-        Arc::new(Fanout {
+    /// Builds the node and subscribes it to the kick orders addressed to it.
+    pub async fn start(
+        hub: Arc<Hub>,
+        ingest: Arc<Ingest>,
+        presence: Arc<dyn Presence>,
+        cfg: FanoutConfig,
+    ) -> Result<Arc<Self>, PresenceError> {
+        let node = format!("fanout-{:016x}", rand::random::<u64>());
+        let fanout = Arc::new(Fanout {
             hub,
             ingest,
             cfg,
-            sessions: conn::Sessions::default(),
-        })
+            presence,
+            node,
+            conns: Default::default(),
+        });
+        let weak = Arc::downgrade(&fanout);
+        fanout
+            .presence
+            .on_kicks(
+                &fanout.node,
+                Arc::new(move |id| {
+                    if let Some(f) = weak.upgrade() {
+                        f.kick_local(id);
+                    }
+                }),
+            )
+            .await?;
+        Ok(fanout)
+    }
+
+    fn kick_local(&self, id: u64) {
+        let conn = self.conns.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+        if let Some(c) = conn {
+            c.kick();
+        }
+    }
+
+    pub(crate) fn add_conn(&self, conn: &Arc<conn::ConnHandle>) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(conn.id, Arc::clone(conn));
+    }
+
+    pub(crate) fn remove_conn(&self, id: u64) {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    /// Applies the session policy to a new connection: the user's
+    /// connections beyond the newest `sessions_per_user` are kicked, here or
+    /// on whichever node holds them. If the registry is unreachable the
+    /// connection is let in (availability first) and the policy is applied
+    /// at its next refresh.
+    pub(crate) async fn admit(&self, conn: &Arc<conn::ConnHandle>) {
+        self.add_conn(conn);
+        let me = self.conn_ref(conn.id);
+        let evicted = match self
+            .presence
+            .register(&conn.user_id, &me, self.cfg.sessions_per_user, self.session_ttl())
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, user = %conn.user_id, "session registry unreachable; admitting");
+                return;
+            }
+        };
+        for old in evicted {
+            if old.node == self.node {
+                self.kick_local(old.conn);
+            } else if let Err(e) = self.presence.kick(&old).await {
+                // Its node learns it at its next refresh.
+                warn!(error = %e, node = %old.node, "cannot send a kick order");
+            }
+        }
+    }
+
+    pub(crate) fn conn_ref(&self, id: u64) -> ConnRef {
+        ConnRef {
+            node: self.node.clone(),
+            conn: id,
+        }
+    }
+
+    /// A registration outlives three missed refreshes (one per ping).
+    pub(crate) fn session_ttl(&self) -> Duration {
+        self.cfg.ping_interval * 3
     }
 }
 

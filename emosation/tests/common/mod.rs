@@ -11,6 +11,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+pub mod ws_client;
+
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
 pub struct TestServer {

@@ -1,0 +1,332 @@
+//! The distributed deployment, for real: the log on a tansu broker, Redis for
+//! presence, one process running ingest, projector, analyzer and query API on
+//! embedded views, and two `emosation fanout` processes (each folding its own
+//! replica of the views from the log).
+//!
+//! - a client on node B receives a message sent through node A, with its emotion;
+//! - a user's second connection on node B kicks the first on node A;
+//! - kill -9 node A: its client resumes on node B with `since`, no gap, no duplicate;
+//! - kill -9 the projector's process mid-stream, restart: its views checksum
+//!   equals a fresh replay's from the broker.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::ws_client::Client;
+use common::{Api, SECRET};
+use emosation_testkit::{RedisServer, Tansu, free_port};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_emosation");
+
+struct Cluster {
+    kafka: String,
+    redis: String,
+}
+
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+impl Cluster {
+    async fn spawn(&self, service: &str, dir: &Path) -> Proc {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .arg(service)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir)
+            .args(["--log", &self.kafka, "--cache", &self.redis, "--message-rate", "0"])
+            .env("EMOSATION_JWT_SECRET", SECRET)
+            .env("EMOSATION_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{service} did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Proc { child, base }
+    }
+
+    async fn cli(&self, args: &[&str], dir: &Path) -> String {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--log", &self.kafka])
+            .env("EMOSATION_LOG_LEVEL", "warn")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Proc {
+    fn api(&self) -> Api {
+        Api {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            base: self.base.clone(),
+        }
+    }
+
+    async fn kill9(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    async fn stop(mut self) {
+        let pid = self.child.id().expect("running");
+        let st = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("clean stop within 30 s")
+            .unwrap();
+        assert!(status.success(), "exited with {status}");
+    }
+}
+
+/// Connects to a fan-out node, retrying while its replica of the views has
+/// not yet folded the user's signup (the token is checked against it).
+async fn connect(node: &Proc, token: &str) -> Client {
+    let started = Instant::now();
+    loop {
+        let url = format!("{}/v1/ws?access_token={token}", node.base.replace("http://", "ws://"));
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(url).await {
+            let mut c = Client { ws };
+            let hello = c.next().await;
+            assert_eq!(hello["type"], "hello", "{hello}");
+            return c;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "could not connect to {}",
+            node.base
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Subscribes, retrying while the node's replica has not folded the join yet.
+async fn subscribe(c: &mut Client, room: &str, since: Option<&str>, streams: &[&str]) -> Value {
+    let started = Instant::now();
+    loop {
+        let mut f = json!({"type": "subscribe", "room_id": room, "streams": streams});
+        if let Some(s) = since {
+            f["since"] = json!(s);
+        }
+        c.send(f).await;
+        let r = c.next_of(&["subscribed", "error"]).await;
+        if r["type"] == "subscribed" {
+            return r;
+        }
+        assert_eq!(r["code"], "not_member", "{r}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never became a member on this node"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_fanout_nodes_on_kafka_and_redis() {
+    let tansu = Tansu::start();
+    let redis = RedisServer::start();
+    let cluster = Cluster {
+        kafka: tansu.isolated_url(),
+        redis: redis.url().to_owned(),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| -> PathBuf { tmp.path().join(name) };
+
+    let core = cluster.spawn("serve", &dir("core")).await;
+    let mut node_a = cluster.spawn("fanout", &dir("node-a")).await;
+    let node_b = cluster.spawn("fanout", &dir("node-b")).await;
+    let api = core.api();
+    let (_, alice) = api.user("alice").await;
+    let (_, bob) = api.user("bob").await;
+    let (_, carol) = api.user("carol").await;
+    let room = api.create_room(&alice, "distributed", None).await;
+    for t in [&bob, &carol] {
+        api.post(&format!("/v1/rooms/{room}/join"), Some(t), json!({}))
+            .await
+            .expect(200);
+    }
+
+    // A message sent through node A reaches node B, then its emotion.
+    let mut bob_b = connect(&node_b, &bob).await;
+    subscribe(&mut bob_b, &room, None, &["chat", "emotion"]).await;
+    let mut alice_a = connect(&node_a, &alice).await;
+    alice_a
+        .send(json!({"type": "send", "room_id": room, "client_msg_id": "hello-1", "text": "I am so happy and grateful today!"}))
+        .await;
+    let ack = alice_a.next_of(&["ack", "error"]).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let message_id = ack["message_id"].as_str().unwrap().to_owned();
+    let msg = bob_b.next_of(&["message"]).await;
+    assert_eq!(msg["message_id"], message_id.as_str());
+    assert_eq!(msg["text"], "I am so happy and grateful today!");
+    let emotion = bob_b.next_of(&["emotion"]).await;
+    assert_eq!(emotion["message_id"], message_id.as_str());
+    assert_eq!(emotion["label"], "joy", "{emotion}");
+
+    // A second connection of alice on node B kicks the first, on node A.
+    let _alice_b = connect(&node_b, &alice).await;
+    assert_eq!(
+        alice_a.next_of(&["kicked"]).await,
+        json!({"type": "kicked", "reason": "duplicate_session"})
+    );
+
+    // Carol follows the room on node A; node A dies; she resumes on node B.
+    let mut carol_a = connect(&node_a, &carol).await;
+    let sub = subscribe(&mut carol_a, &room, None, &["chat"]).await;
+    let start_cursor = sub["cursor"].as_str().unwrap().to_owned();
+    let mut cursor = start_cursor.clone();
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let r = api
+            .send(&alice, &room, &format!("before-{i}"), &format!("before {i}"))
+            .await;
+        sent.push(r.expect(202)["message_id"].as_str().unwrap().to_owned());
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let f = carol_a.next_of(&["message"]).await;
+        cursor = f["cursor"].as_str().unwrap().to_owned();
+        seen.push(f["message_id"].as_str().unwrap().to_owned());
+    }
+    node_a.kill9().await;
+    for i in 0..10 {
+        let r = api
+            .send(&alice, &room, &format!("after-{i}"), &format!("after {i}"))
+            .await;
+        sent.push(r.expect(202)["message_id"].as_str().unwrap().to_owned());
+    }
+    let mut carol_b = connect(&node_b, &carol).await;
+    subscribe(&mut carol_b, &room, Some(&cursor), &["chat"]).await;
+    while seen.len() < sent.len() {
+        let f = carol_b.next_of(&["message"]).await;
+        seen.push(f["message_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, sent, "resumed on another node with no gap and no duplicate");
+    assert!(carol_b.quiet(300).await, "nothing after the last message");
+
+    // kill -9 the projector's process in the middle of a send storm.
+    let mut core = core;
+    let storm = {
+        let api = core.api();
+        let (alice, room) = (alice.clone(), room.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..2_000 {
+                match api
+                    .http
+                    .post(format!("{}/v1/rooms/{room}/messages", api.base))
+                    .bearer_auth(&alice)
+                    .json(&json!({"client_msg_id": format!("storm-{i}"), "text": format!("storm {i}")}))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 202 => {
+                        let v: Value = r.json().await.unwrap();
+                        acked.push(v["message_id"].as_str().unwrap().to_owned());
+                    }
+                    _ => break,
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    core.kill9().await;
+    let acked = storm.await.unwrap();
+    assert!(!acked.is_empty(), "some sends were acknowledged before the kill");
+    assert!(acked.len() < 2_000, "the kill came mid-stream");
+    eprintln!("{} sends acknowledged before kill -9", acked.len());
+    let core = cluster.spawn("serve", &dir("core")).await;
+    let api = core.api();
+    let history: HashSet<String> = api
+        .all_messages(&alice, &room)
+        .await
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in acked.iter().chain(&sent) {
+        assert!(history.contains(id), "acknowledged message {id} is in the history");
+    }
+    // Wait until the analyzer has caught up (every message has its emotion),
+    // so nothing more is appended, then stop and compare with a fresh replay.
+    let total = history.len();
+    let started = Instant::now();
+    loop {
+        let e = api
+            .get(&format!("/v1/rooms/{room}/emotions?limit=200"), &alice)
+            .await
+            .expect(200);
+        let counted: u64 = e["summary"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        if counted as usize >= total {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "emotions caught up ({counted}/{total})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    core.stop().await;
+    let live = cluster.cli(&["views", "checksum"], &dir("core")).await;
+    cluster.cli(&["replay"], &dir("fresh")).await;
+    let fresh = cluster.cli(&["views", "checksum"], &dir("fresh")).await;
+    assert_eq!(live, fresh, "the restarted projector's views equal a fresh replay's");
+    // Node B has been folding the same log all along: once it delivers the
+    // emotion of the last message (the last record of the room's partition;
+    // fan-out delivers only what its views have applied), it has folded
+    // everything; stop it and compare.
+    let last = history.iter().max().unwrap().clone();
+    let mut watcher = connect(&node_b, &carol).await;
+    subscribe(&mut watcher, &room, Some(&start_cursor), &["emotion"]).await;
+    loop {
+        let f = watcher.next_of(&["emotion"]).await;
+        if f["message_id"] == last.as_str() {
+            break;
+        }
+    }
+    node_b.stop().await;
+    let replica = cluster.cli(&["views", "checksum"], &dir("node-b")).await;
+    assert_eq!(replica, fresh, "node B's replica folded the same views");
+}
