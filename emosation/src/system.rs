@@ -10,7 +10,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
 use emosation_analyzer::Analyzer;
-use emosation_analyzer::offline::LexiconClassifier;
 use emosation_core::ids::Topology;
 use emosation_core::ports::{Decisions, Log, ViewStore};
 use emosation_http::{Authenticator, TokenKeys};
@@ -84,6 +83,8 @@ pub struct ServeConfig {
     pub fanout: FanoutConfig,
     /// Run the emotion analyzer in this process.
     pub analyzer: bool,
+    /// The analyzer's classifier (offline by default).
+    pub classifier: emosation_analyzer::ClassifierSettings,
 }
 
 impl ServeConfig {
@@ -96,6 +97,7 @@ impl ServeConfig {
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             fanout: FanoutConfig::default(),
             analyzer: true,
+            classifier: Default::default(),
         }
     }
 }
@@ -166,7 +168,10 @@ impl Server {
         );
         let fanout = Fanout::new(hub, Arc::clone(&ingest), cfg.fanout);
         if cfg.analyzer {
-            let analyzer = Analyzer::new(Arc::clone(&log), Arc::new(LexiconClassifier::new()));
+            let analyzer = Analyzer::new(
+                Arc::clone(&log),
+                emosation_analyzer::classifier_from_settings(&cfg.classifier),
+            );
             let stop = shutdown.clone();
             tasks.spawn(async move { analyzer.run(stop).await.context("analyzer") });
         }
