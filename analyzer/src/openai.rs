@@ -255,14 +255,15 @@ impl OpenAiClassifier {
             .with_org_id("")
             .with_project_id("");
         let transport = ReqwestService::default();
-        let authorize = config.api_key.is_some();
+        let key = config.api_key.clone();
         // Our own transport instead of the client's built-in retry layer:
         // retries, timeouts and the breaker are decided here, and failures
         // keep their status and Retry-After.
         let service = tower::service_fn(move |factory: HttpRequestFactory| {
             let transport = transport.clone();
+            let key = key.clone();
             async move {
-                let factory = if authorize {
+                let factory = if key.is_some() {
                     factory
                 } else {
                     // async-openai always sends `Bearer <key>`; without a key,
@@ -290,6 +291,11 @@ impl OpenAiClassifier {
                 };
                 let retry_after = retry_after(header("retry-after-ms").as_deref(), header("retry-after").as_deref());
                 let mut body = response.text().await.unwrap_or_default();
+                // Error bodies end up in logs: never with the key, should a
+                // server echo it.
+                if let Some(key) = &key {
+                    body = body.replace(key.as_str(), "<redacted>");
+                }
                 truncate(&mut body, MAX_ERROR_BODY);
                 Err(OpenAIError::Boxed(Box::new(HttpFailure {
                     status,

@@ -39,6 +39,8 @@ enum Reply {
     Content(String),
     /// 200 with this body, not a chat completion.
     Raw(&'static str),
+    /// 401 whose body echoes the Authorization header, as a careless server might.
+    EchoKey,
 }
 
 type Script = Box<dyn Fn(usize) -> Reply + Send + Sync>;
@@ -126,6 +128,10 @@ async fn handle(State(state): State<Arc<StubState>>, uri: Uri, headers: HeaderMa
         }
         Reply::Content(c) => completion(&c),
         Reply::Raw(s) => (StatusCode::OK, s).into_response(),
+        Reply::EchoKey => {
+            let auth = state.seen.lock().unwrap().last().and_then(|s| s.authorization.clone());
+            (StatusCode::UNAUTHORIZED, format!("bad key: {auth:?}")).into_response()
+        }
         Reply::Status(code, retry_after) => {
             let mut r = (
                 StatusCode::from_u16(code).unwrap(),
@@ -327,6 +333,16 @@ async fn client_errors_are_not_retried() {
     assert!(matches!(e, ClassifyError::Unavailable(_)), "{e}");
     assert!(!e.to_string().contains("sk-never-shown"), "{e}");
     assert_eq!(stub.requests(), 1);
+
+    // Not even when the server echoes it back.
+    stub.set(|_| Reply::EchoKey);
+    let e = classify(&c, &["x"]).await.unwrap_err();
+    assert!(
+        e.to_string().contains("401") && e.to_string().contains("<redacted>"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("sk-never-shown"), "{e}");
+    assert_eq!(stub.requests(), 2, "401 is not retried");
 }
 
 #[tokio::test]
