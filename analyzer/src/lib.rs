@@ -10,11 +10,46 @@
 //! # Layout
 //! - [`offline`]: [`offline::LexiconClassifier`], the default classifier
 //!   (English and Korean lexicon and rules, no network).
+//! - [`openai`]: [`openai::OpenAiClassifier`], any OpenAI-compatible
+//!   chat-completions server (OpenAI, Ollama, vLLM, llama.cpp) by base URL,
+//!   model and key. Concurrent `classify` calls are micro-batched into one
+//!   request (up to `max_batch` texts or `linger` after the first), numbered
+//!   and mapped back by index; a static system prompt and a strict JSON
+//!   schema, read tolerantly. Bounded in-flight requests, per-attempt
+//!   timeouts, retries with exponential backoff and jitter (429 after its
+//!   `Retry-After`; 5xx, timeouts and unreadable answers; not other 4xx),
+//!   and a circuit breaker that, while open, either falls back to the
+//!   offline classifier or makes callers wait (`Unavailable`, so the
+//!   analyzer commits nothing and retries). The key is never logged.
 //! - [`consumer`]: [`Analyzer`], the consumer group that appends emotion events.
 //! - [`eval`]: the labelled evaluation set and accuracy / macro-F1.
+//! - [`classifier_from_settings`]: the classifier the binary's flags chose.
+
+use std::sync::Arc;
+
+use emosation_core::ports::Classifier;
 
 pub mod consumer;
 pub mod eval;
 pub mod offline;
+pub mod openai;
 
 pub use consumer::Analyzer;
+
+/// Which classifier the analyzer uses.
+#[derive(Debug, Clone, Default)]
+pub enum ClassifierSettings {
+    /// [`offline::LexiconClassifier`]: no network, deterministic.
+    #[default]
+    Offline,
+    /// [`openai::OpenAiClassifier`] with these settings.
+    OpenAi(openai::OpenAiConfig),
+}
+
+/// Builds the classifier `settings` describe.
+pub fn classifier_from_settings(settings: &ClassifierSettings) -> Arc<dyn Classifier> {
+    match settings {
+        ClassifierSettings::Offline => Arc::new(offline::LexiconClassifier::new()),
+        ClassifierSettings::OpenAi(config) => Arc::new(openai::OpenAiClassifier::new(config.clone())),
+    }
+}

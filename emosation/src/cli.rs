@@ -136,6 +136,56 @@ pub struct ServeArgs {
     /// Seconds without any frame from a WebSocket client before it is closed.
     #[arg(long, env = "EMOSATION_WS_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub ws_idle_timeout_secs: u64,
+    /// Boxed: keeps `Command`'s variants of similar size.
+    #[command(flatten)]
+    pub classifier: Box<ClassifierArgs>,
+}
+
+/// Which emotion classifier the analyzer uses.
+#[derive(Clone, Args)]
+pub struct ClassifierArgs {
+    /// Emotion classifier: `offline` (lexicon, no network) or `openai` (any OpenAI-compatible server).
+    #[arg(long = "classifier", env = "EMOSATION_CLASSIFIER", default_value = "offline",
+          value_parser = ["offline", "openai"])]
+    pub kind: String,
+    /// Base URL of the OpenAI-compatible API, up to `/v1` (Ollama: http://localhost:11434/v1).
+    #[arg(long, env = "EMOSATION_OPENAI_BASE_URL", default_value = emosation_analyzer::openai::DEFAULT_BASE_URL)]
+    pub openai_base_url: String,
+    /// Model id the server knows (e.g. gpt-4o-mini, llama3.2:3b).
+    #[arg(long, env = "EMOSATION_OPENAI_MODEL", default_value = emosation_analyzer::openai::DEFAULT_MODEL)]
+    pub openai_model: String,
+    /// API key sent as a bearer token; unset sends none (local servers).
+    #[arg(long, env = "EMOSATION_OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    /// While the model is out (circuit open): `fallback` to the offline classifier, or `wait` for it.
+    #[arg(long, env = "EMOSATION_CLASSIFIER_ON_OUTAGE", default_value = "fallback")]
+    pub classifier_on_outage: emosation_analyzer::openai::OnOutage,
+}
+
+impl std::fmt::Debug for ClassifierArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClassifierArgs")
+            .field("kind", &self.kind)
+            .field("openai_base_url", &self.openai_base_url)
+            .field("openai_model", &self.openai_model)
+            .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<redacted>"))
+            .field("classifier_on_outage", &self.classifier_on_outage)
+            .finish()
+    }
+}
+
+impl ClassifierArgs {
+    pub fn settings(&self) -> emosation_analyzer::ClassifierSettings {
+        use emosation_analyzer::openai::OpenAiConfig;
+        match self.kind.as_str() {
+            "openai" => emosation_analyzer::ClassifierSettings::OpenAi(OpenAiConfig {
+                on_outage: self.classifier_on_outage,
+                ..OpenAiConfig::new(&self.openai_base_url, &self.openai_model)
+                    .with_api_key(self.openai_api_key.clone().unwrap_or_default())
+            }),
+            _ => emosation_analyzer::ClassifierSettings::Offline,
+        }
+    }
 }
 
 impl Default for ServeArgs {
@@ -265,6 +315,7 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
             ..FanoutConfig::default()
         },
         roles,
+        classifier: args.classifier.settings(),
     };
     let listener = TcpListener::bind(&args.listen)
         .await

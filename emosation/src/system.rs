@@ -10,7 +10,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
 use emosation_analyzer::Analyzer;
-use emosation_analyzer::offline::LexiconClassifier;
 use emosation_core::ids::Topology;
 use emosation_core::ports::{Decisions, Log, Presence, ViewStore};
 use emosation_http::{Authenticator, TokenKeys};
@@ -97,6 +96,8 @@ pub struct ServeConfig {
     pub fanout: FanoutConfig,
     /// The services this process runs.
     pub roles: Roles,
+    /// The analyzer's classifier (offline by default).
+    pub classifier: emosation_analyzer::ClassifierSettings,
 }
 
 /// The services of one process: all of them for `serve`, one for
@@ -142,6 +143,7 @@ impl ServeConfig {
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             fanout: FanoutConfig::default(),
             roles: Roles::ALL,
+            classifier: Default::default(),
         }
     }
 }
@@ -244,7 +246,7 @@ impl Server {
             app = app.merge(emosation_ws_fanout::routes(fanout));
         }
         if roles.analyzer {
-            let analyzer = Analyzer::new(Arc::clone(&log), Arc::new(LexiconClassifier::new()));
+            let analyzer = Analyzer::new(Arc::clone(&log), emosation_analyzer::classifier_from_settings(&cfg.classifier));
             let stop = shutdown.clone();
             tasks.spawn(async move { analyzer.run(stop).await.context("analyzer") });
         }
