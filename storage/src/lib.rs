@@ -5,6 +5,9 @@
 //!   group commit: the default, needs nothing else installed.
 //! - [`embedded_views`]: [`EmbeddedViewStore`], the view store on fjall.
 //! - [`local_decisions`]: [`LocalDecisions`], the in-process decision feed.
+//! - [`scylla_views`]: [`ScyllaViewStore`], the view store on ScyllaDB
+//!   (`scylla://host:port[,…][/keyspace]`), same contract and checksum as the
+//!   embedded one. Connecting is async, so the binary opens it itself.
 //! - [`open_log`] / [`open_views`]: URL → adapter (`embedded://PATH` or a bare
 //!   path). Kafka, ScyllaDB and Redis adapters join here behind their schemes.
 
@@ -17,10 +20,12 @@ use emosation_core::ports::{Log, ViewStore};
 pub mod embedded_log;
 pub mod embedded_views;
 pub mod local_decisions;
+pub mod scylla_views;
 
 pub use embedded_log::EmbeddedLog;
 pub use embedded_views::EmbeddedViewStore;
 pub use local_decisions::LocalDecisions;
+pub use scylla_views::{ScyllaConfig, ScyllaViewStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
