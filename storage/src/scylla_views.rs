@@ -91,6 +91,9 @@ const ROOMS_SHARD: i32 = 0;
 /// Bound on the process-local caches of index rows already written.
 const CACHE_LIMIT: usize = 1 << 20;
 
+/// `positions` as read: topic, partition, next offset, redo chunks, redo timestamp.
+type PositionRow = (String, i32, i64, Option<i32>, Option<i64>);
+
 pub(crate) fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(e.to_string())
 }
@@ -612,8 +615,7 @@ impl ScyllaViewStore {
             return Ok(());
         }
         let generation = self.generation(consumer).await?;
-        let rows: Vec<(String, i32, i64, Option<i32>, Option<i64>)> =
-            self.all(&self.q.get_positions, (consumer, generation)).await?;
+        let rows: Vec<PositionRow> = self.all(&self.q.get_positions, (consumer, generation)).await?;
         for (topic, part, next, chunks, ts) in rows {
             let chunks = chunks.unwrap_or(0);
             if chunks <= 0 {
@@ -760,7 +762,7 @@ impl ScyllaViewStore {
     }
 
     /// Every entity of a table as (canonical key, value bytes), for the checksum.
-    async fn scan(&self, table: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    async fn scan(&self, table: &'static str) -> Result<rows::Entries, StoreError> {
         let q = &self.q;
         let two = |stmt| self.all::<(String, Vec<u8>)>(stmt, ());
         let three = |stmt| self.all::<(String, String, Vec<u8>)>(stmt, ());
@@ -1012,8 +1014,7 @@ impl ViewStore for ScyllaViewStore {
             *self.written.lock().map_err(storage)? = Written::default();
         }
         // The old generation's rows are unreachable now; drop them.
-        let rows: Vec<(String, i32, i64, Option<i32>, Option<i64>)> =
-            self.all(&self.q.get_positions, (consumer, old)).await?;
+        let rows: Vec<PositionRow> = self.all(&self.q.get_positions, (consumer, old)).await?;
         for (topic, part, ..) in rows {
             self.exec(&self.q.del_redo, (consumer, old, topic, part)).await?;
         }
@@ -1051,7 +1052,7 @@ impl ViewStore for ScyllaViewStore {
         let mut positions = Vec::new();
         let consumers: Vec<(String, Option<i64>, Option<bool>)> = self.all(&self.q.scan_consumers, ()).await?;
         for (consumer, generation, rebuilding) in consumers {
-            let rows: Vec<(String, i32, i64, Option<i32>, Option<i64>)> = self
+            let rows: Vec<PositionRow> = self
                 .all(&self.q.get_positions, (consumer.as_str(), generation.unwrap_or(0)))
                 .await?;
             for (topic, part, next, ..) in rows {
@@ -1197,7 +1198,7 @@ mod tests {
         positions: &[(&str, Topic, u32, u64)],
         rebuilding: &[&str],
     ) -> String {
-        let mut named: Vec<(&str, Vec<(Vec<u8>, Vec<u8>)>)> = TABLES.iter().map(|t| (*t, Vec::new())).collect();
+        let mut named: Vec<(&str, rows::Entries)> = TABLES.iter().map(|t| (*t, Vec::new())).collect();
         for (k, v) in changes.iter().rev() {
             let v = postcard::to_allocvec(v.as_ref().unwrap()).unwrap();
             let i = TABLES.iter().position(|t| *t == k.table()).unwrap();

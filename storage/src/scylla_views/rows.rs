@@ -104,13 +104,19 @@ pub(crate) fn decode_key(table: &str, raw: &[u8]) -> Option<ViewKey> {
     })
 }
 
+/// A table's entities as (canonical key, value bytes).
+pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A redo record's row: table index, canonical key, value bytes.
+type RedoRow<V> = (u8, Vec<u8>, Option<V>);
+
 /// One change of a batch, its value already postcard-encoded.
 pub(crate) type Change = (ViewKey, Option<Vec<u8>>);
 
 /// The redo record of a batch: `(table index, canonical key, value)` per
 /// change, postcard-encoded. Replaying it writes exactly what the batch wrote.
 pub(crate) fn encode_redo(changes: &[Change]) -> Result<Vec<u8>, String> {
-    let rows: Vec<(u8, Vec<u8>, Option<&[u8]>)> = changes
+    let rows: Vec<RedoRow<&[u8]>> = changes
         .iter()
         .map(|(k, v)| (table_index(k.table()), k.encode(), v.as_deref()))
         .collect();
@@ -118,7 +124,7 @@ pub(crate) fn encode_redo(changes: &[Change]) -> Result<Vec<u8>, String> {
 }
 
 pub(crate) fn decode_redo(raw: &[u8]) -> Result<Vec<Change>, String> {
-    let rows: Vec<(u8, Vec<u8>, Option<Vec<u8>>)> = postcard::from_bytes(raw).map_err(|e| e.to_string())?;
+    let rows: Vec<RedoRow<Vec<u8>>> = postcard::from_bytes(raw).map_err(|e| e.to_string())?;
     rows.into_iter()
         .map(|(t, k, v)| {
             let table = TABLES.get(usize::from(t)).ok_or_else(|| format!("unknown table {t}"))?;
@@ -137,7 +143,7 @@ fn table_index(table: &str) -> u8 {
 /// exact encoding: for each named table in the given order, its name, then
 /// each entry in ascending key order as length-prefixed key and value (u32
 /// big-endian lengths). Entries may come in any order.
-pub(crate) fn digest(tables: Vec<(&str, Vec<(Vec<u8>, Vec<u8>)>)>) -> String {
+pub(crate) fn digest(tables: Vec<(&str, Entries)>) -> String {
     let mut h = Sha256::new();
     for (name, mut entries) in tables {
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
