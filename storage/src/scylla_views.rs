@@ -54,10 +54,10 @@ mod schema;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use emosation_core::ids::Topic;
+use emosation_core::ids::{Topic, is_id};
 use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
 use emosation_core::view::{
     EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
@@ -72,6 +72,7 @@ use scylla::serialize::row::SerializeRow;
 use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::unprepared::Statement;
 use tracing::{debug, info};
 
 pub use config::{BadScyllaUrl, Replication, ScyllaConfig};
@@ -88,6 +89,8 @@ const MESSAGES: &str = "m";
 const EMOTIONS: &str = "e";
 /// The one partition of `rooms_by_id`.
 const ROOMS_SHARD: i32 = 0;
+/// How long a TRUNCATE may take.
+const TRUNCATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on the process-local caches of index rows already written.
 const CACHE_LIMIT: usize = 1 << 20;
 
@@ -626,6 +629,15 @@ impl ScyllaViewStore {
                 .await?;
             parts.sort_by_key(|(i, _)| *i);
             if parts.len() != chunks as usize || parts.iter().enumerate().any(|(i, (c, _))| *c as usize != i) {
+                // A projector in another process may have moved on and
+                // dropped this record since we read the position: then it
+                // was fully written, and there is nothing to do.
+                let now: Option<(Option<i64>,)> = self
+                    .one(&self.q.get_position, (consumer, generation, &topic, part))
+                    .await?;
+                if now.and_then(|(n,)| n) != Some(next) {
+                    continue;
+                }
                 return Err(corrupt(
                     "redo",
                     format!(
@@ -720,7 +732,12 @@ impl ScyllaViewStore {
             return Ok(out);
         }
         let table = if kind == MESSAGES { "messages" } else { "emotions" };
-        let top = before.map(bucket_of).unwrap_or(i64::MAX);
+        // Buckets grow with ids, so no message below an id cursor sits in a
+        // higher bucket. Any other cursor is compared in every bucket.
+        let top = match before {
+            Some(b) if is_id(b) => bucket_of(b),
+            _ => i64::MAX,
+        };
         let mut buckets = self
             .session
             .execute_iter(self.q.buckets_down.clone(), (room_id, kind, top))
@@ -850,17 +867,17 @@ impl ViewStore for ScyllaViewStore {
         self.settle(&batch.consumer).await?;
         let generation = self.commit(&batch, &changes, ts).await?;
         self.materialize(&changes, ts).await?;
+        // Earlier batches' redo records of this partition are spent.
         let (topic, part, next) = batch.positions[0];
-        let next = position_timestamp(next);
         self.exec(
             &self.q.del_redo_before,
             (
-                next,
+                ts,
                 batch.consumer.as_str(),
                 generation,
                 topic.name(),
                 part as i32,
-                next,
+                position_timestamp(next),
             ),
         )
         .await
@@ -1006,10 +1023,11 @@ impl ViewStore for ScyllaViewStore {
         self.settled.lock().await.insert(consumer.to_owned());
         if consumer == CORE_VIEWS {
             for table in schema::VIEW_TABLES {
-                self.session
-                    .query_unpaged(format!("TRUNCATE {}.{table}", self.keyspace), &[])
-                    .await
-                    .map_err(storage)?;
+                let mut truncate = Statement::new(format!("TRUNCATE {}.{table}", self.keyspace));
+                // Scylla allows a truncate a minute (truncate_request_timeout_in_ms);
+                // the driver's default of 30 s would give up first.
+                truncate.set_request_timeout(Some(TRUNCATE_TIMEOUT));
+                self.session.query_unpaged(truncate, &[]).await.map_err(storage)?;
             }
             *self.written.lock().map_err(storage)? = Written::default();
         }
