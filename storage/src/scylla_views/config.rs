@@ -1,9 +1,16 @@
 //! The `scylla://` URL: contact points, keyspace, replication, connect timeout.
 //!
 //! `scylla://host[:port][,host[:port]…][/keyspace][?option&…]` with options
-//! - `rf=N`: `SimpleStrategy` with replication factor N (the default, N = 1, is for development);
+//! - `rf=N`: `NetworkTopologyStrategy` with N replicas in every datacenter
+//!   (the default, N = 1, is for development);
 //! - `dc.NAME=N` (repeatable): `NetworkTopologyStrategy` with N replicas in datacenter NAME;
+//! - `simple_rf=N`: `SimpleStrategy`, only for old clusters without the
+//!   `replication_factor` shorthand of `NetworkTopologyStrategy`;
 //! - `connect_timeout_ms=N`: how long connecting may take (default 10 s).
+//!
+//! `SimpleStrategy` is not the development default because ScyllaDB
+//! deprecated it and, with tablets on by default (2026.2 and later), refuses
+//! it outright ("SimpleStrategy doesn't support tablet replication").
 //!
 //! A bare `host:port[,…]` (no scheme) is accepted too, for `SCYLLA_URI=127.0.0.1:9042`.
 
@@ -24,10 +31,12 @@ pub struct ScyllaConfig {
 /// The keyspace's replication, used only when the keyspace is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replication {
-    /// One datacenter, for development and tests.
+    /// `NetworkTopologyStrategy` with the same factor in every datacenter.
+    Uniform { factor: u32 },
+    /// `NetworkTopologyStrategy` with replicas per named datacenter.
+    PerDatacenter { datacenters: Vec<(String, u32)> },
+    /// `SimpleStrategy`, for old clusters only.
     Simple { factor: u32 },
-    /// Replicas per datacenter, for production (LOCAL_QUORUM needs it to mean anything).
-    NetworkTopology { datacenters: Vec<(String, u32)> },
 }
 
 /// A `scylla://` URL that cannot be used.
@@ -74,16 +83,19 @@ impl ScyllaConfig {
         let mut config = ScyllaConfig {
             nodes,
             keyspace: keyspace.to_owned(),
-            replication: Replication::Simple { factor: 1 },
+            replication: Replication::Uniform { factor: 1 },
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         };
+        let mut uniform = None;
         let mut simple = None;
         let mut datacenters = Vec::new();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').ok_or_else(|| bad("options are name=value"))?;
             let number = || value.parse::<u32>().ok().filter(|n| *n > 0);
             if name == "rf" {
-                simple = Some(number().ok_or_else(|| bad("rf must be a positive number"))?);
+                uniform = Some(number().ok_or_else(|| bad("rf must be a positive number"))?);
+            } else if name == "simple_rf" {
+                simple = Some(number().ok_or_else(|| bad("simple_rf must be a positive number"))?);
             } else if let Some(dc) = name.strip_prefix("dc.") {
                 if dc.is_empty() || !dc.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
                     return Err(bad("a datacenter name is letters, digits, '_', '-' or '.'"));
@@ -94,14 +106,17 @@ impl ScyllaConfig {
                 let ms = number().ok_or_else(|| bad("connect_timeout_ms must be a positive number"))?;
                 config.connect_timeout = Duration::from_millis(ms.into());
             } else {
-                return Err(bad("unknown option (known: rf, dc.NAME, connect_timeout_ms)"));
+                return Err(bad(
+                    "unknown option (known: rf, dc.NAME, simple_rf, connect_timeout_ms)",
+                ));
             }
         }
-        config.replication = match (simple, datacenters.is_empty()) {
-            (Some(_), false) => return Err(bad("rf and dc.NAME exclude each other")),
-            (Some(factor), true) => Replication::Simple { factor },
-            (None, true) => Replication::Simple { factor: 1 },
-            (None, false) => Replication::NetworkTopology { datacenters },
+        config.replication = match (uniform, simple, datacenters.is_empty()) {
+            (None, None, true) => Replication::Uniform { factor: 1 },
+            (Some(factor), None, true) => Replication::Uniform { factor },
+            (None, Some(factor), true) => Replication::Simple { factor },
+            (None, None, false) => Replication::PerDatacenter { datacenters },
+            _ => return Err(bad("rf, simple_rf and dc.NAME exclude each other")),
         };
         Ok(config)
     }
@@ -112,10 +127,13 @@ impl Replication {
     /// checked by the parser, so nothing here needs quoting beyond the quotes.
     pub fn to_cql(&self) -> String {
         match self {
+            Replication::Uniform { factor } => {
+                format!("{{'class': 'NetworkTopologyStrategy', 'replication_factor': {factor}}}")
+            }
             Replication::Simple { factor } => {
                 format!("{{'class': 'SimpleStrategy', 'replication_factor': {factor}}}")
             }
-            Replication::NetworkTopology { datacenters } => {
+            Replication::PerDatacenter { datacenters } => {
                 let mut s = String::from("{'class': 'NetworkTopologyStrategy'");
                 for (dc, n) in datacenters {
                     let _ = write!(s, ", '{}': {n}", dc.replace('\'', "''"));
@@ -172,7 +190,11 @@ mod tests {
         let c = ScyllaConfig::parse("scylla://a:9042,b,[::1]:19042/views").unwrap();
         assert_eq!(c.nodes, ["a:9042", "b:9042", "[::1]:19042"]);
         assert_eq!(c.keyspace, "views");
-        assert_eq!(c.replication, Replication::Simple { factor: 1 });
+        assert_eq!(c.replication, Replication::Uniform { factor: 1 });
+        assert_eq!(
+            c.replication.to_cql(),
+            "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}"
+        );
         assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
 
         let bare = ScyllaConfig::parse("127.0.0.1:9042").unwrap();
@@ -184,17 +206,20 @@ mod tests {
     #[test]
     fn parses_replication_and_timeout() {
         let c = ScyllaConfig::parse("scylla://h/ks?rf=3&connect_timeout_ms=2500").unwrap();
-        assert_eq!(c.replication, Replication::Simple { factor: 3 });
+        assert_eq!(c.replication, Replication::Uniform { factor: 3 });
         assert_eq!(c.connect_timeout, Duration::from_millis(2500));
+
+        let s = ScyllaConfig::parse("scylla://h/ks?simple_rf=2").unwrap();
+        assert_eq!(s.replication, Replication::Simple { factor: 2 });
         assert_eq!(
-            c.replication.to_cql(),
-            "{'class': 'SimpleStrategy', 'replication_factor': 3}"
+            s.replication.to_cql(),
+            "{'class': 'SimpleStrategy', 'replication_factor': 2}"
         );
 
         let n = ScyllaConfig::parse("scylla://h/ks?dc.eu-west=3&dc.us_east=2").unwrap();
         assert_eq!(
             n.replication,
-            Replication::NetworkTopology {
+            Replication::PerDatacenter {
                 datacenters: vec![("eu-west".into(), 3), ("us_east".into(), 2)]
             }
         );
@@ -216,6 +241,7 @@ mod tests {
             "scylla://h/drop table",
             "scylla://h/ks?rf=0",
             "scylla://h/ks?rf=3&dc.a=3",
+            "scylla://h/ks?rf=3&simple_rf=3",
             "scylla://h/ks?dc.a'b=3",
             "scylla://h/ks?colour=blue",
             "scylla://h/ks?rf",
