@@ -94,8 +94,9 @@ const TRUNCATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on the process-local caches of index rows already written.
 const CACHE_LIMIT: usize = 1 << 20;
 
-/// `positions` as read: topic, partition, next offset, redo chunks, redo timestamp.
-type PositionRow = (String, i32, i64, Option<i32>, Option<i64>);
+/// `positions` as read: topic, partition, next offset, and the redo record's
+/// attempt, chunk count and write timestamp.
+type PositionRow = (String, i32, i64, Option<i64>, Option<i32>, Option<i64>);
 
 pub(crate) fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(e.to_string())
@@ -235,13 +236,14 @@ statements! {
     set_generation = "UPDATE {ks}.consumers USING TIMESTAMP ? SET generation = ? WHERE consumer = ?";
     set_rebuilding = "UPDATE {ks}.consumers USING TIMESTAMP ? SET rebuilding = ? WHERE consumer = ?";
     get_position = "SELECT next_offset FROM {ks}.positions WHERE consumer = ? AND generation = ? AND topic = ? AND part = ?";
-    get_positions = "SELECT topic, part, next_offset, redo_chunks, redo_ts FROM {ks}.positions WHERE consumer = ? AND generation = ?";
-    put_position = "INSERT INTO {ks}.positions (consumer, generation, topic, part, next_offset, redo_chunks, redo_ts) \
-                    VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    get_positions = "SELECT topic, part, next_offset, redo_attempt, redo_chunks, redo_ts FROM {ks}.positions WHERE consumer = ? AND generation = ?";
+    put_position = "INSERT INTO {ks}.positions (consumer, generation, topic, part, next_offset, redo_attempt, redo_chunks, \
+                    redo_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
     del_generation = "DELETE FROM {ks}.positions WHERE consumer = ? AND generation = ?";
-    put_redo = "INSERT INTO {ks}.redo (consumer, generation, topic, part, next_offset, chunk, data) \
-                VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
-    get_redo = "SELECT chunk, data FROM {ks}.redo WHERE consumer = ? AND generation = ? AND topic = ? AND part = ? AND next_offset = ?";
+    put_redo = "INSERT INTO {ks}.redo (consumer, generation, topic, part, next_offset, attempt, chunk, data) \
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    get_redo = "SELECT chunk, data FROM {ks}.redo WHERE consumer = ? AND generation = ? AND topic = ? AND part = ? AND next_offset = ? \
+               AND attempt = ?";
     del_redo_before = "DELETE FROM {ks}.redo USING TIMESTAMP ? WHERE consumer = ? AND generation = ? AND topic = ? AND part = ? \
                        AND next_offset < ?";
     del_redo = "DELETE FROM {ks}.redo WHERE consumer = ? AND generation = ? AND topic = ? AND part = ?";
@@ -620,13 +622,15 @@ impl ScyllaViewStore {
         }
         let generation = self.generation(consumer).await?;
         let rows: Vec<PositionRow> = self.all(&self.q.get_positions, (consumer, generation)).await?;
-        for (topic, part, next, chunks, ts) in rows {
-            let chunks = chunks.unwrap_or(0);
+        for (topic, part, next, attempt, chunks, ts) in rows {
+            let (Some(attempt), Some(chunks)) = (attempt, chunks) else {
+                continue;
+            };
             if chunks <= 0 {
                 continue;
             }
             let mut parts: Vec<(i32, Vec<u8>)> = self
-                .all(&self.q.get_redo, (consumer, generation, &topic, part, next))
+                .all(&self.q.get_redo, (consumer, generation, &topic, part, next, attempt))
                 .await?;
             parts.sort_by_key(|(i, _)| *i);
             if parts.len() != chunks as usize || parts.iter().enumerate().any(|(i, (c, _))| *c as usize != i) {
@@ -670,19 +674,20 @@ impl ScyllaViewStore {
             rows::encode_redo(changes).map_err(storage)?
         };
         let chunks: Vec<&[u8]> = redo.chunks(rows::REDO_CHUNK).collect();
+        let attempt = now_micros();
         all_done!(chunks.iter().enumerate(), 16, |(i, data)| self.exec(
             &self.q.put_redo,
-            (consumer, generation, topic0, part0, next0, i as i32, *data, ts),
+            (consumer, generation, topic0, part0, next0, attempt, i as i32, *data, ts),
         ));
         let values: Vec<_> = batch
             .positions
             .iter()
             .enumerate()
             .map(|(i, (topic, part, next))| {
-                let (redo_chunks, redo_ts) = if i == 0 {
-                    (chunks.len() as i32, Some(ts))
+                let (redo_attempt, redo_chunks, redo_ts) = if i == 0 {
+                    (Some(attempt), chunks.len() as i32, Some(ts))
                 } else {
-                    (0, None)
+                    (None, 0, None)
                 };
                 let next = position_timestamp(*next);
                 (
@@ -691,6 +696,7 @@ impl ScyllaViewStore {
                     topic.name(),
                     *part as i32,
                     next,
+                    redo_attempt,
                     redo_chunks,
                     redo_ts,
                     next,

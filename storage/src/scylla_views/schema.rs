@@ -48,11 +48,14 @@ const MIGRATION_1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.consumers (consumer text PRIMARY KEY, generation bigint, rebuilding boolean)",
     // Positions of a consumer, one partition, so a batch's positions commit together.
     "CREATE TABLE IF NOT EXISTS {ks}.positions (consumer text, generation bigint, topic text, part int, \
-     next_offset bigint, redo_chunks int, redo_ts bigint, PRIMARY KEY (consumer, generation, topic, part))",
-    // The redo record of the last committed batch of each (consumer, topic, partition).
+     next_offset bigint, redo_attempt bigint, redo_chunks int, redo_ts bigint, \
+     PRIMARY KEY (consumer, generation, topic, part))",
+    // The redo record of the last committed batch of each (consumer, topic,
+    // partition). `attempt` keeps the chunks of an attempt that crashed before
+    // committing apart from a later batch ending at the same offset.
     "CREATE TABLE IF NOT EXISTS {ks}.redo (consumer text, generation bigint, topic text, part int, \
-     next_offset bigint, chunk int, data blob, \
-     PRIMARY KEY ((consumer, generation, topic, part), next_offset, chunk)) WITH gc_grace_seconds = 3600",
+     next_offset bigint, attempt bigint, chunk int, data blob, \
+     PRIMARY KEY ((consumer, generation, topic, part), next_offset, attempt, chunk)) WITH gc_grace_seconds = 3600",
 ];
 
 /// All migrations, in order; the position in this list + 1 is the version.
