@@ -6,7 +6,7 @@
 //!
 //! # Writes
 //! Every entity write carries `USING TIMESTAMP` = the next offset of the log
-//! position its batch advances to ([`rows::batch_timestamp`]). Each entity is
+//! position its batch advances to (`rows::batch_timestamp`). Each entity is
 //! written only by records of one log partition, in offset order, so a later
 //! batch always wins over an earlier one, whatever order the cluster sees the
 //! writes in, and re-applying a batch writes the same cells with the same
@@ -14,7 +14,8 @@
 //! USING TIMESTAMP` by the same rule.
 //!
 //! Scylla has no multi-partition transactions, so `apply` is a small redo log:
-//! 1. the batch's redo record (its changes, as written) goes to `redo`, in chunks;
+//! 1. the batch's redo record (its changes, as written) goes to `redo`, in
+//!    chunks, under a fresh attempt id;
 //! 2. the positions are committed in one single-partition write to
 //!    `positions` (atomic and isolated in Scylla), the first one naming the redo record;
 //! 3. the entities are written (up to [`IN_FLIGHT`] at once);
@@ -44,8 +45,8 @@
 //!
 //! # Layout
 //! - [`config`]: the `scylla://` URL ([`ScyllaConfig`]).
-//! - [`schema`](mod@schema): keyspace, tables, numbered migrations.
-//! - [`rows`]: pure helpers (buckets, timestamps, redo records, digest).
+//! - `schema`: keyspace, tables, numbered migrations.
+//! - `rows`: pure helpers (buckets, timestamps, redo records, digest).
 
 pub mod config;
 mod rows;
