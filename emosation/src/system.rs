@@ -246,7 +246,10 @@ impl Server {
             app = app.merge(emosation_ws_fanout::routes(fanout));
         }
         if roles.analyzer {
-            let analyzer = Analyzer::new(Arc::clone(&log), emosation_analyzer::classifier_from_settings(&cfg.classifier));
+            let analyzer = Analyzer::new(
+                Arc::clone(&log),
+                emosation_analyzer::classifier_from_settings(&cfg.classifier),
+            );
             let stop = shutdown.clone();
             tasks.spawn(async move { analyzer.run(stop).await.context("analyzer") });
         }

@@ -82,7 +82,7 @@ fn table_index(table: &str) -> usize {
     TABLES.iter().position(|t| *t == table).expect("known table")
 }
 
-fn position_key(consumer: &str, topic: Topic, partition: u32) -> Vec<u8> {
+pub(crate) fn position_key(consumer: &str, topic: Topic, partition: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(consumer.len() + 24);
     k.extend_from_slice(consumer.as_bytes());
     k.push(0);
@@ -93,7 +93,7 @@ fn position_key(consumer: &str, topic: Topic, partition: u32) -> Vec<u8> {
 }
 
 /// Sorts after every position key of the consumer (`consumer\0topic…`).
-fn rebuilding_key(consumer: &str) -> Vec<u8> {
+pub(crate) fn rebuilding_key(consumer: &str) -> Vec<u8> {
     let mut k = consumer.as_bytes().to_vec();
     k.extend_from_slice(b"\x01rebuilding");
     k

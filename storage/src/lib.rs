@@ -1,12 +1,14 @@
 //! Adapters for the ports of `emosation-core`, picked by URL scheme.
 //!
 //! # Layout
-//! - [`embedded_log`]: [`EmbeddedLog`], the durable partitioned log on fjall with
-//!   group commit: the default, needs nothing else installed.
-//! - [`embedded_views`]: [`EmbeddedViewStore`], the view store on fjall.
-//! - [`local_decisions`]: [`LocalDecisions`], the in-process decision feed.
-//! - [`open_log`] / [`open_views`]: URL → adapter (`embedded://PATH` or a bare
-//!   path). Kafka, ScyllaDB and Redis adapters join here behind their schemes.
+//! | port | embedded (default) | real engine |
+//! |---|---|---|
+//! | log | [`embedded_log`]: [`EmbeddedLog`], fjall, group commit | [`kafka_log`]: [`KafkaLog`], rdkafka (`kafka://`) |
+//! | views | [`embedded_views`]: [`EmbeddedViewStore`], fjall | [`redis_views`]: [`RedisViewStore`] (`redis://`); [`scylla_views`]: [`ScyllaViewStore`] (`scylla://`) |
+//! | presence | [`local_presence`]: [`LocalPresence`], in process | [`redis_presence`]: [`RedisPresence`] (`redis://`) |
+//! | decisions | [`local_decisions`]: [`LocalDecisions`], in process | — |
+//!
+//! [`open_log`], [`open_views`] and [`open_presence`] map a URL to its adapter.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ pub mod local_decisions;
 pub mod local_presence;
 pub mod redis_presence;
 pub mod redis_views;
+pub mod scylla_views;
 
 pub use embedded_log::EmbeddedLog;
 pub use embedded_views::EmbeddedViewStore;
@@ -29,6 +32,7 @@ pub use local_decisions::LocalDecisions;
 pub use local_presence::LocalPresence;
 pub use redis_presence::RedisPresence;
 pub use redis_views::RedisViewStore;
+pub use scylla_views::{ScyllaConfig, ScyllaViewStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -90,17 +94,26 @@ pub async fn open_presence(url: Option<&str>) -> Result<Arc<dyn Presence>, OpenE
 }
 
 /// Opens the view store named by `url`: `embedded://PATH` (or a bare path)
-/// or `redis://HOST:PORT` (see [`redis_views`]).
+/// `redis://HOST:PORT` (see [`redis_views`]) or `scylla://HOST:PORT,…`
+/// (see [`scylla_views`]).
 pub async fn open_views(url: &str) -> Result<Arc<dyn ViewStore>, OpenError> {
     if url.starts_with("redis://") {
         return Ok(Arc::new(RedisViewStore::connect(url).await?));
+    }
+    if url.starts_with("scylla://") {
+        let store = ScyllaViewStore::connect(url).await.map_err(|e| OpenError::Open {
+            what: "scylla view store",
+            path: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        return Ok(Arc::new(store));
     }
     match embedded_path(url) {
         Some(path) => Ok(Arc::new(EmbeddedViewStore::open(&path)?)),
         None => Err(OpenError::Unsupported {
             what: "view store",
             url: url.to_owned(),
-            reason: "expected embedded://PATH or redis://HOST:PORT",
+            reason: "expected embedded://PATH, redis://HOST:PORT or scylla://HOST:PORT",
         }),
     }
 }

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use emosation_core::ids::{Topic, Topology, partition_for};
 use emosation_core::ports::{CORE_VIEWS, ConnRef, Log, LogError, Presence, ViewBatch, ViewStore};
 use emosation_core::view::{MemberView, MessageView, RoomView, UserView, ViewKey, ViewValue};
-use emosation_storage::{EmbeddedLog, EmbeddedViewStore, LocalPresence, RedisPresence, RedisViewStore};
+use emosation_storage::{
+    EmbeddedLog, EmbeddedViewStore, LocalPresence, RedisPresence, RedisViewStore, ScyllaConfig, ScyllaViewStore,
+};
 
 async fn log_contract(log: Arc<dyn Log>) {
     let topo = log.topology();
@@ -698,4 +700,33 @@ async fn redis_presence_expires_connections_whose_node_died() {
             .is_empty(),
         "an expired connection is not evicted again"
     );
+}
+
+/// A keyspace of its own for each store of each run, dropped afterwards.
+async fn scylla_store(uri: &str, tag: &str) -> Arc<ScyllaViewStore> {
+    let mut config = ScyllaConfig::parse(uri).expect("SCYLLA_URI is a scylla:// URL or host:port list");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    config.keyspace = format!("emosation_test_{tag}_{}_{nanos}", std::process::id());
+    Arc::new(ScyllaViewStore::connect_with(config).await.unwrap())
+}
+
+#[tokio::test]
+async fn scylla_view_store_meets_the_view_store_contract() {
+    let Ok(uri) = std::env::var("SCYLLA_URI") else {
+        println!("skipping: SCYLLA_URI is not set (ScyllaDB cannot run on this machine)");
+        return;
+    };
+    let a = scylla_store(&uri, "a").await;
+    let b = scylla_store(&uri, "b").await;
+    let run = tokio::spawn(view_store_contract(a.clone(), b.clone()));
+    let outcome = run.await;
+    // Drop the keyspaces whether or not the contract held.
+    a.drop_keyspace().await.unwrap();
+    b.drop_keyspace().await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }

@@ -1,0 +1,1374 @@
+//! [`ScyllaViewStore`]: the view store on ScyllaDB (the `scylla` 1.x driver).
+//!
+//! Same entities, same postcard values and same checksum as
+//! [`crate::EmbeddedViewStore`]; the tables are modelled on the queries (see
+//! docs/architecture.md, "The Scylla data model").
+//!
+//! # Writes
+//! Every entity write carries `USING TIMESTAMP` = the next offset of the log
+//! position its batch advances to (`rows::batch_timestamp`). Each entity is
+//! written only by records of one log partition, in offset order, so a later
+//! batch always wins over an earlier one, whatever order the cluster sees the
+//! writes in, and re-applying a batch writes the same cells with the same
+//! timestamps: it converges instead of duplicating. Deletions are `DELETE …
+//! USING TIMESTAMP` by the same rule.
+//!
+//! Scylla has no multi-partition transactions, so `apply` is a small redo log:
+//! 1. the batch's redo record (its changes, as written) goes to `redo`, in
+//!    chunks, under a fresh attempt id;
+//! 2. the positions are committed in one single-partition write to
+//!    `positions` (atomic and isolated in Scylla), the first one naming the redo record;
+//! 3. the entities are written (up to [`IN_FLIGHT`] at once);
+//! 4. redo records of earlier batches are dropped.
+//!
+//! A crash before 2 leaves the views and positions as they were (nothing but
+//! an unreferenced redo record was written): the projector folds the records
+//! again from the old position against the old state. A crash after 2
+//! leaves the position advanced and the entities possibly half-written; before
+//! a consumer's positions are read ([`ViewStore::position`]) or advanced, the
+//! store re-writes each committed redo record ("settles" the consumer), which
+//! is idempotent by the timestamp rule. This is why the fold is *not* re-run
+//! for a half-applied batch: folding again against half-written state would
+//! not give the same changes (a join then quit in one batch would re-join).
+//! A plain LOGGED batch would give eventual atomicity too, but caps batch size
+//! (Scylla fails batches over 1 MB by default; a projector batch can be tens of
+//! MB) and still lets a reader see the new position before the entities.
+//!
+//! Other readers (the query API) may see a batch half-written for the few
+//! milliseconds step 3 takes: Scylla isolates writes only within a partition.
+//!
+//! # Consistency
+//! Reads and writes use LOCAL_QUORUM: a write acknowledged by a quorum of the
+//! local datacenter's replicas is seen by every later quorum read there
+//! (read-your-writes for the projector's decisions), and a datacenter loss does
+//! not block the other.
+//!
+//! # Layout
+//! - [`config`]: the `scylla://` URL ([`ScyllaConfig`]).
+//! - `schema`: keyspace, tables, numbered migrations.
+//! - `rows`: pure helpers (buckets, timestamps, redo records, digest).
+
+pub mod config;
+mod rows;
+mod schema;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use emosation_core::ids::{Topic, is_id};
+use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
+use emosation_core::view::{
+    EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
+};
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
+use futures_util::{StreamExt, TryStreamExt};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::Consistency;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::unprepared::Statement;
+use tracing::{debug, info};
+
+pub use config::{BadScyllaUrl, Replication, ScyllaConfig};
+use rows::{Change, UNPOSITIONED, batch_timestamp, bucket_of, position_timestamp};
+
+use crate::embedded_views::{position_key, rebuilding_key};
+
+/// Writes in flight at once when materializing a batch or bulk-loading.
+pub const IN_FLIGHT: usize = 256;
+/// Point reads in flight at once in `load` and member lookups.
+const READS_IN_FLIGHT: usize = 64;
+/// `room_buckets.kind` of message and emotion buckets.
+const MESSAGES: &str = "m";
+const EMOTIONS: &str = "e";
+/// The one partition of `rooms_by_id`.
+const ROOMS_SHARD: i32 = 0;
+/// How long a TRUNCATE may take.
+const TRUNCATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound on the process-local caches of index rows already written.
+const CACHE_LIMIT: usize = 1 << 20;
+
+/// `positions` as read: topic, partition, next offset, and the redo record's
+/// attempt, chunk count and write timestamp.
+type PositionRow = (String, i32, i64, Option<i64>, Option<i32>, Option<i64>);
+
+pub(crate) fn storage(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+/// Microseconds since the epoch, strictly increasing within the process: the
+/// timestamp of writes not tied to a log position (the consumer's generation
+/// and rebuilding mark), so that this process's successive writes keep
+/// their order whichever coordinator takes them.
+pub(crate) fn now_micros() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = wall.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// Runs `$fut` for each `$x` of `$iter`, at most `$n` at once, and collects
+/// the results in order; the first error returns from the calling function.
+/// A loop rather than `stream::iter(…map(closure)).buffered(n)`: futures
+/// holding such closures trip the `Send` check of `async_trait` methods.
+macro_rules! in_order {
+    ($iter:expr, $n:expr, |$x:pat_param| $fut:expr) => {{
+        let mut out = Vec::new();
+        let mut pending = FuturesOrdered::new();
+        for $x in $iter {
+            if pending.len() >= $n {
+                if let Some(r) = pending.next().await {
+                    out.push(r?);
+                }
+            }
+            pending.push_back($fut);
+        }
+        while let Some(r) = pending.next().await {
+            out.push(r?);
+        }
+        out
+    }};
+}
+
+/// Like [`in_order!`] for futures whose results are `()`, in any order.
+macro_rules! all_done {
+    ($iter:expr, $n:expr, |$x:pat_param| $fut:expr) => {{
+        let mut pending = FuturesUnordered::new();
+        for $x in $iter {
+            if pending.len() >= $n {
+                if let Some(r) = pending.next().await {
+                    r?;
+                }
+            }
+            pending.push($fut);
+        }
+        while let Some(r) = pending.next().await {
+            r?;
+        }
+    }};
+}
+
+macro_rules! statements {
+    ($($name:ident = $cql:expr;)*) => {
+        /// Every statement the store runs, prepared once at connect. `{ks}`
+        /// stands for the keyspace.
+        struct Statements {
+            $($name: PreparedStatement,)*
+        }
+
+        impl Statements {
+            async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
+                Ok(Statements {
+                    $($name: prepare(session, ks, $cql).await?,)*
+                })
+            }
+        }
+    };
+}
+
+statements! {
+    // Point reads.
+    get_user = "SELECT entity FROM {ks}.users WHERE user_id = ?";
+    get_username = "SELECT entity FROM {ks}.usernames WHERE username = ?";
+    get_room = "SELECT entity FROM {ks}.rooms WHERE room_id = ?";
+    get_member = "SELECT entity FROM {ks}.members WHERE room_id = ? AND user_id = ?";
+    get_message = "SELECT entity FROM {ks}.messages WHERE room_id = ? AND bucket = ? AND message_id = ?";
+    get_client_msg = "SELECT entity FROM {ks}.client_msgs WHERE room_id = ? AND user_id = ? AND client_msg_id = ?";
+    get_session = "SELECT entity FROM {ks}.sessions WHERE username = ? AND session_id = ?";
+    get_room_event = "SELECT entity FROM {ks}.room_events WHERE room_id = ? AND position = ?";
+    get_emotion = "SELECT entity FROM {ks}.emotions WHERE room_id = ? AND bucket = ? AND message_id = ?";
+
+    // Entity writes and deletions, timestamped by log position.
+    put_user = "INSERT INTO {ks}.users (user_id, entity) VALUES (?, ?) USING TIMESTAMP ?";
+    del_user = "DELETE FROM {ks}.users USING TIMESTAMP ? WHERE user_id = ?";
+    put_username = "INSERT INTO {ks}.usernames (username, entity) VALUES (?, ?) USING TIMESTAMP ?";
+    del_username = "DELETE FROM {ks}.usernames USING TIMESTAMP ? WHERE username = ?";
+    put_room = "INSERT INTO {ks}.rooms (room_id, entity) VALUES (?, ?) USING TIMESTAMP ?";
+    del_room = "DELETE FROM {ks}.rooms USING TIMESTAMP ? WHERE room_id = ?";
+    put_member = "INSERT INTO {ks}.members (room_id, user_id, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
+    del_member = "DELETE FROM {ks}.members USING TIMESTAMP ? WHERE room_id = ? AND user_id = ?";
+    put_message = "INSERT INTO {ks}.messages (room_id, bucket, message_id, entity) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+    del_message = "DELETE FROM {ks}.messages USING TIMESTAMP ? WHERE room_id = ? AND bucket = ? AND message_id = ?";
+    put_client_msg = "INSERT INTO {ks}.client_msgs (room_id, user_id, client_msg_id, entity) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+    del_client_msg = "DELETE FROM {ks}.client_msgs USING TIMESTAMP ? WHERE room_id = ? AND user_id = ? AND client_msg_id = ?";
+    put_session = "INSERT INTO {ks}.sessions (username, session_id, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
+    del_session = "DELETE FROM {ks}.sessions USING TIMESTAMP ? WHERE username = ? AND session_id = ?";
+    put_room_event = "INSERT INTO {ks}.room_events (room_id, position, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
+    del_room_event = "DELETE FROM {ks}.room_events USING TIMESTAMP ? WHERE room_id = ? AND position = ?";
+    put_emotion = "INSERT INTO {ks}.emotions (room_id, bucket, message_id, entity) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+    del_emotion = "DELETE FROM {ks}.emotions USING TIMESTAMP ? WHERE room_id = ? AND bucket = ? AND message_id = ?";
+
+    // Index rows, timestamped like the entity they index.
+    put_room_index = "INSERT INTO {ks}.rooms_by_id (shard, room_id) VALUES (?, ?) USING TIMESTAMP ?";
+    del_room_index = "DELETE FROM {ks}.rooms_by_id USING TIMESTAMP ? WHERE shard = ? AND room_id = ?";
+    put_user_room = "INSERT INTO {ks}.user_rooms (user_id, room_id) VALUES (?, ?) USING TIMESTAMP ?";
+    del_user_room = "DELETE FROM {ks}.user_rooms USING TIMESTAMP ? WHERE user_id = ? AND room_id = ?";
+    get_room_index = "SELECT room_id FROM {ks}.rooms_by_id WHERE shard = ? AND room_id = ?";
+    put_bucket = "INSERT INTO {ks}.room_buckets (room_id, kind, bucket) VALUES (?, ?, ?) USING TIMESTAMP ?";
+
+    // Queries.
+    rooms_first = "SELECT room_id FROM {ks}.rooms_by_id WHERE shard = ? LIMIT ?";
+    rooms_after = "SELECT room_id FROM {ks}.rooms_by_id WHERE shard = ? AND room_id > ? LIMIT ?";
+    members_of = "SELECT entity FROM {ks}.members WHERE room_id = ?";
+    rooms_of = "SELECT room_id FROM {ks}.user_rooms WHERE user_id = ?";
+    buckets_down = "SELECT bucket FROM {ks}.room_buckets WHERE room_id = ? AND kind = ? AND bucket <= ?";
+    messages_page = "SELECT entity FROM {ks}.messages WHERE room_id = ? AND bucket = ? LIMIT ?";
+    messages_before = "SELECT entity FROM {ks}.messages WHERE room_id = ? AND bucket = ? AND message_id < ? LIMIT ?";
+    emotions_page = "SELECT entity FROM {ks}.emotions WHERE room_id = ? AND bucket = ? LIMIT ?";
+
+    // Consumers, positions, redo records.
+    get_consumer = "SELECT generation, rebuilding FROM {ks}.consumers WHERE consumer = ?";
+    set_generation = "UPDATE {ks}.consumers USING TIMESTAMP ? SET generation = ? WHERE consumer = ?";
+    set_rebuilding = "UPDATE {ks}.consumers USING TIMESTAMP ? SET rebuilding = ? WHERE consumer = ?";
+    get_position = "SELECT next_offset FROM {ks}.positions WHERE consumer = ? AND generation = ? AND topic = ? AND part = ?";
+    get_positions = "SELECT topic, part, next_offset, redo_attempt, redo_chunks, redo_ts FROM {ks}.positions WHERE consumer = ? AND generation = ?";
+    put_position = "INSERT INTO {ks}.positions (consumer, generation, topic, part, next_offset, redo_attempt, redo_chunks, \
+                    redo_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    del_generation = "DELETE FROM {ks}.positions WHERE consumer = ? AND generation = ?";
+    put_redo = "INSERT INTO {ks}.redo (consumer, generation, topic, part, next_offset, attempt, chunk, data) \
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    get_redo = "SELECT chunk, data FROM {ks}.redo WHERE consumer = ? AND generation = ? AND topic = ? AND part = ? AND next_offset = ? \
+               AND attempt = ?";
+    del_redo_before = "DELETE FROM {ks}.redo USING TIMESTAMP ? WHERE consumer = ? AND generation = ? AND topic = ? AND part = ? \
+                       AND next_offset < ?";
+    del_redo = "DELETE FROM {ks}.redo WHERE consumer = ? AND generation = ? AND topic = ? AND part = ?";
+
+    // Full scans, for the checksum only.
+    scan_users = "SELECT user_id, entity FROM {ks}.users";
+    scan_usernames = "SELECT username, entity FROM {ks}.usernames";
+    scan_rooms = "SELECT room_id, entity FROM {ks}.rooms";
+    scan_members = "SELECT room_id, user_id, entity FROM {ks}.members";
+    scan_messages = "SELECT room_id, message_id, entity FROM {ks}.messages";
+    scan_client_msgs = "SELECT room_id, user_id, client_msg_id, entity FROM {ks}.client_msgs";
+    scan_sessions = "SELECT username, session_id, entity FROM {ks}.sessions";
+    scan_room_events = "SELECT room_id, position, entity FROM {ks}.room_events";
+    scan_emotions = "SELECT room_id, message_id, entity FROM {ks}.emotions";
+    scan_consumers = "SELECT consumer, generation, rebuilding FROM {ks}.consumers";
+}
+
+async fn prepare(session: &Session, ks: &str, cql: &str) -> Result<PreparedStatement, StoreError> {
+    let cql = cql.replace("{ks}", ks);
+    let mut p = session
+        .prepare(cql.as_str())
+        .await
+        .map_err(|e| StoreError::Storage(format!("cannot prepare {cql}: {e}")))?;
+    // Every statement is idempotent (writes carry fixed timestamps), so the
+    // driver may retry or speculate with any of them.
+    p.set_is_idempotent(true);
+    Ok(p)
+}
+
+/// One write of a materialized batch.
+enum Op<'a> {
+    Put(&'a ViewKey, &'a [u8]),
+    Delete(&'a ViewKey),
+    RoomIndex {
+        room_id: &'a str,
+        on: bool,
+    },
+    UserRoom {
+        user_id: &'a str,
+        room_id: &'a str,
+        on: bool,
+    },
+    Bucket {
+        room_id: &'a str,
+        kind: &'static str,
+        bucket: i64,
+    },
+}
+
+/// The writes of a batch of changes: each entity, plus the index rows that
+/// follow from it.
+fn plan(changes: &[Change]) -> Vec<Op<'_>> {
+    let mut ops = Vec::with_capacity(changes.len() + changes.len() / 2);
+    let mut buckets = HashSet::new();
+    for (key, value) in changes {
+        ops.push(match value {
+            Some(v) => Op::Put(key, v),
+            None => Op::Delete(key),
+        });
+        let on = value.is_some();
+        match key {
+            ViewKey::Room(room_id) => ops.push(Op::RoomIndex { room_id, on }),
+            ViewKey::Member { room_id, user_id } => ops.push(Op::UserRoom { user_id, room_id, on }),
+            ViewKey::Message { room_id, message_id } | ViewKey::Emotion { room_id, message_id } if on => {
+                let kind = if matches!(key, ViewKey::Message { .. }) {
+                    MESSAGES
+                } else {
+                    EMOTIONS
+                };
+                let bucket = bucket_of(message_id);
+                if buckets.insert((room_id, kind, bucket)) {
+                    ops.push(Op::Bucket { room_id, kind, bucket });
+                }
+            }
+            _ => {}
+        }
+    }
+    ops
+}
+
+/// Index rows this process has written and need not write again (rooms are
+/// indexed once, buckets once per room): the room row itself changes with
+/// every message, its one-partition index must not.
+#[derive(Default)]
+struct Written {
+    rooms: HashSet<String>,
+    buckets: HashSet<(String, &'static str, i64)>,
+}
+
+pub struct ScyllaViewStore {
+    session: Session,
+    keyspace: String,
+    q: Statements,
+    /// Each consumer's generation: `clear` moves a consumer to a new one, so
+    /// its positions start empty without tombstones shadowing the small,
+    /// position-derived timestamps of the positions written after.
+    generations: Mutex<HashMap<String, i64>>,
+    /// Consumers whose committed redo records this process has re-applied.
+    settled: tokio::sync::Mutex<HashSet<String>>,
+    written: Mutex<Written>,
+}
+
+impl std::fmt::Debug for ScyllaViewStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaViewStore")
+            .field("keyspace", &self.keyspace)
+            .finish_non_exhaustive()
+    }
+}
+
+fn decode(table: &'static str, raw: &[u8]) -> Result<ViewValue, StoreError> {
+    postcard::from_bytes(raw).map_err(|e| StoreError::Corrupt {
+        table,
+        reason: e.to_string(),
+    })
+}
+
+fn corrupt(table: &'static str, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        reason: reason.into(),
+    }
+}
+
+fn limit_of(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn offset_of(table: &'static str, v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| corrupt(table, format!("negative offset {v}")))
+}
+
+impl ScyllaViewStore {
+    /// Connects to the cluster named by a `scylla://` URL (see [`config`]),
+    /// creating or migrating the schema, and prepares every statement.
+    pub async fn connect(url: &str) -> Result<ScyllaViewStore, StoreError> {
+        let config = ScyllaConfig::parse(url).map_err(storage)?;
+        ScyllaViewStore::connect_with(config).await
+    }
+
+    pub async fn connect_with(config: ScyllaConfig) -> Result<ScyllaViewStore, StoreError> {
+        let profile = ExecutionProfile::builder()
+            .consistency(Consistency::LocalQuorum)
+            .build();
+        let builder = SessionBuilder::new()
+            .known_nodes(&config.nodes)
+            .connection_timeout(config.connect_timeout)
+            .default_execution_profile_handle(profile.into_handle());
+        let session = tokio::time::timeout(config.connect_timeout, builder.build())
+            .await
+            .map_err(|_| {
+                StoreError::Storage(format!(
+                    "cannot connect to scylla at {}: no answer within {:?}",
+                    config.nodes.join(","),
+                    config.connect_timeout
+                ))
+            })?
+            .map_err(|e| StoreError::Storage(format!("cannot connect to scylla at {}: {e}", config.nodes.join(","))))?;
+        schema::migrate(&session, &config).await?;
+        let q = Statements::prepare(&session, &config.keyspace).await?;
+        info!(keyspace = %config.keyspace, nodes = %config.nodes.join(","), "scylla view store ready");
+        Ok(ScyllaViewStore {
+            session,
+            keyspace: config.keyspace,
+            q,
+            generations: Mutex::new(HashMap::new()),
+            settled: tokio::sync::Mutex::new(HashSet::new()),
+            written: Mutex::new(Written::default()),
+        })
+    }
+
+    /// The keyspace holding the views.
+    pub fn keyspace(&self) -> &str {
+        &self.keyspace
+    }
+
+    /// Drops the whole keyspace: for tests and teardown only.
+    pub async fn drop_keyspace(&self) -> Result<(), StoreError> {
+        self.session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", self.keyspace), &[])
+            .await
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    async fn exec(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<(), StoreError> {
+        self.session.execute_unpaged(stmt, values).await.map_err(storage)?;
+        Ok(())
+    }
+
+    /// The first row of a single-page query, if any.
+    async fn one<T>(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<Option<T>, StoreError>
+    where
+        T: for<'f> DeserializeRow<'f, 'f>,
+    {
+        let rows = self
+            .session
+            .execute_unpaged(stmt, values)
+            .await
+            .map_err(storage)?
+            .into_rows_result()
+            .map_err(storage)?;
+        rows.maybe_first_row::<T>().map_err(storage)
+    }
+
+    /// All rows of a query, paged by the driver.
+    async fn all<T>(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> Result<Vec<T>, StoreError>
+    where
+        T: for<'f, 'm> DeserializeRow<'f, 'm> + 'static,
+    {
+        self.session
+            .execute_iter(stmt.clone(), values)
+            .await
+            .map_err(storage)?
+            .rows_stream::<T>()
+            .map_err(storage)?
+            .map_err(storage)
+            .try_collect()
+            .await
+    }
+
+    async fn get(&self, key: &ViewKey) -> Result<Option<ViewValue>, StoreError> {
+        let q = &self.q;
+        let raw: Option<(Vec<u8>,)> = match key {
+            ViewKey::User(id) => self.one(&q.get_user, (id,)).await?,
+            ViewKey::Username(name) => self.one(&q.get_username, (name,)).await?,
+            ViewKey::Room(id) => self.one(&q.get_room, (id,)).await?,
+            ViewKey::Member { room_id, user_id } => self.one(&q.get_member, (room_id, user_id)).await?,
+            ViewKey::Message { room_id, message_id } => {
+                self.one(&q.get_message, (room_id, bucket_of(message_id), message_id))
+                    .await?
+            }
+            ViewKey::ClientMsg {
+                room_id,
+                user_id,
+                client_msg_id,
+            } => self.one(&q.get_client_msg, (room_id, user_id, client_msg_id)).await?,
+            ViewKey::Session { username, session_id } => self.one(&q.get_session, (username, session_id)).await?,
+            ViewKey::RoomEvent { room_id, position } => self.one(&q.get_room_event, (room_id, position)).await?,
+            ViewKey::Emotion { room_id, message_id } => {
+                self.one(&q.get_emotion, (room_id, bucket_of(message_id), message_id))
+                    .await?
+            }
+        };
+        raw.map(|(v,)| decode(key.table(), &v)).transpose()
+    }
+
+    async fn write(&self, op: &Op<'_>, ts: i64) -> Result<(), StoreError> {
+        let q = &self.q;
+        match op {
+            Op::Put(key, v) => match key {
+                ViewKey::User(id) => self.exec(&q.put_user, (id, v, ts)).await,
+                ViewKey::Username(name) => self.exec(&q.put_username, (name, v, ts)).await,
+                ViewKey::Room(id) => self.exec(&q.put_room, (id, v, ts)).await,
+                ViewKey::Member { room_id, user_id } => self.exec(&q.put_member, (room_id, user_id, v, ts)).await,
+                ViewKey::Message { room_id, message_id } => {
+                    self.exec(&q.put_message, (room_id, bucket_of(message_id), message_id, v, ts))
+                        .await
+                }
+                ViewKey::ClientMsg {
+                    room_id,
+                    user_id,
+                    client_msg_id,
+                } => {
+                    self.exec(&q.put_client_msg, (room_id, user_id, client_msg_id, v, ts))
+                        .await
+                }
+                ViewKey::Session { username, session_id } => {
+                    self.exec(&q.put_session, (username, session_id, v, ts)).await
+                }
+                ViewKey::RoomEvent { room_id, position } => {
+                    self.exec(&q.put_room_event, (room_id, position, v, ts)).await
+                }
+                ViewKey::Emotion { room_id, message_id } => {
+                    self.exec(&q.put_emotion, (room_id, bucket_of(message_id), message_id, v, ts))
+                        .await
+                }
+            },
+            Op::Delete(key) => match key {
+                ViewKey::User(id) => self.exec(&q.del_user, (ts, id)).await,
+                ViewKey::Username(name) => self.exec(&q.del_username, (ts, name)).await,
+                ViewKey::Room(id) => self.exec(&q.del_room, (ts, id)).await,
+                ViewKey::Member { room_id, user_id } => self.exec(&q.del_member, (ts, room_id, user_id)).await,
+                ViewKey::Message { room_id, message_id } => {
+                    self.exec(&q.del_message, (ts, room_id, bucket_of(message_id), message_id))
+                        .await
+                }
+                ViewKey::ClientMsg {
+                    room_id,
+                    user_id,
+                    client_msg_id,
+                } => {
+                    self.exec(&q.del_client_msg, (ts, room_id, user_id, client_msg_id))
+                        .await
+                }
+                ViewKey::Session { username, session_id } => {
+                    self.exec(&q.del_session, (ts, username, session_id)).await
+                }
+                ViewKey::RoomEvent { room_id, position } => self.exec(&q.del_room_event, (ts, room_id, position)).await,
+                ViewKey::Emotion { room_id, message_id } => {
+                    self.exec(&q.del_emotion, (ts, room_id, bucket_of(message_id), message_id))
+                        .await
+                }
+            },
+            Op::RoomIndex { room_id, on: true } => self.exec(&q.put_room_index, (ROOMS_SHARD, room_id, ts)).await,
+            Op::RoomIndex { room_id, on: false } => self.exec(&q.del_room_index, (ts, ROOMS_SHARD, room_id)).await,
+            Op::UserRoom {
+                user_id,
+                room_id,
+                on: true,
+            } => self.exec(&q.put_user_room, (user_id, room_id, ts)).await,
+            Op::UserRoom {
+                user_id,
+                room_id,
+                on: false,
+            } => self.exec(&q.del_user_room, (ts, user_id, room_id)).await,
+            Op::Bucket { room_id, kind, bucket } => self.exec(&q.put_bucket, (room_id, kind, bucket, ts)).await,
+        }
+    }
+
+    /// Writes a batch's changes at timestamp `ts`, [`IN_FLIGHT`] at a time.
+    /// Idempotent: running it again writes the same cells at the same timestamp.
+    async fn materialize(&self, changes: &[Change], ts: i64) -> Result<(), StoreError> {
+        let mut ops = plan(changes);
+        {
+            let written = self.written.lock().map_err(storage)?;
+            ops.retain(|op| match op {
+                Op::RoomIndex { room_id, on: true } => !written.rooms.contains(*room_id),
+                Op::Bucket { room_id, kind, bucket } => {
+                    !written.buckets.contains(&((*room_id).to_owned(), *kind, *bucket))
+                }
+                _ => true,
+            });
+        }
+        all_done!(&ops, IN_FLIGHT, |op| self.write(op, ts));
+        let mut written = self.written.lock().map_err(storage)?;
+        if written.rooms.len() + written.buckets.len() > CACHE_LIMIT {
+            *written = Written::default();
+        }
+        for op in &ops {
+            match op {
+                Op::RoomIndex { room_id, on } => {
+                    if *on {
+                        written.rooms.insert((*room_id).to_owned());
+                    } else {
+                        written.rooms.remove(*room_id);
+                    }
+                }
+                Op::Bucket { room_id, kind, bucket } => {
+                    written.buckets.insert(((*room_id).to_owned(), *kind, *bucket));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn generation(&self, consumer: &str) -> Result<i64, StoreError> {
+        if let Some(g) = self.generations.lock().map_err(storage)?.get(consumer) {
+            return Ok(*g);
+        }
+        let row: Option<(Option<i64>, Option<bool>)> = self.one(&self.q.get_consumer, (consumer,)).await?;
+        let g = row.and_then(|(g, _)| g).unwrap_or(0);
+        self.generations.lock().map_err(storage)?.insert(consumer.to_owned(), g);
+        Ok(g)
+    }
+
+    /// Re-applies the committed redo record of each of `consumer`'s positions,
+    /// once per process, before its positions are read or advanced: a batch
+    /// whose position committed but whose entities were cut short by a crash is
+    /// thereby completed.
+    async fn settle(&self, consumer: &str) -> Result<(), StoreError> {
+        let mut settled = self.settled.lock().await;
+        if settled.contains(consumer) {
+            return Ok(());
+        }
+        let generation = self.generation(consumer).await?;
+        let rows: Vec<PositionRow> = self.all(&self.q.get_positions, (consumer, generation)).await?;
+        for (topic, part, next, attempt, chunks, ts) in rows {
+            let (Some(attempt), Some(chunks)) = (attempt, chunks) else {
+                continue;
+            };
+            if chunks <= 0 {
+                continue;
+            }
+            let mut parts: Vec<(i32, Vec<u8>)> = self
+                .all(&self.q.get_redo, (consumer, generation, &topic, part, next, attempt))
+                .await?;
+            parts.sort_by_key(|(i, _)| *i);
+            if parts.len() != chunks as usize || parts.iter().enumerate().any(|(i, (c, _))| *c as usize != i) {
+                // A projector in another process may have moved on and
+                // dropped this record since we read the position: then it
+                // was fully written, and there is nothing to do.
+                let now: Option<(Option<i64>,)> = self
+                    .one(&self.q.get_position, (consumer, generation, &topic, part))
+                    .await?;
+                if now.and_then(|(n,)| n) != Some(next) {
+                    continue;
+                }
+                return Err(corrupt(
+                    "redo",
+                    format!(
+                        "{consumer} {topic}/{part}@{next}: expected {chunks} chunks, found {}",
+                        parts.len()
+                    ),
+                ));
+            }
+            let raw: Vec<u8> = parts.into_iter().flat_map(|(_, d)| d).collect();
+            let changes = rows::decode_redo(&raw).map_err(|e| corrupt("redo", e))?;
+            let ts = ts.unwrap_or(next);
+            debug!(consumer, topic = %topic, part, next, changes = changes.len(), "re-applying committed redo record");
+            self.materialize(&changes, ts).await?;
+        }
+        settled.insert(consumer.to_owned());
+        Ok(())
+    }
+
+    /// Steps 1 and 2 of `apply`: the redo record, then the positions that
+    /// commit it, in one single-partition batch.
+    async fn commit(&self, batch: &ViewBatch, changes: &[Change], ts: i64) -> Result<i64, StoreError> {
+        let consumer = batch.consumer.as_str();
+        let generation = self.generation(consumer).await?;
+        let (topic0, part0, next0) = batch.positions[0];
+        let (topic0, part0, next0) = (topic0.name(), part0 as i32, position_timestamp(next0));
+        let redo = if changes.is_empty() {
+            Vec::new()
+        } else {
+            rows::encode_redo(changes).map_err(storage)?
+        };
+        let chunks: Vec<&[u8]> = redo.chunks(rows::REDO_CHUNK).collect();
+        let attempt = now_micros();
+        all_done!(chunks.iter().enumerate(), 16, |(i, data)| self.exec(
+            &self.q.put_redo,
+            (consumer, generation, topic0, part0, next0, attempt, i as i32, *data, ts),
+        ));
+        let values: Vec<_> = batch
+            .positions
+            .iter()
+            .enumerate()
+            .map(|(i, (topic, part, next))| {
+                let (redo_attempt, redo_chunks, redo_ts) = if i == 0 {
+                    (Some(attempt), chunks.len() as i32, Some(ts))
+                } else {
+                    (None, 0, None)
+                };
+                let next = position_timestamp(*next);
+                (
+                    consumer,
+                    generation,
+                    topic.name(),
+                    *part as i32,
+                    next,
+                    redo_attempt,
+                    redo_chunks,
+                    redo_ts,
+                    next,
+                )
+            })
+            .collect();
+        if values.len() == 1 {
+            self.exec(&self.q.put_position, &values[0]).await?;
+        } else {
+            // All rows of one partition (the consumer's): atomic and isolated.
+            let mut b = Batch::new(BatchType::Unlogged);
+            for _ in &values {
+                b.append_statement(self.q.put_position.clone());
+            }
+            b.set_is_idempotent(true);
+            self.session.batch(&b, &values).await.map_err(storage)?;
+        }
+        Ok(generation)
+    }
+
+    /// The rebuilt views are written with timestamps from offset 0 up, far
+    /// older than the truncation. That is sound because Scylla's TRUNCATE
+    /// drops data by SSTable age, not by cell timestamp; were it ever done
+    /// with a tombstone (scylladb/scylladb#11230 proposes it), every rebuilt
+    /// entity would be shadowed. A canary row at timestamp 1, outside the
+    /// listed shard of `rooms_by_id`, turns that into an error here.
+    async fn check_truncate_keeps_old_timestamps(&self) -> Result<(), StoreError> {
+        const CANARY_SHARD: i32 = -1;
+        const CANARY: &str = "truncate-canary";
+        self.exec(&self.q.put_room_index, (CANARY_SHARD, CANARY, 1i64)).await?;
+        let seen: Option<(String,)> = self.one(&self.q.get_room_index, (CANARY_SHARD, CANARY)).await?;
+        self.exec(&self.q.del_room_index, (1i64, CANARY_SHARD, CANARY)).await?;
+        match seen {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Storage(
+                "a row written after TRUNCATE with an old timestamp is invisible: this Scylla truncates with \
+                 a tombstone, which would shadow the rebuilt views; the Scylla view store cannot clear them"
+                    .into(),
+            )),
+        }
+    }
+
+    async fn member_list(&self, rooms_and_users: Vec<(String, String)>) -> Result<Vec<MemberView>, StoreError> {
+        let found: Vec<Option<MemberView>> = in_order!(&rooms_and_users, READS_IN_FLIGHT, |(room_id, user_id)| {
+            ViewStore::member(self, room_id, user_id)
+        });
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// The newest `limit` entities of a room's bucketed table (messages or
+    /// emotions) below `before`, newest first: walks the room's non-empty
+    /// buckets downwards, one bounded partition read each, until `limit` are found.
+    async fn newest(
+        &self,
+        room_id: &str,
+        kind: &'static str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ViewValue>, StoreError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let table = if kind == MESSAGES { "messages" } else { "emotions" };
+        // Buckets grow with ids, so no message below an id cursor sits in a
+        // higher bucket. Any other cursor is compared in every bucket.
+        let top = match before {
+            Some(b) if is_id(b) => bucket_of(b),
+            _ => i64::MAX,
+        };
+        let mut buckets = self
+            .session
+            .execute_iter(self.q.buckets_down.clone(), (room_id, kind, top))
+            .await
+            .map_err(storage)?
+            .rows_stream::<(i64,)>()
+            .map_err(storage)?;
+        while out.len() < limit {
+            let Some((bucket,)) = buckets.try_next().await.map_err(storage)? else {
+                break;
+            };
+            let n = limit_of(limit - out.len());
+            let page = match (kind, before) {
+                (MESSAGES, Some(b)) => {
+                    self.session
+                        .execute_unpaged(&self.q.messages_before, (room_id, bucket, b, n))
+                        .await
+                }
+                (MESSAGES, None) => {
+                    self.session
+                        .execute_unpaged(&self.q.messages_page, (room_id, bucket, n))
+                        .await
+                }
+                _ => {
+                    self.session
+                        .execute_unpaged(&self.q.emotions_page, (room_id, bucket, n))
+                        .await
+                }
+            }
+            .map_err(storage)?
+            .into_rows_result()
+            .map_err(storage)?;
+            for row in page.rows::<(Vec<u8>,)>().map_err(storage)? {
+                out.push(decode(table, &row.map_err(storage)?.0)?);
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Every entity of a table as (canonical key, value bytes), for the checksum.
+    async fn scan(&self, table: &'static str) -> Result<rows::Entries, StoreError> {
+        let q = &self.q;
+        let two = |stmt| self.all::<(String, Vec<u8>)>(stmt, ());
+        let three = |stmt| self.all::<(String, String, Vec<u8>)>(stmt, ());
+        let entries = match table {
+            "users" => two(&q.scan_users)
+                .await?
+                .into_iter()
+                .map(|(a, v)| (ViewKey::User(a).encode(), v))
+                .collect(),
+            "usernames" => two(&q.scan_usernames)
+                .await?
+                .into_iter()
+                .map(|(a, v)| (ViewKey::Username(a).encode(), v))
+                .collect(),
+            "rooms" => two(&q.scan_rooms)
+                .await?
+                .into_iter()
+                .map(|(a, v)| (ViewKey::Room(a).encode(), v))
+                .collect(),
+            "members" => three(&q.scan_members)
+                .await?
+                .into_iter()
+                .map(|(room_id, user_id, v)| (ViewKey::Member { room_id, user_id }.encode(), v))
+                .collect(),
+            "messages" => three(&q.scan_messages)
+                .await?
+                .into_iter()
+                .map(|(room_id, message_id, v)| (ViewKey::Message { room_id, message_id }.encode(), v))
+                .collect(),
+            "client_msgs" => {
+                let rows: Vec<(String, String, String, Vec<u8>)> = self.all(&q.scan_client_msgs, ()).await?;
+                rows.into_iter()
+                    .map(|(room_id, user_id, client_msg_id, v)| {
+                        (
+                            ViewKey::ClientMsg {
+                                room_id,
+                                user_id,
+                                client_msg_id,
+                            }
+                            .encode(),
+                            v,
+                        )
+                    })
+                    .collect()
+            }
+            "sessions" => three(&q.scan_sessions)
+                .await?
+                .into_iter()
+                .map(|(username, session_id, v)| (ViewKey::Session { username, session_id }.encode(), v))
+                .collect(),
+            "room_events" => three(&q.scan_room_events)
+                .await?
+                .into_iter()
+                .map(|(room_id, position, v)| (ViewKey::RoomEvent { room_id, position }.encode(), v))
+                .collect(),
+            "emotions" => three(&q.scan_emotions)
+                .await?
+                .into_iter()
+                .map(|(room_id, message_id, v)| (ViewKey::Emotion { room_id, message_id }.encode(), v))
+                .collect(),
+            other => return Err(StoreError::Storage(format!("no scan for table {other}"))),
+        };
+        Ok(entries)
+    }
+}
+
+#[async_trait]
+impl ViewStore for ScyllaViewStore {
+    async fn load(&self, keys: &[ViewKey]) -> Result<Vec<Option<ViewValue>>, StoreError> {
+        Ok(in_order!(keys, READS_IN_FLIGHT, |k| self.get(k)))
+    }
+
+    async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
+        let mut changes: Vec<Change> = Vec::with_capacity(batch.changes.len());
+        for (k, v) in &batch.changes {
+            let raw = v.as_ref().map(postcard::to_allocvec).transpose().map_err(storage)?;
+            changes.push((k.clone(), raw));
+        }
+        let ts = batch_timestamp(&batch.positions);
+        if batch.positions.is_empty() {
+            // Replay's position-less batches: nothing to commit; an interrupted
+            // replay is known by its rebuilding mark, not by positions.
+            return self.materialize(&changes, ts).await;
+        }
+        self.settle(&batch.consumer).await?;
+        let generation = self.commit(&batch, &changes, ts).await?;
+        self.materialize(&changes, ts).await?;
+        // Earlier batches' redo records of this partition are spent.
+        let (topic, part, next) = batch.positions[0];
+        self.exec(
+            &self.q.del_redo_before,
+            (
+                ts,
+                batch.consumer.as_str(),
+                generation,
+                topic.name(),
+                part as i32,
+                position_timestamp(next),
+            ),
+        )
+        .await
+    }
+
+    async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError> {
+        self.settle(consumer).await?;
+        let generation = self.generation(consumer).await?;
+        let row: Option<(Option<i64>,)> = self
+            .one(
+                &self.q.get_position,
+                (consumer, generation, topic.name(), partition as i32),
+            )
+            .await?;
+        match row.and_then(|(n,)| n) {
+            Some(n) => offset_of("positions", n),
+            None => Ok(0),
+        }
+    }
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserView>, StoreError> {
+        Ok(match self.get(&ViewKey::User(user_id.to_owned())).await? {
+            Some(ViewValue::User(u)) => Some(u),
+            _ => None,
+        })
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserView>, StoreError> {
+        match self.get(&ViewKey::Username(username.to_owned())).await? {
+            Some(ViewValue::Username(id)) => self.user(&id).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn room(&self, room_id: &str) -> Result<Option<RoomView>, StoreError> {
+        Ok(match self.get(&ViewKey::Room(room_id.to_owned())).await? {
+            Some(ViewValue::Room(r)) => Some(r),
+            _ => None,
+        })
+    }
+
+    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let n = limit_of(limit);
+        let ids: Vec<(String,)> = match after {
+            Some(a) => self.all(&self.q.rooms_after, (ROOMS_SHARD, a, n)).await?,
+            None => self.all(&self.q.rooms_first, (ROOMS_SHARD, n)).await?,
+        };
+        let found: Vec<Option<RoomView>> = in_order!(&ids, READS_IN_FLIGHT, |(id,)| self.room(id));
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberView>, StoreError> {
+        Ok(
+            match self
+                .get(&ViewKey::Member {
+                    room_id: room_id.to_owned(),
+                    user_id: user_id.to_owned(),
+                })
+                .await?
+            {
+                Some(ViewValue::Member(m)) => Some(m),
+                _ => None,
+            },
+        )
+    }
+
+    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
+        let rows: Vec<(Vec<u8>,)> = self.all(&self.q.members_of, (room_id,)).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (raw,) in rows {
+            if let ViewValue::Member(m) = decode("members", &raw)? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError> {
+        let rooms: Vec<(String,)> = self.all(&self.q.rooms_of, (user_id,)).await?;
+        self.member_list(rooms.into_iter().map(|(r,)| (r, user_id.to_owned())).collect())
+            .await
+    }
+
+    async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError> {
+        let mut out: Vec<MessageView> = self
+            .newest(room_id, MESSAGES, before, limit)
+            .await?
+            .into_iter()
+            .filter_map(|v| match v {
+                ViewValue::Message(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<EmotionView>, StoreError> {
+        let mut out: Vec<EmotionView> = self
+            .newest(room_id, EMOTIONS, None, limit)
+            .await?
+            .into_iter()
+            .filter_map(|v| match v {
+                ViewValue::Emotion(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn session(&self, username: &str, session_id: &str) -> Result<Option<SessionView>, StoreError> {
+        Ok(
+            match self
+                .get(&ViewKey::Session {
+                    username: username.to_owned(),
+                    session_id: session_id.to_owned(),
+                })
+                .await?
+            {
+                Some(ViewValue::Session(s)) => Some(s),
+                _ => None,
+            },
+        )
+    }
+
+    /// Moves `consumer` to a new generation (its positions read 0 at once),
+    /// then, for the core views, truncates their tables. Not atomic: callers
+    /// bracket it with [`ViewStore::set_rebuilding`], as replay does.
+    /// TRUNCATE needs every node up, and snapshots the tables first when
+    /// Scylla's `auto_snapshot` is on (the default).
+    async fn clear(&self, consumer: &str) -> Result<(), StoreError> {
+        let old = self.generation(consumer).await?;
+        let new = old + 1;
+        self.exec(&self.q.set_generation, (now_micros(), new, consumer)).await?;
+        self.generations
+            .lock()
+            .map_err(storage)?
+            .insert(consumer.to_owned(), new);
+        self.settled.lock().await.insert(consumer.to_owned());
+        if consumer == CORE_VIEWS {
+            for table in schema::VIEW_TABLES {
+                let mut truncate = Statement::new(format!("TRUNCATE {}.{table}", self.keyspace));
+                // Scylla allows a truncate a minute (truncate_request_timeout_in_ms);
+                // the driver's default of 30 s would give up first.
+                truncate.set_request_timeout(Some(TRUNCATE_TIMEOUT));
+                self.session.query_unpaged(truncate, &[]).await.map_err(storage)?;
+            }
+            *self.written.lock().map_err(storage)? = Written::default();
+            self.check_truncate_keeps_old_timestamps().await?;
+        }
+        // The old generation's rows are unreachable now; drop them.
+        let rows: Vec<PositionRow> = self.all(&self.q.get_positions, (consumer, old)).await?;
+        for (topic, part, ..) in rows {
+            self.exec(&self.q.del_redo, (consumer, old, topic, part)).await?;
+        }
+        self.exec(&self.q.del_generation, (consumer, old)).await
+    }
+
+    async fn ingest(&self, entries: Vec<(ViewKey, Box<ViewValue>)>) -> Result<(), StoreError> {
+        let mut changes: Vec<Change> = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            if !key.is_write_once() {
+                return Err(storage(format!("ingest of a mutable entity {key:?}")));
+            }
+            changes.push((key, Some(postcard::to_allocvec(&*value).map_err(storage)?)));
+        }
+        self.materialize(&changes, UNPOSITIONED).await
+    }
+
+    async fn set_rebuilding(&self, consumer: &str, on: bool) -> Result<(), StoreError> {
+        self.exec(&self.q.set_rebuilding, (now_micros(), on, consumer)).await
+    }
+
+    async fn rebuilding(&self, consumer: &str) -> Result<bool, StoreError> {
+        let row: Option<(Option<i64>, Option<bool>)> = self.one(&self.q.get_consumer, (consumer,)).await?;
+        Ok(row.and_then(|(_, r)| r).unwrap_or(false))
+    }
+
+    /// Reads every entity back and digests it in the embedded store's order
+    /// and encoding. Holds one table in memory at a time: an operator's tool,
+    /// not a hot path.
+    async fn checksum(&self) -> Result<String, StoreError> {
+        let mut named = Vec::with_capacity(TABLES.len() + 1);
+        for table in TABLES {
+            named.push((table, self.scan(table).await?));
+        }
+        let mut positions = Vec::new();
+        let consumers: Vec<(String, Option<i64>, Option<bool>)> = self.all(&self.q.scan_consumers, ()).await?;
+        for (consumer, generation, rebuilding) in consumers {
+            let rows: Vec<PositionRow> = self
+                .all(&self.q.get_positions, (consumer.as_str(), generation.unwrap_or(0)))
+                .await?;
+            for (topic, part, next, ..) in rows {
+                let topic = Topic::from_name(&topic).ok_or_else(|| corrupt("positions", format!("topic {topic}")))?;
+                let part = u32::try_from(part).map_err(|_| corrupt("positions", format!("partition {part}")))?;
+                positions.push((
+                    position_key(&consumer, topic, part),
+                    offset_of("positions", next)?.to_be_bytes().to_vec(),
+                ));
+            }
+            if rebuilding == Some(true) {
+                positions.push((rebuilding_key(&consumer), vec![1u8]));
+            }
+        }
+        named.push(("positions", positions));
+        Ok(rows::digest(named))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EmbeddedViewStore;
+    use emosation_core::view::RoomEventView;
+
+    fn sample_changes() -> Vec<(ViewKey, Option<ViewValue>)> {
+        let room = RoomView {
+            room_id: "r1".into(),
+            name: "room".into(),
+            capacity: 10,
+            owner_id: "u1".into(),
+            created_at: 1,
+            member_count: 1,
+            message_count: 1,
+            last_message_id: Some("0003000000000001".into()),
+            emotion_counts: [0, 1, 0, 0, 0, 0, 0],
+        };
+        let member = MemberView {
+            room_id: "r1".into(),
+            user_id: "u1".into(),
+            username: "alice".into(),
+            joined_at: 1,
+            read_seq: 1,
+            last_read_message_id: None,
+        };
+        let message = MessageView {
+            message_id: "0003000000000001".into(),
+            room_id: "r1".into(),
+            seq: 1,
+            author_id: "u1".into(),
+            author: "alice".into(),
+            text: "hi".into(),
+            created_at: 2,
+            client_msg_id: "c1".into(),
+        };
+        vec![
+            (
+                ViewKey::User("u1".into()),
+                Some(ViewValue::User(UserView {
+                    user_id: "u1".into(),
+                    username: "alice".into(),
+                    password_hash: "h".into(),
+                    created_at: 1,
+                    deleted_at: None,
+                })),
+            ),
+            (
+                ViewKey::Username("alice".into()),
+                Some(ViewValue::Username("u1".into())),
+            ),
+            (ViewKey::Room("r1".into()), Some(ViewValue::Room(room))),
+            (
+                ViewKey::Member {
+                    room_id: "r1".into(),
+                    user_id: "u1".into(),
+                },
+                Some(ViewValue::Member(member)),
+            ),
+            (
+                ViewKey::Message {
+                    room_id: "r1".into(),
+                    message_id: "0003000000000001".into(),
+                },
+                Some(ViewValue::Message(message)),
+            ),
+            (
+                ViewKey::ClientMsg {
+                    room_id: "r1".into(),
+                    user_id: "u1".into(),
+                    client_msg_id: "c1".into(),
+                },
+                Some(ViewValue::ClientMsg("0003000000000001".into())),
+            ),
+            (
+                ViewKey::Session {
+                    username: "alice".into(),
+                    session_id: "s1".into(),
+                },
+                Some(ViewValue::Session(SessionView {
+                    session_id: "s1".into(),
+                    user_id: "u1".into(),
+                    revoked_at: 3,
+                    expires_at: 4,
+                })),
+            ),
+            (
+                ViewKey::RoomEvent {
+                    room_id: "r1".into(),
+                    position: "0003000000000000".into(),
+                },
+                Some(ViewValue::RoomEvent(RoomEventView {
+                    room_id: "r1".into(),
+                    joined: true,
+                    user_id: "u1".into(),
+                    username: "alice".into(),
+                    member_count: 1,
+                    at: 1,
+                })),
+            ),
+            (
+                ViewKey::Emotion {
+                    room_id: "r1".into(),
+                    message_id: "0003000000000001".into(),
+                },
+                Some(ViewValue::Emotion(EmotionView {
+                    room_id: "r1".into(),
+                    message_id: "0003000000000001".into(),
+                    label: "joy".into(),
+                    score: 0.9,
+                    scores: [0.0, 0.9, 0.1, 0.0, 0.0, 0.0, 0.0],
+                    model: "offline".into(),
+                    created_at: 5,
+                    position: "0003000000000002".into(),
+                })),
+            ),
+        ]
+    }
+
+    /// What `ScyllaViewStore::checksum` digests for the given content: the
+    /// canonical keys and postcard values it reads back, and the positions.
+    fn scylla_digest(
+        changes: &[(ViewKey, Option<ViewValue>)],
+        positions: &[(&str, Topic, u32, u64)],
+        rebuilding: &[&str],
+    ) -> String {
+        let mut named: Vec<(&str, rows::Entries)> = TABLES.iter().map(|t| (*t, Vec::new())).collect();
+        for (k, v) in changes.iter().rev() {
+            let v = postcard::to_allocvec(v.as_ref().unwrap()).unwrap();
+            let i = TABLES.iter().position(|t| *t == k.table()).unwrap();
+            named[i].1.push((k.encode(), v));
+        }
+        let mut pos: Vec<_> = positions
+            .iter()
+            .map(|(c, t, p, n)| (position_key(c, *t, *p), n.to_be_bytes().to_vec()))
+            .collect();
+        pos.extend(rebuilding.iter().map(|c| (rebuilding_key(c), vec![1u8])));
+        named.push(("positions", pos));
+        rows::digest(named)
+    }
+
+    #[tokio::test]
+    async fn checksum_encoding_matches_the_embedded_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = EmbeddedViewStore::open(dir.path()).unwrap();
+        assert_eq!(embedded.checksum().await.unwrap(), scylla_digest(&[], &[], &[]));
+
+        let changes = sample_changes();
+        embedded
+            .apply(ViewBatch {
+                consumer: CORE_VIEWS.into(),
+                changes: changes.clone(),
+                positions: vec![(Topic::Rooms, 3, 61), (Topic::Accounts, 0, 1)],
+            })
+            .await
+            .unwrap();
+        embedded
+            .apply(ViewBatch {
+                consumer: "analyzer".into(),
+                changes: vec![],
+                positions: vec![(Topic::Rooms, 12, 7)],
+            })
+            .await
+            .unwrap();
+        embedded.set_rebuilding("analyzer", true).await.unwrap();
+        let expected = scylla_digest(
+            &changes,
+            &[
+                ("analyzer", Topic::Rooms, 12, 7),
+                (CORE_VIEWS, Topic::Rooms, 3, 61),
+                (CORE_VIEWS, Topic::Accounts, 0, 1),
+            ],
+            &["analyzer"],
+        );
+        assert_eq!(embedded.checksum().await.unwrap(), expected);
+    }
+
+    #[test]
+    fn a_batch_plans_its_index_rows() {
+        let changes: Vec<Change> = sample_changes()
+            .into_iter()
+            .map(|(k, v)| (k, v.map(|v| postcard::to_allocvec(&v).unwrap())))
+            .chain([(
+                ViewKey::Member {
+                    room_id: "r1".into(),
+                    user_id: "u2".into(),
+                },
+                None,
+            )])
+            .chain((2..5).map(|i| {
+                (
+                    ViewKey::Message {
+                        room_id: "r1".into(),
+                        message_id: format!("00030000000000{i:02x}"),
+                    },
+                    Some(vec![i]),
+                )
+            }))
+            .collect();
+        let ops = plan(&changes);
+        let puts = ops.iter().filter(|o| matches!(o, Op::Put(..))).count();
+        let deletes = ops.iter().filter(|o| matches!(o, Op::Delete(..))).count();
+        assert_eq!((puts, deletes), (12, 1));
+        assert!(ops.iter().any(|o| matches!(
+            o,
+            Op::RoomIndex {
+                room_id: "r1",
+                on: true
+            }
+        )));
+        assert!(ops.iter().any(|o| matches!(
+            o,
+            Op::UserRoom {
+                user_id: "u1",
+                room_id: "r1",
+                on: true
+            }
+        )));
+        assert!(ops.iter().any(|o| matches!(
+            o,
+            Op::UserRoom {
+                user_id: "u2",
+                room_id: "r1",
+                on: false
+            }
+        )));
+        let buckets: Vec<_> = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Bucket { kind, bucket, .. } => Some((*kind, *bucket)),
+                _ => None,
+            })
+            .collect();
+        // Four messages and one emotion, all in one bucket: one row per kind.
+        assert_eq!(
+            buckets,
+            [
+                (MESSAGES, bucket_of("0003000000000001")),
+                (EMOTIONS, bucket_of("0003000000000001"))
+            ]
+        );
+    }
+
+    #[test]
+    fn local_timestamps_only_increase() {
+        let a = now_micros();
+        let b = now_micros();
+        assert!(b > a);
+        assert!(a > 1_600_000_000_000_000, "microseconds since the epoch");
+    }
+}

@@ -1,0 +1,140 @@
+//! The keyspace and its tables, created or migrated at start-up.
+//!
+//! Migrations are numbered and applied in order; `schema_version` records each
+//! one applied, so a later release adds migration 2 and every node that starts
+//! applies what it lacks. Every statement is `IF NOT EXISTS` (or otherwise
+//! idempotent), so nodes starting together, or a start interrupted halfway,
+//! converge on the same schema.
+
+use scylla::client::session::Session;
+use scylla::response::query_result::QueryResult;
+use tracing::info;
+
+use super::config::ScyllaConfig;
+use super::{now_micros, storage};
+use emosation_core::ports::StoreError;
+
+/// Tables of migration 1; `{ks}` is replaced by the keyspace. See
+/// docs/architecture.md ("The Scylla data model") for the query each serves.
+const MIGRATION_1: &[&str] = &[
+    // Point reads by id.
+    "CREATE TABLE IF NOT EXISTS {ks}.users (user_id text PRIMARY KEY, entity blob)",
+    "CREATE TABLE IF NOT EXISTS {ks}.usernames (username text PRIMARY KEY, entity blob)",
+    "CREATE TABLE IF NOT EXISTS {ks}.rooms (room_id text PRIMARY KEY, entity blob)",
+    // Room listing in id order, one partition (shard 0) clustered by id.
+    "CREATE TABLE IF NOT EXISTS {ks}.rooms_by_id (shard int, room_id text, PRIMARY KEY (shard, room_id)) \
+     WITH CLUSTERING ORDER BY (room_id ASC)",
+    // Memberships both ways.
+    "CREATE TABLE IF NOT EXISTS {ks}.members (room_id text, user_id text, entity blob, PRIMARY KEY (room_id, user_id)) \
+     WITH CLUSTERING ORDER BY (user_id ASC)",
+    "CREATE TABLE IF NOT EXISTS {ks}.user_rooms (user_id text, room_id text, PRIMARY KEY (user_id, room_id)) \
+     WITH CLUSTERING ORDER BY (room_id ASC)",
+    // History and emotions: (room, bucket) partitions, newest first, and the
+    // directory of a room's non-empty buckets.
+    "CREATE TABLE IF NOT EXISTS {ks}.messages (room_id text, bucket bigint, message_id text, entity blob, \
+     PRIMARY KEY ((room_id, bucket), message_id)) WITH CLUSTERING ORDER BY (message_id DESC)",
+    "CREATE TABLE IF NOT EXISTS {ks}.emotions (room_id text, bucket bigint, message_id text, entity blob, \
+     PRIMARY KEY ((room_id, bucket), message_id)) WITH CLUSTERING ORDER BY (message_id DESC)",
+    "CREATE TABLE IF NOT EXISTS {ks}.room_buckets (room_id text, kind text, bucket bigint, \
+     PRIMARY KEY (room_id, kind, bucket)) WITH CLUSTERING ORDER BY (kind ASC, bucket DESC)",
+    // Idempotency keys, sessions, membership events: point reads.
+    "CREATE TABLE IF NOT EXISTS {ks}.client_msgs (room_id text, user_id text, client_msg_id text, entity blob, \
+     PRIMARY KEY ((room_id, user_id, client_msg_id)))",
+    "CREATE TABLE IF NOT EXISTS {ks}.sessions (username text, session_id text, entity blob, \
+     PRIMARY KEY (username, session_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.room_events (room_id text, position text, entity blob, \
+     PRIMARY KEY (room_id, position))",
+    // Per consumer: the current generation (bumped by `clear`) and the rebuilding mark.
+    "CREATE TABLE IF NOT EXISTS {ks}.consumers (consumer text PRIMARY KEY, generation bigint, rebuilding boolean)",
+    // Positions of a consumer, one partition, so a batch's positions commit together.
+    "CREATE TABLE IF NOT EXISTS {ks}.positions (consumer text, generation bigint, topic text, part int, \
+     next_offset bigint, redo_attempt bigint, redo_chunks int, redo_ts bigint, \
+     PRIMARY KEY (consumer, generation, topic, part))",
+    // The redo record of the last committed batch of each (consumer, topic,
+    // partition). `attempt` keeps the chunks of an attempt that crashed before
+    // committing apart from a later batch ending at the same offset.
+    "CREATE TABLE IF NOT EXISTS {ks}.redo (consumer text, generation bigint, topic text, part int, \
+     next_offset bigint, attempt bigint, chunk int, data blob, \
+     PRIMARY KEY ((consumer, generation, topic, part), next_offset, attempt, chunk)) WITH gc_grace_seconds = 3600",
+];
+
+/// All migrations, in order; the position in this list + 1 is the version.
+const MIGRATIONS: &[&[&str]] = &[MIGRATION_1];
+
+/// The views' tables, truncated by `clear(CORE_VIEWS)`.
+pub(crate) const VIEW_TABLES: [&str; 12] = [
+    "users",
+    "usernames",
+    "rooms",
+    "rooms_by_id",
+    "members",
+    "user_rooms",
+    "messages",
+    "emotions",
+    "room_buckets",
+    "client_msgs",
+    "sessions",
+    "room_events",
+];
+
+/// The component name under which `schema_version` records this store's migrations.
+const COMPONENT: &str = "views";
+
+async fn ddl(session: &Session, cql: String) -> Result<QueryResult, StoreError> {
+    session
+        .query_unpaged(cql.as_str(), &[])
+        .await
+        .map_err(|e| StoreError::Storage(format!("schema statement failed ({cql}): {e}")))
+}
+
+/// Creates the keyspace if missing and applies the migrations it lacks.
+pub(crate) async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<(), StoreError> {
+    let ks = &config.keyspace;
+    ddl(
+        session,
+        format!(
+            "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}",
+            config.replication.to_cql()
+        ),
+    )
+    .await?;
+    ddl(
+        session,
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.schema_version \
+             (component text, version int, applied_at_us bigint, PRIMARY KEY (component, version))"
+        ),
+    )
+    .await?;
+    let applied = session
+        .query_unpaged(
+            format!("SELECT version FROM {ks}.schema_version WHERE component = ?"),
+            (COMPONENT,),
+        )
+        .await
+        .map_err(storage)?
+        .into_rows_result()
+        .map_err(storage)?;
+    let mut current = 0i32;
+    for row in applied.rows::<(i32,)>().map_err(storage)? {
+        current = current.max(row.map_err(storage)?.0);
+    }
+    for (i, statements) in MIGRATIONS.iter().enumerate() {
+        let version = i as i32 + 1;
+        if version <= current {
+            continue;
+        }
+        for s in *statements {
+            ddl(session, s.replace("{ks}", ks)).await?;
+        }
+        session
+            .query_unpaged(
+                format!("INSERT INTO {ks}.schema_version (component, version, applied_at_us) VALUES (?, ?, ?)"),
+                (COMPONENT, version, now_micros()),
+            )
+            .await
+            .map_err(storage)?;
+        info!(keyspace = %ks, version, "applied view store migration");
+    }
+    Ok(())
+}
