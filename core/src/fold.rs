@@ -18,7 +18,7 @@ use crate::view::{
 /// What the fold decided about one record.
 pub type Outcome = Result<Accepted, Rejection>;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Accepted {
     SignedUp {
         user_id: String,
@@ -48,7 +48,7 @@ pub enum Accepted {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Rejection {
     #[error("username is taken")]
     UsernameTaken,

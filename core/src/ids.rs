@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// The topics on the log. Names are Kafka-legal and identical on every adapter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Topic {
     /// Account commands, keyed by normalized username: signup, delete, restore,
     /// session revocation. One username's commands are therefore totally ordered.
@@ -66,7 +66,7 @@ impl Topology {
 }
 
 /// Where a record sits on the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct LogPosition {
     pub partition: u32,
     pub offset: u64,

@@ -167,7 +167,7 @@ pub trait ViewStore: Send + Sync + 'static {
 
 /// What the fold decided about one appended command, as seen by the node that
 /// appended it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     pub topic: Topic,
     pub position: LogPosition,

@@ -201,17 +201,28 @@ impl Server {
             .store
             .as_deref()
             .is_some_and(|s| s.contains("://") && !s.starts_with("embedded://"));
+        let redis_cache = cfg.engines.cache.as_deref().is_some_and(|c| c.starts_with("redis://"));
         let run_projector = roles.projector || (roles.reads_views() && !shared_views);
+        // Decisions cross processes (Redis pub/sub) when the views are shared
+        // and Redis is there; a process with its own projector over its own
+        // views needs nothing but itself.
+        let decisions: Arc<dyn Decisions> = match (shared_views && redis_cache, cfg.engines.cache.as_deref()) {
+            (true, Some(url)) => Arc::new(
+                emosation_storage::RedisDecisions::connect(url)
+                    .await
+                    .context("subscribe to decisions")?,
+            ),
+            _ => Arc::new(LocalDecisions::new()),
+        };
         anyhow::ensure!(
-            run_projector || !(roles.ingest || roles.fanout),
-            "ingest and fan-out on a shared view store wait for the projector's decisions, which this build \
-             carries only within a process: run them with the projector (`serve`), or on embedded views"
+            run_projector || !(roles.ingest || roles.fanout) || (shared_views && redis_cache),
+            "ingest and fan-out on a shared view store learn the projector's decisions through Redis: \
+             give --cache redis://…, or run them with the projector (`serve`), or on embedded views"
         );
         let views = cfg.engines.open_views().await?;
         let secret = jwt_secret(cfg.jwt_secret.as_deref(), &cfg.engines.data_dir)?;
         let keys = TokenKeys::new(&secret, cfg.access_ttl, cfg.refresh_ttl);
         let auth = Arc::new(Authenticator::new(keys, Arc::clone(&views)));
-        let decisions: Arc<dyn Decisions> = Arc::new(LocalDecisions::new());
         let ingest = Arc::new(
             Ingest::new(
                 Arc::clone(&log),

@@ -27,6 +27,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_emosation");
 struct Cluster {
     kafka: String,
     redis: String,
+    /// `--store` for every process (`None`: embedded views per process).
+    store: Option<String>,
 }
 
 struct Proc {
@@ -42,9 +44,14 @@ impl Cluster {
             .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir)
             .args(["--log", &self.kafka, "--cache", &self.redis, "--message-rate", "0"])
+            .args(self.store.iter().flat_map(|s| ["--store", s.as_str()]))
             .env("EMOSATION_JWT_SECRET", SECRET)
-            .env("EMOSATION_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
+            // EMOSATION_TEST_LOG=debug shows what the processes do.
+            .env(
+                "EMOSATION_LOG_LEVEL",
+                std::env::var("EMOSATION_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
@@ -70,6 +77,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(dir)
             .args(["--log", &self.kafka])
+            .args(self.store.iter().flat_map(|s| ["--store", s.as_str()]))
             .env("EMOSATION_LOG_LEVEL", "warn")
             .output()
             .await
@@ -165,6 +173,7 @@ async fn two_fanout_nodes_on_kafka_and_redis() {
     let cluster = Cluster {
         kafka: tansu.isolated_url(),
         redis: redis.url().to_owned(),
+        store: None,
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = |name: &str| -> PathBuf { tmp.path().join(name) };
@@ -329,4 +338,115 @@ async fn two_fanout_nodes_on_kafka_and_redis() {
     node_b.stop().await;
     let replica = cluster.cli(&["views", "checksum"], &dir("node-b")).await;
     assert_eq!(replica, fresh, "node B's replica folded the same views");
+}
+
+/// Waits until the room's emotion summary counts `n` emotions (the analyzer
+/// has caught up and appends nothing more).
+async fn emotions_settle(api: &Api, token: &str, room: &str, n: u64) {
+    let started = Instant::now();
+    loop {
+        let e = api.get(&format!("/v1/rooms/{room}/emotions"), token).await.expect(200);
+        let counted: u64 = e["summary"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        if counted >= n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "emotions caught up ({counted}/{n})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every service in its own process over shared views in Redis: decisions
+/// reach ingest and fan-out through Redis; when Redis comes back empty, the
+/// projector notices and rebuilds the views from the log, to the same checksum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_service_per_process_on_shared_redis_views() {
+    let tansu = Tansu::start();
+    let mut redis = RedisServer::start();
+    let cluster = Cluster {
+        kafka: tansu.isolated_url(),
+        redis: redis.url().to_owned(),
+        store: Some(redis.url().to_owned()),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| -> PathBuf { tmp.path().join(name) };
+    let _projector = cluster.spawn("projector", &dir("projector")).await;
+    let ingest = cluster.spawn("ingest", &dir("ingest")).await;
+    let query = cluster.spawn("query-api", &dir("query")).await;
+    let fanout = cluster.spawn("fanout", &dir("fanout")).await;
+    let _analyzer = cluster.spawn("analyzer", &dir("analyzer")).await;
+    let (cmd, read) = (ingest.api(), query.api());
+
+    // Commands answer with the fold's decision, which crossed processes.
+    let (_, alice) = cmd.user("alice").await;
+    let (_, bob) = cmd.user("bob").await;
+    cmd.signup("alice").await.expect_error(409, "username_taken");
+    let room = cmd.create_room(&alice, "shared", Some(3)).await;
+    cmd.post(&format!("/v1/rooms/{room}/join"), Some(&bob), json!({}))
+        .await
+        .expect(200);
+
+    let mut bob_ws = connect(&fanout, &bob).await;
+    subscribe(&mut bob_ws, &room, None, &["chat", "emotion"]).await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let r = cmd
+            .send(
+                &alice,
+                &room,
+                &format!("m{i}"),
+                &format!("message {i}, what a lovely day"),
+            )
+            .await;
+        sent.push(r.expect(202)["message_id"].as_str().unwrap().to_owned());
+    }
+    // Read your writes on another process: the 202 came after the views had it.
+    let history: Vec<String> = read
+        .all_messages(&alice, &room)
+        .await
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(history, sent);
+    let mut delivered = Vec::new();
+    while delivered.len() < sent.len() {
+        let f = bob_ws.next_of(&["message"]).await;
+        delivered.push(f["message_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(delivered, sent, "fan-out delivered every message in order");
+    emotions_settle(&read, &alice, &room, 20).await;
+    let before = cluster.cli(&["views", "checksum"], &dir("cli")).await;
+
+    // Redis restarts with nothing: the projector notices and refolds the log.
+    redis.restart_empty();
+    let started = Instant::now();
+    loop {
+        let out = Command::new(BIN)
+            .args(["views", "checksum", "--store", redis.url(), "--data-dir"])
+            .arg(dir("cli"))
+            .output()
+            .await
+            .unwrap();
+        if out.status.success() && String::from_utf8_lossy(&out.stdout) == before {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the views were rebuilt from the log to the same checksum"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // And the deployment carries on.
+    let r = cmd.send(&alice, &room, "after", "back again").await;
+    let after = r.expect(202)["message_id"].as_str().unwrap().to_owned();
+    let history = read.all_messages(&alice, &room).await;
+    assert_eq!(history.last().unwrap()["message_id"], after.as_str());
+    assert_eq!(history.len(), 21);
 }

@@ -6,7 +6,7 @@
 //! | log | [`embedded_log`]: [`EmbeddedLog`], fjall, group commit | [`kafka_log`]: [`KafkaLog`], rdkafka (`kafka://`) |
 //! | views | [`embedded_views`]: [`EmbeddedViewStore`], fjall | [`redis_views`]: [`RedisViewStore`] (`redis://`); [`scylla_views`]: [`ScyllaViewStore`] (`scylla://`) |
 //! | presence | [`local_presence`]: [`LocalPresence`], in process | [`redis_presence`]: [`RedisPresence`] (`redis://`) |
-//! | decisions | [`local_decisions`]: [`LocalDecisions`], in process | — |
+//! | decisions | [`local_decisions`]: [`LocalDecisions`], in process | [`redis_decisions`]: [`RedisDecisions`], pub/sub (`redis://`) |
 //!
 //! [`open_log`], [`open_views`] and [`open_presence`] map a URL to its adapter.
 
@@ -21,6 +21,7 @@ pub mod embedded_views;
 pub mod kafka_log;
 pub mod local_decisions;
 pub mod local_presence;
+pub mod redis_decisions;
 pub mod redis_presence;
 pub mod redis_views;
 pub mod scylla_views;
@@ -30,6 +31,7 @@ pub use embedded_views::EmbeddedViewStore;
 pub use kafka_log::KafkaLog;
 pub use local_decisions::LocalDecisions;
 pub use local_presence::LocalPresence;
+pub use redis_decisions::RedisDecisions;
 pub use redis_presence::RedisPresence;
 pub use redis_views::RedisViewStore;
 pub use scylla_views::{ScyllaConfig, ScyllaViewStore};

@@ -156,10 +156,48 @@ impl RedisPool {
         })
     }
 
+    /// Runs a read; if its connection had dropped (a restarted Redis), runs
+    /// it again on the same manager once it has reconnected. Reads are safe
+    /// to repeat.
+    pub(crate) async fn read<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let mut con = self.get();
+        let mut tries = 0;
+        loop {
+            match cmd.query_async(&mut con).await {
+                Err(e) if dropped(&e) && tries < 3 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// [`RedisPool::read`] for a pipeline of reads.
+    pub(crate) async fn read_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
+        let mut con = self.get();
+        let mut tries = 0;
+        loop {
+            match pipe.query_async(&mut con).await {
+                Err(e) if dropped(&e) && tries < 3 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     pub(crate) fn get(&self) -> ConnectionManager {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         self.conns[i].clone()
     }
+}
+
+/// The connection broke (Redis restarted or went away) rather than the
+/// command failing.
+pub(crate) fn dropped(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 fn storage(e: impl std::fmt::Display) -> StoreError {
@@ -256,7 +294,7 @@ impl RedisViewStore {
         for k in keys {
             pipe.cmd("HGET").arg(self.table_key(k.table())).arg(k.encode());
         }
-        let raw: Vec<Option<Vec<u8>>> = pipe.query_async(&mut self.pool.get()).await.map_err(storage)?;
+        let raw: Vec<Option<Vec<u8>>> = self.pool.read_pipe(&pipe).await.map_err(storage)?;
         keys.iter()
             .zip(raw)
             .map(|(k, r)| r.map(|r| Self::decode(k.table(), &r)).transpose())
@@ -277,48 +315,30 @@ impl RedisViewStore {
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         let limit = limit.min(i64::MAX as usize) as i64;
-        let mut con = self.pool.get();
-        let out: Vec<String> = if rev {
-            let max = before.map_or("+".to_owned(), |b| format!("({b}"));
-            redis::cmd("ZREVRANGEBYLEX")
-                .arg(zset)
-                .arg(max)
-                .arg("-")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .query_async(&mut con)
-                .await
+        let mut cmd = if rev {
+            let mut c = redis::cmd("ZREVRANGEBYLEX");
+            c.arg(zset)
+                .arg(before.map_or("+".to_owned(), |b| format!("({b}")))
+                .arg("-");
+            c
         } else {
-            let min = after.map_or("-".to_owned(), |a| format!("({a}"));
-            redis::cmd("ZRANGEBYLEX")
-                .arg(zset)
-                .arg(min)
-                .arg("+")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .query_async(&mut con)
-                .await
-        }
-        .map_err(storage)?;
-        Ok(out)
+            let mut c = redis::cmd("ZRANGEBYLEX");
+            c.arg(zset)
+                .arg(after.map_or("-".to_owned(), |a| format!("({a}")))
+                .arg("+");
+            c
+        };
+        cmd.arg("LIMIT").arg(0).arg(limit);
+        self.pool.read(&cmd).await.map_err(storage)
     }
 
     async fn scan_keys(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut con = self.pool.get();
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut con)
-                .await
-                .map_err(storage)?;
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+            let (next, keys): (u64, Vec<Vec<u8>>) = self.pool.read(&cmd).await.map_err(storage)?;
             out.extend(keys);
             if next == 0 {
                 return Ok(out);
@@ -329,18 +349,12 @@ impl RedisViewStore {
 
     /// Every field of a hash, sorted by field bytes.
     async fn sorted_hash(&self, key: Vec<u8>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let mut con = self.pool.get();
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
         loop {
-            let (next, chunk): HashPage = redis::cmd("HSCAN")
-                .arg(&key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut con)
-                .await
-                .map_err(storage)?;
+            let mut cmd = redis::cmd("HSCAN");
+            cmd.arg(&key).arg(cursor).arg("COUNT").arg(1000);
+            let (next, chunk): HashPage = self.pool.read(&cmd).await.map_err(storage)?;
             out.extend(chunk);
             if next == 0 {
                 break;
@@ -444,12 +458,9 @@ impl ViewStore for RedisViewStore {
 
     async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError> {
         let field = position_field(consumer, topic, partition);
-        let raw: Option<Vec<u8>> = redis::cmd("HGET")
-            .arg(self.positions_key())
-            .arg(&field)
-            .query_async(&mut self.pool.get())
-            .await
-            .map_err(storage)?;
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(self.positions_key()).arg(&field);
+        let raw: Option<Vec<u8>> = self.pool.read(&cmd).await.map_err(storage)?;
         let v = raw
             .and_then(|r| <[u8; 8]>::try_from(r.as_slice()).ok())
             .map(u64::from_be_bytes)
@@ -664,12 +675,9 @@ impl ViewStore for RedisViewStore {
     }
 
     async fn rebuilding(&self, consumer: &str) -> Result<bool, StoreError> {
-        redis::cmd("HEXISTS")
-            .arg(self.positions_key())
-            .arg(rebuilding_field(consumer))
-            .query_async(&mut self.pool.get())
-            .await
-            .map_err(storage)
+        let mut cmd = redis::cmd("HEXISTS");
+        cmd.arg(self.positions_key()).arg(rebuilding_field(consumer));
+        self.pool.read(&cmd).await.map_err(storage)
     }
 
     async fn checksum(&self) -> Result<String, StoreError> {
