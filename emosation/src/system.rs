@@ -223,12 +223,14 @@ impl Server {
         let secret = jwt_secret(cfg.jwt_secret.as_deref(), &cfg.engines.data_dir)?;
         let keys = TokenKeys::new(&secret, cfg.access_ttl, cfg.refresh_ttl);
         let auth = Arc::new(Authenticator::new(keys, Arc::clone(&views)));
+        let presence = cfg.engines.open_presence().await?;
         let ingest = Arc::new(
             Ingest::new(
                 Arc::clone(&log),
                 Arc::clone(&views),
                 Arc::clone(&decisions),
                 Arc::clone(&auth),
+                Arc::clone(&presence),
                 cfg.ingest,
             )
             .map_err(|e| anyhow::anyhow!("start ingest: {}", e.message))?,
@@ -250,8 +252,7 @@ impl Server {
                 Arc::clone(&decisions),
                 shutdown.clone(),
             );
-            let presence = cfg.engines.open_presence().await?;
-            let fanout = Fanout::start(hub, Arc::clone(&ingest), presence, cfg.fanout)
+            let fanout = Fanout::start(hub, Arc::clone(&ingest), Arc::clone(&presence), cfg.fanout)
                 .await
                 .context("subscribe to kick orders")?;
             app = app.merge(emosation_ws_fanout::routes(fanout));

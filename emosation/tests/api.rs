@@ -10,9 +10,7 @@ use common::{SECRET, TestServer};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accounts_signup_login_refresh_me_logout() {
-    let s = TestServer::start().await;
+async fn accounts_signup_login_refresh_me_logout(s: TestServer) {
     let api = s.client();
 
     let created = api.signup("alice").await.expect(201);
@@ -105,9 +103,7 @@ async fn accounts_signup_login_refresh_me_logout() {
         .expect_error(401, "unauthorized");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soft_delete_refuses_login_keeps_data_and_admin_restores() {
-    let s = TestServer::start().await;
+async fn soft_delete_refuses_login_keeps_data_and_admin_restores(s: TestServer) {
     let api = s.client();
     let (uid, token) = api.user("carol").await;
     let room = api.create_room(&token, "kept", None).await;
@@ -142,9 +138,7 @@ async fn soft_delete_refuses_login_keeps_data_and_admin_restores() {
     assert_eq!(history["messages"][0]["text"], "before delete");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_alg_none_expired_and_garbage_tokens_are_refused() {
-    let s = TestServer::start().await;
+async fn forged_alg_none_expired_and_garbage_tokens_are_refused(s: TestServer) {
     let api = s.client();
     let (uid, token) = api.user("dave").await;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -211,9 +205,7 @@ async fn forged_alg_none_expired_and_garbage_tokens_are_refused() {
     api.get("/v1/me", &valid).await.expect(200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rooms_membership_messages_and_unread() {
-    let s = TestServer::start().await;
+async fn rooms_membership_messages_and_unread(s: TestServer) {
     let api = s.client();
     let (alice_id, alice) = api.user("alice").await;
     let (bob_id, bob) = api.user("bob").await;
@@ -417,9 +409,7 @@ async fn rooms_membership_messages_and_unread() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_pages_by_cursor() {
-    let s = TestServer::start().await;
+async fn history_pages_by_cursor(s: TestServer) {
     let api = s.client();
     let (_, t) = api.user("pager").await;
     let room = api.create_room(&t, "pages", None).await;
@@ -472,9 +462,7 @@ async fn history_pages_by_cursor() {
     assert_eq!(max["messages"].as_array().unwrap().len(), 120);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_msg_id_repeat_returns_the_first_id_and_stores_one_copy() {
-    let s = TestServer::start().await;
+async fn client_msg_id_repeat_returns_the_first_id_and_stores_one_copy(s: TestServer) {
     let api = s.client();
     let (_, t) = api.user("idem").await;
     let room = api.create_room(&t, "idem", None).await;
@@ -509,9 +497,7 @@ async fn client_msg_id_repeat_returns_the_first_id_and_stores_one_copy() {
     assert_ne!(theirs["message_id"], first["message_id"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_hundred_concurrent_identical_signups_make_one_account() {
-    let s = TestServer::start().await;
+async fn three_hundred_concurrent_identical_signups_make_one_account(s: TestServer) {
     let api = s.client();
     let mut tasks = Vec::new();
     for _ in 0..300 {
@@ -537,9 +523,7 @@ async fn three_hundred_concurrent_identical_signups_make_one_account() {
     assert_eq!(l["user_id"], created[0].as_str());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn capacity_five_admits_four_of_thirty_concurrent_joins() {
-    let s = TestServer::start().await;
+async fn capacity_five_admits_four_of_thirty_concurrent_joins(s: TestServer) {
     let api = s.client();
     let (_, owner) = api.user("owner").await;
     let room = api.create_room(&owner, "small", Some(5)).await;
@@ -577,9 +561,7 @@ async fn capacity_five_admits_four_of_thirty_concurrent_joins() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_contract_errors() {
-    let s = TestServer::start().await;
+async fn bad_input_gets_contract_errors(s: TestServer) {
     let api = s.client();
     let (_, t) = api.user("eve").await;
     let room = api.create_room(&t, "r", None).await;
@@ -664,9 +646,21 @@ async fn bad_input_gets_contract_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_answers_429() {
+    rate_limit_body(None).await;
+}
+
+/// The buckets live in Redis, shared by every ingest node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_429_with_redis_buckets() {
+    let redis = emosation_testkit::RedisServer::start();
+    rate_limit_body(Some(redis.url().to_owned())).await;
+}
+
+async fn rate_limit_body(cache: Option<String>) {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = common::config(tmp.path());
     cfg.ingest.message_rate = 5;
+    cfg.engines.cache = cache;
     let s = TestServer::start_with(cfg).await;
     let api = s.client();
     let (_, t) = api.user("chatty").await;
@@ -744,9 +738,7 @@ async fn views_survive_restart_and_replay_gives_the_same_checksum() {
     assert_eq!(views.checksum().await.unwrap(), live);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_message_gets_exactly_one_emotion() {
-    let s = TestServer::start().await;
+async fn every_message_gets_exactly_one_emotion(s: TestServer) {
     let api = s.client();
     let (_, t) = api.user("feeler").await;
     let room = api.create_room(&t, "feelings", None).await;
@@ -793,3 +785,41 @@ async fn every_message_gets_exactly_one_emotion() {
         assert_eq!(m["emotion"]["label"], *label, "{m}");
     }
 }
+
+/// Each body above runs on the embedded views and on Redis views (with Redis
+/// presence): everything above the view-store port behaves the same on both.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            use super::TestServer;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(TestServer::start().await).await
+                }
+            )*
+        }
+        mod redis {
+            use super::TestServer;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(TestServer::start_on_redis().await).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    accounts_signup_login_refresh_me_logout,
+    soft_delete_refuses_login_keeps_data_and_admin_restores,
+    forged_alg_none_expired_and_garbage_tokens_are_refused,
+    rooms_membership_messages_and_unread,
+    history_pages_by_cursor,
+    client_msg_id_repeat_returns_the_first_id_and_stores_one_copy,
+    three_hundred_concurrent_identical_signups_make_one_account,
+    capacity_five_admits_four_of_thirty_concurrent_joins,
+    bad_input_gets_contract_errors,
+    every_message_gets_exactly_one_emotion,
+);

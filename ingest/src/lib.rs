@@ -11,11 +11,9 @@
 //! # Layout
 //! - [`Ingest`]: the commands, callable from HTTP (here) and WebSocket (ws-fanout).
 //! - [`validate`]: the contract's input rules.
-//! - [`limiter`]: per-user message rate limit.
 //! - [`http`]: the command endpoints.
 
 pub mod http;
-pub mod limiter;
 pub mod validate;
 
 use std::sync::Arc;
@@ -26,7 +24,7 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::http::StatusCode;
 use emosation_core::ids::{LogPosition, normalize_username, random_id};
-use emosation_core::ports::{Decision, Decisions, Log, ViewStore};
+use emosation_core::ports::{Decision, Decisions, Log, Presence, ViewStore};
 use emosation_core::record::*;
 use emosation_core::view::RoomView;
 use emosation_core::{Accepted, Record};
@@ -34,8 +32,6 @@ use emosation_http::auth::TokenKind;
 use emosation_http::rooms::{member_room, room_or_404};
 use emosation_http::{ApiError, AuthUser, Authenticator, TokenPair};
 use tokio::sync::Semaphore;
-
-use crate::limiter::RateLimiter;
 
 /// Ingest settings.
 #[derive(Debug, Clone)]
@@ -73,7 +69,8 @@ pub struct Ingest {
     views: Arc<dyn ViewStore>,
     decisions: Arc<dyn Decisions>,
     auth: Arc<Authenticator>,
-    limiter: RateLimiter,
+    /// Rate limits live in the presence port, so they hold across ingest nodes.
+    presence: Arc<dyn Presence>,
     /// Bounds concurrent password hashes (each takes ~19 MiB and a core).
     hashing: Semaphore,
     dummy_hash: String,
@@ -113,6 +110,7 @@ impl Ingest {
         views: Arc<dyn ViewStore>,
         decisions: Arc<dyn Decisions>,
         auth: Arc<Authenticator>,
+        presence: Arc<dyn Presence>,
         cfg: IngestConfig,
     ) -> Result<Self, ApiError> {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -121,11 +119,32 @@ impl Ingest {
             views,
             decisions,
             auth,
-            limiter: RateLimiter::new(cfg.message_rate),
+            presence,
             hashing: Semaphore::new(workers * 2),
             dummy_hash: hash_password("not-a-real-password")?,
             cfg,
         })
+    }
+
+    /// Takes a token from the user's message bucket (`message_rate` per
+    /// second, burst 2×). If the bucket store is unreachable the message is
+    /// let through: a rate limit is protection, not a reason to refuse chat.
+    async fn allow_message(&self, user_id: &str) -> bool {
+        let rate = self.cfg.message_rate;
+        if rate == 0 {
+            return true;
+        }
+        match self
+            .presence
+            .take(&format!("msg:{user_id}"), rate, rate.saturating_mul(2))
+            .await
+        {
+            Ok(allowed) => allowed,
+            Err(e) => {
+                tracing::warn!(error = %e, "rate-limit store unreachable; letting the message through");
+                true
+            }
+        }
     }
 
     pub fn authenticator(&self) -> &Arc<Authenticator> {
@@ -370,7 +389,7 @@ impl Ingest {
         validate::client_msg_id(client_msg_id)?;
         validate::text(text)?;
         member_room(&*self.views, room_id, &user.user_id).await?;
-        if !self.limiter.allow(&user.user_id) {
+        if !self.allow_message(&user.user_id).await {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",

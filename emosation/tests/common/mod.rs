@@ -20,6 +20,8 @@ pub struct TestServer {
     pub base: String,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
+    /// The Redis holding the views and presence, for `start_on_redis`.
+    pub redis: Option<emosation_testkit::RedisServer>,
 }
 
 pub fn config(dir: &Path) -> ServeConfig {
@@ -39,6 +41,19 @@ impl TestServer {
         s
     }
 
+    /// A server whose views and presence live in a fresh Redis.
+    pub async fn start_on_redis() -> TestServer {
+        let redis = emosation_testkit::RedisServer::start();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path());
+        cfg.engines.store = Some(redis.url().to_owned());
+        cfg.engines.cache = Some(redis.url().to_owned());
+        let mut s = Self::start_with(cfg).await;
+        s._tmp = Some(tmp);
+        s.redis = Some(redis);
+        s
+    }
+
     pub async fn start_with(cfg: ServeConfig) -> TestServer {
         let dir = cfg.engines.data_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -48,6 +63,7 @@ impl TestServer {
             server: Some(server),
             dir,
             _tmp: None,
+            redis: None,
         }
     }
 
