@@ -91,11 +91,7 @@ async fn main() -> anyhow::Result<()> {
     if total > 0 {
         let dir = tempfile::tempdir()?;
         let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir.path(), Topology::default())?);
-        let rate = report(
-            "embedded",
-            appenders,
-            run(log, &records, total, appenders, 600).await?,
-        );
+        let rate = report("embedded", appenders, run(log, &records, total, appenders, 600).await?);
         eprintln!("durable appends, embedded, {appenders} in flight: {rate:.0} commands/s (target >= 200,000)");
     }
 

@@ -147,7 +147,10 @@ async fn kafka(total: u64) -> anyhow::Result<()> {
         stats.elapsed.as_secs_f64(),
         stats.per_second()
     );
-    anyhow::ensure!(same, "the replay from Kafka folded other views than the embedded replay");
+    anyhow::ensure!(
+        same,
+        "the replay from Kafka folded other views than the embedded replay"
+    );
     Ok(())
 }
 
