@@ -122,6 +122,12 @@ async fn kafka(total: u64) -> anyhow::Result<()> {
     eprintln!("wrote {total} records into tansu in {write_secs:.1}s");
 
     // Replay from the broker into empty views.
+    let mut in_log = 0;
+    for topic in emosation_core::ids::Topic::ALL {
+        for partition in 0..log.topology().partitions(topic) {
+            in_log += log.end_offset(topic, partition).await?;
+        }
+    }
     let dir = tempfile::tempdir()?;
     let views: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("kafka-views"))?);
     let stats =
@@ -136,7 +142,7 @@ async fn kafka(total: u64) -> anyhow::Result<()> {
     let same = ref_views.checksum().await? == checksum;
     println!(
         "{}",
-        json!({"bench": "replay", "log": "kafka", "broker": "tansu (sqlite)", "records": stats.records,
+        json!({"bench": "replay", "log": "kafka", "broker": "tansu (sqlite)", "records": stats.records, "records_in_log": in_log,
                "seconds": stats.elapsed.as_secs_f64(), "records_per_sec": stats.per_second().round(),
                "write_seconds": write_secs, "write_records_per_sec": (total as f64 / write_secs).round(),
                "write_in_flight": in_flight, "checksum": checksum, "checksum_equals_embedded_replay": same})
@@ -148,9 +154,11 @@ async fn kafka(total: u64) -> anyhow::Result<()> {
         stats.per_second()
     );
     anyhow::ensure!(
-        same,
-        "the replay from Kafka folded other views than the embedded replay"
+        stats.records == in_log,
+        "the replay from Kafka stopped early: {} of {in_log} records",
+        stats.records
     );
+    anyhow::ensure!(same, "the replay from Kafka folded other views than the embedded replay");
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 //! Run pinned, server on one core and this load generator on the other:
 //! `BENCH_SERVER_CPU=0 taskset -c 1 target/release/ws` (what `bench/run` does).
 //! `SCENARIOS=room1k,rooms100,light,ramp` picks scenarios; `SECS` (default 10)
-//! sets each load's duration.
+//! sets each load's duration; `ROOM1K_RATE` (500) the messages/s of both `room1k`s.
 //!
 //! `room1k_2nodes` is `room1k` on the distributed deployment: a tansu broker
 //! (sqlite engine) and redis-server, one `emosation serve --log kafka://…
@@ -192,6 +192,7 @@ async fn scenario(
     (recv_token, send_token): (&str, &str),
     rooms: &[String],
     load: Load,
+    processes: &[(String, u32)],
 ) -> anyhow::Result<()> {
     let Load {
         per_room,
@@ -200,6 +201,7 @@ async fn scenario(
         secs,
     } = load;
     let r = receivers(bases, recv_token, rooms, per_room).await?;
+    let cpu_before: Vec<u64> = processes.iter().map(|(_, pid)| cpu_us(*pid)).collect();
     let started = Instant::now();
     let acked = send_load(bases, send_token, rooms, senders, rate, secs).await?;
     // Let deliveries drain.
@@ -209,6 +211,12 @@ async fn scenario(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // CPU each server process used over the load and the drain.
+    let cpu_ms: serde_json::Map<String, serde_json::Value> = processes
+        .iter()
+        .zip(cpu_before)
+        .map(|((name, pid), before)| (name.clone(), json!(cpu_us(*pid).saturating_sub(before) / 1000)))
+        .collect();
     let received = r.received.load(Ordering::Relaxed);
     let mut all = Vec::new();
     for l in &r.latencies {
@@ -219,7 +227,7 @@ async fn scenario(
         json!({"bench": "ws", "scenario": name, "nodes": bases.len(), "rooms": rooms.len(), "clients_per_room": per_room, "senders": senders,
                "offered_msgs_per_sec": rate, "acked": acked, "deliveries_expected": expected, "deliveries": received,
                "lost": expected.saturating_sub(received), "deliveries_per_sec": (received as f64 / elapsed).round(),
-               "latency": percentiles(all)})
+               "latency": percentiles(all), "seconds": elapsed, "server_cpu_ms": cpu_ms})
     );
     Ok(())
 }
@@ -322,7 +330,7 @@ fn rss_kb(pid: u32) -> u64 {
 struct Deployment {
     core: ServerProcess,
     fanouts: Vec<ServerProcess>,
-    _engines: Option<(emosation_testkit::Tansu, emosation_testkit::RedisServer)>,
+    engines: Option<(emosation_testkit::Tansu, emosation_testkit::RedisServer)>,
 }
 
 impl Deployment {
@@ -339,7 +347,7 @@ impl Deployment {
         Ok(Deployment {
             core,
             fanouts: Vec::new(),
-            _engines: None,
+            engines: None,
         })
     }
 
@@ -376,8 +384,21 @@ impl Deployment {
         Ok(Deployment {
             core,
             fanouts: nodes,
-            _engines: Some((broker, redis)),
+            engines: Some((broker, redis)),
         })
+    }
+
+    /// (name, pid) of every server process, for CPU accounting.
+    fn pids(&self) -> Vec<(String, u32)> {
+        let mut pids = vec![("serve".to_owned(), self.core.child.id().unwrap_or(0))];
+        for (i, n) in self.fanouts.iter().enumerate() {
+            pids.push((format!("fanout{i}"), n.child.id().unwrap_or(0)));
+        }
+        if let Some((broker, redis)) = &self.engines {
+            pids.push(("tansu".to_owned(), broker.pid().unwrap_or(0)));
+            pids.push(("redis".to_owned(), redis.pid().unwrap_or(0)));
+        }
+        pids
     }
 
     /// Where WebSocket clients go: the fan-out nodes, else the one server.
@@ -423,7 +444,7 @@ async fn main() -> anyhow::Result<()> {
                     rate: 25,
                     secs,
                 };
-                scenario(name, &bases, (&rt, &st), &rooms, load).await?
+                scenario(name, &bases, (&rt, &st), &rooms, load, &deployment.pids()).await?
             }
             "rooms100" => {
                 let load = Load {
@@ -432,16 +453,16 @@ async fn main() -> anyhow::Result<()> {
                     rate: 2000,
                     secs,
                 };
-                scenario(name, &bases, (&rt, &st), &rooms, load).await?
+                scenario(name, &bases, (&rt, &st), &rooms, load, &deployment.pids()).await?
             }
             "room1k" | "room1k_2nodes" => {
                 let load = Load {
                     per_room: 1000,
                     senders: 10,
-                    rate: 500,
+                    rate: env("ROOM1K_RATE", 500),
                     secs,
                 };
-                scenario(name, &bases, (&rt, &st), &rooms, load).await?
+                scenario(name, &bases, (&rt, &st), &rooms, load, &deployment.pids()).await?
             }
             "ramp" => {
                 let n: usize = env("RAMP_CONNS", 10_000);
