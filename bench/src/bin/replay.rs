@@ -158,7 +158,10 @@ async fn kafka(total: u64) -> anyhow::Result<()> {
         "the replay from Kafka stopped early: {} of {in_log} records",
         stats.records
     );
-    anyhow::ensure!(same, "the replay from Kafka folded other views than the embedded replay");
+    anyhow::ensure!(
+        same,
+        "the replay from Kafka folded other views than the embedded replay"
+    );
     Ok(())
 }
 

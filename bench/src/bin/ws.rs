@@ -15,7 +15,8 @@
 //! between the two nodes; a message sent on one node reaches the other's
 //! clients through the broker. All five processes are pinned to
 //! `BENCH_CLUSTER_CPU` (default `BENCH_SERVER_CPU`, i.e. the one core the
-//! single server gets); `KAFKA_OPTIONS` adds librdkafka properties to the
+//! single server gets; `BENCH_KAFKA_CPU` pins the broker elsewhere);
+//! `KAFKA_OPTIONS` adds librdkafka properties to the
 //! log URL (e.g. `fetch.wait.max.ms=5`).
 
 use std::sync::Arc;
@@ -353,13 +354,15 @@ impl Deployment {
 
     /// tansu + redis-server + `serve` (ingest, projector, analyzer, query
     /// API; HTTP setup goes here) + `fanouts` × `emosation fanout`, every
-    /// process pinned to `BENCH_CLUSTER_CPU` (default `BENCH_SERVER_CPU`).
+    /// process pinned to `BENCH_CLUSTER_CPU` (default `BENCH_SERVER_CPU`),
+    /// the broker to `BENCH_KAFKA_CPU` if set.
     async fn distributed(analyzer: &str, fanouts: usize) -> anyhow::Result<Deployment> {
         let cpu = std::env::var("BENCH_CLUSTER_CPU")
             .or_else(|_| std::env::var("BENCH_SERVER_CPU"))
             .ok();
         let cpu = cpu.as_deref();
-        let (broker, url) = emosation_bench::tansu(cpu, &env("KAFKA_OPTIONS", String::new()))?;
+        let kafka_cpu = std::env::var("BENCH_KAFKA_CPU").ok();
+        let (broker, url) = emosation_bench::tansu(kafka_cpu.as_deref().or(cpu), &env("KAFKA_OPTIONS", String::new()))?;
         let redis = emosation_testkit::RedisServer::start();
         if let (Some(cpu), Some(pid)) = (cpu, redis.pid()) {
             emosation_bench::pin(pid, cpu)?;
