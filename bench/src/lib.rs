@@ -113,8 +113,22 @@ pub struct ServerProcess {
     _dir: tempfile::TempDir,
 }
 
+/// The JWT secret every benchmark server process shares (fan-out nodes check
+/// tokens the core process issued).
+pub const JWT_SECRET: &str = "emosation-benchmark-jwt-secret-0123456789abcdef";
+
 impl ServerProcess {
+    /// `emosation serve` with `extra` arguments, pinned to `BENCH_SERVER_CPU`
+    /// if set.
     pub async fn start(extra: &[&str]) -> anyhow::Result<ServerProcess> {
+        let cpu = std::env::var("BENCH_SERVER_CPU").ok();
+        ServerProcess::spawn("serve", extra, cpu.as_deref()).await
+    }
+
+    /// `emosation SERVICE` (serve, fanout, …) on a free port with its own
+    /// data dir and `extra` arguments, pinned to `cpu` (a taskset list) if
+    /// given; returns once its `/healthz` answers.
+    pub async fn spawn(service: &str, extra: &[&str], cpu: Option<&str>) -> anyhow::Result<ServerProcess> {
         let bin = server_binary();
         anyhow::ensure!(
             bin.exists(),
@@ -123,18 +137,17 @@ impl ServerProcess {
         );
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        // BENCH_SERVER_CPU=0 pins the server to a core (the load stays on the others).
-        let mut cmd = match std::env::var("BENCH_SERVER_CPU") {
-            Ok(cpu) => {
+        let mut cmd = match cpu {
+            Some(cpu) => {
                 let mut c = tokio::process::Command::new("taskset");
                 c.arg("-c").arg(cpu).arg(&bin);
                 c
             }
-            Err(_) => tokio::process::Command::new(&bin),
+            None => tokio::process::Command::new(&bin),
         };
         let child = cmd
             .args([
-                "serve",
+                service,
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--message-rate",
@@ -144,14 +157,20 @@ impl ServerProcess {
             .arg(dir.path())
             .args(extra)
             .env("EMOSATION_LOG_LEVEL", "warn")
+            .env("EMOSATION_JWT_SECRET", JWT_SECRET)
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()?;
         let base = format!("http://127.0.0.1:{port}");
         let client = Client::new();
         let t = Instant::now();
-        while client.get(format!("{base}/healthz")).send().await.is_err() {
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "server did not start");
+        loop {
+            if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "{service} did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(ServerProcess { child, base, _dir: dir })
@@ -160,6 +179,30 @@ impl ServerProcess {
     pub fn data_dir(&self) -> &Path {
         self._dir.path()
     }
+}
+
+/// Pins a running process and all its threads to `cpu` (a taskset list).
+pub fn pin(pid: u32, cpu: &str) -> anyhow::Result<()> {
+    let st = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpu, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(st.success(), "taskset -a -p -c {cpu} {pid} failed");
+    Ok(())
+}
+
+/// A tansu broker (through the test kit) pinned to `cpu` if given; its URL
+/// with a fresh topic prefix and `options` (librdkafka properties, `k=v&…`).
+pub fn tansu(cpu: Option<&str>, options: &str) -> anyhow::Result<(emosation_testkit::Tansu, String)> {
+    let broker = emosation_testkit::Tansu::start();
+    if let (Some(cpu), Some(pid)) = (cpu, broker.pid()) {
+        pin(pid, cpu)?;
+    }
+    let mut url = broker.isolated_url();
+    if !options.is_empty() {
+        url = format!("{url}&{options}");
+    }
+    Ok((broker, url))
 }
 
 /// Signs up and logs in; returns (user_id, token).

@@ -107,6 +107,10 @@ impl Supervised {
         panic!("{what} did not listen on 127.0.0.1:{port} within 20 s");
     }
 
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server at once (`kill -9`), as a crash would.
     fn kill(&mut self) {
         let _ = self.child.kill();
@@ -165,6 +169,12 @@ impl Tansu {
         &self.url
     }
 
+    /// The broker's process id (`None` for an adopted `EMOSATION_TEST_KAFKA`),
+    /// e.g. for pinning it to a core in benchmarks.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Supervised::pid)
+    }
+
     /// The URL with a topic prefix unique to the caller, so tests sharing a
     /// broker never see each other's records.
     pub fn isolated_url(&self) -> String {
@@ -219,6 +229,11 @@ impl RedisServer {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The server's process id (`None` for an adopted `EMOSATION_TEST_REDIS`).
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Supervised::pid)
     }
 
     /// Kills the server and starts an empty one on the same port, as a Redis

@@ -4,8 +4,15 @@
 //! - `history`: `GET /v1/rooms/{id}/messages?limit=50` open loop at a fixed
 //!   rate (default 10,000 req/s): achieved rate and latency percentiles.
 //!
+//! `BENCH_LOG=kafka` runs the server on a `KafkaLog` against a tansu broker
+//! (its sqlite engine, started here) instead of the embedded log: a 202 then
+//! means the broker acknowledged the record (`acks=all`) *and* the projector
+//! fetched it back from the broker and folded it.
+//!
 //! Env: POST_SECS (5), POST_CONNS (64), HISTORY_RATE (10000), HISTORY_SECS (5),
-//! BENCH_SERVER_CPU (pin the server with taskset).
+//! HISTORY (`true`; `false` skips it), BENCH_LOG (`embedded` or `kafka`),
+//! KAFKA_OPTIONS (librdkafka properties added to the URL, `k=v&…`),
+//! BENCH_SERVER_CPU / BENCH_KAFKA_CPU (pin the server / broker with taskset).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +22,19 @@ use serde_json::json;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let server = ServerProcess::start(&[]).await?;
+    let engine: String = env("BENCH_LOG", "embedded".to_owned());
+    let history: bool = env("HISTORY", true);
+    let (_broker, extra) = match engine.as_str() {
+        "embedded" => (None, Vec::new()),
+        "kafka" => {
+            let cpu = std::env::var("BENCH_KAFKA_CPU").ok();
+            let (broker, url) = emosation_bench::tansu(cpu.as_deref(), &env("KAFKA_OPTIONS", String::new()))?;
+            (Some(broker), vec!["--log".to_owned(), url])
+        }
+        other => anyhow::bail!("unknown BENCH_LOG {other} (embedded, kafka)"),
+    };
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let server = ServerProcess::start(&extra).await?;
     let base = server.base.clone();
     let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
 
@@ -74,10 +93,13 @@ async fn main() -> anyhow::Result<()> {
     let n = lat.len();
     println!(
         "{}",
-        json!({"bench": "http_post_messages", "connections": conns, "seconds": elapsed, "accepted": n, "errors": errors,
+        json!({"bench": "http_post_messages", "log": engine, "connections": conns, "seconds": elapsed, "accepted": n, "errors": errors,
                "req_per_sec": (n as f64 / elapsed).round(), "latency": percentiles(lat)})
     );
 
+    if !history {
+        return Ok(());
+    }
     // --- history: open loop at a fixed rate over a room with >= 10,000 messages.
     let rate: u64 = env("HISTORY_RATE", 10_000);
     let hsecs: u64 = env("HISTORY_SECS", 5);
@@ -133,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
     let summary = percentiles(lat);
     println!(
         "{}",
-        json!({"bench": "http_history_page", "limit": 50, "offered_per_sec": rate, "seconds": elapsed, "requests": n,
+        json!({"bench": "http_history_page", "log": engine, "limit": 50, "offered_per_sec": rate, "seconds": elapsed, "requests": n,
                "errors": errors, "achieved_per_sec": (n as f64 / elapsed).round(), "latency": summary, "target_p99_us": 2000})
     );
     drop(server);

@@ -5,7 +5,19 @@
 //! Run pinned, server on one core and this load generator on the other:
 //! `BENCH_SERVER_CPU=0 taskset -c 1 target/release/ws` (what `bench/run` does).
 //! `SCENARIOS=room1k,rooms100,light,ramp` picks scenarios; `SECS` (default 10)
-//! sets each load's duration.
+//! sets each load's duration; `ROOM1K_RATE` (500) the messages/s of both `room1k`s.
+//!
+//! `room1k_2nodes` is `room1k` on the distributed deployment: a tansu broker
+//! (sqlite engine) and redis-server, one `emosation serve --log kafka://…
+//! --cache redis://…` (ingest, projector, analyzer; the HTTP setup goes
+//! there) and two `emosation fanout` nodes, each folding its own replica of
+//! the views from the broker. The 1,000 receivers and 10 senders alternate
+//! between the two nodes; a message sent on one node reaches the other's
+//! clients through the broker. All five processes are pinned to
+//! `BENCH_CLUSTER_CPU` (default `BENCH_SERVER_CPU`, i.e. the one core the
+//! single server gets; `BENCH_KAFKA_CPU` pins the broker elsewhere);
+//! `KAFKA_OPTIONS` adds librdkafka properties to the
+//! log URL (e.g. `fetch.wait.max.ms=5`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,31 +37,52 @@ fn now_us() -> u64 {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Connects, retrying for up to 30 s while the node refuses the token (a
+/// fan-out node's replica of the views may not have folded the signup yet).
 async fn connect(base: &str, token: &str) -> anyhow::Result<Ws> {
     let url = format!("{}/v1/ws?access_token={token}", base.replace("http://", "ws://"));
     // Small client buffers: the generator holds thousands of sockets.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
-    ws.next().await; // hello
-    Ok(ws)
+    let started = Instant::now();
+    loop {
+        match tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await {
+            Ok((mut ws, _)) => {
+                ws.next().await; // hello
+                return Ok(ws);
+            }
+            Err(e) if started.elapsed() > Duration::from_secs(30) => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
+/// Subscribes, retrying for up to 30 s while the node answers `not_member`
+/// (its replica of the views has not folded the join yet).
 async fn subscribe(ws: &mut Ws, room: &str) -> anyhow::Result<()> {
-    ws.send(Message::text(
-        json!({"type": "subscribe", "room_id": room, "streams": ["chat"]}).to_string(),
-    ))
-    .await?;
+    let started = Instant::now();
     loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => return Ok(()),
-            Some(Ok(Message::Text(t))) if t.as_str().contains("\"error\"") => {
-                anyhow::bail!("subscribe: {}", t.as_str())
+        ws.send(Message::text(
+            json!({"type": "subscribe", "room_id": room, "streams": ["chat"]}).to_string(),
+        ))
+        .await?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => return Ok(()),
+                Some(Ok(Message::Text(t))) if t.as_str().contains("\"error\"") => {
+                    anyhow::ensure!(
+                        t.as_str().contains("not_member") && started.elapsed() < Duration::from_secs(30),
+                        "subscribe: {}",
+                        t.as_str()
+                    );
+                    break;
+                }
+                Some(Ok(_)) => continue,
+                _ => anyhow::bail!("closed while subscribing"),
             }
-            Some(Ok(_)) => continue,
-            _ => anyhow::bail!("closed while subscribing"),
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -66,13 +99,14 @@ struct Receivers {
     received: Arc<AtomicU64>,
 }
 
-/// Opens `n` subscribed receivers per room.
-async fn receivers(base: &str, token: &str, rooms: &[String], per_room: usize) -> anyhow::Result<Receivers> {
+/// Opens `n` subscribed receivers per room, spread round robin over the
+/// nodes at `bases`.
+async fn receivers(bases: &[String], token: &str, rooms: &[String], per_room: usize) -> anyhow::Result<Receivers> {
     let received = Arc::new(AtomicU64::new(0));
     let mut latencies = Vec::new();
     for room in rooms {
-        for _ in 0..per_room {
-            let mut ws = connect(base, token).await?;
+        for i in 0..per_room {
+            let mut ws = connect(&bases[i % bases.len()], token).await?;
             subscribe(&mut ws, room).await?;
             let lat = Arc::new(std::sync::Mutex::new(Vec::with_capacity(4096)));
             latencies.push(Arc::clone(&lat));
@@ -92,10 +126,11 @@ async fn receivers(base: &str, token: &str, rooms: &[String], per_room: usize) -
     Ok(Receivers { latencies, received })
 }
 
-/// `senders` connections send `rate` messages/s in total for `secs` over
-/// `rooms`, round robin; returns the number acknowledged.
+/// `senders` connections (spread round robin over the nodes at `bases`) send
+/// `rate` messages/s in total for `secs` over `rooms`, round robin; returns
+/// the number acknowledged.
 async fn send_load(
-    base: &str,
+    bases: &[String],
     token: &str,
     rooms: &[String],
     senders: usize,
@@ -108,7 +143,7 @@ async fn send_load(
     let total_per_sender = (per_sender * secs as f64) as u64;
     let mut tasks = Vec::new();
     for s in 0..senders {
-        let ws = connect(base, token).await?;
+        let ws = connect(&bases[s % bases.len()], token).await?;
         let (mut tx, mut rx) = ws.split();
         let acked = Arc::clone(&acked);
         let rooms = rooms.to_vec();
@@ -154,10 +189,11 @@ struct Load {
 
 async fn scenario(
     name: &str,
-    base: &str,
+    bases: &[String],
     (recv_token, send_token): (&str, &str),
     rooms: &[String],
     load: Load,
+    processes: &[(String, u32)],
 ) -> anyhow::Result<()> {
     let Load {
         per_room,
@@ -165,9 +201,10 @@ async fn scenario(
         rate,
         secs,
     } = load;
-    let r = receivers(base, recv_token, rooms, per_room).await?;
+    let r = receivers(bases, recv_token, rooms, per_room).await?;
+    let cpu_before: Vec<u64> = processes.iter().map(|(_, pid)| cpu_us(*pid)).collect();
     let started = Instant::now();
-    let acked = send_load(base, send_token, rooms, senders, rate, secs).await?;
+    let acked = send_load(bases, send_token, rooms, senders, rate, secs).await?;
     // Let deliveries drain.
     let expected = acked * per_room as u64;
     let drain = Instant::now();
@@ -175,6 +212,12 @@ async fn scenario(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // CPU each server process used over the load and the drain.
+    let cpu_ms: serde_json::Map<String, serde_json::Value> = processes
+        .iter()
+        .zip(cpu_before)
+        .map(|((name, pid), before)| (name.clone(), json!(cpu_us(*pid).saturating_sub(before) / 1000)))
+        .collect();
     let received = r.received.load(Ordering::Relaxed);
     let mut all = Vec::new();
     for l in &r.latencies {
@@ -182,10 +225,10 @@ async fn scenario(
     }
     println!(
         "{}",
-        json!({"bench": "ws", "scenario": name, "rooms": rooms.len(), "clients_per_room": per_room, "senders": senders,
+        json!({"bench": "ws", "scenario": name, "nodes": bases.len(), "rooms": rooms.len(), "clients_per_room": per_room, "senders": senders,
                "offered_msgs_per_sec": rate, "acked": acked, "deliveries_expected": expected, "deliveries": received,
                "lost": expected.saturating_sub(received), "deliveries_per_sec": (received as f64 / elapsed).round(),
-               "latency": percentiles(all)})
+               "latency": percentiles(all), "seconds": elapsed, "server_cpu_ms": cpu_ms})
     );
     Ok(())
 }
@@ -282,6 +325,95 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// What a scenario runs against: one `serve` process, or (distributed) a
+/// `serve` process on Kafka and Redis plus fan-out nodes. Fields drop in
+/// order: the processes before the broker.
+struct Deployment {
+    core: ServerProcess,
+    fanouts: Vec<ServerProcess>,
+    engines: Option<(emosation_testkit::Tansu, emosation_testkit::RedisServer)>,
+}
+
+impl Deployment {
+    async fn single(analyzer: &str) -> anyhow::Result<Deployment> {
+        let core = ServerProcess::start(&[
+            "--sessions-per-user",
+            "100000",
+            "--ws-queue-frames",
+            "4096",
+            "--analyzer",
+            analyzer,
+        ])
+        .await?;
+        Ok(Deployment {
+            core,
+            fanouts: Vec::new(),
+            engines: None,
+        })
+    }
+
+    /// tansu + redis-server + `serve` (ingest, projector, analyzer, query
+    /// API; HTTP setup goes here) + `fanouts` × `emosation fanout`, every
+    /// process pinned to `BENCH_CLUSTER_CPU` (default `BENCH_SERVER_CPU`),
+    /// the broker to `BENCH_KAFKA_CPU` if set.
+    async fn distributed(analyzer: &str, fanouts: usize) -> anyhow::Result<Deployment> {
+        let cpu = std::env::var("BENCH_CLUSTER_CPU")
+            .or_else(|_| std::env::var("BENCH_SERVER_CPU"))
+            .ok();
+        let cpu = cpu.as_deref();
+        let kafka_cpu = std::env::var("BENCH_KAFKA_CPU").ok();
+        let (broker, url) = emosation_bench::tansu(kafka_cpu.as_deref().or(cpu), &env("KAFKA_OPTIONS", String::new()))?;
+        let redis = emosation_testkit::RedisServer::start();
+        if let (Some(cpu), Some(pid)) = (cpu, redis.pid()) {
+            emosation_bench::pin(pid, cpu)?;
+        }
+        let common = [
+            "--log",
+            url.as_str(),
+            "--cache",
+            redis.url(),
+            "--sessions-per-user",
+            "100000",
+            "--ws-queue-frames",
+            "4096",
+        ];
+        let mut args = common.to_vec();
+        args.extend(["--analyzer", analyzer]);
+        let core = ServerProcess::spawn("serve", &args, cpu).await?;
+        let mut nodes = Vec::new();
+        for _ in 0..fanouts {
+            nodes.push(ServerProcess::spawn("fanout", &common, cpu).await?);
+        }
+        Ok(Deployment {
+            core,
+            fanouts: nodes,
+            engines: Some((broker, redis)),
+        })
+    }
+
+    /// (name, pid) of every server process, for CPU accounting.
+    fn pids(&self) -> Vec<(String, u32)> {
+        let mut pids = vec![("serve".to_owned(), self.core.child.id().unwrap_or(0))];
+        for (i, n) in self.fanouts.iter().enumerate() {
+            pids.push((format!("fanout{i}"), n.child.id().unwrap_or(0)));
+        }
+        if let Some((broker, redis)) = &self.engines {
+            pids.push(("tansu".to_owned(), broker.pid().unwrap_or(0)));
+            pids.push(("redis".to_owned(), redis.pid().unwrap_or(0)));
+        }
+        pids
+    }
+
+    /// Where WebSocket clients go: the fan-out nodes, else the one server.
+    fn ws_bases(&self) -> Vec<String> {
+        if self.fanouts.is_empty() {
+            vec![self.core.base.clone()]
+        } else {
+            self.fanouts.iter().map(|n| n.base.clone()).collect()
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let scenarios: String = env("SCENARIOS", "light,rooms100,room1k,ramp".to_owned());
@@ -290,16 +422,13 @@ async fn main() -> anyhow::Result<()> {
         // BENCH_ANALYZER=false runs the server without the in-process analyzer
         // (as when the analyzer runs as its own service).
         let analyzer: String = env("BENCH_ANALYZER", "true".to_owned());
-        let server = ServerProcess::start(&[
-            "--sessions-per-user",
-            "100000",
-            "--ws-queue-frames",
-            "4096",
-            "--analyzer",
-            &analyzer,
-        ])
-        .await?;
+        let deployment = match name {
+            "room1k_2nodes" => Deployment::distributed(&analyzer, 2).await?,
+            _ => Deployment::single(&analyzer).await?,
+        };
+        let server = &deployment.core;
         let base = server.base.clone();
+        let bases = deployment.ws_bases();
         let http = reqwest::Client::new();
         let (_, rt) = user(&http, &base, "receiver").await?;
         let (_, st) = user(&http, &base, "sender").await?;
@@ -318,7 +447,7 @@ async fn main() -> anyhow::Result<()> {
                     rate: 25,
                     secs,
                 };
-                scenario(name, &base, (&rt, &st), &rooms, load).await?
+                scenario(name, &bases, (&rt, &st), &rooms, load, &deployment.pids()).await?
             }
             "rooms100" => {
                 let load = Load {
@@ -327,16 +456,16 @@ async fn main() -> anyhow::Result<()> {
                     rate: 2000,
                     secs,
                 };
-                scenario(name, &base, (&rt, &st), &rooms, load).await?
+                scenario(name, &bases, (&rt, &st), &rooms, load, &deployment.pids()).await?
             }
-            "room1k" => {
+            "room1k" | "room1k_2nodes" => {
                 let load = Load {
                     per_room: 1000,
                     senders: 10,
-                    rate: 500,
+                    rate: env("ROOM1K_RATE", 500),
                     secs,
                 };
-                scenario(name, &base, (&rt, &st), &rooms, load).await?
+                scenario(name, &bases, (&rt, &st), &rooms, load, &deployment.pids()).await?
             }
             "ramp" => {
                 let n: usize = env("RAMP_CONNS", 10_000);
@@ -383,7 +512,7 @@ async fn main() -> anyhow::Result<()> {
             }
             other => anyhow::bail!("unknown scenario {other}"),
         }
-        drop(server);
+        drop(deployment);
     }
     Ok(())
 }
