@@ -266,3 +266,102 @@ async fn live_and_replay_agree_across_engines() {
     .unwrap();
     assert_eq!(replayed.checksum().await.unwrap(), expected, "Kafka → Redis, replayed");
 }
+
+/// A log whose first reads of each partition come back empty, as a remote
+/// broker's do while it warms up a large partition (tansu takes seconds).
+struct SlowStartLog {
+    inner: Arc<dyn Log>,
+    empty_reads_left: std::sync::Mutex<std::collections::HashMap<(Topic, u32), u32>>,
+}
+
+#[async_trait::async_trait]
+impl Log for SlowStartLog {
+    fn topology(&self) -> Topology {
+        self.inner.topology()
+    }
+    async fn append(
+        &self,
+        topic: Topic,
+        key: &[u8],
+        value: Bytes,
+    ) -> Result<LogPosition, emosation_core::ports::LogError> {
+        self.inner.append(topic, key, value).await
+    }
+    async fn fetch(
+        &self,
+        topic: Topic,
+        partition: u32,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<emosation_core::ports::LogEntry>, emosation_core::ports::LogError> {
+        {
+            let mut left = self.empty_reads_left.lock().unwrap();
+            let n = left.entry((topic, partition)).or_insert(2);
+            if *n > 0 {
+                *n -= 1;
+                return Ok(Vec::new());
+            }
+        }
+        self.inner.fetch(topic, partition, from, max, wait).await
+    }
+    async fn end_offset(&self, topic: Topic, partition: u32) -> Result<u64, emosation_core::ports::LogError> {
+        self.inner.end_offset(topic, partition).await
+    }
+    async fn commit(
+        &self,
+        group: &str,
+        topic: Topic,
+        partition: u32,
+        next: u64,
+    ) -> Result<(), emosation_core::ports::LogError> {
+        self.inner.commit(group, topic, partition, next).await
+    }
+    async fn committed(
+        &self,
+        group: &str,
+        topic: Topic,
+        partition: u32,
+    ) -> Result<Option<u64>, emosation_core::ports::LogError> {
+        self.inner.committed(group, topic, partition).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_never_stops_short_when_the_log_is_slow_to_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = Topology {
+        accounts_partitions: 2,
+        rooms_partitions: 2,
+    };
+    let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(&dir.path().join("log"), topo).unwrap());
+    for r in commands(500, topo) {
+        let key = r.key();
+        log.append(
+            r.topic(),
+            key.as_bytes(),
+            Bytes::from(emosation_schemas::encode(&r).unwrap()),
+        )
+        .await
+        .unwrap();
+    }
+    let direct: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("a")).unwrap());
+    replay_with(
+        Arc::clone(&log),
+        Arc::clone(&direct),
+        Arc::new(|_, _| {}),
+        ReplayOptions::default(),
+    )
+    .await
+    .unwrap();
+    let slow: Arc<dyn Log> = Arc::new(SlowStartLog {
+        inner: Arc::clone(&log),
+        empty_reads_left: Default::default(),
+    });
+    let views: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("b")).unwrap());
+    let stats = replay_with(slow, Arc::clone(&views), Arc::new(|_, _| {}), ReplayOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(stats.records, 500, "every record was read despite the empty answers");
+    assert_eq!(views.checksum().await.unwrap(), direct.checksum().await.unwrap());
+}
