@@ -1056,9 +1056,7 @@ impl ViewStore for ScyllaViewStore {
         if from_hour >= to_hour {
             return Ok(Vec::new());
         }
-        let rows: Vec<(Vec<u8>,)> = self
-            .all(&self.q.activity_range, (room_id, from_hour, to_hour))
-            .await?;
+        let rows: Vec<(Vec<u8>,)> = self.all(&self.q.activity_range, (room_id, from_hour, to_hour)).await?;
         let mut out = Vec::with_capacity(rows.len());
         for (raw,) in rows {
             if let ViewValue::Activity(a) = decode("activity", &raw)? {
@@ -1312,7 +1310,10 @@ mod tests {
     async fn checksum_encoding_matches_the_embedded_store() {
         let dir = tempfile::tempdir().unwrap();
         let embedded = EmbeddedViewStore::open(dir.path()).unwrap();
-        assert_eq!(embedded.checksum().await.unwrap(), scylla_digest(CORE_VIEWS, &[], &[], &[]));
+        assert_eq!(
+            embedded.checksum().await.unwrap(),
+            scylla_digest(CORE_VIEWS, &[], &[], &[])
+        );
         let activity = emosation_core::view::ACTIVITY_VIEWS;
         assert_eq!(
             embedded.checksum_of(activity).await.unwrap(),

@@ -61,8 +61,10 @@ const MIGRATION_1: &[&str] = &[
 
 /// Migration 2: the activity consumer's view, a room's hours clustered in
 /// time order, so `activity(room, from, to)` is one slice of one partition.
-const MIGRATION_2: &[&str] = &["CREATE TABLE IF NOT EXISTS {ks}.activity (room_id text, hour bigint, entity blob, \
-     PRIMARY KEY (room_id, hour)) WITH CLUSTERING ORDER BY (hour ASC)"];
+const MIGRATION_2: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.activity (room_id text, hour bigint, entity blob, \
+     PRIMARY KEY (room_id, hour)) WITH CLUSTERING ORDER BY (hour ASC)",
+];
 
 /// All migrations, in order; the position in this list + 1 is the version.
 const MIGRATIONS: &[&[&str]] = &[MIGRATION_1, MIGRATION_2];
