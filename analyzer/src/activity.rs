@@ -15,7 +15,7 @@
 //!
 //! It reads the core views to learn what the fold decided, so it first waits
 //! until the core projector has folded the batch (the core position of the
-//! partition passed it). On Scylla, whose batches other readers may see
+//! partition passed it); its position is therefore never ahead of the core's. On Scylla, whose batches other readers may see
 //! half-written for milliseconds, a message found missing is looked up once
 //! more after a pause before it is taken as refused.
 
@@ -123,9 +123,12 @@ impl AnalyticsConsumer for ActivityConsumer {
                 _ => None,
             })
             .collect();
+        // Never ahead of the core views, even over batches without posts:
+        // an activity position then tells that the core views have folded
+        // at least that far too.
+        self.core_caught_up(topic, partition, last).await?;
         let mut hours: BTreeMap<ViewKey, ActivityView> = BTreeMap::new();
         if !posts.is_empty() {
-            self.core_caught_up(topic, partition, last).await?;
             let stored = self.stored(&posts).await?;
             let counted: Vec<&MessagePosted> = posts
                 .iter()

@@ -209,16 +209,20 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
         next,
         "analytics consumer resumes"
     );
-    let lag = metrics::gauge!("emosation_consumer_lag_records",
-        "group" => group, "topic" => topic.name(), "partition" => partition.to_string());
-    let handled = metrics::counter!("emosation_consumer_records_total", "group" => group);
+    // Handles are looked up at each use, not kept: one taken before the
+    // process installs its recorder would stay a no-op for good.
+    let lag = |records: u64| {
+        metrics::gauge!("emosation_consumer_lag_records",
+            "group" => group, "topic" => topic.name(), "partition" => partition.to_string())
+        .set(records as f64)
+    };
     loop {
         let entries = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = log.fetch(topic, partition, next, consumer.batch_size(), FETCH_WAIT) => r?,
         };
         let Some(last) = entries.last().map(|e| e.offset) else {
-            lag.set(log.end_offset(topic, partition).await?.saturating_sub(next) as f64);
+            lag(log.end_offset(topic, partition).await?.saturating_sub(next));
             continue;
         };
         consumer.handle_batch(topic, partition, &entries).await?;
@@ -229,8 +233,8 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
         }
         next = last + 1;
         *backoff = BACKOFF_MIN;
-        handled.increment(entries.len() as u64);
+        metrics::counter!("emosation_consumer_records_total", "group" => group).increment(entries.len() as u64);
         let end = log.end_offset(topic, partition).await.unwrap_or(next);
-        lag.set(end.saturating_sub(next) as f64);
+        lag(end.saturating_sub(next));
     }
 }
