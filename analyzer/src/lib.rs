@@ -21,7 +21,14 @@
 //!   and a circuit breaker that, while open, either falls back to the
 //!   offline classifier or makes callers wait (`Unavailable`, so the
 //!   analyzer commits nothing and retries). The key is never logged.
-//! - [`consumer`]: [`Analyzer`], the consumer group that appends emotion events.
+//! - [`runner`]: [`AnalyticsConsumer`], the trait every analytics consumer
+//!   implements (group, topics, checkpoint, `handle_batch`), and
+//!   [`run_consumer`], which drives one: a task per partition, backfill from
+//!   offset 0, commit after durable results, lag and progress metrics.
+//! - [`consumer`]: [`Analyzer`], the consumer group that appends emotion
+//!   events (results on the log).
+//! - [`activity`]: [`ActivityConsumer`], per-room activity by UTC hour
+//!   (results in a view of its own).
 //! - [`eval`]: the labelled evaluation set and accuracy / macro-F1.
 //! - [`classifier_from_settings`]: the classifier the binary's flags chose.
 
@@ -29,12 +36,16 @@ use std::sync::Arc;
 
 use emosation_core::ports::Classifier;
 
+pub mod activity;
 pub mod consumer;
 pub mod eval;
 pub mod offline;
 pub mod openai;
+pub mod runner;
 
+pub use activity::ActivityConsumer;
 pub use consumer::Analyzer;
+pub use runner::{AnalyticsConsumer, Checkpoint, ConsumerError, run_consumer};
 
 /// Which classifier the analyzer uses.
 #[derive(Debug, Clone, Default)]

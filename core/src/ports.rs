@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::ids::{LogPosition, Topic, Topology};
-use crate::view::{MemberView, MessageView, RoomView, SessionView, UserView, ViewKey, ViewValue};
+use crate::view::{ActivityView, MemberView, MessageView, RoomView, SessionView, UserView, ViewKey, ViewValue};
 
 /// One record read from a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,12 +116,18 @@ pub struct ViewBatch {
 ///   visible together or not at all, so a restarted projector resuming from
 ///   `position` never applies a record twice nor skips one.
 /// - **Read your writes**: once `apply` returns, every query sees the batch.
-/// - **Deterministic content**: `checksum` digests every view entity and
-///   position in a fixed order; two stores with equal content give equal digests
-///   whatever the adapter's physical layout.
+/// - **Consumers are independent**: each table belongs to one consumer
+///   ([`crate::view::table_owner`]: the core fold's tables, or the `activity`
+///   consumer's). `clear(consumer)` drops exactly that consumer's tables and
+///   positions, and leaves every other consumer's alone.
+/// - **Deterministic content**: `checksum_of(consumer)` digests that
+///   consumer's entities and positions (and rebuilding mark) in a fixed order;
+///   two stores with equal content give equal digests whatever the adapter's
+///   physical layout. `checksum` is the core views' digest.
 /// - **Queries** return entities exactly as the fold wrote them. `history`
 ///   returns the newest `limit` messages of a room with ids `< before` (all if
-///   `None`), oldest first.
+///   `None`), oldest first. `activity` returns a room's hours in
+///   `[from_hour, to_hour)` that have an entity, in hour order.
 #[async_trait]
 pub trait ViewStore: Send + Sync + 'static {
     /// Point reads, one result per key, in order.
@@ -145,6 +151,9 @@ pub trait ViewStore: Send + Sync + 'static {
     async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<crate::view::EmotionView>, StoreError>;
     /// A revoked session of `username` (normalized), if it was revoked.
     async fn session(&self, username: &str, session_id: &str) -> Result<Option<SessionView>, StoreError>;
+    /// A room's activity entities with `from_hour <= hour < to_hour`
+    /// (milliseconds since the epoch), oldest hour first.
+    async fn activity(&self, room_id: &str, from_hour: i64, to_hour: i64) -> Result<Vec<ActivityView>, StoreError>;
 
     /// Drops the views of `consumer` (their entities and positions) for a rebuild.
     async fn clear(&self, consumer: &str) -> Result<(), StoreError>;
@@ -161,8 +170,12 @@ pub trait ViewStore: Send + Sync + 'static {
     /// so are incomplete: a projector must refuse to resume them.
     async fn set_rebuilding(&self, consumer: &str, on: bool) -> Result<(), StoreError>;
     async fn rebuilding(&self, consumer: &str) -> Result<bool, StoreError>;
-    /// A hex digest of all content (see the contract).
-    async fn checksum(&self) -> Result<String, StoreError>;
+    /// A hex digest of `consumer`'s tables and positions (see the contract).
+    async fn checksum_of(&self, consumer: &str) -> Result<String, StoreError>;
+    /// The digest of the core views: what a core replay must reproduce.
+    async fn checksum(&self) -> Result<String, StoreError> {
+        self.checksum_of(CORE_VIEWS).await
+    }
 }
 
 /// What the fold decided about one appended command, as seen by the node that

@@ -88,6 +88,38 @@ pub struct RoomEventView {
     pub at: i64,
 }
 
+/// One room's activity in one UTC hour: the `activity` consumer's view, not
+/// the fold's (see [`ACTIVITY_VIEWS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityView {
+    pub room_id: String,
+    /// Start of the hour, milliseconds since the epoch ([`crate::time::hour_start`]).
+    pub hour: i64,
+    /// Messages the fold stored in the room during the hour.
+    pub messages: u64,
+    /// Distinct authors of those messages, sorted by user id.
+    pub authors: Vec<String>,
+}
+
+impl ActivityView {
+    pub fn new(room_id: &str, hour: i64) -> Self {
+        ActivityView {
+            room_id: room_id.to_owned(),
+            hour,
+            messages: 0,
+            authors: Vec::new(),
+        }
+    }
+
+    /// Counts one message by `author_id`.
+    pub fn count(&mut self, author_id: &str) {
+        self.messages += 1;
+        if let Err(i) = self.authors.binary_search_by(|a| a.as_str().cmp(author_id)) {
+            self.authors.insert(i, author_id.to_owned());
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionView {
     pub session_id: String,
@@ -133,10 +165,17 @@ pub enum ViewKey {
         username: String,
         session_id: String,
     },
+    /// A room's activity in the UTC hour starting at `hour` (milliseconds
+    /// since the epoch, never negative). Written by the `activity` consumer.
+    Activity {
+        room_id: String,
+        hour: i64,
+    },
 }
 
-/// Tables of the view model, in the order checksums visit them.
-pub const TABLES: [&str; 9] = [
+/// Tables of the view model, in the order checksums visit them. New tables
+/// go at the end: adapters store a table's index (Scylla's redo records).
+pub const TABLES: [&str; 10] = [
     "users",
     "usernames",
     "rooms",
@@ -146,7 +185,28 @@ pub const TABLES: [&str; 9] = [
     "sessions",
     "room_events",
     "emotions",
+    "activity",
 ];
+
+/// The consumer whose views the `activity` table holds: per-room activity by
+/// hour, folded from the log by its own consumer (not by the core fold, and
+/// not rebuilt by a core replay).
+pub const ACTIVITY_VIEWS: &str = "activity";
+
+/// The consumer whose views a table holds: `clear(consumer)` drops exactly
+/// its tables, and `checksum_of(consumer)` digests exactly them.
+pub fn table_owner(table: &str) -> &'static str {
+    match table {
+        "activity" => ACTIVITY_VIEWS,
+        _ => crate::ports::CORE_VIEWS,
+    }
+}
+
+/// The tables of `consumer`, in [`TABLES`] order (none for a consumer that
+/// keeps no views, e.g. the analyzer, whose results are on the log).
+pub fn tables_of(consumer: &str) -> impl Iterator<Item = &'static str> + '_ {
+    TABLES.into_iter().filter(move |t| table_owner(t) == consumer)
+}
 
 impl ViewKey {
     /// The table this key belongs to (one of [`TABLES`]).
@@ -161,6 +221,7 @@ impl ViewKey {
             ViewKey::Session { .. } => "sessions",
             ViewKey::RoomEvent { .. } => "room_events",
             ViewKey::Emotion { .. } => "emotions",
+            ViewKey::Activity { .. } => "activity",
         }
     }
 
@@ -195,6 +256,7 @@ impl ViewKey {
             ViewKey::RoomEvent { room_id, position } => join(&[room_id, position]),
             ViewKey::Emotion { room_id, message_id } => join(&[room_id, message_id]),
             ViewKey::Message { room_id, message_id } => join(&[room_id, message_id]),
+            ViewKey::Activity { room_id, hour } => join(&[room_id, &hour_field(*hour)]),
             ViewKey::ClientMsg {
                 room_id,
                 user_id,
@@ -202,6 +264,13 @@ impl ViewKey {
             } => join(&[room_id, user_id, client_msg_id]),
         }
     }
+}
+
+/// An hour as a key component: 16 hex digits, so a room's hours sort by
+/// time as bytes (hours before the epoch, which the consumer never writes,
+/// would clamp to 0).
+pub fn hour_field(hour: i64) -> String {
+    format!("{:016x}", hour.max(0))
 }
 
 /// One view entity.
@@ -216,6 +285,7 @@ pub enum ViewValue {
     Session(SessionView),
     RoomEvent(RoomEventView),
     Emotion(EmotionView),
+    Activity(ActivityView),
 }
 
 /// The state the fold reads and writes. The projector's implementation is an

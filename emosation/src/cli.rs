@@ -204,7 +204,8 @@ impl Default for ServeArgs {
 pub struct ReplayArgs {
     #[command(flatten)]
     pub engines: EngineArgs,
-    /// Views to rebuild (comma-separated): core, users, rooms, members, messages, sessions.
+    /// Views to rebuild (comma-separated): core, users, rooms, members, messages, sessions;
+    /// `activity` is cleared here and rebuilt from offset 0 by its consumer when the server next runs.
     #[arg(long, env = "EMOSATION_VIEWS", value_delimiter = ',', default_value = "core")]
     pub views: Vec<String>,
 }
@@ -353,13 +354,28 @@ async fn shutdown_signal() {
 const CORE_VIEW_NAMES: [&str; 6] = ["core", "users", "rooms", "members", "messages", "sessions"];
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use emosation_core::view::ACTIVITY_VIEWS;
     for v in &args.views {
         anyhow::ensure!(
-            CORE_VIEW_NAMES.contains(&v.as_str()),
-            "unknown view {v:?}; known views: {}",
+            CORE_VIEW_NAMES.contains(&v.as_str()) || v == ACTIVITY_VIEWS,
+            "unknown view {v:?}; known views: {}, {ACTIVITY_VIEWS}",
             CORE_VIEW_NAMES.join(", ")
         );
     }
+    if args.views.iter().any(|v| v == ACTIVITY_VIEWS) {
+        // An analytics view is its own consumer's: dropping it (and its
+        // positions) makes the consumer backfill it from offset 0.
+        let views = args.engines.engines()?.open_views().await?;
+        views.clear(ACTIVITY_VIEWS).await?;
+        println!("activity view cleared: the activity consumer rebuilds it from offset 0 when the server next runs");
+        if args.views.iter().all(|v| v == ACTIVITY_VIEWS) {
+            return Ok(());
+        }
+    }
+    let args = ReplayArgs {
+        views: args.views.into_iter().filter(|v| v != ACTIVITY_VIEWS).collect(),
+        ..args
+    };
     if args.views.iter().any(|v| v != "core") {
         eprintln!(
             "note: users, rooms, members, messages and sessions share the fold's decisions; rebuilding them together"

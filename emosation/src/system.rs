@@ -9,7 +9,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
-use emosation_analyzer::Analyzer;
+use emosation_analyzer::{ActivityConsumer, Analyzer, run_consumer};
 use emosation_core::ids::Topology;
 use emosation_core::ports::{Decisions, Log, Presence, ViewStore};
 use emosation_http::{Authenticator, TokenKeys};
@@ -264,6 +264,14 @@ impl Server {
             );
             let stop = shutdown.clone();
             tasks.spawn(async move { analyzer.run(stop).await.context("analyzer") });
+        }
+        // Activity by hour is a view of its own, so it is folded where it is
+        // served: beside the query API on per-process (embedded) views, in
+        // the analyzer service on a shared store.
+        if (shared_views && roles.analyzer) || (!shared_views && run_projector && roles.query_api) {
+            let activity = Arc::new(ActivityConsumer::new(Arc::clone(&views)));
+            let (log, stop) = (Arc::clone(&log), shutdown.clone());
+            tasks.spawn(async move { run_consumer(activity, log, stop).await.context("activity consumer") });
         }
         if run_projector {
             let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions);

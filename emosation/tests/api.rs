@@ -786,6 +786,103 @@ async fn every_message_gets_exactly_one_emotion(s: TestServer) {
     }
 }
 
+async fn activity_counts_stored_messages_per_hour_for_members(s: TestServer) {
+    let api = s.client();
+    let (_, alice) = api.user("alice").await;
+    let (_, bob) = api.user("bob").await;
+    let (_, carol) = api.user("carol").await;
+    let room = api.create_room(&alice, "busy", None).await;
+    api.post(&format!("/v1/rooms/{room}/join"), Some(&bob), json!({}))
+        .await
+        .expect(200);
+    for (i, t) in [&alice, &bob, &alice, &bob, &alice].into_iter().enumerate() {
+        api.send(t, &room, &format!("m{i}"), "so happy today").await.expect(202);
+    }
+    // A repeat is one message, counted once.
+    api.send(&alice, &room, "m0", "again").await.expect(202);
+
+    // The activity view trails the post by a batch: wait for it (bounded).
+    let path = format!("/v1/rooms/{room}/activity");
+    let started = std::time::Instant::now();
+    let body = loop {
+        let body = api.get(&path, &alice).await.expect(200);
+        let total: u64 = body["hours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["messages"].as_u64().unwrap())
+            .sum();
+        if total >= 5 {
+            break body;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "activity lags: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(body["room_id"], room.as_str());
+    // Hours are those of the messages' created_at (the test may straddle one).
+    let messages = api.all_messages(&alice, &room).await;
+    assert_eq!(messages.len(), 5);
+    let mut expected: Vec<(String, u64)> = Vec::new();
+    for m in &messages {
+        let hour = format!("{}:00:00Z", &m["created_at"].as_str().unwrap()[..13]);
+        match expected.last_mut() {
+            Some((h, n)) if *h == hour => *n += 1,
+            _ => expected.push((hour, 1)),
+        }
+    }
+    let hours: Vec<(String, u64)> = body["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["hour"].as_str().unwrap().to_owned(), h["messages"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(hours, expected, "{body}");
+    if hours.len() == 1 {
+        assert_eq!(body["hours"][0]["authors"], 2);
+    }
+
+    // An explicit window: the hour of the first message only, or the past.
+    let first = &expected[0].0;
+    let one = api
+        .get(&format!("{path}?from={first}&to={}:59:59Z", &first[..13]), &bob)
+        .await
+        .expect(200);
+    assert_eq!(one["from"], first.as_str());
+    assert_eq!(one["hours"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["hours"][0]["messages"], expected[0].1);
+    let before = api.get(&format!("{path}?to={first}"), &bob).await.expect(200);
+    assert_eq!(before["hours"], json!([]), "to is exclusive");
+    let past = api
+        .get(
+            &format!("{path}?from=2000-01-01T00:30:00%2B09:00&to=2000-01-02T00:00:00Z"),
+            &bob,
+        )
+        .await
+        .expect(200);
+    assert_eq!(past["hours"], json!([]));
+    assert_eq!(past["from"], "1999-12-31T15:00:00Z");
+
+    // Members only; the room must exist; bad windows are 400 in the contract's shape.
+    api.get(&path, &carol).await.expect_error(403, "not_member");
+    api.get("/v1/rooms/00000000000000ff/activity", &alice)
+        .await
+        .expect_error(404, "room_not_found");
+    for bad in [
+        "from=yesterday",
+        "to=2026-11-22",
+        "from=2026-11-22T10:00:00Z&to=2026-11-22T10:00:00Z",
+        "from=2026-11-22T11:00:00Z&to=2026-11-22T10:00:00Z",
+        "from=2026-01-01T00:00:00Z&to=2026-11-22T00:00:00Z",
+    ] {
+        api.get(&format!("{path}?{bad}"), &alice)
+            .await
+            .expect_error(400, "invalid_request");
+    }
+}
+
 /// Each body above runs on the embedded views and on Redis views (with Redis
 /// presence): everything above the view-store port behaves the same on both.
 macro_rules! on_every_store {
@@ -822,4 +919,5 @@ on_every_store!(
     capacity_five_admits_four_of_thirty_concurrent_joins,
     bad_input_gets_contract_errors,
     every_message_gets_exactly_one_emotion,
+    activity_counts_stored_messages_per_hour_for_members,
 );

@@ -123,6 +123,46 @@ impl Proc {
     }
 }
 
+/// Waits (bounded) until `/metrics` shows each group's lag at 0 on every
+/// rooms partition (8 by default).
+async fn caught_up(node: &Proc, groups: &[&str]) {
+    let started = Instant::now();
+    let http = reqwest::Client::new();
+    loop {
+        let text = http
+            .get(format!("{}/metrics", node.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let done = groups.iter().all(|g| {
+            let lags: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("emosation_consumer_lag_records{")
+                        && l.contains(&format!("group=\"{g}\""))
+                        && l.contains("topic=\"emosation.rooms\"")
+                })
+                .collect();
+            lags.len() == 8 && lags.iter().all(|l| l.ends_with(" 0"))
+        });
+        if done {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "analytics consumers caught up: {}",
+            text.lines()
+                .filter(|l| l.starts_with("emosation_consumer_lag"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Connects to a fan-out node, retrying while its replica of the views has
 /// not yet folded the user's signup (the token is checked against it).
 async fn connect(node: &Proc, token: &str) -> Client {
@@ -317,6 +357,12 @@ async fn two_fanout_nodes_on_kafka_and_redis() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The analyzer may still append repeated emotions (it classifies again
+    // what it had not committed before the kill): wait until every analytics
+    // consumer has read to the end of every partition. The activity
+    // consumer is never ahead of the core views, so then the projector has
+    // folded everything too.
+    caught_up(&core, &["analyzer", "activity"]).await;
     core.stop().await;
     let live = cluster.cli(&["views", "checksum"], &dir("core")).await;
     cluster.cli(&["replay"], &dir("fresh")).await;

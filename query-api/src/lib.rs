@@ -5,6 +5,9 @@
 //! (= log order), a user's rooms come from the membership index, and unread
 //! counts are `room.message_count - member.read_seq`, both maintained by the fold.
 //!
+//! Activity by hour (`GET /v1/rooms/{id}/activity`) is read from the
+//! activity consumer's view, which follows the core views by a batch or so.
+//!
 //! # Layout
 //! - [`routes`]: the router; [`json`]: how view entities are rendered.
 
@@ -20,6 +23,7 @@ use axum::routing::get;
 use emosation_core::emotion::Label;
 use emosation_core::ids::LogPosition;
 use emosation_core::ports::ViewStore;
+use emosation_core::time;
 use emosation_core::view::{EmotionView, ViewKey, ViewValue};
 use emosation_http::rooms::{member_room, room_or_404};
 use emosation_http::{ApiError, ApiPath, ApiQuery, AuthUser, Authenticator};
@@ -30,6 +34,10 @@ pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 pub const MAX_HISTORY_LIMIT: usize = 200;
 pub const DEFAULT_ROOMS_LIMIT: usize = 100;
 pub const MAX_ROOMS_LIMIT: usize = 1000;
+/// Hours of activity served when `from` is not given.
+pub const DEFAULT_ACTIVITY_HOURS: i64 = 24;
+/// The widest activity range one request may ask for (31 days).
+pub const MAX_ACTIVITY_HOURS: i64 = 31 * 24;
 
 #[derive(Clone)]
 pub struct QueryState {
@@ -57,6 +65,7 @@ pub fn routes(views: Arc<dyn ViewStore>, auth: Arc<Authenticator>) -> Router {
         .route("/v1/rooms/{room_id}/members", get(members))
         .route("/v1/rooms/{room_id}/messages", get(history))
         .route("/v1/rooms/{room_id}/emotions", get(emotions))
+        .route("/v1/rooms/{room_id}/activity", get(activity))
         .with_state(QueryState {
             views,
             auth,
@@ -234,4 +243,61 @@ async fn emotions(
         "summary": summary,
     });
     Ok(json::respond(&body, 256 + emotions.len() * 300))
+}
+
+#[derive(Deserialize)]
+struct ActivityQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn parse_instant(name: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match raw {
+        None | Some("") => Ok(None),
+        Some(s) => time::parse_rfc3339(s).map(Some).ok_or_else(|| {
+            ApiError::invalid_request(format!(
+                "{name} must be an RFC 3339 timestamp, e.g. 2026-11-22T10:00:00Z"
+            ))
+        }),
+    }
+}
+
+/// A room's messages per UTC hour, from the activity consumer's view: the
+/// hours that overlap `[from, to)` and have messages, oldest first. `to`
+/// defaults to now, `from` to 24 hours before `to`; at most 31 days.
+async fn activity(
+    State(s): State<QueryState>,
+    user: AuthUser,
+    ApiPath(room_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ActivityQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    member_room(&*s.views, &room_id, &user.user_id).await?;
+    let to = parse_instant("to", q.to.as_deref())?;
+    let from = parse_instant("from", q.from.as_deref())?;
+    let to = to.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    });
+    let from = time::hour_start(from.unwrap_or(to - DEFAULT_ACTIVITY_HOURS * time::HOUR_MS));
+    if from >= to {
+        return Err(ApiError::invalid_request("from must be before to"));
+    }
+    if to - from > MAX_ACTIVITY_HOURS * time::HOUR_MS {
+        return Err(ApiError::invalid_request(format!(
+            "at most {MAX_ACTIVITY_HOURS} hours (31 days) per request"
+        )));
+    }
+    let hours = s.views.activity(&room_id, from, to).await?;
+    let body = json!({
+        "room_id": room_id,
+        "from": time::rfc3339_seconds(from),
+        "to": time::rfc3339_millis(to),
+        "hours": hours.iter().map(|h| json!({
+            "hour": time::rfc3339_seconds(h.hour),
+            "messages": h.messages,
+            "authors": h.authors.len(),
+        })).collect::<Vec<_>>(),
+    });
+    Ok(json::respond(&body, 96 + hours.len() * 64))
 }

@@ -2,7 +2,9 @@
 //!
 //! One keyspace per view table (see [`emosation_core::view::TABLES`]) with the
 //! canonical key bytes of [`ViewKey::encode`], plus `user_rooms` (a user's
-//! memberships, the other direction of `members`) and `positions`. Values are
+//! memberships, the other direction of `members`) and `positions`. The
+//! `activity` keyspace (the activity consumer's) is keyed `room\0hour` with
+//! the hour as 16 hex digits, so a room's hours are one range scan. Values are
 //! postcard-encoded [`ViewValue`]s. A batch and its positions are one atomic
 //! fjall write batch, so the views and the positions they claim never diverge.
 //! Batches are not synced: after a machine crash the store may fall back to an
@@ -15,7 +17,8 @@ use async_trait::async_trait;
 use emosation_core::ids::Topic;
 use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
 use emosation_core::view::{
-    EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
+    ActivityView, EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
+    hour_field, table_owner,
 };
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use sha2::{Digest, Sha256};
@@ -32,7 +35,7 @@ pub struct EmbeddedViewStore {
     ingesting: Mutex<()>,
 }
 
-/// The keyspaces of the core views.
+/// The keyspaces of the views (every consumer's tables).
 struct Handles {
     /// In the order of [`TABLES`].
     tables: Vec<Keyspace>,
@@ -90,6 +93,11 @@ pub(crate) fn position_key(consumer: &str, topic: Topic, partition: u32) -> Vec<
     k.push(0);
     k.extend_from_slice(&partition.to_be_bytes());
     k
+}
+
+/// Whether a `positions` key is `consumer`'s (a position or its rebuilding mark).
+pub(crate) fn is_position_of(key: &[u8], consumer: &str) -> bool {
+    key.starts_with(consumer.as_bytes()) && matches!(key.get(consumer.len()), Some(0 | 1))
 }
 
 /// Sorts after every position key of the consumer (`consumer\0topic…`).
@@ -342,16 +350,44 @@ impl ViewStore for EmbeddedViewStore {
         )
     }
 
+    async fn activity(&self, room_id: &str, from_hour: i64, to_hour: i64) -> Result<Vec<ActivityView>, StoreError> {
+        if from_hour >= to_hour {
+            return Ok(Vec::new());
+        }
+        let h = self.handles();
+        let start = join2(room_id, &hour_field(from_hour));
+        let end = join2(room_id, &hour_field(to_hour));
+        self.scan(
+            "activity",
+            h.table("activity").range(start..end),
+            |v| match v {
+                ViewValue::Activity(a) => Some(a),
+                _ => None,
+            },
+            usize::MAX,
+        )
+    }
+
     async fn clear(&self, consumer: &str) -> Result<(), StoreError> {
-        if consumer == CORE_VIEWS {
+        {
             // Drop and recreate the keyspaces rather than `Keyspace::clear`:
             // a journaled clear is replayed on recovery over tables bulk-loaded
             // after it, which would lose a replay's ingested entities.
             let mut guard = self.handles.write().expect("view handles lock");
-            for ks in guard.tables.iter().chain([&guard.user_rooms]) {
-                self.db.delete_keyspace(ks.clone()).map_err(storage)?;
+            let doomed: Vec<&Keyspace> = TABLES
+                .iter()
+                .zip(&guard.tables)
+                .filter(|(t, _)| table_owner(t) == consumer)
+                .map(|(_, ks)| ks)
+                .chain((consumer == CORE_VIEWS).then_some(&guard.user_rooms))
+                .collect();
+            if !doomed.is_empty() {
+                for ks in doomed {
+                    self.db.delete_keyspace(ks.clone()).map_err(storage)?;
+                }
+                // Reopens the other consumers' keyspaces as they are.
+                *guard = Arc::new(Handles::open(&self.db).map_err(storage)?);
             }
-            *guard = Arc::new(Handles::open(&self.db).map_err(storage)?);
         }
         let mut b = self.db.batch();
         for g in self.positions.prefix(prefix_of(consumer)) {
@@ -398,13 +434,16 @@ impl ViewStore for EmbeddedViewStore {
         self.positions.contains_key(rebuilding_key(consumer)).map_err(storage)
     }
 
-    async fn checksum(&self) -> Result<String, StoreError> {
+    async fn checksum_of(&self, consumer: &str) -> Result<String, StoreError> {
         let mut h = Sha256::new();
-        let mut feed = |name: &str, ks: &Keyspace| -> Result<(), StoreError> {
+        let mut feed = |name: &str, rows: &mut dyn Iterator<Item = fjall::Guard>| -> Result<(), StoreError> {
             h.update((name.len() as u32).to_be_bytes());
             h.update(name.as_bytes());
-            for g in ks.iter() {
+            for g in rows {
                 let (k, v) = g.into_inner().map_err(storage)?;
+                if name == "positions" && !is_position_of(&k, consumer) {
+                    continue;
+                }
                 h.update((k.len() as u32).to_be_bytes());
                 h.update(&k);
                 h.update((v.len() as u32).to_be_bytes());
@@ -414,9 +453,11 @@ impl ViewStore for EmbeddedViewStore {
         };
         let handles = self.handles();
         for (name, ks) in TABLES.iter().zip(&handles.tables) {
-            feed(name, ks)?;
+            if table_owner(name) == consumer {
+                feed(name, &mut ks.iter())?;
+            }
         }
-        feed("positions", &self.positions)?;
+        feed("positions", &mut self.positions.prefix(consumer.as_bytes()))?;
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 }

@@ -15,11 +15,12 @@
 //! | `{NS}:m:ROOM` / `{NS}:ur:USER` | zset (lex) | members of a room / rooms of a user |
 //! | `{NS}:h:ROOM` | zset (lex) | message ids of a room (fixed-width hex, so lex order is log order) |
 //! | `{NS}:e:ROOM` | zset (lex) | message ids with an emotion |
+//! | `{NS}:a:ROOM` | zset (lex) | hours of the room with an activity entity (16 hex digits, so lex order is time order) |
 //! | `{NS}:positions` | hash | `consumer\0topic\0partition` → next offset (8 bytes BE); `consumer\x01rebuilding` |
 //!
-//! Values and key bytes are exactly the embedded store's, so the checksum
-//! (tables in [`TABLES`] order, entries in key-byte order, then positions) is
-//! equal for equal content whichever store holds it.
+//! Values and key bytes are exactly the embedded store's, so a consumer's
+//! checksum (its tables in [`TABLES`] order, entries in key-byte order, then
+//! its positions) is equal for equal content whichever store holds it.
 //!
 //! # Atomic batches, and noticing a Redis that came back empty
 //! `apply` runs one Lua script: it first checks that each position the batch
@@ -41,13 +42,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use emosation_core::ids::Topic;
 use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
+use emosation_core::view::ACTIVITY_VIEWS;
 use emosation_core::view::{
-    EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
+    ActivityView, EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
+    hour_field, table_owner,
 };
 use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use crate::OpenError;
+use crate::embedded_views::is_position_of;
 
 /// Keys written per pipeline round trip by `ingest`.
 const INGEST_CHUNK: usize = 2_000;
@@ -282,6 +286,7 @@ impl RedisViewStore {
             ],
             ViewKey::Message { room_id, message_id } => vec![(self.index_key("h", room_id), message_id.clone())],
             ViewKey::Emotion { room_id, message_id } => vec![(self.index_key("e", room_id), message_id.clone())],
+            ViewKey::Activity { room_id, hour } => vec![(self.index_key("a", room_id), hour_field(*hour))],
             _ => Vec::new(),
         }
     }
@@ -591,24 +596,54 @@ impl ViewStore for RedisViewStore {
         )
     }
 
+    async fn activity(&self, room_id: &str, from_hour: i64, to_hour: i64) -> Result<Vec<ActivityView>, StoreError> {
+        if from_hour >= to_hour {
+            return Ok(Vec::new());
+        }
+        let hours: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(self.index_key("a", room_id))
+            .arg(format!("[{}", hour_field(from_hour)))
+            .arg(format!("({}", hour_field(to_hour)))
+            .query_async(&mut self.pool.get())
+            .await
+            .map_err(storage)?;
+        let keys: Vec<ViewKey> = hours
+            .iter()
+            .filter_map(|h| i64::from_str_radix(h, 16).ok())
+            .map(|hour| ViewKey::Activity {
+                room_id: room_id.to_owned(),
+                hour,
+            })
+            .collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
+            ViewValue::Activity(a) => Some(a),
+            _ => None,
+        }))
+    }
+
     async fn clear(&self, consumer: &str) -> Result<(), StoreError> {
         let mut con = self.pool.get();
-        if consumer == CORE_VIEWS {
-            let mut doomed = Vec::new();
-            for t in TABLES {
-                doomed.push(self.table_key(t));
+        let mut doomed = Vec::new();
+        for t in TABLES.into_iter().filter(|t| table_owner(t) == consumer) {
+            doomed.push(self.table_key(t));
+        }
+        let index_kinds: &[&str] = match consumer {
+            CORE_VIEWS => {
+                doomed.push(self.key("rooms"));
+                &["m", "ur", "h", "e"]
             }
-            doomed.push(self.key("rooms"));
-            for kind in ["m", "ur", "h", "e"] {
-                doomed.extend(self.scan_keys(&self.index_key(kind, "*")).await?);
-            }
-            for chunk in doomed.chunks(500) {
-                let _: i64 = redis::cmd("UNLINK")
-                    .arg(chunk)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(storage)?;
-            }
+            ACTIVITY_VIEWS => &["a"],
+            _ => &[],
+        };
+        for kind in index_kinds {
+            doomed.extend(self.scan_keys(&self.index_key(kind, "*")).await?);
+        }
+        for chunk in doomed.chunks(500) {
+            let _: i64 = redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async(&mut con)
+                .await
+                .map_err(storage)?;
         }
         let fields: Vec<Vec<u8>> = self
             .sorted_hash(self.positions_key())
@@ -680,7 +715,7 @@ impl ViewStore for RedisViewStore {
         self.pool.read(&cmd).await.map_err(storage)
     }
 
-    async fn checksum(&self) -> Result<String, StoreError> {
+    async fn checksum_of(&self, consumer: &str) -> Result<String, StoreError> {
         let mut h = Sha256::new();
         let mut feed = |name: &str, rows: Vec<(Vec<u8>, Vec<u8>)>| {
             h.update((name.len() as u32).to_be_bytes());
@@ -692,10 +727,12 @@ impl ViewStore for RedisViewStore {
                 h.update(&v);
             }
         };
-        for t in TABLES {
+        for t in TABLES.into_iter().filter(|t| table_owner(t) == consumer) {
             feed(t, self.sorted_hash(self.table_key(t)).await?);
         }
-        feed("positions", self.sorted_hash(self.positions_key()).await?);
+        let mut positions = self.sorted_hash(self.positions_key()).await?;
+        positions.retain(|(f, _)| is_position_of(f, consumer));
+        feed("positions", positions);
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 }

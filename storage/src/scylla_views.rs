@@ -59,9 +59,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use emosation_core::ids::{Topic, is_id};
-use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
+use emosation_core::ports::{StoreError, ViewBatch, ViewStore};
 use emosation_core::view::{
-    EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
+    ActivityView, EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
+    table_owner,
 };
 use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::{StreamExt, TryStreamExt};
@@ -193,6 +194,7 @@ statements! {
     get_session = "SELECT entity FROM {ks}.sessions WHERE username = ? AND session_id = ?";
     get_room_event = "SELECT entity FROM {ks}.room_events WHERE room_id = ? AND position = ?";
     get_emotion = "SELECT entity FROM {ks}.emotions WHERE room_id = ? AND bucket = ? AND message_id = ?";
+    get_activity = "SELECT entity FROM {ks}.activity WHERE room_id = ? AND hour = ?";
 
     // Entity writes and deletions, timestamped by log position.
     put_user = "INSERT INTO {ks}.users (user_id, entity) VALUES (?, ?) USING TIMESTAMP ?";
@@ -213,6 +215,8 @@ statements! {
     del_room_event = "DELETE FROM {ks}.room_events USING TIMESTAMP ? WHERE room_id = ? AND position = ?";
     put_emotion = "INSERT INTO {ks}.emotions (room_id, bucket, message_id, entity) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
     del_emotion = "DELETE FROM {ks}.emotions USING TIMESTAMP ? WHERE room_id = ? AND bucket = ? AND message_id = ?";
+    put_activity = "INSERT INTO {ks}.activity (room_id, hour, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
+    del_activity = "DELETE FROM {ks}.activity USING TIMESTAMP ? WHERE room_id = ? AND hour = ?";
 
     // Index rows, timestamped like the entity they index.
     put_room_index = "INSERT INTO {ks}.rooms_by_id (shard, room_id) VALUES (?, ?) USING TIMESTAMP ?";
@@ -231,6 +235,7 @@ statements! {
     messages_page = "SELECT entity FROM {ks}.messages WHERE room_id = ? AND bucket = ? LIMIT ?";
     messages_before = "SELECT entity FROM {ks}.messages WHERE room_id = ? AND bucket = ? AND message_id < ? LIMIT ?";
     emotions_page = "SELECT entity FROM {ks}.emotions WHERE room_id = ? AND bucket = ? LIMIT ?";
+    activity_range = "SELECT entity FROM {ks}.activity WHERE room_id = ? AND hour >= ? AND hour < ?";
 
     // Consumers, positions, redo records.
     get_consumer = "SELECT generation, rebuilding FROM {ks}.consumers WHERE consumer = ?";
@@ -259,6 +264,7 @@ statements! {
     scan_sessions = "SELECT username, session_id, entity FROM {ks}.sessions";
     scan_room_events = "SELECT room_id, position, entity FROM {ks}.room_events";
     scan_emotions = "SELECT room_id, message_id, entity FROM {ks}.emotions";
+    scan_activity = "SELECT room_id, hour, entity FROM {ks}.activity";
     scan_consumers = "SELECT consumer, generation, rebuilding FROM {ks}.consumers";
 }
 
@@ -488,6 +494,7 @@ impl ScyllaViewStore {
                 self.one(&q.get_emotion, (room_id, bucket_of(message_id), message_id))
                     .await?
             }
+            ViewKey::Activity { room_id, hour } => self.one(&q.get_activity, (room_id, hour)).await?,
         };
         raw.map(|(v,)| decode(key.table(), &v)).transpose()
     }
@@ -522,6 +529,7 @@ impl ScyllaViewStore {
                     self.exec(&q.put_emotion, (room_id, bucket_of(message_id), message_id, v, ts))
                         .await
                 }
+                ViewKey::Activity { room_id, hour } => self.exec(&q.put_activity, (room_id, hour, v, ts)).await,
             },
             Op::Delete(key) => match key {
                 ViewKey::User(id) => self.exec(&q.del_user, (ts, id)).await,
@@ -548,6 +556,7 @@ impl ScyllaViewStore {
                     self.exec(&q.del_emotion, (ts, room_id, bucket_of(message_id), message_id))
                         .await
                 }
+                ViewKey::Activity { room_id, hour } => self.exec(&q.del_activity, (ts, room_id, hour)).await,
             },
             Op::RoomIndex { room_id, on: true } => self.exec(&q.put_room_index, (ROOMS_SHARD, room_id, ts)).await,
             Op::RoomIndex { room_id, on: false } => self.exec(&q.del_room_index, (ts, ROOMS_SHARD, room_id)).await,
@@ -870,6 +879,12 @@ impl ScyllaViewStore {
                 .into_iter()
                 .map(|(room_id, message_id, v)| (ViewKey::Emotion { room_id, message_id }.encode(), v))
                 .collect(),
+            "activity" => self
+                .all::<(String, i64, Vec<u8>)>(&q.scan_activity, ())
+                .await?
+                .into_iter()
+                .map(|(room_id, hour, v)| (ViewKey::Activity { room_id, hour }.encode(), v))
+                .collect(),
             other => return Err(StoreError::Storage(format!("no scan for table {other}"))),
         };
         Ok(entries)
@@ -1037,8 +1052,22 @@ impl ViewStore for ScyllaViewStore {
         )
     }
 
+    async fn activity(&self, room_id: &str, from_hour: i64, to_hour: i64) -> Result<Vec<ActivityView>, StoreError> {
+        if from_hour >= to_hour {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(Vec<u8>,)> = self.all(&self.q.activity_range, (room_id, from_hour, to_hour)).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (raw,) in rows {
+            if let ViewValue::Activity(a) = decode("activity", &raw)? {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
     /// Moves `consumer` to a new generation (its positions read 0 at once),
-    /// then, for the core views, truncates their tables. Not atomic: callers
+    /// then truncates its tables (the core views', or the activity table). Not atomic: callers
     /// bracket it with [`ViewStore::set_rebuilding`], as replay does.
     /// TRUNCATE needs every node up, and snapshots the tables first when
     /// Scylla's `auto_snapshot` is on (the default).
@@ -1051,8 +1080,9 @@ impl ViewStore for ScyllaViewStore {
             .map_err(storage)?
             .insert(consumer.to_owned(), new);
         self.settled.lock().await.insert(consumer.to_owned());
-        if consumer == CORE_VIEWS {
-            for table in schema::VIEW_TABLES {
+        let tables = schema::tables_of(consumer);
+        if !tables.is_empty() {
+            for table in tables {
                 let mut truncate = Statement::new(format!("TRUNCATE {}.{table}", self.keyspace));
                 // Scylla allows a truncate a minute (truncate_request_timeout_in_ms);
                 // the driver's default of 30 s would give up first.
@@ -1090,17 +1120,17 @@ impl ViewStore for ScyllaViewStore {
         Ok(row.and_then(|(_, r)| r).unwrap_or(false))
     }
 
-    /// Reads every entity back and digests it in the embedded store's order
-    /// and encoding. Holds one table in memory at a time: an operator's tool,
-    /// not a hot path.
-    async fn checksum(&self) -> Result<String, StoreError> {
+    /// Reads every entity of the consumer back and digests it in the embedded
+    /// store's order and encoding. Holds one table in memory at a time: an
+    /// operator's tool, not a hot path.
+    async fn checksum_of(&self, wanted: &str) -> Result<String, StoreError> {
         let mut named = Vec::with_capacity(TABLES.len() + 1);
-        for table in TABLES {
+        for table in TABLES.into_iter().filter(|t| table_owner(t) == wanted) {
             named.push((table, self.scan(table).await?));
         }
         let mut positions = Vec::new();
         let consumers: Vec<(String, Option<i64>, Option<bool>)> = self.all(&self.q.scan_consumers, ()).await?;
-        for (consumer, generation, rebuilding) in consumers {
+        for (consumer, generation, rebuilding) in consumers.into_iter().filter(|(c, ..)| c == wanted) {
             let rows: Vec<PositionRow> = self
                 .all(&self.q.get_positions, (consumer.as_str(), generation.unwrap_or(0)))
                 .await?;
@@ -1125,6 +1155,7 @@ impl ViewStore for ScyllaViewStore {
 mod tests {
     use super::*;
     use crate::EmbeddedViewStore;
+    use emosation_core::ports::CORE_VIEWS;
     use emosation_core::view::RoomEventView;
 
     fn sample_changes() -> Vec<(ViewKey, Option<ViewValue>)> {
@@ -1240,24 +1271,37 @@ mod tests {
         ]
     }
 
-    /// What `ScyllaViewStore::checksum` digests for the given content: the
-    /// canonical keys and postcard values it reads back, and the positions.
+    /// What `ScyllaViewStore::checksum_of(consumer)` digests for the given
+    /// content: the canonical keys and postcard values it reads back from the
+    /// consumer's tables, and its positions.
     fn scylla_digest(
+        consumer: &str,
         changes: &[(ViewKey, Option<ViewValue>)],
         positions: &[(&str, Topic, u32, u64)],
         rebuilding: &[&str],
     ) -> String {
-        let mut named: Vec<(&str, rows::Entries)> = TABLES.iter().map(|t| (*t, Vec::new())).collect();
+        let mut named: Vec<(&str, rows::Entries)> = TABLES
+            .iter()
+            .filter(|t| table_owner(t) == consumer)
+            .map(|t| (*t, Vec::new()))
+            .collect();
         for (k, v) in changes.iter().rev() {
             let v = postcard::to_allocvec(v.as_ref().unwrap()).unwrap();
-            let i = TABLES.iter().position(|t| *t == k.table()).unwrap();
-            named[i].1.push((k.encode(), v));
+            if let Some(i) = named.iter().position(|(t, _)| *t == k.table()) {
+                named[i].1.push((k.encode(), v));
+            }
         }
         let mut pos: Vec<_> = positions
             .iter()
+            .filter(|(c, ..)| *c == consumer)
             .map(|(c, t, p, n)| (position_key(c, *t, *p), n.to_be_bytes().to_vec()))
             .collect();
-        pos.extend(rebuilding.iter().map(|c| (rebuilding_key(c), vec![1u8])));
+        pos.extend(
+            rebuilding
+                .iter()
+                .filter(|c| **c == consumer)
+                .map(|c| (rebuilding_key(c), vec![1u8])),
+        );
         named.push(("positions", pos));
         rows::digest(named)
     }
@@ -1266,14 +1310,40 @@ mod tests {
     async fn checksum_encoding_matches_the_embedded_store() {
         let dir = tempfile::tempdir().unwrap();
         let embedded = EmbeddedViewStore::open(dir.path()).unwrap();
-        assert_eq!(embedded.checksum().await.unwrap(), scylla_digest(&[], &[], &[]));
+        assert_eq!(
+            embedded.checksum().await.unwrap(),
+            scylla_digest(CORE_VIEWS, &[], &[], &[])
+        );
+        let activity = emosation_core::view::ACTIVITY_VIEWS;
+        assert_eq!(
+            embedded.checksum_of(activity).await.unwrap(),
+            scylla_digest(activity, &[], &[], &[])
+        );
 
-        let changes = sample_changes();
+        let mut changes = sample_changes();
         embedded
             .apply(ViewBatch {
                 consumer: CORE_VIEWS.into(),
                 changes: changes.clone(),
                 positions: vec![(Topic::Rooms, 3, 61), (Topic::Accounts, 0, 1)],
+            })
+            .await
+            .unwrap();
+        let mut busy = emosation_core::view::ActivityView::new("r1", 1_795_305_600_000);
+        busy.count("u2");
+        busy.count("u1");
+        let hour = vec![(
+            ViewKey::Activity {
+                room_id: "r1".into(),
+                hour: busy.hour,
+            },
+            Some(ViewValue::Activity(busy)),
+        )];
+        embedded
+            .apply(ViewBatch {
+                consumer: activity.into(),
+                changes: hour.clone(),
+                positions: vec![(Topic::Rooms, 3, 64)],
             })
             .await
             .unwrap();
@@ -1286,16 +1356,24 @@ mod tests {
             .await
             .unwrap();
         embedded.set_rebuilding("analyzer", true).await.unwrap();
-        let expected = scylla_digest(
-            &changes,
-            &[
-                ("analyzer", Topic::Rooms, 12, 7),
-                (CORE_VIEWS, Topic::Rooms, 3, 61),
-                (CORE_VIEWS, Topic::Accounts, 0, 1),
-            ],
-            &["analyzer"],
+        changes.extend(hour);
+        let positions = [
+            ("analyzer", Topic::Rooms, 12, 7),
+            (activity, Topic::Rooms, 3, 64),
+            (CORE_VIEWS, Topic::Rooms, 3, 61),
+            (CORE_VIEWS, Topic::Accounts, 0, 1),
+        ];
+        for consumer in [CORE_VIEWS, activity, "analyzer"] {
+            assert_eq!(
+                embedded.checksum_of(consumer).await.unwrap(),
+                scylla_digest(consumer, &changes, &positions, &["analyzer"]),
+                "{consumer}"
+            );
+        }
+        assert_eq!(
+            embedded.checksum().await.unwrap(),
+            embedded.checksum_of(CORE_VIEWS).await.unwrap()
         );
-        assert_eq!(embedded.checksum().await.unwrap(), expected);
     }
 
     #[test]

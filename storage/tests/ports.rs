@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use emosation_core::ids::{Topic, Topology, partition_for};
 use emosation_core::ports::{CORE_VIEWS, ConnRef, Log, LogError, Presence, ViewBatch, ViewStore};
-use emosation_core::view::{MemberView, MessageView, RoomView, UserView, ViewKey, ViewValue};
+use emosation_core::view::{
+    ACTIVITY_VIEWS, ActivityView, MemberView, MessageView, RoomView, UserView, ViewKey, ViewValue,
+};
 use emosation_storage::{
     EmbeddedLog, EmbeddedViewStore, LocalPresence, RedisPresence, RedisViewStore, ScyllaConfig, ScyllaViewStore,
 };
@@ -145,6 +147,147 @@ fn message(room_id: &str, seq: u64) -> MessageView {
         created_at: seq as i64,
         client_msg_id: format!("c{seq}"),
     }
+}
+
+const HOUR: i64 = 3_600_000;
+/// 2026-11-22T10:00:00Z.
+const H10: i64 = 1_795_341_600_000;
+
+fn activity(room_id: &str, hour: i64, authors: &[&str]) -> (ViewKey, Option<ViewValue>) {
+    let mut a = ActivityView::new(room_id, hour);
+    for author in authors {
+        a.count(author);
+    }
+    (
+        ViewKey::Activity {
+            room_id: room_id.into(),
+            hour,
+        },
+        Some(ViewValue::Activity(a)),
+    )
+}
+
+/// A consumer with a view of its own (the activity consumer): its batches
+/// carry its own positions, its queries range over hours, and its checksum
+/// and `clear` leave the core views alone (and the other way round).
+async fn activity_contract(store: &dyn ViewStore, other: &dyn ViewStore) {
+    let core_sum = store.checksum().await.unwrap();
+    let empty_activity = store.checksum_of(ACTIVITY_VIEWS).await.unwrap();
+    assert_eq!(store.position(ACTIVITY_VIEWS, Topic::Rooms, 3).await.unwrap(), 0);
+    assert!(store.activity("r1", 0, i64::MAX).await.unwrap().is_empty());
+    let batch = || ViewBatch {
+        consumer: ACTIVITY_VIEWS.into(),
+        changes: vec![
+            activity("r1", H10 + 2 * HOUR, &["u1"]),
+            activity("r1", H10, &["u2", "u1", "u2"]),
+            activity("r1", H10 + HOUR, &["u1"]),
+            activity("r2", H10, &["u1"]),
+        ],
+        positions: vec![(Topic::Rooms, 3, 9)],
+    };
+    store.apply(batch()).await.unwrap();
+    assert_eq!(store.position(ACTIVITY_VIEWS, Topic::Rooms, 3).await.unwrap(), 9);
+    assert_eq!(
+        store.position(CORE_VIEWS, Topic::Rooms, 3).await.unwrap(),
+        62,
+        "positions are per consumer"
+    );
+    assert_eq!(
+        store.checksum().await.unwrap(),
+        core_sum,
+        "the core digest covers core views only"
+    );
+    assert_ne!(store.checksum_of(ACTIVITY_VIEWS).await.unwrap(), empty_activity);
+
+    // Hours in [from, to), oldest first; other rooms apart.
+    let hours = |v: Vec<ActivityView>| v.iter().map(|a| (a.hour, a.messages)).collect::<Vec<_>>();
+    assert_eq!(
+        hours(store.activity("r1", H10, H10 + 3 * HOUR).await.unwrap()),
+        [(H10, 3), (H10 + HOUR, 1), (H10 + 2 * HOUR, 1)]
+    );
+    assert_eq!(
+        hours(store.activity("r1", H10 + HOUR, H10 + 2 * HOUR).await.unwrap()),
+        [(H10 + HOUR, 1)]
+    );
+    assert!(
+        store
+            .activity("r1", H10 + 3 * HOUR, H10 + 9 * HOUR)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.activity("r1", H10 + HOUR, H10 + HOUR).await.unwrap().is_empty());
+    assert!(store.activity("r1", H10 + HOUR, H10).await.unwrap().is_empty());
+    let first = store.activity("r1", 0, H10 + HOUR).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].authors, ["u1", "u2"], "distinct authors, sorted");
+    assert_eq!(first[0].room_id, "r1");
+    assert_eq!(hours(store.activity("r2", 0, i64::MAX).await.unwrap()), [(H10, 1)]);
+    assert!(store.activity("nope", 0, i64::MAX).await.unwrap().is_empty());
+
+    // Counters change in place; is_write_once stays false for them.
+    let (key, _) = activity("r1", H10, &[]);
+    assert!(!key.is_write_once());
+    store
+        .apply(ViewBatch {
+            consumer: ACTIVITY_VIEWS.into(),
+            changes: vec![activity("r1", H10, &["u2", "u1", "u2", "u3"])],
+            positions: vec![(Topic::Rooms, 3, 11)],
+        })
+        .await
+        .unwrap();
+    let now = store.activity("r1", H10, H10 + HOUR).await.unwrap();
+    assert_eq!((now[0].messages, now[0].authors.len()), (4, 3));
+    assert_eq!(
+        store.load(&[key]).await.unwrap()[0],
+        activity("r1", H10, &["u2", "u1", "u2", "u3"]).1
+    );
+
+    // Equal content, equal digest, on another store.
+    other.apply(batch()).await.unwrap();
+    assert_ne!(
+        other.checksum_of(ACTIVITY_VIEWS).await.unwrap(),
+        store.checksum_of(ACTIVITY_VIEWS).await.unwrap()
+    );
+    other
+        .apply(ViewBatch {
+            consumer: ACTIVITY_VIEWS.into(),
+            changes: vec![activity("r1", H10, &["u2", "u1", "u2", "u3"])],
+            positions: vec![(Topic::Rooms, 3, 11)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        other.checksum_of(ACTIVITY_VIEWS).await.unwrap(),
+        store.checksum_of(ACTIVITY_VIEWS).await.unwrap()
+    );
+
+    // Clearing the consumer drops its view and positions only.
+    other.clear(ACTIVITY_VIEWS).await.unwrap();
+    assert!(other.activity("r1", 0, i64::MAX).await.unwrap().is_empty());
+    assert_eq!(other.position(ACTIVITY_VIEWS, Topic::Rooms, 3).await.unwrap(), 0);
+    assert_eq!(other.checksum_of(ACTIVITY_VIEWS).await.unwrap(), empty_activity);
+    assert_eq!(other.checksum().await.unwrap(), core_sum, "core views untouched");
+    assert_eq!(other.position(CORE_VIEWS, Topic::Rooms, 3).await.unwrap(), 62);
+    assert_eq!(other.room("r1").await.unwrap().unwrap().member_count, 2);
+    // It rebuilds from 0 and resumes exactly.
+    other.apply(batch()).await.unwrap();
+    assert_eq!(other.position(ACTIVITY_VIEWS, Topic::Rooms, 3).await.unwrap(), 9);
+    store
+        .apply(ViewBatch {
+            consumer: ACTIVITY_VIEWS.into(),
+            changes: vec![(
+                ViewKey::Activity {
+                    room_id: "r1".into(),
+                    hour: H10 + 2 * HOUR,
+                },
+                None,
+            )],
+            positions: vec![(Topic::Rooms, 3, 12)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.activity("r1", 0, i64::MAX).await.unwrap().len(), 2, "deletions");
 }
 
 fn sample_batch() -> ViewBatch {
@@ -284,8 +427,16 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
         .unwrap();
     assert_eq!(other.checksum().await.unwrap(), store.checksum().await.unwrap());
 
+    activity_contract(&*store, &*other).await;
+
     store.clear(CORE_VIEWS).await.unwrap();
     assert_eq!(store.checksum().await.unwrap(), empty);
+    assert_eq!(
+        store.activity("r1", 0, i64::MAX).await.unwrap().len(),
+        2,
+        "clearing the core views keeps the activity consumer's"
+    );
+    store.clear(ACTIVITY_VIEWS).await.unwrap();
     assert!(store.user("u1").await.unwrap().is_none());
     assert_eq!(store.position(CORE_VIEWS, Topic::Rooms, 3).await.unwrap(), 0);
 
@@ -477,7 +628,17 @@ async fn equal_content_gives_equal_checksums_on_embedded_and_redis() {
         )])
         .await
         .unwrap();
-        sums.push(s.checksum().await.unwrap());
+        s.apply(ViewBatch {
+            consumer: ACTIVITY_VIEWS.into(),
+            changes: vec![activity("r1", H10, &["u2", "u1"]), activity("r1", H10 + HOUR, &["u1"])],
+            positions: vec![(Topic::Rooms, 3, 5)],
+        })
+        .await
+        .unwrap();
+        sums.push((
+            s.checksum().await.unwrap(),
+            s.checksum_of(ACTIVITY_VIEWS).await.unwrap(),
+        ));
     }
     assert_eq!(sums[0], sums[1], "the checksum depends on content, not on the adapter");
 }

@@ -2,7 +2,7 @@
 //! record, canonical keys and the checksum digest. No I/O, so unit-tested here.
 
 use emosation_core::ids::{Topic, is_id};
-use emosation_core::view::{TABLES, ViewKey};
+use emosation_core::view::{TABLES, ViewKey, hour_field};
 use sha2::{Digest, Sha256};
 
 /// A message (or emotion) bucket spans 2^18 = 262,144 offsets of the room's
@@ -100,6 +100,11 @@ pub(crate) fn decode_key(table: &str, raw: &[u8]) -> Option<ViewKey> {
             let (room_id, message_id) = two()?;
             ViewKey::Emotion { room_id, message_id }
         }
+        "activity" => {
+            let (room_id, hour) = two()?;
+            let hour = i64::from_str_radix(&hour, 16).ok().filter(|h| hour_field(*h) == hour)?;
+            ViewKey::Activity { room_id, hour }
+        }
         _ => return None,
     })
 }
@@ -135,7 +140,7 @@ pub(crate) fn decode_redo(raw: &[u8]) -> Result<Vec<Change>, String> {
 }
 
 fn table_index(table: &str) -> u8 {
-    // TABLES has 9 entries and `table` comes from `ViewKey::table`.
+    // TABLES has 10 entries and `table` comes from `ViewKey::table`.
     TABLES.iter().position(|t| *t == table).unwrap_or(usize::MAX) as u8
 }
 
@@ -223,6 +228,10 @@ mod tests {
                 room_id: "r1".into(),
                 message_id: "0003000000000010".into(),
             },
+            ViewKey::Activity {
+                room_id: "r1".into(),
+                hour: 1_795_305_600_000,
+            },
         ]
     }
 
@@ -234,6 +243,7 @@ mod tests {
         assert_eq!(decode_key("members", b"no-separator"), None);
         assert_eq!(decode_key("nope", b"x"), None);
         assert_eq!(decode_key("users", &[0xff]), None);
+        assert_eq!(decode_key("activity", b"r1\0not-hex"), None);
     }
 
     #[test]

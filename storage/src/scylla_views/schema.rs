@@ -12,7 +12,8 @@ use tracing::info;
 
 use super::config::ScyllaConfig;
 use super::{now_micros, storage};
-use emosation_core::ports::StoreError;
+use emosation_core::ports::{CORE_VIEWS, StoreError};
+use emosation_core::view::ACTIVITY_VIEWS;
 
 /// Tables of migration 1; `{ks}` is replaced by the keyspace. See
 /// docs/architecture.md ("The Scylla data model") for the query each serves.
@@ -58,11 +59,27 @@ const MIGRATION_1: &[&str] = &[
      PRIMARY KEY ((consumer, generation, topic, part), next_offset, attempt, chunk)) WITH gc_grace_seconds = 3600",
 ];
 
-/// All migrations, in order; the position in this list + 1 is the version.
-const MIGRATIONS: &[&[&str]] = &[MIGRATION_1];
+/// Migration 2: the activity consumer's view, a room's hours clustered in
+/// time order, so `activity(room, from, to)` is one slice of one partition.
+const MIGRATION_2: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.activity (room_id text, hour bigint, entity blob, \
+     PRIMARY KEY (room_id, hour)) WITH CLUSTERING ORDER BY (hour ASC)",
+];
 
-/// The views' tables, truncated by `clear(CORE_VIEWS)`.
-pub(crate) const VIEW_TABLES: [&str; 12] = [
+/// All migrations, in order; the position in this list + 1 is the version.
+const MIGRATIONS: &[&[&str]] = &[MIGRATION_1, MIGRATION_2];
+
+/// The tables `clear(consumer)` truncates.
+pub(crate) fn tables_of(consumer: &str) -> &'static [&'static str] {
+    match consumer {
+        CORE_VIEWS => &CORE_TABLES,
+        ACTIVITY_VIEWS => &["activity"],
+        _ => &[],
+    }
+}
+
+/// The core views' tables, truncated by `clear(CORE_VIEWS)`.
+const CORE_TABLES: [&str; 12] = [
     "users",
     "usernames",
     "rooms",

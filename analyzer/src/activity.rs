@@ -1,0 +1,174 @@
+//! [`ActivityConsumer`]: per-room activity by UTC hour, the second worked
+//! example of an [`AnalyticsConsumer`] — one whose results are a view of its
+//! own rather than records on the log.
+//!
+//! For each batch of a rooms partition it counts the messages the fold
+//! stored (a post the fold refused — a repeated `client_msg_id`, a
+//! non-member — has no `Message` entity and is not counted) into
+//! `ActivityView { room_id, hour, messages, authors }`, the hour taken from
+//! the record's own `at`, never from a clock, and applies the changed hours
+//! **with the partition's next offset** as one `ViewBatch` under the
+//! `activity` consumer. It is therefore a deterministic fold of the log:
+//! resumed from `ViewStore::position("activity", …)` it never counts a
+//! message twice nor skips one, and after `clear("activity")` it rebuilds
+//! the same view by backfilling from offset 0.
+//!
+//! It reads the core views to learn what the fold decided, so it first waits
+//! until the core projector has folded the batch (the core position of the
+//! partition passed it); its position is therefore never ahead of the core's. On Scylla, whose batches other readers may see
+//! half-written for milliseconds, a message found missing is looked up once
+//! more after a pause before it is taken as refused.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use emosation_core::Record;
+use emosation_core::ids::{LogPosition, Topic};
+use emosation_core::ports::{CORE_VIEWS, LogEntry, ViewBatch, ViewStore};
+use emosation_core::record::MessagePosted;
+use emosation_core::time::hour_start;
+use emosation_core::view::{ACTIVITY_VIEWS, ActivityView, ViewKey, ViewValue};
+use tokio::time::Instant;
+
+use crate::runner::{AnalyticsConsumer, Checkpoint, ConsumerError};
+
+/// How long a batch waits for the core projector before the runner backs
+/// off and tries again.
+const CORE_WAIT: Duration = Duration::from_secs(5);
+/// Between looks at the core position while waiting.
+const CORE_POLL: Duration = Duration::from_millis(10);
+/// Before a missing message is looked up a second time (see the module doc).
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// Per-room message counts (and distinct authors) by UTC hour, in the
+/// `activity` view ([`ViewStore::activity`]).
+pub struct ActivityConsumer {
+    views: Arc<dyn ViewStore>,
+}
+
+impl std::fmt::Debug for ActivityConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActivityConsumer").finish_non_exhaustive()
+    }
+}
+
+impl ActivityConsumer {
+    /// `views` holds both the core views it reads and the `activity` view it writes.
+    pub fn new(views: Arc<dyn ViewStore>) -> Self {
+        ActivityConsumer { views }
+    }
+
+    /// Waits until the core views include every record of the partition up
+    /// to `last`.
+    async fn core_caught_up(&self, topic: Topic, partition: u32, last: u64) -> Result<(), ConsumerError> {
+        let deadline = Instant::now() + CORE_WAIT;
+        loop {
+            let core = self.views.position(CORE_VIEWS, topic, partition).await?;
+            if core > last {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ConsumerError::Retry(format!(
+                    "the core views of {}/{partition} are at {core}, not yet past {last}",
+                    topic.name()
+                )));
+            }
+            tokio::time::sleep(CORE_POLL).await;
+        }
+    }
+
+    /// Which of `posts` the fold stored (a `Message` entity at its position).
+    async fn stored(&self, posts: &[(LogPosition, MessagePosted)]) -> Result<Vec<bool>, ConsumerError> {
+        let keys: Vec<ViewKey> = posts
+            .iter()
+            .map(|(pos, m)| ViewKey::Message {
+                room_id: m.room_id.clone(),
+                message_id: pos.to_id(),
+            })
+            .collect();
+        let mut found: Vec<bool> = self.views.load(&keys).await?.iter().map(Option::is_some).collect();
+        if found.iter().all(|f| *f) {
+            return Ok(found);
+        }
+        tokio::time::sleep(RECHECK).await;
+        let missing: Vec<usize> = (0..found.len()).filter(|i| !found[*i]).collect();
+        let again: Vec<ViewKey> = missing.iter().map(|i| keys[*i].clone()).collect();
+        for (i, v) in missing.into_iter().zip(self.views.load(&again).await?) {
+            found[i] = v.is_some();
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl AnalyticsConsumer for ActivityConsumer {
+    fn group(&self) -> &'static str {
+        ACTIVITY_VIEWS
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint::Views(Arc::clone(&self.views))
+    }
+
+    async fn handle_batch(&self, topic: Topic, partition: u32, entries: &[LogEntry]) -> Result<(), ConsumerError> {
+        let Some(last) = entries.last().map(|e| e.offset) else {
+            return Ok(());
+        };
+        let posts: Vec<(LogPosition, MessagePosted)> = entries
+            .iter()
+            .filter_map(|e| match emosation_schemas::decode(&e.value) {
+                Ok(Record::MessagePosted(m)) => Some((LogPosition::new(partition, e.offset), m)),
+                _ => None,
+            })
+            .collect();
+        // Never ahead of the core views, even over batches without posts:
+        // an activity position then tells that the core views have folded
+        // at least that far too.
+        self.core_caught_up(topic, partition, last).await?;
+        let mut hours: BTreeMap<ViewKey, ActivityView> = BTreeMap::new();
+        if !posts.is_empty() {
+            let stored = self.stored(&posts).await?;
+            let counted: Vec<&MessagePosted> = posts
+                .iter()
+                .zip(stored)
+                .filter_map(|((_, m), stored)| stored.then_some(m))
+                .collect();
+            let key = |m: &MessagePosted| ViewKey::Activity {
+                room_id: m.room_id.clone(),
+                hour: hour_start(m.at).max(0),
+            };
+            let mut keys: Vec<ViewKey> = counted.iter().map(|m| key(m)).collect();
+            keys.sort();
+            keys.dedup();
+            for (k, v) in keys.iter().zip(self.views.load(&keys).await?) {
+                let ViewKey::Activity { room_id, hour } = k else {
+                    continue;
+                };
+                let view = match v {
+                    Some(ViewValue::Activity(a)) => a,
+                    _ => ActivityView::new(room_id, *hour),
+                };
+                hours.insert(k.clone(), view);
+            }
+            for m in &counted {
+                if let Some(view) = hours.get_mut(&key(m)) {
+                    view.count(&m.author_id);
+                }
+            }
+            metrics::counter!("emosation_activity_messages_total").increment(counted.len() as u64);
+        }
+        self.views
+            .apply(ViewBatch {
+                consumer: ACTIVITY_VIEWS.to_owned(),
+                changes: hours
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(ViewValue::Activity(v))))
+                    .collect(),
+                positions: vec![(topic, partition, last + 1)],
+            })
+            .await?;
+        Ok(())
+    }
+}
