@@ -335,28 +335,7 @@ async fn two_fanout_nodes_on_kafka_and_redis() {
     }
     // Wait until the analyzer has caught up (every message has its emotion),
     // so nothing more is appended, then stop and compare with a fresh replay.
-    let total = history.len();
-    let started = Instant::now();
-    loop {
-        let e = api
-            .get(&format!("/v1/rooms/{room}/emotions?limit=200"), &alice)
-            .await
-            .expect(200);
-        let counted: u64 = e["summary"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
-        if counted as usize >= total {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "emotions caught up ({counted}/{total})"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    emotions_settle(&api, &alice, &room, history.len() as u64).await;
     // The analyzer may still append repeated emotions (it classifies again
     // what it had not committed before the kill): wait until every analytics
     // consumer has read to the end of every partition. The activity

@@ -182,6 +182,30 @@ impl Tansu {
     }
 }
 
+/// An empty, memory-only `redis-server` on 127.0.0.1:`port`, listening.
+fn spawn_redis(port: u16) -> Supervised {
+    let bin = find_binary("redis-server", &[PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir.path().display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut server = Supervised::spawn(&bin, &args, dir, "redis.log");
+    server.wait_listening(port, "redis-server");
+    server
+}
+
 /// Debian's `redis-server`, in memory only.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -200,26 +224,8 @@ impl RedisServer {
                 port: 0,
             };
         }
-        let bin = find_binary("redis-server", &[PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")]);
         let port = free_port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &dir.path().display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut server = Supervised::spawn(&bin, &args, dir, "redis.log");
-        server.wait_listening(port, "redis-server");
+        let server = spawn_redis(port);
         RedisServer {
             server: Some(server),
             url: format!("redis://127.0.0.1:{port}"),
@@ -243,25 +249,7 @@ impl RedisServer {
             panic!("cannot restart an external Redis (EMOSATION_TEST_REDIS)");
         };
         drop(old);
-        let bin = find_binary("redis-server", &[PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")]);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let args: Vec<String> = [
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &dir.path().display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut server = Supervised::spawn(&bin, &args, dir, "redis.log");
-        server.wait_listening(self.port, "redis-server");
+        let server = spawn_redis(self.port);
         self.server = Some(server);
     }
 }
