@@ -20,14 +20,13 @@ use std::time::Duration;
 
 use emosation_core::ids::Topic;
 use emosation_core::ports::{AppliedTicket, Decision, DecisionTicket, Decisions};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::OpenError;
 use crate::local_decisions::LocalDecisions;
-use crate::redis_views::{RedisPool, RedisUrl};
+use crate::redis_conn::{RedisPool, RedisUrl, dropped, subscribe_forever};
 
 /// Items sent per `PUBLISH` at most.
 const FLUSH_MAX: usize = 4096;
@@ -75,17 +74,23 @@ impl RedisDecisions {
         let applied_key = format!("{{{}}}:applied", url.ns);
         let local = Arc::new(LocalDecisions::new());
 
-        let mut pubsub = client.get_async_pubsub().await.map_err(open)?;
-        pubsub.subscribe(&channel).await.map_err(open)?;
+        let on_message = {
+            let local = Arc::clone(&local);
+            move |msg: redis::Msg| feed(&local, msg)
+        };
+        // After a reconnect, catch up on the watermarks (decisions missed
+        // meanwhile are lost: see the module docs).
+        let on_resubscribe = {
+            let (pool, key, local) = (pool.clone(), applied_key.clone(), Arc::clone(&local));
+            move || {
+                let (pool, key, local) = (pool.clone(), key.clone(), Arc::clone(&local));
+                async move { load_applied(&pool, &key, &local).await }
+            }
+        };
+        subscribe_forever(client, channel.clone(), on_message, on_resubscribe)
+            .await
+            .map_err(open)?;
         load_applied(&pool, &applied_key, &local).await;
-        tokio::spawn(subscriber(
-            client,
-            pubsub,
-            channel.clone(),
-            applied_key.clone(),
-            pool.clone(),
-            Arc::clone(&local),
-        ));
 
         let (out, rx) = mpsc::unbounded_channel();
         tokio::spawn(publisher(rx, pool, channel, applied_key));
@@ -94,7 +99,9 @@ impl RedisDecisions {
 }
 
 async fn load_applied(pool: &RedisPool, key: &str, local: &LocalDecisions) {
-    let got: Result<Vec<(String, u64)>, _> = pool.read(redis::cmd("HGETALL").arg(key)).await;
+    let mut cmd = redis::cmd("HGETALL");
+    cmd.arg(key);
+    let got: Result<Vec<(String, u64)>, _> = pool.read(&cmd).await;
     match got {
         Ok(fields) => {
             for (f, next) in fields {
@@ -107,60 +114,25 @@ async fn load_applied(pool: &RedisPool, key: &str, local: &LocalDecisions) {
     }
 }
 
-async fn subscriber(
-    client: redis::Client,
-    first: redis::aio::PubSub,
-    channel: String,
-    applied_key: String,
-    pool: RedisPool,
-    local: Arc<LocalDecisions>,
-) {
-    let mut pubsub = Some(first);
-    loop {
-        let mut ps = match pubsub.take() {
-            Some(ps) => ps,
-            None => {
-                let sub = async {
-                    let mut ps = client.get_async_pubsub().await?;
-                    ps.subscribe(&channel).await?;
-                    Ok::<_, redis::RedisError>(ps)
-                };
-                match sub.await {
-                    Ok(ps) => {
-                        load_applied(&pool, &applied_key, &local).await;
-                        ps
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "decision subscription failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        continue;
-                    }
+/// Feeds one published batch into this process's waiters.
+fn feed(local: &LocalDecisions, msg: redis::Msg) {
+    let payload: Vec<u8> = match msg.get_payload() {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "unreadable decision message");
+            return;
+        }
+    };
+    match postcard::from_bytes::<Vec<Wire>>(&payload) {
+        Ok(items) => {
+            for item in items {
+                match item {
+                    Wire::Decision(id, d) => local.publish(id, d),
+                    Wire::Applied(t, p, next) => local.applied(t, p, next),
                 }
-            }
-        };
-        let mut messages = ps.on_message();
-        while let Some(msg) = messages.next().await {
-            let payload: Vec<u8> = match msg.get_payload() {
-                Ok(p) => p,
-                Err(e) => {
-                    warn!(error = %e, "unreadable decision message");
-                    continue;
-                }
-            };
-            match postcard::from_bytes::<Vec<Wire>>(&payload) {
-                Ok(items) => {
-                    for item in items {
-                        match item {
-                            Wire::Decision(id, d) => local.publish(id, d),
-                            Wire::Applied(t, p, next) => local.applied(t, p, next),
-                        }
-                    }
-                }
-                Err(e) => warn!(error = %e, "undecodable decision batch"),
             }
         }
-        warn!(%channel, "decision subscription lost; resubscribing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(e) => warn!(error = %e, "undecodable decision batch"),
     }
 }
 
@@ -199,7 +171,7 @@ async fn publisher(mut rx: mpsc::UnboundedReceiver<Wire>, pool: RedisPool, chann
         let mut con = pool.get();
         let mut r: Result<(), _> = pipe.query_async(&mut con).await;
         if let Err(e) = &r
-            && crate::redis_views::dropped(e)
+            && dropped(e)
         {
             // Once more, after the manager reconnected (a restarted Redis).
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -19,11 +19,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use emosation_core::ports::{ConnRef, KickSink, Presence, PresenceError};
-use futures_util::StreamExt;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::OpenError;
-use crate::redis_views::{RedisPool, RedisUrl};
+use crate::redis_conn::{RedisPool, RedisUrl, subscribe_forever};
 
 const REGISTER: &str = r#"
 -- ARGV: prefix, user, member, max, ttl_ms
@@ -219,46 +218,14 @@ impl Presence for RedisPresence {
     }
 
     async fn on_kicks(&self, node: &str, sink: KickSink) -> Result<(), PresenceError> {
-        let channel = self.kick_channel(node);
-        let client = self.client.clone();
-        // Subscribe once before returning, so no kick sent after this call
-        // is missed; then keep the subscription up across reconnects.
-        let mut pubsub = client.get_async_pubsub().await.map_err(err)?;
-        pubsub.subscribe(&channel).await.map_err(err)?;
-        tokio::spawn(async move {
-            let mut pubsub = Some(pubsub);
-            loop {
-                let mut ps = match pubsub.take() {
-                    Some(ps) => ps,
-                    None => match client.get_async_pubsub().await {
-                        Ok(mut ps) => match ps.subscribe(&channel).await {
-                            Ok(()) => ps,
-                            Err(e) => {
-                                warn!(error = %e, "kick subscription failed; retrying");
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                                continue;
-                            }
-                        },
-                        Err(e) => {
-                            debug!(error = %e, "redis unreachable for kicks; retrying");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            continue;
-                        }
-                    },
-                };
-                let mut messages = ps.on_message();
-                while let Some(msg) = messages.next().await {
-                    match msg.get_payload::<u64>() {
-                        Ok(conn) => sink(conn),
-                        Err(e) => warn!(error = %e, "unreadable kick order"),
-                    }
-                }
-                drop(messages);
-                warn!(%channel, "kick subscription lost; resubscribing");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        Ok(())
+        let on_message = move |msg: redis::Msg| match msg.get_payload::<u64>() {
+            Ok(conn) => sink(conn),
+            Err(e) => warn!(error = %e, "unreadable kick order"),
+        };
+        // A kick missed while Redis was away is caught by the next refresh.
+        subscribe_forever(self.client.clone(), self.kick_channel(node), on_message, || async {})
+            .await
+            .map_err(err)
     }
 
     async fn take(&self, bucket: &str, rate: u32, burst: u32) -> Result<bool, PresenceError> {

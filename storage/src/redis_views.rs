@@ -37,7 +37,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use emosation_core::ids::Topic;
@@ -47,11 +46,11 @@ use emosation_core::view::{
     ActivityView, EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
     hour_field, table_owner,
 };
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use crate::OpenError;
 use crate::embedded_views::is_position_of;
+use crate::redis_conn::{RedisPool, RedisUrl};
 
 /// Keys written per pipeline round trip by `ingest`.
 const INGEST_CHUNK: usize = 2_000;
@@ -83,126 +82,8 @@ end
 return 1
 "#;
 
-/// Parsed `redis://` URL: the part the client takes, and ours.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisUrl {
-    pub client_url: String,
-    pub ns: String,
-    pub pool: usize,
-}
-
-impl RedisUrl {
-    pub fn parse(url: &str) -> Result<Self, OpenError> {
-        let bad = |reason: &'static str| OpenError::Unsupported {
-            what: "redis",
-            url: url.to_owned(),
-            reason,
-        };
-        if !url.starts_with("redis://") || url.len() == "redis://".len() {
-            return Err(bad("expected redis://HOST:PORT[/DB]"));
-        }
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mut parsed = RedisUrl {
-            client_url: base.to_owned(),
-            ns: "emosation".to_owned(),
-            pool: 4,
-        };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("ns", v)) if !v.is_empty() && !v.contains(['{', '}']) => parsed.ns = v.to_owned(),
-                Some(("pool", v)) => {
-                    parsed.pool = v
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=64).contains(n))
-                        .ok_or(bad("pool must be 1..=64"))?
-                }
-                _ => return Err(bad("options are ns=NAME (no braces) and pool=N")),
-            }
-        }
-        Ok(parsed)
-    }
-}
-
 /// One `HSCAN` page: the next cursor and field/value pairs.
 type HashPage = (u64, Vec<(Vec<u8>, Vec<u8>)>);
-
-/// A small pool of multiplexed, self-reconnecting connections.
-#[derive(Clone)]
-pub(crate) struct RedisPool {
-    conns: std::sync::Arc<Vec<ConnectionManager>>,
-    next: std::sync::Arc<AtomicUsize>,
-}
-
-impl RedisPool {
-    pub(crate) async fn connect(url: &RedisUrl) -> Result<Self, OpenError> {
-        let open = |e: redis::RedisError| OpenError::Open {
-            what: "redis",
-            path: url.client_url.clone(),
-            reason: e.to_string(),
-        };
-        let client = redis::Client::open(url.client_url.as_str()).map_err(open)?;
-        let mut conns = Vec::with_capacity(url.pool);
-        for _ in 0..url.pool {
-            let cfg = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-                .set_response_timeout(Some(std::time::Duration::from_secs(10)))
-                .set_number_of_retries(3);
-            conns.push(
-                ConnectionManager::new_with_config(client.clone(), cfg)
-                    .await
-                    .map_err(open)?,
-            );
-        }
-        Ok(RedisPool {
-            conns: std::sync::Arc::new(conns),
-            next: std::sync::Arc::new(AtomicUsize::new(0)),
-        })
-    }
-
-    /// Runs a read; if its connection had dropped (a restarted Redis), runs
-    /// it again on the same manager once it has reconnected. Reads are safe
-    /// to repeat.
-    pub(crate) async fn read<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        let mut con = self.get();
-        let mut tries = 0;
-        loop {
-            match cmd.query_async(&mut con).await {
-                Err(e) if dropped(&e) && tries < 3 => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
-                }
-                r => return r,
-            }
-        }
-    }
-
-    /// [`RedisPool::read`] for a pipeline of reads.
-    pub(crate) async fn read_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
-        let mut con = self.get();
-        let mut tries = 0;
-        loop {
-            match pipe.query_async(&mut con).await {
-                Err(e) if dropped(&e) && tries < 3 => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
-                }
-                r => return r,
-            }
-        }
-    }
-
-    pub(crate) fn get(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
-    }
-}
-
-/// The connection broke (Redis restarted or went away) rather than the
-/// command failing.
-pub(crate) fn dropped(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
-}
 
 fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(format!("redis: {e}"))
@@ -299,7 +180,7 @@ impl RedisViewStore {
         for k in keys {
             pipe.cmd("HGET").arg(self.table_key(k.table())).arg(k.encode());
         }
-        let raw: Vec<Option<Vec<u8>>> = self.pool.read_pipe(&pipe).await.map_err(storage)?;
+        let raw: Vec<Option<Vec<u8>>> = self.pool.read(&pipe).await.map_err(storage)?;
         keys.iter()
             .zip(raw)
             .map(|(k, r)| r.map(|r| Self::decode(k.table(), &r)).transpose())
@@ -734,28 +615,5 @@ impl ViewStore for RedisViewStore {
         positions.retain(|(f, _)| is_position_of(f, consumer));
         feed("positions", positions);
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_urls() {
-        let u = RedisUrl::parse("redis://127.0.0.1:6379/2?ns=t1&pool=8").unwrap();
-        assert_eq!(u.client_url, "redis://127.0.0.1:6379/2");
-        assert_eq!((u.ns.as_str(), u.pool), ("t1", 8));
-        let d = RedisUrl::parse("redis://h:1").unwrap();
-        assert_eq!((d.ns.as_str(), d.pool), ("emosation", 4));
-        for bad in [
-            "redis://",
-            "kafka://h:1",
-            "redis://h:1?ns={x}",
-            "redis://h:1?pool=0",
-            "redis://h:1?x=1",
-        ] {
-            assert!(RedisUrl::parse(bad).is_err(), "{bad} should be refused");
-        }
     }
 }
