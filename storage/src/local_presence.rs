@@ -102,7 +102,13 @@ impl Presence for LocalPresence {
             // Forget buckets that have refilled: they are indistinguishable from new ones.
             buckets.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < burst / rate);
         }
-        let (tokens, last) = buckets.entry(bucket.to_owned()).or_insert((burst, now));
+        // The hot path (every post) finds its bucket without allocating a key.
+        if !buckets.contains_key(bucket) {
+            buckets.insert(bucket.to_owned(), (burst, now));
+        }
+        let Some((tokens, last)) = buckets.get_mut(bucket) else {
+            return Ok(true);
+        };
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
         *last = now;
         if *tokens >= 1.0 {
