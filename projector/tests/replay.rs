@@ -127,15 +127,9 @@ async fn wait_until_caught_up(log: &dyn Log, views: &dyn ViewStore) {
     panic!("projector did not catch up");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_projection_and_replay_agree_byte_for_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    let topo = Topology {
-        accounts_partitions: 3,
-        rooms_partitions: 4,
-    };
-    let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(&dir.path().join("log"), topo).unwrap());
-    for r in commands(3000, topo) {
+/// Appends `records` in order, each under its own key.
+async fn append_all(log: &dyn Log, records: Vec<Record>) {
+    for r in records {
         let key = r.key();
         log.append(
             r.topic(),
@@ -145,28 +139,39 @@ async fn live_projection_and_replay_agree_byte_for_byte() {
         .await
         .unwrap();
     }
+}
+
+/// Runs a live projector over `log` into `views` until it has caught up,
+/// stops it, and returns the views' checksum.
+async fn project_live(log: &Arc<dyn Log>, views: &Arc<dyn ViewStore>) -> String {
+    let stop = CancellationToken::new();
+    let projector = Projector::new(Arc::clone(log), Arc::clone(views), Arc::new(LocalDecisions::new()));
+    let task = tokio::spawn(projector.run(stop.clone()));
+    wait_until_caught_up(&**log, &**views).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    views.checksum().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_projection_and_replay_agree_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = Topology {
+        accounts_partitions: 3,
+        rooms_partitions: 4,
+    };
+    let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(&dir.path().join("log"), topo).unwrap());
+    append_all(&*log, commands(3000, topo)).await;
     // A record no schema knows is skipped by both paths alike.
     log.append(Topic::Rooms, b"garbage", Bytes::from_static(b"not avro"))
         .await
         .unwrap();
 
     let live: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("live")).unwrap());
-    let stop = CancellationToken::new();
-    let projector = Projector::new(Arc::clone(&log), Arc::clone(&live), Arc::new(LocalDecisions::new()));
-    let task = tokio::spawn(projector.run(stop.clone()));
-    wait_until_caught_up(&*log, &*live).await;
-    stop.cancel();
-    task.await.unwrap().unwrap();
-    let live_sum = live.checksum().await.unwrap();
+    let live_sum = project_live(&log, &live).await;
     // A second live projection of the same log agrees.
     let live2: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("live2")).unwrap());
-    let stop = CancellationToken::new();
-    let projector = Projector::new(Arc::clone(&log), Arc::clone(&live2), Arc::new(LocalDecisions::new()));
-    let task = tokio::spawn(projector.run(stop.clone()));
-    wait_until_caught_up(&*log, &*live2).await;
-    stop.cancel();
-    task.await.unwrap().unwrap();
-    assert_eq!(live2.checksum().await.unwrap(), live_sum);
+    assert_eq!(project_live(&log, &live2).await, live_sum);
 
     // Tiny bulk-load chunks exercise lookups of already-ingested idempotency keys.
     for (chunk, parallel) in [(1_000_000, 1), (7, 1), (64, 3), (7, 2)] {
@@ -233,24 +238,14 @@ async fn live_and_replay_agree_across_engines() {
         assert_eq!(a, b, "both logs place every record at the same position");
     }
 
-    async fn project(log: &Arc<dyn Log>, views: &Arc<dyn ViewStore>) -> String {
-        let stop = CancellationToken::new();
-        let projector = Projector::new(Arc::clone(log), Arc::clone(views), Arc::new(LocalDecisions::new()));
-        let task = tokio::spawn(projector.run(stop.clone()));
-        wait_until_caught_up(&**log, &**views).await;
-        stop.cancel();
-        task.await.unwrap().unwrap();
-        views.checksum().await.unwrap()
-    }
-
     let reference: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("views")).unwrap());
-    let expected = project(&embedded, &reference).await;
+    let expected = project_live(&embedded, &reference).await;
     let on_redis: Arc<dyn ViewStore> = Arc::new(
         emosation_storage::RedisViewStore::connect(&format!("{}?ns=live", redis.url()))
             .await
             .unwrap(),
     );
-    assert_eq!(project(&kafka, &on_redis).await, expected, "Kafka → Redis, live");
+    assert_eq!(project_live(&kafka, &on_redis).await, expected, "Kafka → Redis, live");
     let replayed: Arc<dyn ViewStore> = Arc::new(
         emosation_storage::RedisViewStore::connect(&format!("{}?ns=replay", redis.url()))
             .await
@@ -335,16 +330,7 @@ async fn replay_never_stops_short_when_the_log_is_slow_to_answer() {
         rooms_partitions: 2,
     };
     let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(&dir.path().join("log"), topo).unwrap());
-    for r in commands(500, topo) {
-        let key = r.key();
-        log.append(
-            r.topic(),
-            key.as_bytes(),
-            Bytes::from(emosation_schemas::encode(&r).unwrap()),
-        )
-        .await
-        .unwrap();
-    }
+    append_all(&*log, commands(500, topo)).await;
     let direct: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("a")).unwrap());
     replay_with(
         Arc::clone(&log),
