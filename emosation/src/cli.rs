@@ -293,6 +293,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
+    // One service alone only makes sense beside the others, on a log they share.
+    anyhow::ensure!(
+        roles == Roles::ALL || args.engines.log.as_deref().is_some_and(|l| l.starts_with("kafka://")),
+        "a service alone needs the log the other services share: give --log kafka://HOST:PORT \
+         (or run `emosation serve` for every service in one process)"
+    );
     let roles = Roles {
         // `serve --analyzer false` leaves the analyzer to its own process.
         analyzer: roles.analyzer && (args.analyzer || roles != Roles::ALL),
