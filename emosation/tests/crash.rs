@@ -44,16 +44,7 @@ async fn spawn_server(dir: &Path, port: u16) -> (Child, Api) {
             .unwrap(),
         base: format!("http://127.0.0.1:{port}"),
     };
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = api.http.get(format!("{}/healthz", api.base)).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_healthy(&api.base, Duration::from_secs(30)).await;
     (child, api)
 }
 

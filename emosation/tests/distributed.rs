@@ -57,17 +57,7 @@ impl Cluster {
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            if let Ok(r) = http.get(format!("{base}/healthz")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "{service} did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::wait_healthy(&base, Duration::from_secs(60)).await;
         Proc { child, base }
     }
 

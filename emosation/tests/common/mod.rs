@@ -231,3 +231,19 @@ impl Api {
         }
     }
 }
+
+/// Waits until the server at `base` answers `/healthz` (a spawned process
+/// coming up), failing the test after `within`.
+pub async fn wait_healthy(base: &str, within: Duration) {
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(started.elapsed() < within, "{base} did not come up within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
