@@ -126,6 +126,9 @@ pub struct KafkaLog {
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     /// Last known high watermark of each partition (for lag).
     high: HashMap<(Topic, u32), AtomicI64>,
+    /// Topic names with the URL's prefix, by `Topic` (built once: every
+    /// append and fetch names its topic).
+    names: HashMap<Topic, String>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -221,7 +224,9 @@ impl KafkaLog {
             .flat_map(|t| (0..actual.partitions(*t)).map(move |p| ((*t, p), AtomicI64::new(-1))))
             .collect();
         info!(brokers = %url.brokers, prefix = %url.prefix, topology = ?actual, "kafka log connected");
+        let names = Topic::ALL.iter().map(|t| (*t, url.topic_name(*t))).collect();
         Ok(KafkaLog {
+            names,
             url,
             topology: actual,
             producer,
@@ -229,6 +234,10 @@ impl KafkaLog {
             groups: Mutex::new(HashMap::new()),
             high,
         })
+    }
+
+    fn name(&self, topic: Topic) -> &str {
+        &self.names[&topic]
     }
 
     fn check(&self, topic: Topic, partition: u32) -> Result<(), LogError> {
@@ -266,12 +275,8 @@ impl KafkaLog {
 
     fn position(&self, reader: &mut Reader, topic: Topic, partition: u32, from: u64) -> Result<(), LogError> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(
-            &self.url.topic_name(topic),
-            partition as i32,
-            Offset::Offset(from as i64),
-        )
-        .map_err(kafka_err)?;
+        tpl.add_partition_offset(self.name(topic), partition as i32, Offset::Offset(from as i64))
+            .map_err(kafka_err)?;
         reader.consumer.assign(&tpl).map_err(kafka_err)?;
         reader.next = from;
         Ok(())
@@ -364,8 +369,7 @@ impl Log for KafkaLog {
 
     async fn append(&self, topic: Topic, key: &[u8], value: Bytes) -> Result<LogPosition, LogError> {
         let partition = partition_for(key, self.topology.partitions(topic));
-        let name = self.url.topic_name(topic);
-        let record = FutureRecord::to(&name)
+        let record = FutureRecord::to(self.name(topic))
             .key(key)
             .payload(value.as_ref())
             .partition(partition as i32);
@@ -466,7 +470,7 @@ impl Log for KafkaLog {
     async fn end_offset(&self, topic: Topic, partition: u32) -> Result<u64, LogError> {
         self.check(topic, partition)?;
         let client = self.producer.clone();
-        let name = self.url.topic_name(topic);
+        let name = self.name(topic).to_owned();
         let (_, high) = tokio::task::spawn_blocking(move || {
             client.client().fetch_watermarks(&name, partition as i32, ADMIN_TIMEOUT)
         })
@@ -480,9 +484,9 @@ impl Log for KafkaLog {
     async fn commit(&self, group: &str, topic: Topic, partition: u32, next_offset: u64) -> Result<(), LogError> {
         self.check(topic, partition)?;
         let client = self.group_client(group)?;
-        let name = self.url.topic_name(topic);
+        let name = self.name(topic);
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&name, partition as i32, Offset::Offset(next_offset as i64))
+        tpl.add_partition_offset(name, partition as i32, Offset::Offset(next_offset as i64))
             .map_err(kafka_err)?;
         tokio::task::spawn_blocking(move || client.commit(&tpl, CommitMode::Sync))
             .await
@@ -504,15 +508,15 @@ impl Log for KafkaLog {
     async fn committed(&self, group: &str, topic: Topic, partition: u32) -> Result<Option<u64>, LogError> {
         self.check(topic, partition)?;
         let client = self.group_client(group)?;
-        let name = self.url.topic_name(topic);
+        let name = self.name(topic);
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&name, partition as i32);
+        tpl.add_partition(name, partition as i32);
         let got = tokio::task::spawn_blocking(move || client.committed_offsets(tpl, GROUP_TIMEOUT))
             .await
             .map_err(kafka_err)?
             .map_err(kafka_err)?;
         let offset = got
-            .find_partition(&name, partition as i32)
+            .find_partition(name, partition as i32)
             .map(|e| e.offset())
             .unwrap_or(Offset::Invalid);
         Ok(match offset {
