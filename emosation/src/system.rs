@@ -200,22 +200,26 @@ impl Server {
             .engines
             .store
             .as_deref()
-            .is_some_and(|s| s.contains("://") && !s.starts_with("embedded://"));
-        let redis_cache = cfg.engines.cache.as_deref().is_some_and(|c| c.starts_with("redis://"));
+            .is_some_and(emosation_storage::is_shared_view_store);
         let run_projector = roles.projector || (roles.reads_views() && !shared_views);
         // Decisions cross processes (Redis pub/sub) when the views are shared
         // and Redis is there; a process with its own projector over its own
         // views needs nothing but itself.
-        let decisions: Arc<dyn Decisions> = match (shared_views && redis_cache, cfg.engines.cache.as_deref()) {
-            (true, Some(url)) => Arc::new(
+        let decisions_url = cfg
+            .engines
+            .cache
+            .as_deref()
+            .filter(|c| shared_views && c.starts_with("redis://"));
+        let decisions: Arc<dyn Decisions> = match decisions_url {
+            Some(url) => Arc::new(
                 emosation_storage::RedisDecisions::connect(url)
                     .await
                     .context("subscribe to decisions")?,
             ),
-            _ => Arc::new(LocalDecisions::new()),
+            None => Arc::new(LocalDecisions::new()),
         };
         anyhow::ensure!(
-            run_projector || !(roles.ingest || roles.fanout) || (shared_views && redis_cache),
+            run_projector || !(roles.ingest || roles.fanout) || decisions_url.is_some(),
             "ingest and fan-out on a shared view store learn the projector's decisions through Redis: \
              give --cache redis://…, or run them with the projector (`serve`), or on embedded views"
         );

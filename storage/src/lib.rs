@@ -96,6 +96,12 @@ pub async fn open_presence(url: Option<&str>) -> Result<Arc<dyn Presence>, OpenE
     }
 }
 
+/// Whether the view store at `url` is shared by processes (`redis://`,
+/// `scylla://`) rather than private to one (`embedded://`, a bare path).
+pub fn is_shared_view_store(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("scylla://")
+}
+
 /// Opens the view store named by `url`: `embedded://PATH` (or a bare path)
 /// `redis://HOST:PORT` (see [`redis_views`]) or `scylla://HOST:PORT,…`
 /// (see [`scylla_views`]).
