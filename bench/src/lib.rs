@@ -17,6 +17,17 @@ use emosation_core::record::{MemberJoined, MessagePosted, RoomCreated, UserSigne
 use reqwest::Client;
 use serde_json::{Value, json};
 
+/// Runs the benchmark process as the server runs by default: without
+/// transparent huge pages (see `emosation_storage::process`), unless
+/// `EMOSATION_TRANSPARENT_HUGE_PAGES=true`.
+pub fn like_the_server() {
+    if !env("EMOSATION_TRANSPARENT_HUGE_PAGES", false)
+        && let Err(e) = emosation_storage::process::disable_transparent_huge_pages()
+    {
+        eprintln!("could not opt out of transparent huge pages: {e}");
+    }
+}
+
 /// A benchmark knob from the environment, or its default.
 pub fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -42,6 +53,19 @@ pub fn percentiles(mut us: Vec<u64>) -> Value {
     us.sort_unstable();
     let p = |q: f64| us[((us.len() as f64 * q) as usize).min(us.len() - 1)];
     json!({"p50_us": p(0.50), "p90_us": p(0.90), "p99_us": p(0.99), "p999_us": p(0.999), "max_us": us[us.len() - 1], "n": us.len()})
+}
+
+/// CPU time (user + system) a process has used, in microseconds.
+pub fn cpu_us(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks * 10_000 // USER_HZ = 100
 }
 
 pub fn id(n: u64) -> String {

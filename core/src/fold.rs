@@ -110,6 +110,34 @@ pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
     }
 }
 
+/// The write-once keys ([`ViewKey::is_write_once`]) among [`keys_read_by`],
+/// built without the others: replay keeps mutable entities in memory and
+/// looks up only these.
+pub fn write_once_keys_read_by(record: &Record) -> Vec<ViewKey> {
+    match record {
+        Record::MessagePosted(r) => vec![ViewKey::ClientMsg {
+            room_id: r.room_id.clone(),
+            user_id: r.author_id.clone(),
+            client_msg_id: r.client_msg_id.clone(),
+        }],
+        Record::EmotionRecorded(r) => vec![
+            ViewKey::Message {
+                room_id: r.room_id.clone(),
+                message_id: r.message_id.clone(),
+            },
+            ViewKey::Emotion {
+                room_id: r.room_id.clone(),
+                message_id: r.message_id.clone(),
+            },
+        ],
+        Record::ReadMarkerSet(r) => vec![ViewKey::Message {
+            room_id: r.room_id.clone(),
+            message_id: r.message_id.clone(),
+        }],
+        _ => vec![],
+    }
+}
+
 fn account_keys(username: &str, user_id: &str) -> Vec<ViewKey> {
     vec![
         ViewKey::Username(normalize_username(username)),
@@ -653,6 +681,15 @@ mod tests {
             }
             prop_assert_eq!(store, expected);
             prop_assert_eq!(outcomes, expected_outcomes);
+        }
+
+        /// `write_once_keys_read_by` is exactly the write-once part of `keys_read_by`.
+        #[test]
+        fn write_once_keys_are_the_write_once_part(records in proptest::collection::vec(arb_record(), 0..60)) {
+            for r in &records {
+                let want: Vec<ViewKey> = keys_read_by(r).into_iter().filter(ViewKey::is_write_once).collect();
+                prop_assert_eq!(write_once_keys_read_by(r), want);
+            }
         }
 
         /// Capacity holds whatever the order: a room never has more members than it admits.

@@ -11,11 +11,13 @@
 //! - [`ids`]: log positions, message ids and cursors, topic names, the partitioner.
 //! - [`record`]: the commands as they are stored on the log (one Avro schema each).
 //! - [`view`]: view entities and their keys; [`view::MemState`], a whole state in memory.
+//! - [`bulk`]: write-once entities encoded for a bulk load.
 //! - [`fold`]: `fold(state, position, record) -> outcome`, and the keys a record reads.
 //! - [`emotion`]: emotion labels and classifications.
 //! - [`ports`]: the log, view-store, decisions and classifier contracts.
 //! - [`time`]: RFC 3339 formatting of record timestamps.
 
+pub mod bulk;
 pub mod emotion;
 pub mod fold;
 pub mod ids;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::bulk::BulkRows;
 use crate::ids::{LogPosition, Topic, Topology};
 use crate::view::{ActivityView, MemberView, MessageView, RoomView, SessionView, UserView, ViewKey, ViewValue};
 
@@ -160,11 +161,10 @@ pub trait ViewStore: Send + Sync + 'static {
 
     /// Bulk-loads entities during a rebuild, bypassing the write path of
     /// `apply`. Only for keys that are written once and never deleted
-    /// ([`ViewKey::is_write_once`]) and not already present; keys may come in
-    /// any order. Not atomic with positions: callers bracket a rebuild with
-    /// [`ViewStore::set_rebuilding`].
-    /// Values come boxed: bulk loads move hundreds of thousands of them.
-    async fn ingest(&self, entries: Vec<(ViewKey, Box<ViewValue>)>) -> Result<(), StoreError>;
+    /// ([`ViewKey::is_write_once`]; [`BulkRows`] takes no others) and not
+    /// already present; rows may come in any order. Not atomic with positions:
+    /// callers bracket a rebuild with [`ViewStore::set_rebuilding`].
+    async fn ingest(&self, rows: BulkRows) -> Result<(), StoreError>;
 
     /// Marks `consumer`'s views as mid-rebuild (or no longer). Views marked
     /// so are incomplete: a projector must refuse to resume them.

@@ -239,29 +239,76 @@ impl ViewKey {
     /// component can vary in length and
     /// prefixes (`room_id\0`) select one room's members or messages in id order.
     pub fn encode(&self) -> Vec<u8> {
-        fn join(parts: &[&str]) -> Vec<u8> {
-            let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+        let mut out = Vec::with_capacity(48);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`ViewKey::encode`], appended to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        fn join(out: &mut Vec<u8>, parts: &[&str]) {
             for (i, p) in parts.iter().enumerate() {
                 if i > 0 {
                     out.push(0);
                 }
                 out.extend_from_slice(p.as_bytes());
             }
-            out
         }
         match self {
-            ViewKey::User(id) | ViewKey::Username(id) | ViewKey::Room(id) => id.as_bytes().to_vec(),
-            ViewKey::Session { username, session_id } => join(&[username, session_id]),
-            ViewKey::Member { room_id, user_id } => join(&[room_id, user_id]),
-            ViewKey::RoomEvent { room_id, position } => join(&[room_id, position]),
-            ViewKey::Emotion { room_id, message_id } => join(&[room_id, message_id]),
-            ViewKey::Message { room_id, message_id } => join(&[room_id, message_id]),
-            ViewKey::Activity { room_id, hour } => join(&[room_id, &hour_field(*hour)]),
+            ViewKey::User(id) | ViewKey::Username(id) | ViewKey::Room(id) => out.extend_from_slice(id.as_bytes()),
+            ViewKey::Session { username, session_id } => join(out, &[username, session_id]),
+            ViewKey::Member { room_id, user_id } => join(out, &[room_id, user_id]),
+            ViewKey::RoomEvent { room_id, position } => join(out, &[room_id, position]),
+            ViewKey::Emotion { room_id, message_id } => join(out, &[room_id, message_id]),
+            ViewKey::Message { room_id, message_id } => join(out, &[room_id, message_id]),
+            ViewKey::Activity { room_id, hour } => join(out, &[room_id, &hour_field(*hour)]),
             ViewKey::ClientMsg {
                 room_id,
                 user_id,
                 client_msg_id,
-            } => join(&[room_id, user_id, client_msg_id]),
+            } => join(out, &[room_id, user_id, client_msg_id]),
+        }
+    }
+
+    /// The index of [`ViewKey::table`] in [`TABLES`].
+    pub fn table_index(&self) -> usize {
+        match self {
+            ViewKey::User(_) => 0,
+            ViewKey::Username(_) => 1,
+            ViewKey::Room(_) => 2,
+            ViewKey::Member { .. } => 3,
+            ViewKey::Message { .. } => 4,
+            ViewKey::ClientMsg { .. } => 5,
+            ViewKey::Session { .. } => 6,
+            ViewKey::RoomEvent { .. } => 7,
+            ViewKey::Emotion { .. } => 8,
+            ViewKey::Activity { .. } => 9,
+        }
+    }
+
+    /// The key of a write-once entity from its table and canonical bytes (the
+    /// inverse of [`ViewKey::encode`] for [`ViewKey::is_write_once`] keys);
+    /// `None` for other tables or bytes that are not such a key.
+    pub fn decode_write_once(table: &str, bytes: &[u8]) -> Option<ViewKey> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let two = || {
+            let (a, b) = text.split_once('\0')?;
+            Some((a.to_owned(), b.to_owned()))
+        };
+        match table {
+            "messages" => two().map(|(room_id, message_id)| ViewKey::Message { room_id, message_id }),
+            "emotions" => two().map(|(room_id, message_id)| ViewKey::Emotion { room_id, message_id }),
+            "room_events" => two().map(|(room_id, position)| ViewKey::RoomEvent { room_id, position }),
+            "client_msgs" => {
+                let mut parts = text.splitn(3, '\0');
+                let (room_id, user_id, client_msg_id) = (parts.next()?, parts.next()?, parts.next()?);
+                Some(ViewKey::ClientMsg {
+                    room_id: room_id.to_owned(),
+                    user_id: user_id.to_owned(),
+                    client_msg_id: client_msg_id.to_owned(),
+                })
+            }
+            _ => None,
         }
     }
 }
@@ -286,6 +333,28 @@ pub enum ViewValue {
     RoomEvent(RoomEventView),
     Emotion(EmotionView),
     Activity(ActivityView),
+}
+
+impl ViewValue {
+    /// The value's stored bytes (postcard), the same in every adapter.
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_allocvec(self)
+    }
+
+    /// [`ViewValue::encode`], appended to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+        struct Append<'a>(&'a mut Vec<u8>);
+        impl Extend<u8> for Append<'_> {
+            fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+                self.0.extend(bytes);
+            }
+        }
+        postcard::to_extend(self, Append(out)).map(|_| ())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ViewValue, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
 }
 
 /// The state the fold reads and writes. The projector's implementation is an

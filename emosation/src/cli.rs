@@ -23,6 +23,11 @@ use crate::system::{Engines, Roles, ServeConfig, Server};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Let the kernel back this process's memory with transparent huge pages.
+    /// Off by default: a huge-page fault zeroes (and may first compact) 2 MiB
+    /// synchronously, which slows replay and adds latency spikes.
+    #[arg(long, global = true, env = "EMOSATION_TRANSPARENT_HUGE_PAGES")]
+    pub transparent_huge_pages: bool,
 }
 
 #[derive(Debug, Subcommand)]

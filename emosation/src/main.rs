@@ -9,6 +9,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let cli = emosation::cli::Cli::parse();
     emosation::cli::init_tracing();
+    if !cli.transparent_huge_pages
+        && let Err(e) = emosation_storage::process::disable_transparent_huge_pages()
+    {
+        tracing::warn!("could not opt out of transparent huge pages: {e}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(emosation::cli::run(cli))
 }

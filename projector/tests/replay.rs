@@ -174,11 +174,13 @@ async fn live_projection_and_replay_agree_byte_for_byte() {
     assert_eq!(project_live(&log, &live2).await, live_sum);
 
     // Tiny bulk-load chunks exercise lookups of already-ingested idempotency keys.
-    for (chunk, parallel) in [(1_000_000, 1), (7, 1), (64, 3), (7, 2)] {
+    // Tiny shared buffers load finished partitions' rows in several runs.
+    for (chunk, buffer, parallel) in [(1_000_000, 1 << 30, 1), (7, 1, 1), (64, 300, 3), (7, 1 << 30, 2)] {
         let rebuilt: Arc<dyn ViewStore> =
             Arc::new(EmbeddedViewStore::open(&dir.path().join(format!("replay-{chunk}"))).unwrap());
         let options = ReplayOptions {
             ingest_chunk: chunk,
+            ingest_buffer: buffer,
             parallel,
         };
         let stats = replay_with(Arc::clone(&log), Arc::clone(&rebuilt), Arc::new(|_, _| {}), options)

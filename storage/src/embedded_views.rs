@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
+use emosation_core::bulk::BulkRows;
 use emosation_core::ids::Topic;
 use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
 use emosation_core::view::{
@@ -396,29 +397,30 @@ impl ViewStore for EmbeddedViewStore {
         b.commit().map_err(storage)
     }
 
-    async fn ingest(&self, entries: Vec<(ViewKey, Box<ViewValue>)>) -> Result<(), StoreError> {
-        let mut per_table: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); TABLES.len()];
-        for (key, value) in entries {
-            if !key.is_write_once() {
-                return Err(storage(format!("ingest of a mutable entity {key:?}")));
-            }
-            per_table[table_index(key.table())].push((key.encode(), postcard::to_allocvec(&*value).map_err(storage)?));
-        }
+    async fn ingest(&self, rows: BulkRows) -> Result<(), StoreError> {
+        // Each table's rows become one sorted run (an LSM ingestion), written
+        // straight from the rows' encoded bytes; tables load in parallel.
+        let sorted = rows.sorted();
         let _one_at_a_time = self.ingesting.lock().expect("ingest lock");
         let h = self.handles();
-        for (rows, ks) in per_table.iter_mut().zip(&h.tables) {
-            if rows.is_empty() {
-                continue;
-            }
-            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            rows.dedup_by(|a, b| a.0 == b.0);
+        let load = |order: &[u32], ks: &Keyspace| -> Result<(), StoreError> {
             let mut ingestion = ks.start_ingestion().map_err(storage)?;
-            for (k, v) in rows.drain(..) {
-                ingestion.write(k, v).map_err(storage)?;
+            for &i in order {
+                ingestion.write(rows.key(i), rows.value(i)).map_err(storage)?;
             }
-            ingestion.finish().map_err(storage)?;
-        }
-        Ok(())
+            ingestion.finish().map_err(storage)
+        };
+        std::thread::scope(|scope| {
+            let loads: Vec<_> = sorted
+                .iter()
+                .zip(&h.tables)
+                .filter(|(order, _)| !order.is_empty())
+                .map(|(order, ks)| scope.spawn(|| load(order, ks)))
+                .collect();
+            loads
+                .into_iter()
+                .try_for_each(|l| l.join().unwrap_or_else(|_| Err(storage("a bulk load thread panicked"))))
+        })
     }
 
     async fn set_rebuilding(&self, consumer: &str, on: bool) -> Result<(), StoreError> {

@@ -39,6 +39,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use emosation_core::bulk::BulkRows;
 use emosation_core::ids::Topic;
 use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
 use emosation_core::view::ACTIVITY_VIEWS;
@@ -548,19 +549,20 @@ impl ViewStore for RedisViewStore {
         Ok(())
     }
 
-    async fn ingest(&self, entries: Vec<(ViewKey, Box<ViewValue>)>) -> Result<(), StoreError> {
-        for chunk in entries.chunks(INGEST_CHUNK) {
+    async fn ingest(&self, rows: BulkRows) -> Result<(), StoreError> {
+        let all: Vec<u32> = (0..rows.len() as u32).collect();
+        for chunk in all.chunks(INGEST_CHUNK) {
             let mut pipe = redis::pipe();
-            for (key, value) in chunk {
-                if !key.is_write_once() {
-                    return Err(storage(format!("ingest of a mutable entity {key:?}")));
-                }
+            for &i in chunk {
+                let table = rows.table(i);
+                let key = ViewKey::decode_write_once(table, rows.key(i))
+                    .ok_or_else(|| storage(format!("bulk row {i} of {table} is not a write-once key")))?;
                 pipe.cmd("HSET")
-                    .arg(self.table_key(key.table()))
-                    .arg(key.encode())
-                    .arg(postcard::to_allocvec(&**value).map_err(storage)?)
+                    .arg(self.table_key(table))
+                    .arg(rows.key(i))
+                    .arg(rows.value(i))
                     .ignore();
-                for (zset, member) in self.indexes(key) {
+                for (zset, member) in self.indexes(&key) {
                     pipe.cmd("ZADD").arg(zset).arg(0).arg(member).ignore();
                 }
             }

@@ -58,6 +58,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use emosation_core::bulk::BulkRows;
 use emosation_core::ids::{Topic, is_id};
 use emosation_core::ports::{StoreError, ViewBatch, ViewStore};
 use emosation_core::view::{
@@ -1100,13 +1101,12 @@ impl ViewStore for ScyllaViewStore {
         self.exec(&self.q.del_generation, (consumer, old)).await
     }
 
-    async fn ingest(&self, entries: Vec<(ViewKey, Box<ViewValue>)>) -> Result<(), StoreError> {
-        let mut changes: Vec<Change> = Vec::with_capacity(entries.len());
-        for (key, value) in entries {
-            if !key.is_write_once() {
-                return Err(storage(format!("ingest of a mutable entity {key:?}")));
-            }
-            changes.push((key, Some(postcard::to_allocvec(&*value).map_err(storage)?)));
+    async fn ingest(&self, rows: BulkRows) -> Result<(), StoreError> {
+        let mut changes: Vec<Change> = Vec::with_capacity(rows.len());
+        for (i, (table, key, value)) in rows.iter().enumerate() {
+            let key = ViewKey::decode_write_once(table, key)
+                .ok_or_else(|| storage(format!("bulk row {i} of {table} is not a write-once key")))?;
+            changes.push((key, Some(value.to_vec())));
         }
         self.materialize(&changes, UNPOSITIONED).await
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use emosation_core::bulk::BulkRows;
 use emosation_core::ids::{Topic, Topology, partition_for};
 use emosation_core::ports::{CORE_VIEWS, ConnRef, Log, LogError, Presence, ViewBatch, ViewStore};
 use emosation_core::view::{
@@ -134,6 +135,15 @@ fn member(room_id: &str, user_id: &str) -> MemberView {
         read_seq: 0,
         last_read_message_id: None,
     }
+}
+
+/// Write-once entities encoded for a bulk load.
+fn bulk(entities: impl IntoIterator<Item = (ViewKey, ViewValue)>) -> BulkRows {
+    let mut rows = BulkRows::new();
+    for (k, v) in entities {
+        rows.push(&k, &v).expect("a write-once entity");
+    }
+    rows
 }
 
 fn message(room_id: &str, seq: u64) -> MessageView {
@@ -449,7 +459,7 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
                     room_id: "r1".into(),
                     message_id: format!("{:016x}", seq),
                 },
-                Box::new(ViewValue::Message(message("r1", seq))),
+                ViewValue::Message(message("r1", seq)),
             )
         })
         .collect();
@@ -459,19 +469,15 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
             user_id: "u1".into(),
             client_msg_id: "c1".into(),
         },
-        Box::new(ViewValue::ClientMsg(format!("{:016x}", 1))),
+        ViewValue::ClientMsg(format!("{:016x}", 1)),
     ));
-    store.ingest(once).await.unwrap();
+    store.ingest(bulk(once)).await.unwrap();
     let page = store.history("r1", None, 50).await.unwrap();
     assert_eq!(page.len(), 50);
     assert_eq!(page.last().unwrap().seq, 60);
     assert!(
-        store
-            .ingest(vec![(
-                ViewKey::Room("r9".into()),
-                Box::new(ViewValue::Room(room("r9", 1, 0)))
-            )])
-            .await
+        BulkRows::new()
+            .push(&ViewKey::Room("r9".into()), &ViewValue::Room(room("r9", 1, 0)))
             .is_err(),
         "mutable entities are never bulk-loaded"
     );
@@ -619,13 +625,13 @@ async fn equal_content_gives_equal_checksums_on_embedded_and_redis() {
     let mut sums = Vec::new();
     for s in &stores {
         s.apply(sample_batch()).await.unwrap();
-        s.ingest(vec![(
+        s.ingest(bulk([(
             ViewKey::Message {
                 room_id: "r2".into(),
                 message_id: "00000000000000a0".into(),
             },
-            Box::new(ViewValue::Message(message("r2", 160))),
-        )])
+            ViewValue::Message(message("r2", 160)),
+        )]))
         .await
         .unwrap();
         s.apply(ViewBatch {
@@ -719,11 +725,11 @@ async fn embedded_views_keep_bulk_loads_made_after_a_clear_across_reopen() {
                         room_id: "r1".into(),
                         message_id: format!("{:016x}", seq),
                     },
-                    Box::new(ViewValue::Message(message("r1", seq))),
+                    ViewValue::Message(message("r1", seq)),
                 )
             })
-            .collect();
-        store.ingest(once).await.unwrap();
+            .collect::<Vec<_>>();
+        store.ingest(bulk(once)).await.unwrap();
         store.checksum().await.unwrap()
     };
     let store = EmbeddedViewStore::open(dir.path()).unwrap();

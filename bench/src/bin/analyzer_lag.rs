@@ -37,6 +37,7 @@ struct Times {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    emosation_bench::like_the_server();
     let rate: u64 = emosation_bench::env("RATE", 1_000);
     let secs: u64 = emosation_bench::env("SECS", 10);
     let rooms: u64 = emosation_bench::env("ROOMS", 64);

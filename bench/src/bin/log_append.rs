@@ -70,6 +70,7 @@ fn report(engine: &str, appenders: u64, (n, secs, lat): (u64, f64, Vec<u64>)) ->
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    emosation_bench::like_the_server();
     let total: u64 = env("N", 1_000_000);
     let appenders: u64 = env("APPENDERS", 4096);
     let side_n: u64 = env("SIDE_N", 200_000);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use emosation_bench::{env, synthetic_log};
+use emosation_bench::{cpu_us, env, synthetic_log};
 use emosation_core::ids::Topology;
 use emosation_core::ports::{Log, ViewStore};
 use emosation_storage::{EmbeddedLog, EmbeddedViewStore, KafkaLog};
@@ -59,8 +59,10 @@ async fn embedded(total: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let log = embedded_log(dir.path(), total).await?;
     let views: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("views"))?);
+    let cpu_before = cpu_us(std::process::id());
     let stats =
         emosation_projector::replay_with(Arc::clone(&log), Arc::clone(&views), Arc::new(|_, _| {}), options()).await?;
+    let cpu_ms = cpu_us(std::process::id()).saturating_sub(cpu_before) / 1000;
     let checksum = views.checksum().await?;
     // A second replay must land on the same digest.
     let again = emosation_projector::replay_with(log, Arc::clone(&views), Arc::new(|_, _| {}), options()).await?;
@@ -68,7 +70,7 @@ async fn embedded(total: u64) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({"bench": "replay", "log": "embedded", "records": stats.records, "seconds": stats.elapsed.as_secs_f64(),
-               "records_per_sec": stats.per_second().round(), "second_run_records_per_sec": again.per_second().round(),
+               "records_per_sec": stats.per_second().round(), "cpu_ms": cpu_ms, "second_run_records_per_sec": again.per_second().round(),
                "target_per_sec": 500_000, "checksum": checksum})
     );
     eprintln!(
@@ -167,6 +169,7 @@ async fn kafka(total: u64) -> anyhow::Result<()> {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    emosation_bench::like_the_server();
     let engines: String = env("ENGINES", "embedded,kafka".to_owned());
     for engine in engines.split(',').filter(|e| !e.is_empty()) {
         match engine {

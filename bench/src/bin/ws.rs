@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use emosation_bench::{ServerProcess, create_room, env, join, percentiles, user};
+use emosation_bench::{ServerProcess, cpu_us, create_room, env, join, percentiles, user};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -302,19 +302,6 @@ mod raw {
         s.write_all(&f).await?;
         Ok(())
     }
-}
-
-/// CPU time (user + system) a process has used, in microseconds.
-fn cpu_us(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 =
-        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks * 10_000 // USER_HZ = 100
 }
 
 fn rss_kb(pid: u32) -> u64 {
