@@ -27,6 +27,9 @@ use tracing::{debug, info, warn};
 
 /// How long a fetch waits for new records at the end of a partition.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// How often a busy partition commits its offset on the log (`Checkpoint::Log`).
+/// A crash redoes at most this much work, which such consumers tolerate.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// First and longest pause after a failed batch.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -35,9 +38,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub enum Checkpoint {
     /// Results go to the log (or anywhere idempotent by log position): the
-    /// runner commits the group's offset on the log after each handled batch,
-    /// and a restart resumes from `Log::committed` (0 the first time). A
-    /// crash between the results and the commit redoes the batch, so results
+    /// runner commits the group's offset on the log after handled batches, at
+    /// most once a second while the partition is busy and as soon as it is
+    /// idle, and a restart resumes from `Log::committed` (0 the first time). A
+    /// crash between the results and the commit redoes up to a second of
+    /// batches, so results
     /// must be idempotent (the analyzer's emotions are keyed by the message's
     /// position, and the fold keeps the first).
     Log,
@@ -216,22 +221,43 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
             "group" => group, "topic" => topic.name(), "partition" => partition.to_string())
         .set(records as f64)
     };
+    // With `Checkpoint::Log`, progress is committed once it has been
+    // waiting `COMMIT_EVERY`, when the runner stops, or when the partition
+    // is idle by then: a busy partition costs the log one small group-commit
+    // write per interval, not one per batch in the messages' path.
+    let log_checkpoint = matches!(checkpoint, Checkpoint::Log);
+    let mut dirty_since: Option<tokio::time::Instant> = None;
     loop {
+        let wait = dirty_since.map_or(FETCH_WAIT, |t| COMMIT_EVERY.saturating_sub(t.elapsed()).min(FETCH_WAIT));
         let entries = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = log.fetch(topic, partition, next, consumer.batch_size(), FETCH_WAIT) => r?,
+            _ = shutdown.cancelled() => {
+                if dirty_since.is_some() {
+                    log.commit(group, topic, partition, next).await?;
+                }
+                return Ok(());
+            }
+            r = log.fetch(topic, partition, next, consumer.batch_size(), wait) => r?,
         };
-        let Some(last) = entries.last().map(|e| e.offset) else {
+        let last = entries.last().map(|e| e.offset);
+        if let Some(last) = last {
+            consumer.handle_batch(topic, partition, &entries).await?;
+            next = last + 1;
+            if log_checkpoint {
+                dirty_since.get_or_insert_with(tokio::time::Instant::now);
+            }
+        }
+        // Only after `handle_batch` is a batch's work durable (with `Views`,
+        // the position was committed in the same batch).
+        if let Some(since) = dirty_since
+            && (last.is_none() || since.elapsed() >= COMMIT_EVERY)
+        {
+            log.commit(group, topic, partition, next).await?;
+            dirty_since = None;
+        }
+        if last.is_none() {
             lag(log.end_offset(topic, partition).await?.saturating_sub(next));
             continue;
-        };
-        consumer.handle_batch(topic, partition, &entries).await?;
-        // Only now is the batch's work durable (with `Views`, the position
-        // was committed in the same batch).
-        if matches!(checkpoint, Checkpoint::Log) {
-            log.commit(group, topic, partition, last + 1).await?;
         }
-        next = last + 1;
         *backoff = BACKOFF_MIN;
         metrics::counter!("emosation_consumer_records_total", "group" => group).increment(entries.len() as u64);
         let end = log.end_offset(topic, partition).await.unwrap_or(next);

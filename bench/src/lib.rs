@@ -55,6 +55,42 @@ pub fn percentiles(mut us: Vec<u64>) -> Value {
     json!({"p50_us": p(0.50), "p90_us": p(0.90), "p99_us": p(0.99), "p999_us": p(0.999), "max_us": us[us.len() - 1], "n": us.len()})
 }
 
+/// Where the server's time went, from its `/metrics`: for each histogram
+/// named, the count and the bucket bounds (µs) below which half and 99% of
+/// the observations fall (upper bounds: the histograms are bucketed).
+pub async fn server_stages(http: &Client, base: &str, names: &[&str]) -> Value {
+    let Ok(text) = async { http.get(format!("{base}/metrics")).send().await?.text().await }.await else {
+        return json!({});
+    };
+    let mut out = serde_json::Map::new();
+    for name in names {
+        let prefix = format!("{name}_bucket{{le=\"");
+        let buckets: Vec<(f64, f64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|l| {
+                let (le, count) = l.split_once("\"} ")?;
+                Some((le.parse().unwrap_or(f64::INFINITY), count.trim().parse().ok()?))
+            })
+            .collect();
+        let Some(&(_, total)) = buckets.last() else { continue };
+        let bound = |q: f64| {
+            buckets.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| {
+                if le.is_finite() {
+                    json!((le * 1e6).round())
+                } else {
+                    json!("inf")
+                }
+            })
+        };
+        out.insert(
+            (*name).to_owned(),
+            json!({"n": total, "p50_le_us": bound(0.5), "p99_le_us": bound(0.99)}),
+        );
+    }
+    Value::Object(out)
+}
+
 /// CPU time (user + system) a process has used, in microseconds.
 pub fn cpu_us(pid: u32) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

@@ -184,10 +184,17 @@ impl Ingest {
         let value = emosation_schemas::encode(&record).map_err(|e| ApiError::internal("encode record", e))?;
         let ticket = self.decisions.expect(request_id);
         let key = record.key();
+        let started = std::time::Instant::now();
         let pos = self.log.append(record.topic(), key.as_bytes(), value.into()).await?;
+        let durable = started.elapsed();
         metrics::counter!("emosation_ingest_commands_total", "kind" => record.kind()).increment(1);
+        metrics::histogram!("emosation_ingest_append_seconds").record(durable.as_secs_f64());
         match tokio::time::timeout(self.cfg.decision_timeout, ticket).await {
-            Ok(Some(decision)) => Ok(decision),
+            Ok(Some(decision)) => {
+                metrics::histogram!("emosation_ingest_decision_seconds")
+                    .record((started.elapsed() - durable).as_secs_f64());
+                Ok(decision)
+            }
             Ok(None) => Err(ApiError::unavailable("the projector stopped before deciding")),
             Err(_) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -69,7 +69,11 @@ pub struct ReplayOptions {
     /// Encoded bytes of finished partitions' write-once rows held before they
     /// are bulk-loaded together (memory traded for fewer overlapping runs).
     pub ingest_buffer: usize,
-    /// Partitions folded at once (default: the number of cores, at most 4).
+    /// Partitions folded at once (default: four per core, 4 to 16). More
+    /// partitions than cores: a partition waiting for its log reads or for a
+    /// bulk load (which runs on blocking threads) leaves its core to another
+    /// partition's fold. Each holds its partition's mutable entities and up
+    /// to `ingest_chunk` write-once rows in memory.
     pub parallel: usize,
 }
 
@@ -79,9 +83,9 @@ impl Default for ReplayOptions {
             ingest_chunk: 1 << 20,
             ingest_buffer: 512 << 20,
             parallel: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-                .min(4),
+                .map(|n| n.get() * 4)
+                .unwrap_or(8)
+                .clamp(4, 16),
         }
     }
 }

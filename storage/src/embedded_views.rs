@@ -33,7 +33,7 @@ pub struct EmbeddedViewStore {
     positions: Keyspace,
     /// Bulk loads run one at a time: concurrent fjall ingestions into one
     /// keyspace can lose tables (seen in replay tests).
-    ingesting: Mutex<()>,
+    ingesting: Arc<Mutex<()>>,
 }
 
 /// The keyspaces of the views (every consumer's tables).
@@ -136,7 +136,7 @@ impl EmbeddedViewStore {
             db,
             handles: RwLock::new(Arc::new(handles)),
             positions,
-            ingesting: Mutex::new(()),
+            ingesting: Arc::new(Mutex::new(())),
         })
     }
 
@@ -400,27 +400,35 @@ impl ViewStore for EmbeddedViewStore {
     async fn ingest(&self, rows: BulkRows) -> Result<(), StoreError> {
         // Each table's rows become one sorted run (an LSM ingestion), written
         // straight from the rows' encoded bytes; tables load in parallel.
-        let sorted = rows.sorted();
-        let _one_at_a_time = self.ingesting.lock().expect("ingest lock");
+        // Sorting and writing runs off the async workers, so a replay keeps
+        // folding other partitions meanwhile.
         let h = self.handles();
-        let load = |order: &[u32], ks: &Keyspace| -> Result<(), StoreError> {
-            let mut ingestion = ks.start_ingestion().map_err(storage)?;
-            for &i in order {
-                ingestion.write(rows.key(i), rows.value(i)).map_err(storage)?;
-            }
-            ingestion.finish().map_err(storage)
+        let gate = Arc::clone(&self.ingesting);
+        let load_all = move || {
+            let sorted = rows.sorted();
+            let _one_at_a_time = gate.lock().expect("ingest lock");
+            let load = |order: &[u32], ks: &Keyspace| -> Result<(), StoreError> {
+                let mut ingestion = ks.start_ingestion().map_err(storage)?;
+                for &i in order {
+                    ingestion.write(rows.key(i), rows.value(i)).map_err(storage)?;
+                }
+                ingestion.finish().map_err(storage)
+            };
+            std::thread::scope(|scope| {
+                let loads: Vec<_> = sorted
+                    .iter()
+                    .zip(&h.tables)
+                    .filter(|(order, _)| !order.is_empty())
+                    .map(|(order, ks)| scope.spawn(|| load(order, ks)))
+                    .collect();
+                loads
+                    .into_iter()
+                    .try_for_each(|l| l.join().unwrap_or_else(|_| Err(storage("a bulk load thread panicked"))))
+            })
         };
-        std::thread::scope(|scope| {
-            let loads: Vec<_> = sorted
-                .iter()
-                .zip(&h.tables)
-                .filter(|(order, _)| !order.is_empty())
-                .map(|(order, ks)| scope.spawn(|| load(order, ks)))
-                .collect();
-            loads
-                .into_iter()
-                .try_for_each(|l| l.join().unwrap_or_else(|_| Err(storage("a bulk load thread panicked"))))
-        })
+        tokio::task::spawn_blocking(load_all)
+            .await
+            .unwrap_or_else(|e| Err(storage(format!("bulk load task: {e}"))))
     }
 
     async fn set_rebuilding(&self, consumer: &str, on: bool) -> Result<(), StoreError> {

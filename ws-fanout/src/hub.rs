@@ -222,13 +222,6 @@ impl Hub {
         }
     }
 
-    fn room_wants(&self, room_id: &str, stream: Stream) -> bool {
-        let st = self.state.lock().expect("hub lock");
-        st.rooms
-            .get(room_id)
-            .is_some_and(|subs| subs.iter().any(|s| s.streams.wants(stream) || s.held.is_some()))
-    }
-
     /// Waits until the projector has applied `offset` of partition `p`.
     async fn applied(&self, p: u32, offset: u64) -> bool {
         loop {
@@ -252,95 +245,75 @@ impl Hub {
         }
     }
 
-    /// What the fold decided about one record, as an event (or nothing).
-    async fn event(&self, p: u32, e: &LogEntry, only_room: Option<&str>) -> Option<Event> {
-        let record = emosation_schemas::decode(&e.value).ok()?;
-        let room_id = match &record {
-            Record::MessagePosted(r) => &r.room_id,
-            Record::MemberJoined(r) => &r.room_id,
-            Record::MemberQuit(r) => &r.room_id,
-            Record::EmotionRecorded(r) => &r.room_id,
-            _ => return None,
-        };
-        let stream = match &record {
-            Record::EmotionRecorded(_) => Stream::Emotion,
-            _ => Stream::Chat,
-        };
-        match only_room {
-            Some(room) if room != room_id => return None,
-            // No view lookups for events nobody on this node wants.
-            None if !self.room_wants(room_id, stream) => return None,
-            _ => {}
-        }
-        let position = LogPosition::new(p, e.offset).to_id();
-        match &record {
-            Record::MessagePosted(r) => {
-                let key = ViewKey::Message {
+    /// The records of `entries` that may become events someone on this node
+    /// wants (or, for a catch-up, events of `only_room`), each with the view
+    /// key that tells what the fold decided about it. Called under the hub
+    /// lock, so that what is wanted cannot change before the tailer's
+    /// position moves past the batch.
+    fn candidates(st: &State, p: u32, records: Vec<(u64, Record)>, only_room: Option<&str>) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        for (offset, record) in records {
+            let (room_id, stream) = match &record {
+                Record::MessagePosted(r) => (&r.room_id, Stream::Chat),
+                Record::MemberJoined(r) => (&r.room_id, Stream::Chat),
+                Record::MemberQuit(r) => (&r.room_id, Stream::Chat),
+                Record::EmotionRecorded(r) => (&r.room_id, Stream::Emotion),
+                _ => continue,
+            };
+            match only_room {
+                Some(room) if room != room_id => continue,
+                // No view lookups for events nobody on this node wants.
+                None if !room_wants(st, room_id, stream) => continue,
+                _ => {}
+            }
+            let position = LogPosition::new(p, offset).to_id();
+            let key = match &record {
+                // A message was accepted iff its entity exists.
+                Record::MessagePosted(r) => ViewKey::Message {
                     room_id: r.room_id.clone(),
                     message_id: position.clone(),
-                };
-                match self.views.load(&[key]).await {
-                    Ok(v) if v.first().is_some_and(Option::is_some) => Some(Event {
-                        offset: e.offset,
-                        room_id: r.room_id.clone(),
-                        stream: Stream::Chat,
-                        frame: frames::message(r, &position),
-                        left: None,
-                    }),
-                    Ok(_) => None,
-                    Err(err) => {
-                        warn!(error = %err, "fan-out view lookup");
-                        None
-                    }
-                }
-            }
-            Record::EmotionRecorded(r) => {
-                // Delivered iff this record is the emotion the fold kept.
-                let key = ViewKey::Emotion {
+                },
+                // An emotion is delivered iff it is the one the fold kept.
+                Record::EmotionRecorded(r) => ViewKey::Emotion {
                     room_id: r.room_id.clone(),
                     message_id: r.message_id.clone(),
-                };
-                match self.views.load(&[key]).await {
-                    Ok(mut v) => match v.pop().flatten() {
-                        Some(ViewValue::Emotion(em)) if em.position == position => Some(Event {
-                            offset: e.offset,
-                            room_id: em.room_id.clone(),
-                            stream: Stream::Emotion,
-                            frame: frames::emotion(&em),
-                            left: None,
-                        }),
-                        _ => None,
-                    },
-                    Err(err) => {
-                        warn!(error = %err, "fan-out view lookup");
-                        None
-                    }
-                }
-            }
-            Record::MemberJoined(_) | Record::MemberQuit(_) => {
-                let key = ViewKey::RoomEvent {
+                },
+                // A membership change iff its room event exists.
+                _ => ViewKey::RoomEvent {
                     room_id: room_id.clone(),
                     position: position.clone(),
-                };
-                match self.views.load(&[key]).await {
-                    Ok(mut v) => match v.pop().flatten() {
-                        Some(ViewValue::RoomEvent(ev)) => Some(Event {
-                            offset: e.offset,
-                            room_id: ev.room_id.clone(),
-                            stream: Stream::Chat,
-                            frame: frames::membership(&ev, &position),
-                            left: (!ev.joined).then(|| ev.user_id.clone()),
-                        }),
-                        _ => None,
-                    },
-                    Err(err) => {
-                        warn!(error = %err, "fan-out view lookup");
-                        None
-                    }
-                }
-            }
-            _ => None,
+                },
+            };
+            out.push(Candidate {
+                offset,
+                record,
+                position,
+                key,
+            });
         }
+        out
+    }
+
+    /// What the fold decided about candidates, as events in log order: one
+    /// view lookup for the whole batch. A failed lookup yields no events
+    /// (logged), like records the fold refused.
+    async fn decide(&self, candidates: Vec<Candidate>) -> Vec<Event> {
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<ViewKey> = candidates.iter().map(|c| c.key.clone()).collect();
+        let values = match self.views.load(&keys).await {
+            Ok(v) => v,
+            Err(err) => {
+                warn!(error = %err, "fan-out view lookup");
+                return Vec::new();
+            }
+        };
+        candidates
+            .into_iter()
+            .zip(values)
+            .filter_map(|(c, v)| c.decided(v))
+            .collect()
     }
 
     /// Reads a partition from `next` on, delivering to live subscribers,
@@ -359,27 +332,53 @@ impl Hub {
                     }
                 },
             };
-            for e in &entries {
-                if !self.applied(p, e.offset).await {
+            let read_at = std::time::Instant::now();
+            let Some(last) = entries.last().map(|e| e.offset) else {
+                if self.stop_if_unwanted(p) {
                     return;
                 }
-                let event = self.event(p, e, None).await;
+                continue;
+            };
+            // The projector applies in order: once the batch's last record
+            // is applied, all of it is.
+            if !self.applied(p, last).await {
+                return;
+            }
+            let records = decode(&entries);
+            let candidates = {
+                // A subscription from now on starts after this batch (it
+                // reads the batch from the log if it resumes before it).
                 let mut st = self.state.lock().expect("hub lock");
-                st.tailers.insert(p, e.offset + 1);
-                if let Some(ev) = event {
+                st.tailers.insert(p, last + 1);
+                Self::candidates(&st, p, records, None)
+            };
+            let events = self.decide(candidates).await;
+            if !events.is_empty() {
+                let mut st = self.state.lock().expect("hub lock");
+                for ev in events {
                     deliver(&mut st, ev);
                 }
-                next = e.offset + 1;
+                drop(st);
+                metrics::histogram!("emosation_fanout_read_to_queued_seconds").record(read_at.elapsed().as_secs_f64());
             }
-            // Stop when the partition has no subscribed room left; the next
-            // subscription starts a new tailer from the log's end.
-            let mut st = self.state.lock().expect("hub lock");
-            if !st.rooms.keys().any(|r| self.partition_of(r) == p) {
-                st.tailers.remove(&p);
-                debug!(partition = p, "fan-out tailer stops: no subscribers");
+            next = last + 1;
+            if self.stop_if_unwanted(p) {
                 return;
             }
         }
+    }
+
+    /// Stops partition `p`'s tailer (returns true) when none of its rooms
+    /// has a subscriber left; the next subscription starts a new tailer from
+    /// the log's end.
+    fn stop_if_unwanted(&self, p: u32) -> bool {
+        let mut st = self.state.lock().expect("hub lock");
+        if st.rooms.keys().any(|r| self.partition_of(r) == p) {
+            return false;
+        }
+        st.tailers.remove(&p);
+        debug!(partition = p, "fan-out tailer stops: no subscribers");
+        true
     }
 
     /// Delivers the room's events in `[from, to)` from the log to one
@@ -397,19 +396,24 @@ impl Hub {
                     return;
                 }
             };
-            for e in entries.iter().take_while(|e| e.offset < to) {
-                if !self.applied(p, e.offset).await {
-                    return;
-                }
-                if let Some(ev) = self.event(p, e, Some(&room)).await
-                    && self.wants(sub_id, &room, ev.stream)
-                    && !conn.push_waiting(ev.frame).await
-                {
-                    return;
-                }
-                last = e.offset;
-                next = e.offset + 1;
+            let batch: Vec<LogEntry> = entries.iter().take_while(|e| e.offset < to).cloned().collect();
+            let Some(batch_last) = batch.last().map(|e| e.offset) else {
+                break;
+            };
+            if !self.applied(p, batch_last).await {
+                return;
             }
+            let candidates = {
+                let st = self.state.lock().expect("hub lock");
+                Self::candidates(&st, p, decode(&batch), Some(&room))
+            };
+            for ev in self.decide(candidates).await {
+                if self.wants(sub_id, &room, ev.stream) && !conn.push_waiting(ev.frame).await {
+                    return;
+                }
+            }
+            last = batch_last;
+            next = batch_last + 1;
             if entries.last().is_some_and(|e| e.offset + 1 >= to) {
                 break;
             }
@@ -438,6 +442,69 @@ impl Hub {
             .get(room)
             .and_then(|subs| subs.iter().find(|s| s.id == sub_id))
             .is_some_and(|s| s.streams.wants(stream))
+    }
+}
+
+/// The entries' records with their offsets (undecodable ones skipped, as
+/// the fold skips them).
+fn decode(entries: &[LogEntry]) -> Vec<(u64, Record)> {
+    entries
+        .iter()
+        .filter_map(|e| emosation_schemas::decode(&e.value).ok().map(|r| (e.offset, r)))
+        .collect()
+}
+
+/// Whether a subscriber of `room_id` on this node wants `stream` (or is
+/// catching up, and so may).
+fn room_wants(st: &State, room_id: &str, stream: Stream) -> bool {
+    st.rooms
+        .get(room_id)
+        .is_some_and(|subs| subs.iter().any(|s| s.streams.wants(stream) || s.held.is_some()))
+}
+
+/// A record that may be an event, before the views say what the fold decided.
+struct Candidate {
+    offset: u64,
+    record: Record,
+    /// The record's log position as an id (a message's id, an event's cursor).
+    position: String,
+    /// The entity whose presence tells the fold's decision.
+    key: ViewKey,
+}
+
+impl Candidate {
+    /// The event, given the value of `key` in the views.
+    fn decided(self, value: Option<ViewValue>) -> Option<Event> {
+        let Candidate {
+            offset,
+            record,
+            position,
+            ..
+        } = self;
+        match (record, value) {
+            (Record::MessagePosted(r), Some(_)) => Some(Event {
+                offset,
+                frame: frames::message(&r, &position),
+                room_id: r.room_id,
+                stream: Stream::Chat,
+                left: None,
+            }),
+            (Record::EmotionRecorded(_), Some(ViewValue::Emotion(em))) if em.position == position => Some(Event {
+                offset,
+                frame: frames::emotion(&em),
+                room_id: em.room_id,
+                stream: Stream::Emotion,
+                left: None,
+            }),
+            (Record::MemberJoined(_) | Record::MemberQuit(_), Some(ViewValue::RoomEvent(ev))) => Some(Event {
+                offset,
+                frame: frames::membership(&ev, &position),
+                left: (!ev.joined).then(|| ev.user_id.clone()),
+                room_id: ev.room_id,
+                stream: Stream::Chat,
+            }),
+            _ => None,
+        }
     }
 }
 

@@ -136,8 +136,9 @@ async fn send_load(
     senders: usize,
     rate: u64,
     secs: u64,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Vec<u64>)> {
     let acked = Arc::new(AtomicU64::new(0));
+    let ack_latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let per_sender = rate as f64 / senders as f64;
     let interval = Duration::from_secs_f64(1.0 / per_sender);
     let total_per_sender = (per_sender * secs as f64) as u64;
@@ -145,7 +146,7 @@ async fn send_load(
     for s in 0..senders {
         let ws = connect(&bases[s % bases.len()], token).await?;
         let (mut tx, mut rx) = ws.split();
-        let acked = Arc::clone(&acked);
+        let (acked, ack_latencies) = (Arc::clone(&acked), Arc::clone(&ack_latencies));
         let rooms = rooms.to_vec();
         let acks = tokio::spawn(async move {
             let mut n = 0;
@@ -154,6 +155,9 @@ async fn send_load(
                     Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"ack\"") => {
                         n += 1;
                         acked.fetch_add(1, Ordering::Relaxed);
+                        if let Some(at) = acked_send_time(t.as_str()) {
+                            ack_latencies.lock().unwrap().push(now_us().saturating_sub(at));
+                        }
                     }
                     Ok(Some(Ok(_))) => {}
                     _ => break,
@@ -165,7 +169,8 @@ async fn send_load(
             for i in 0..total_per_sender {
                 tokio::time::sleep_until((start + interval.mul_f64(i as f64)).into()).await;
                 let room = &rooms[(i as usize * senders + s) % rooms.len()];
-                let f = json!({"type": "send", "room_id": room, "client_msg_id": format!("s{s}-{i}"), "text": format!("t={} hello", now_us())});
+                let now = now_us();
+                let f = json!({"type": "send", "room_id": room, "client_msg_id": format!("s{s}-{i}-t{now}"), "text": format!("t={now} hello")});
                 if tx.send(Message::text(f.to_string())).await.is_err() {
                     break;
                 }
@@ -176,7 +181,16 @@ async fn send_load(
     for t in tasks {
         t.await?;
     }
-    Ok(acked.load(Ordering::Relaxed))
+    let latencies = std::mem::take(&mut *ack_latencies.lock().unwrap());
+    Ok((acked.load(Ordering::Relaxed), latencies))
+}
+
+/// The send time carried in an ack's `client_msg_id` (`s<sender>-<n>-t<micros>`).
+fn acked_send_time(frame: &str) -> Option<u64> {
+    let i = frame.find("\"client_msg_id\":\"")? + 17;
+    let id = &frame[i..];
+    let id = &id[..id.find('"')?];
+    id.rsplit_once("-t")?.1.parse().ok()
 }
 
 /// One load: receivers per room, senders, total messages/s, duration.
@@ -204,7 +218,7 @@ async fn scenario(
     let r = receivers(bases, recv_token, rooms, per_room).await?;
     let cpu_before: Vec<u64> = processes.iter().map(|(_, pid)| cpu_us(*pid)).collect();
     let started = Instant::now();
-    let acked = send_load(bases, send_token, rooms, senders, rate, secs).await?;
+    let (acked, ack_latencies) = send_load(bases, send_token, rooms, senders, rate, secs).await?;
     // Let deliveries drain.
     let expected = acked * per_room as u64;
     let drain = Instant::now();
@@ -219,6 +233,16 @@ async fn scenario(
         .map(|((name, pid), before)| (name.clone(), json!(cpu_us(*pid).saturating_sub(before) / 1000)))
         .collect();
     let received = r.received.load(Ordering::Relaxed);
+    let stages = emosation_bench::server_stages(
+        &reqwest::Client::new(),
+        &bases[0],
+        &[
+            "emosation_ingest_append_seconds",
+            "emosation_ingest_decision_seconds",
+            "emosation_fanout_read_to_queued_seconds",
+        ],
+    )
+    .await;
     let mut all = Vec::new();
     for l in &r.latencies {
         all.extend(l.lock().unwrap().iter().map(|v| *v as u64));
@@ -228,7 +252,7 @@ async fn scenario(
         json!({"bench": "ws", "scenario": name, "nodes": bases.len(), "rooms": rooms.len(), "clients_per_room": per_room, "senders": senders,
                "offered_msgs_per_sec": rate, "acked": acked, "deliveries_expected": expected, "deliveries": received,
                "lost": expected.saturating_sub(received), "deliveries_per_sec": (received as f64 / elapsed).round(),
-               "latency": percentiles(all), "seconds": elapsed, "server_cpu_ms": cpu_ms})
+               "latency": percentiles(all), "ack_latency": percentiles(ack_latencies), "seconds": elapsed, "server_cpu_ms": cpu_ms, "server_stages": stages})
     );
     Ok(())
 }
