@@ -56,15 +56,20 @@ pub fn percentiles(mut us: Vec<u64>) -> Value {
 }
 
 /// Where the server's time went, from its `/metrics`: for each histogram
-/// named, the count and the bucket bounds (µs) below which half and 99% of
-/// the observations fall (upper bounds: the histograms are bucketed).
+/// named (`name`, or `name{label="value"}` for one series), the count and the bucket bounds (µs) below which half and 99% of
+/// the observations, and all of them, fall (upper bounds: the histograms
+/// are bucketed).
 pub async fn server_stages(http: &Client, base: &str, names: &[&str]) -> Value {
     let Ok(text) = async { http.get(format!("{base}/metrics")).send().await?.text().await }.await else {
         return json!({});
     };
     let mut out = serde_json::Map::new();
     for name in names {
-        let prefix = format!("{name}_bucket{{le=\"");
+        // `name` or `name{label="value"}`: the buckets of that series.
+        let prefix = match name.split_once('{') {
+            Some((base, labels)) => format!("{base}_bucket{{{},le=\"", labels.trim_end_matches('}')),
+            None => format!("{name}_bucket{{le=\""),
+        };
         let buckets: Vec<(f64, f64)> = text
             .lines()
             .filter_map(|l| l.strip_prefix(&prefix))
@@ -85,7 +90,7 @@ pub async fn server_stages(http: &Client, base: &str, names: &[&str]) -> Value {
         };
         out.insert(
             (*name).to_owned(),
-            json!({"n": total, "p50_le_us": bound(0.5), "p99_le_us": bound(0.99)}),
+            json!({"n": total, "p50_le_us": bound(0.5), "p99_le_us": bound(0.99), "max_le_us": bound(1.0)}),
         );
     }
     Value::Object(out)

@@ -7,6 +7,13 @@
 //! the journal once (`fsync`), and only then acknowledges them all and advances
 //! the partitions' durable end offsets. Readers never see past the durable end,
 //! so nothing downstream can act on a record a crash could still take back.
+//!
+//! Every consumer of a live system reads at the tail (the projector, fan-out
+//! tailers, analytics consumers: several readers per partition, each woken by
+//! every group commit). The writer keeps each partition's newest durable
+//! records in memory ([`Tail`], the role the page cache plays for Kafka), and
+//! a fetch from within it copies a few reference-counted handles instead of
+//! seeking the LSM tree; older reads (replay, catch-up) go to fjall.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,8 +32,56 @@ use tracing::{debug, error};
 
 use crate::OpenError;
 
+/// A group commit slower than this is logged (write and sync times).
+const SLOW_COMMIT: Duration = Duration::from_millis(20);
+
 /// The most appends one group commit takes from the queue.
 const MAX_GROUP: usize = 16_384;
+
+/// Newest records a partition keeps in memory for tail reads, at most
+/// (fewer if they exceed [`TAIL_BYTES`]).
+const TAIL_RECORDS: usize = 4096;
+/// Bytes of keys and values a partition's tail holds, at most.
+const TAIL_BYTES: usize = 4 << 20;
+
+/// A partition's newest durable records, in offset order, without gaps.
+#[derive(Default)]
+struct Tail {
+    entries: std::collections::VecDeque<LogEntry>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn push(&mut self, entry: LogEntry) {
+        if self.entries.back().is_some_and(|last| last.offset + 1 != entry.offset) {
+            // Never a gap: a tail starts again from the record appended.
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += entry.key.len() + entry.value.len();
+        self.entries.push_back(entry);
+        while self.entries.len() > TAIL_RECORDS || (self.bytes > TAIL_BYTES && self.entries.len() > 1) {
+            if let Some(old) = self.entries.pop_front() {
+                self.bytes -= old.key.len() + old.value.len();
+            }
+        }
+    }
+
+    /// The records in `[from, upto)` if the tail holds all of them.
+    fn read(&self, from: u64, upto: u64) -> Option<Vec<LogEntry>> {
+        let first = self.entries.front()?.offset;
+        if from < first || upto > first + self.entries.len() as u64 {
+            return None;
+        }
+        let skip = (from - first) as usize;
+        Some(
+            self.entries
+                .range(skip..skip + (upto - from) as usize)
+                .cloned()
+                .collect(),
+        )
+    }
+}
 
 struct Append {
     topic: Topic,
@@ -56,6 +111,8 @@ struct Shared {
     topology: Topology,
     /// Durable end offset of each partition; readers wait on these.
     ends: HashMap<(Topic, u32), watch::Sender<u64>>,
+    /// Each partition's newest durable records (only ever below its end).
+    tails: HashMap<(Topic, u32), Mutex<Tail>>,
 }
 
 /// The embedded log. Cheap to share behind an `Arc`; dropping the last handle
@@ -145,6 +202,7 @@ impl EmbeddedLog {
         };
         let mut topics = HashMap::new();
         let mut ends = HashMap::new();
+        let mut tails = HashMap::new();
         let mut next = HashMap::new();
         for topic in Topic::ALL {
             let ks = db.keyspace(topic.name(), KeyspaceCreateOptions::default).map_err(err)?;
@@ -158,6 +216,7 @@ impl EmbeddedLog {
                 };
                 next.insert((topic, p), end);
                 ends.insert((topic, p), watch::channel(end).0);
+                tails.insert((topic, p), Mutex::new(Tail::default()));
             }
             topics.insert(topic, ks);
         }
@@ -168,6 +227,7 @@ impl EmbeddedLog {
             groups,
             topology,
             ends,
+            tails,
         });
         let (tx, rx) = mpsc::channel();
         let w = Arc::clone(&shared);
@@ -246,6 +306,7 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(
         let ts = now_ms();
         let mut batch = shared.db.batch();
         let mut positions = Vec::with_capacity(group.len());
+        let mut appended: Vec<(Topic, u32, LogEntry)> = Vec::with_capacity(group.len());
         let mut touched: HashMap<(Topic, u32), u64> = HashMap::new();
         for r in &group {
             match r {
@@ -263,6 +324,16 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(
                     );
                     touched.insert((a.topic, a.partition), offset + 1);
                     positions.push(Some(LogPosition::new(a.partition, offset)));
+                    appended.push((
+                        a.topic,
+                        a.partition,
+                        LogEntry {
+                            offset,
+                            key: a.key.clone(),
+                            value: a.value.clone(),
+                            timestamp_ms: ts,
+                        },
+                    ));
                 }
                 Request::Commit(c) => {
                     batch.insert(&shared.groups, c.key.clone(), c.next_offset.to_be_bytes());
@@ -270,9 +341,25 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(
                 }
             }
         }
-        let result = batch.commit().and_then(|_| shared.db.persist(PersistMode::SyncAll));
+        let started = std::time::Instant::now();
+        let result = batch.commit().and_then(|_| {
+            let written = started.elapsed();
+            let synced = shared.db.persist(PersistMode::SyncAll);
+            let total = started.elapsed();
+            metrics::histogram!("emosation_log_group_commit_seconds", "phase" => "write").record(written.as_secs_f64());
+            metrics::histogram!("emosation_log_group_commit_seconds", "phase" => "sync")
+                .record((total - written).as_secs_f64());
+            if total > SLOW_COMMIT {
+                tracing::warn!(?written, ?total, records = group.len(), "slow group commit");
+            }
+            synced
+        });
         match result {
             Ok(()) => {
+                // Durable now: into the tails, then visible to readers.
+                for (topic, p, entry) in appended {
+                    shared.tails[&(topic, p)].lock().expect("tail lock").push(entry);
+                }
                 for ((topic, p), end) in touched {
                     shared.ends[&(topic, p)].send_replace(end);
                 }
@@ -365,6 +452,13 @@ impl Log for EmbeddedLog {
             return Ok(Vec::new());
         }
         let upto = end.min(from.saturating_add(max as u64));
+        if let Some(entries) = self.shared.tails[&(topic, partition)]
+            .lock()
+            .expect("tail lock")
+            .read(from, upto)
+        {
+            return Ok(entries);
+        }
         let ks = &self.shared.topics[&topic];
         let mut out = Vec::with_capacity((upto - from) as usize);
         for g in ks.range(entry_key(partition, from)..entry_key(partition, upto)) {

@@ -25,6 +25,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use sha2::{Digest, Sha256};
 
 use crate::OpenError;
+use crate::entity_cache::EntityCache;
 
 pub struct EmbeddedViewStore {
     db: Database,
@@ -34,6 +35,8 @@ pub struct EmbeddedViewStore {
     /// Bulk loads run one at a time: concurrent fjall ingestions into one
     /// keyspace can lose tables (seen in replay tests).
     ingesting: Arc<Mutex<()>>,
+    /// Hot entities, written through by `apply` (see [`EntityCache`]).
+    cache: EntityCache,
 }
 
 /// The keyspaces of the views (every consumer's tables).
@@ -137,6 +140,7 @@ impl EmbeddedViewStore {
             handles: RwLock::new(Arc::new(handles)),
             positions,
             ingesting: Arc::new(Mutex::new(())),
+            cache: EntityCache::default(),
         })
     }
 
@@ -152,9 +156,17 @@ impl EmbeddedViewStore {
     }
 
     fn get(&self, key: &ViewKey) -> Result<Option<ViewValue>, StoreError> {
+        let epoch = match self.cache.get(key) {
+            Ok(v) => return Ok(Some(v)),
+            Err(epoch) => epoch,
+        };
         let table = key.table();
         match self.handles().table(table).get(key.encode()).map_err(storage)? {
-            Some(raw) => Ok(Some(Self::decode(table, &raw)?)),
+            Some(raw) => {
+                let v = Self::decode(table, &raw)?;
+                self.cache.fill(key, &v, epoch);
+                Ok(Some(v))
+            }
             None => Ok(None),
         }
     }
@@ -217,7 +229,9 @@ impl ViewStore for EmbeddedViewStore {
                 next.to_be_bytes(),
             );
         }
-        b.commit().map_err(storage)
+        b.commit().map_err(storage)?;
+        self.cache.write(batch.changes.iter().map(|(k, v)| (k, v)));
+        Ok(())
     }
 
     async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError> {
@@ -390,6 +404,9 @@ impl ViewStore for EmbeddedViewStore {
                 *guard = Arc::new(Handles::open(&self.db).map_err(storage)?);
             }
         }
+        // After the swap: a read of the dropped tables still in flight
+        // cannot fill the cache any more.
+        self.cache.clear();
         let mut b = self.db.batch();
         for g in self.positions.prefix(prefix_of(consumer)) {
             b.remove(&self.positions, g.key().map_err(storage)?);

@@ -18,6 +18,7 @@ use emosation_core::ports::{Log, Presence, ViewStore};
 
 pub mod embedded_log;
 pub mod embedded_views;
+mod entity_cache;
 pub mod kafka_log;
 pub mod local_decisions;
 pub mod local_presence;

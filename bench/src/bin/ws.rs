@@ -240,6 +240,8 @@ async fn scenario(
             "emosation_ingest_append_seconds",
             "emosation_ingest_decision_seconds",
             "emosation_fanout_read_to_queued_seconds",
+            "emosation_log_group_commit_seconds{phase=\"write\"}",
+            "emosation_log_group_commit_seconds{phase=\"sync\"}",
         ],
     )
     .await;
