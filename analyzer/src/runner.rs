@@ -240,6 +240,10 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
         };
         let last = entries.last().map(|e| e.offset);
         if let Some(last) = last {
+            // The records just became readable, and the chat path (the
+            // projector's decisions, the fan-out's deliveries) was woken
+            // with this consumer: let it go first on a busy core.
+            tokio::task::yield_now().await;
             consumer.handle_batch(topic, partition, &entries).await?;
             next = last + 1;
             if log_checkpoint {
