@@ -224,6 +224,30 @@ pub struct ServiceArgs {
     pub engines: EngineArgs,
 }
 
+/// Connections the kernel completes and queues for `accept` (capped by
+/// `net.core.somaxconn`). A burst of reconnecting clients (a fan-out node
+/// restarted, a network blip) overflows a short queue, and every dropped
+/// handshake waits a full second for the client's SYN to be retransmitted.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (host:port, resolved) with a deep accept queue.
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address to listen on")))
+}
+
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EMOSATION_LOG_LEVEL")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
@@ -329,7 +353,7 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         roles,
         classifier: args.classifier.settings(),
     };
-    let listener = TcpListener::bind(&args.listen)
+    let listener = listen(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let server = Server::start(cfg, listener).await?;

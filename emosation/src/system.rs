@@ -284,7 +284,11 @@ impl Server {
         }
         info!(?roles, replica = run_projector && !roles.projector, "services starting");
 
-        let app = emosation_http::observe::finish(app).layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        // `with_state(())` turns every handler into a ready route once, here,
+        // instead of per request.
+        let app = emosation_http::observe::finish(app)
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(());
         let addr = listener.local_addr()?;
         let stop = shutdown.clone();
         tasks.spawn(async move {

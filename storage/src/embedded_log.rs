@@ -32,6 +32,15 @@ use tracing::{debug, error};
 
 use crate::OpenError;
 
+/// A topic's keyspace: read only by range scans (fetch), never by point
+/// lookups of missing keys, so no bloom filters to build; large data blocks,
+/// so a replay reading a partition from the start decodes few of them.
+fn topic_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default()
+        .expect_point_read_hits(true)
+        .data_block_size_policy(fjall::config::BlockSizePolicy::all(64 * 1024))
+}
+
 /// A group commit slower than this is logged (write and sync times).
 const SLOW_COMMIT: Duration = Duration::from_millis(20);
 
@@ -205,7 +214,7 @@ impl EmbeddedLog {
         let mut tails = HashMap::new();
         let mut next = HashMap::new();
         for topic in Topic::ALL {
-            let ks = db.keyspace(topic.name(), KeyspaceCreateOptions::default).map_err(err)?;
+            let ks = db.keyspace(topic.name(), topic_options).map_err(err)?;
             for p in 0..topology.partitions(topic) {
                 let end = match ks.prefix(p.to_be_bytes()).next_back() {
                     Some(g) => {

@@ -3,7 +3,7 @@
 //! of this process unregisters when it closes, and a crash takes the
 //! registry with it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use emosation_core::ports::{ConnRef, KickSink, Presence, PresenceError};
 
 #[derive(Default)]
 pub struct LocalPresence {
-    users: Mutex<HashMap<String, VecDeque<ConnRef>>>,
+    users: Mutex<HashMap<String, Sessions>>,
     sinks: Mutex<HashMap<String, KickSink>>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
@@ -29,6 +29,40 @@ impl LocalPresence {
     }
 }
 
+/// One user's connections in registration order; every operation is
+/// O(log n), so a user with thousands of sessions costs no more per connect.
+#[derive(Default)]
+struct Sessions {
+    by_seq: BTreeMap<u64, ConnRef>,
+    seq_of: HashMap<ConnRef, u64>,
+    next: u64,
+}
+
+impl Sessions {
+    fn remove(&mut self, conn: &ConnRef) -> bool {
+        match self.seq_of.remove(conn) {
+            Some(seq) => self.by_seq.remove(&seq).is_some(),
+            None => false,
+        }
+    }
+
+    /// Registers `conn` as the newest; returns the oldest beyond `max`.
+    fn register(&mut self, conn: &ConnRef, max: usize) -> Vec<ConnRef> {
+        self.remove(conn);
+        self.next += 1;
+        self.by_seq.insert(self.next, conn.clone());
+        self.seq_of.insert(conn.clone(), self.next);
+        let mut evicted = Vec::new();
+        while self.by_seq.len() > max.max(1) {
+            if let Some((_, old)) = self.by_seq.pop_first() {
+                self.seq_of.remove(&old);
+                evicted.push(old);
+            }
+        }
+        evicted
+    }
+}
+
 #[async_trait]
 impl Presence for LocalPresence {
     async fn register(
@@ -39,26 +73,19 @@ impl Presence for LocalPresence {
         _ttl: Duration,
     ) -> Result<Vec<ConnRef>, PresenceError> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let list = users.entry(user_id.to_owned()).or_default();
-        list.retain(|c| c != conn);
-        list.push_back(conn.clone());
-        let mut evicted = Vec::new();
-        while list.len() > max.max(1) {
-            evicted.extend(list.pop_front());
-        }
-        Ok(evicted)
+        Ok(users.entry(user_id.to_owned()).or_default().register(conn, max))
     }
 
     async fn refresh(&self, user_id: &str, conn: &ConnRef, _ttl: Duration) -> Result<bool, PresenceError> {
         let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(users.get(user_id).is_some_and(|l| l.contains(conn)))
+        Ok(users.get(user_id).is_some_and(|l| l.seq_of.contains_key(conn)))
     }
 
     async fn unregister(&self, user_id: &str, conn: &ConnRef) -> Result<(), PresenceError> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(list) = users.get_mut(user_id) {
-            list.retain(|c| c != conn);
-            if list.is_empty() {
+            list.remove(conn);
+            if list.by_seq.is_empty() {
                 users.remove(user_id);
             }
         }

@@ -43,6 +43,8 @@ struct Sub {
     /// Distinguishes a re-subscription from the one it replaced, so a
     /// catch-up of the old one cannot deliver into the new one.
     id: u64,
+    /// `conn.id`, kept inline: scans compare it without following the Arc.
+    conn_id: u64,
     conn: Arc<ConnHandle>,
     streams: Streams,
     /// Offset of the last event this subscription has, or is deemed to have, seen.
@@ -54,8 +56,34 @@ struct Sub {
 #[derive(Default)]
 struct State {
     rooms: HashMap<String, Vec<Sub>>,
+    /// Connection id → the rooms it is subscribed to (so closing a socket,
+    /// or subscribing it, never scans every room or every subscriber).
+    by_conn: HashMap<u64, Vec<String>>,
     /// Partition → next offset its tailer will process.
     tailers: HashMap<u32, u64>,
+}
+
+impl State {
+    /// Removes `conn_id`'s subscription to `room_id`; whether it had one.
+    fn remove_sub(&mut self, conn_id: u64, room_id: &str) -> bool {
+        let Some(rooms) = self.by_conn.get_mut(&conn_id) else {
+            return false;
+        };
+        let Some(i) = rooms.iter().position(|r| r == room_id) else {
+            return false;
+        };
+        rooms.swap_remove(i);
+        if rooms.is_empty() {
+            self.by_conn.remove(&conn_id);
+        }
+        if let Some(subs) = self.rooms.get_mut(room_id) {
+            subs.retain(|s| s.conn_id != conn_id);
+            if subs.is_empty() {
+                self.rooms.remove(room_id);
+            }
+        }
+        true
+    }
 }
 
 pub struct Hub {
@@ -141,9 +169,10 @@ impl Hub {
                     (end, true)
                 }
             };
-            let subs = st.rooms.entry(room_id.to_owned()).or_default();
             // A connection has at most one subscription per room.
-            subs.retain(|s| s.conn.id != conn.id);
+            st.remove_sub(conn.id, room_id);
+            st.by_conn.entry(conn.id).or_default().push(room_id.to_owned());
+            let subs = st.rooms.entry(room_id.to_owned()).or_default();
             let (last, held) = match since {
                 Some(s) if s + 1 < boundary => (s, Some(Vec::new())),
                 Some(s) => (s, None),
@@ -151,6 +180,7 @@ impl Hub {
             };
             subs.push(Sub {
                 id: sub_id,
+                conn_id: conn.id,
                 conn: Arc::clone(&conn),
                 streams,
                 last,
@@ -178,34 +208,21 @@ impl Hub {
     }
 
     pub fn unsubscribe(&self, conn_id: u64, room_id: &str) -> bool {
-        let mut st = self.state.lock().expect("hub lock");
-        let Some(subs) = st.rooms.get_mut(room_id) else {
-            return false;
-        };
-        let before = subs.len();
-        subs.retain(|s| s.conn.id != conn_id);
-        let removed = subs.len() != before;
-        if subs.is_empty() {
-            st.rooms.remove(room_id);
-        }
-        removed
+        self.state.lock().expect("hub lock").remove_sub(conn_id, room_id)
     }
 
     /// Whether `conn_id` is subscribed to `room_id` on this node.
     pub fn is_subscribed(&self, conn_id: u64, room_id: &str) -> bool {
         let st = self.state.lock().expect("hub lock");
-        st.rooms
-            .get(room_id)
-            .is_some_and(|subs| subs.iter().any(|s| s.conn.id == conn_id))
+        st.by_conn.get(&conn_id).is_some_and(|rooms| rooms.iter().any(|r| r == room_id))
     }
 
     /// Drops every subscription of a closed connection.
     pub fn drop_conn(&self, conn_id: u64) {
         let mut st = self.state.lock().expect("hub lock");
-        st.rooms.retain(|_, subs| {
-            subs.retain(|s| s.conn.id != conn_id);
-            !subs.is_empty()
-        });
+        for room in st.by_conn.get(&conn_id).cloned().unwrap_or_default() {
+            st.remove_sub(conn_id, &room);
+        }
     }
 
     /// Relays a typing notice to the room's other subscribers (never logged).
@@ -215,7 +232,7 @@ impl Hub {
         if let Some(subs) = st.rooms.get(room_id) {
             for s in subs
                 .iter()
-                .filter(|s| s.conn.id != from && s.streams.chat && s.held.is_none())
+                .filter(|s| s.conn_id != from && s.streams.chat && s.held.is_none())
             {
                 s.conn.push(frame.clone());
             }
@@ -536,15 +553,16 @@ fn deliver(st: &mut State, ev: Event) {
     metrics::counter!("emosation_fanout_deliveries_total").increment(delivered);
     if let Some(user) = &ev.left {
         // A member who left no longer receives the room.
-        subs.retain(|s| {
-            let leaving = s.conn.user_id == *user;
-            if leaving {
+        let leaving: Vec<u64> = subs
+            .iter()
+            .filter(|s| s.conn.user_id == *user)
+            .map(|s| {
                 s.conn.push(frames::unsubscribed(&ev.room_id));
-            }
-            !leaving
-        });
-        if subs.is_empty() {
-            st.rooms.remove(&ev.room_id);
+                s.conn_id
+            })
+            .collect();
+        for conn_id in leaving {
+            st.remove_sub(conn_id, &ev.room_id);
         }
     }
 }

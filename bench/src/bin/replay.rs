@@ -10,7 +10,9 @@
 //! Env: `ENGINES` (`embedded,kafka`), `N`, `KAFKA_N`, `KAFKA_WRITE_SECS` (600, a bound on
 //! the write), `KAFKA_IN_FLIGHT`
 //! (4,096 appends in flight while writing), `KAFKA_OPTIONS` (librdkafka
-//! properties added to the URL, `k=v&…`), `PARALLEL`, `SETTLE_SECS`.
+//! properties added to the URL, `k=v&…`), `PARALLEL`, `INGEST_CHUNK` (rows a
+//! partition holds before loading them itself), `INGEST_BUFFER` (bytes of
+//! finished partitions' rows loaded together), `SETTLE_SECS`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,8 @@ use serde_json::json;
 fn options() -> emosation_projector::ReplayOptions {
     let mut options = emosation_projector::ReplayOptions::default();
     options.parallel = env("PARALLEL", options.parallel);
+    options.ingest_chunk = env("INGEST_CHUNK", options.ingest_chunk);
+    options.ingest_buffer = env("INGEST_BUFFER", options.ingest_buffer);
     options
 }
 
