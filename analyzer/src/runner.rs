@@ -194,6 +194,14 @@ async fn run_partition<C: AnalyticsConsumer + ?Sized>(
     }
 }
 
+/// Commits `next` if progress is pending, before the runner fails and
+/// resumes from the committed offset (best effort: a crash would redo it too).
+async fn commit_before_failing(log: &dyn Log, group: &str, topic: Topic, partition: u32, next: u64, pending: bool) {
+    if pending && let Err(e) = log.commit(group, topic, partition, next).await {
+        debug!(group, partition, error = %e, "offset commit before a retry failed");
+    }
+}
+
 /// From the checkpoint on: fetch → handle → commit, until `shutdown` or an
 /// error. Each handled batch resets `backoff`.
 async fn follow<C: AnalyticsConsumer + ?Sized>(
@@ -231,12 +239,24 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
         let wait = dirty_since.map_or(FETCH_WAIT, |t| COMMIT_EVERY.saturating_sub(t.elapsed()).min(FETCH_WAIT));
         let entries = tokio::select! {
             _ = shutdown.cancelled() => {
-                if dirty_since.is_some() {
-                    log.commit(group, topic, partition, next).await?;
+                // Best effort: uncommitted progress is only redone work.
+                if dirty_since.is_some()
+                    && let Err(e) = log.commit(group, topic, partition, next).await
+                {
+                    debug!(group, partition, error = %e, "offset commit at shutdown failed");
                 }
                 return Ok(());
             }
-            r = log.fetch(topic, partition, next, consumer.batch_size(), wait) => r?,
+            r = log.fetch(topic, partition, next, consumer.batch_size(), wait) => r,
+        };
+        // A failure resumes from the checkpoint: first make it the progress
+        // made, so that no handled batch is handled again.
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(e) => {
+                commit_before_failing(log, group, topic, partition, next, dirty_since.is_some()).await;
+                return Err(e.into());
+            }
         };
         let last = entries.last().map(|e| e.offset);
         if let Some(last) = last {
@@ -244,7 +264,10 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
             // projector's decisions, the fan-out's deliveries) was woken
             // with this consumer: let it go first on a busy core.
             tokio::task::yield_now().await;
-            consumer.handle_batch(topic, partition, &entries).await?;
+            if let Err(e) = consumer.handle_batch(topic, partition, &entries).await {
+                commit_before_failing(log, group, topic, partition, next, dirty_since.is_some()).await;
+                return Err(e);
+            }
             next = last + 1;
             if log_checkpoint {
                 dirty_since.get_or_insert_with(tokio::time::Instant::now);

@@ -60,6 +60,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was never read, so the connection cannot
+            // carry another request: say so, or a client reusing it would
+            // see its next request fail.
+            return (self.status, [(axum::http::header::CONNECTION, "close")], Json(body)).into_response();
+        }
         (self.status, Json(body)).into_response()
     }
 }

@@ -214,7 +214,9 @@ impl Hub {
     /// Whether `conn_id` is subscribed to `room_id` on this node.
     pub fn is_subscribed(&self, conn_id: u64, room_id: &str) -> bool {
         let st = self.state.lock().expect("hub lock");
-        st.by_conn.get(&conn_id).is_some_and(|rooms| rooms.iter().any(|r| r == room_id))
+        st.by_conn
+            .get(&conn_id)
+            .is_some_and(|rooms| rooms.iter().any(|r| r == room_id))
     }
 
     /// Drops every subscription of a closed connection.
