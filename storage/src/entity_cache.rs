@@ -82,7 +82,7 @@ fn insert(inner: &mut Inner, key: ViewKey, value: ViewValue) {
         let mut n = 0usize;
         inner.map.retain(|_, _| {
             n += 1;
-            n % 8 != 0
+            !n.is_multiple_of(8)
         });
     }
     inner.map.insert(key, value);
