@@ -71,7 +71,7 @@ pub enum Rejection {
 /// The keys `fold` may read for `record`. The projector prefetches exactly these
 /// before folding a batch; the fold never reads anything else.
 pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
-    match record {
+    let mut keys = match record {
         Record::UserSignedUp(r) => vec![ViewKey::Username(normalize_username(&r.username))],
         Record::AccountDeleted(r) => account_keys(&r.username, &r.user_id),
         Record::AccountRestored(r) => account_keys(&r.username, &r.user_id),
@@ -79,35 +79,12 @@ pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
         Record::RoomCreated(r) => vec![ViewKey::Room(r.room_id.clone())],
         Record::MemberJoined(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
         Record::MemberQuit(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
-        Record::MessagePosted(r) => vec![
-            ViewKey::Room(r.room_id.clone()),
-            member(&r.room_id, &r.author_id),
-            ViewKey::ClientMsg {
-                room_id: r.room_id.clone(),
-                user_id: r.author_id.clone(),
-                client_msg_id: r.client_msg_id.clone(),
-            },
-        ],
-        Record::EmotionRecorded(r) => vec![
-            ViewKey::Room(r.room_id.clone()),
-            ViewKey::Message {
-                room_id: r.room_id.clone(),
-                message_id: r.message_id.clone(),
-            },
-            ViewKey::Emotion {
-                room_id: r.room_id.clone(),
-                message_id: r.message_id.clone(),
-            },
-        ],
-        Record::ReadMarkerSet(r) => vec![
-            ViewKey::Room(r.room_id.clone()),
-            member(&r.room_id, &r.user_id),
-            ViewKey::Message {
-                room_id: r.room_id.clone(),
-                message_id: r.message_id.clone(),
-            },
-        ],
-    }
+        Record::MessagePosted(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.author_id)],
+        Record::EmotionRecorded(r) => vec![ViewKey::Room(r.room_id.clone())],
+        Record::ReadMarkerSet(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
+    };
+    keys.extend(write_once_keys_read_by(record));
+    keys
 }
 
 /// The write-once keys ([`ViewKey::is_write_once`]) among [`keys_read_by`],
@@ -115,26 +92,35 @@ pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
 /// looks up only these.
 pub fn write_once_keys_read_by(record: &Record) -> Vec<ViewKey> {
     match record {
-        Record::MessagePosted(r) => vec![ViewKey::ClientMsg {
-            room_id: r.room_id.clone(),
-            user_id: r.author_id.clone(),
-            client_msg_id: r.client_msg_id.clone(),
-        }],
+        Record::MessagePosted(r) => vec![client_msg_key(r)],
         Record::EmotionRecorded(r) => vec![
-            ViewKey::Message {
-                room_id: r.room_id.clone(),
-                message_id: r.message_id.clone(),
-            },
-            ViewKey::Emotion {
-                room_id: r.room_id.clone(),
-                message_id: r.message_id.clone(),
-            },
+            message_key(&r.room_id, &r.message_id),
+            emotion_key(&r.room_id, &r.message_id),
         ],
-        Record::ReadMarkerSet(r) => vec![ViewKey::Message {
-            room_id: r.room_id.clone(),
-            message_id: r.message_id.clone(),
-        }],
+        Record::ReadMarkerSet(r) => vec![message_key(&r.room_id, &r.message_id)],
         _ => vec![],
+    }
+}
+
+fn client_msg_key(r: &crate::record::MessagePosted) -> ViewKey {
+    ViewKey::ClientMsg {
+        room_id: r.room_id.clone(),
+        user_id: r.author_id.clone(),
+        client_msg_id: r.client_msg_id.clone(),
+    }
+}
+
+fn message_key(room_id: &str, message_id: &str) -> ViewKey {
+    ViewKey::Message {
+        room_id: room_id.to_owned(),
+        message_id: message_id.to_owned(),
+    }
+}
+
+fn emotion_key(room_id: &str, message_id: &str) -> ViewKey {
+    ViewKey::Emotion {
+        room_id: room_id.to_owned(),
+        message_id: message_id.to_owned(),
     }
 }
 
@@ -374,11 +360,7 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
             if !matches!(state.get(&author_key), Some(ViewValue::Member(_))) {
                 return Err(Rejection::NotMember);
             }
-            let cm_key = ViewKey::ClientMsg {
-                room_id: r.room_id.clone(),
-                user_id: r.author_id.clone(),
-                client_msg_id: r.client_msg_id.clone(),
-            };
+            let cm_key = client_msg_key(r);
             if let Some(ViewValue::ClientMsg(first)) = state.get(&cm_key) {
                 return Ok(Accepted::Posted {
                     message_id: first.clone(),
@@ -426,17 +408,11 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
             if !matches!(state.get(&room_key), Some(ViewValue::Room(_))) {
                 return Err(Rejection::RoomNotFound);
             }
-            let msg_key = ViewKey::Message {
-                room_id: r.room_id.clone(),
-                message_id: r.message_id.clone(),
-            };
+            let msg_key = message_key(&r.room_id, &r.message_id);
             if !matches!(state.get(&msg_key), Some(ViewValue::Message(_))) {
                 return Err(Rejection::MessageNotFound);
             }
-            let emotion_key = ViewKey::Emotion {
-                room_id: r.room_id.clone(),
-                message_id: r.message_id.clone(),
-            };
+            let emotion_key = emotion_key(&r.room_id, &r.message_id);
             if state.get(&emotion_key).is_some() {
                 return Ok(Accepted::EmotionRecorded { duplicate: true });
             }
@@ -469,10 +445,7 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
         Record::ReadMarkerSet(r) => {
             get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
             let mut m = get_member(state, &r.room_id, &r.user_id).ok_or(Rejection::NotMember)?;
-            let key = ViewKey::Message {
-                room_id: r.room_id.clone(),
-                message_id: r.message_id.clone(),
-            };
+            let key = message_key(&r.room_id, &r.message_id);
             let seq = match state.get(&key) {
                 Some(ViewValue::Message(msg)) => msg.seq,
                 _ => return Err(Rejection::MessageNotFound),
