@@ -194,11 +194,12 @@ async fn run_partition<C: AnalyticsConsumer + ?Sized>(
     }
 }
 
-/// Commits `next` if progress is pending, before the runner fails and
-/// resumes from the committed offset (best effort: a crash would redo it too).
-async fn commit_before_failing(log: &dyn Log, group: &str, topic: Topic, partition: u32, next: u64, pending: bool) {
+/// Commits `next` if progress is pending, before the runner stops or fails
+/// and resumes from the committed offset. Best effort: uncommitted progress
+/// is only work redone, as after a crash.
+async fn commit_pending(log: &dyn Log, group: &str, topic: Topic, partition: u32, next: u64, pending: bool) {
     if pending && let Err(e) = log.commit(group, topic, partition, next).await {
-        debug!(group, partition, error = %e, "offset commit before a retry failed");
+        debug!(group, partition, error = %e, "offset commit of pending progress failed");
     }
 }
 
@@ -239,12 +240,7 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
         let wait = dirty_since.map_or(FETCH_WAIT, |t| COMMIT_EVERY.saturating_sub(t.elapsed()).min(FETCH_WAIT));
         let entries = tokio::select! {
             _ = shutdown.cancelled() => {
-                // Best effort: uncommitted progress is only redone work.
-                if dirty_since.is_some()
-                    && let Err(e) = log.commit(group, topic, partition, next).await
-                {
-                    debug!(group, partition, error = %e, "offset commit at shutdown failed");
-                }
+                commit_pending(log, group, topic, partition, next, dirty_since.is_some()).await;
                 return Ok(());
             }
             r = log.fetch(topic, partition, next, consumer.batch_size(), wait) => r,
@@ -254,7 +250,7 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
         let entries = match entries {
             Ok(entries) => entries,
             Err(e) => {
-                commit_before_failing(log, group, topic, partition, next, dirty_since.is_some()).await;
+                commit_pending(log, group, topic, partition, next, dirty_since.is_some()).await;
                 return Err(e.into());
             }
         };
@@ -265,7 +261,7 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
             // with this consumer: let it go first on a busy core.
             tokio::task::yield_now().await;
             if let Err(e) = consumer.handle_batch(topic, partition, &entries).await {
-                commit_before_failing(log, group, topic, partition, next, dirty_since.is_some()).await;
+                commit_pending(log, group, topic, partition, next, dirty_since.is_some()).await;
                 return Err(e);
             }
             next = last + 1;

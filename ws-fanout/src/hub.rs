@@ -269,8 +269,8 @@ impl Hub {
     /// key that tells what the fold decided about it. Called under the hub
     /// lock, so that what is wanted cannot change before the tailer's
     /// position moves past the batch.
-    fn candidates(st: &State, p: u32, records: Vec<(u64, Record)>, only_room: Option<&str>) -> Vec<Candidate> {
-        let mut out = Vec::new();
+    fn candidates(st: &State, p: u32, records: Vec<(u64, Record)>, only_room: Option<&str>) -> Candidates {
+        let mut out = Candidates::default();
         for (offset, record) in records {
             let (room_id, stream) = match &record {
                 Record::MessagePosted(r) => (&r.room_id, Stream::Chat),
@@ -303,11 +303,11 @@ impl Hub {
                     position: position.clone(),
                 },
             };
-            out.push(Candidate {
+            out.keys.push(key);
+            out.records.push(Candidate {
                 offset,
                 record,
                 position,
-                key,
             });
         }
         out
@@ -316,11 +316,11 @@ impl Hub {
     /// What the fold decided about candidates, as events in log order: one
     /// view lookup for the whole batch. A failed lookup yields no events
     /// (logged), like records the fold refused.
-    async fn decide(&self, candidates: Vec<Candidate>) -> Vec<Event> {
-        if candidates.is_empty() {
+    async fn decide(&self, candidates: Candidates) -> Vec<Event> {
+        let Candidates { keys, records } = candidates;
+        if keys.is_empty() {
             return Vec::new();
         }
-        let keys: Vec<ViewKey> = candidates.iter().map(|c| c.key.clone()).collect();
         let values = match self.views.load(&keys).await {
             Ok(v) => v,
             Err(err) => {
@@ -328,7 +328,7 @@ impl Hub {
                 return Vec::new();
             }
         };
-        candidates
+        records
             .into_iter()
             .zip(values)
             .filter_map(|(c, v)| c.decided(v))
@@ -415,7 +415,7 @@ impl Hub {
                     return;
                 }
             };
-            let batch: Vec<LogEntry> = entries.iter().take_while(|e| e.offset < to).cloned().collect();
+            let batch = &entries[..entries.iter().take_while(|e| e.offset < to).count()];
             let Some(batch_last) = batch.last().map(|e| e.offset) else {
                 break;
             };
@@ -424,7 +424,7 @@ impl Hub {
             }
             let candidates = {
                 let st = self.state.lock().expect("hub lock");
-                Self::candidates(&st, p, decode(&batch), Some(&room))
+                Self::candidates(&st, p, decode(batch), Some(&room))
             };
             for ev in self.decide(candidates).await {
                 if self.wants(sub_id, &room, ev.stream) && !conn.push_waiting(ev.frame).await {
@@ -481,14 +481,20 @@ fn room_wants(st: &State, room_id: &str, stream: Stream) -> bool {
         .is_some_and(|subs| subs.iter().any(|s| s.streams.wants(stream) || s.held.is_some()))
 }
 
-/// A record that may be an event, before the views say what the fold decided.
+/// Records that may be events, before the views say what the fold decided:
+/// `keys[i]` is the entity whose presence tells the decision on `records[i]`.
+#[derive(Default)]
+struct Candidates {
+    keys: Vec<ViewKey>,
+    records: Vec<Candidate>,
+}
+
+/// A record that may be an event.
 struct Candidate {
     offset: u64,
     record: Record,
     /// The record's log position as an id (a message's id, an event's cursor).
     position: String,
-    /// The entity whose presence tells the fold's decision.
-    key: ViewKey,
 }
 
 impl Candidate {
@@ -498,7 +504,6 @@ impl Candidate {
             offset,
             record,
             position,
-            ..
         } = self;
         match (record, value) {
             (Record::MessagePosted(r), Some(_)) => Some(Event {
