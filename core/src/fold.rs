@@ -94,10 +94,10 @@ pub fn write_once_keys_read_by(record: &Record) -> Vec<ViewKey> {
     match record {
         Record::MessagePosted(r) => vec![client_msg_key(r)],
         Record::EmotionRecorded(r) => vec![
-            message_key(&r.room_id, &r.message_id),
-            emotion_key(&r.room_id, &r.message_id),
+            ViewKey::message(&r.room_id, &r.message_id),
+            ViewKey::emotion(&r.room_id, &r.message_id),
         ],
-        Record::ReadMarkerSet(r) => vec![message_key(&r.room_id, &r.message_id)],
+        Record::ReadMarkerSet(r) => vec![ViewKey::message(&r.room_id, &r.message_id)],
         _ => vec![],
     }
 }
@@ -107,20 +107,6 @@ fn client_msg_key(r: &crate::record::MessagePosted) -> ViewKey {
         room_id: r.room_id.clone(),
         user_id: r.author_id.clone(),
         client_msg_id: r.client_msg_id.clone(),
-    }
-}
-
-fn message_key(room_id: &str, message_id: &str) -> ViewKey {
-    ViewKey::Message {
-        room_id: room_id.to_owned(),
-        message_id: message_id.to_owned(),
-    }
-}
-
-fn emotion_key(room_id: &str, message_id: &str) -> ViewKey {
-    ViewKey::Emotion {
-        room_id: room_id.to_owned(),
-        message_id: message_id.to_owned(),
     }
 }
 
@@ -408,11 +394,11 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
             if !matches!(state.get(&room_key), Some(ViewValue::Room(_))) {
                 return Err(Rejection::RoomNotFound);
             }
-            let msg_key = message_key(&r.room_id, &r.message_id);
+            let msg_key = ViewKey::message(&r.room_id, &r.message_id);
             if !matches!(state.get(&msg_key), Some(ViewValue::Message(_))) {
                 return Err(Rejection::MessageNotFound);
             }
-            let emotion_key = emotion_key(&r.room_id, &r.message_id);
+            let emotion_key = ViewKey::emotion(&r.room_id, &r.message_id);
             if state.get(&emotion_key).is_some() {
                 return Ok(Accepted::EmotionRecorded { duplicate: true });
             }
@@ -445,7 +431,7 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
         Record::ReadMarkerSet(r) => {
             get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
             let mut m = get_member(state, &r.room_id, &r.user_id).ok_or(Rejection::NotMember)?;
-            let key = message_key(&r.room_id, &r.message_id);
+            let key = ViewKey::message(&r.room_id, &r.message_id);
             let seq = match state.get(&key) {
                 Some(ViewValue::Message(msg)) => msg.seq,
                 _ => return Err(Rejection::MessageNotFound),

@@ -209,6 +209,22 @@ pub fn tables_of(consumer: &str) -> impl Iterator<Item = &'static str> + '_ {
 }
 
 impl ViewKey {
+    /// A room's message.
+    pub fn message(room_id: &str, message_id: &str) -> ViewKey {
+        ViewKey::Message {
+            room_id: room_id.to_owned(),
+            message_id: message_id.to_owned(),
+        }
+    }
+
+    /// The emotion the fold kept for a room's message.
+    pub fn emotion(room_id: &str, message_id: &str) -> ViewKey {
+        ViewKey::Emotion {
+            room_id: room_id.to_owned(),
+            message_id: message_id.to_owned(),
+        }
+    }
+
     /// The table this key belongs to (one of [`TABLES`]).
     pub fn table(&self) -> &'static str {
         match self {

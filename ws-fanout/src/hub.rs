@@ -288,15 +288,9 @@ impl Hub {
             let position = LogPosition::new(p, offset).to_id();
             let key = match &record {
                 // A message was accepted iff its entity exists.
-                Record::MessagePosted(r) => ViewKey::Message {
-                    room_id: r.room_id.clone(),
-                    message_id: position.clone(),
-                },
+                Record::MessagePosted(r) => ViewKey::message(&r.room_id, &position),
                 // An emotion is delivered iff it is the one the fold kept.
-                Record::EmotionRecorded(r) => ViewKey::Emotion {
-                    room_id: r.room_id.clone(),
-                    message_id: r.message_id.clone(),
-                },
+                Record::EmotionRecorded(r) => ViewKey::emotion(&r.room_id, &r.message_id),
                 // A membership change iff its room event exists.
                 _ => ViewKey::RoomEvent {
                     room_id: room_id.clone(),
