@@ -56,7 +56,20 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ViewsCommand {
     /// Print one deterministic digest of every view's content.
-    Checksum(EngineArgs),
+    Checksum(ChecksumArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ChecksumArgs {
+    #[command(flatten)]
+    pub engines: EngineArgs,
+    /// First fold the records the views have not folded yet (a server killed
+    /// mid-stream leaves some), so that the digest is the whole log's, as a
+    /// replay's is. Like replay, only on a stopped deployment. Without it the
+    /// digest is of the views as stored, and how far they are behind the log
+    /// is printed on stderr.
+    #[arg(long, env = "EMOSATION_CATCH_UP", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub catch_up: bool,
 }
 
 /// Where the log and the views live.
@@ -313,11 +326,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => replay(args).await,
         Command::Views {
             command: ViewsCommand::Checksum(args),
-        } => {
-            let views = args.engines()?.open_views().await?;
-            println!("{}", views.checksum().await?);
-            Ok(())
-        }
+        } => checksum(args).await,
     }
 }
 
@@ -384,6 +393,36 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn checksum(args: ChecksumArgs) -> anyhow::Result<()> {
+    let engines = args.engines.engines()?;
+    let views = engines.open_views().await?;
+    if args.catch_up {
+        let log = engines.open_log().await?;
+        let folded = emosation_projector::catch_up(&*log, &*views).await?;
+        if folded > 0 {
+            eprintln!("caught up: folded the {folded} records the views had not folded yet");
+        }
+    } else {
+        // Only a note: the digest of the views as stored needs no log.
+        let behind = match engines.open_log().await {
+            Ok(log) => emosation_projector::lag(&*log, &*views)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        match behind {
+            Ok(0) => {}
+            Ok(n) => eprintln!(
+                "note: the views are {n} records behind the log; this digest is of the views as stored \
+                 (--catch-up folds those records first, on a stopped deployment)"
+            ),
+            Err(e) => eprintln!("note: could not compare the views with the log: {e:#}"),
+        }
+    }
+    println!("{}", views.checksum().await?);
+    Ok(())
 }
 
 const CORE_VIEW_NAMES: [&str; 6] = ["core", "users", "rooms", "members", "messages", "sessions"];

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::ws_client::Client;
 use common::{Api, TestServer};
 use futures_util::SinkExt;
@@ -302,6 +304,104 @@ async fn a_slow_reader_is_disconnected_while_the_room_goes_on() {
         }
     }
     assert_eq!(closed.expect("closed")["code"], 1013);
+}
+
+/// A client closed as too slow that keeps writing still gets its close frame
+/// (1013): the server reads what the client sends until the client's own
+/// close (for a bounded time) instead of dropping the socket with input
+/// unread, which makes the kernel reset the connection — and the client then
+/// sees an I/O error instead of the close and its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_that_keeps_writing_still_gets_its_close_frame() {
+    use futures_util::StreamExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(tmp.path());
+    cfg.fanout.queue_frames = 16;
+    let s = TestServer::start_with(cfg).await;
+    let api = s.client();
+    let (room, t) = room_with(&api, "storm", &["writer", "watcher"]).await;
+
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(s.server.as_ref().unwrap().addr).await.unwrap();
+    let url = format!("{}/v1/ws?access_token={}", s.base.replace("http://", "ws://"), t[1]);
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let mut writer = Client { ws };
+    writer.next().await; // hello
+    writer.subscribe(&room, None).await;
+    let mut watcher = Client::connect(&s.base, &t[2]).await;
+    watcher.subscribe(&room, None).await;
+
+    // A storm the writer never reads fills its socket buffers, then its queue.
+    let text = "x".repeat(3900);
+    let storm = {
+        let (api, token, room) = (api.clone(), t[0].clone(), room.clone());
+        tokio::spawn(async move {
+            let mut senders = Vec::new();
+            for w in 0..8 {
+                let (api, token, room, text) = (api.clone(), token.clone(), room.clone(), text.clone());
+                senders.push(tokio::spawn(async move {
+                    for i in (w..1600).step_by(8) {
+                        api.send(&token, &room, &format!("k{i}"), &text).await.expect(202);
+                    }
+                }));
+            }
+            for s in senders {
+                s.await.unwrap();
+            }
+        })
+    };
+    // Meanwhile the writer types every 20 ms, and goes on typing
+    // until the end. The watcher sees it relayed for as long as the server
+    // reads the writer's socket; once the relays stop, the server has closed
+    // it, and the writer starts reading.
+    let (mut tx, mut rx) = writer.ws.split();
+    let typing = Message::text(json!({"type": "typing", "room_id": room}).to_string());
+    let typist = tokio::spawn(async move {
+        while tx.send(typing.clone()).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut relayed_once = false;
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the writer was never closed"
+        );
+        let relayed = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                if watcher.next().await["type"] == "typing" {
+                    break;
+                }
+            }
+        })
+        .await
+        .is_ok();
+        relayed_once |= relayed;
+        if relayed_once && !relayed {
+            break;
+        }
+    }
+    let mut code = None;
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), rx.next())
+        .await
+        .expect("the server ends the connection")
+    {
+        match m {
+            Ok(Message::Close(c)) => {
+                code = c.map(|c| u16::from(c.code));
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("the close frame was lost: {e}"),
+        }
+    }
+    typist.abort();
+    assert_eq!(code, Some(1013));
+    storm.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,4 +244,72 @@ async fn follow_partition(
     }
 }
 
+/// How many records of the log the core views have not folded yet: the sum
+/// over partitions of the log's end offset minus the views' position.
+pub async fn lag(log: &dyn Log, store: &dyn ViewStore) -> Result<u64, ProjectorError> {
+    let topo = log.topology();
+    let mut behind = 0;
+    for topic in Topic::ALL {
+        for partition in 0..topo.partitions(topic) {
+            let end = log.end_offset(topic, partition).await?;
+            let at = store.position(CORE_VIEWS, topic, partition).await?;
+            behind += end.saturating_sub(at);
+        }
+    }
+    Ok(behind)
+}
+
+/// Folds every record between the core views' positions and the log's end
+/// offsets (read at the start) into the views, exactly as the live projector
+/// would, and returns how many records it folded. After it, the views are the
+/// fold of the whole log as it stood, so their digest is comparable with a
+/// replay's. Like replay, it is for a stopped deployment: a live projector
+/// folding the same partitions at the same time would interleave its writes
+/// with these.
+pub async fn catch_up(log: &dyn Log, store: &dyn ViewStore) -> Result<u64, ProjectorError> {
+    if store.rebuilding(CORE_VIEWS).await? {
+        return Err(ProjectorError::Rebuilding);
+    }
+    let topo = log.topology();
+    let mut folded = 0;
+    for topic in Topic::ALL {
+        for partition in 0..topo.partitions(topic) {
+            let end = log.end_offset(topic, partition).await?;
+            let mut next = store.position(CORE_VIEWS, topic, partition).await?;
+            let mut stalled_since: Option<std::time::Instant> = None;
+            while next < end {
+                let want = LIVE_BATCH.min((end - next) as usize);
+                let entries = log
+                    .fetch(topic, partition, next, want, Duration::from_millis(500))
+                    .await?;
+                let Some(last) = entries.last() else {
+                    // The records up to `end` exist; a slow broker answers
+                    // empty for a while, but not forever.
+                    let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > Duration::from_secs(60) {
+                        return Err(ProjectorError::Log(LogError::Storage(format!(
+                            "catch-up of {}/{partition} stalled at offset {next} of {end}",
+                            topic.name()
+                        ))));
+                    }
+                    continue;
+                };
+                stalled_since = None;
+                let new_next = last.offset + 1;
+                let (changes, _) = fold_batch(store, topic, partition, &entries).await?;
+                store
+                    .apply(ViewBatch {
+                        consumer: CORE_VIEWS.to_owned(),
+                        changes,
+                        positions: vec![(topic, partition, new_next)],
+                    })
+                    .await?;
+                folded += new_next - next;
+                next = new_next;
+            }
+        }
+    }
+    Ok(folded)
+}
+
 pub use replay::{ReplayOptions, ReplayStats, replay, replay_with};

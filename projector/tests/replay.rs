@@ -203,6 +203,37 @@ async fn live_projection_and_replay_agree_byte_for_byte() {
     assert_eq!(live.checksum().await.unwrap(), live_sum);
 }
 
+/// Views left behind the log (a server killed after appending, before
+/// folding) are brought to the log's end by `catch_up`, to the digest of a
+/// live projection of the whole log; `lag` counts what was missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_folds_what_the_views_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = Topology {
+        accounts_partitions: 2,
+        rooms_partitions: 3,
+    };
+    let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(&dir.path().join("log"), topo).unwrap());
+    let mut cmds = commands(2000, topo);
+    let rest = cmds.split_off(1200);
+    append_all(&*log, cmds).await;
+    let behind: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("behind")).unwrap());
+    let half_sum = project_live(&log, &behind).await;
+    assert_eq!(emosation_projector::lag(&*log, &*behind).await.unwrap(), 0);
+    append_all(&*log, rest).await;
+    assert_eq!(emosation_projector::lag(&*log, &*behind).await.unwrap(), 800);
+    assert_eq!(behind.checksum().await.unwrap(), half_sum, "nothing folded yet");
+
+    assert_eq!(emosation_projector::catch_up(&*log, &*behind).await.unwrap(), 800);
+    assert_eq!(emosation_projector::lag(&*log, &*behind).await.unwrap(), 0);
+    let whole: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("whole")).unwrap());
+    let whole_sum = project_live(&log, &whole).await;
+    assert_ne!(whole_sum, half_sum);
+    assert_eq!(behind.checksum().await.unwrap(), whole_sum);
+    // Caught up, there is nothing more to fold.
+    assert_eq!(emosation_projector::catch_up(&*log, &*behind).await.unwrap(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projector_refuses_views_left_mid_rebuild() {
     let dir = tempfile::tempdir().unwrap();

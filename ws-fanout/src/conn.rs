@@ -27,6 +27,9 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 const MAX_INFLIGHT_SENDS: usize = 256;
 /// Frames written per flush at most.
 const COALESCE: usize = 64;
+/// How long a connection the server closed waits for the client's close
+/// frame: long enough for a client to read the backlog queued before it.
+const CLOSE_DRAIN: Duration = Duration::from_secs(10);
 
 /// The shareable side of a connection: its queue and its way to be closed.
 pub struct ConnHandle {
@@ -193,14 +196,21 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
     };
 
     let sends = Arc::new(Semaphore::new(MAX_INFLIGHT_SENDS));
+    // Whether the server ended the connection (full queue, kick, idle) while
+    // the client may still be writing; see the closing handshake below.
+    let mut server_closed = false;
     loop {
         let next = tokio::select! {
-            _ = conn.closer.cancelled() => break,
+            _ = conn.closer.cancelled() => {
+                server_closed = true;
+                break;
+            }
             m = tokio::time::timeout(cfg.idle_timeout, stream.next()) => m,
         };
         let msg = match next {
             Err(_) => {
                 conn.close(1000, "idle timeout");
+                server_closed = true;
                 break;
             }
             Ok(None) | Ok(Some(Err(_))) => break,
@@ -244,6 +254,22 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
     }
     conn.closer.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    if server_closed {
+        // The closing handshake (RFC 6455 §7.1.1): the writer has sent our
+        // close frame; read (and drop) what the client still sends until its
+        // close frame, for a bounded time. Dropping the socket with unread
+        // input would make the kernel answer with a reset, which can discard
+        // the close frame (and the frames before it) in the client's buffer:
+        // a pipelining client would see "connection reset" instead of 1013.
+        let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     metrics::gauge!("emosation_fanout_connections").decrement(1.0);
     debug!(conn = conn.id, user = %conn.user_id, "connection closed");
 }
