@@ -22,6 +22,7 @@ use emosation_core::Record;
 use emosation_core::ids::{LogPosition, Topic, partition_for};
 use emosation_core::ports::{Decisions, Log, LogEntry, ViewStore};
 use emosation_core::view::{ViewKey, ViewValue};
+use indexmap::IndexMap;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -55,7 +56,10 @@ struct Sub {
 
 #[derive(Default)]
 struct State {
-    rooms: HashMap<String, Vec<Sub>>,
+    /// Room → its subscriptions, by connection id (one per connection):
+    /// dense to iterate for delivery, O(1) to add or remove, so a room of
+    /// 10,000 sockets is not scanned each time one leaves.
+    rooms: HashMap<String, IndexMap<u64, Sub>>,
     /// Connection id → the rooms it is subscribed to (so closing a socket,
     /// or subscribing it, never scans every room or every subscriber).
     by_conn: HashMap<u64, Vec<String>>,
@@ -77,7 +81,7 @@ impl State {
             self.by_conn.remove(&conn_id);
         }
         if let Some(subs) = self.rooms.get_mut(room_id) {
-            subs.retain(|s| s.conn_id != conn_id);
+            subs.swap_remove(&conn_id);
             if subs.is_empty() {
                 self.rooms.remove(room_id);
             }
@@ -178,14 +182,17 @@ impl Hub {
                 Some(s) => (s, None),
                 None => (boundary.saturating_sub(1), None),
             };
-            subs.push(Sub {
-                id: sub_id,
-                conn_id: conn.id,
-                conn: Arc::clone(&conn),
-                streams,
-                last,
-                held,
-            });
+            subs.insert(
+                conn.id,
+                Sub {
+                    id: sub_id,
+                    conn_id: conn.id,
+                    conn: Arc::clone(&conn),
+                    streams,
+                    last,
+                    held,
+                },
+            );
             (boundary, start)
         };
         if start_tailer {
@@ -233,7 +240,7 @@ impl Hub {
         let st = self.state.lock().expect("hub lock");
         if let Some(subs) = st.rooms.get(room_id) {
             for s in subs
-                .iter()
+                .values()
                 .filter(|s| s.conn_id != from && s.streams.chat && s.held.is_none())
             {
                 s.conn.push(frame.clone());
@@ -421,7 +428,7 @@ impl Hub {
                 Self::candidates(&st, p, decode(batch), Some(&room))
             };
             for ev in self.decide(candidates).await {
-                if self.wants(sub_id, &room, ev.stream) && !conn.push_waiting(ev.frame).await {
+                if self.wants(conn.id, sub_id, &room, ev.stream) && !conn.push_waiting(ev.frame).await {
                     return;
                 }
             }
@@ -436,7 +443,8 @@ impl Hub {
         let Some(sub) = st
             .rooms
             .get_mut(&room)
-            .and_then(|subs| subs.iter_mut().find(|s| s.id == sub_id))
+            .and_then(|subs| subs.get_mut(&conn.id))
+            .filter(|s| s.id == sub_id)
         else {
             return;
         };
@@ -449,11 +457,12 @@ impl Hub {
         }
     }
 
-    fn wants(&self, sub_id: u64, room: &str, stream: Stream) -> bool {
+    fn wants(&self, conn_id: u64, sub_id: u64, room: &str, stream: Stream) -> bool {
         let st = self.state.lock().expect("hub lock");
         st.rooms
             .get(room)
-            .and_then(|subs| subs.iter().find(|s| s.id == sub_id))
+            .and_then(|subs| subs.get(&conn_id))
+            .filter(|s| s.id == sub_id)
             .is_some_and(|s| s.streams.wants(stream))
     }
 }
@@ -472,7 +481,7 @@ fn decode(entries: &[LogEntry]) -> Vec<(u64, Record)> {
 fn room_wants(st: &State, room_id: &str, stream: Stream) -> bool {
     st.rooms
         .get(room_id)
-        .is_some_and(|subs| subs.iter().any(|s| s.streams.wants(stream) || s.held.is_some()))
+        .is_some_and(|subs| subs.values().any(|s| s.streams.wants(stream) || s.held.is_some()))
 }
 
 /// Records that may be events, before the views say what the fold decided:
@@ -531,7 +540,7 @@ fn deliver(st: &mut State, ev: Event) {
         return;
     };
     let mut delivered = 0u64;
-    for s in subs.iter_mut() {
+    for s in subs.values_mut() {
         if ev.offset <= s.last {
             continue;
         }
@@ -555,7 +564,7 @@ fn deliver(st: &mut State, ev: Event) {
     if let Some(user) = &ev.left {
         // A member who left no longer receives the room.
         let leaving: Vec<u64> = subs
-            .iter()
+            .values()
             .filter(|s| s.conn.user_id == *user)
             .map(|s| {
                 s.conn.push(frames::unsubscribed(&ev.room_id));

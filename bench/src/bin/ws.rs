@@ -330,6 +330,21 @@ mod raw {
     }
 }
 
+/// The server's `emosation_fanout_connections` gauge.
+async fn connections_gauge(http: &reqwest::Client, base: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("emosation_fanout_connections "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -513,15 +528,28 @@ async fn main() -> anyhow::Result<()> {
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let after = rss_kb(pid);
+                // Every client leaves at once (a load balancer draining, a
+                // network blip): how long until the server has let go of all
+                // 10,000 subscriptions of the one room.
+                let t = Instant::now();
+                drop(std::mem::take(&mut conns));
+                let mut close_secs = None;
+                while t.elapsed() < Duration::from_secs(60) {
+                    if connections_gauge(&http, &base).await == Some(0.0) {
+                        close_secs = Some(t.elapsed().as_secs_f64());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 println!(
                     "{}",
                     json!({"bench": "ws", "scenario": "ramp", "connections": n, "connect_secs": connect_secs,
                            "connections_per_sec": (n as f64 / connect_secs).round(), "rss_before_kb": before,
                            "rss_after_kb": after, "rss_per_connection_kb": ((after.saturating_sub(before)) as f64 / n as f64 * 10.0).round() / 10.0,
                            "server_cpu_us_per_connection": server_cpu_us / n as u64,
-                           "server_capacity_connections_per_sec": (n as f64 / (server_cpu_us.max(1) as f64 / 1e6)).round()})
+                           "server_capacity_connections_per_sec": (n as f64 / (server_cpu_us.max(1) as f64 / 1e6)).round(),
+                           "all_closed_secs": close_secs})
                 );
-                drop(conns);
             }
             other => anyhow::bail!("unknown scenario {other}"),
         }
