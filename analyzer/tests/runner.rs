@@ -76,7 +76,7 @@ async fn batches_of(linger: Duration, burst: u64) -> Vec<Vec<u64>> {
     for i in 1..=burst {
         append(i).await;
         // Spread over a few milliseconds, as live traffic is.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     handled(burst as usize + 1).await;
     stop.cancel();
