@@ -109,6 +109,41 @@ async fn two_users_chat_live() {
     assert!(b.quiet(300).await);
 }
 
+/// A partition's tailer stops once no room of it has a subscriber here, and a
+/// later subscription starts one again: live delivery resumes, and two rooms
+/// of one node leaving and coming back in turns never strand either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_every_room_then_coming_back_delivers_live_again() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (r1, t) = room_with(&api, "poster", &["reader"]).await;
+    let r2 = api.create_room(&t[0], "second", None).await;
+    api.post(&format!("/v1/rooms/{r2}/join"), Some(&t[1]), json!({}))
+        .await
+        .expect(200);
+    let mut reader = Client::connect(&s.base, &t[1]).await;
+    for round in 0..3 {
+        for room in [&r1, &r2] {
+            reader.subscribe(room, None).await;
+            let cmid = format!("{round}-{room}");
+            // Two in a row: the tailer goes on while the room is wanted.
+            for n in 0..2 {
+                let text = format!("{cmid}-{n}");
+                api.send(&t[0], room, &text, &text).await.expect(202);
+                let m = reader.next_of(&["message"]).await;
+                assert_eq!(m["text"], text.as_str(), "round {round}");
+            }
+            reader.send(json!({"type": "unsubscribe", "room_id": room})).await;
+            assert_eq!(reader.next_of(&["unsubscribed"]).await["room_id"], room.as_str());
+            // With no subscriber left, the next record lets the tailer stop.
+            api.send(&t[0], room, &format!("gone-{cmid}"), "unseen")
+                .await
+                .expect(202);
+            assert!(reader.quiet(200).await);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_fifty_missed_messages_is_exact() {
     let s = TestServer::start().await;

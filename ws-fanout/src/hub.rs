@@ -65,6 +65,11 @@ struct State {
     by_conn: HashMap<u64, Vec<String>>,
     /// Partition → next offset its tailer will process.
     tailers: HashMap<u32, u64>,
+    /// Partition → how many of its rooms have subscribers here (a tailer
+    /// asks after every batch whether it is still wanted).
+    rooms_per_partition: HashMap<u32, usize>,
+    /// Partitions of the rooms topic (a room's partition is its key's).
+    partitions: u32,
 }
 
 impl State {
@@ -84,6 +89,13 @@ impl State {
             subs.swap_remove(&conn_id);
             if subs.is_empty() {
                 self.rooms.remove(room_id);
+                let p = partition_for(room_id.as_bytes(), self.partitions);
+                if let Some(n) = self.rooms_per_partition.get_mut(&p) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.rooms_per_partition.remove(&p);
+                    }
+                }
             }
         }
         true
@@ -119,11 +131,15 @@ impl Hub {
         decisions: Arc<dyn Decisions>,
         shutdown: CancellationToken,
     ) -> Arc<Hub> {
+        let partitions = log.topology().rooms_partitions;
         Arc::new(Hub {
             log,
             views,
             decisions,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                partitions,
+                ..State::default()
+            }),
             shutdown,
         })
     }
@@ -176,6 +192,9 @@ impl Hub {
             // A connection has at most one subscription per room.
             st.remove_sub(conn.id, room_id);
             st.by_conn.entry(conn.id).or_default().push(room_id.to_owned());
+            if !st.rooms.contains_key(room_id) {
+                *st.rooms_per_partition.entry(p).or_default() += 1;
+            }
             let subs = st.rooms.entry(room_id.to_owned()).or_default();
             let (last, held) = match since {
                 Some(s) if s + 1 < boundary => (s, Some(Vec::new())),
@@ -393,7 +412,7 @@ impl Hub {
     /// the log's end.
     fn stop_if_unwanted(&self, p: u32) -> bool {
         let mut st = self.state.lock().expect("hub lock");
-        if st.rooms.keys().any(|r| self.partition_of(r) == p) {
+        if st.rooms_per_partition.contains_key(&p) {
             return false;
         }
         st.tailers.remove(&p);
