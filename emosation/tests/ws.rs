@@ -278,6 +278,42 @@ async fn refusals_and_bad_frames_keep_the_connection_open() {
     }
 }
 
+/// A client whose socket has a tiny receive buffer (4 KiB), so that a server
+/// writing to it fills the kernel's buffers quickly; `hello` already read.
+async fn tiny_buffer_client(s: &TestServer, token: &str) -> Client {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(s.server.as_ref().unwrap().addr).await.unwrap();
+    let url = format!("{}/v1/ws?access_token={token}", s.base.replace("http://", "ws://"));
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let mut client = Client { ws };
+    client.next().await; // hello
+    client
+}
+
+/// `n` posts of 3,900 bytes to `room` by 8 concurrent HTTP senders (several
+/// MB: enough to fill a non-reading socket's kernel buffers, then its queue).
+fn storm(api: &Api, token: &str, room: &str, n: usize) -> tokio::task::JoinHandle<()> {
+    let (api, token, room) = (api.clone(), token.to_owned(), room.to_owned());
+    tokio::spawn(async move {
+        let text = "x".repeat(3900);
+        let mut senders = Vec::new();
+        for w in 0..8 {
+            let (api, token, room, text) = (api.clone(), token.clone(), room.clone(), text.clone());
+            senders.push(tokio::spawn(async move {
+                for i in (w..n).step_by(8) {
+                    api.send(&token, &room, &format!("k{i}"), &text).await.expect(202);
+                }
+            }));
+        }
+        for s in senders {
+            s.await.unwrap();
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_disconnected_while_the_room_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
@@ -288,22 +324,13 @@ async fn a_slow_reader_is_disconnected_while_the_room_goes_on() {
     let (room, t) = room_with(&api, "talker", &["slow", "fast"]).await;
 
     // The slow client's socket has a tiny receive buffer and it never reads.
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(s.server.as_ref().unwrap().addr).await.unwrap();
-    let url = format!("{}/v1/ws?access_token={}", s.base.replace("http://", "ws://"), t[1]);
-    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
-    let mut slow = Client { ws };
-    slow.next().await; // hello
+    let mut slow = tiny_buffer_client(&s, &t[1]).await;
     slow.subscribe(&room, None).await;
     let mut fast = Client::connect(&s.base, &t[2]).await;
     fast.subscribe(&room, None).await;
 
     // Enough traffic to fill the kernel's socket buffers (several MB), then
     // the connection's queue.
-    let text = "x".repeat(3900);
     const N: usize = 1600;
     let fast_reader = tokio::spawn(async move {
         let mut ids = Vec::new();
@@ -313,18 +340,7 @@ async fn a_slow_reader_is_disconnected_while_the_room_goes_on() {
         }
         ids
     });
-    let mut senders = Vec::new();
-    for w in 0..8 {
-        let (api, token, room, text) = (api.clone(), t[0].clone(), room.clone(), text.clone());
-        senders.push(tokio::spawn(async move {
-            for i in (w..N).step_by(8) {
-                api.send(&token, &room, &format!("k{i}"), &text).await.expect(202);
-            }
-        }));
-    }
-    for s in senders {
-        s.await.unwrap();
-    }
+    storm(&api, &t[0], &room, N).await.unwrap();
     // The fast reader got every message, in log order, while the slow one stalled.
     let got = fast_reader.await.unwrap();
     assert_eq!(got.len(), N);
@@ -356,38 +372,13 @@ async fn a_slow_client_that_keeps_writing_still_gets_its_close_frame() {
     let api = s.client();
     let (room, t) = room_with(&api, "storm", &["writer", "watcher"]).await;
 
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(s.server.as_ref().unwrap().addr).await.unwrap();
-    let url = format!("{}/v1/ws?access_token={}", s.base.replace("http://", "ws://"), t[1]);
-    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
-    let mut writer = Client { ws };
-    writer.next().await; // hello
+    let mut writer = tiny_buffer_client(&s, &t[1]).await;
     writer.subscribe(&room, None).await;
     let mut watcher = Client::connect(&s.base, &t[2]).await;
     watcher.subscribe(&room, None).await;
 
     // A storm the writer never reads fills its socket buffers, then its queue.
-    let text = "x".repeat(3900);
-    let storm = {
-        let (api, token, room) = (api.clone(), t[0].clone(), room.clone());
-        tokio::spawn(async move {
-            let mut senders = Vec::new();
-            for w in 0..8 {
-                let (api, token, room, text) = (api.clone(), token.clone(), room.clone(), text.clone());
-                senders.push(tokio::spawn(async move {
-                    for i in (w..1600).step_by(8) {
-                        api.send(&token, &room, &format!("k{i}"), &text).await.expect(202);
-                    }
-                }));
-            }
-            for s in senders {
-                s.await.unwrap();
-            }
-        })
-    };
+    let posting = storm(&api, &t[0], &room, 1600);
     // Meanwhile the writer types every 20 ms, and goes on typing
     // until the end. The watcher sees it relayed for as long as the server
     // reads the writer's socket; once the relays stop, the server has closed
@@ -438,7 +429,7 @@ async fn a_slow_client_that_keeps_writing_still_gets_its_close_frame() {
     }
     typist.abort();
     assert_eq!(code, Some(1013));
-    storm.await.unwrap();
+    posting.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

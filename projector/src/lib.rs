@@ -104,6 +104,27 @@ pub async fn fold_batch(
     Ok((overlay.take_changes(), folded))
 }
 
+/// Folds a fetched batch (never empty) and applies its changes together with
+/// the partition's next offset, in one view batch; returns each record's
+/// outcome. The live projector then publishes the decisions.
+async fn fold_and_apply(
+    store: &dyn ViewStore,
+    topic: Topic,
+    partition: u32,
+    entries: &[LogEntry],
+) -> Result<Vec<Folded>, StoreError> {
+    let next = entries.last().map_or(0, |e| e.offset + 1);
+    let (changes, folded) = fold_batch(store, topic, partition, entries).await?;
+    store
+        .apply(ViewBatch {
+            consumer: CORE_VIEWS.to_owned(),
+            changes,
+            positions: vec![(topic, partition, next)],
+        })
+        .await?;
+    Ok(folded)
+}
+
 /// Records per fetch in the live projector.
 const LIVE_BATCH: usize = 2048;
 
@@ -220,14 +241,7 @@ async fn follow_partition(
             continue;
         };
         let new_next = last.offset + 1;
-        let (changes, folded) = fold_batch(store, topic, partition, &entries).await?;
-        store
-            .apply(ViewBatch {
-                consumer: CORE_VIEWS.to_owned(),
-                changes,
-                positions: vec![(topic, partition, new_next)],
-            })
-            .await?;
+        let folded = fold_and_apply(store, topic, partition, &entries).await?;
         decisions.applied(topic, partition, new_next);
         for f in folded {
             decisions.publish(
@@ -296,14 +310,7 @@ pub async fn catch_up(log: &dyn Log, store: &dyn ViewStore) -> Result<u64, Proje
                 };
                 stalled_since = None;
                 let new_next = last.offset + 1;
-                let (changes, _) = fold_batch(store, topic, partition, &entries).await?;
-                store
-                    .apply(ViewBatch {
-                        consumer: CORE_VIEWS.to_owned(),
-                        changes,
-                        positions: vec![(topic, partition, new_next)],
-                    })
-                    .await?;
+                fold_and_apply(store, topic, partition, &entries).await?;
                 folded += new_next - next;
                 next = new_next;
             }
