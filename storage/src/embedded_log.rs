@@ -315,8 +315,9 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(
         let ts = now_ms();
         let mut batch = shared.db.batch();
         let mut positions = Vec::with_capacity(group.len());
-        let mut appended: Vec<(Topic, u32, LogEntry)> = Vec::with_capacity(group.len());
-        let mut touched: HashMap<(Topic, u32), u64> = HashMap::new();
+        // Each partition's new records, in offset order: its new end is the
+        // last one's offset + 1.
+        let mut appended: HashMap<(Topic, u32), Vec<LogEntry>> = HashMap::new();
         for r in &group {
             match r {
                 Request::Append(a) => {
@@ -331,18 +332,13 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(
                         entry_key(a.partition, offset),
                         encode_entry(ts, &a.key, &a.value),
                     );
-                    touched.insert((a.topic, a.partition), offset + 1);
                     positions.push(Some(LogPosition::new(a.partition, offset)));
-                    appended.push((
-                        a.topic,
-                        a.partition,
-                        LogEntry {
-                            offset,
-                            key: a.key.clone(),
-                            value: a.value.clone(),
-                            timestamp_ms: ts,
-                        },
-                    ));
+                    appended.entry((a.topic, a.partition)).or_default().push(LogEntry {
+                        offset,
+                        key: a.key.clone(),
+                        value: a.value.clone(),
+                        timestamp_ms: ts,
+                    });
                 }
                 Request::Commit(c) => {
                     batch.insert(&shared.groups, c.key.clone(), c.next_offset.to_be_bytes());
@@ -366,11 +362,14 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(
         match result {
             Ok(()) => {
                 // Durable now: into the tails, then visible to readers.
-                for (topic, p, entry) in appended {
-                    shared.tails[&(topic, p)].lock().expect("tail lock").push(entry);
-                }
-                for ((topic, p), end) in touched {
-                    shared.ends[&(topic, p)].send_replace(end);
+                for (tp, entries) in appended {
+                    let end = entries.last().map_or(0, |e| e.offset + 1);
+                    let mut tail = shared.tails[&tp].lock().expect("tail lock");
+                    for entry in entries {
+                        tail.push(entry);
+                    }
+                    drop(tail);
+                    shared.ends[&tp].send_replace(end);
                 }
                 debug!(requests = group.len(), "group commit");
                 for (r, pos) in group.drain(..).zip(positions) {
