@@ -44,8 +44,6 @@ struct Sub {
     /// Distinguishes a re-subscription from the one it replaced, so a
     /// catch-up of the old one cannot deliver into the new one.
     id: u64,
-    /// `conn.id`, kept inline: scans compare it without following the Arc.
-    conn_id: u64,
     conn: Arc<ConnHandle>,
     streams: Streams,
     /// Offset of the last event this subscription has, or is deemed to have, seen.
@@ -85,6 +83,13 @@ impl State {
         if rooms.is_empty() {
             self.by_conn.remove(&conn_id);
         }
+        self.leave_room(conn_id, room_id);
+        true
+    }
+
+    /// Removes `conn_id` from `room_id`'s subscribers (the room side of
+    /// [`State::remove_sub`]; the caller updates `by_conn`).
+    fn leave_room(&mut self, conn_id: u64, room_id: &str) {
         if let Some(subs) = self.rooms.get_mut(room_id) {
             subs.swap_remove(&conn_id);
             if subs.is_empty() {
@@ -98,7 +103,6 @@ impl State {
                 }
             }
         }
-        true
     }
 }
 
@@ -205,7 +209,6 @@ impl Hub {
                 conn.id,
                 Sub {
                     id: sub_id,
-                    conn_id: conn.id,
                     conn: Arc::clone(&conn),
                     streams,
                     last,
@@ -248,8 +251,8 @@ impl Hub {
     /// Drops every subscription of a closed connection.
     pub fn drop_conn(&self, conn_id: u64) {
         let mut st = self.state.lock().expect("hub lock");
-        for room in st.by_conn.get(&conn_id).cloned().unwrap_or_default() {
-            st.remove_sub(conn_id, &room);
+        for room in st.by_conn.remove(&conn_id).unwrap_or_default() {
+            st.leave_room(conn_id, &room);
         }
     }
 
@@ -258,9 +261,9 @@ impl Hub {
         let frame = frames::typing(room_id, user_id);
         let st = self.state.lock().expect("hub lock");
         if let Some(subs) = st.rooms.get(room_id) {
-            for s in subs
-                .values()
-                .filter(|s| s.conn_id != from && s.streams.chat && s.held.is_none())
+            for (_, s) in subs
+                .iter()
+                .filter(|(conn_id, s)| **conn_id != from && s.streams.chat && s.held.is_none())
             {
                 s.conn.push(frame.clone());
             }
@@ -583,11 +586,11 @@ fn deliver(st: &mut State, ev: Event) {
     if let Some(user) = &ev.left {
         // A member who left no longer receives the room.
         let leaving: Vec<u64> = subs
-            .values()
-            .filter(|s| s.conn.user_id == *user)
-            .map(|s| {
+            .iter()
+            .filter(|(_, s)| s.conn.user_id == *user)
+            .map(|(conn_id, s)| {
                 s.conn.push(frames::unsubscribed(&ev.room_id));
-                s.conn_id
+                *conn_id
             })
             .collect();
         for conn_id in leaving {
