@@ -9,7 +9,8 @@
 //! ([`ViewValue::encode`]), the bytes every adapter stores.
 //!
 //! Rows are kept in *buckets* of one table and one 16-byte key prefix — a
-//! room, for messages and idempotency keys — each bucket in its own buffer.
+//! room, for messages and idempotency keys — each bucket in its own chunks of
+//! memory, written once and never moved.
 //! [`BulkRows::sorted`] then orders the buckets (a few thousand) rather than
 //! the rows (millions), and a bucket's rows are usually in order already (a
 //! room's messages are written in message-id order) or sorted where they lie
@@ -31,6 +32,11 @@ pub struct BulkRows {
     rows: Vec<Row>,
     buckets: Vec<Bucket>,
     bucket_of: HashMap<(u8, u128), u32, BuildHasherDefault<FxHasher>>,
+    /// The rows' bytes. A bucket fills one chunk at a time and starts a new,
+    /// larger one when it is full: rows never move once written (a growing
+    /// buffer would copy them, and fault in twice the memory, at every
+    /// doubling), and each chunk holds one bucket's rows together.
+    chunks: Vec<Chunk>,
     bytes: usize,
     scratch: Vec<u8>,
 }
@@ -39,18 +45,30 @@ pub struct BulkRows {
 struct Bucket {
     table: u8,
     prefix: u128,
-    bytes: Vec<u8>,
     /// Its rows, in push order.
     rows: Vec<u32>,
+    /// The chunk it is filling, if any.
+    filling: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct Chunk {
+    bucket: u32,
+    bytes: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Row {
-    bucket: u32,
+    chunk: u32,
     start: u32,
     key_len: u32,
     value_len: u32,
 }
+
+/// A bucket's first chunk; each next one is twice as large, up to
+/// [`MAX_CHUNK`] (a larger row gets a chunk of its own size).
+const FIRST_CHUNK: usize = 256;
+const MAX_CHUNK: usize = 64 << 10;
 
 impl BulkRows {
     pub fn new() -> Self {
@@ -67,33 +85,47 @@ impl BulkRows {
         let index = u32::try_from(self.rows.len()).map_err(|_| too_large())?;
         self.scratch.clear();
         key.encode_into(&mut self.scratch);
-        let table = key.table_index() as u8;
-        let b = self.bucket(table, prefix(&self.scratch));
-        let bucket = &mut self.buckets[b as usize];
-        let start = bucket.bytes.len();
-        bucket.bytes.extend_from_slice(&self.scratch);
-        if let Err(e) = value.encode_into(&mut bucket.bytes) {
-            bucket.bytes.truncate(start);
-            return Err(StoreError::Storage(format!("encoding {key:?}: {e}")));
-        }
-        let value_len = bucket.bytes.len() - start - self.scratch.len();
-        let (Ok(start), Ok(key_len), Ok(value_len)) = (
-            u32::try_from(start),
-            u32::try_from(self.scratch.len()),
-            u32::try_from(value_len),
-        ) else {
-            bucket.bytes.truncate(start);
+        let key_len = self.scratch.len();
+        value
+            .encode_into(&mut self.scratch)
+            .map_err(|e| StoreError::Storage(format!("encoding {key:?}: {e}")))?;
+        let row_len = self.scratch.len();
+        let (Ok(key_len), Ok(value_len)) = (u32::try_from(key_len), u32::try_from(row_len - key_len)) else {
             return Err(too_large());
         };
-        bucket.rows.push(index);
-        self.bytes += (key_len + value_len) as usize;
+        let b = self.bucket(key.table_index() as u8, prefix(&self.scratch[..key_len as usize]));
+        let chunk = self.chunk_for(b, row_len).ok_or_else(too_large)?;
+        let bytes = &mut self.chunks[chunk as usize].bytes;
+        let start = u32::try_from(bytes.len()).map_err(|_| too_large())?;
+        bytes.extend_from_slice(&self.scratch);
+        self.buckets[b as usize].rows.push(index);
+        self.bytes += row_len;
         self.rows.push(Row {
-            bucket: b,
+            chunk,
             start,
             key_len,
             value_len,
         });
         Ok(index)
+    }
+
+    /// A chunk of bucket `b` with room for `len` more bytes, started if need be.
+    fn chunk_for(&mut self, b: u32, len: usize) -> Option<u32> {
+        let bucket = &mut self.buckets[b as usize];
+        let last = bucket.filling.map(|c| &self.chunks[c as usize].bytes);
+        if let Some(bytes) = last
+            && bytes.capacity() - bytes.len() >= len
+        {
+            return bucket.filling;
+        }
+        let size = last.map_or(FIRST_CHUNK, |bytes| (bytes.capacity() * 2).min(MAX_CHUNK));
+        let c = u32::try_from(self.chunks.len()).ok()?;
+        self.chunks.push(Chunk {
+            bucket: b,
+            bytes: Vec::with_capacity(size.max(len)),
+        });
+        bucket.filling = Some(c);
+        Some(c)
     }
 
     /// The bucket of `(table, prefix)`, created if new.
@@ -104,8 +136,8 @@ impl BulkRows {
             self.buckets.push(Bucket {
                 table,
                 prefix,
-                bytes: Vec::new(),
                 rows: Vec::new(),
+                filling: None,
             });
         }
         b
@@ -125,50 +157,50 @@ impl BulkRows {
     }
 
     /// Moves `other`'s rows after this one's; they are renumbered after
-    /// this one's. Buckets new to this one move whole, without copying.
+    /// this one's. Its chunks move whole, without copying a byte.
     pub fn append(&mut self, other: BulkRows) {
         let shift = self.rows.len() as u32;
-        // other's bucket → (this one's bucket, byte offset in it)
+        let chunk_shift = self.chunks.len() as u32;
+        // other's bucket → this one's
         let mut moved = Vec::with_capacity(other.buckets.len());
         for ob in other.buckets {
             let b = self.bucket(ob.table, ob.prefix);
             let bucket = &mut self.buckets[b as usize];
-            moved.push((b, bucket.bytes.len() as u32));
-            if bucket.bytes.is_empty() {
-                bucket.bytes = ob.bytes;
-            } else {
-                bucket.bytes.extend_from_slice(&ob.bytes);
-            }
             bucket.rows.extend(ob.rows.iter().map(|r| r + shift));
-        }
-        self.rows.extend(other.rows.iter().map(|r| {
-            let (bucket, offset) = moved[r.bucket as usize];
-            Row {
-                bucket,
-                start: r.start + offset,
-                ..*r
+            if bucket.filling.is_none() {
+                bucket.filling = ob.filling.map(|c| c + chunk_shift);
             }
+            moved.push(b);
+        }
+        self.chunks.extend(other.chunks.into_iter().map(|c| Chunk {
+            bucket: moved[c.bucket as usize],
+            bytes: c.bytes,
+        }));
+        self.rows.extend(other.rows.iter().map(|r| Row {
+            chunk: r.chunk + chunk_shift,
+            ..*r
         }));
         self.bytes += other.bytes;
     }
 
     /// Row `i`'s table (one of [`TABLES`]).
     pub fn table(&self, i: u32) -> &'static str {
-        TABLES[self.buckets[self.rows[i as usize].bucket as usize].table as usize]
+        let chunk = &self.chunks[self.rows[i as usize].chunk as usize];
+        TABLES[self.buckets[chunk.bucket as usize].table as usize]
     }
 
     /// Row `i`'s canonical key bytes.
     pub fn key(&self, i: u32) -> &[u8] {
         let r = self.rows[i as usize];
         let at = r.start as usize;
-        &self.buckets[r.bucket as usize].bytes[at..at + r.key_len as usize]
+        &self.chunks[r.chunk as usize].bytes[at..at + r.key_len as usize]
     }
 
     /// Row `i`'s encoded value.
     pub fn value(&self, i: u32) -> &[u8] {
         let r = self.rows[i as usize];
         let at = r.start as usize + r.key_len as usize;
-        &self.buckets[r.bucket as usize].bytes[at..at + r.value_len as usize]
+        &self.chunks[r.chunk as usize].bytes[at..at + r.value_len as usize]
     }
 
     /// Row `i`'s value, decoded.

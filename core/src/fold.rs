@@ -191,8 +191,9 @@ fn put_member(s: &mut impl FoldState, m: MemberView) {
     s.put(member(&m.room_id, &m.user_id), ViewValue::Member(m));
 }
 
-/// Folds one record into `state` and says what was decided.
-pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Outcome {
+/// Folds one record into `state` and says what was decided. The record is
+/// consumed: its strings move into the views instead of being copied.
+pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Outcome {
     match record {
         Record::UserSignedUp(r) => {
             let name_key = ViewKey::Username(normalize_username(&r.username));
@@ -346,7 +347,7 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
             if !matches!(state.get(&author_key), Some(ViewValue::Member(_))) {
                 return Err(Rejection::NotMember);
             }
-            let cm_key = client_msg_key(r);
+            let cm_key = client_msg_key(&r);
             if let Some(ViewValue::ClientMsg(first)) = state.get(&cm_key) {
                 return Ok(Accepted::Posted {
                     message_id: first.clone(),
@@ -368,20 +369,29 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: &Record) -> Ou
                 }
             });
             state.put(cm_key, ViewValue::ClientMsg(message_id.clone()));
+            let crate::record::MessagePosted {
+                room_id,
+                author_id,
+                author,
+                text,
+                client_msg_id,
+                at,
+                ..
+            } = r;
             state.put(
                 ViewKey::Message {
-                    room_id: r.room_id.clone(),
+                    room_id: room_id.clone(),
                     message_id: message_id.clone(),
                 },
                 ViewValue::Message(MessageView {
                     message_id: message_id.clone(),
-                    room_id: r.room_id.clone(),
+                    room_id,
                     seq,
-                    author_id: r.author_id.clone(),
-                    author: r.author.clone(),
-                    text: r.text.clone(),
-                    created_at: r.at,
-                    client_msg_id: r.client_msg_id.clone(),
+                    author_id,
+                    author,
+                    text,
+                    created_at: at,
+                    client_msg_id,
                 }),
             );
             Ok(Accepted::Posted {
@@ -589,7 +599,7 @@ mod tests {
 
     fn fold_all(log: &[(LogPosition, Record)]) -> (MemState, Vec<Outcome>) {
         let mut s = MemState::default();
-        let outcomes = log.iter().map(|(p, r)| fold(&mut s, *p, r)).collect();
+        let outcomes = log.iter().map(|(p, r)| fold(&mut s, *p, r.clone())).collect();
         (s, outcomes)
     }
 
@@ -632,7 +642,7 @@ mod tests {
                             overlay.preload(k, v);
                         }
                     }
-                    outcomes.push(fold(&mut overlay, *p, r));
+                    outcomes.push(fold(&mut overlay, *p, r.clone()));
                 }
                 for (k, v) in overlay.take_changes() {
                     match v { Some(v) => store.put(k, v), None => store.delete(&k) }
@@ -676,9 +686,9 @@ mod tests {
             })
         };
         let mut s = MemState::default();
-        assert!(fold(&mut s, LogPosition::new(0, 0), &signup("0000000000000001")).is_ok());
+        assert!(fold(&mut s, LogPosition::new(0, 0), signup("0000000000000001")).is_ok());
         assert_eq!(
-            fold(&mut s, LogPosition::new(0, 1), &signup("0000000000000002")),
+            fold(&mut s, LogPosition::new(0, 1), signup("0000000000000002")),
             Err(Rejection::UsernameTaken)
         );
 
@@ -692,7 +702,7 @@ mod tests {
             owner_id: "0000000000000001".into(),
             owner_name: "alice".into(),
         });
-        fold(&mut s, LogPosition::new(1, 0), &created).unwrap();
+        fold(&mut s, LogPosition::new(1, 0), created).unwrap();
         let post = Record::MessagePosted(MessagePosted {
             request_id: 0,
             at: 3,
@@ -702,8 +712,8 @@ mod tests {
             client_msg_id: "k".into(),
             text: "hi".into(),
         });
-        let first = fold(&mut s, LogPosition::new(1, 1), &post).unwrap();
-        let again = fold(&mut s, LogPosition::new(1, 2), &post).unwrap();
+        let first = fold(&mut s, LogPosition::new(1, 1), post.clone()).unwrap();
+        let again = fold(&mut s, LogPosition::new(1, 2), post).unwrap();
         assert_eq!(
             first,
             Accepted::Posted {

@@ -359,13 +359,26 @@ impl ViewValue {
 
     /// [`ViewValue::encode`], appended to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+        /// Appends to the caller's buffer: one byte or one slice at a time,
+        /// straight into the vector (replay encodes millions of values).
         struct Append<'a>(&'a mut Vec<u8>);
-        impl Extend<u8> for Append<'_> {
-            fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
-                self.0.extend(bytes);
+        impl postcard::ser_flavors::Flavor for Append<'_> {
+            type Output = ();
+            #[inline]
+            fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+                self.0.push(byte);
+                Ok(())
+            }
+            #[inline]
+            fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+                self.0.extend_from_slice(bytes);
+                Ok(())
+            }
+            fn finalize(self) -> postcard::Result<()> {
+                Ok(())
             }
         }
-        postcard::to_extend(self, Append(out)).map(|_| ())
+        postcard::serialize_with_flavor(self, Append(out))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ViewValue, postcard::Error> {

@@ -94,11 +94,11 @@ pub async fn fold_batch(
         }
     }
     let folded = records
-        .iter()
-        .map(|(pos, r): &(LogPosition, Record)| Folded {
+        .into_iter()
+        .map(|(pos, r): (LogPosition, Record)| Folded {
             request_id: r.request_id(),
-            position: *pos,
-            outcome: fold(&mut overlay, *pos, r),
+            position: pos,
+            outcome: fold(&mut overlay, pos, r),
         })
         .collect();
     Ok((overlay.take_changes(), folded))

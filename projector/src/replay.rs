@@ -266,9 +266,9 @@ impl PartitionState {
                 }
             }
         }
-        for (n, (pos, r)) in records.iter().enumerate() {
+        for (n, (pos, r)) in records.into_iter().enumerate() {
             self.folding = n;
-            let _ = fold(self, *pos, r);
+            let _ = fold(self, pos, r);
         }
         if let Some(e) = self.failed.take() {
             return Err(e);
