@@ -45,8 +45,10 @@ pub struct BulkRows {
 struct Bucket {
     table: u8,
     prefix: u128,
-    /// Its rows, in push order.
+    /// Its rows, in push order (or by key, after [`BulkRows::sort_buckets`]).
     rows: Vec<u32>,
+    /// Encoded bytes of its rows.
+    bytes: usize,
     /// The chunk it is filling, if any.
     filling: Option<u32>,
 }
@@ -98,7 +100,9 @@ impl BulkRows {
         let bytes = &mut self.chunks[chunk as usize].bytes;
         let start = u32::try_from(bytes.len()).map_err(|_| too_large())?;
         bytes.extend_from_slice(&self.scratch);
-        self.buckets[b as usize].rows.push(index);
+        let bucket = &mut self.buckets[b as usize];
+        bucket.rows.push(index);
+        bucket.bytes += row_len;
         self.bytes += row_len;
         self.rows.push(Row {
             chunk,
@@ -137,6 +141,7 @@ impl BulkRows {
                 table,
                 prefix,
                 rows: Vec::new(),
+                bytes: 0,
                 filling: None,
             });
         }
@@ -167,6 +172,7 @@ impl BulkRows {
             let b = self.bucket(ob.table, ob.prefix);
             let bucket = &mut self.buckets[b as usize];
             bucket.rows.extend(ob.rows.iter().map(|r| r + shift));
+            bucket.bytes += ob.bytes;
             if bucket.filling.is_none() {
                 bucket.filling = ob.filling.map(|c| c + chunk_shift);
             }
@@ -219,18 +225,53 @@ impl BulkRows {
     /// Row numbers per table (indexed like [`TABLES`]), each sorted by key
     /// with repeated keys dropped (the first pushed stays).
     pub fn sorted(&self) -> Vec<Vec<u32>> {
-        let mut buckets: Vec<(u8, u128, u32)> = self
+        (0..TABLES.len()).map(|t| self.sorted_table(t)).collect()
+    }
+
+    /// Orders each bucket's rows by key (stably: of equal keys the first
+    /// pushed stays first), so that [`BulkRows::sorted_table`] finds them in
+    /// order. Rows moved into another `BulkRows` by [`BulkRows::append`] keep
+    /// their order: whoever produces rows can sort them where it has cores to
+    /// spare, instead of in the bulk load.
+    pub fn sort_buckets(&mut self) {
+        for b in 0..self.buckets.len() {
+            let mut rows = std::mem::take(&mut self.buckets[b].rows);
+            if !rows.is_sorted_by(|&x, &y| self.key(x) <= self.key(y)) {
+                rows.sort_by(|&x, &y| self.key(x).cmp(self.key(y)));
+            }
+            self.buckets[b].rows = rows;
+        }
+    }
+
+    /// Encoded bytes of table `t`'s rows, repeated keys included.
+    pub fn table_bytes(&self, t: usize) -> usize {
+        self.buckets
+            .iter()
+            .filter(|b| b.table as usize == t)
+            .map(|b| b.bytes)
+            .sum()
+    }
+
+    /// Whether table `t` (an index into [`TABLES`]) has rows.
+    pub fn has_table(&self, t: usize) -> bool {
+        self.buckets.iter().any(|b| b.table as usize == t && !b.rows.is_empty())
+    }
+
+    /// Table `t`'s part of [`BulkRows::sorted`]; tables can be sorted in
+    /// parallel.
+    pub fn sorted_table(&self, t: usize) -> Vec<u32> {
+        let mut buckets: Vec<(u128, u32)> = self
             .buckets
             .iter()
             .enumerate()
-            .map(|(i, b)| (b.table, b.prefix, i as u32))
+            .filter(|(_, b)| b.table as usize == t)
+            .map(|(i, b)| (b.prefix, i as u32))
             .collect();
         // Integer order of prefixes is byte order wherever they differ, and
         // rows with equal prefixes share a bucket.
         buckets.sort_unstable();
-        let mut out = vec![Vec::new(); TABLES.len()];
-        for (table, _, b) in buckets {
-            let order = &mut out[table as usize];
+        let mut order = Vec::with_capacity(buckets.iter().map(|&(_, b)| self.buckets[b as usize].rows.len()).sum());
+        for (_, b) in buckets {
             let from = order.len();
             order.extend_from_slice(&self.buckets[b as usize].rows);
             let group = &mut order[from..];
@@ -238,6 +279,7 @@ impl BulkRows {
             if group.is_sorted_by(|&a, &b| self.key(a) < self.key(b)) {
                 continue;
             }
+            // Stable: of equal keys, the first pushed comes first and stays.
             group.sort_by(|&a, &b| self.key(a).cmp(self.key(b)));
             let mut kept = 1;
             for j in 1..group.len() {
@@ -249,7 +291,7 @@ impl BulkRows {
             let dropped = group.len() - kept;
             order.truncate(order.len() - dropped);
         }
-        out
+        order
     }
 }
 
@@ -366,12 +408,20 @@ mod tests {
                 let got: Vec<Vec<u8>> = order.iter().map(|&i| rows.key(i).to_vec()).collect();
                 prop_assert_eq!(got, want(&rows, t));
             }
+            // Buckets sorted beforehand (as a replay's partition does): the
+            // same rows chosen, repeated keys' first pushed included.
+            let mut presorted = rows.clone();
+            presorted.sort_buckets();
+            prop_assert_eq!(presorted.sorted(), rows.sorted());
             // Pushed in parts and appended: the same rows, the same order.
             let mut merged = BulkRows::new();
             for part in keys.chunks(split.max(1)) {
                 let mut rows = BulkRows::new();
                 for (t, a, b) in part {
                     rows.push(&key(*t, a, b), &ViewValue::Username(b.clone())).unwrap();
+                }
+                if split % 2 == 0 {
+                    rows.sort_buckets();
                 }
                 merged.append(rows);
             }

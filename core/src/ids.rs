@@ -192,7 +192,13 @@ mod tests {
         assert_eq!(LogPosition::parse_id("zz"), None);
         assert_eq!(LogPosition::parse_id("000300000000000G"), None);
         assert_eq!(LogPosition::parse_id("0003000000000A0b"), None, "uppercase is not ours");
-        for (partition, offset) in [(0, 0), (3, 9), (0xabcd, 0x1234_5678_9abc), (0xffff, MAX_OFFSET), (7, 1 << 40)] {
+        for (partition, offset) in [
+            (0, 0),
+            (3, 9),
+            (0xabcd, 0x1234_5678_9abc),
+            (0xffff, MAX_OFFSET),
+            (7, 1 << 40),
+        ] {
             let p = LogPosition::new(partition, offset);
             assert_eq!(p.to_id(), format!("{partition:04x}{offset:012x}"));
             assert_eq!(LogPosition::parse_id(&p.to_id()), Some(p));

@@ -289,7 +289,9 @@ impl PartitionState {
         next: u64,
     ) -> Result<(), StoreError> {
         // Nothing reads this partition's rows any more: they can wait for a
-        // larger bulk load.
+        // larger bulk load, sorted here, where other partitions' folds keep
+        // the other cores busy, rather than in the load at the end.
+        self.pending.sort_buckets();
         shared.add(store, std::mem::take(&mut self.pending), next).await?;
         let mut changes: Vec<_> = self.mem.into_iter().filter(|(_, v)| v.is_some()).collect();
         loop {

@@ -81,6 +81,46 @@ fn table_options(table: &str) -> KeyspaceCreateOptions {
     }
 }
 
+/// A bulk load's work: `(table, range of its sorted rows)`, one ingestion
+/// (one sorted run) each, loaded in parallel. A table holding more than its
+/// share of the bytes (one core's worth) is cut into key ranges of about a
+/// share each, so that the load keeps every core busy — the load at the end
+/// of a replay has nothing else to overlap with, and message rows are most of
+/// its bytes. The ranges are disjoint, so the runs do not overlap, and pieces
+/// stay above [`MIN_PIECE`] bytes, so a small load is not cut into many runs.
+fn ingest_pieces(
+    rows: &BulkRows,
+    sorted: &[Vec<u32>],
+    cores: usize,
+    min_piece: usize,
+) -> Vec<(usize, std::ops::Range<usize>)> {
+    // A table's cost: its bytes, and as much again per row as a small row's.
+    let cost: Vec<usize> = (0..sorted.len())
+        .map(|t| rows.table_bytes(t) + ROW_COST * sorted[t].len())
+        .collect();
+    let cores = cores.max(1);
+    let share = (cost.iter().sum::<usize>() / cores).max(min_piece);
+    let mut pieces = Vec::new();
+    for (table, order) in sorted.iter().enumerate() {
+        // A table's rows are of much the same size: equal counts of rows.
+        let n = cost[table].div_ceil(share).clamp(1, cores);
+        let per = order.len().div_ceil(n).max(1);
+        pieces.extend(
+            (0..order.len())
+                .step_by(per)
+                .map(|at| (table, at..(at + per).min(order.len()))),
+        );
+    }
+    pieces
+}
+
+/// The smallest key range [`ingest_pieces`] cuts off a table.
+const MIN_PIECE: usize = 8 << 20;
+/// What writing a row costs beyond its bytes, in bytes: an ingestion writes
+/// half a million 50-byte rows in about the time it takes for a quarter of a
+/// million 150-byte rows.
+const ROW_COST: usize = 100;
+
 fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(e.to_string())
 }
@@ -415,15 +455,29 @@ impl ViewStore for EmbeddedViewStore {
     }
 
     async fn ingest(&self, rows: BulkRows) -> Result<(), StoreError> {
-        // Each table's rows become one sorted run (an LSM ingestion), written
-        // straight from the rows' encoded bytes; tables load in parallel.
+        // Each table's rows become sorted runs (LSM ingestions), written
+        // straight from the rows' encoded bytes; tables, and the key ranges
+        // of a large table, load in parallel ([`ingest_pieces`]).
         // Sorting and writing runs off the async workers, so a replay keeps
         // folding other partitions meanwhile.
         let h = self.handles();
         let gate = Arc::clone(&self.ingesting);
         let load_all = move || {
-            let sorted = rows.sorted();
             let _one_at_a_time = gate.lock().expect("ingest lock");
+            // Each table sorted on a thread of its own.
+            let sorted = std::thread::scope(|scope| {
+                let rows = &rows;
+                let sorts: Vec<_> = (0..TABLES.len())
+                    .map(|t| rows.has_table(t).then(|| scope.spawn(move || rows.sorted_table(t))))
+                    .collect();
+                sorts
+                    .into_iter()
+                    .map(|s| match s {
+                        None => Ok(Vec::new()),
+                        Some(s) => s.join().map_err(|_| storage("a bulk load sort thread panicked")),
+                    })
+                    .collect::<Result<Vec<Vec<u32>>, StoreError>>()
+            })?;
             let load = |order: &[u32], ks: &Keyspace| -> Result<(), StoreError> {
                 let mut ingestion = ks.start_ingestion().map_err(storage)?;
                 for &i in order {
@@ -431,12 +485,15 @@ impl ViewStore for EmbeddedViewStore {
                 }
                 ingestion.finish().map_err(storage)
             };
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let pieces = ingest_pieces(&rows, &sorted, cores, MIN_PIECE);
             std::thread::scope(|scope| {
-                let loads: Vec<_> = sorted
+                let loads: Vec<_> = pieces
                     .iter()
-                    .zip(&h.tables)
-                    .filter(|(order, _)| !order.is_empty())
-                    .map(|(order, ks)| scope.spawn(|| load(order, ks)))
+                    .map(|&(table, ref range)| {
+                        let (order, ks) = (&sorted[table][range.clone()], &h.tables[table]);
+                        scope.spawn(move || load(order, ks))
+                    })
                     .collect();
                 loads
                     .into_iter()
@@ -486,5 +543,69 @@ impl ViewStore for EmbeddedViewStore {
         }
         feed("positions", &mut self.positions.prefix(consumer.as_bytes()))?;
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message_rows(rooms: usize, per_room: usize, text: usize) -> BulkRows {
+        let mut rows = BulkRows::new();
+        for n in 0..rooms * per_room {
+            let room = format!("room-{}", n % rooms);
+            let id = format!("{n:016x}");
+            let key = ViewKey::Message {
+                room_id: room.clone(),
+                message_id: id.clone(),
+            };
+            let value = ViewValue::Username("x".repeat(text));
+            rows.push(&key, &value).unwrap();
+            let key = ViewKey::ClientMsg {
+                room_id: room,
+                user_id: "u".into(),
+                client_msg_id: id.clone(),
+            };
+            rows.push(&key, &ViewValue::ClientMsg(id)).unwrap();
+        }
+        rows
+    }
+
+    #[test]
+    fn pieces_cover_every_sorted_row_once_in_order() {
+        let rows = message_rows(7, 300, 200);
+        let sorted = rows.sorted();
+        for (cores, min_piece) in [(1, 0), (2, 0), (4, 0), (2, usize::MAX), (3, 50_000)] {
+            let pieces = ingest_pieces(&rows, &sorted, cores, min_piece);
+            for (t, order) in sorted.iter().enumerate() {
+                let ranges: Vec<_> = pieces
+                    .iter()
+                    .filter(|(pt, _)| *pt == t)
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                assert!(
+                    ranges.len() <= cores,
+                    "{cores} cores: at most one piece per core per table"
+                );
+                let covered: Vec<usize> = ranges.iter().flat_map(|r| r.clone()).collect();
+                assert_eq!(
+                    covered,
+                    (0..order.len()).collect::<Vec<_>>(),
+                    "{cores} cores, table {t}"
+                );
+                assert!(ranges.iter().all(|r| !r.is_empty()));
+            }
+        }
+        // The large table is cut only when cores and size allow it.
+        let messages = TABLES.iter().position(|t| *t == "messages").unwrap();
+        let cut = |cores, min| {
+            ingest_pieces(&rows, &sorted, cores, min)
+                .iter()
+                .filter(|(t, _)| *t == messages)
+                .count()
+        };
+        assert_eq!(cut(1, 0), 1);
+        assert_eq!(cut(2, 0), 2, "message rows are most of the bytes: one piece per core");
+        assert_eq!(cut(2, usize::MAX), 1, "a small load is never cut");
     }
 }

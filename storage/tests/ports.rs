@@ -789,6 +789,57 @@ async fn embedded_views_keep_bulk_loads_made_after_a_clear_across_reopen() {
     assert_eq!(store.checksum().await.unwrap(), before);
 }
 
+#[tokio::test]
+async fn embedded_views_keep_every_row_of_a_bulk_load_cut_into_parallel_pieces() {
+    // Large enough (about 45 MB of rows) that on a machine of two or more
+    // cores the message rows are loaded as key ranges on parallel threads;
+    // the same rows loaded in small, uncut parts must give the same views.
+    let entities = |from: u64, to: u64| {
+        (from..to).flat_map(|n| {
+            let (room, seq) = (format!("room-{:02}", n % 40), n / 40 + 1);
+            let mut m = message(&room, seq);
+            m.text = format!("{n} {}", "lorem ipsum ".repeat(12));
+            m.client_msg_id = format!("c-{n}");
+            [
+                (
+                    ViewKey::Message {
+                        room_id: room.clone(),
+                        message_id: m.message_id.clone(),
+                    },
+                    ViewValue::Message(m.clone()),
+                ),
+                (
+                    ViewKey::ClientMsg {
+                        room_id: room,
+                        user_id: m.author_id.clone(),
+                        client_msg_id: m.client_msg_id.clone(),
+                    },
+                    ViewValue::ClientMsg(m.message_id),
+                ),
+            ]
+        })
+    };
+    const N: u64 = 100_000;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let whole = EmbeddedViewStore::open(a.path()).unwrap();
+    let mut rows = bulk(entities(0, N));
+    rows.sort_buckets();
+    whole.ingest(rows).await.unwrap();
+    let parts = EmbeddedViewStore::open(b.path()).unwrap();
+    for part in 0..10 {
+        parts
+            .ingest(bulk(entities(part * N / 10, (part + 1) * N / 10)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(whole.checksum().await.unwrap(), parts.checksum().await.unwrap());
+    for room in ["room-00", "room-17", "room-39"] {
+        let page = whole.history(room, None, 50).await.unwrap();
+        assert_eq!(page.len(), 50);
+        assert_eq!(page.last().unwrap().seq, N / 40, "{room} ends with its last message");
+    }
+}
+
 /// The presence contract. `a` and `b` are two handles on one registry (two
 /// fan-out nodes); for the in-process adapter they are the same value.
 async fn presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
