@@ -401,13 +401,26 @@ async fn a_slow_client_that_keeps_writing_still_gets_its_close_frame() {
         // relay by milliseconds, not seconds).
         let relayed = tokio::time::timeout(Duration::from_secs(2), async {
             loop {
-                if watcher.next().await["type"] == "typing" {
-                    break;
+                match watcher.next().await["type"].as_str() {
+                    Some("typing") => break true,
+                    Some("__close") => break false,
+                    _ => {}
                 }
             }
         })
-        .await
-        .is_ok();
+        .await;
+        let relayed = match relayed {
+            Ok(true) => true,
+            Ok(false) => {
+                // On a busy machine the watcher itself can fall behind the
+                // storm (the queue is 16 frames) and be closed as slow: it
+                // comes back and watches on.
+                watcher = Client::connect(&s.base, &t[2]).await;
+                watcher.subscribe(&room, None).await;
+                continue;
+            }
+            Err(_) => false,
+        };
         relayed_once |= relayed;
         if relayed_once && !relayed {
             break;
