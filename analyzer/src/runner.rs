@@ -249,14 +249,23 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
     let log_checkpoint = matches!(checkpoint, Checkpoint::Log);
     let linger = consumer.linger();
     let mut dirty_since: Option<tokio::time::Instant> = None;
+    // How long to let records accumulate before the next fetch (after a
+    // short batch of a lingering consumer).
+    let mut pause = Duration::ZERO;
     loop {
         let wait = dirty_since.map_or(FETCH_WAIT, |t| COMMIT_EVERY.saturating_sub(t.elapsed()).min(FETCH_WAIT));
+        let fetch = async {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            log.fetch(topic, partition, next, consumer.batch_size(), wait).await
+        };
         let entries = tokio::select! {
             _ = shutdown.cancelled() => {
                 commit_pending(log, group, topic, partition, next, dirty_since.is_some()).await;
                 return Ok(());
             }
-            r = log.fetch(topic, partition, next, consumer.batch_size(), wait) => r,
+            r = fetch => r,
         };
         // A failure resumes from the checkpoint: first make it the progress
         // made, so that no handled batch is handled again.
@@ -268,6 +277,13 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
             }
         };
         let last = entries.last().map(|e| e.offset);
+        // After a short batch, a lingering consumer lets records accumulate;
+        // an empty fetch has waited already.
+        pause = if last.is_some() && entries.len() < consumer.batch_size() {
+            linger
+        } else {
+            Duration::ZERO
+        };
         if let Some(last) = last {
             // The records just became readable, and the chat path (the
             // projector's decisions, the fan-out's deliveries) was woken
@@ -298,14 +314,5 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
         metrics::counter!("emosation_consumer_records_total", "group" => group).increment(entries.len() as u64);
         let end = log.end_offset(topic, partition).await.unwrap_or(next);
         lag(end.saturating_sub(next));
-        if !linger.is_zero() && entries.len() < consumer.batch_size() {
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    commit_pending(log, group, topic, partition, next, dirty_since.is_some()).await;
-                    return Ok(());
-                }
-                _ = tokio::time::sleep(linger) => {}
-            }
-        }
     }
 }
