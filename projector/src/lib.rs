@@ -290,26 +290,10 @@ pub async fn catch_up(log: &dyn Log, store: &dyn ViewStore) -> Result<u64, Proje
         for partition in 0..topo.partitions(topic) {
             let end = log.end_offset(topic, partition).await?;
             let mut next = store.position(CORE_VIEWS, topic, partition).await?;
-            let mut stalled_since: Option<std::time::Instant> = None;
             while next < end {
                 let want = LIVE_BATCH.min((end - next) as usize);
-                let entries = log
-                    .fetch(topic, partition, next, want, Duration::from_millis(500))
-                    .await?;
-                let Some(last) = entries.last() else {
-                    // The records up to `end` exist; a slow broker answers
-                    // empty for a while, but not forever.
-                    let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() > Duration::from_secs(60) {
-                        return Err(ProjectorError::Log(LogError::Storage(format!(
-                            "catch-up of {}/{partition} stalled at offset {next} of {end}",
-                            topic.name()
-                        ))));
-                    }
-                    continue;
-                };
-                stalled_since = None;
-                let new_next = last.offset + 1;
+                let entries = fetch_existing(log, topic, partition, next, end, want, "catch-up").await?;
+                let new_next = entries.last().map_or(next, |e| e.offset + 1);
                 fold_and_apply(store, topic, partition, &entries).await?;
                 folded += new_next - next;
                 next = new_next;
@@ -317,6 +301,45 @@ pub async fn catch_up(log: &dyn Log, store: &dyn ViewStore) -> Result<u64, Proje
         }
     }
     Ok(folded)
+}
+
+/// How long a fetch of records the log says exist may come back empty before
+/// it is an error (a remote log's first read of a large partition is slow;
+/// a replay or catch-up never stops short).
+const STALL: Duration = Duration::from_secs(120);
+
+/// Fetches up to `want` records from `next`, below an `end` offset read
+/// earlier: they exist, so an empty answer means a slow broker, never the
+/// end. Asks again (waiting a second each time) until records come, and
+/// fails only after [`STALL`]. Never returns an empty batch.
+pub(crate) async fn fetch_existing(
+    log: &dyn Log,
+    topic: Topic,
+    partition: u32,
+    next: u64,
+    end: u64,
+    want: usize,
+    what: &str,
+) -> Result<Vec<LogEntry>, ProjectorError> {
+    let mut stalled_since: Option<std::time::Instant> = None;
+    loop {
+        let wait = if stalled_since.is_some() {
+            Duration::from_secs(1)
+        } else {
+            Duration::ZERO
+        };
+        let entries = log.fetch(topic, partition, next, want, wait).await?;
+        if !entries.is_empty() {
+            return Ok(entries);
+        }
+        let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > STALL {
+            return Err(ProjectorError::Log(LogError::Storage(format!(
+                "{what} of {}/{partition} stalled at offset {next} of {end} for {STALL:?}",
+                topic.name()
+            ))));
+        }
+    }
 }
 
 pub use replay::{ReplayOptions, ReplayStats, replay, replay_with};

@@ -34,7 +34,7 @@ use emosation_core::bulk::BulkRows;
 use emosation_core::fold;
 use emosation_core::fold::write_once_keys_read_by;
 use emosation_core::ids::Topic;
-use emosation_core::ports::{CORE_VIEWS, Log, LogError, StoreError, ViewBatch, ViewStore};
+use emosation_core::ports::{CORE_VIEWS, Log, StoreError, ViewBatch, ViewStore};
 use emosation_core::view::{FoldState, ViewKey, ViewValue};
 use rustc_hash::FxHasher;
 use tokio::task::JoinSet;
@@ -55,9 +55,6 @@ impl ReplayStats {
         self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
-
-/// How long a replay waits for records the log says exist before failing.
-const REPLAY_STALL: Duration = Duration::from_secs(120);
 
 /// Records fetched per read during replay.
 const FETCH: usize = 8192;
@@ -430,31 +427,10 @@ pub async fn replay_with(
             tasks.spawn(async move {
                 let mut state = PartitionState::new(options.ingest_chunk.max(1), end);
                 let mut next = 0;
-                let mut stalled_since: Option<Instant> = None;
                 while next < end {
                     let want = FETCH.min((end - next) as usize);
-                    // The records up to `end` exist: an empty answer means a
-                    // slow broker (a remote log's first read of a large
-                    // partition), never the end. Wait and ask again; only a
-                    // long stall is an error — a replay never stops short.
-                    let wait = if stalled_since.is_some() {
-                        Duration::from_secs(1)
-                    } else {
-                        Duration::ZERO
-                    };
-                    let entries = log.fetch(topic, partition, next, want, wait).await?;
-                    let Some(last) = entries.last() else {
-                        let since = *stalled_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > REPLAY_STALL {
-                            return Err(ProjectorError::Log(LogError::Storage(format!(
-                                "replay of {}/{partition} stalled at offset {next} of {end} for {REPLAY_STALL:?}",
-                                topic.name()
-                            ))));
-                        }
-                        continue;
-                    };
-                    stalled_since = None;
-                    next = last.offset + 1;
+                    let entries = crate::fetch_existing(&*log, topic, partition, next, end, want, "replay").await?;
+                    next = entries.last().map_or(next, |e| e.offset + 1);
                     state.fold_entries(&*store, topic, partition, &entries).await?;
                     let d = done.fetch_add(entries.len() as u64, Ordering::Relaxed) + entries.len() as u64;
                     progress(d, total);
