@@ -161,6 +161,28 @@ impl Record {
         }
     }
 
+    /// Whether this record sits where its topic and key route it: on
+    /// `topic`, appended under `key` (which chose its partition). Anything
+    /// else — a record of the other topic, or keyed by something other than
+    /// [`Record::key`] — would let one partition's fold touch another's
+    /// state, so consumers skip it, as they skip undecodable records.
+    pub fn is_routed_by(&self, topic: Topic, key: &[u8]) -> bool {
+        if self.topic() != topic {
+            return false;
+        }
+        let room = match self {
+            Record::RoomCreated(r) => &r.room_id,
+            Record::MemberJoined(r) => &r.room_id,
+            Record::MemberQuit(r) => &r.room_id,
+            Record::MessagePosted(r) => &r.room_id,
+            Record::ReadMarkerSet(r) => &r.room_id,
+            Record::EmotionRecorded(r) => &r.room_id,
+            // Account records are rare: normalizing is cheap enough.
+            _ => return self.key().as_bytes() == key,
+        };
+        room.as_bytes() == key
+    }
+
     pub fn request_id(&self) -> i64 {
         match self {
             Record::UserSignedUp(r) => r.request_id,
@@ -189,6 +211,42 @@ impl Record {
             Record::MessagePosted(_) => "message_posted",
             Record::ReadMarkerSet(_) => "read_marker_set",
             Record::EmotionRecorded(_) => "emotion_recorded",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_routed_only_by_its_own_topic_and_key() {
+        let joined = Record::MemberJoined(MemberJoined {
+            request_id: 1,
+            at: 0,
+            room_id: "room-a".into(),
+            user_id: "u1".into(),
+            username: "Alice".into(),
+        });
+        assert!(joined.is_routed_by(Topic::Rooms, b"room-a"));
+        assert!(!joined.is_routed_by(Topic::Rooms, b"room-b"));
+        assert!(!joined.is_routed_by(Topic::Rooms, b"u1"));
+        assert!(!joined.is_routed_by(Topic::Accounts, b"room-a"));
+
+        let revoked = Record::SessionRevoked(SessionRevoked {
+            request_id: 2,
+            at: 0,
+            user_id: "u1".into(),
+            username: "Alice".into(),
+            session_id: "s".into(),
+            expires_at: 0,
+        });
+        // Account records are keyed by the normalized username.
+        assert!(revoked.is_routed_by(Topic::Accounts, b"alice"));
+        assert!(!revoked.is_routed_by(Topic::Accounts, b"Alice"));
+        assert!(!revoked.is_routed_by(Topic::Rooms, b"alice"));
+        for r in [&joined, &revoked] {
+            assert!(r.is_routed_by(r.topic(), r.key().as_bytes()));
         }
     }
 }

@@ -48,14 +48,28 @@ pub struct Folded {
     pub outcome: Outcome,
 }
 
-/// Decodes a partition's entries. Records that do not decode are skipped (and
-/// counted): a poison record must not stop the views, and every fold — live
-/// or replay — skips it alike.
+/// Decodes a partition's entries. Records that do not decode, or that are
+/// not where their topic and key route them ([`Record::is_routed_by`]: a
+/// producer that picked its own partitioner or key), are skipped and
+/// counted: a poison record must not stop the views, and every fold — live
+/// or replay — skips it alike. Folding a misrouted record would let two
+/// partitions' folds share state, and replay would then depend on how they
+/// interleave.
 pub fn decode_entries(topic: Topic, partition: u32, entries: &[LogEntry]) -> Vec<(LogPosition, Record)> {
     let mut records = Vec::with_capacity(entries.len());
     for e in entries {
         match emosation_schemas::decode(&e.value) {
-            Ok(r) => records.push((LogPosition::new(partition, e.offset), r)),
+            Ok(r) if r.is_routed_by(topic, &e.key) => records.push((LogPosition::new(partition, e.offset), r)),
+            Ok(r) => {
+                metrics::counter!("emosation_projector_misrouted_records_total", "topic" => topic.name()).increment(1);
+                warn!(
+                    topic = topic.name(),
+                    partition,
+                    offset = e.offset,
+                    kind = r.kind(),
+                    "skipping a record not keyed by its routing key"
+                );
+            }
             Err(err) => {
                 metrics::counter!("emosation_projector_undecodable_records_total", "topic" => topic.name())
                     .increment(1);

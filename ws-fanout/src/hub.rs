@@ -52,12 +52,21 @@ struct Sub {
     held: Option<Vec<Event>>,
 }
 
+/// A room's subscriptions on this node.
+struct Room {
+    /// The room's partition of the rooms topic, as [`Hub::partition_of`]
+    /// found it when the room got its first subscriber here.
+    partition: u32,
+    /// By connection id (one per connection): dense to iterate for
+    /// delivery, O(1) to add or remove, so a room of 10,000 sockets is not
+    /// scanned each time one leaves.
+    subs: IndexMap<u64, Sub>,
+}
+
 #[derive(Default)]
 struct State {
-    /// Room → its subscriptions, by connection id (one per connection):
-    /// dense to iterate for delivery, O(1) to add or remove, so a room of
-    /// 10,000 sockets is not scanned each time one leaves.
-    rooms: HashMap<String, IndexMap<u64, Sub>>,
+    /// Room → its subscriptions.
+    rooms: HashMap<String, Room>,
     /// Connection id → the rooms it is subscribed to (so closing a socket,
     /// or subscribing it, never scans every room or every subscriber).
     by_conn: HashMap<u64, Vec<String>>,
@@ -66,8 +75,6 @@ struct State {
     /// Partition → how many of its rooms have subscribers here (a tailer
     /// asks after every batch whether it is still wanted).
     rooms_per_partition: HashMap<u32, usize>,
-    /// Partitions of the rooms topic (a room's partition is its key's).
-    partitions: u32,
 }
 
 impl State {
@@ -90,11 +97,11 @@ impl State {
     /// Removes `conn_id` from `room_id`'s subscribers (the room side of
     /// [`State::remove_sub`]; the caller updates `by_conn`).
     fn leave_room(&mut self, conn_id: u64, room_id: &str) {
-        if let Some(subs) = self.rooms.get_mut(room_id) {
-            subs.swap_remove(&conn_id);
-            if subs.is_empty() {
+        if let Some(room) = self.rooms.get_mut(room_id) {
+            room.subs.swap_remove(&conn_id);
+            if room.subs.is_empty() {
+                let p = room.partition;
                 self.rooms.remove(room_id);
-                let p = partition_for(room_id.as_bytes(), self.partitions);
                 if let Some(n) = self.rooms_per_partition.get_mut(&p) {
                     *n -= 1;
                     if *n == 0 {
@@ -135,15 +142,11 @@ impl Hub {
         decisions: Arc<dyn Decisions>,
         shutdown: CancellationToken,
     ) -> Arc<Hub> {
-        let partitions = log.topology().rooms_partitions;
         Arc::new(Hub {
             log,
             views,
             decisions,
-            state: Mutex::new(State {
-                partitions,
-                ..State::default()
-            }),
+            state: Mutex::default(),
             shutdown,
         })
     }
@@ -199,7 +202,14 @@ impl Hub {
             if !st.rooms.contains_key(room_id) {
                 *st.rooms_per_partition.entry(p).or_default() += 1;
             }
-            let subs = st.rooms.entry(room_id.to_owned()).or_default();
+            let subs = &mut st
+                .rooms
+                .entry(room_id.to_owned())
+                .or_insert_with(|| Room {
+                    partition: p,
+                    subs: IndexMap::new(),
+                })
+                .subs;
             let (last, held) = match since {
                 Some(s) if s + 1 < boundary => (s, Some(Vec::new())),
                 Some(s) => (s, None),
@@ -260,8 +270,9 @@ impl Hub {
     pub fn typing(&self, from: u64, room_id: &str, user_id: &str) {
         let frame = frames::typing(room_id, user_id);
         let st = self.state.lock().expect("hub lock");
-        if let Some(subs) = st.rooms.get(room_id) {
-            for (_, s) in subs
+        if let Some(room) = st.rooms.get(room_id) {
+            for (_, s) in room
+                .subs
                 .iter()
                 .filter(|(conn_id, s)| **conn_id != from && s.streams.chat && s.held.is_none())
             {
@@ -293,12 +304,11 @@ impl Hub {
         }
     }
 
-    /// The records of `entries` that may become events someone on this node
-    /// wants (or, for a catch-up, events of `only_room`), each with the view
-    /// key that tells what the fold decided about it. Called under the hub
-    /// lock, so that what is wanted cannot change before the tailer's
-    /// position moves past the batch.
-    fn candidates(st: &State, p: u32, records: Vec<(u64, Record)>, only_room: Option<&str>) -> Candidates {
+    /// The records that may become events `wanted` (room, stream), each with
+    /// the view key that tells what the fold decided about it. The tailer
+    /// calls it under the hub lock, so that what is wanted cannot change
+    /// before its position moves past the batch.
+    fn candidates(p: u32, records: Vec<(u64, Record)>, wanted: impl Fn(&str, Stream) -> bool) -> Candidates {
         let mut out = Candidates::default();
         for (offset, record) in records {
             let (room_id, stream) = match &record {
@@ -308,11 +318,9 @@ impl Hub {
                 Record::EmotionRecorded(r) => (&r.room_id, Stream::Emotion),
                 _ => continue,
             };
-            match only_room {
-                Some(room) if room != room_id => continue,
-                // No view lookups for events nobody on this node wants.
-                None if !room_wants(st, room_id, stream) => continue,
-                _ => {}
+            // No view lookups for events nobody on this node wants.
+            if !wanted(room_id, stream) {
+                continue;
             }
             let position = LogPosition::new(p, offset).to_id();
             let key = match &record {
@@ -386,13 +394,32 @@ impl Hub {
             if !self.applied(p, last).await {
                 return;
             }
-            let records = decode(&entries);
+            // Only the records of rooms subscribed here are decoded (a room
+            // record's key is its room id): a node serving a few of a
+            // partition's rooms does not decode the others' traffic.
+            let subscribed = {
+                let st = self.state.lock().expect("hub lock");
+                entries.iter().map(|e| has_subscribers(&st, &e.key)).collect::<Vec<_>>()
+            };
+            let mut records = decode_where(&entries, |i, _| subscribed[i]);
             let candidates = {
                 // A subscription from now on starts after this batch (it
                 // reads the batch from the log if it resumes before it).
                 let mut st = self.state.lock().expect("hub lock");
                 st.tailers.insert(p, last + 1);
-                Self::candidates(&st, p, records, None)
+                // Rooms subscribed to since the look above need this batch
+                // too (rare: decoded here, under the lock).
+                if entries
+                    .iter()
+                    .enumerate()
+                    .any(|(i, e)| !subscribed[i] && has_subscribers(&st, &e.key))
+                {
+                    records.extend(decode_where(&entries, |i, e| {
+                        !subscribed[i] && has_subscribers(&st, &e.key)
+                    }));
+                    records.sort_unstable_by_key(|(offset, _)| *offset);
+                }
+                Self::candidates(p, records, |room, stream| room_wants(&st, room, stream))
             };
             let events = self.decide(candidates).await;
             if !events.is_empty() {
@@ -445,10 +472,8 @@ impl Hub {
             if !self.applied(p, batch_last).await {
                 return;
             }
-            let candidates = {
-                let st = self.state.lock().expect("hub lock");
-                Self::candidates(&st, p, decode(batch), Some(&room))
-            };
+            let records = decode_where(batch, |_, e| e.key == room.as_bytes());
+            let candidates = Self::candidates(p, records, |r, _| r == room);
             for ev in self.decide(candidates).await {
                 if self.wants(conn.id, sub_id, &room, ev.stream) && !conn.push_waiting(ev.frame).await {
                     return;
@@ -465,7 +490,7 @@ impl Hub {
         let Some(sub) = st
             .rooms
             .get_mut(&room)
-            .and_then(|subs| subs.get_mut(&conn.id))
+            .and_then(|r| r.subs.get_mut(&conn.id))
             .filter(|s| s.id == sub_id)
         else {
             return;
@@ -483,19 +508,33 @@ impl Hub {
         let st = self.state.lock().expect("hub lock");
         st.rooms
             .get(room)
-            .and_then(|subs| subs.get(&conn_id))
+            .and_then(|r| r.subs.get(&conn_id))
             .filter(|s| s.id == sub_id)
             .is_some_and(|s| s.streams.wants(stream))
     }
 }
 
-/// The entries' records with their offsets (undecodable ones skipped, as
-/// the fold skips them).
-fn decode(entries: &[LogEntry]) -> Vec<(u64, Record)> {
+/// The records, with their offsets, of the entries `pick` (index, entry)
+/// selects. Undecodable ones are skipped, as the fold skips them; so are
+/// records not keyed by their room ([`Record::is_routed_by`]), which the
+/// fold skips too.
+fn decode_where(entries: &[LogEntry], pick: impl Fn(usize, &LogEntry) -> bool) -> Vec<(u64, Record)> {
     entries
         .iter()
-        .filter_map(|e| emosation_schemas::decode(&e.value).ok().map(|r| (e.offset, r)))
+        .enumerate()
+        .filter(|(i, e)| pick(*i, e))
+        .filter_map(|(_, e)| {
+            emosation_schemas::decode(&e.value)
+                .ok()
+                .filter(|r| r.is_routed_by(Topic::Rooms, &e.key))
+                .map(|r| (e.offset, r))
+        })
         .collect()
+}
+
+/// Whether the room a rooms-topic entry is keyed by has subscribers here.
+fn has_subscribers(st: &State, key: &[u8]) -> bool {
+    std::str::from_utf8(key).is_ok_and(|room| st.rooms.contains_key(room))
 }
 
 /// Whether a subscriber of `room_id` on this node wants `stream` (or is
@@ -503,7 +542,7 @@ fn decode(entries: &[LogEntry]) -> Vec<(u64, Record)> {
 fn room_wants(st: &State, room_id: &str, stream: Stream) -> bool {
     st.rooms
         .get(room_id)
-        .is_some_and(|subs| subs.values().any(|s| s.streams.wants(stream) || s.held.is_some()))
+        .is_some_and(|r| r.subs.values().any(|s| s.streams.wants(stream) || s.held.is_some()))
 }
 
 /// Records that may be events, before the views say what the fold decided:
@@ -558,7 +597,7 @@ impl Candidate {
 }
 
 fn deliver(st: &mut State, ev: Event) {
-    let Some(subs) = st.rooms.get_mut(&ev.room_id) else {
+    let Some(subs) = st.rooms.get_mut(&ev.room_id).map(|r| &mut r.subs) else {
         return;
     };
     let mut delivered = 0u64;
