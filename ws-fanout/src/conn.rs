@@ -138,10 +138,14 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
         tokio::spawn(async move {
             let mut ping = tokio::time::interval(ping_every);
             ping.tick().await;
+            // Registered once: a `cancelled()` made per frame would lock the
+            // token's waiter list twice per delivery.
+            let closed = conn.closer.cancelled();
+            tokio::pin!(closed);
             loop {
                 tokio::select! {
                     biased;
-                    _ = conn.closer.cancelled() => break,
+                    _ = &mut closed => break,
                     f = rx.recv() => {
                         let Some(f) = f else { break };
                         if sink.feed(Message::Text(f)).await.is_err() {
@@ -199,9 +203,11 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
     // Whether the server ended the connection (full queue, kick, idle) while
     // the client may still be writing; see the closing handshake below.
     let mut server_closed = false;
+    let closed = conn.closer.cancelled();
+    tokio::pin!(closed);
     loop {
         let next = tokio::select! {
-            _ = conn.closer.cancelled() => {
+            _ = &mut closed => {
                 server_closed = true;
                 break;
             }

@@ -95,7 +95,8 @@ fn sent_at(frame: &str) -> Option<u64> {
 }
 
 struct Receivers {
-    latencies: Vec<Arc<std::sync::Mutex<Vec<u32>>>>,
+    /// Per receiver: (the message's send time, its latency), both µs.
+    latencies: Vec<Arc<std::sync::Mutex<Vec<(u64, u32)>>>>,
     received: Arc<AtomicU64>,
 }
 
@@ -116,7 +117,7 @@ async fn receivers(bases: &[String], token: &str, rooms: &[String], per_room: us
                     if let Message::Text(t) = m
                         && let Some(at) = sent_at(t.as_str())
                     {
-                        lat.lock().unwrap().push(now_us().saturating_sub(at) as u32);
+                        lat.lock().unwrap().push((at, now_us().saturating_sub(at) as u32));
                         received.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -246,15 +247,27 @@ async fn scenario(
     )
     .await;
     let mut all = Vec::new();
+    // Per message (by its send time): its first receiver's latency, and how
+    // much later its last receiver got it (the room's delivery spread).
+    let mut by_message: std::collections::HashMap<u64, (u64, u64)> = Default::default();
     for l in &r.latencies {
-        all.extend(l.lock().unwrap().iter().map(|v| *v as u64));
+        for &(at, lat) in l.lock().unwrap().iter() {
+            let lat = lat as u64;
+            all.push(lat);
+            let e = by_message.entry(at).or_insert((lat, lat));
+            e.0 = e.0.min(lat);
+            e.1 = e.1.max(lat);
+        }
     }
+    let first: Vec<u64> = by_message.values().map(|(min, _)| *min).collect();
+    let spread: Vec<u64> = by_message.values().map(|(min, max)| max - min).collect();
     println!(
         "{}",
         json!({"bench": "ws", "scenario": name, "nodes": bases.len(), "rooms": rooms.len(), "clients_per_room": per_room, "senders": senders,
                "offered_msgs_per_sec": rate, "acked": acked, "deliveries_expected": expected, "deliveries": received,
                "lost": expected.saturating_sub(received), "deliveries_per_sec": (received as f64 / elapsed).round(),
-               "latency": percentiles(all), "ack_latency": percentiles(ack_latencies), "seconds": elapsed, "server_cpu_ms": cpu_ms, "server_stages": stages})
+               "latency": percentiles(all), "first_receiver_latency": percentiles(first), "delivery_spread": percentiles(spread),
+               "ack_latency": percentiles(ack_latencies), "seconds": elapsed, "server_cpu_ms": cpu_ms, "server_stages": stages})
     );
     Ok(())
 }
