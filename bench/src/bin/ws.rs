@@ -94,9 +94,11 @@ fn sent_at(frame: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
+/// One receiver's deliveries: (the message's send time, its latency), both µs.
+type Deliveries = Arc<std::sync::Mutex<Vec<(u64, u32)>>>;
+
 struct Receivers {
-    /// Per receiver: (the message's send time, its latency), both µs.
-    latencies: Vec<Arc<std::sync::Mutex<Vec<(u64, u32)>>>>,
+    latencies: Vec<Deliveries>,
     received: Arc<AtomicU64>,
 }
 
