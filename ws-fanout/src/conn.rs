@@ -138,14 +138,10 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
         tokio::spawn(async move {
             let mut ping = tokio::time::interval(ping_every);
             ping.tick().await;
-            // Registered once: a `cancelled()` made per frame would lock the
-            // token's waiter list twice per delivery.
-            let closed = conn.closer.cancelled();
-            tokio::pin!(closed);
             loop {
                 tokio::select! {
                     biased;
-                    _ = &mut closed => break,
+                    _ = conn.closer.cancelled() => break,
                     f = rx.recv() => {
                         let Some(f) = f else { break };
                         if sink.feed(Message::Text(f)).await.is_err() {
@@ -203,11 +199,9 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
     // Whether the server ended the connection (full queue, kick, idle) while
     // the client may still be writing; see the closing handshake below.
     let mut server_closed = false;
-    let closed = conn.closer.cancelled();
-    tokio::pin!(closed);
     loop {
         let next = tokio::select! {
-            _ = &mut closed => {
+            _ = conn.closer.cancelled() => {
                 server_closed = true;
                 break;
             }
