@@ -409,14 +409,9 @@ impl Hub {
                 st.tailers.insert(p, last + 1);
                 // Rooms subscribed to since the look above need this batch
                 // too (rare: decoded here, under the lock).
-                if entries
-                    .iter()
-                    .enumerate()
-                    .any(|(i, e)| !subscribed[i] && has_subscribers(&st, &e.key))
-                {
-                    records.extend(decode_where(&entries, |i, e| {
-                        !subscribed[i] && has_subscribers(&st, &e.key)
-                    }));
+                let late = decode_where(&entries, |i, e| !subscribed[i] && has_subscribers(&st, &e.key));
+                if !late.is_empty() {
+                    records.extend(late);
                     records.sort_unstable_by_key(|(offset, _)| *offset);
                 }
                 Self::candidates(p, records, |room, stream| room_wants(&st, room, stream))
