@@ -12,17 +12,22 @@ use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn room_with(api: &Api, owner: &str, others: &[&str]) -> (String, Vec<String>) {
-    let (_, t0) = api.user(owner).await;
-    let room = api.create_room(&t0, "ws", None).await;
-    let mut tokens = vec![t0];
+    let mut tokens = vec![api.user(owner).await.1];
     for o in others {
-        let (_, t) = api.user(o).await;
-        api.post(&format!("/v1/rooms/{room}/join"), Some(&t), json!({}))
+        tokens.push(api.user(o).await.1);
+    }
+    (another_room(api, &tokens, "ws").await, tokens)
+}
+
+/// A room owned by `tokens[0]`, joined by every other token's user.
+async fn another_room(api: &Api, tokens: &[String], name: &str) -> String {
+    let room = api.create_room(&tokens[0], name, None).await;
+    for t in &tokens[1..] {
+        api.post(&format!("/v1/rooms/{room}/join"), Some(t), json!({}))
             .await
             .expect(200);
-        tokens.push(t);
     }
-    (room, tokens)
+    room
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,10 +122,7 @@ async fn leaving_every_room_then_coming_back_delivers_live_again() {
     let s = TestServer::start().await;
     let api = s.client();
     let (r1, t) = room_with(&api, "poster", &["reader"]).await;
-    let r2 = api.create_room(&t[0], "second", None).await;
-    api.post(&format!("/v1/rooms/{r2}/join"), Some(&t[1]), json!({}))
-        .await
-        .expect(200);
+    let r2 = another_room(&api, &t, "second").await;
     let mut reader = Client::connect(&s.base, &t[1]).await;
     for round in 0..3 {
         for room in [&r1, &r2] {
@@ -155,10 +157,7 @@ async fn rooms_sharing_a_partition_each_get_exactly_their_own_events() {
     let s = TestServer::start_with(cfg).await;
     let api = s.client();
     let (ra, t) = room_with(&api, "poster", &["reader"]).await;
-    let rb = api.create_room(&t[0], "other", None).await;
-    api.post(&format!("/v1/rooms/{rb}/join"), Some(&t[1]), json!({}))
-        .await
-        .expect(200);
+    let rb = another_room(&api, &t, "other").await;
     let mut reader = Client::connect(&s.base, &t[1]).await;
     reader.subscribe(&ra, None).await;
 
