@@ -142,6 +142,22 @@ impl Record {
         }
     }
 
+    /// The room a room record is about; `None` for account records.
+    pub fn room_id(&self) -> Option<&str> {
+        match self {
+            Record::UserSignedUp(_)
+            | Record::AccountDeleted(_)
+            | Record::AccountRestored(_)
+            | Record::SessionRevoked(_) => None,
+            Record::RoomCreated(r) => Some(&r.room_id),
+            Record::MemberJoined(r) => Some(&r.room_id),
+            Record::MemberQuit(r) => Some(&r.room_id),
+            Record::MessagePosted(r) => Some(&r.room_id),
+            Record::ReadMarkerSet(r) => Some(&r.room_id),
+            Record::EmotionRecorded(r) => Some(&r.room_id),
+        }
+    }
+
     /// The partitioning key: the normalized username for account records, the
     /// room id for room records. Everything the fold decides about a record is
     /// decided from state written by records with the same key, which is what
@@ -152,12 +168,7 @@ impl Record {
             Record::AccountDeleted(r) => normalize_username(&r.username),
             Record::AccountRestored(r) => normalize_username(&r.username),
             Record::SessionRevoked(r) => normalize_username(&r.username),
-            Record::RoomCreated(r) => r.room_id.clone(),
-            Record::MemberJoined(r) => r.room_id.clone(),
-            Record::MemberQuit(r) => r.room_id.clone(),
-            Record::MessagePosted(r) => r.room_id.clone(),
-            Record::ReadMarkerSet(r) => r.room_id.clone(),
-            Record::EmotionRecorded(r) => r.room_id.clone(),
+            _ => self.room_id().unwrap_or_default().to_owned(),
         }
     }
 
@@ -167,20 +178,12 @@ impl Record {
     /// [`Record::key`] — would let one partition's fold touch another's
     /// state, so consumers skip it, as they skip undecodable records.
     pub fn is_routed_by(&self, topic: Topic, key: &[u8]) -> bool {
-        if self.topic() != topic {
-            return false;
-        }
-        let room = match self {
-            Record::RoomCreated(r) => &r.room_id,
-            Record::MemberJoined(r) => &r.room_id,
-            Record::MemberQuit(r) => &r.room_id,
-            Record::MessagePosted(r) => &r.room_id,
-            Record::ReadMarkerSet(r) => &r.room_id,
-            Record::EmotionRecorded(r) => &r.room_id,
-            // Account records are rare: normalizing is cheap enough.
-            _ => return self.key().as_bytes() == key,
-        };
-        room.as_bytes() == key
+        self.topic() == topic
+            && match self.room_id() {
+                // Room records (the hot path): compared without allocating.
+                Some(room) => room.as_bytes() == key,
+                None => self.key().as_bytes() == key,
+            }
     }
 
     pub fn request_id(&self) -> i64 {
