@@ -101,11 +101,13 @@ impl AnalyticsConsumer for Analyzer {
     async fn handle_batch(&self, _topic: Topic, p: u32, entries: &[LogEntry]) -> Result<(), ConsumerError> {
         let mut messages = Vec::new();
         for e in entries {
+            let Ok(record) = emosation_schemas::decode(&e.value) else {
+                continue;
+            };
             // A misrouted message is never stored (the fold skips it): no
             // model call for it.
-            if let Ok(r @ Record::MessagePosted(_)) = emosation_schemas::decode(&e.value)
-                && r.is_routed_by(Topic::Rooms, &e.key)
-                && let Record::MessagePosted(m) = r
+            if record.is_routed_by(Topic::Rooms, &e.key)
+                && let Record::MessagePosted(m) = record
             {
                 messages.push((LogPosition::new(p, e.offset), m));
             }
