@@ -6,6 +6,9 @@
 //! `BENCH_SERVER_CPU=0 taskset -c 1 target/release/ws` (what `bench/run` does).
 //! `SCENARIOS=room1k,rooms100,light,ramp` picks scenarios; `SECS` (default 10)
 //! sets each load's duration; `ROOM1K_RATE` (500) the messages/s of both `room1k`s.
+//! `BENCH_DUMP=<path>` writes, per scenario, `<path>.<scenario>`: a line per
+//! message, `<send time µs> <first receiver's latency µs> <last receiver's>`,
+//! to see when in a run the tail happened (stalls, warm-up).
 //!
 //! `room1k_2nodes` is `room1k` on the distributed deployment: a tansu broker
 //! (sqlite engine) and redis-server, one `emosation serve --log kafka://…
@@ -103,15 +106,23 @@ struct Receivers {
 }
 
 /// Opens `n` subscribed receivers per room, spread round robin over the
-/// nodes at `bases`.
-async fn receivers(bases: &[String], token: &str, rooms: &[String], per_room: usize) -> anyhow::Result<Receivers> {
+/// nodes at `bases`, each with room for `expected` deliveries (a vector that
+/// grows mid-run copies every receiver's record at once: a stall of the
+/// load generator, measured as the server's latency).
+async fn receivers(
+    bases: &[String],
+    token: &str,
+    rooms: &[String],
+    per_room: usize,
+    expected: usize,
+) -> anyhow::Result<Receivers> {
     let received = Arc::new(AtomicU64::new(0));
     let mut latencies = Vec::new();
     for room in rooms {
         for i in 0..per_room {
             let mut ws = connect(&bases[i % bases.len()], token).await?;
             subscribe(&mut ws, room).await?;
-            let lat = Arc::new(std::sync::Mutex::new(Vec::with_capacity(4096)));
+            let lat = Arc::new(std::sync::Mutex::new(Vec::with_capacity(expected)));
             latencies.push(Arc::clone(&lat));
             let received = Arc::clone(&received);
             tokio::spawn(async move {
@@ -218,7 +229,9 @@ async fn scenario(
         rate,
         secs,
     } = load;
-    let r = receivers(bases, recv_token, rooms, per_room).await?;
+    // Each receiver's share of the messages, with a margin.
+    let expected = (rate * secs) as usize / rooms.len() + 1024;
+    let r = receivers(bases, recv_token, rooms, per_room, expected).await?;
     let cpu_before: Vec<u64> = processes.iter().map(|(_, pid)| cpu_us(*pid)).collect();
     let started = Instant::now();
     let (acked, ack_latencies) = send_load(bases, send_token, rooms, senders, rate, secs).await?;
@@ -260,6 +273,12 @@ async fn scenario(
             e.0 = e.0.min(lat);
             e.1 = e.1.max(lat);
         }
+    }
+    if let Ok(path) = std::env::var("BENCH_DUMP") {
+        let mut v: Vec<_> = by_message.iter().map(|(at, (min, max))| (*at, *min, *max)).collect();
+        v.sort_unstable();
+        let text: String = v.iter().map(|(at, min, max)| format!("{at} {min} {max}\n")).collect();
+        let _ = std::fs::write(format!("{path}.{name}"), text);
     }
     let first: Vec<u64> = by_message.values().map(|(min, _)| *min).collect();
     let spread: Vec<u64> = by_message.values().map(|(min, max)| max - min).collect();
