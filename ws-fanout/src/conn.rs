@@ -5,7 +5,15 @@
 //! queued into one flush, and sends keepalive pings. Anything that must end
 //! the connection — a full queue, a kick, an idle timeout — goes through
 //! [`ConnHandle::close`], which the writer turns into a close frame.
+//!
+//! Memory: an idle connection holds its two tasks, its socket's small read
+//! buffer and a [`ConnHandle`] whose queue is an empty `VecDeque` (no
+//! allocation until frames queue up, released again once a burst that grew
+//! it has drained). A tokio channel would allocate a block of 32 slots per
+//! connection up front. The reader's frame handling, which awaits view
+//! lookups and the hub, runs boxed, so it is not part of the idle task.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +22,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use emosation_http::rooms::member_room;
 use emosation_http::{ApiError, AuthUser};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -30,12 +38,20 @@ const COALESCE: usize = 64;
 /// How long a connection the server closed waits for the client's close
 /// frame: long enough for a client to read the backlog queued before it.
 const CLOSE_DRAIN: Duration = Duration::from_secs(10);
+/// A drained queue whose buffer grew past this many frames gives it back.
+const KEEP_QUEUE: usize = 16;
 
 /// The shareable side of a connection: its queue and its way to be closed.
 pub struct ConnHandle {
     pub id: u64,
     pub user_id: String,
-    tx: mpsc::Sender<Utf8Bytes>,
+    /// Frames waiting for the writer, at most `capacity`.
+    queue: Mutex<VecDeque<Utf8Bytes>>,
+    capacity: usize,
+    /// Wakes the writer: frames were queued.
+    queued: Notify,
+    /// Wakes [`ConnHandle::push_waiting`]: the writer took frames.
+    drained: Notify,
     closer: CancellationToken,
     /// Close code, reason and a last frame to send first (e.g. `kicked`).
     ending: Mutex<Option<(u16, &'static str, Option<Utf8Bytes>)>>,
@@ -51,30 +67,95 @@ impl std::fmt::Debug for ConnHandle {
 }
 
 impl ConnHandle {
+    fn new(id: u64, user_id: String, capacity: usize) -> ConnHandle {
+        ConnHandle {
+            id,
+            user_id,
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            queued: Notify::new(),
+            drained: Notify::new(),
+            closer: CancellationToken::new(),
+            ending: Mutex::new(None),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Utf8Bytes>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `frame` unless the connection is closing (`Err(None)`) or its
+    /// queue is full (`Err(Some(frame))`).
+    fn try_push(&self, frame: Utf8Bytes) -> Result<(), Option<Utf8Bytes>> {
+        if self.is_closed() {
+            return Err(None);
+        }
+        let mut q = self.queue();
+        if q.len() >= self.capacity {
+            return Err(Some(frame));
+        }
+        q.push_back(frame);
+        drop(q);
+        self.queued.notify_one();
+        Ok(())
+    }
+
     /// Queues a frame; a full queue closes the connection (1013): a slow
     /// client never slows its room.
     pub fn push(&self, frame: Utf8Bytes) -> bool {
-        match self.tx.try_send(frame) {
+        match self.try_push(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Some(_)) => {
                 metrics::counter!("emosation_fanout_slow_disconnects_total").increment(1);
                 self.close(1013, "too slow: resume with since");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(None) => false,
         }
     }
 
     /// Queues a frame, waiting for room (catch-up reads at the client's pace),
     /// but not forever.
     pub async fn push_waiting(&self, frame: Utf8Bytes) -> bool {
-        match tokio::time::timeout(Duration::from_secs(10), self.tx.send(frame)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
+        let wait = async {
+            let mut frame = frame;
+            loop {
+                // Registered before looking, so a drain in between is not missed.
+                let drained = self.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                match self.try_push(frame) {
+                    Ok(()) => return true,
+                    Err(None) => return false,
+                    Err(Some(f)) => frame = f,
+                }
+                tokio::select! {
+                    _ = drained => {}
+                    _ = self.closer.cancelled() => return false,
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), wait).await {
+            Ok(queued) => queued,
             Err(_) => {
                 self.close(1013, "too slow: resume with since");
                 false
             }
+        }
+    }
+
+    /// Takes up to `max` queued frames, oldest first, into `out`.
+    fn take(&self, out: &mut Vec<Utf8Bytes>, max: usize) {
+        let mut q = self.queue();
+        let n = q.len().min(max);
+        out.extend(q.drain(..n));
+        if q.is_empty() && q.capacity() > KEEP_QUEUE {
+            // A burst is over: an idle connection holds no large buffer.
+            *q = VecDeque::new();
+        }
+        drop(q);
+        if n > 0 {
+            self.drained.notify_waiters();
         }
     }
 
@@ -113,14 +194,11 @@ fn frame_error(e: ApiError, client_msg_id: Option<&str>) -> FrameError {
 pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
     let cfg = fanout.cfg.clone();
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(cfg.queue_frames.max(1));
-    let conn = Arc::new(ConnHandle {
-        id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
-        user_id: user.user_id.clone(),
-        tx,
-        closer: CancellationToken::new(),
-        ending: Mutex::new(None),
-    });
+    let conn = Arc::new(ConnHandle::new(
+        NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+        user.user_id.clone(),
+        cfg.queue_frames,
+    ));
     if sink
         .send(Message::Text(frames::hello(&user.user_id, &user.session_id)))
         .await
@@ -138,31 +216,32 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
         tokio::spawn(async move {
             let mut ping = tokio::time::interval(ping_every);
             ping.tick().await;
+            let mut batch = Vec::new();
             loop {
                 tokio::select! {
                     biased;
                     _ = conn.closer.cancelled() => break,
-                    f = rx.recv() => {
-                        let Some(f) = f else { break };
-                        if sink.feed(Message::Text(f)).await.is_err() {
-                            conn.close(1011, "write failed");
-                            return;
-                        }
-                        // Coalesce whatever else is queued into one flush.
-                        for _ in 0..COALESCE {
-                            match rx.try_recv() {
-                                Ok(f) => {
-                                    if sink.feed(Message::Text(f)).await.is_err() {
-                                        conn.close(1011, "write failed");
-                                        return;
-                                    }
+                    _ = conn.queued.notified() => {
+                        // Whatever is queued goes out in one flush (in
+                        // batches of COALESCE frames).
+                        while !conn.is_closed() {
+                            conn.take(&mut batch, COALESCE);
+                            if batch.is_empty() {
+                                break;
+                            }
+                            for f in batch.drain(..) {
+                                if sink.feed(Message::Text(f)).await.is_err() {
+                                    conn.close(1011, "write failed");
+                                    return;
                                 }
-                                Err(_) => break,
+                            }
+                            if sink.flush().await.is_err() {
+                                conn.close(1011, "write failed");
+                                return;
                             }
                         }
-                        if sink.flush().await.is_err() {
-                            conn.close(1011, "write failed");
-                            return;
+                        if batch.capacity() > KEEP_QUEUE {
+                            batch = Vec::new();
                         }
                     }
                     _ = ping.tick() => {
@@ -226,7 +305,9 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
                     continue;
                 }
                 match frames::parse(t.as_str()) {
-                    Ok(frame) => handle(&fanout, &conn, &user, frame, &sends).await,
+                    // Boxed: its view lookups' state is not part of the
+                    // connection's idle task.
+                    Ok(frame) => Box::pin(handle(&fanout, &conn, &user, frame, &sends)).await,
                     Err(e) => {
                         conn.push(frames::error(&e));
                     }
