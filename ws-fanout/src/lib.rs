@@ -223,7 +223,7 @@ async fn upgrade(
     // Small buffers: an idle socket should cost little memory. Frames up to
     // 1 MiB are read (and answered with an error if over the protocol limit);
     // larger ones end the connection with 1009.
-    ws.read_buffer_size(1024)
+    ws.read_buffer_size(512)
         .write_buffer_size(16 * 1024)
         .max_message_size(1024 * 1024)
         .on_upgrade(move |socket| conn::run(fanout, user, socket))

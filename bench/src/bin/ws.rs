@@ -364,6 +364,38 @@ mod raw {
     }
 }
 
+/// Opens `n` connections (with the JWT check) as fast as the server accepts
+/// them, 256 handshakes at a time. Returns them and how long it took.
+async fn open_raw(addr: &str, token: &str, n: usize) -> anyhow::Result<(Vec<tokio::net::TcpStream>, f64)> {
+    let t = Instant::now();
+    let mut conns = Vec::with_capacity(n);
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    let mut opened = 0;
+    while opened < n || !pending.is_empty() {
+        while opened < n && pending.len() < 256 {
+            pending.push(raw::connect(addr, token));
+            opened += 1;
+        }
+        if let Some(r) = pending.next().await {
+            conns.push(r?);
+        }
+    }
+    Ok((conns, t.elapsed().as_secs_f64()))
+}
+
+/// Subscribes every connection to `room`.
+async fn subscribe_raw(conns: &mut [tokio::net::TcpStream], room: &str) -> anyhow::Result<()> {
+    let subscribe = json!({"type": "subscribe", "room_id": room}).to_string();
+    for s in conns.iter_mut() {
+        raw::send_text(s, &subscribe).await?;
+    }
+    for s in conns.iter_mut() {
+        let f = raw::read_frame(s, Vec::new()).await?;
+        anyhow::ensure!(String::from_utf8_lossy(&f).contains("subscribed"), "subscribe failed");
+    }
+    Ok(())
+}
+
 /// The server's `emosation_fanout_connections` gauge.
 async fn connections_gauge(http: &reqwest::Client, base: &str) -> Option<f64> {
     let text = http
@@ -537,40 +569,29 @@ async fn main() -> anyhow::Result<()> {
             }
             "ramp" => {
                 let n: usize = env("RAMP_CONNS", 10_000);
+                let warmup: usize = env("RAMP_WARMUP", 1_000);
                 let pid = server.child.id().unwrap_or(0);
+                let addr = base.trim_start_matches("http://").to_owned();
+                let start_rss = rss_kb(pid);
+                // Warm-up connections first: the RSS measured before the
+                // timed ones then already holds what the allocator and the
+                // runtime keep once connections exist (arenas, timer wheel,
+                // tables), and memory freed during set-up that they would
+                // otherwise reuse unseen. Per connection is the marginal cost.
+                let mut conns = open_raw(&addr, &rt, warmup).await?.0;
+                subscribe_raw(&mut conns, &rooms[0]).await?;
+                tokio::time::sleep(Duration::from_secs(2)).await;
                 let before = rss_kb(pid);
                 let cpu_before = cpu_us(pid);
-                let t = Instant::now();
-                let mut conns = Vec::with_capacity(n);
-                // Connect (with the JWT check) as fast as the server accepts.
-                let addr = base.trim_start_matches("http://").to_owned();
-                let mut pending = futures_util::stream::FuturesUnordered::new();
-                let mut opened = 0;
-                while opened < n || !pending.is_empty() {
-                    while opened < n && pending.len() < 256 {
-                        let (addr, rt) = (addr.clone(), rt.clone());
-                        pending.push(async move { raw::connect(&addr, &rt).await });
-                        opened += 1;
-                    }
-                    if let Some(r) = pending.next().await {
-                        conns.push(r?);
-                    }
-                }
-                let connect_secs = t.elapsed().as_secs_f64();
+                let (mut more, connect_secs) = open_raw(&addr, &rt, n).await?;
                 let server_cpu_us = cpu_us(pid).saturating_sub(cpu_before);
-                let subscribe = json!({"type": "subscribe", "room_id": rooms[0]}).to_string();
-                for s in conns.iter_mut() {
-                    raw::send_text(s, &subscribe).await?;
-                }
-                for s in conns.iter_mut() {
-                    let f = raw::read_frame(s, Vec::new()).await?;
-                    anyhow::ensure!(String::from_utf8_lossy(&f).contains("subscribed"), "subscribe failed");
-                }
+                subscribe_raw(&mut more, &rooms[0]).await?;
+                conns.extend(more);
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let after = rss_kb(pid);
                 // Every client leaves at once (a load balancer draining, a
-                // network blip): how long until the server has let go of all
-                // 10,000 subscriptions of the one room.
+                // network blip): how long until the server has let go of
+                // every subscription of the one room.
                 let t = Instant::now();
                 drop(std::mem::take(&mut conns));
                 let mut close_secs = None;
@@ -583,8 +604,8 @@ async fn main() -> anyhow::Result<()> {
                 }
                 println!(
                     "{}",
-                    json!({"bench": "ws", "scenario": "ramp", "connections": n, "connect_secs": connect_secs,
-                           "connections_per_sec": (n as f64 / connect_secs).round(), "rss_before_kb": before,
+                    json!({"bench": "ws", "scenario": "ramp", "connections": n, "warmup_connections": warmup, "connect_secs": connect_secs,
+                           "connections_per_sec": (n as f64 / connect_secs).round(), "rss_start_kb": start_rss, "rss_before_kb": before,
                            "rss_after_kb": after, "rss_per_connection_kb": ((after.saturating_sub(before)) as f64 / n as f64 * 10.0).round() / 10.0,
                            "server_cpu_us_per_connection": server_cpu_us / n as u64,
                            "server_capacity_connections_per_sec": (n as f64 / (server_cpu_us.max(1) as f64 / 1e6)).round(),
