@@ -14,8 +14,21 @@ use emosation_core::ports::{ConnRef, KickSink, Presence, PresenceError};
 pub struct LocalPresence {
     users: Mutex<HashMap<String, Sessions>>,
     sinks: Mutex<HashMap<String, KickSink>>,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    buckets: Mutex<Buckets>,
 }
+
+/// Rate-limit buckets by key, and the size above which refilled ones are
+/// swept out: twice what the last sweep kept (at least [`SWEEP_ABOVE`]),
+/// so a sweep that finds them all still active is not repeated on every
+/// call (each costs a pass over the map).
+#[derive(Default)]
+struct Buckets {
+    map: HashMap<String, (f64, Instant)>,
+    sweep_above: usize,
+}
+
+/// Buckets held before refilled ones are first swept out.
+const SWEEP_ABOVE: usize = 100_000;
 
 impl std::fmt::Debug for LocalPresence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,10 +137,15 @@ impl Presence for LocalPresence {
         }
         let (rate, burst) = (rate as f64, burst.max(1) as f64);
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() > 100_000 {
+        let mut guard = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let Buckets {
+            map: buckets,
+            sweep_above,
+        } = &mut *guard;
+        if buckets.len() > (*sweep_above).max(SWEEP_ABOVE) {
             // Forget buckets that have refilled: they are indistinguishable from new ones.
             buckets.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < burst / rate);
+            *sweep_above = buckets.len() * 2;
         }
         // The hot path (every post) finds its bucket without allocating a key.
         if !buckets.contains_key(bucket) {
@@ -144,5 +162,42 @@ impl Presence for LocalPresence {
         } else {
             Ok(false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fill(p: &LocalPresence, n: usize, rate: u32, burst: u32) {
+        for i in 0..n {
+            assert!(p.take(&format!("user-{i}"), rate, burst).await.unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn refilled_buckets_are_swept_out_past_the_threshold() {
+        let p = LocalPresence::new();
+        // A bucket of burst 1 at 1,000,000/s is full again after 1 µs.
+        fill(&p, SWEEP_ABOVE + 1, 1_000_000, 1).await;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(p.take("one-more", 1_000_000, 1).await.unwrap());
+        let b = p.buckets.lock().unwrap();
+        assert_eq!(b.map.len(), 1, "only the newest bucket is kept");
+    }
+
+    #[tokio::test]
+    async fn a_sweep_that_keeps_everything_is_not_repeated_on_every_call() {
+        let p = LocalPresence::new();
+        // Refilling takes 1,000 s: every bucket stays active.
+        fill(&p, SWEEP_ABOVE + 1, 1, 1000).await;
+        assert!(p.take("one-more", 1, 1000).await.unwrap());
+        let b = p.buckets.lock().unwrap();
+        assert_eq!(b.map.len(), SWEEP_ABOVE + 2);
+        assert_eq!(
+            b.sweep_above,
+            2 * (SWEEP_ABOVE + 1),
+            "the next sweep waits for twice as many"
+        );
     }
 }
