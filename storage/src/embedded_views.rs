@@ -247,11 +247,7 @@ impl ViewStore for EmbeddedViewStore {
 
     async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
         let h = self.handles();
-        // Not even handed to the OS per batch: fjall's journal buffer
-        // (8 KiB) is written when full. A crash loses the newest batches
-        // whole (recovery drops a torn last one), and the consumer re-applies
-        // them from the position stored with the batch before.
-        let mut b = self.db.batch().durability(None);
+        let mut b = self.db.batch();
         for (key, value) in &batch.changes {
             let ks = h.table(key.table());
             match value {
