@@ -713,6 +713,19 @@ async fn views_survive_restart_and_replay_gives_the_same_checksum() {
         .await
         .expect(200);
     api.call(Method::POST, "/v1/auth/logout", Some(&b), None).await;
+    // The analyzer appends each message's emotion a little later (it lingers
+    // between batches); a restart before it is done would rightly add the
+    // rest, so wait for all 40 before taking the live digest.
+    let mut emotions = 0;
+    for _ in 0..200 {
+        let body = api.get(&format!("/v1/rooms/{room}/emotions"), &a).await.expect(200);
+        emotions = body["emotions"].as_array().unwrap().len();
+        if emotions >= 40 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(emotions, 40, "one emotion per stored message");
     s.stop().await;
 
     let engines = emosation::system::Engines::embedded(tmp.path());
