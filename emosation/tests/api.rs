@@ -684,7 +684,17 @@ async fn rate_limit_body(cache: Option<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_survive_restart_and_replay_gives_the_same_checksum() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut s = TestServer::start_with(common::config(tmp.path())).await;
+    // Without the analyzer: it appends emotions after the posts were
+    // answered (lingering between batches), and as an at-least-once consumer
+    // it may append some again after a restart (duplicates the fold
+    // ignores, but whose offsets move the stored positions). Here a restart
+    // must change nothing; replays with emotions are tested elsewhere.
+    let config = || {
+        let mut cfg = common::config(tmp.path());
+        cfg.roles.analyzer = false;
+        cfg
+    };
+    let mut s = TestServer::start_with(config()).await;
     let api = s.client();
     let (_, a) = api.user("anna").await;
     let (_, b) = api.user("ben").await;
@@ -713,19 +723,6 @@ async fn views_survive_restart_and_replay_gives_the_same_checksum() {
         .await
         .expect(200);
     api.call(Method::POST, "/v1/auth/logout", Some(&b), None).await;
-    // The analyzer appends each message's emotion a little later (it lingers
-    // between batches); a restart before it is done would rightly add the
-    // rest, so wait for all 40 before taking the live digest.
-    let mut emotions = 0;
-    for _ in 0..200 {
-        let body = api.get(&format!("/v1/rooms/{room}/emotions"), &a).await.expect(200);
-        emotions = body["emotions"].as_array().unwrap().len();
-        if emotions >= 40 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(emotions, 40, "one emotion per stored message");
     s.stop().await;
 
     let engines = emosation::system::Engines::embedded(tmp.path());
@@ -733,7 +730,7 @@ async fn views_survive_restart_and_replay_gives_the_same_checksum() {
     drop(engines);
 
     // Restarted, the server resumes from the stored positions: same views.
-    let mut s = TestServer::start_with(common::config(tmp.path())).await;
+    let mut s = TestServer::start_with(config()).await;
     let api = s.client();
     let a = api.login("anna").await["access_token"].as_str().unwrap().to_owned();
     assert_eq!(api.all_messages(&a, &room).await.len(), 40);
