@@ -375,7 +375,11 @@ fn storm(api: &Api, token: &str, room: &str, n: usize) -> tokio::task::JoinHandl
 async fn a_slow_reader_is_disconnected_while_the_room_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = common::config(tmp.path());
-    cfg.fanout.queue_frames = 16;
+    // Small enough that the storm below overflows the slow reader's queue
+    // many times over (1,600 frames of 4 KB); large enough that the fast
+    // reader, sharing two cores with the server, the storm and the other
+    // tests, never falls 64 frames behind (with 16 it sometimes did on CI).
+    cfg.fanout.queue_frames = 64;
     let s = TestServer::start_with(cfg).await;
     let api = s.client();
     let (room, t) = room_with(&api, "talker", &["slow", "fast"]).await;
