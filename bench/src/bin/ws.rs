@@ -230,8 +230,8 @@ async fn scenario(
         secs,
     } = load;
     // Each receiver's share of the messages, with a margin.
-    let expected = (rate * secs) as usize / rooms.len() + 1024;
-    let r = receivers(bases, recv_token, rooms, per_room, expected).await?;
+    let per_receiver = (rate * secs) as usize / rooms.len() + 1024;
+    let r = receivers(bases, recv_token, rooms, per_room, per_receiver).await?;
     let cpu_before: Vec<u64> = processes.iter().map(|(_, pid)| cpu_us(*pid)).collect();
     let started = Instant::now();
     let (acked, ack_latencies) = send_load(bases, send_token, rooms, senders, rate, secs).await?;
