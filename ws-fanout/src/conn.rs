@@ -46,7 +46,7 @@ pub struct ConnHandle {
     pub id: u64,
     pub user_id: String,
     /// Frames waiting for the writer, at most `capacity`.
-    queue: Mutex<VecDeque<Utf8Bytes>>,
+    queue: Mutex<Outbox>,
     capacity: usize,
     /// Wakes the writer: frames were queued.
     queued: Notify,
@@ -55,6 +55,14 @@ pub struct ConnHandle {
     closer: CancellationToken,
     /// Close code, reason and a last frame to send first (e.g. `kicked`).
     ending: Mutex<Option<(u16, &'static str, Option<Utf8Bytes>)>>,
+}
+
+/// A connection's queue, and whether it still takes frames: one lock per
+/// delivered frame (the cancellation token has a lock of its own).
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Utf8Bytes>,
+    closed: bool,
 }
 
 impl std::fmt::Debug for ConnHandle {
@@ -71,7 +79,7 @@ impl ConnHandle {
         ConnHandle {
             id,
             user_id,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Outbox::default()),
             capacity: capacity.max(1),
             queued: Notify::new(),
             drained: Notify::new(),
@@ -80,21 +88,21 @@ impl ConnHandle {
         }
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Utf8Bytes>> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Outbox> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues `frame` unless the connection is closing (`Err(None)`) or its
     /// queue is full (`Err(Some(frame))`).
     fn try_push(&self, frame: Utf8Bytes) -> Result<(), Option<Utf8Bytes>> {
-        if self.is_closed() {
+        let mut q = self.queue();
+        if q.closed {
             return Err(None);
         }
-        let mut q = self.queue();
-        if q.len() >= self.capacity {
+        if q.frames.len() >= self.capacity {
             return Err(Some(frame));
         }
-        q.push_back(frame);
+        q.frames.push_back(frame);
         drop(q);
         self.queued.notify_one();
         Ok(())
@@ -147,11 +155,11 @@ impl ConnHandle {
     /// Takes up to `max` queued frames, oldest first, into `out`.
     fn take(&self, out: &mut Vec<Utf8Bytes>, max: usize) {
         let mut q = self.queue();
-        let n = q.len().min(max);
-        out.extend(q.drain(..n));
-        if q.is_empty() && q.capacity() > KEEP_QUEUE {
+        let n = q.frames.len().min(max);
+        out.extend(q.frames.drain(..n));
+        if q.frames.is_empty() && q.frames.capacity() > KEEP_QUEUE {
             // A burst is over: an idle connection holds no large buffer.
-            *q = VecDeque::new();
+            q.frames = VecDeque::new();
         }
         drop(q);
         if n > 0 {
@@ -164,6 +172,12 @@ impl ConnHandle {
             .lock()
             .expect("ending lock")
             .get_or_insert((code, reason, None));
+        self.shut();
+    }
+
+    /// Takes no more frames, and tells both halves to end.
+    fn shut(&self) {
+        self.queue().closed = true;
         self.closer.cancel();
     }
 
@@ -174,7 +188,7 @@ impl ConnHandle {
             "duplicate_session",
             Some(frames::kicked("duplicate_session")),
         ));
-        self.closer.cancel();
+        self.shut();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -333,7 +347,7 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
     {
         debug!(error = %e, "cannot unregister a closed connection; it will expire");
     }
-    conn.closer.cancel();
+    conn.shut();
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     if server_closed {
         // The closing handshake (RFC 6455 §7.1.1): the writer has sent our
