@@ -152,9 +152,13 @@ impl ConnHandle {
         }
     }
 
-    /// Takes up to `max` queued frames, oldest first, into `out`.
-    fn take(&self, out: &mut Vec<Utf8Bytes>, max: usize) {
+    /// Takes up to `max` queued frames, oldest first, into `out`; false (and
+    /// nothing taken) once the connection is closing.
+    fn take(&self, out: &mut Vec<Utf8Bytes>, max: usize) -> bool {
         let mut q = self.queue();
+        if q.closed {
+            return false;
+        }
         let n = q.frames.len().min(max);
         out.extend(q.frames.drain(..n));
         if q.frames.is_empty() && q.frames.capacity() > KEEP_QUEUE {
@@ -165,6 +169,7 @@ impl ConnHandle {
         if n > 0 {
             self.drained.notify_waiters();
         }
+        true
     }
 
     pub fn close(&self, code: u16, reason: &'static str) {
@@ -178,6 +183,8 @@ impl ConnHandle {
     /// Takes no more frames, and tells both halves to end.
     fn shut(&self) {
         self.queue().closed = true;
+        // The writer waits only on its queue: this wakes it to end.
+        self.queued.notify_one();
         self.closer.cancel();
     }
 
@@ -231,17 +238,20 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
             let mut ping = tokio::time::interval(ping_every);
             ping.tick().await;
             let mut batch = Vec::new();
+            // The writer waits on its queue alone (closing wakes it too, see
+            // `shut`): one wake-up and one lock per delivery.
             loop {
                 tokio::select! {
                     biased;
-                    _ = conn.closer.cancelled() => break,
                     _ = conn.queued.notified() => {
                         // Whatever is queued goes out in one flush (in
                         // batches of COALESCE frames).
-                        while !conn.is_closed() {
-                            conn.take(&mut batch, COALESCE);
+                        let open = loop {
+                            if !conn.take(&mut batch, COALESCE) {
+                                break false;
+                            }
                             if batch.is_empty() {
-                                break;
+                                break true;
                             }
                             for f in batch.drain(..) {
                                 if sink.feed(Message::Text(f)).await.is_err() {
@@ -253,9 +263,12 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
                                 conn.close(1011, "write failed");
                                 return;
                             }
-                        }
+                        };
                         if batch.capacity() > KEEP_QUEUE {
                             batch = Vec::new();
+                        }
+                        if !open {
+                            break;
                         }
                     }
                     _ = ping.tick() => {
