@@ -75,7 +75,7 @@ impl std::fmt::Debug for ConnHandle {
 }
 
 impl ConnHandle {
-    fn new(id: u64, user_id: String, capacity: usize) -> ConnHandle {
+    pub(crate) fn new(id: u64, user_id: String, capacity: usize) -> ConnHandle {
         ConnHandle {
             id,
             user_id,

@@ -61,6 +61,69 @@ struct Room {
     /// delivery, O(1) to add or remove, so a room of 10,000 sockets is not
     /// scanned each time one leaves.
     subs: IndexMap<u64, Sub>,
+    /// How many of `subs` want each stream, and how many are catching up:
+    /// whether anyone here wants a record is then O(1), not a pass over a
+    /// room of 10,000 sockets per emotion nobody subscribed to.
+    wanting: Wanting,
+}
+
+#[derive(Default)]
+struct Wanting {
+    chat: usize,
+    emotion: usize,
+    catching_up: usize,
+}
+
+impl Room {
+    fn new(partition: u32) -> Room {
+        Room {
+            partition,
+            subs: IndexMap::new(),
+            wanting: Wanting::default(),
+        }
+    }
+
+    fn insert(&mut self, conn_id: u64, sub: Sub) {
+        self.count(&sub, 1);
+        if let Some(old) = self.subs.insert(conn_id, sub) {
+            self.count(&old, -1);
+        }
+    }
+
+    fn remove(&mut self, conn_id: u64) -> Option<Sub> {
+        let sub = self.subs.swap_remove(&conn_id)?;
+        self.count(&sub, -1);
+        Some(sub)
+    }
+
+    fn count(&mut self, sub: &Sub, by: isize) {
+        let w = &mut self.wanting;
+        for (n, yes) in [
+            (&mut w.chat, sub.streams.chat),
+            (&mut w.emotion, sub.streams.emotion),
+            (&mut w.catching_up, sub.held.is_some()),
+        ] {
+            if yes {
+                *n = n.checked_add_signed(by).expect("subscription counts stay non-negative");
+            }
+        }
+    }
+
+    /// Whether a subscriber here wants `stream` (or is catching up, and so may).
+    fn wants(&self, stream: Stream) -> bool {
+        let w = &self.wanting;
+        let answer = w.catching_up > 0
+            || match stream {
+                Stream::Chat => w.chat > 0,
+                Stream::Emotion => w.emotion > 0,
+            };
+        debug_assert_eq!(
+            answer,
+            self.subs.values().any(|s| s.streams.wants(stream) || s.held.is_some()),
+            "the counts agree with the subscriptions"
+        );
+        answer
+    }
 }
 
 #[derive(Default)]
@@ -98,7 +161,7 @@ impl State {
     /// [`State::remove_sub`]; the caller updates `by_conn`).
     fn leave_room(&mut self, conn_id: u64, room_id: &str) {
         if let Some(room) = self.rooms.get_mut(room_id) {
-            room.subs.swap_remove(&conn_id);
+            room.remove(conn_id);
             if room.subs.is_empty() {
                 let p = room.partition;
                 self.rooms.remove(room_id);
@@ -202,20 +265,13 @@ impl Hub {
             if !st.rooms.contains_key(room_id) {
                 *st.rooms_per_partition.entry(p).or_default() += 1;
             }
-            let subs = &mut st
-                .rooms
-                .entry(room_id.to_owned())
-                .or_insert_with(|| Room {
-                    partition: p,
-                    subs: IndexMap::new(),
-                })
-                .subs;
+            let room = st.rooms.entry(room_id.to_owned()).or_insert_with(|| Room::new(p));
             let (last, held) = match since {
                 Some(s) if s + 1 < boundary => (s, Some(Vec::new())),
                 Some(s) => (s, None),
                 None => (boundary.saturating_sub(1), None),
             };
-            subs.insert(
+            room.insert(
                 conn.id,
                 Sub {
                     id: sub_id,
@@ -482,16 +538,18 @@ impl Hub {
         }
         // Hand over to live delivery: flush what the tailer held back.
         let mut st = self.state.lock().expect("hub lock");
-        let Some(sub) = st
-            .rooms
-            .get_mut(&room)
-            .and_then(|r| r.subs.get_mut(&conn.id))
-            .filter(|s| s.id == sub_id)
-        else {
+        let Some(room) = st.rooms.get_mut(&room) else {
+            return;
+        };
+        let Some(sub) = room.subs.get_mut(&conn.id).filter(|s| s.id == sub_id) else {
             return;
         };
         sub.last = sub.last.max(last);
-        for ev in sub.held.take().unwrap_or_default() {
+        let held = sub.held.take();
+        if held.is_some() {
+            room.wanting.catching_up -= 1;
+        }
+        for ev in held.unwrap_or_default() {
             if ev.offset > sub.last && sub.streams.wants(ev.stream) {
                 sub.conn.push(ev.frame);
                 sub.last = ev.offset;
@@ -535,9 +593,7 @@ fn has_subscribers(st: &State, key: &[u8]) -> bool {
 /// Whether a subscriber of `room_id` on this node wants `stream` (or is
 /// catching up, and so may).
 fn room_wants(st: &State, room_id: &str, stream: Stream) -> bool {
-    st.rooms
-        .get(room_id)
-        .is_some_and(|r| r.subs.values().any(|s| s.streams.wants(stream) || s.held.is_some()))
+    st.rooms.get(room_id).is_some_and(|r| r.wants(stream))
 }
 
 /// Records that may be events, before the views say what the fold decided:
@@ -630,5 +686,48 @@ fn deliver(st: &mut State, ev: Event) {
         for conn_id in leaving {
             st.remove_sub(conn_id, &ev.room_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: u64, streams: Streams, catching_up: bool) -> Sub {
+        Sub {
+            id,
+            conn: Arc::new(ConnHandle::new(id, format!("u{id}"), 16)),
+            streams,
+            last: 0,
+            held: catching_up.then(Vec::new),
+        }
+    }
+
+    const CHAT: Streams = Streams {
+        chat: true,
+        emotion: false,
+    };
+
+    #[test]
+    fn a_room_knows_which_streams_its_subscribers_want() {
+        let mut room = Room::new(0);
+        assert!(!room.wants(Stream::Chat) && !room.wants(Stream::Emotion));
+        room.insert(1, sub(1, CHAT, false));
+        room.insert(2, sub(2, CHAT, false));
+        assert!(room.wants(Stream::Chat) && !room.wants(Stream::Emotion));
+        // A subscription catching up may want anything until it goes live.
+        room.insert(3, sub(3, CHAT, true));
+        assert!(room.wants(Stream::Emotion));
+        room.remove(3);
+        assert!(!room.wants(Stream::Emotion));
+        // Re-subscribing replaces the old subscription's counts.
+        room.insert(2, sub(4, Streams::ALL, false));
+        assert!(room.wants(Stream::Emotion));
+        room.insert(2, sub(5, CHAT, false));
+        assert!(!room.wants(Stream::Emotion));
+        room.remove(1);
+        room.remove(2);
+        assert!(room.remove(2).is_none());
+        assert!(!room.wants(Stream::Chat) && room.subs.is_empty());
     }
 }
