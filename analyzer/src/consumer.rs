@@ -101,14 +101,9 @@ impl AnalyticsConsumer for Analyzer {
     async fn handle_batch(&self, _topic: Topic, p: u32, entries: &[LogEntry]) -> Result<(), ConsumerError> {
         let mut messages = Vec::new();
         for e in entries {
-            let Ok(record) = emosation_schemas::decode(&e.value) else {
-                continue;
-            };
             // A misrouted message is never stored (the fold skips it): no
             // model call for it.
-            if record.is_routed_by(Topic::Rooms, &e.key)
-                && let Record::MessagePosted(m) = record
-            {
+            if let Some(Record::MessagePosted(m)) = emosation_schemas::decode_routed(Topic::Rooms, &e.key, &e.value) {
                 messages.push((LogPosition::new(p, e.offset), m));
             }
         }

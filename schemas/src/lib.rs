@@ -285,6 +285,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record, SchemaError> {
     decode_resolved(known, body)
 }
 
+/// Decodes the record of a log entry of `topic` keyed by `key`, if it is one
+/// and the entry is where its topic and key route it
+/// ([`Record::is_routed_by`]). The fold skips the others, so every consumer
+/// that mirrors the fold's choices (the fan-out, the analyzer) skips them too.
+pub fn decode_routed(topic: emosation_core::ids::Topic, key: &[u8], bytes: &[u8]) -> Option<Record> {
+    decode(bytes).ok().filter(|r| r.is_routed_by(topic, key))
+}
+
 /// Checks the single-object header and finds the writer schema.
 fn split_header(bytes: &[u8]) -> Result<(&'static Known, &[u8]), SchemaError> {
     if bytes.len() < HEADER_LEN {

@@ -316,3 +316,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn decode_routed_keeps_only_records_where_their_topic_and_key_route_them() {
+    use emosation_core::ids::Topic;
+    use emosation_schemas::decode_routed;
+    let joined = Record::MemberJoined(MemberJoined {
+        request_id: 1,
+        at: 2,
+        room_id: "room-a".into(),
+        user_id: "u1".into(),
+        username: "alice".into(),
+    });
+    let bytes = encode(&joined).unwrap();
+    assert_eq!(decode_routed(Topic::Rooms, b"room-a", &bytes), Some(joined));
+    assert_eq!(decode_routed(Topic::Rooms, b"room-b", &bytes), None);
+    assert_eq!(decode_routed(Topic::Accounts, b"room-a", &bytes), None);
+    assert_eq!(decode_routed(Topic::Rooms, b"room-a", b"not avro"), None);
+}

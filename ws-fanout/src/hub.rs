@@ -576,12 +576,7 @@ fn decode_where(entries: &[LogEntry], pick: impl Fn(usize, &LogEntry) -> bool) -
         .iter()
         .enumerate()
         .filter(|(i, e)| pick(*i, e))
-        .filter_map(|(_, e)| {
-            emosation_schemas::decode(&e.value)
-                .ok()
-                .filter(|r| r.is_routed_by(Topic::Rooms, &e.key))
-                .map(|r| (e.offset, r))
-        })
+        .filter_map(|(_, e)| emosation_schemas::decode_routed(Topic::Rooms, &e.key, &e.value).map(|r| (e.offset, r)))
         .collect()
 }
 
