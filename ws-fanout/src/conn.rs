@@ -159,6 +159,9 @@ impl ConnHandle {
         if q.closed {
             return false;
         }
+        // Only a full queue has a `push_waiting` to wake: it waits after
+        // finding the queue full, and only this writer takes frames out.
+        let was_full = q.frames.len() >= self.capacity;
         let n = q.frames.len().min(max);
         out.extend(q.frames.drain(..n));
         if q.frames.is_empty() && q.frames.capacity() > KEEP_QUEUE {
@@ -166,7 +169,7 @@ impl ConnHandle {
             q.frames = VecDeque::new();
         }
         drop(q);
-        if n > 0 {
+        if n > 0 && was_full {
             self.drained.notify_waiters();
         }
         true
