@@ -109,6 +109,18 @@ impl Room {
         }
     }
 
+    /// Ends the catch-up of `conn_id`'s subscription `sub_id`, if that is
+    /// still its subscription here: the subscription, live from now on, and
+    /// the events held back for it meanwhile.
+    fn go_live(&mut self, conn_id: u64, sub_id: u64) -> Option<(&mut Sub, Vec<Event>)> {
+        let sub = self.subs.get_mut(&conn_id).filter(|s| s.id == sub_id)?;
+        let held = sub.held.take();
+        if held.is_some() {
+            self.wanting.catching_up -= 1;
+        }
+        Some((sub, held.unwrap_or_default()))
+    }
+
     /// Whether a subscriber here wants `stream` (or is catching up, and so may).
     fn wants(&self, stream: Stream) -> bool {
         let w = &self.wanting;
@@ -538,18 +550,11 @@ impl Hub {
         }
         // Hand over to live delivery: flush what the tailer held back.
         let mut st = self.state.lock().expect("hub lock");
-        let Some(room) = st.rooms.get_mut(&room) else {
-            return;
-        };
-        let Some(sub) = room.subs.get_mut(&conn.id).filter(|s| s.id == sub_id) else {
+        let Some((sub, held)) = st.rooms.get_mut(&room).and_then(|r| r.go_live(conn.id, sub_id)) else {
             return;
         };
         sub.last = sub.last.max(last);
-        let held = sub.held.take();
-        if held.is_some() {
-            room.wanting.catching_up -= 1;
-        }
-        for ev in held.unwrap_or_default() {
+        for ev in held {
             if ev.offset > sub.last && sub.streams.wants(ev.stream) {
                 sub.conn.push(ev.frame);
                 sub.last = ev.offset;
@@ -715,6 +720,15 @@ mod tests {
         assert!(room.wants(Stream::Emotion));
         room.remove(3);
         assert!(!room.wants(Stream::Emotion));
+        // Going live ends it, once, and only for the subscription it started.
+        room.insert(3, sub(3, CHAT, true));
+        assert!(room.go_live(3, 99).is_none());
+        assert!(room.wants(Stream::Emotion));
+        assert!(room.go_live(3, 3).is_some());
+        assert!(!room.wants(Stream::Emotion));
+        assert!(room.go_live(3, 3).is_some_and(|(_, held)| held.is_empty()));
+        assert!(!room.wants(Stream::Emotion));
+        room.remove(3);
         // Re-subscribing replaces the old subscription's counts.
         room.insert(2, sub(4, Streams::ALL, false));
         assert!(room.wants(Stream::Emotion));
