@@ -454,3 +454,40 @@ async fn handle(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(s: &str) -> Utf8Bytes {
+        Utf8Bytes::from(s.to_owned())
+    }
+
+    #[tokio::test]
+    async fn push_waiting_waits_for_the_writer_to_take_from_a_full_queue() {
+        let conn = Arc::new(ConnHandle::new(1, "u".into(), 2));
+        assert!(conn.push(frame("a")) && conn.push(frame("b")));
+        let waiting = tokio::spawn({
+            let conn = Arc::clone(&conn);
+            async move { conn.push_waiting(frame("c")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the queue is full: it waits");
+        let mut out = Vec::new();
+        assert!(conn.take(&mut out, 1));
+        assert!(waiting.await.unwrap(), "queued once the writer took a frame");
+        out.clear();
+        assert!(conn.take(&mut out, 8));
+        assert_eq!(out, vec![frame("b"), frame("c")]);
+        // Closing ends a waiting push, and the writer takes nothing more.
+        assert!(conn.push(frame("d")) && conn.push(frame("e")));
+        let waiting = tokio::spawn({
+            let conn = Arc::clone(&conn);
+            async move { conn.push_waiting(frame("f")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        conn.close(1000, "");
+        assert!(!waiting.await.unwrap());
+        assert!(!conn.take(&mut out, 8));
+    }
+}
