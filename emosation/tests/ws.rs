@@ -319,6 +319,27 @@ async fn refusals_and_bad_frames_keep_the_connection_open() {
     c.send(json!({"type": "unsubscribe", "room_id": room})).await;
     assert_eq!(c.next_of(&["error"]).await["code"], "not_subscribed");
 
+    // A valid token without a WebSocket handshake is told what is missing.
+    let plain = api.call(reqwest::Method::GET, "/v1/ws", Some(&t[0]), None).await;
+    assert_eq!(
+        (plain.status.as_u16(), plain.body["error"]["code"].as_str()),
+        (400, Some("upgrade_required"))
+    );
+    let old_version = reqwest::Client::new()
+        .get(format!("{}/v1/ws", s.base))
+        .bearer_auth(&t[0])
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old_version.status().as_u16(), 400);
+    let body: serde_json::Value = old_version.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upgrade_required", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("13"), "{body}");
+
     // Tokens are checked before the upgrade.
     let base = s.base.replace("http://", "ws://");
     for url in [format!("{base}/v1/ws"), format!("{base}/v1/ws?access_token=garbage")] {

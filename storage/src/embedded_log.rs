@@ -361,7 +361,16 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(
         });
         match result {
             Ok(()) => {
-                // Durable now: into the tails, then visible to readers.
+                // Durable now: into the tails, then visible to readers. The
+                // new ends are visible before any append is acknowledged (a
+                // client may use its cursor at once), but readers waiting
+                // for them are woken only after the acknowledgements: an
+                // appender that goes on to wait for what a reader does with
+                // its record (ingest waits for the fold's decision) is
+                // waiting before the readers run, so its answer does not
+                // queue behind their work (a fan-out writing to a thousand
+                // sockets).
+                let mut advanced = Vec::with_capacity(appended.len());
                 for (tp, entries) in appended {
                     let end = entries.last().map_or(0, |e| e.offset + 1);
                     let mut tail = shared.tails[&tp].lock().expect("tail lock");
@@ -369,7 +378,11 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(
                         tail.push(entry);
                     }
                     drop(tail);
-                    shared.ends[&tp].send_replace(end);
+                    shared.ends[&tp].send_if_modified(|e| {
+                        *e = end;
+                        false
+                    });
+                    advanced.push(tp);
                 }
                 debug!(requests = group.len(), "group commit");
                 for (r, pos) in group.drain(..).zip(positions) {
@@ -385,6 +398,9 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(
                             let _ = c.reply.send(Ok(()));
                         }
                     }
+                }
+                for tp in advanced {
+                    shared.ends[&tp].send_modify(|_| {});
                 }
             }
             Err(e) => {

@@ -1,68 +1,142 @@
 //! One WebSocket connection.
 //!
-//! Two halves: the reader handles client frames (subscribe, send, typing…);
-//! the writer drains the connection's bounded queue, coalescing whatever is
-//! queued into one flush, and sends keepalive pings. Anything that must end
-//! the connection — a full queue, a kick, an idle timeout — goes through
-//! [`ConnHandle::close`], which the writer turns into a close frame.
+//! **Frames out.** Every frame the server sends is a [`Frame`]: complete
+//! WebSocket bytes, encoded once and shared. Whoever queues a frame on a
+//! socket that is idle writes it at once, with a non-blocking write from its
+//! own task: the hub's tailer delivering a room's event writes straight into
+//! each subscriber's socket, the send path writes its `ack` itself. Only when
+//! the kernel takes no more (the client reads slower than the room talks)
+//! does the socket pass to the connection's writer task, which waits until it
+//! is writable, writes what queued meanwhile in vectored writes of up to
+//! [`COALESCE`] frames, and hands the socket back once the queue is empty.
+//! Whoever holds the queue's lock decides who writes, so bytes never
+//! interleave and frames leave in the order they were queued.
 //!
-//! Memory: an idle connection holds its two tasks, its socket's small read
+//! **Frames in.** tungstenite reads the client's frames (masking, UTF-8,
+//! fragments, control frames, size limits); what it writes itself (pongs)
+//! joins the same queue.
+//!
+//! Anything that must end the connection — a full queue, a kick, an idle
+//! timeout — goes through [`ConnHandle::close`]: the queue takes no more
+//! frames and the writer task ends the socket with a close frame.
+//!
+//! Memory: an idle connection holds its two tasks, tungstenite's small read
 //! buffer and a [`ConnHandle`] whose queue is an empty `VecDeque` (no
 //! allocation until frames queue up, released again once a burst that grew
-//! it has drained). A tokio channel would allocate a block of 32 slots per
-//! connection up front. The reader's frame handling, which awaits view
-//! lookups and the hub, runs boxed, so it is not part of the idle task.
+//! it has drained). The reader's frame handling, which awaits view lookups
+//! and the hub, runs boxed, so it is not part of the idle task.
 
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::{Buf, Bytes};
 use emosation_http::rooms::member_room;
 use emosation_http::{ApiError, AuthUser};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::Fanout;
-use crate::frames::{self, ClientFrame, FrameError};
+use crate::frames::{self, ClientFrame, Frame, FrameError};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Sends in flight per connection before the reader stops reading.
 const MAX_INFLIGHT_SENDS: usize = 256;
-/// Frames written per flush at most.
+/// Frames written per (vectored) write at most.
 const COALESCE: usize = 64;
 /// How long a connection the server closed waits for the client's close
 /// frame: long enough for a client to read the backlog queued before it.
 const CLOSE_DRAIN: Duration = Duration::from_secs(10);
+/// How long the writer tries to get the last frames (a `kicked`, the close
+/// frame) into a socket whose client does not read.
+const CLOSE_WRITE: Duration = Duration::from_secs(5);
 /// A drained queue whose buffer grew past this many frames gives it back.
 const KEEP_QUEUE: usize = 16;
 
-/// The shareable side of a connection: its queue and its way to be closed.
+/// The shareable side of a connection: its outgoing queue and socket, and
+/// its way to be closed.
 pub struct ConnHandle {
     pub id: u64,
     pub user_id: String,
-    /// Frames waiting for the writer, at most `capacity`.
-    queue: Mutex<Outbox>,
+    out: Mutex<Outbox>,
+    /// Frames queued at most; one more closes the connection (1013).
     capacity: usize,
-    /// Wakes the writer: frames were queued.
-    queued: Notify,
-    /// Wakes [`ConnHandle::push_waiting`]: the writer took frames.
+    /// Wakes the writer task: the socket is its to drain, or the connection
+    /// is closing.
+    wake: Notify,
+    /// Wakes [`ConnHandle::push_waiting`]: the writer took from a full queue.
     drained: Notify,
     closer: CancellationToken,
     /// Close code, reason and a last frame to send first (e.g. `kicked`).
-    ending: Mutex<Option<(u16, &'static str, Option<Utf8Bytes>)>>,
+    ending: Mutex<Option<(u16, &'static str, Option<Frame>)>>,
 }
 
-/// A connection's queue, and whether it still takes frames: one lock per
-/// delivered frame (the cancellation token has a lock of its own).
+/// A connection's frames on their way out, and who may write them.
 #[derive(Default)]
 struct Outbox {
-    frames: VecDeque<Utf8Bytes>,
+    /// Bytes not yet written: whole frames, except that the first may be
+    /// the rest of a frame partly written (`partial`).
+    frames: VecDeque<Bytes>,
+    partial: bool,
+    /// The writer task owns the socket (it waits for it to be writable):
+    /// frames queue for it, nobody else writes.
+    draining: bool,
+    /// Takes no more frames: the connection is ending.
     closed: bool,
+    /// The socket's write side; the writer task drops it at the end (which
+    /// sends FIN). `None` before a socket is attached, and in unit tests.
+    sock: Option<Arc<OwnedWriteHalf>>,
+}
+
+impl Outbox {
+    /// Removes the first `n` bytes written.
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                self.partial = true;
+                return;
+            }
+            n -= front.len();
+            self.frames.pop_front();
+            self.partial = false;
+        }
+        if self.frames.is_empty() && self.frames.capacity() > KEEP_QUEUE {
+            // A burst is over: an idle connection holds no large buffer.
+            self.frames = VecDeque::new();
+        }
+    }
+}
+
+/// Writes as much of `frames` (up to [`COALESCE`] of them) as the socket
+/// takes without waiting.
+fn write_now(sock: &OwnedWriteHalf, frames: &VecDeque<Bytes>) -> io::Result<usize> {
+    if frames.len() == 1 {
+        return sock.try_write(&frames[0]);
+    }
+    let mut slices = [IoSlice::new(&[]); COALESCE];
+    let mut n = 0;
+    for (slot, f) in slices.iter_mut().zip(frames) {
+        *slot = IoSlice::new(f);
+        n += 1;
+    }
+    sock.try_write_vectored(&slices[..n])
 }
 
 impl std::fmt::Debug for ConnHandle {
@@ -74,57 +148,119 @@ impl std::fmt::Debug for ConnHandle {
     }
 }
 
+/// What [`ConnHandle::queue`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// Queued on an idle socket: the caller calls [`ConnHandle::flush`].
+    Flush,
+    /// Queued behind others; whoever queued the first writes it, or the
+    /// writer task does.
+    Behind,
+    /// Not queued: the connection is ending (or this frame ended it).
+    Dropped,
+}
+
 impl ConnHandle {
-    pub(crate) fn new(id: u64, user_id: String, capacity: usize) -> ConnHandle {
+    pub(crate) fn new(id: u64, user_id: String, capacity: usize, sock: Option<OwnedWriteHalf>) -> ConnHandle {
         ConnHandle {
             id,
             user_id,
-            queue: Mutex::new(Outbox::default()),
+            out: Mutex::new(Outbox {
+                sock: sock.map(Arc::new),
+                ..Outbox::default()
+            }),
             capacity: capacity.max(1),
-            queued: Notify::new(),
+            wake: Notify::new(),
             drained: Notify::new(),
             closer: CancellationToken::new(),
             ending: Mutex::new(None),
         }
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, Outbox> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    fn out(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues `frame` unless the connection is closing (`Err(None)`) or its
-    /// queue is full (`Err(Some(frame))`).
-    fn try_push(&self, frame: Utf8Bytes) -> Result<(), Option<Utf8Bytes>> {
-        let mut q = self.queue();
+    /// queue is full (`Err(Some(frame))`); `Ok(true)` if the socket is idle
+    /// (the caller flushes).
+    fn try_queue(&self, frame: Frame) -> Result<bool, Option<Frame>> {
+        let mut q = self.out();
         if q.closed {
             return Err(None);
         }
         if q.frames.len() >= self.capacity {
             return Err(Some(frame));
         }
-        q.frames.push_back(frame);
-        drop(q);
-        self.queued.notify_one();
-        Ok(())
+        let idle = q.frames.is_empty() && !q.draining;
+        q.frames.push_back(frame.into_bytes());
+        Ok(idle)
     }
 
-    /// Queues a frame; a full queue closes the connection (1013): a slow
-    /// client never slows its room.
-    pub fn push(&self, frame: Utf8Bytes) -> bool {
-        match self.try_push(frame) {
-            Ok(()) => true,
+    /// Queues a frame without writing it (a caller delivering to many
+    /// sockets under a lock flushes them after). A full queue closes the
+    /// connection (1013): a slow client never slows its room.
+    pub(crate) fn queue(&self, frame: Frame) -> Queued {
+        match self.try_queue(frame) {
+            Ok(true) => Queued::Flush,
+            Ok(false) => Queued::Behind,
             Err(Some(_)) => {
                 metrics::counter!("emosation_fanout_slow_disconnects_total").increment(1);
                 self.close(1013, "too slow: resume with since");
-                false
+                Queued::Dropped
             }
-            Err(None) => false,
+            Err(None) => Queued::Dropped,
         }
     }
 
+    /// Queues a frame and, if the socket is idle, writes it now; false if
+    /// it was dropped (the connection is ending, or this frame overflowed
+    /// its queue and ended it).
+    pub fn push(&self, frame: Frame) -> bool {
+        match self.queue(frame) {
+            Queued::Flush => {
+                self.flush();
+                true
+            }
+            Queued::Behind => true,
+            Queued::Dropped => false,
+        }
+    }
+
+    /// Writes what is queued as far as the socket takes it without waiting;
+    /// a rest goes to the writer task. Nothing to do if the writer task owns
+    /// the socket already.
+    pub(crate) fn flush(&self) {
+        let mut q = self.out();
+        if q.draining || q.closed || q.frames.is_empty() {
+            return;
+        }
+        let Some(sock) = q.sock.as_ref() else {
+            return;
+        };
+        match write_now(sock, &q.frames) {
+            Ok(n) => {
+                q.consume(n);
+                if q.frames.is_empty() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                drop(q);
+                debug!(conn = self.id, error = %e, "write failed");
+                self.close(1011, "write failed");
+                return;
+            }
+        }
+        q.draining = true;
+        drop(q);
+        self.wake.notify_one();
+    }
+
     /// Queues a frame, waiting for room (catch-up reads at the client's pace),
-    /// but not forever.
-    pub async fn push_waiting(&self, frame: Utf8Bytes) -> bool {
+    /// but not forever; then writes it if the socket is idle.
+    pub async fn push_waiting(&self, frame: Frame) -> bool {
         let wait = async {
             let mut frame = frame;
             loop {
@@ -132,47 +268,30 @@ impl ConnHandle {
                 let drained = self.drained.notified();
                 tokio::pin!(drained);
                 drained.as_mut().enable();
-                match self.try_push(frame) {
-                    Ok(()) => return true,
-                    Err(None) => return false,
+                match self.try_queue(frame) {
+                    Ok(idle) => return Some(idle),
+                    Err(None) => return None,
                     Err(Some(f)) => frame = f,
                 }
                 tokio::select! {
                     _ = drained => {}
-                    _ = self.closer.cancelled() => return false,
+                    _ = self.closer.cancelled() => return None,
                 }
             }
         };
         match tokio::time::timeout(Duration::from_secs(10), wait).await {
-            Ok(queued) => queued,
+            Ok(Some(idle)) => {
+                if idle {
+                    self.flush();
+                }
+                true
+            }
+            Ok(None) => false,
             Err(_) => {
                 self.close(1013, "too slow: resume with since");
                 false
             }
         }
-    }
-
-    /// Takes up to `max` queued frames, oldest first, into `out`; false (and
-    /// nothing taken) once the connection is closing.
-    fn take(&self, out: &mut Vec<Utf8Bytes>, max: usize) -> bool {
-        let mut q = self.queue();
-        if q.closed {
-            return false;
-        }
-        // Only a full queue has a `push_waiting` to wake: it waits after
-        // finding the queue full, and only this writer takes frames out.
-        let was_full = q.frames.len() >= self.capacity;
-        let n = q.frames.len().min(max);
-        out.extend(q.frames.drain(..n));
-        if q.frames.is_empty() && q.frames.capacity() > KEEP_QUEUE {
-            // A burst is over: an idle connection holds no large buffer.
-            q.frames = VecDeque::new();
-        }
-        drop(q);
-        if n > 0 && was_full {
-            self.drained.notify_waiters();
-        }
-        true
     }
 
     pub fn close(&self, code: u16, reason: &'static str) {
@@ -185,9 +304,8 @@ impl ConnHandle {
 
     /// Takes no more frames, and tells both halves to end.
     fn shut(&self) {
-        self.queue().closed = true;
-        // The writer waits only on its queue: this wakes it to end.
-        self.queued.notify_one();
+        self.out().closed = true;
+        self.wake.notify_one();
         self.closer.cancel();
     }
 
@@ -204,6 +322,178 @@ impl ConnHandle {
     pub fn is_closed(&self) -> bool {
         self.closer.is_cancelled()
     }
+
+    /// Whether the writer task is to drain the queue (taking the socket if
+    /// frames wait and nobody writes them); `None` once closing.
+    fn writer_turn(&self) -> Option<bool> {
+        let mut q = self.out();
+        if q.closed {
+            return None;
+        }
+        if !q.frames.is_empty() {
+            q.draining = true;
+        }
+        Some(q.draining)
+    }
+
+    /// The writer task's drain: writes the queue as the socket becomes
+    /// writable, until it is empty (the socket goes back to inline writes)
+    /// or the connection closes. Err if a write failed.
+    async fn drain(&self, sock: &OwnedWriteHalf, batch: &mut Vec<Bytes>) -> io::Result<()> {
+        loop {
+            batch.clear();
+            {
+                let mut q = self.out();
+                if q.closed {
+                    return Ok(());
+                }
+                if q.frames.is_empty() {
+                    q.draining = false;
+                    return Ok(());
+                }
+                batch.extend(q.frames.iter().take(COALESCE).cloned());
+            }
+            tokio::select! {
+                r = sock.writable() => r?,
+                _ = self.closer.cancelled() => return Ok(()),
+            }
+            let slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
+            match sock.try_write_vectored(&slices) {
+                Ok(n) => {
+                    let mut q = self.out();
+                    let was_full = q.frames.len() >= self.capacity;
+                    q.consume(n);
+                    drop(q);
+                    // Only a full queue can have a `push_waiting` waiting.
+                    if was_full {
+                        self.drained.notify_waiters();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The writer's last words: the rest of a frame partly written (so the
+    /// stream stays well formed), a last frame (`kicked`), the close frame.
+    async fn finish(&self, sock: &OwnedWriteHalf) {
+        let ending = self.ending.lock().expect("ending lock").take();
+        let (code, reason, last) = ending.unwrap_or((1000, "", None));
+        let mut rest = {
+            let mut q = self.out();
+            let rest = if q.partial { q.frames.pop_front() } else { None };
+            q.frames = VecDeque::new();
+            rest
+        };
+        let mut pieces: Vec<Bytes> = rest.take().into_iter().collect();
+        pieces.extend(last.map(Frame::into_bytes));
+        pieces.push(Frame::close(code, reason).into_bytes());
+        let write_all = async {
+            for mut piece in pieces {
+                while piece.has_remaining() {
+                    sock.writable().await?;
+                    match sock.try_write(&piece) {
+                        Ok(n) => piece.advance(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            io::Result::Ok(())
+        };
+        if let Ok(Err(e)) = tokio::time::timeout(CLOSE_WRITE, write_all).await {
+            debug!(conn = self.id, error = %e, "cannot write the close frame");
+        }
+    }
+}
+
+/// The connection's writer task: drains the queue when the socket is its,
+/// pings every `ping_every` (then `keepalive`: false kicks the connection),
+/// and ends the socket when the connection closes.
+async fn writer<K, F>(conn: Arc<ConnHandle>, ping_every: Duration, keepalive: K)
+where
+    K: Fn() -> F,
+    F: Future<Output = bool>,
+{
+    let Some(sock) = conn.out().sock.clone() else {
+        return;
+    };
+    let mut ping = tokio::time::interval(ping_every);
+    ping.tick().await;
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = conn.wake.notified() => {}
+            _ = ping.tick() => {
+                conn.push(Frame::ping());
+                if !keepalive().await {
+                    conn.kick();
+                }
+            }
+        }
+        match conn.writer_turn() {
+            None => break,
+            Some(false) => {}
+            Some(true) => {
+                if let Err(e) = conn.drain(&sock, &mut batch).await {
+                    debug!(conn = conn.id, error = %e, "write failed");
+                    conn.close(1011, "write failed");
+                }
+                if batch.capacity() > KEEP_QUEUE {
+                    batch = Vec::new();
+                }
+            }
+        }
+    }
+    conn.finish(&sock).await;
+    // The last handle on the write side: dropping it sends FIN.
+    conn.out().sock = None;
+}
+
+/// The socket's read side as tungstenite sees it: reads come from the
+/// socket (after the bytes hyper read past the handshake); tungstenite's own
+/// writes (pongs) join the connection's queue. Its close frames are left
+/// out: the writer task sends the connection's one close frame.
+struct ReadSide {
+    pre: Bytes,
+    read: OwnedReadHalf,
+    conn: Arc<ConnHandle>,
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            if self.pre.is_empty() {
+                // An empty slice would still hold the HTTP server's buffer.
+                self.pre = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let frames = frames::without_close(buf);
+        if !frames.is_empty() {
+            self.conn.push(Frame::raw(Bytes::from(frames)));
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 fn frame_error(e: ApiError, client_msg_id: Option<&str>) -> FrameError {
@@ -214,95 +504,64 @@ fn frame_error(e: ApiError, client_msg_id: Option<&str>) -> FrameError {
     }
 }
 
-/// Serves one upgraded socket until it closes.
-pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
+/// What hyper read past the request, as bytes of their own: a slice of its
+/// read buffer would keep the whole buffer (8 KiB and more) alive for as
+/// long as the connection lives.
+fn detach(pre: Bytes) -> Bytes {
+    if pre.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&pre)
+    }
+}
+
+/// Serves one upgraded socket until it closes; `pre` is what the HTTP
+/// server read past the handshake.
+pub async fn run(fanout: Arc<Fanout>, user: AuthUser, tcp: TcpStream, pre: Bytes) {
     let cfg = fanout.cfg.clone();
-    let (mut sink, mut stream) = socket.split();
+    let (read, write) = tcp.into_split();
     let conn = Arc::new(ConnHandle::new(
         NEXT_CONN.fetch_add(1, Ordering::Relaxed),
         user.user_id.clone(),
         cfg.queue_frames,
+        Some(write),
     ));
-    if sink
-        .send(Message::Text(frames::hello(&user.user_id, &user.session_id)))
-        .await
-        .is_err()
-    {
+    if !conn.push(frames::hello(&user.user_id, &user.session_id)) {
         return;
     }
     fanout.admit(&conn).await;
     metrics::gauge!("emosation_fanout_connections").increment(1.0);
-
     let writer = {
-        let conn = Arc::clone(&conn);
-        let fanout_w = Arc::clone(&fanout);
-        let ping_every = cfg.ping_interval;
-        tokio::spawn(async move {
-            let mut ping = tokio::time::interval(ping_every);
-            ping.tick().await;
-            let mut batch = Vec::new();
-            // The writer waits on its queue alone (closing wakes it too, see
-            // `shut`): one wake-up and one lock per delivery.
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = conn.queued.notified() => {
-                        // Whatever is queued goes out in one flush (in
-                        // batches of COALESCE frames).
-                        let open = loop {
-                            if !conn.take(&mut batch, COALESCE) {
-                                break false;
-                            }
-                            if batch.is_empty() {
-                                break true;
-                            }
-                            for f in batch.drain(..) {
-                                if sink.feed(Message::Text(f)).await.is_err() {
-                                    conn.close(1011, "write failed");
-                                    return;
-                                }
-                            }
-                            if sink.flush().await.is_err() {
-                                conn.close(1011, "write failed");
-                                return;
-                            }
-                        };
-                        if batch.capacity() > KEEP_QUEUE {
-                            batch = Vec::new();
-                        }
-                        if !open {
-                            break;
-                        }
-                    }
-                    _ = ping.tick() => {
-                        if sink.send(Message::Ping(Default::default())).await.is_err() {
-                            conn.close(1011, "write failed");
-                            return;
-                        }
-                        // Keep the registration alive; a connection evicted
-                        // by a newer one (whose kick order was lost) learns
-                        // it here.
-                        let me = fanout_w.conn_ref(conn.id);
-                        if let Ok(false) = fanout_w.presence.refresh(&conn.user_id, &me, fanout_w.session_ttl()).await {
-                            conn.kick();
-                        }
-                    }
-                }
+        let (fanout, me) = (Arc::clone(&fanout), Arc::clone(&conn));
+        // Keep the registration alive; a connection evicted by a newer one
+        // (whose kick order was lost) learns it here.
+        let keepalive = move || {
+            let (fanout, conn) = (Arc::clone(&fanout), Arc::clone(&me));
+            async move {
+                let me = fanout.conn_ref(conn.id);
+                !matches!(
+                    fanout.presence.refresh(&conn.user_id, &me, fanout.session_ttl()).await,
+                    Ok(false)
+                )
             }
-            let ending = conn.ending.lock().expect("ending lock").take();
-            let (code, reason, last) = ending.unwrap_or((1000, "", None));
-            if let Some(f) = last {
-                let _ = sink.send(Message::Text(f)).await;
-            }
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                })))
-                .await;
-            let _ = sink.close().await;
-        })
+        };
+        tokio::spawn(writer(Arc::clone(&conn), cfg.ping_interval, keepalive))
     };
+
+    // Small buffers: an idle socket should cost little memory. Frames up to
+    // 1 MiB are read (and answered with an error if over the protocol limit);
+    // larger ones end the connection with 1009.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(0)
+        .max_message_size(Some(1024 * 1024))
+        .max_frame_size(Some(1024 * 1024));
+    let side = ReadSide {
+        pre: detach(pre),
+        read,
+        conn: Arc::clone(&conn),
+    };
+    let mut stream = WebSocketStream::from_raw_socket(side, Role::Server, Some(config)).await;
 
     let sends = Arc::new(Semaphore::new(MAX_INFLIGHT_SENDS));
     // Whether the server ended the connection (full queue, kick, idle) while
@@ -350,7 +609,7 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, socket: WebSocket) {
                 )));
             }
             Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
 
@@ -458,36 +717,179 @@ async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpSocket};
 
-    fn frame(s: &str) -> Utf8Bytes {
-        Utf8Bytes::from(s.to_owned())
+    /// A connected pair on loopback with small kernel buffers, so that a
+    /// client that does not read fills them quickly: the server's write
+    /// side, and the client.
+    async fn pair() -> (OwnedWriteHalf, OwnedReadHalf, TcpStream) {
+        let listener = TcpSocket::new_v4().unwrap();
+        listener.set_send_buffer_size(4096).unwrap();
+        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener: TcpListener = listener.listen(8).unwrap();
+        let client = TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        let (client, accepted) = tokio::join!(client.connect(addr), listener.accept());
+        let (read, write) = accepted.unwrap().0.into_split();
+        (write, read, client.unwrap())
+    }
+
+    fn text(i: usize, size: usize) -> Frame {
+        frames::error(&FrameError::new("n", format!("{i:06}{}", "x".repeat(size))))
+    }
+
+    /// Reads whole frames from the client's socket until `until` matches one
+    /// (or the stream ends); returns them all.
+    async fn read_frames(client: &mut TcpStream, buf: &mut Vec<u8>, until: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            while let Some((_, end)) = frames::split_frame(buf) {
+                let f: Vec<u8> = buf.drain(..end).collect();
+                let done = until(&f);
+                out.push(f);
+                if done {
+                    return out;
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk))
+                .await
+                .expect("frames arrive")
+                .unwrap();
+            if n == 0 {
+                return out;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn queued(conn: &ConnHandle) -> (usize, bool) {
+        let q = conn.out();
+        (q.frames.len(), q.draining)
     }
 
     #[tokio::test]
-    async fn push_waiting_waits_for_the_writer_to_take_from_a_full_queue() {
-        let conn = Arc::new(ConnHandle::new(1, "u".into(), 2));
-        assert!(conn.push(frame("a")) && conn.push(frame("b")));
+    async fn an_idle_socket_is_written_at_once_and_a_full_one_passes_to_the_writer() {
+        let (write, _read, mut client) = pair().await;
+        let conn = Arc::new(ConnHandle::new(1, "u".into(), 10_000, Some(write)));
+        // Idle: written inline, nothing queued, no writer task needed.
+        assert!(conn.push(text(0, 10)));
+        assert_eq!(queued(&conn), (0, false));
+        let mut buf = Vec::new();
+        let got = read_frames(&mut client, &mut buf, |_| true).await;
+        assert_eq!(got, vec![text(0, 10).bytes().to_vec()]);
+
+        // The client stops reading: the kernel fills up, the rest queues for
+        // the writer task (none runs yet, so it stays queued).
+        let mut sent = vec![];
+        for i in 1..=200 {
+            assert!(conn.push(text(i, 1000)));
+            sent.push(text(i, 1000).bytes().to_vec());
+        }
+        let (waiting, draining) = queued(&conn);
+        assert!(draining && waiting > 0, "the socket is the writer's: {waiting} queued");
+        // Frames queued meanwhile wait their turn (never written inline,
+        // which would interleave with the writer's bytes).
+        assert!(conn.push(text(201, 10)));
+        sent.push(text(201, 10).bytes().to_vec());
+        assert_eq!(queued(&conn), (waiting + 1, true));
+
+        let task = tokio::spawn(writer(Arc::clone(&conn), Duration::from_secs(3600), || async { true }));
+        let last = sent.last().unwrap().clone();
+        let got = read_frames(&mut client, &mut buf, |f| f == last.as_slice()).await;
+        assert_eq!(got, sent, "every frame, whole and in order");
+        // Drained: the socket is back to inline writes.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while queued(&conn) != (0, false) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the writer hands the socket back");
+        assert!(conn.push(text(202, 10)));
+        assert_eq!(queued(&conn), (0, false));
+
+        // Closing: a close frame after what was written, then FIN.
+        conn.close(1000, "bye");
+        task.await.unwrap();
+        let got = read_frames(&mut client, &mut buf, |_| false).await;
+        assert_eq!(
+            got,
+            vec![
+                text(202, 10).bytes().to_vec(),
+                Frame::close(1000, "bye").bytes().to_vec()
+            ]
+        );
+        assert!(!conn.push(text(203, 10)), "a closed connection takes no frames");
+    }
+
+    #[tokio::test]
+    async fn overflowing_the_queue_closes_with_1013_after_whole_frames() {
+        let (write, _read, mut client) = pair().await;
+        let conn = Arc::new(ConnHandle::new(1, "u".into(), 8, Some(write)));
+        let task = tokio::spawn(writer(Arc::clone(&conn), Duration::from_secs(3600), || async { true }));
+        let mut pushed = 0;
+        while conn.push(text(pushed, 3000)) {
+            pushed += 1;
+            assert!(pushed < 10_000, "the queue overflows");
+        }
+        assert!(conn.is_closed());
+        task.await.unwrap();
+        let mut buf = Vec::new();
+        let got = read_frames(&mut client, &mut buf, |_| false).await;
+        let (close, data) = got.split_last().unwrap();
+        assert_eq!(
+            close,
+            Frame::close(1013, "too slow: resume with since").bytes().as_ref()
+        );
+        // Whatever the kernel had taken arrives whole and in order (a frame
+        // cut by the close would not parse); the queued rest is dropped.
+        assert!(!data.is_empty() && data.len() < pushed);
+        for (i, f) in data.iter().enumerate() {
+            assert_eq!(f, text(i, 3000).bytes().as_ref());
+        }
+    }
+
+    #[tokio::test]
+    async fn push_waiting_waits_for_room_and_ends_on_close() {
+        let (write, _read, mut client) = pair().await;
+        let conn = Arc::new(ConnHandle::new(1, "u".into(), 4, Some(write)));
+        // Fill the kernel buffers and the queue (no writer task yet).
+        let mut i = 0;
+        while queued(&conn).0 < 4 {
+            assert!(conn.push(text(i, 3000)));
+            i += 1;
+        }
         let waiting = tokio::spawn({
             let conn = Arc::clone(&conn);
-            async move { conn.push_waiting(frame("c")).await }
+            async move { conn.push_waiting(text(i, 10)).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "the queue is full: it waits");
-        let mut out = Vec::new();
-        assert!(conn.take(&mut out, 1));
-        assert!(waiting.await.unwrap(), "queued once the writer took a frame");
-        out.clear();
-        assert!(conn.take(&mut out, 8));
-        assert_eq!(out, vec![frame("b"), frame("c")]);
-        // Closing ends a waiting push, and the writer takes nothing more.
-        assert!(conn.push(frame("d")) && conn.push(frame("e")));
+        // The client reads, the writer drains: the waiting frame goes out last.
+        let task = tokio::spawn(writer(Arc::clone(&conn), Duration::from_secs(3600), || async { true }));
+        let mut buf = Vec::new();
+        let last = text(i, 10).bytes().to_vec();
+        let got = read_frames(&mut client, &mut buf, |f| f == last.as_slice()).await;
+        assert!(waiting.await.unwrap());
+        assert_eq!(got.len(), i + 1);
+
+        // A push waiting on a full queue ends when the connection closes.
+        let (write, _read2, _client2) = pair().await;
+        let conn = Arc::new(ConnHandle::new(2, "u".into(), 1, Some(write)));
+        while queued(&conn).0 < 1 {
+            assert!(conn.push(text(0, 3000)));
+        }
         let waiting = tokio::spawn({
             let conn = Arc::clone(&conn);
-            async move { conn.push_waiting(frame("f")).await }
+            async move { conn.push_waiting(text(1, 10)).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         conn.close(1000, "");
         assert!(!waiting.await.unwrap());
-        assert!(!conn.take(&mut out, 8));
+        conn.close(1000, "");
+        task.abort();
     }
 }

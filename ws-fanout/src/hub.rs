@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use emosation_core::Record;
 use emosation_core::ids::{LogPosition, Topic, partition_for};
 use emosation_core::ports::{Decisions, Log, LogEntry, ViewStore};
@@ -26,8 +25,8 @@ use indexmap::IndexMap;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::conn::ConnHandle;
-use crate::frames::{self, FrameError, Stream, Streams};
+use crate::conn::{ConnHandle, Queued};
+use crate::frames::{self, Frame, FrameError, Stream, Streams};
 
 /// A decided event, ready to deliver.
 #[derive(Debug, Clone)]
@@ -35,7 +34,7 @@ pub struct Event {
     pub offset: u64,
     pub room_id: String,
     pub stream: Stream,
-    pub frame: Utf8Bytes,
+    pub frame: Frame,
     /// A member left: their subscriptions to the room end after this event.
     pub left: Option<String>,
 }
@@ -262,7 +261,7 @@ impl Hub {
             },
         };
         let sub_id = NEXT_SUB.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (boundary, start_tailer) = {
+        let (boundary, start_tailer, cursor, flush) = {
             let mut st = self.state.lock().expect("hub lock");
             let (boundary, start) = match st.tailers.get(&p) {
                 Some(next) => (*next, false),
@@ -293,17 +292,19 @@ impl Hub {
                     held,
                 },
             );
-            (boundary, start)
+            let cursor = LogPosition::new(p, last).to_id();
+            // Queued under the lock: `subscribed` goes out before any event
+            // of the subscription (the tailer queues those under it too).
+            let flush = conn.queue(frames::subscribed(room_id, &cursor)) == Queued::Flush;
+            (boundary, start, cursor, flush)
         };
+        if flush {
+            conn.flush();
+        }
         if start_tailer {
             let hub = Arc::clone(self);
             tokio::spawn(async move { hub.tail(p, boundary).await });
         }
-        let cursor = match since {
-            Some(s) => LogPosition::new(p, s).to_id(),
-            None => LogPosition::new(p, boundary.saturating_sub(1)).to_id(),
-        };
-        conn.push(frames::subscribed(room_id, &cursor));
         if let Some(s) = since
             && s + 1 < boundary
         {
@@ -337,6 +338,7 @@ impl Hub {
     /// Relays a typing notice to the room's other subscribers (never logged).
     pub fn typing(&self, from: u64, room_id: &str, user_id: &str) {
         let frame = frames::typing(room_id, user_id);
+        let mut flushes = Flushes::default();
         let st = self.state.lock().expect("hub lock");
         if let Some(room) = st.rooms.get(room_id) {
             for (_, s) in room
@@ -344,9 +346,11 @@ impl Hub {
                 .iter()
                 .filter(|(conn_id, s)| **conn_id != from && s.streams.chat && s.held.is_none())
             {
-                s.conn.push(frame.clone());
+                flushes.queue(&s.conn, frame.clone());
             }
         }
+        drop(st);
+        flushes.run();
     }
 
     /// Waits until the projector has applied `offset` of partition `p`.
@@ -438,6 +442,7 @@ impl Hub {
     /// until no room of the partition has subscribers.
     async fn tail(self: Arc<Self>, p: u32, mut next: u64) {
         debug!(partition = p, next, "fan-out tailer starts");
+        let mut flushes = Flushes::default();
         loop {
             let entries = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -457,19 +462,20 @@ impl Hub {
                 }
                 continue;
             };
-            // The projector applies in order: once the batch's last record
-            // is applied, all of it is.
-            if !self.applied(p, last).await {
-                return;
-            }
             // Only the records of rooms subscribed here are decoded (a room
             // record's key is its room id): a node serving a few of a
-            // partition's rooms does not decode the others' traffic.
+            // partition's rooms does not decode the others' traffic. Decoded
+            // while the projector folds the same records.
             let subscribed = {
                 let st = self.state.lock().expect("hub lock");
                 entries.iter().map(|e| has_subscribers(&st, &e.key)).collect::<Vec<_>>()
             };
             let mut records = decode_where(&entries, |i, _| subscribed[i]);
+            // The projector applies in order: once the batch's last record
+            // is applied, all of it is.
+            if !self.applied(p, last).await {
+                return;
+            }
             let candidates = {
                 // A subscription from now on starts after this batch (it
                 // reads the batch from the log if it resumes before it).
@@ -486,11 +492,15 @@ impl Hub {
             };
             let events = self.decide(candidates).await;
             if !events.is_empty() {
-                let mut st = self.state.lock().expect("hub lock");
-                for ev in events {
-                    deliver(&mut st, ev);
+                {
+                    let mut st = self.state.lock().expect("hub lock");
+                    for ev in events {
+                        deliver(&mut st, ev, &mut flushes);
+                    }
                 }
-                drop(st);
+                // The writes, outside the hub's lock: each subscriber's
+                // frames of the batch in one write.
+                flushes.run_fairly().await;
                 metrics::histogram!("emosation_fanout_read_to_queued_seconds").record(read_at.elapsed().as_secs_f64());
             }
             next = last + 1;
@@ -549,6 +559,7 @@ impl Hub {
             }
         }
         // Hand over to live delivery: flush what the tailer held back.
+        let mut flushes = Flushes::default();
         let mut st = self.state.lock().expect("hub lock");
         let Some((sub, held)) = st.rooms.get_mut(&room).and_then(|r| r.go_live(conn.id, sub_id)) else {
             return;
@@ -556,10 +567,12 @@ impl Hub {
         sub.last = sub.last.max(last);
         for ev in held {
             if ev.offset > sub.last && sub.streams.wants(ev.stream) {
-                sub.conn.push(ev.frame);
+                flushes.queue(&sub.conn, ev.frame);
                 sub.last = ev.offset;
             }
         }
+        drop(st);
+        flushes.run();
     }
 
     fn wants(&self, conn_id: u64, sub_id: u64, room: &str, stream: Stream) -> bool {
@@ -647,7 +660,51 @@ impl Candidate {
     }
 }
 
-fn deliver(st: &mut State, ev: Event) {
+/// Sockets that frames were queued on while they were idle, to write once
+/// the hub's lock is released.
+#[derive(Default)]
+struct Flushes(Vec<Arc<ConnHandle>>);
+
+impl Flushes {
+    fn queue(&mut self, conn: &Arc<ConnHandle>, frame: Frame) -> bool {
+        match conn.queue(frame) {
+            Queued::Flush => {
+                self.0.push(Arc::clone(conn));
+                true
+            }
+            Queued::Behind => true,
+            Queued::Dropped => false,
+        }
+    }
+
+    fn run(&mut self) {
+        for conn in self.0.drain(..) {
+            conn.flush();
+        }
+        self.shrink();
+    }
+
+    /// [`Flushes::run`], giving the worker thread to other tasks (acks,
+    /// ingest, other rooms) whenever this one has used its budget: a room of
+    /// 10,000 sockets is written in slices, not in one 50 ms stretch.
+    async fn run_fairly(&mut self) {
+        for conn in self.0.drain(..) {
+            conn.flush();
+            tokio::task::consume_budget().await;
+        }
+        self.shrink();
+    }
+
+    fn shrink(&mut self) {
+        if self.0.capacity() > 4096 {
+            self.0 = Vec::new();
+        }
+    }
+}
+
+/// Queues `ev` for the room's subscribers (the caller writes `flushes`
+/// after releasing the lock).
+fn deliver(st: &mut State, ev: Event, flushes: &mut Flushes) {
     let Some(subs) = st.rooms.get_mut(&ev.room_id).map(|r| &mut r.subs) else {
         return;
     };
@@ -667,8 +724,7 @@ fn deliver(st: &mut State, ev: Event) {
             continue;
         }
         s.last = ev.offset;
-        if s.streams.wants(ev.stream) {
-            s.conn.push(ev.frame.clone());
+        if s.streams.wants(ev.stream) && flushes.queue(&s.conn, ev.frame.clone()) {
             delivered += 1;
         }
     }
@@ -679,7 +735,7 @@ fn deliver(st: &mut State, ev: Event) {
             .iter()
             .filter(|(_, s)| s.conn.user_id == *user)
             .map(|(conn_id, s)| {
-                s.conn.push(frames::unsubscribed(&ev.room_id));
+                flushes.queue(&s.conn, frames::unsubscribed(&ev.room_id));
                 *conn_id
             })
             .collect();
@@ -696,7 +752,7 @@ mod tests {
     fn sub(id: u64, streams: Streams, catching_up: bool) -> Sub {
         Sub {
             id,
-            conn: Arc::new(ConnHandle::new(id, format!("u{id}"), 16)),
+            conn: Arc::new(ConnHandle::new(id, format!("u{id}"), 16, None)),
             streams,
             last: 0,
             held: catching_up.then(Vec::new),

@@ -25,9 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use emosation_core::ports::{ConnRef, Presence, PresenceError};
@@ -35,7 +35,7 @@ use emosation_http::ApiError;
 use emosation_http::auth::TokenKind;
 use emosation_ingest::Ingest;
 use serde::Deserialize;
-use tracing::warn;
+use tracing::{debug, warn};
 
 pub use hub::Hub;
 
@@ -187,12 +187,61 @@ struct WsQuery {
     access_token: Option<String>,
 }
 
+/// A WebSocket opening handshake (RFC 6455 §4.2.1), checked; the
+/// connection is taken over once the 101 response has gone out.
+struct Handshake {
+    key: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let refuse = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "upgrade_required", m);
+        if parts.version != Version::HTTP_11 || parts.method != Method::GET {
+            return Err(refuse("a WebSocket opens with an HTTP/1.1 GET upgrade request"));
+        }
+        if !header_has(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(refuse("the Connection header must include 'upgrade'"));
+        }
+        if !header_has(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(refuse("the Upgrade header must be 'websocket'"));
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return Err(refuse("Sec-WebSocket-Version must be 13"));
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .filter(|k| !k.is_empty())
+            .cloned()
+            .ok_or_else(|| refuse("the Sec-WebSocket-Key header is missing"))?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| refuse("this connection cannot be upgraded"))?;
+        Ok(Handshake { key, on_upgrade })
+    }
+}
+
 /// Checks the token *before* upgrading: a refused token never gets a socket.
 async fn upgrade(
     State(fanout): State<Arc<Fanout>>,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    handshake: Result<Handshake, ApiError>,
 ) -> Response {
     let from_header = emosation_http::auth::bearer_header(&headers).map(str::to_owned);
     let token = from_header.or_else(|| query.ok().and_then(|Query(q)| q.access_token));
@@ -208,11 +257,9 @@ async fn upgrade(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(r) => {
-            return ApiError::new(StatusCode::BAD_REQUEST, "upgrade_required", r.body_text()).into_response();
-        }
+    let Handshake { key, on_upgrade } = match handshake {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
     };
     let user = emosation_http::AuthUser {
         user_id: claims.sub,
@@ -220,11 +267,28 @@ async fn upgrade(
         session_id: claims.sid,
         issued_at: claims.iat,
     };
-    // Small buffers: an idle socket should cost little memory. Frames up to
-    // 1 MiB are read (and answered with an error if over the protocol limit);
-    // larger ones end the connection with 1009.
-    ws.read_buffer_size(512)
-        .write_buffer_size(16 * 1024)
-        .max_message_size(1024 * 1024)
-        .on_upgrade(move |socket| conn::run(fanout, user, socket))
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                debug!(error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        // The connection's own TCP stream: frames are written to it
+        // directly (see `conn`), not through hyper's upgraded IO.
+        type Io = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+        match hyper_util::server::conn::auto::upgrade::downcast::<Io>(upgraded) {
+            Ok(parts) => conn::run(fanout, user, parts.io.into_inner(), parts.read_buf).await,
+            Err(_) => warn!("an upgraded connection is not a TCP stream; closing it"),
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
