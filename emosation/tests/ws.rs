@@ -305,6 +305,24 @@ async fn refusals_and_bad_frames_keep_the_connection_open() {
     }
     c.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert_eq!(c.next_of(&["error"]).await["code"], "unsupported_frame");
+    // A ping is answered with a pong carrying its payload.
+    c.ws.send(Message::Ping(b"still there?".to_vec().into())).await.unwrap();
+    let pong = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match futures_util::StreamExt::next(&mut c.ws)
+                .await
+                .expect("open")
+                .expect("a frame")
+            {
+                Message::Pong(p) => return p,
+                Message::Text(_) | Message::Ping(_) => continue,
+                other => panic!("expected a pong, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a pong");
+    assert_eq!(pong.as_ref(), b"still there?");
     c.send(json!({"type": "send", "room_id": room, "client_msg_id": "s1", "text": "let me in"}))
         .await;
     let e = c.next_of(&["error"]).await;
