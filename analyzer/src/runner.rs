@@ -287,7 +287,8 @@ async fn follow<C: AnalyticsConsumer + ?Sized>(
         if let Some(last) = last {
             // The records just became readable, and the chat path (the
             // projector's decisions, the fan-out's deliveries) was woken
-            // with this consumer: let it go first on a busy core.
+            // with this consumer: let it go first if they share a runtime
+            // (`serve` runs analytics on a low-priority runtime of their own).
             tokio::task::yield_now().await;
             if let Err(e) = consumer.handle_batch(topic, partition, &entries).await {
                 commit_pending(log, group, topic, partition, next, dirty_since.is_some()).await;

@@ -182,6 +182,58 @@ pub struct Server {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
+    /// Where the analytics consumers run beside the chat path (if they do).
+    _analytics: Option<Analytics>,
+}
+
+/// The analytics consumers' own runtime, used when they share the process
+/// with the chat path (`serve`): its threads run at the lowest CPU priority
+/// (nice 19), so classifying a message's emotion and folding activity happen
+/// in the time the chat path leaves. On a core shared with the fan-out, the
+/// analyzer used to run between a message's socket writes (woken by the same
+/// group commit) and added ~0.1 ms to its last receivers; now it waits for
+/// them, and still progresses, with a small share, on a saturated machine.
+struct Analytics {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Analytics {
+    fn start() -> std::io::Result<Analytics> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("analytics")
+            .on_thread_start(|| {
+                if let Err(e) = emosation_storage::process::lower_current_thread_priority() {
+                    warn!(error = %e, "cannot lower an analytics thread's priority");
+                }
+            })
+            .enable_all()
+            .build()?;
+        Ok(Analytics { runtime: Some(runtime) })
+    }
+
+    /// Runs `task` on the analytics runtime; the returned future (for the
+    /// server's task set) ends with it.
+    fn run<F>(&self, task: F) -> impl Future<Output = anyhow::Result<()>> + Send + 'static
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let handle = self.runtime.as_ref().map(|rt| rt.spawn(task));
+        async move {
+            match handle {
+                Some(h) => h.await.map_err(|e| anyhow::anyhow!("analytics task: {e}"))?,
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+impl Drop for Analytics {
+    fn drop(&mut self) {
+        // Never blocks (the server may be dropped inside the main runtime).
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Server {
@@ -261,21 +313,36 @@ impl Server {
                 .context("subscribe to kick orders")?;
             app = app.merge(emosation_ws_fanout::routes(fanout));
         }
+        // Activity by hour is a view of its own, so it is folded where it is
+        // served: beside the query API on per-process (embedded) views, in
+        // the analyzer service on a shared store.
+        let activity = (shared_views && roles.analyzer) || (!shared_views && run_projector && roles.query_api);
+        let chat_path = roles.ingest || roles.fanout || roles.projector || roles.query_api;
+        let analytics = if chat_path && (roles.analyzer || activity) {
+            Some(Analytics::start().context("start the analytics runtime")?)
+        } else {
+            None
+        };
+        let mut spawn_analytics = |task: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>| {
+            match &analytics {
+                Some(a) => tasks.spawn(a.run(task)),
+                None => tasks.spawn(task),
+            };
+        };
         if roles.analyzer {
             let analyzer = Analyzer::new(
                 Arc::clone(&log),
                 emosation_analyzer::classifier_from_settings(&cfg.classifier),
             );
             let stop = shutdown.clone();
-            tasks.spawn(async move { analyzer.run(stop).await.context("analyzer") });
+            spawn_analytics(Box::pin(async move { analyzer.run(stop).await.context("analyzer") }));
         }
-        // Activity by hour is a view of its own, so it is folded where it is
-        // served: beside the query API on per-process (embedded) views, in
-        // the analyzer service on a shared store.
-        if (shared_views && roles.analyzer) || (!shared_views && run_projector && roles.query_api) {
+        if activity {
             let activity = Arc::new(ActivityConsumer::new(Arc::clone(&views)));
             let (log, stop) = (Arc::clone(&log), shutdown.clone());
-            tasks.spawn(async move { run_consumer(activity, log, stop).await.context("activity consumer") });
+            spawn_analytics(Box::pin(async move {
+                run_consumer(activity, log, stop).await.context("activity consumer")
+            }));
         }
         if run_projector {
             let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions);
@@ -310,7 +377,12 @@ impl Server {
                 .context("http server")
         });
         info!(%addr, "emosation serving");
-        Ok(Server { addr, shutdown, tasks })
+        Ok(Server {
+            addr,
+            shutdown,
+            tasks,
+            _analytics: analytics,
+        })
     }
 
     /// Waits until a task ends (an error, or shutdown), then stops the rest

@@ -19,11 +19,39 @@ pub fn transparent_huge_pages_disabled() -> bool {
     rustix::thread::transparent_huge_pages_are_disabled().unwrap_or(false)
 }
 
+/// Lowers the calling thread's CPU priority to the lowest (nice 19): on a
+/// busy core it runs in the time the others leave, and its wake-ups do not
+/// preempt them. For work that must not add to the chat path's latency
+/// (analytics consumers sharing the process); it still progresses, with a
+/// small share, when the core is saturated.
+pub fn lower_current_thread_priority() -> std::io::Result<()> {
+    // On Linux a thread id names the thread alone (POSIX would mean the process).
+    let me = rustix::thread::gettid();
+    Ok(rustix::process::setpriority_process(Some(me), 19)?)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn huge_pages_can_be_turned_off() {
         super::disable_transparent_huge_pages().unwrap();
         assert!(super::transparent_huge_pages_disabled());
+    }
+
+    #[test]
+    fn a_thread_lowers_its_own_priority_only() {
+        let before = rustix::process::getpriority_process(None).unwrap();
+        let lowered = std::thread::spawn(|| {
+            super::lower_current_thread_priority().unwrap();
+            rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, 19);
+        assert_eq!(
+            rustix::process::getpriority_process(None).unwrap(),
+            before,
+            "the rest of the process keeps its priority"
+        );
     }
 }
