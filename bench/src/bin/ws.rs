@@ -97,8 +97,20 @@ fn sent_at(frame: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
-/// One receiver's deliveries: (the message's send time, its latency), both µs.
-type Deliveries = Arc<std::sync::Mutex<Vec<(u64, u32)>>>;
+/// A message frame's `message_id`, hashed: what groups a message's
+/// deliveries (two senders may send within the same microsecond).
+fn message_key(frame: &str) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let i = frame.find("\"message_id\":\"")? + 14;
+    let end = frame[i..].find('"')?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    frame[i..i + end].hash(&mut h);
+    Some(h.finish())
+}
+
+/// One receiver's deliveries: (the message's key, its send time in µs, its
+/// latency in µs).
+type Deliveries = Arc<std::sync::Mutex<Vec<(u64, u64, u32)>>>;
 
 struct Receivers {
     latencies: Vec<Deliveries>,
@@ -130,7 +142,8 @@ async fn receivers(
                     if let Message::Text(t) = m
                         && let Some(at) = sent_at(t.as_str())
                     {
-                        lat.lock().unwrap().push((at, now_us().saturating_sub(at) as u32));
+                        let key = message_key(t.as_str()).unwrap_or(at);
+                        lat.lock().unwrap().push((key, at, now_us().saturating_sub(at) as u32));
                         received.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -262,26 +275,26 @@ async fn scenario(
     )
     .await;
     let mut all = Vec::new();
-    // Per message (by its send time): its first receiver's latency, and how
-    // much later its last receiver got it (the room's delivery spread).
-    let mut by_message: std::collections::HashMap<u64, (u64, u64)> = Default::default();
+    // Per message (by its id): its send time, its first receiver's latency,
+    // and how much later its last receiver got it (the room's delivery spread).
+    let mut by_message: std::collections::HashMap<u64, (u64, u64, u64)> = Default::default();
     for l in &r.latencies {
-        for &(at, lat) in l.lock().unwrap().iter() {
+        for &(key, at, lat) in l.lock().unwrap().iter() {
             let lat = lat as u64;
             all.push(lat);
-            let e = by_message.entry(at).or_insert((lat, lat));
-            e.0 = e.0.min(lat);
-            e.1 = e.1.max(lat);
+            let e = by_message.entry(key).or_insert((at, lat, lat));
+            e.1 = e.1.min(lat);
+            e.2 = e.2.max(lat);
         }
     }
     if let Ok(path) = std::env::var("BENCH_DUMP") {
-        let mut v: Vec<_> = by_message.iter().map(|(at, (min, max))| (*at, *min, *max)).collect();
+        let mut v: Vec<_> = by_message.values().copied().collect();
         v.sort_unstable();
         let text: String = v.iter().map(|(at, min, max)| format!("{at} {min} {max}\n")).collect();
         let _ = std::fs::write(format!("{path}.{name}"), text);
     }
-    let first: Vec<u64> = by_message.values().map(|(min, _)| *min).collect();
-    let spread: Vec<u64> = by_message.values().map(|(min, max)| max - min).collect();
+    let first: Vec<u64> = by_message.values().map(|(_, min, _)| *min).collect();
+    let spread: Vec<u64> = by_message.values().map(|(_, min, max)| max - min).collect();
     println!(
         "{}",
         json!({"bench": "ws", "scenario": name, "nodes": bases.len(), "rooms": rooms.len(), "clients_per_room": per_room, "senders": senders,
