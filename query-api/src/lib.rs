@@ -229,10 +229,14 @@ async fn emotions(
     ApiPath(room_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<EmotionsQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    let room = member_room(&*s.views, &room_id, &user.user_id).await?;
+    member_room(&*s.views, &room_id, &user.user_id).await?;
     let limit = parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
     let emotions = s.views.emotions(&room_id, limit).await?;
-    // The summary counts every emotion of the room, not only this page.
+    // The summary counts every emotion of the room, not only this page. Read
+    // after the page: the views only grow, so it counts at least what the
+    // page shows (read before it, a batch of emotions folded in between
+    // would be on the page and missing from the summary).
+    let room = room_or_404(&*s.views, &room_id).await?;
     let summary: serde_json::Map<String, Value> = Label::ALL
         .iter()
         .zip(room.emotion_counts)
