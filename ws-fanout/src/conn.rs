@@ -238,9 +238,15 @@ impl ConnHandle {
         let Some(sock) = q.sock.as_ref() else {
             return;
         };
+        let was_full = q.frames.len() >= self.capacity;
         match write_now(sock, &q.frames) {
             Ok(n) => {
                 q.consume(n);
+                if was_full && n > 0 {
+                    // A `push_waiting` may be waiting for room (frames
+                    // queued up to the brim before this flush).
+                    self.drained.notify_waiters();
+                }
                 if q.frames.is_empty() {
                     return;
                 }
@@ -875,6 +881,34 @@ mod tests {
         let got = read_frames(&mut client, &mut buf, |f| f == last.as_slice()).await;
         assert!(waiting.await.unwrap());
         assert_eq!(got.len(), i + 1);
+
+        // Queued to the brim by a caller that flushes later (the hub): that
+        // flush makes room, and wakes the waiting push.
+        let (write, _read3, mut client3) = pair().await;
+        let conn3 = Arc::new(ConnHandle::new(3, "u".into(), 2, Some(write)));
+        assert_eq!(conn3.queue(text(0, 10)), Queued::Flush);
+        assert_eq!(conn3.queue(text(1, 10)), Queued::Behind);
+        let waiting = tokio::spawn({
+            let conn = Arc::clone(&conn3);
+            async move { conn.push_waiting(text(2, 10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the queue is full: it waits");
+        conn3.flush();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .unwrap()
+                .unwrap()
+        );
+        let mut buf3 = Vec::new();
+        let last = text(2, 10).bytes().to_vec();
+        assert_eq!(
+            read_frames(&mut client3, &mut buf3, |f| f == last.as_slice())
+                .await
+                .len(),
+            3
+        );
 
         // A push waiting on a full queue ends when the connection closes.
         let (write, _read2, _client2) = pair().await;
