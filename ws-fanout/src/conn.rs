@@ -126,15 +126,15 @@ impl Outbox {
 
 /// Writes as much of `frames` (up to [`COALESCE`] of them) as the socket
 /// takes without waiting.
-fn write_now(sock: &OwnedWriteHalf, frames: &VecDeque<Bytes>) -> io::Result<usize> {
-    if frames.len() == 1 {
-        return sock.try_write(&frames[0]);
-    }
+fn write_now<'a>(sock: &OwnedWriteHalf, frames: impl IntoIterator<Item = &'a Bytes>) -> io::Result<usize> {
     let mut slices = [IoSlice::new(&[]); COALESCE];
     let mut n = 0;
     for (slot, f) in slices.iter_mut().zip(frames) {
         *slot = IoSlice::new(f);
         n += 1;
+    }
+    if n == 1 {
+        return sock.try_write(&slices[0]);
     }
     sock.try_write_vectored(&slices[..n])
 }
@@ -363,8 +363,7 @@ impl ConnHandle {
                 r = sock.writable() => r?,
                 _ = self.closer.cancelled() => return Ok(()),
             }
-            let slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
-            match sock.try_write_vectored(&slices) {
+            match write_now(sock, batch.iter()) {
                 Ok(n) => {
                     let mut q = self.out();
                     let was_full = q.frames.len() >= self.capacity;
@@ -386,13 +385,13 @@ impl ConnHandle {
     async fn finish(&self, sock: &OwnedWriteHalf) {
         let ending = self.ending.lock().expect("ending lock").take();
         let (code, reason, last) = ending.unwrap_or((1000, "", None));
-        let mut rest = {
+        let rest = {
             let mut q = self.out();
             let rest = if q.partial { q.frames.pop_front() } else { None };
             q.frames = VecDeque::new();
             rest
         };
-        let mut pieces: Vec<Bytes> = rest.take().into_iter().collect();
+        let mut pieces: Vec<Bytes> = rest.into_iter().collect();
         pieces.extend(last.map(Frame::into_bytes));
         pieces.push(Frame::close(code, reason).into_bytes());
         let write_all = async {
