@@ -30,7 +30,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error};
 
-use crate::OpenError;
+use crate::{OpenError, consumer_partition_key};
 
 /// A topic's keyspace: read only by range scans (fetch), never by point
 /// lookups of missing keys, so no bloom filters to build; large data blocks,
@@ -504,7 +504,7 @@ impl Log for EmbeddedLog {
             let guard = self.tx.lock().expect("log sender lock");
             let tx = guard.as_ref().ok_or(LogError::Closed)?;
             tx.send(Request::Commit(OffsetCommit {
-                key: group_key(group, topic, partition),
+                key: consumer_partition_key(group, topic, partition),
                 next_offset,
                 reply,
             }))
@@ -518,18 +518,8 @@ impl Log for EmbeddedLog {
         let v = self
             .shared
             .groups
-            .get(group_key(group, topic, partition))
+            .get(consumer_partition_key(group, topic, partition))
             .map_err(storage)?;
         Ok(v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
-}
-
-fn group_key(group: &str, topic: Topic, partition: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(group.len() + topic.name().len() + 6);
-    k.extend_from_slice(group.as_bytes());
-    k.push(0);
-    k.extend_from_slice(topic.name().as_bytes());
-    k.push(0);
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
 }

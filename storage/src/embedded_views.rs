@@ -24,8 +24,8 @@ use emosation_core::view::{
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use sha2::{Digest, Sha256};
 
-use crate::OpenError;
 use crate::entity_cache::EntityCache;
+use crate::{OpenError, consumer_partition_key};
 
 pub struct EmbeddedViewStore {
     db: Database,
@@ -127,16 +127,6 @@ fn storage(e: impl std::fmt::Display) -> StoreError {
 
 fn table_index(table: &str) -> usize {
     TABLES.iter().position(|t| *t == table).expect("known table")
-}
-
-pub(crate) fn position_key(consumer: &str, topic: Topic, partition: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(consumer.len() + 24);
-    k.extend_from_slice(consumer.as_bytes());
-    k.push(0);
-    k.extend_from_slice(topic.name().as_bytes());
-    k.push(0);
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
 }
 
 /// Whether a `positions` key is `consumer`'s (a position or its rebuilding mark).
@@ -265,7 +255,7 @@ impl ViewStore for EmbeddedViewStore {
         for (topic, partition, next) in &batch.positions {
             b.insert(
                 &self.positions,
-                position_key(&batch.consumer, *topic, *partition),
+                consumer_partition_key(&batch.consumer, *topic, *partition),
                 next.to_be_bytes(),
             );
         }
@@ -277,7 +267,7 @@ impl ViewStore for EmbeddedViewStore {
     async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError> {
         let v = self
             .positions
-            .get(position_key(consumer, topic, partition))
+            .get(consumer_partition_key(consumer, topic, partition))
             .map_err(storage)?;
         Ok(v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0))

@@ -55,6 +55,19 @@ pub enum OpenError {
     },
 }
 
+/// Where a consumer's position in a partition is kept, in every adapter
+/// (the log's committed offsets, each view store's positions):
+/// `consumer \0 topic \0 partition (u32, big-endian)`.
+pub(crate) fn consumer_partition_key(consumer: &str, topic: emosation_core::ids::Topic, partition: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(consumer.len() + topic.name().len() + 6);
+    k.extend_from_slice(consumer.as_bytes());
+    k.push(0);
+    k.extend_from_slice(topic.name().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
 /// Splits `embedded://PATH` (or a bare path) into the path; `None` for other schemes.
 fn embedded_path(url: &str) -> Option<PathBuf> {
     if let Some(rest) = url.strip_prefix("embedded://") {

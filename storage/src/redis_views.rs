@@ -49,9 +49,9 @@ use emosation_core::view::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::OpenError;
 use crate::embedded_views::is_position_of;
 use crate::redis_conn::{RedisPool, RedisUrl};
+use crate::{OpenError, consumer_partition_key};
 
 /// Keys written per pipeline round trip by `ingest`.
 const INGEST_CHUNK: usize = 2_000;
@@ -88,16 +88,6 @@ type HashPage = (u64, Vec<(Vec<u8>, Vec<u8>)>);
 
 fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(format!("redis: {e}"))
-}
-
-fn position_field(consumer: &str, topic: Topic, partition: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(consumer.len() + 24);
-    k.extend_from_slice(consumer.as_bytes());
-    k.push(0);
-    k.extend_from_slice(topic.name().as_bytes());
-    k.push(0);
-    k.extend_from_slice(&partition.to_be_bytes());
-    k
 }
 
 fn rebuilding_field(consumer: &str) -> Vec<u8> {
@@ -277,7 +267,7 @@ impl ViewStore for RedisViewStore {
         let fields: Vec<(Vec<u8>, u64)> = batch
             .positions
             .iter()
-            .map(|(t, p, next)| (position_field(&batch.consumer, *t, *p), *next))
+            .map(|(t, p, next)| (consumer_partition_key(&batch.consumer, *t, *p), *next))
             .collect();
         {
             let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -344,7 +334,7 @@ impl ViewStore for RedisViewStore {
     }
 
     async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError> {
-        let field = position_field(consumer, topic, partition);
+        let field = consumer_partition_key(consumer, topic, partition);
         let mut cmd = redis::cmd("HGET");
         cmd.arg(self.positions_key()).arg(&field);
         let raw: Option<Vec<u8>> = self.pool.read(&cmd).await.map_err(storage)?;

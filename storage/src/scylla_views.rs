@@ -81,7 +81,8 @@ use tracing::{debug, info};
 pub use config::{BadScyllaUrl, Replication, ScyllaConfig};
 use rows::{Change, UNPOSITIONED, batch_timestamp, bucket_of, position_timestamp};
 
-use crate::embedded_views::{position_key, rebuilding_key};
+use crate::consumer_partition_key;
+use crate::embedded_views::rebuilding_key;
 
 /// Writes in flight at once when materializing a batch or bulk-loading.
 pub const IN_FLIGHT: usize = 256;
@@ -1138,7 +1139,7 @@ impl ViewStore for ScyllaViewStore {
                 let topic = Topic::from_name(&topic).ok_or_else(|| corrupt("positions", format!("topic {topic}")))?;
                 let part = u32::try_from(part).map_err(|_| corrupt("positions", format!("partition {part}")))?;
                 positions.push((
-                    position_key(&consumer, topic, part),
+                    consumer_partition_key(&consumer, topic, part),
                     offset_of("positions", next)?.to_be_bytes().to_vec(),
                 ));
             }
@@ -1294,7 +1295,7 @@ mod tests {
         let mut pos: Vec<_> = positions
             .iter()
             .filter(|(c, ..)| *c == consumer)
-            .map(|(c, t, p, n)| (position_key(c, *t, *p), n.to_be_bytes().to_vec()))
+            .map(|(c, t, p, n)| (consumer_partition_key(c, *t, *p), n.to_be_bytes().to_vec()))
             .collect();
         pos.extend(
             rebuilding
