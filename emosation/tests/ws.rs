@@ -275,6 +275,82 @@ async fn a_newer_connection_kicks_the_older_one() {
     assert_eq!(close["code"], 1008);
 }
 
+/// With `sessions_per_user = 2` a user's two connections live side by side
+/// and both receive the room; a third kicks the oldest only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_sessions_allowed_a_third_kicks_the_oldest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(tmp.path());
+    cfg.fanout.sessions_per_user = 2;
+    let s = TestServer::start_with(cfg).await;
+    let api = s.client();
+    let (room, t) = room_with(&api, "twice", &[]).await;
+    let mut first = Client::connect(&s.base, &t[0]).await;
+    let mut second = Client::connect(&s.base, &t[0]).await;
+    assert!(first.quiet(300).await, "a second session does not kick the first");
+    for c in [&mut first, &mut second] {
+        assert_eq!(c.subscribe(&room, None).await["type"], "subscribed");
+    }
+    api.send(&t[0], &room, "both", "to both sessions").await.expect(202);
+    for c in [&mut first, &mut second] {
+        assert_eq!(c.next_of(&["message"]).await["text"], "to both sessions");
+    }
+
+    let mut third = Client::connect(&s.base, &t[0]).await;
+    assert_eq!(
+        first.next_of(&["kicked"]).await,
+        json!({"type": "kicked", "reason": "duplicate_session"})
+    );
+    assert_eq!(first.next().await["code"], 1008);
+    assert!(second.quiet(300).await, "the second session stays");
+    assert_eq!(third.subscribe(&room, None).await["type"], "subscribed");
+    api.send(&t[0], &room, "after", "after the kick").await.expect(202);
+    for c in [&mut second, &mut third] {
+        assert_eq!(c.next_of(&["message"]).await["text"], "after the kick");
+    }
+}
+
+/// Keepalive: the server pings; a client that answers (tungstenite pongs as
+/// it reads) outlives the idle timeout, and one that goes silent — no frame,
+/// no pong — is closed with 1000 once the timeout has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_keep_a_live_client_and_a_silent_one_times_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(tmp.path());
+    cfg.fanout.idle_timeout = Duration::from_millis(1200);
+    cfg.fanout.ping_interval = Duration::from_millis(300);
+    let s = TestServer::start_with(cfg).await;
+    let api = s.client();
+    let (_, alive) = api.user("alive").await;
+    let (_, silent) = api.user("silent").await;
+    let mut live = Client::connect(&s.base, &alive).await;
+    let mut mute = Client::connect(&s.base, &silent).await;
+
+    // The live client reads (and so answers pings) for three idle timeouts.
+    let started = std::time::Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_millis(3600) {
+        match tokio::time::timeout(Duration::from_millis(200), futures_util::StreamExt::next(&mut live.ws)).await {
+            Err(_) => {}
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(other) => panic!("a live client stays open and gets only pings, got {other:?}"),
+        }
+    }
+    assert!(pings >= 5, "pings every 300 ms, got {pings} in 3.6 s");
+    // ... and is still served.
+    live.send(json!({"type": "unsubscribe", "room_id": "nope"})).await;
+    assert_eq!(live.next_of(&["error"]).await["code"], "not_subscribed");
+
+    // The mute client has read nothing all along, so it answered no ping:
+    // what is waiting for it ends in the server's close frame.
+    // (Reading now answers the pings, so a server that had not closed it
+    // would keep it open: bounded.)
+    let close = tokio::time::timeout(Duration::from_secs(5), mute.next_of(&["__close"]))
+        .await
+        .expect("the silent client was closed");
+    assert_eq!(close["code"], 1000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_and_bad_frames_keep_the_connection_open() {
     let s = TestServer::start().await;
