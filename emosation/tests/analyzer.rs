@@ -62,13 +62,10 @@ async fn a_slow_model_never_holds_chat_back() {
         .with_state(stub);
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(tmp.path());
     let mut model = OpenAiConfig::new(&base, "stub-model");
     model.timeout = Duration::from_secs(120);
     model.on_outage = OnOutage::Wait;
-    cfg.classifier = ClassifierSettings::OpenAi(model);
-    let s = TestServer::start_with(cfg).await;
+    let s = TestServer::start_configured(|cfg| cfg.classifier = ClassifierSettings::OpenAi(model)).await;
     let api = s.client();
     let (_, t) = api.user("alice").await;
     let room = api.create_room(&t, "slow model", None).await;

@@ -657,11 +657,11 @@ async fn rate_limit_answers_429_with_redis_buckets() {
 }
 
 async fn rate_limit_body(cache: Option<String>) {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(tmp.path());
-    cfg.ingest.message_rate = 5;
-    cfg.engines.cache = cache;
-    let s = TestServer::start_with(cfg).await;
+    let s = TestServer::start_configured(|cfg| {
+        cfg.ingest.message_rate = 5;
+        cfg.engines.cache = cache;
+    })
+    .await;
     let api = s.client();
     let (_, t) = api.user("chatty").await;
     let room = api.create_room(&t, "r", None).await;

@@ -151,10 +151,10 @@ async fn leaving_every_room_then_coming_back_delivers_live_again() {
 /// each subscriber gets exactly its room's events, live and on resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_sharing_a_partition_each_get_exactly_their_own_events() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(tmp.path());
-    cfg.engines.topology.rooms_partitions = 1;
-    let s = TestServer::start_with(cfg).await;
+    let s = TestServer::start_configured(|cfg| {
+        cfg.engines.topology.rooms_partitions = 1;
+    })
+    .await;
     let api = s.client();
     let (ra, t) = room_with(&api, "poster", &["reader"]).await;
     let rb = another_room(&api, &t, "other").await;
@@ -279,10 +279,10 @@ async fn a_newer_connection_kicks_the_older_one() {
 /// and both receive the room; a third kicks the oldest only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_sessions_allowed_a_third_kicks_the_oldest() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(tmp.path());
-    cfg.fanout.sessions_per_user = 2;
-    let s = TestServer::start_with(cfg).await;
+    let s = TestServer::start_configured(|cfg| {
+        cfg.fanout.sessions_per_user = 2;
+    })
+    .await;
     let api = s.client();
     let (room, t) = room_with(&api, "twice", &[]).await;
     let mut first = Client::connect(&s.base, &t[0]).await;
@@ -315,11 +315,11 @@ async fn with_two_sessions_allowed_a_third_kicks_the_oldest() {
 /// no pong — is closed with 1000 once the timeout has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_keep_a_live_client_and_a_silent_one_times_out() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(tmp.path());
-    cfg.fanout.idle_timeout = Duration::from_millis(1200);
-    cfg.fanout.ping_interval = Duration::from_millis(300);
-    let s = TestServer::start_with(cfg).await;
+    let s = TestServer::start_configured(|cfg| {
+        cfg.fanout.idle_timeout = Duration::from_millis(1200);
+        cfg.fanout.ping_interval = Duration::from_millis(300);
+    })
+    .await;
     let api = s.client();
     let (_, alive) = api.user("alive").await;
     let (_, silent) = api.user("silent").await;
@@ -488,14 +488,14 @@ fn storm(api: &Api, token: &str, room: &str, n: usize) -> tokio::task::JoinHandl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_disconnected_while_the_room_goes_on() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(tmp.path());
-    // Small enough that the storm below overflows the slow reader's queue
-    // many times over (1,600 frames of 4 KB); large enough that the fast
-    // reader, sharing two cores with the server, the storm and the other
-    // tests, never falls 64 frames behind (with 16 it sometimes did on CI).
-    cfg.fanout.queue_frames = 64;
-    let s = TestServer::start_with(cfg).await;
+    let s = TestServer::start_configured(|cfg| {
+        // Small enough that the storm below overflows the slow reader's queue
+        // many times over (1,600 frames of 4 KB); large enough that the fast
+        // reader, sharing two cores with the server, the storm and the other
+        // tests, never falls 64 frames behind (with 16 it sometimes did on CI).
+        cfg.fanout.queue_frames = 64;
+    })
+    .await;
     let api = s.client();
     let (room, t) = room_with(&api, "talker", &["slow", "fast"]).await;
 
@@ -541,10 +541,10 @@ async fn a_slow_reader_is_disconnected_while_the_room_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_that_keeps_writing_still_gets_its_close_frame() {
     use futures_util::StreamExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = common::config(tmp.path());
-    cfg.fanout.queue_frames = 16;
-    let s = TestServer::start_with(cfg).await;
+    let s = TestServer::start_configured(|cfg| {
+        cfg.fanout.queue_frames = 16;
+    })
+    .await;
     let api = s.client();
     let (room, t) = room_with(&api, "storm", &["writer", "watcher"]).await;
 

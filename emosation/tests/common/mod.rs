@@ -34,9 +34,16 @@ pub fn config(dir: &Path) -> ServeConfig {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        Self::start_configured(|_| {}).await
+    }
+
+    /// A server on a fresh data dir (removed with the server) with the test
+    /// configuration as `adjust` changes it.
+    pub async fn start_configured(adjust: impl FnOnce(&mut ServeConfig)) -> TestServer {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let mut s = Self::start_with(config(&dir)).await;
+        let mut cfg = config(tmp.path());
+        adjust(&mut cfg);
+        let mut s = Self::start_with(cfg).await;
         s._tmp = Some(tmp);
         s
     }
