@@ -211,17 +211,20 @@ impl Analytics {
         Ok(Analytics { runtime: Some(runtime) })
     }
 
-    /// Runs `task` on the analytics runtime; the returned future (for the
-    /// server's task set) ends with it.
-    fn run<F>(&self, task: F) -> impl Future<Output = anyhow::Result<()>> + Send + 'static
+    /// Spawns `task` into the server's task set: on the analytics runtime if
+    /// there is one (the task set then holds a future that ends with it),
+    /// else where the server runs.
+    fn spawn<F>(analytics: Option<&Analytics>, tasks: &mut JoinSet<anyhow::Result<()>>, task: F)
     where
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let handle = self.runtime.as_ref().map(|rt| rt.spawn(task));
-        async move {
-            match handle {
-                Some(h) => h.await.map_err(|e| anyhow::anyhow!("analytics task: {e}"))?,
-                None => Ok(()),
+        match analytics.and_then(|a| a.runtime.as_ref()) {
+            Some(rt) => {
+                let handle = rt.spawn(task);
+                tasks.spawn(async move { handle.await.map_err(|e| anyhow::anyhow!("analytics task: {e}"))? });
+            }
+            None => {
+                tasks.spawn(task);
             }
         }
     }
@@ -323,26 +326,22 @@ impl Server {
         } else {
             None
         };
-        let mut spawn_analytics = |task: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>| {
-            match &analytics {
-                Some(a) => tasks.spawn(a.run(task)),
-                None => tasks.spawn(task),
-            };
-        };
         if roles.analyzer {
             let analyzer = Analyzer::new(
                 Arc::clone(&log),
                 emosation_analyzer::classifier_from_settings(&cfg.classifier),
             );
             let stop = shutdown.clone();
-            spawn_analytics(Box::pin(async move { analyzer.run(stop).await.context("analyzer") }));
+            Analytics::spawn(analytics.as_ref(), &mut tasks, async move {
+                analyzer.run(stop).await.context("analyzer")
+            });
         }
         if activity {
             let activity = Arc::new(ActivityConsumer::new(Arc::clone(&views)));
             let (log, stop) = (Arc::clone(&log), shutdown.clone());
-            spawn_analytics(Box::pin(async move {
+            Analytics::spawn(analytics.as_ref(), &mut tasks, async move {
                 run_consumer(activity, log, stop).await.context("activity consumer")
-            }));
+            });
         }
         if run_projector {
             let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions);

@@ -181,6 +181,17 @@ impl ConnHandle {
         self.out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Removes the first `n` bytes written (by an inline flush or the
+    /// writer task) and, if that made room in a full queue, wakes a
+    /// [`ConnHandle::push_waiting`] (the only state one waits in).
+    fn consume(&self, q: &mut Outbox, n: usize) {
+        let was_full = q.frames.len() >= self.capacity;
+        q.consume(n);
+        if was_full && n > 0 {
+            self.drained.notify_waiters();
+        }
+    }
+
     /// Queues `frame` unless the connection is closing (`Err(None)`) or its
     /// queue is full (`Err(Some(frame))`); `Ok(true)` if the socket is idle
     /// (the caller flushes).
@@ -238,15 +249,9 @@ impl ConnHandle {
         let Some(sock) = q.sock.as_ref() else {
             return;
         };
-        let was_full = q.frames.len() >= self.capacity;
         match write_now(sock, &q.frames) {
             Ok(n) => {
-                q.consume(n);
-                if was_full && n > 0 {
-                    // A `push_waiting` may be waiting for room (frames
-                    // queued up to the brim before this flush).
-                    self.drained.notify_waiters();
-                }
+                self.consume(&mut q, n);
                 if q.frames.is_empty() {
                     return;
                 }
@@ -364,16 +369,7 @@ impl ConnHandle {
                 _ = self.closer.cancelled() => return Ok(()),
             }
             match write_now(sock, batch.iter()) {
-                Ok(n) => {
-                    let mut q = self.out();
-                    let was_full = q.frames.len() >= self.capacity;
-                    q.consume(n);
-                    drop(q);
-                    // Only a full queue can have a `push_waiting` waiting.
-                    if was_full {
-                        self.drained.notify_waiters();
-                    }
-                }
+                Ok(n) => self.consume(&mut self.out(), n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
@@ -474,7 +470,7 @@ impl AsyncRead for ReadSide {
             buf.put_slice(&self.pre[..n]);
             self.pre.advance(n);
             if self.pre.is_empty() {
-                // An empty slice would still hold the HTTP server's buffer.
+                // Read once: release its allocation.
                 self.pre = Bytes::new();
             }
             return Poll::Ready(Ok(()));
