@@ -527,10 +527,14 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, tcp: TcpStream, pre: Bytes
         cfg.queue_frames,
         Some(write),
     ));
-    if !conn.push(frames::hello(&user.user_id, &user.session_id)) {
-        return;
-    }
+    // Admitted before its `hello`: a client that has its hello is this
+    // user's newest session, so one that connects after it is newer (and
+    // kicks it first under the session policy). Admitting after the hello
+    // let two quick connections register in either order. A connection
+    // kicked in between (a newer one admitted meanwhile) still gets its
+    // `kicked` and close frame from the writer task below.
     fanout.admit(&conn).await;
+    conn.push(frames::hello(&user.user_id, &user.session_id));
     metrics::gauge!("emosation_fanout_connections").increment(1.0);
     let writer = {
         let (fanout, me) = (Arc::clone(&fanout), Arc::clone(&conn));
