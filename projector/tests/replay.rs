@@ -281,6 +281,57 @@ async fn catch_up_folds_what_the_views_missed() {
     assert_eq!(emosation_projector::catch_up(&*log, &*behind).await.unwrap(), 0);
 }
 
+/// A log written before the fingerprints were spec-exact (every header
+/// carries apache-avro 0.21's fingerprint), then upgraded mid-stream, replays
+/// to the checksum of the same records written today.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_with_the_legacy_fingerprints_replays_to_the_same_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = Topology {
+        accounts_partitions: 2,
+        rooms_partitions: 3,
+    };
+    let cmds = commands(1500, topo);
+    let new_log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(&dir.path().join("new"), topo).unwrap());
+    append_all(&*new_log, cmds.clone()).await;
+    let old_log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(&dir.path().join("old"), topo).unwrap());
+    let mut legacy_headers = 0;
+    for (i, r) in cmds.into_iter().enumerate() {
+        let mut bytes = emosation_schemas::encode(&r).unwrap();
+        // The first 1,000 as an old build wrote them, the rest after the upgrade.
+        if i < 1000 {
+            let kind = emosation_schemas::record_type(&r);
+            let (_, _, legacy) = emosation_schemas::LEGACY.iter().find(|(k, _, _)| *k == kind).unwrap();
+            bytes[2..10].copy_from_slice(legacy);
+            legacy_headers += 1;
+        }
+        old_log
+            .append(r.topic(), r.key().as_bytes(), Bytes::from(bytes))
+            .await
+            .unwrap();
+    }
+    assert_eq!(legacy_headers, 1000);
+    let mut sums = Vec::new();
+    for (name, log) in [("new", &new_log), ("old", &old_log)] {
+        let views: Arc<dyn ViewStore> =
+            Arc::new(EmbeddedViewStore::open(&dir.path().join(format!("views-{name}"))).unwrap());
+        let stats = replay_with(
+            Arc::clone(log),
+            Arc::clone(&views),
+            Arc::new(|_, _| {}),
+            ReplayOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(stats.records, 1500, "{name}");
+        sums.push(views.checksum().await.unwrap());
+    }
+    assert_eq!(sums[0], sums[1]);
+    // And the live projector reads the old log the same way.
+    let live: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("live-old")).unwrap());
+    assert_eq!(project_live(&old_log, &live).await, sums[0]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projector_refuses_views_left_mid_rebuild() {
     let dir = tempfile::tempdir().unwrap();

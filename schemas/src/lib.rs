@@ -2,25 +2,31 @@
 //! reads them.
 //!
 //! Records are Avro [single-object encoded]: `C3 01`, the 8-byte little-endian
-//! CRC-64-AVRO (Rabin) fingerprint of the writer schema's canonical form, then
-//! the Avro binary datum. The fingerprint names both the record type and the
-//! schema version, so a reader decodes records written under any released
-//! version and resolves them to the current one.
+//! CRC-64-AVRO (Rabin) fingerprint of the writer schema's Parsing Canonical
+//! Form, then the Avro binary datum. The fingerprint names both the record
+//! type and the schema version, so a reader decodes records written under any
+//! released version and resolves them to the current one. It is computed
+//! exactly as the specification says ([`fingerprint`]), so a reader in any
+//! language finds the writer schema among the published `.avsc` files; the
+//! fingerprints written before that ([`LEGACY`]) are still read.
+//! docs/log.md describes the log as an interface for such readers.
 //!
 //! # Layout
 //! - `avro/*.avsc`: the current schema of each record type (the source of truth).
 //! - `avro/history/*.vN.avsc`: every released version, kept so the compatibility
 //!   test can prove that the current schemas still read them.
 //! - [`encode`] / [`decode`]: the codec over [`emosation_core::Record`].
+//! - [`fingerprint`]: the specification's canonical form and CRC-64-AVRO.
+//! - `fast`: the decoder for records under a current schema.
 //!
 //! [single-object encoded]: https://avro.apache.org/docs/1.11.1/specification/#single-object-encoding
 
 mod fast;
+pub mod fingerprint;
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use apache_avro::rabin::Rabin;
 use apache_avro::{Schema, from_avro_datum, from_value};
 use emosation_core::Record;
 use emosation_core::record as r;
@@ -186,12 +192,29 @@ struct Registry {
     by_fingerprint: HashMap<[u8; 8], Known>,
 }
 
-fn fingerprint(schema: &Schema) -> [u8; 8] {
-    let fp = schema.fingerprint::<Rabin>();
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&fp.bytes[..8]);
-    out
+/// The single-object fingerprint of a compiled-in schema.
+fn spec_fingerprint(text: &str) -> [u8; 8] {
+    fingerprint::single_object_fingerprint(text).unwrap_or_else(|e| panic!("schema has no canonical form: {e}"))
 }
+
+/// Fingerprints written before the spec-exact ones, by apache-avro 0.21's
+/// `Schema::fingerprint::<Rabin>()`, whose canonical form kept
+/// `{"type":"long"}` for a `timestamp-millis` field (see [`fingerprint`]).
+/// Records with them are still read, as the released version they name;
+/// they are constants, not recomputed, so that no library upgrade can
+/// change what an old log decodes as.
+pub const LEGACY: [(RecordType, u32, [u8; 8]); 10] = [
+    (RecordType::UserSignedUp, 1, LEGACY_USER_SIGNED_UP_V1),
+    (RecordType::AccountDeleted, 1, LEGACY_ACCOUNT_DELETED_V1),
+    (RecordType::AccountRestored, 1, LEGACY_ACCOUNT_RESTORED_V1),
+    (RecordType::SessionRevoked, 1, LEGACY_SESSION_REVOKED_V1),
+    (RecordType::RoomCreated, 1, LEGACY_ROOM_CREATED_V1),
+    (RecordType::MemberJoined, 1, LEGACY_MEMBER_JOINED_V1),
+    (RecordType::MemberQuit, 1, LEGACY_MEMBER_QUIT_V1),
+    (RecordType::MessagePosted, 1, LEGACY_MESSAGE_POSTED_V1),
+    (RecordType::ReadMarkerSet, 1, LEGACY_READ_MARKER_SET_V1),
+    (RecordType::EmotionRecorded, 1, LEGACY_EMOTION_RECORDED_V1),
+];
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let mut current = HashMap::new();
@@ -199,7 +222,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     for (kind, stem, text) in CURRENT {
         // The schemas are compiled in and checked by this crate's tests.
         let schema = Schema::parse_str(text).unwrap_or_else(|e| panic!("schema {stem} does not parse: {e}"));
-        let fp = fingerprint(&schema);
+        let fp = spec_fingerprint(text);
         by_fingerprint.insert(
             fp,
             Known {
@@ -216,15 +239,28 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
             },
         );
     }
+    let mut history_fp = HashMap::new();
     for (kind, version, text) in HISTORY {
         let schema =
             Schema::parse_str(text).unwrap_or_else(|e| panic!("schema {kind:?} v{version} does not parse: {e}"));
-        let fp = fingerprint(&schema);
+        let fp = spec_fingerprint(text);
+        history_fp.insert((kind, version), fp);
         by_fingerprint.entry(fp).or_insert_with(|| Known {
             kind,
             writer: schema,
             reader: Some(current[&kind].schema.clone()),
         });
+    }
+    // A legacy fingerprint reads as the released version it was written for.
+    for (kind, version, legacy) in LEGACY {
+        let fp = history_fp[&(kind, version)];
+        let known = &by_fingerprint[&fp];
+        let alias = Known {
+            kind: known.kind,
+            writer: known.writer.clone(),
+            reader: known.reader.clone(),
+        };
+        by_fingerprint.entry(legacy).or_insert(alias);
     }
     Registry {
         current,
@@ -342,3 +378,14 @@ pub fn decode_with_apache_avro(bytes: &[u8]) -> Result<Record, SchemaError> {
     let (known, body) = split_header(bytes)?;
     decode_resolved(known, body)
 }
+
+const LEGACY_USER_SIGNED_UP_V1: [u8; 8] = [0xea, 0x09, 0x77, 0xa3, 0x38, 0xef, 0xac, 0x17];
+const LEGACY_ACCOUNT_DELETED_V1: [u8; 8] = [0x5d, 0xb3, 0xf1, 0x2f, 0x79, 0xaf, 0x92, 0x4b];
+const LEGACY_ACCOUNT_RESTORED_V1: [u8; 8] = [0xf8, 0xab, 0x10, 0x0a, 0x6d, 0xbb, 0x1d, 0x89];
+const LEGACY_SESSION_REVOKED_V1: [u8; 8] = [0xd7, 0xbd, 0x46, 0xf6, 0xec, 0x24, 0x54, 0x85];
+const LEGACY_ROOM_CREATED_V1: [u8; 8] = [0xc4, 0x4a, 0x66, 0x71, 0xc6, 0x8f, 0xa3, 0xf8];
+const LEGACY_MEMBER_JOINED_V1: [u8; 8] = [0x65, 0xac, 0x15, 0x00, 0xe7, 0x14, 0x21, 0xba];
+const LEGACY_MEMBER_QUIT_V1: [u8; 8] = [0x79, 0xdc, 0x7d, 0x33, 0x9c, 0x12, 0xa4, 0xb1];
+const LEGACY_MESSAGE_POSTED_V1: [u8; 8] = [0xdb, 0x6f, 0x6a, 0x9e, 0x68, 0xc0, 0x68, 0x30];
+const LEGACY_READ_MARKER_SET_V1: [u8; 8] = [0x16, 0xd1, 0x4e, 0xce, 0x05, 0xd4, 0x62, 0x22];
+const LEGACY_EMOTION_RECORDED_V1: [u8; 8] = [0xfe, 0x27, 0x8f, 0x71, 0x2b, 0xb9, 0xc4, 0xb9];
