@@ -1,0 +1,226 @@
+//! The log, read from outside the workspace: `emosation serve` on a tansu
+//! broker, a chat with refused posts and repeated sends, then the Python
+//! example (examples/python-emotion-mix: confluent-kafka, fastavro and the
+//! published .avsc files alone) reads `emosation.rooms` from the beginning
+//! under its own group. Its emotion mix per room and hour must equal the
+//! server's own views: each room's `/emotions` summary, its history, and its
+//! `/activity` hours.
+//!
+//! The Python packages are installed by the README's test command
+//! (`scripts/test`, which sets `EMOSATION_REQUIRE_PYTHON_EXAMPLES=1`); run
+//! alone without them, the test says so and passes over them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Api, SECRET};
+use emosation_testkit::{Tansu, free_port};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_emosation");
+
+fn example_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python-emotion-mix")
+}
+
+/// Whether `python3` can import what the example needs.
+async fn python_ready() -> bool {
+    let out = Command::new("python3")
+        .args(["-c", "import confluent_kafka, fastavro"])
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => true,
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                std::env::var_os("EMOSATION_REQUIRE_PYTHON_EXAMPLES").is_none(),
+                "python3 with confluent-kafka and fastavro is required here: {why}"
+            );
+            eprintln!(
+                "skipping: python3 with confluent-kafka and fastavro is not installed \
+                 (scripts/test installs examples/python-emotion-mix/requirements.txt): {why}"
+            );
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_consumer_decodes_the_log_and_agrees_with_the_views() {
+    if !python_ready().await {
+        return;
+    }
+    let kafka = Tansu::start();
+    let log_url = kafka.isolated_url();
+    let prefix = log_url.split("prefix=").nth(1).unwrap().to_owned();
+    let bootstrap = kafka.url().trim_start_matches("kafka://").to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path())
+        .args(["--log", &log_url, "--message-rate", "0"])
+        .env("EMOSATION_JWT_SECRET", SECRET)
+        .env("EMOSATION_LOG_LEVEL", "warn")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    common::wait_healthy(&base, Duration::from_secs(60)).await;
+    let api = Api {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap(),
+        base,
+    };
+
+    let (_, ann) = api.user("ann").await;
+    let (_, bob) = api.user("bob").await;
+    let (_, cid) = api.user("cid").await;
+    let lounge = api.create_room(&ann, "lounge", None).await;
+    let pair = api.create_room(&bob, "pair", Some(2)).await;
+    api.post(&format!("/v1/rooms/{lounge}/join"), Some(&bob), json!({}))
+        .await
+        .expect(200);
+    api.post(&format!("/v1/rooms/{pair}/join"), Some(&ann), json!({}))
+        .await
+        .expect(200);
+    // The pair is full: cid's join is refused and so is her post there.
+    api.post(&format!("/v1/rooms/{pair}/join"), Some(&cid), json!({}))
+        .await
+        .expect_error(409, "room_full");
+    api.send(&cid, &pair, "c0", "let me in")
+        .await
+        .expect_error(403, "not_member");
+    let texts = [
+        "I love this, what a wonderful day",
+        "this makes me so angry, I hate it",
+        "I am scared and afraid of the dark",
+        "so sad, I miss you and I am crying",
+        "wow, what a surprise, unbelievable",
+        "the meeting is at three",
+        "gross, that is disgusting",
+        "thank you, I am so happy and grateful",
+    ];
+    let mut sent = 0;
+    for (i, text) in texts.iter().enumerate() {
+        let (token, room) = match i % 3 {
+            0 => (&ann, &lounge),
+            1 => (&bob, &lounge),
+            _ => (&bob, &pair),
+        };
+        api.send(token, room, &format!("m{i}"), text).await.expect(202);
+        sent += 1;
+    }
+    // A repeated client_msg_id is one message; quitting and posting is refused.
+    api.send(&ann, &lounge, "m0", "I love this, what a wonderful day")
+        .await
+        .expect(202);
+    api.post(&format!("/v1/rooms/{pair}/quit"), Some(&ann), json!({}))
+        .await
+        .expect(200);
+    api.send(&ann, &pair, "late", "am I still here?")
+        .await
+        .expect_error(403, "not_member");
+
+    // The server's views, once every stored message has its emotion.
+    let rooms = [(&lounge, &ann), (&pair, &bob)];
+    let mut expected = BTreeMap::new();
+    let started = Instant::now();
+    loop {
+        expected.clear();
+        let mut complete = true;
+        for (room, token) in rooms {
+            let history = api.all_messages(token, room).await;
+            let emotions = api.get(&format!("/v1/rooms/{room}/emotions?limit=200"), token).await.expect(200);
+            let summary: BTreeMap<String, u64> = serde_json::from_value(emotions["summary"].clone()).unwrap();
+            let activity = api.get(&format!("/v1/rooms/{room}/activity"), token).await.expect(200);
+            let counted: u64 = activity["hours"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["messages"].as_u64().unwrap())
+                .sum();
+            let n = history.len() as u64;
+            complete &= summary.values().sum::<u64>() == n && counted == n;
+            expected.insert(room.clone(), (history.len(), summary, activity["hours"].clone()));
+        }
+        if complete {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "views incomplete: {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(expected.values().map(|(n, _, _)| n).sum::<usize>(), sent);
+
+    // The Python consumer, its own group, from offset 0.
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new("python3")
+            .arg(example_dir().join("emotion_mix.py"))
+            .args(["--bootstrap", &bootstrap, "--topic-prefix", &prefix, "--timeout", "90"])
+            .output(),
+    )
+    .await
+    .expect("the consumer finishes")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "emotion_mix.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["undecodable"], 0, "{report:#}");
+    assert_eq!(report["misrouted"], 0, "{report:#}");
+    assert!(report["records"].as_u64().unwrap() > sent as u64, "{report:#}");
+    // It saw the duplicate and the refused join as the fold did.
+    assert_eq!(report["refused"]["duplicate"], 1, "{report:#}");
+    assert_eq!(report["refused"]["room_full"], 1, "{report:#}");
+
+    for (room, (n, summary, hours)) in &expected {
+        let mine = &report["rooms"][room.as_str()];
+        assert_eq!(mine["messages"].as_u64(), Some(*n as u64), "{room}: {mine:#}");
+        let mix: BTreeMap<String, u64> = serde_json::from_value(mine["emotions"].clone()).unwrap();
+        assert_eq!(&mix, summary, "{room}: emotion mix against /emotions");
+        // Hour by hour: messages and distinct authors as /activity counts them,
+        // and every message's emotion in its hour.
+        let activity: BTreeMap<String, (u64, u64)> = hours
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["hour"].as_str().unwrap().to_owned(),
+                    (h["messages"].as_u64().unwrap(), h["authors"].as_u64().unwrap()),
+                )
+            })
+            .collect();
+        let by_hour: BTreeMap<String, (u64, u64)> = mine["hours"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(hour, h)| {
+                let emotions: u64 = h["emotions"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+                assert_eq!(Some(emotions), h["messages"].as_u64(), "{room} {hour}");
+                (hour.clone(), (h["messages"].as_u64().unwrap(), h["authors"].as_u64().unwrap()))
+            })
+            .collect();
+        assert_eq!(by_hour, activity, "{room}: hours against /activity");
+    }
+    server.kill().await.unwrap();
+}

@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""The emotion mix of every room, per UTC hour, read from emosation's log.
+
+An analytics consumer written outside the Rust workspace, with what a data
+team has at hand: confluent-kafka to read the log, fastavro to decode it, and
+the published schemas (schemas/avro/*.avsc and avro/history/) alone. It joins
+a consumer group of its own, reads every partition of `emosation.rooms` from
+the beginning, folds the records the way the projector does (docs/log.md,
+"What the fold decides"), and prints, as JSON:
+
+    {"rooms": {"<room_id>": {
+        "name": "...",
+        "messages": 12,
+        "emotions": {"joy": 7, "neutral": 5},
+        "hours": {"2026-12-02T06:00:00Z": {"messages": 12, "authors": 3,
+                                           "emotions": {"joy": 7, "neutral": 5}}}}},
+     "records": 123, "undecodable": 0, "misrouted": 0, "refused": {...}}
+
+`messages` counts stored messages (a repeated client_msg_id or a post by a
+non-member is refused by the fold, exactly as in the server's views), in the
+hour of their `at`; `emotions` counts, per message, the first emotion the
+log holds for it. So the answer equals the server's own views: the room's
+`GET /v1/rooms/{id}/emotions` summary and its `GET /v1/rooms/{id}/activity`
+hours (the project's test command checks exactly that).
+
+By default it stops once it has read every partition to its end (a
+backfill); `--follow` keeps it running and prints the mix every
+`--every` seconds. The state lives in memory, so each run reads from offset 0;
+the offsets it commits to its group show its progress (and lag) to Kafka
+tooling, nothing more.
+
+    pip install -r requirements.txt
+    python3 emotion_mix.py --bootstrap localhost:9092
+"""
+
+import argparse
+import glob
+import io
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections import defaultdict
+from datetime import datetime, timezone
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from fastavro import parse_schema, schemaless_reader
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+LABELS = ("joy", "sadness", "anger", "fear", "surprise", "disgust", "neutral")
+MAGIC = b"\xc3\x01"
+
+# Logs written before emosation wrote spec-exact fingerprints carry these
+# (docs/log.md, "Fingerprints written before 2026-12"): header bytes → the
+# schema file they were written under.
+LEGACY = {
+    "ea0977a338efac17": "history/user_signed_up.v1.avsc",
+    "5db3f12f79af924b": "history/account_deleted.v1.avsc",
+    "f8ab100a6dbb1d89": "history/account_restored.v1.avsc",
+    "d7bd46f6ec245485": "history/session_revoked.v1.avsc",
+    "c44a6671c68fa3f8": "history/room_created.v1.avsc",
+    "65ac1500e71421ba": "history/member_joined.v1.avsc",
+    "79dc7d339c12a4b1": "history/member_quit.v1.avsc",
+    "db6f6a9e68c06830": "history/message_posted.v1.avsc",
+    "16d14ece05d46222": "history/read_marker_set.v1.avsc",
+    "fe278f712bb9c4b9": "history/emotion_recorded.v1.avsc",
+}
+
+
+class Schemas:
+    """Every published schema, found by its single-object fingerprint."""
+
+    def __init__(self, avro_dir):
+        self.writers = {}  # fingerprint bytes -> (record name, writer schema)
+        self.readers = {}  # record name -> current (reader) schema
+        by_file = {}
+        for path in sorted(glob.glob(os.path.join(avro_dir, "*.avsc"))):
+            schema = self._load(path)
+            self.readers[schema["name"]] = schema
+            by_file[os.path.relpath(path, avro_dir)] = schema
+        for path in sorted(glob.glob(os.path.join(avro_dir, "history", "*.avsc"))):
+            by_file[os.path.relpath(path, avro_dir)] = self._load(path)
+        if not self.readers:
+            raise SystemExit(f"no schemas in {avro_dir}")
+        for rel, schema in by_file.items():
+            self.writers[self._fingerprint(rel, avro_dir)] = (schema["name"], schema)
+        for hexfp, rel in LEGACY.items():
+            if rel in by_file:
+                self.writers[bytes.fromhex(hexfp)] = (by_file[rel]["name"], by_file[rel])
+
+    @staticmethod
+    def _load(path):
+        with open(path) as f:
+            return parse_schema(json.load(f))
+
+    @staticmethod
+    def _fingerprint(rel, avro_dir):
+        with open(os.path.join(avro_dir, rel)) as f:
+            pcf = to_parsing_canonical_form(json.load(f))
+        # fastavro returns the fingerprint's bytes little-endian, as the
+        # single-object header carries them.
+        return bytes.fromhex(fingerprint(pcf, "CRC-64-AVRO"))
+
+    def decode(self, value):
+        """(short record name, dict) or None for bytes that are not a record."""
+        if value is None or len(value) < 10 or value[:2] != MAGIC:
+            return None
+        known = self.writers.get(value[2:10])
+        if known is None:
+            return None
+        name, writer = known
+        body = io.BytesIO(value[10:])
+        try:
+            datum = schemaless_reader(body, writer, self.readers[name])
+        except Exception:
+            return None
+        if body.read(1):
+            return None  # trailing bytes: not a record of this schema
+        return name.rsplit(".", 1)[-1], datum
+
+
+def position_id(partition, offset):
+    """A message id: the record's position, as the server writes it."""
+    return f"{partition:04x}{offset:012x}"
+
+
+def hour_of(at_ms):
+    # fastavro gives timestamp-millis as an aware datetime.
+    if isinstance(at_ms, datetime):
+        at = at_ms.astimezone(timezone.utc)
+    else:
+        at = datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc)
+    return at.replace(minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class RoomsFold:
+    """The projector's rules for emosation.rooms, as far as messages and
+    emotions need them: rooms and their capacity, membership, idempotent
+    posts, the first emotion of a stored message."""
+
+    def __init__(self):
+        self.rooms = {}  # room_id -> {"name", "capacity", "members": set}
+        self.client_msgs = set()  # (room_id, author_id, client_msg_id)
+        self.messages = {}  # (room_id, message_id) -> (hour, author_id)
+        self.emotions = set()  # (room_id, message_id) with an emotion
+        self.mix = defaultdict(lambda: {"hours": defaultdict(lambda: {"messages": 0, "authors": set(), "emotions": defaultdict(int)})})
+        self.refused = defaultdict(int)
+
+    def refuse(self, why):
+        self.refused[why] += 1
+
+    def apply(self, kind, r, partition, offset):
+        if kind == "RoomCreated":
+            if r["room_id"] in self.rooms:
+                return self.refuse("room_exists")
+            self.rooms[r["room_id"]] = {
+                "name": r["name"],
+                "capacity": max(1, r["capacity"]),
+                "members": {r["owner_id"]},
+            }
+            self.mix[r["room_id"]]["name"] = r["name"]
+        elif kind == "MemberJoined":
+            room = self.rooms.get(r["room_id"])
+            if room is None:
+                return self.refuse("room_not_found")
+            if r["user_id"] in room["members"]:
+                return  # joining twice is a no-op
+            if len(room["members"]) >= room["capacity"]:
+                return self.refuse("room_full")
+            room["members"].add(r["user_id"])
+        elif kind == "MemberQuit":
+            room = self.rooms.get(r["room_id"])
+            if room is None:
+                return self.refuse("room_not_found")
+            if r["user_id"] not in room["members"]:
+                return self.refuse("not_member")
+            room["members"].discard(r["user_id"])
+        elif kind == "MessagePosted":
+            room = self.rooms.get(r["room_id"])
+            if room is None:
+                return self.refuse("room_not_found")
+            if r["author_id"] not in room["members"]:
+                return self.refuse("not_member")
+            idem = (r["room_id"], r["author_id"], r["client_msg_id"])
+            if idem in self.client_msgs:
+                return self.refuse("duplicate")
+            self.client_msgs.add(idem)
+            hour = hour_of(r["at"])
+            self.messages[(r["room_id"], position_id(partition, offset))] = hour
+            h = self.mix[r["room_id"]]["hours"][hour]
+            h["messages"] += 1
+            h["authors"].add(r["author_id"])
+        elif kind == "EmotionRecorded":
+            key = (r["room_id"], r["message_id"])
+            if r["room_id"] not in self.rooms:
+                return self.refuse("room_not_found")
+            hour = self.messages.get(key)
+            if hour is None:
+                return self.refuse("message_not_found")
+            if key in self.emotions:
+                return  # the first emotion of a message wins
+            scores = r["scores"]
+            if (
+                r["label"] not in LABELS
+                or len(scores) != len(LABELS)
+                or not math.isfinite(r["score"])
+                or not all(math.isfinite(s) for s in scores)
+            ):
+                return self.refuse("malformed")
+            self.emotions.add(key)
+            self.mix[r["room_id"]]["hours"][hour]["emotions"][r["label"]] += 1
+        # ReadMarkerSet and anything newer change no message or emotion.
+
+    def report(self):
+        rooms = {}
+        for room_id, m in sorted(self.mix.items()):
+            hours = {}
+            total = defaultdict(int)
+            messages = 0
+            for hour, h in sorted(m["hours"].items()):
+                hours[hour] = {
+                    "messages": h["messages"],
+                    "authors": len(h["authors"]),
+                    "emotions": dict(sorted(h["emotions"].items())),
+                }
+                messages += h["messages"]
+                for label, n in h["emotions"].items():
+                    total[label] += n
+            rooms[room_id] = {
+                "name": m.get("name"),
+                "messages": messages,
+                "emotions": dict(sorted(total.items())),
+                "hours": hours,
+            }
+        return rooms
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bootstrap", default="localhost:9092", help="Kafka bootstrap servers")
+    ap.add_argument("--topic-prefix", default="", help="the server's kafka://…?prefix= (default none)")
+    ap.add_argument("--group", default=None, help="consumer group (default emotion-mix-<random>)")
+    ap.add_argument("--schemas", default=os.path.join(here, "..", "..", "schemas", "avro"), help="folder of the .avsc files")
+    ap.add_argument("--follow", action="store_true", help="keep reading; print the mix every --every seconds")
+    ap.add_argument("--every", type=float, default=10.0)
+    ap.add_argument("--timeout", type=float, default=120.0, help="give up a backfill after this many seconds")
+    args = ap.parse_args()
+
+    schemas = Schemas(args.schemas)
+    topic = f"{args.topic_prefix}emosation.rooms"
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "group.id": args.group or f"emotion-mix-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            # The state is in memory: every run reads from offset 0.
+            "enable.partition.eof": True,
+        }
+    )
+    assigned = set()
+
+    def on_assign(c, partitions):
+        for p in partitions:
+            p.offset = OFFSET_BEGINNING
+            assigned.add(p.partition)
+        c.assign(partitions)
+
+    consumer.subscribe([topic], on_assign=on_assign)
+    fold = RoomsFold()
+    stats = {"records": 0, "undecodable": 0, "misrouted": 0}
+    at_end = set()
+    started = time.monotonic()
+    last_print = started
+    try:
+        while True:
+            msg = consumer.poll(0.5)
+            now = time.monotonic()
+            if msg is not None and msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                elif msg.error().code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise SystemExit(f"kafka: {msg.error()}")
+            elif msg is not None:
+                at_end.discard(msg.partition())
+                stats["records"] += 1
+                decoded = schemas.decode(msg.value())
+                if decoded is None:
+                    stats["undecodable"] += 1
+                else:
+                    kind, record = decoded
+                    # The fold skips a record its key does not route (docs/log.md).
+                    if record.get("room_id", "").encode() != (msg.key() or b""):
+                        stats["misrouted"] += 1
+                    else:
+                        fold.apply(kind, record, msg.partition(), msg.offset())
+                consumer.commit(message=msg, asynchronous=True)
+            if args.follow:
+                if now - last_print >= args.every:
+                    print(json.dumps({"rooms": fold.report(), **stats}), flush=True)
+                    last_print = now
+                continue
+            if assigned and at_end >= assigned and _all_at_high_watermark(consumer, topic, assigned):
+                break
+            if now - started > args.timeout:
+                raise SystemExit(f"backfill not finished within {args.timeout} s ({len(at_end)}/{len(assigned)} partitions at their end)")
+    finally:
+        consumer.close()
+    print(json.dumps({"rooms": fold.report(), **stats, "refused": dict(fold.refused)}, indent=2, sort_keys=True))
+
+
+def _all_at_high_watermark(consumer, topic, partitions):
+    """Every partition's position has reached its high watermark now."""
+    positions = consumer.position([TopicPartition(topic, p) for p in partitions])
+    for tp in positions:
+        _, high = consumer.get_watermark_offsets(tp, timeout=5.0)
+        if tp.offset < 0 and high > 0:
+            return False
+        if tp.offset >= 0 and tp.offset < high:
+            return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())
