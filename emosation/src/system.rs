@@ -303,6 +303,7 @@ impl Server {
         }
         if roles.query_api {
             app = app.merge(emosation_query_api::routes(Arc::clone(&views), Arc::clone(&auth)));
+            app = app.merge(emosation_web::routes());
         }
         if roles.fanout {
             let hub = Hub::new(

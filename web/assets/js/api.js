@@ -1,0 +1,151 @@
+// The HTTP side of the public API, and the session.
+//
+// The access token lives in memory only. The refresh token is kept in
+// localStorage so a reload (or a second tab) resumes the session; each tab
+// refreshes for its own access token, one tab at a time (Web Locks), always
+// with the newest refresh token, so rotating refresh tokens never sees a
+// reused one. Access tokens are renewed a minute before they expire.
+
+const RT = 'emosation.refresh';
+const USER = 'emosation.user';
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || code);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+let access = null;
+let renewTimer = null;
+const sessionListeners = new Set();
+
+/** f(event): 'login' | 'refreshed' | 'ended' (with reason) */
+export const onSession = (f) => sessionListeners.add(f);
+const emit = (kind, detail) => sessionListeners.forEach((f) => f(kind, detail));
+
+export function currentUser() {
+  try {
+    return JSON.parse(localStorage.getItem(USER) || 'null');
+  } catch {
+    return null;
+  }
+}
+
+export const hasSession = () => !!localStorage.getItem(RT);
+export const accessToken = () => access;
+
+async function raw(method, path, body, token) {
+  const headers = {};
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (token) headers.authorization = `Bearer ${token}`;
+  let res;
+  try {
+    res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch {
+    throw new ApiError(0, 'network', 'network error');
+  }
+  if (res.status === 204) return null;
+  const text = await res.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!res.ok) {
+    const e = data && data.error;
+    throw new ApiError(res.status, e ? e.code : 'http_' + res.status, e ? e.message : text);
+  }
+  return data;
+}
+
+function store(tokens, user) {
+  access = tokens.access_token;
+  localStorage.setItem(RT, tokens.refresh_token);
+  if (user) localStorage.setItem(USER, JSON.stringify(user));
+  clearTimeout(renewTimer);
+  const ms = Math.max(5, (tokens.expires_in || 900) - 60) * 1000;
+  renewTimer = setTimeout(() => refresh().catch(() => {}), ms);
+}
+
+export async function signup(username, password) {
+  return raw('POST', '/v1/auth/signup', { username, password });
+}
+
+export async function login(username, password) {
+  const tokens = await raw('POST', '/v1/auth/login', { username, password });
+  store(tokens, { user_id: tokens.user_id, username });
+  emit('login');
+  return tokens;
+}
+
+let refreshing = null;
+
+/** Gets a new access token with the stored refresh token; ends the session on 401. */
+export function refresh() {
+  if (refreshing) return refreshing;
+  const run = async () => {
+    const token = localStorage.getItem(RT);
+    if (!token) throw new ApiError(401, 'invalid_token', 'no session');
+    try {
+      const tokens = await raw('POST', '/v1/auth/refresh', { refresh_token: token });
+      store(tokens);
+      emit('refreshed');
+      return tokens.access_token;
+    } catch (e) {
+      if (e.status === 401) endSession('revoked');
+      throw e;
+    }
+  };
+  const locked = navigator.locks ? () => navigator.locks.request('emosation-refresh', run) : run;
+  refreshing = locked().finally(() => (refreshing = null));
+  return refreshing;
+}
+
+/** Forgets the session locally; `reason` says why (shown to the person). */
+export function endSession(reason) {
+  const had = hasSession() || access;
+  access = null;
+  clearTimeout(renewTimer);
+  localStorage.removeItem(RT);
+  localStorage.removeItem(USER);
+  if (had) emit('ended', reason);
+}
+
+/** An authenticated call; renews the access token once on 401. */
+export async function api(method, path, body) {
+  if (!access && hasSession()) await refresh();
+  try {
+    return await raw(method, path, body, access);
+  } catch (e) {
+    if (e.status === 401 && hasSession()) {
+      await refresh();
+      return raw(method, path, body, access);
+    }
+    throw e;
+  }
+}
+
+export async function logout() {
+  try {
+    if (access) await raw('POST', '/v1/auth/logout', undefined, access);
+  } finally {
+    endSession(null);
+  }
+}
+
+export async function deleteAccount() {
+  await api('DELETE', '/v1/me');
+  endSession(null);
+}
+
+// Another tab logged out: this one follows.
+window.addEventListener('storage', (e) => {
+  if (e.key === RT && e.newValue === null && access) {
+    access = null;
+    clearTimeout(renewTimer);
+    emit('ended', 'logout');
+  }
+});

@@ -1,0 +1,553 @@
+// One chat room: history on scroll, live messages, sends with pending →
+// delivered → failed/retry, typing, members, read markers, emotions, mood
+// and activity.
+//
+// The timeline is keyed by log position (message ids and cursors are
+// 16-hex-digit strings in log order), so a message reaches the screen once
+// however it arrives — history page, live frame, replay after a reconnect,
+// or our own ack — and always in log order.
+
+import { h, clear, debounce } from './dom.js';
+import { t, tr, setTr, trAttrs, fmtTime, onLangChange } from './i18n.js';
+import { api, currentUser, ApiError } from './api.js';
+import { activityChart } from './chart.js';
+
+export const LABELS = ['joy', 'sadness', 'anger', 'fear', 'surprise', 'disgust', 'neutral'];
+const PAGE = 50;
+const SEND_TIMEOUT_MS = 15000;
+
+function newClientMsgId() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  return 'web-' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+export function emotionsOn() {
+  return localStorage.getItem('emosation.emotions') !== 'off';
+}
+
+export function badge(e) {
+  const pct = Math.round((e.score || 0) * 100);
+  const el = h('span', { class: `badge emo-${e.label}`, dataset: { label: e.label } },
+    h('span', { class: 'dot', 'aria-hidden': 'true' }), tr(e.label), h('span', { class: 'pct' }, ` ${pct}%`));
+  el.title = LABELS.map((l) => `${t(l)} ${Math.round(((e.scores || {})[l] || 0) * 100)}%`).join(' · ');
+  el.setAttribute('aria-label', t('emotion_of', { label: t(e.label), pct }));
+  return el;
+}
+
+export class ChatRoom {
+  constructor(ctx, roomId, mount) {
+    this.ctx = ctx;
+    this.live = ctx.live;
+    this.roomId = roomId;
+    this.mount = mount;
+    this.me = currentUser() || {};
+    this.msgs = new Map(); // message_id -> li
+    this.emotions = new Map(); // message_id -> emotion
+    this.notices = new Set(); // cursors of member events shown
+    this.pending = new Map(); // client_msg_id -> {text, li, state, timer}
+    this.members = new Map(); // user_id -> username
+    this.typers = new Map(); // user_id -> expiry ms
+    this.nextBefore = undefined; // undefined: not loaded; null: start reached
+    this.loadingOlder = false;
+    this.lastTypingSent = 0;
+    this.lastRead = '';
+    this.destroyed = false;
+    this.onFrame = (ev) => this.frame(ev.detail);
+    this.onOpen = () => this.resendPending();
+    this.onReset = () => this.reloadHistory();
+    this.onVisible = () => this.markRead();
+    this.refreshMood = debounce(() => this.loadMood(), 700);
+    this.refreshActivity = debounce(() => this.loadActivity(), 2500);
+    this.markReadSoon = debounce(() => this.markRead(), 300);
+    this.typingTimer = setInterval(() => this.renderTyping(), 1000);
+    this.render();
+    this.init();
+  }
+
+  destroy() {
+    this.destroyed = true;
+    this.live.removeEventListener('frame', this.onFrame);
+    this.live.removeEventListener('open', this.onOpen);
+    this.live.removeEventListener('reset', this.onReset);
+    document.removeEventListener('visibilitychange', this.onVisible);
+    clearInterval(this.typingTimer);
+    for (const p of this.pending.values()) clearTimeout(p.timer);
+  }
+
+  render() {
+    const toggle = h('input', { type: 'checkbox', id: 'emo-toggle', checked: emotionsOn() });
+    toggle.addEventListener('change', () => {
+      localStorage.setItem('emosation.emotions', toggle.checked ? 'on' : 'off');
+      document.body.classList.toggle('no-emotions', !toggle.checked);
+    });
+    this.title = h('h1', { class: 'room-title', tabindex: '-1' }, '…');
+    this.count = h('span', { class: 'room-count' });
+    this.timeline = h('ol', { class: 'timeline', role: 'log', 'aria-live': 'polite', 'aria-relevant': 'additions' });
+    this.olderBtn = h('button', { type: 'button', class: 'older link', hidden: true, onclick: () => this.loadOlder() });
+    setTr(this.olderBtn, 'load_older');
+    this.startMarker = tr('start_of_room', null, 'p');
+    this.startMarker.className = 'start-marker';
+    this.startMarker.hidden = true;
+    this.scroller = h('div', { class: 'scroller', tabindex: '0' }, this.startMarker, this.olderBtn, this.timeline);
+    this.scroller.addEventListener('scroll', () => this.onScroll());
+    this.newPill = h('button', { type: 'button', class: 'new-pill', hidden: true, onclick: () => this.scrollToEnd() });
+    setTr(this.newPill, 'new_messages');
+    this.typingLine = h('p', { class: 'typing', 'aria-live': 'polite' });
+    this.input = h('textarea', { id: 'composer', rows: 1, maxlength: 4000, autocomplete: 'off' });
+    trAttrs(this.input, { placeholder: 'message_placeholder', 'aria-label': 'message_label' });
+    this.input.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        this.submit();
+      }
+    });
+    this.input.addEventListener('input', () => {
+      this.autosize();
+      this.sendTyping();
+    });
+    const sendBtn = h('button', { type: 'submit', class: 'primary send' }, tr('send'));
+    this.form = h('form', { class: 'composer', onsubmit: (e) => (e.preventDefault(), this.submit()) }, this.input, sendBtn);
+    this.memberList = h('ul', { class: 'members' });
+    this.mood = h('div', { class: 'mood' });
+    this.activity = h('div', { class: 'activity' });
+    this.notice = h('div', { class: 'room-notice', hidden: true });
+
+    const leave = h('button', { type: 'button', class: 'ghost small', onclick: () => this.leave() }, tr('leave_room'));
+    const back = h('a', { href: '#/rooms', class: 'back', 'aria-label': t('back') }, '‹');
+    trAttrs(back, { 'aria-label': 'back' });
+    this.aside = h('aside', { class: 'room-aside', 'aria-label': t('details') },
+      h('details', { open: true, class: 'panel' }, h('summary', {}, tr('members'), ' ', h('span', { class: 'muted member-n' })), this.memberList),
+      h('details', { open: true, class: 'panel emo-only' }, h('summary', {}, tr('mood')), this.mood),
+      h('details', { open: true, class: 'panel' }, h('summary', {}, tr('activity')), this.activity));
+    trAttrs(this.aside, { 'aria-label': 'details' });
+    const detailsBtn = h('button', { type: 'button', class: 'ghost small details-toggle', 'aria-expanded': 'false' }, tr('details'));
+    detailsBtn.addEventListener('click', () => {
+      const open = this.root.classList.toggle('show-aside');
+      detailsBtn.setAttribute('aria-expanded', String(open));
+    });
+    this.root = h('section', { class: 'room', 'aria-labelledby': 'room-title' },
+      h('header', { class: 'room-head' }, back,
+        h('div', { class: 'room-name' }, this.title, this.count),
+        h('div', { class: 'room-tools' },
+          h('label', { class: 'switch' }, toggle, h('span', { class: 'track', 'aria-hidden': 'true' }), tr('show_emotions')),
+          detailsBtn, leave)),
+      h('div', { class: 'room-body' },
+        h('div', { class: 'room-main' }, this.notice, this.scroller, this.newPill, this.typingLine, this.form),
+        this.aside));
+    this.title.id = 'room-title';
+    document.body.classList.toggle('no-emotions', !emotionsOn());
+    clear(this.mount).append(this.root);
+    this.langOff = onLangChange(() => this.renderTyping());
+  }
+
+  async init() {
+    let room;
+    try {
+      room = await api('GET', `/v1/rooms/${encodeURIComponent(this.roomId)}`);
+    } catch (e) {
+      return this.fail(e);
+    }
+    if (this.destroyed) return;
+    this.room = room;
+    this.title.textContent = room.name;
+    document.title = `${room.name} · emosation`;
+    this.setCount(room.member_count);
+    try {
+      await this.loadMembers();
+    } catch (e) {
+      if (e.code === 'not_member') return this.offerJoin();
+      return this.fail(e);
+    }
+    this.start();
+  }
+
+  start() {
+    this.live.addEventListener('frame', this.onFrame);
+    this.live.addEventListener('open', this.onOpen);
+    this.live.addEventListener('reset', this.onReset);
+    document.addEventListener('visibilitychange', this.onVisible);
+    // Subscribe first, then read history: anything posted in between comes
+    // both ways and is shown once.
+    this.live.watch(this.roomId, ['chat', 'emotion']);
+    this.ctx.sidebar?.setActive(this.roomId);
+    this.reloadHistory();
+    this.loadMood();
+    this.loadActivity();
+    this.input.focus({ preventScroll: true });
+  }
+
+  fail(e) {
+    this.notice.hidden = false;
+    clear(this.notice).append(e.code === 'room_not_found' ? e.message : t('err_generic', { message: e.message }));
+    this.form.hidden = true;
+  }
+
+  offerJoin() {
+    this.form.hidden = true;
+    this.notice.hidden = false;
+    const msg = h('p', { class: 'error', role: 'alert' });
+    const btn = h('button', { type: 'button', class: 'primary' }, tr('join'));
+    btn.addEventListener('click', async () => {
+      btn.disabled = true;
+      try {
+        await api('POST', `/v1/rooms/${encodeURIComponent(this.roomId)}/join`);
+        this.notice.hidden = true;
+        this.form.hidden = false;
+        this.ctx.sidebar?.load();
+        await this.loadMembers();
+        this.start();
+      } catch (e) {
+        btn.disabled = false;
+        setTr(msg, e.code === 'room_full' ? 'room_full' : 'err_generic', { message: e.message });
+      }
+    });
+    clear(this.notice).append(tr('not_member', null, 'p'), btn, msg);
+  }
+
+  setCount(n) {
+    if (n === undefined) return;
+    this.memberCount = n;
+    setTr(this.count, 'members_of', { n, cap: this.room ? this.room.capacity : '?' });
+    const el = this.root.querySelector('.member-n');
+    if (el) el.textContent = String(n);
+  }
+
+  async loadMembers() {
+    const { members } = await api('GET', `/v1/rooms/${encodeURIComponent(this.roomId)}/members`);
+    this.members = new Map(members.map((m) => [m.user_id, m.username]));
+    this.renderMembers();
+  }
+
+  renderMembers() {
+    clear(this.memberList);
+    const sorted = [...this.members].sort((a, b) => a[1].localeCompare(b[1]));
+    for (const [id, name] of sorted) {
+      this.memberList.append(h('li', { class: id === this.me.user_id ? 'me' : '' },
+        h('span', { class: 'avatar', 'aria-hidden': 'true', dataset: { hue: hue(name) } }, name.slice(0, 1).toUpperCase()), name));
+    }
+  }
+
+  // ---- history ----
+
+  async reloadHistory() {
+    const page = await this.fetchPage(null);
+    if (!page || this.destroyed) return;
+    const stick = true;
+    for (const m of page.messages) this.addMessage(m, false);
+    if (this.nextBefore === undefined) this.setNextBefore(page.next_before);
+    if (stick) this.scrollToEnd();
+    this.markReadSoon();
+    this.fillViewport();
+  }
+
+  async fetchPage(before) {
+    const q = new URLSearchParams({ limit: String(PAGE) });
+    if (before) q.set('before', before);
+    try {
+      return await api('GET', `/v1/rooms/${encodeURIComponent(this.roomId)}/messages?${q}`);
+    } catch (e) {
+      if (e.code === 'not_member') this.offerJoin();
+      return null;
+    }
+  }
+
+  setNextBefore(nb) {
+    this.nextBefore = nb;
+    this.startMarker.hidden = nb !== null;
+    this.olderBtn.hidden = nb === null;
+  }
+
+  // Until the timeline overflows, there is no scroll to trigger loading.
+  fillViewport() {
+    if (this.nextBefore && this.scroller.scrollHeight <= this.scroller.clientHeight + 10) this.loadOlder();
+  }
+
+  async loadOlder() {
+    if (this.loadingOlder || !this.nextBefore) return;
+    this.loadingOlder = true;
+    const page = await this.fetchPage(this.nextBefore);
+    this.loadingOlder = false;
+    if (!page || this.destroyed) return;
+    const prev = this.scroller.scrollHeight;
+    for (const m of page.messages) this.addMessage(m, false);
+    this.setNextBefore(page.next_before);
+    this.scroller.scrollTop += this.scroller.scrollHeight - prev;
+    this.fillViewport();
+  }
+
+  onScroll() {
+    if (this.scroller.scrollTop < 150) this.loadOlder();
+    if (this.nearEnd()) {
+      this.newPill.hidden = true;
+      this.markReadSoon();
+    }
+  }
+
+  nearEnd() {
+    const s = this.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
+  }
+
+  scrollToEnd() {
+    this.scroller.scrollTop = this.scroller.scrollHeight;
+    this.newPill.hidden = true;
+  }
+
+  // ---- timeline ----
+
+  insert(li) {
+    const key = li.dataset.key;
+    let before = this.timeline.querySelector('.pending') || null;
+    let node = before ? before.previousElementSibling : this.timeline.lastElementChild;
+    while (node && node.dataset.key > key) {
+      before = node;
+      node = node.previousElementSibling;
+    }
+    this.timeline.insertBefore(li, before);
+  }
+
+  addMessage(m, live) {
+    if (this.msgs.has(m.message_id)) return;
+    const mine = m.author_id === this.me.user_id;
+    const foot = h('div', { class: 'foot' });
+    const li = h('li', { class: `msg${mine ? ' mine' : ''}`, dataset: { key: m.message_id, id: m.message_id } },
+      h('div', { class: 'meta' },
+        h('span', { class: 'avatar', 'aria-hidden': 'true', dataset: { hue: hue(m.author) } }, m.author.slice(0, 1).toUpperCase()),
+        h('span', { class: 'author' }, m.author),
+        h('time', { datetime: m.created_at }, fmtTime(m.created_at))),
+      h('div', { class: 'bubble' }, h('p', { class: 'text' }, m.text)),
+      foot);
+    if (mine) foot.append(h('span', { class: 'delivery ok' }, '✓ ', tr('delivered')));
+    this.msgs.set(m.message_id, li);
+    const stick = this.nearEnd();
+    this.insert(li);
+    const e = m.emotion || this.emotions.get(m.message_id);
+    if (e) this.setEmotion(e, false);
+    this.typers.delete(m.author_id);
+    if (live) {
+      this.renderTyping();
+      if (stick || mine) this.scrollToEnd();
+      else this.newPill.hidden = false;
+      this.markReadSoon();
+      this.refreshActivity();
+    }
+  }
+
+  setEmotion(e, live) {
+    this.emotions.set(e.message_id, e);
+    const li = this.msgs.get(e.message_id);
+    if (li) {
+      const foot = li.querySelector('.foot');
+      foot.querySelector('.badge')?.remove();
+      foot.prepend(badge(e));
+    }
+    if (live) this.refreshMood();
+  }
+
+  addNotice(f) {
+    if (this.notices.has(f.cursor)) return;
+    this.notices.add(f.cursor);
+    const key = f.type === 'member_joined' ? 'joined' : 'left';
+    const li = h('li', { class: 'notice', dataset: { key: f.cursor } }, tr(key, { user: f.username }));
+    const stick = this.nearEnd();
+    this.insert(li);
+    if (stick) this.scrollToEnd();
+  }
+
+  // ---- live frames ----
+
+  frame(f) {
+    if (f.room_id && f.room_id !== this.roomId) return;
+    switch (f.type) {
+      case 'message':
+        this.addMessage(f, true);
+        break;
+      case 'emotion':
+        this.setEmotion(f, true);
+        break;
+      case 'member_joined':
+      case 'member_left':
+        this.addNotice(f);
+        if (f.type === 'member_joined') this.members.set(f.user_id, f.username);
+        else this.members.delete(f.user_id);
+        this.setCount(f.member_count);
+        this.renderMembers();
+        break;
+      case 'typing':
+        if (f.user_id !== this.me.user_id) {
+          this.typers.set(f.user_id, Date.now() + 4000);
+          this.renderTyping();
+        }
+        break;
+      case 'ack':
+        this.onAck(f);
+        break;
+      case 'error':
+        if (f.client_msg_id && this.pending.has(f.client_msg_id)) this.markFailed(this.pending.get(f.client_msg_id));
+        break;
+      case 'unsubscribed':
+        // We left the room (here or in another tab).
+        if (!this.leaving) location.hash = '#/rooms';
+        break;
+    }
+  }
+
+  renderTyping() {
+    const now = Date.now();
+    for (const [id, until] of this.typers) if (until < now) this.typers.delete(id);
+    const names = [...this.typers.keys()].map((id) => this.members.get(id) || '…');
+    if (!names.length) return clear(this.typingLine);
+    const key = names.length === 1 ? 'typing_one' : names.length === 2 ? 'typing_two' : 'typing_many';
+    const text = t(key, { a: names[0], b: names[1] });
+    if (this.typingLine.textContent !== text) {
+      clear(this.typingLine).append(h('span', { class: 'dots', 'aria-hidden': 'true' }, h('i'), h('i'), h('i')), text);
+    }
+  }
+
+  sendTyping() {
+    const now = Date.now();
+    if (this.input.value && now - this.lastTypingSent > 2500) {
+      this.lastTypingSent = now;
+      this.live.send({ type: 'typing', room_id: this.roomId });
+    }
+  }
+
+  // ---- sending ----
+
+  autosize() {
+    this.input.style.height = 'auto';
+    this.input.style.height = Math.min(this.input.scrollHeight, 160) + 'px';
+  }
+
+  submit() {
+    const text = this.input.value.trim();
+    if (!text) return;
+    this.input.value = '';
+    this.autosize();
+    const id = newClientMsgId();
+    const status = h('span', { class: 'delivery' });
+    const li = h('li', { class: 'msg mine pending', dataset: { cmid: id } },
+      h('div', { class: 'meta' }, h('span', { class: 'author' }, this.me.username || '')),
+      h('div', { class: 'bubble' }, h('p', { class: 'text' }, text)),
+      h('div', { class: 'foot' }, status));
+    const p = { id, text, li, status, state: 'pending', timer: null };
+    this.pending.set(id, p);
+    this.timeline.append(li);
+    this.scrollToEnd();
+    this.trySend(p);
+  }
+
+  trySend(p) {
+    p.state = 'pending';
+    p.li.classList.remove('failed');
+    clear(p.status).append(h('span', { class: 'spinner', 'aria-hidden': 'true' }), tr('pending'));
+    clearTimeout(p.timer);
+    // Offline: it goes out (same client_msg_id) when the socket is back.
+    if (this.live.send({ type: 'send', room_id: this.roomId, client_msg_id: p.id, text: p.text })) {
+      p.timer = setTimeout(() => p.state === 'pending' && this.live.isLive() && this.markFailed(p), SEND_TIMEOUT_MS);
+    }
+  }
+
+  resendPending() {
+    for (const p of this.pending.values()) if (p.state === 'pending') this.trySend(p);
+  }
+
+  markFailed(p) {
+    p.state = 'failed';
+    clearTimeout(p.timer);
+    p.li.classList.add('failed');
+    const retry = h('button', { type: 'button', class: 'link retry', onclick: () => this.trySend(p) }, tr('retry'));
+    clear(p.status).append('⚠ ', tr('failed'), ' · ', retry);
+  }
+
+  onAck(f) {
+    const p = this.pending.get(f.client_msg_id);
+    if (!p) return;
+    this.pending.delete(f.client_msg_id);
+    clearTimeout(p.timer);
+    p.li.remove();
+    // The message frame may come before or after the ack; whichever is
+    // first puts it on screen, keyed by its id.
+    this.addMessage({
+      message_id: f.message_id, room_id: this.roomId, author_id: this.me.user_id, author: this.me.username,
+      text: p.text, created_at: new Date().toISOString(), cursor: f.cursor,
+    }, true);
+  }
+
+  // ---- read markers, mood, activity ----
+
+  async markRead() {
+    if (this.destroyed || document.visibilityState !== 'visible' || !this.nearEnd()) return;
+    const newest = [...this.timeline.querySelectorAll('.msg[data-id]')].pop();
+    const id = newest && newest.dataset.id;
+    if (!id || id <= this.lastRead) return;
+    this.lastRead = id;
+    try {
+      await api('POST', `/v1/rooms/${encodeURIComponent(this.roomId)}/read`, { message_id: id });
+      this.ctx.sidebar?.markRead(this.roomId);
+    } catch {
+      this.lastRead = '';
+    }
+  }
+
+  async loadMood() {
+    let res;
+    try {
+      res = await api('GET', `/v1/rooms/${encodeURIComponent(this.roomId)}/emotions?limit=1`);
+    } catch {
+      return;
+    }
+    if (this.destroyed) return;
+    const summary = res.summary || {};
+    const total = LABELS.reduce((n, l) => n + (summary[l] || 0), 0);
+    clear(this.mood);
+    if (!total) return this.mood.append(tr('mood_empty', null, 'p'));
+    const rows = LABELS.map((l) => [l, summary[l] || 0]).sort((a, b) => b[1] - a[1]);
+    const list = h('ul', { class: 'mood-list' });
+    for (const [l, n] of rows) {
+      const pct = Math.round((100 * n) / total);
+      list.append(h('li', { class: `emo-${l}`, dataset: { label: l, count: n } },
+        h('span', { class: 'mood-label' }, h('span', { class: 'dot', 'aria-hidden': 'true' }), tr(l)),
+        h('span', { class: 'mood-bar', 'aria-hidden': 'true' }, fill(pct)),
+        h('span', { class: 'mood-n' }, `${pct}%`)));
+    }
+    this.mood.append(list);
+  }
+
+  async loadActivity() {
+    let res;
+    try {
+      res = await api('GET', `/v1/rooms/${encodeURIComponent(this.roomId)}/activity`);
+    } catch {
+      return;
+    }
+    if (this.destroyed) return;
+    clear(this.activity).append(activityChart(res.hours || []));
+  }
+
+  async leave() {
+    this.leaving = true;
+    try {
+      await api('POST', `/v1/rooms/${encodeURIComponent(this.roomId)}/quit`);
+    } catch (e) {
+      if (!(e instanceof ApiError) || e.code !== 'not_member') throw e;
+    }
+    this.live.unwatch(this.roomId);
+    this.ctx.sidebar?.load();
+    location.hash = '#/rooms';
+  }
+}
+
+// Widths through the CSSOM: the CSP allows no inline style attributes.
+function fill(pct) {
+  const el = h('span', { class: 'fill' });
+  el.style.width = `${pct}%`;
+  return el;
+}
+
+/** A stable hue bucket (0–11) for a name's avatar colour. */
+export function hue(name) {
+  let x = 0;
+  for (const c of String(name)) x = (x * 31 + c.codePointAt(0)) >>> 0;
+  return String(x % 12);
+}

@@ -1,0 +1,225 @@
+// My rooms (the sidebar, live unread counts), the room directory, and the
+// account page.
+
+import { h, clear } from './dom.js';
+import { t, tr, setTr, trAttrs, fmtDate } from './i18n.js';
+import { api, logout, deleteAccount, currentUser } from './api.js';
+import { hue } from './chat.js';
+
+export class Sidebar {
+  constructor(live, mount) {
+    this.live = live;
+    this.rooms = new Map(); // room_id -> {room_id, name, member_count, unread_count, last_at}
+    this.active = null;
+    this.list = h('ul', { class: 'my-rooms' });
+    this.empty = tr('no_rooms', null, 'p');
+    this.empty.className = 'muted small-note';
+    this.el = h('nav', { class: 'sidebar', 'aria-labelledby': 'my-rooms-h' },
+      h('div', { class: 'side-head' }, tr('my_rooms', null, 'h2'), h('a', { href: '#/rooms', class: 'ghost small' }, tr('find_rooms'))),
+      this.list, this.empty);
+    this.el.querySelector('h2').id = 'my-rooms-h';
+    mount.append(this.el);
+    live.addEventListener('frame', (ev) => this.frame(ev.detail));
+    this.load();
+  }
+
+  async load() {
+    let res;
+    try {
+      res = await api('GET', '/v1/me/rooms');
+    } catch {
+      return;
+    }
+    const seen = new Set();
+    for (const r of res.rooms) {
+      seen.add(r.room_id);
+      const old = this.rooms.get(r.room_id);
+      this.rooms.set(r.room_id, { ...r, last_at: old ? old.last_at : '' });
+      if (r.room_id !== this.active) this.live.watch(r.room_id, ['chat']);
+    }
+    for (const id of [...this.rooms.keys()]) {
+      if (!seen.has(id)) {
+        this.rooms.delete(id);
+        if (id !== this.active) this.live.unwatch(id);
+      }
+    }
+    this.render();
+    // Newest activity first: the time of each room's newest message.
+    await Promise.all(res.rooms.filter((r) => !this.rooms.get(r.room_id).last_at).slice(0, 50).map(async (r) => {
+      try {
+        const page = await api('GET', `/v1/rooms/${encodeURIComponent(r.room_id)}/messages?limit=1`);
+        const m = page.messages[0];
+        const cur = this.rooms.get(r.room_id);
+        if (cur && m && m.created_at > cur.last_at) cur.last_at = m.created_at;
+      } catch {
+        /* not a member any more */
+      }
+    }));
+    this.render();
+  }
+
+  frame(f) {
+    const r = f.room_id && this.rooms.get(f.room_id);
+    if (!r) return;
+    if (f.type === 'message') {
+      if (f.created_at > r.last_at) r.last_at = f.created_at;
+      const seen = f.room_id === this.active && document.visibilityState === 'visible';
+      if (!seen && f.author_id !== (currentUser() || {}).user_id) r.unread_count += 1;
+      this.render();
+    } else if (f.type === 'member_joined' || f.type === 'member_left') {
+      r.member_count = f.member_count;
+      this.render();
+    }
+  }
+
+  setActive(id) {
+    const prev = this.active;
+    this.active = id;
+    if (prev && prev !== id && this.rooms.has(prev)) this.live.watch(prev, ['chat']);
+    this.render();
+  }
+
+  markRead(id) {
+    const r = this.rooms.get(id);
+    if (r && r.unread_count) {
+      r.unread_count = 0;
+      this.render();
+    }
+  }
+
+  render() {
+    const rooms = [...this.rooms.values()].sort((a, b) =>
+      b.last_at.localeCompare(a.last_at) || a.name.localeCompare(b.name));
+    clear(this.list);
+    this.empty.hidden = rooms.length > 0;
+    for (const r of rooms) {
+      const unread = r.unread_count > 0
+        ? h('span', { class: 'unread' }, String(r.unread_count > 99 ? '99+' : r.unread_count))
+        : null;
+      if (unread) unread.setAttribute('aria-label', t('unread_n', { n: r.unread_count }));
+      this.list.append(h('li', { dataset: { roomId: r.room_id } },
+        h('a', { href: `#/room/${r.room_id}`, class: r.room_id === this.active ? 'active' : '', 'aria-current': r.room_id === this.active ? 'page' : null },
+          h('span', { class: 'avatar room-av', 'aria-hidden': 'true', dataset: { hue: hue(r.name) } }, r.name.slice(0, 1).toUpperCase()),
+          h('span', { class: 'room-line' }, h('span', { class: 'name' }, r.name),
+            h('span', { class: 'muted' }, t('members_n', { n: r.member_count }))),
+          unread)));
+    }
+  }
+}
+
+export function directoryView(ctx, mount) {
+  let after = null;
+  let all = [];
+  const filter = h('input', { type: 'search', id: 'room-filter' });
+  trAttrs(filter, { placeholder: 'filter', 'aria-label': 'filter' });
+  const list = h('ul', { class: 'directory' });
+  const more = h('button', { type: 'button', class: 'ghost', hidden: true }, tr('load_more'));
+  const noMatch = tr('no_match', null, 'p');
+  noMatch.className = 'muted';
+  noMatch.hidden = true;
+  const mine = () => new Set(ctx.sidebar ? ctx.sidebar.rooms.keys() : []);
+
+  const row = (r, mineSet) => {
+    const msg = h('span', { class: 'row-msg error', role: 'status' });
+    const btn = mineSet.has(r.room_id)
+      ? h('a', { href: `#/room/${r.room_id}`, class: 'button ghost small' }, tr('open'))
+      : h('button', { type: 'button', class: 'primary small' }, tr('join'));
+    if (btn.tagName === 'BUTTON') {
+      btn.addEventListener('click', async () => {
+        btn.disabled = true;
+        try {
+          await api('POST', `/v1/rooms/${encodeURIComponent(r.room_id)}/join`);
+          await ctx.sidebar.load();
+          location.hash = `#/room/${r.room_id}`;
+        } catch (e) {
+          btn.disabled = false;
+          setTr(msg, e.code === 'room_full' ? 'room_full' : 'err_generic', { message: e.message });
+        }
+      });
+    }
+    return h('li', { dataset: { roomId: r.room_id } },
+      h('span', { class: 'avatar room-av', 'aria-hidden': 'true', dataset: { hue: hue(r.name) } }, r.name.slice(0, 1).toUpperCase()),
+      h('span', { class: 'room-line' }, h('span', { class: 'name' }, r.name),
+        h('span', { class: 'muted' }, t('members_of', { n: r.member_count, cap: r.capacity }))),
+      msg, btn);
+  };
+  const render = () => {
+    const q = filter.value.trim().toLowerCase();
+    const mineSet = mine();
+    clear(list);
+    const shown = all.filter((r) => r.name.toLowerCase().includes(q));
+    for (const r of shown) list.append(row(r, mineSet));
+    noMatch.hidden = shown.length > 0;
+  };
+  const load = async () => {
+    const q = new URLSearchParams({ limit: '50' });
+    if (after) q.set('after', after);
+    try {
+      const res = await api('GET', `/v1/rooms?${q}`);
+      all = all.concat(res.rooms);
+      after = res.next_after;
+      more.hidden = !after;
+      render();
+    } catch {
+      /* shown as empty */
+    }
+  };
+  filter.addEventListener('input', render);
+  more.addEventListener('click', load);
+
+  const name = h('input', { id: 'new-room-name', required: true, maxlength: 100 });
+  const cap = h('input', { id: 'new-room-cap', type: 'number', min: 1, max: 100000, value: 10, required: true });
+  const createMsg = h('p', { class: 'error', role: 'alert' });
+  const create = h('form', { class: 'create-room' },
+    h('div', { class: 'field grow' }, h('label', { for: 'new-room-name' }, tr('room_name')), name),
+    h('div', { class: 'field cap' }, h('label', { for: 'new-room-cap' }, tr('capacity')), cap),
+    h('button', { type: 'submit', class: 'primary' }, tr('create')), createMsg);
+  create.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      const r = await api('POST', '/v1/rooms', { name: name.value, capacity: Number(cap.value) });
+      await ctx.sidebar.load();
+      location.hash = `#/room/${r.room_id}`;
+    } catch (err) {
+      setTr(createMsg, 'err_generic', { message: err.message });
+    }
+  });
+
+  const h1 = tr('directory', null, 'h1');
+  h1.tabIndex = -1;
+  clear(mount).append(h('section', { class: 'page directory-page' },
+    h1,
+    h('div', { class: 'card' }, tr('create_room', null, 'h2'), create),
+    h('div', { class: 'card' }, filter, list, noMatch, more)));
+  document.title = 'emosation';
+  load();
+  return { destroy() {} };
+}
+
+export function accountView(ctx, mount) {
+  const me = currentUser() || {};
+  const since = h('p', { class: 'muted' });
+  api('GET', '/v1/me').then((u) => setTr(since, 'member_since', { date: fmtDate(u.created_at) }), () => {});
+  const out = h('button', { type: 'button', class: 'primary', id: 'logout' }, tr('logout'));
+  out.addEventListener('click', async () => {
+    ctx.live.stop('stopped');
+    await logout();
+    location.hash = '#/login';
+  });
+  const confirmBox = h('div', { class: 'confirm', hidden: true },
+    tr('delete_confirm', null, 'p'),
+    h('button', { type: 'button', class: 'danger', onclick: async () => {
+      ctx.live.stop('stopped');
+      await deleteAccount();
+      location.hash = '#/signup';
+    } }, tr('delete_yes')),
+    h('button', { type: 'button', class: 'ghost', onclick: () => (confirmBox.hidden = true) }, tr('cancel')));
+  const del = h('button', { type: 'button', class: 'ghost danger-text', onclick: () => {
+    confirmBox.hidden = false;
+    confirmBox.querySelector('button').focus();
+  } }, tr('delete_account'));
+  clear(mount).append(h('section', { class: 'page' },
+    tr('account', null, 'h1'),
+    h('div', { class: 'card' }, tr('signed_in_as', { user: me.username }, 'p'), since, h('div', { class: 'row' }, out, del), confirmBox)));
+  return { destroy() {} };
+}

@@ -1,0 +1,164 @@
+// The live connection: one WebSocket to /v1/ws, rooms subscribed with the
+// newest cursor seen, so every (re)connect resumes exactly where the last
+// frame left off: no gap, and (with the views' dedupe by id) no duplicate.
+//
+// Events (CustomEvent, detail = the frame or a state):
+//   'frame'  every server frame
+//   'state'  {state, attempt?, delay?}: connecting | live | reconnecting | kicked | ended | stopped
+//   'open'   after hello and the resubscriptions (pending sends go out again)
+
+import { accessToken, refresh } from './api.js';
+
+const TERMINAL = new Set(['kicked', 'ended', 'stopped']);
+const CURSOR_FRAMES = new Set(['message', 'member_joined', 'member_left', 'emotion', 'subscribed']);
+
+export class Live extends EventTarget {
+  constructor() {
+    super();
+    this.rooms = new Map(); // room_id -> {streams, cursor}
+    this.ws = null;
+    this.state = 'stopped';
+    this.attempt = 0;
+    this.timer = null;
+    this.helloed = false;
+    this.wasLive = false;
+  }
+
+  emitState(state, extra = {}) {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent('state', { detail: { state, ...extra } }));
+  }
+
+  start() {
+    if (this.ws || this.state === 'connecting') return;
+    this.connect();
+  }
+
+  /** Ends the connection for good (logout, kicked, session ended). */
+  stop(state = 'stopped') {
+    clearTimeout(this.timer);
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close(1000);
+    this.emitState(state);
+  }
+
+  connect() {
+    clearTimeout(this.timer);
+    const token = accessToken();
+    if (!token) {
+      refresh().then(() => this.connect(), (e) => (e.status === 401 ? this.stop('ended') : this.retry()));
+      return;
+    }
+    this.emitState(this.wasLive ? 'reconnecting' : 'connecting', { delay: 0 });
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const ws = new WebSocket(`${proto}//${location.host}/v1/ws?access_token=${encodeURIComponent(token)}`);
+    this.ws = ws;
+    this.helloed = false;
+    ws.onmessage = (ev) => this.onFrame(ws, ev.data);
+    ws.onclose = (ev) => this.onClose(ws, ev);
+  }
+
+  onClose(ws, ev) {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    if (TERMINAL.has(this.state)) return;
+    // Closed before hello: the token may have been refused (401 before the
+    // upgrade looks like 1006 to a page). Renew it before trying again.
+    if (!this.helloed) {
+      refresh().then(
+        () => this.retry(),
+        (e) => (e.status === 401 ? this.stop('ended') : this.retry()),
+      );
+    } else {
+      this.retry(ev.code);
+    }
+  }
+
+  retry() {
+    if (TERMINAL.has(this.state)) return;
+    this.attempt += 1;
+    const base = Math.min(15000, 500 * 2 ** Math.min(this.attempt - 1, 5));
+    const delay = Math.round(base * (0.75 + Math.random() * 0.5));
+    this.emitState('reconnecting', { delay, attempt: this.attempt });
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  onFrame(ws, data) {
+    if (ws !== this.ws) return;
+    let f;
+    try {
+      f = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (f.room_id && f.cursor && CURSOR_FRAMES.has(f.type)) {
+      const r = this.rooms.get(f.room_id);
+      if (r && (!r.cursor || f.cursor > r.cursor)) r.cursor = f.cursor;
+    }
+    switch (f.type) {
+      case 'hello': {
+        this.helloed = true;
+        const resumed = this.wasLive;
+        this.wasLive = true;
+        this.attempt = 0;
+        for (const [room_id, r] of this.rooms) this.subscribeFrame(room_id, r);
+        this.emitState('live', { resumed });
+        this.dispatchEvent(new CustomEvent('open'));
+        break;
+      }
+      case 'kicked':
+        this.stop('kicked');
+        break;
+      case 'session_ended':
+        this.dispatchEvent(new CustomEvent('frame', { detail: f }));
+        this.stop('ended');
+        return;
+      case 'error':
+        // A cursor the server no longer knows: start over from live.
+        if (f.code === 'invalid_cursor') {
+          for (const r of this.rooms.values()) r.cursor = null;
+          for (const [room_id, r] of this.rooms) this.subscribeFrame(room_id, r);
+          this.dispatchEvent(new CustomEvent('reset'));
+        }
+        break;
+    }
+    this.dispatchEvent(new CustomEvent('frame', { detail: f }));
+  }
+
+  subscribeFrame(room_id, r) {
+    const frame = { type: 'subscribe', room_id, streams: r.streams };
+    if (r.cursor) frame.since = r.cursor;
+    this.send(frame);
+  }
+
+  /** Follows a room on these streams, from `cursor` if given (else from now). */
+  watch(room_id, streams, cursor) {
+    const r = this.rooms.get(room_id) || { cursor: null };
+    r.streams = streams;
+    if (cursor && (!r.cursor || cursor > r.cursor)) r.cursor = cursor;
+    this.rooms.set(room_id, r);
+    if (this.isLive()) this.subscribeFrame(room_id, r);
+  }
+
+  unwatch(room_id) {
+    if (this.rooms.delete(room_id) && this.isLive()) this.send({ type: 'unsubscribe', room_id });
+  }
+
+  isLive() {
+    return !!this.ws && this.helloed && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  /** Sends a frame if the socket is live; false otherwise. */
+  send(frame) {
+    if (!this.isLive()) return false;
+    this.ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  /** Gives a live socket the renewed access token (contract v1.1 `auth`). */
+  renew() {
+    const token = accessToken();
+    if (token) this.send({ type: 'auth', access_token: token });
+  }
+}
