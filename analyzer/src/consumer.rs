@@ -37,6 +37,87 @@ const BATCH: usize = 64;
 /// something a reader notices.
 const LINGER: Duration = Duration::from_millis(20);
 
+/// Records read per step when looking back for the last emotion.
+const LOOK_BACK: u64 = 4096;
+
+/// Where the analyzer resumes in a partition without a committed offset,
+/// read from the log. The newest `EmotionRecorded` in the partition names
+/// the furthest message classified, M. Batches of a partition are handled
+/// one after another, each appending all its emotions before the next
+/// starts, so every message before M's batch is classified; that batch began
+/// at most [`BATCH`] − 1 records before M, and some of its emotions may be
+/// missing (a crash mid-append). So it resumes at the first message of
+/// `[M + 1 − BATCH, M]` with no emotion after it, else at M + 1: nothing
+/// classified is classified again, and nothing unclassified is skipped.
+/// With no emotion in the partition, 0. It reads back from the end in
+/// steps, so it costs about the unclassified tail, which the analyzer must
+/// read anyway.
+pub async fn resume_from_log(log: &dyn Log, topic: Topic, partition: u32) -> Result<u64, ConsumerError> {
+    let end = log.end_offset(topic, partition).await?;
+    let mut window_end = end;
+    while window_end > 0 {
+        let from = window_end.saturating_sub(LOOK_BACK);
+        let furthest = scan(log, topic, partition, from, window_end)
+            .await?
+            .classified
+            .into_iter()
+            .max();
+        if let Some(m) = furthest {
+            let start = (m + 1).saturating_sub(BATCH as u64);
+            let seen = scan(log, topic, partition, start, end).await?;
+            let first_missing = seen
+                .messages
+                .into_iter()
+                .filter(|o| *o <= m)
+                .find(|o| !seen.classified.contains(o));
+            return Ok(first_missing.unwrap_or(m + 1));
+        }
+        window_end = from;
+    }
+    Ok(0)
+}
+
+/// Messages, and messages with an emotion, among a partition's records.
+#[derive(Default)]
+struct Scanned {
+    /// Offsets of routed `MessagePosted` records, ascending.
+    messages: Vec<u64>,
+    /// Offsets (in this partition) of messages an `EmotionRecorded` names.
+    classified: std::collections::HashSet<u64>,
+}
+
+async fn scan(log: &dyn Log, topic: Topic, partition: u32, from: u64, end: u64) -> Result<Scanned, ConsumerError> {
+    let mut out = Scanned::default();
+    let mut next = from;
+    while next < end {
+        let entries = log
+            .fetch(
+                topic,
+                partition,
+                next,
+                (end - next).min(LOOK_BACK) as usize,
+                Duration::ZERO,
+            )
+            .await?;
+        let Some(last) = entries.last() else { break };
+        next = last.offset + 1;
+        for e in entries.iter().filter(|e| e.offset < end) {
+            match emosation_schemas::decode_routed(topic, &e.key, &e.value) {
+                Some(Record::MessagePosted(_)) => out.messages.push(e.offset),
+                Some(Record::EmotionRecorded(r)) => {
+                    if let Some(pos) = LogPosition::parse_id(&r.message_id)
+                        && pos.partition == partition
+                    {
+                        out.classified.insert(pos.offset);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The analyzer's consumer group.
 pub const GROUP: &str = "analyzer";
 
@@ -96,6 +177,26 @@ impl AnalyticsConsumer for Analyzer {
 
     fn linger(&self) -> Duration {
         LINGER
+    }
+
+    /// The group's offsets are gone (a new deployment, or Kafka expired them):
+    /// the log itself says how far the analyzer got. See [`resume_from_log`].
+    async fn resume_without_checkpoint(
+        &self,
+        log: &dyn Log,
+        topic: Topic,
+        partition: u32,
+    ) -> Result<u64, ConsumerError> {
+        let next = resume_from_log(log, topic, partition).await?;
+        if next > 0 {
+            tracing::info!(
+                group = GROUP,
+                partition,
+                next,
+                "no committed offset; resuming after the last classified message on the log"
+            );
+        }
+        Ok(next)
     }
 
     async fn handle_batch(&self, _topic: Topic, p: u32, entries: &[LogEntry]) -> Result<(), ConsumerError> {

@@ -123,6 +123,22 @@ pub trait AnalyticsConsumer: Send + Sync + 'static {
         Duration::ZERO
     }
 
+    /// Where a partition with no checkpoint starts, with [`Checkpoint::Log`]:
+    /// a new consumer's, or one whose group offsets the log dropped (Kafka
+    /// expires a group's offsets after `offsets.retention.minutes`, 7 days by
+    /// default, without a commit, which an idle partition does not make).
+    /// The default, 0, backfills the whole partition; a consumer whose
+    /// results on the log show how far it got overrides it, so an expiry
+    /// does not redo (and re-append) everything.
+    async fn resume_without_checkpoint(
+        &self,
+        _log: &dyn Log,
+        _topic: Topic,
+        _partition: u32,
+    ) -> Result<u64, ConsumerError> {
+        Ok(0)
+    }
+
     /// Handles consecutive records of one partition (never empty).
     async fn handle_batch(&self, topic: Topic, partition: u32, entries: &[LogEntry]) -> Result<(), ConsumerError>;
 }
@@ -168,7 +184,10 @@ async fn resume_point<C: AnalyticsConsumer + ?Sized>(
     partition: u32,
 ) -> Result<u64, ConsumerError> {
     Ok(match consumer.checkpoint() {
-        Checkpoint::Log => log.committed(consumer.group(), topic, partition).await?.unwrap_or(0),
+        Checkpoint::Log => match log.committed(consumer.group(), topic, partition).await? {
+            Some(next) => next,
+            None => consumer.resume_without_checkpoint(log, topic, partition).await?,
+        },
         Checkpoint::Views(views) => views.position(consumer.group(), topic, partition).await?,
     })
 }

@@ -7,7 +7,7 @@
 //! `/activity` hours.
 //!
 //! The Python packages are installed by the README's test command
-//! (`scripts/test`, which sets `EMOSATION_REQUIRE_PYTHON_EXAMPLES=1`); run
+//! (`scripts/test`, which sets `EMOSATION_REQUIRE_TEST_TOOLS=1`); run
 //! alone without them, the test says so and passes over them.
 
 mod common;
@@ -42,7 +42,7 @@ async fn python_ready() -> bool {
                 Err(e) => e.to_string(),
             };
             assert!(
-                std::env::var_os("EMOSATION_REQUIRE_PYTHON_EXAMPLES").is_none(),
+                std::env::var_os("EMOSATION_REQUIRE_TEST_TOOLS").is_none(),
                 "python3 with confluent-kafka and fastavro is required here: {why}"
             );
             eprintln!(
@@ -144,7 +144,10 @@ async fn a_python_consumer_decodes_the_log_and_agrees_with_the_views() {
         let mut complete = true;
         for (room, token) in rooms {
             let history = api.all_messages(token, room).await;
-            let emotions = api.get(&format!("/v1/rooms/{room}/emotions?limit=200"), token).await.expect(200);
+            let emotions = api
+                .get(&format!("/v1/rooms/{room}/emotions?limit=200"), token)
+                .await
+                .expect(200);
             let summary: BTreeMap<String, u64> = serde_json::from_value(emotions["summary"].clone()).unwrap();
             let activity = api.get(&format!("/v1/rooms/{room}/activity"), token).await.expect(200);
             let counted: u64 = activity["hours"]
@@ -215,9 +218,17 @@ async fn a_python_consumer_decodes_the_log_and_agrees_with_the_views() {
             .unwrap()
             .iter()
             .map(|(hour, h)| {
-                let emotions: u64 = h["emotions"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+                let emotions: u64 = h["emotions"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|v| v.as_u64().unwrap())
+                    .sum();
                 assert_eq!(Some(emotions), h["messages"].as_u64(), "{room} {hour}");
-                (hour.clone(), (h["messages"].as_u64().unwrap(), h["authors"].as_u64().unwrap()))
+                (
+                    hour.clone(),
+                    (h["messages"].as_u64().unwrap(), h["authors"].as_u64().unwrap()),
+                )
             })
             .collect();
         assert_eq!(by_hour, activity, "{room}: hours against /activity");
