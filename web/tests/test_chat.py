@@ -44,7 +44,7 @@ def test_two_people_chat_with_typing_and_emotions_and_a_third_finds_the_room_ful
     # Alice sees Bob arrive: the notice, the member list, the count.
     expect(a.locator(".timeline .notice")).to_contain_text("bob joined")
     expect(a.locator(".members li")).to_have_count(2)
-    expect(a.locator(".room-count")).to_have_text("2 / 2")
+    expect(a.locator(".room-count")).to_have_text("2 / 2 members")
 
     # Typing, both ways.
     b.locator("#composer").press_sequentially("I am so happy", delay=20)

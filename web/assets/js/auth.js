@@ -1,6 +1,6 @@
 // Log in and sign up, with the contract's rules checked as one types.
 
-import { h, clear } from './dom.js';
+import { h, clear, go } from './dom.js';
 import { t, tr, setTr, trAttrs } from './i18n.js';
 import { login, signup } from './api.js';
 
@@ -69,7 +69,7 @@ export function authView(mount, mode) {
       await login(username, pass.input.value);
       const next = sessionStorage.getItem('emosation.next');
       sessionStorage.removeItem('emosation.next');
-      location.hash = next || '#/rooms';
+      go(next || '#/rooms');
     } catch (err) {
       submit.disabled = false;
       if (err.code === 'username_taken') {

@@ -20,7 +20,7 @@ export function activityChart(hours, to = Date.now()) {
   }
   const total = slots.reduce((n, s) => n + s.messages, 0);
   const max = Math.max(1, ...slots.map((s) => s.messages));
-  const W = 240, H = 90, top = 8, base = 72, bw = W / 24;
+  const W = 240, H = 90, top = 12, base = 72, bw = W / 24;
   const locale = lang === 'ko' ? 'ko-KR' : 'en-GB';
   const hourLabel = (at) => new Date(at).toLocaleTimeString(locale, { hour: '2-digit', minute: '2-digit' });
   const svg = h('svg:svg', {
@@ -41,6 +41,8 @@ export function activityChart(hours, to = Date.now()) {
         new Date(s.at).toLocaleTimeString(locale, { hour: '2-digit' })));
     }
   });
-  if (max > 1) svg.append(h('svg:text', { x: W - 2, y: top + 2, class: 'tick', 'text-anchor': 'end' }, String(max)));
+  // The scale: a faint line at the tallest bar, labelled with its count.
+  svg.append(h('svg:line', { x1: 0, x2: W, y1: top + 0.5, y2: top + 0.5, class: 'guide' }));
+  svg.append(h('svg:text', { x: 0, y: top - 3, class: 'tick' }, String(max)));
   return svg;
 }

@@ -88,7 +88,7 @@ export class ChatRoom {
     this.startMarker = tr('start_of_room', null, 'p');
     this.startMarker.className = 'start-marker';
     this.startMarker.hidden = true;
-    this.scroller = h('div', { class: 'scroller', tabindex: '0' }, this.startMarker, this.olderBtn, this.timeline);
+    this.scroller = h('div', { class: 'scroller', tabindex: '0' }, h('div', { class: 'spacer' }), this.startMarker, this.olderBtn, this.timeline);
     this.scroller.addEventListener('scroll', () => this.onScroll());
     this.newPill = h('button', { type: 'button', class: 'new-pill', hidden: true, onclick: () => this.scrollToEnd() });
     setTr(this.newPill, 'new_messages');

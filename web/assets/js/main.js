@@ -1,7 +1,7 @@
 // The page: routes (#/login, #/signup, #/rooms, #/room/<id>, #/account),
 // the app shell, the connection status line and the session banners.
 
-import { h, clear, $ } from './dom.js';
+import { h, clear, $, go } from './dom.js';
 import { t, tr, setTr, setLang, lang } from './i18n.js';
 import * as api from './api.js';
 import { Live } from './socket.js';
@@ -94,6 +94,7 @@ live.addEventListener('state', (ev) => {
   const { state, delay, resumed } = ev.detail;
   clearTimeout(resumedTimer);
   if (state === 'connecting') setStatus('st_connecting', null, 'wait');
+  else if (state === 'resuming') setStatus('st_resuming', null, 'warn');
   else if (state === 'reconnecting') setStatus('st_reconnecting', { s: Math.ceil((delay || 0) / 1000) }, 'warn');
   else if (state === 'live') {
     if (resumed) {
@@ -132,8 +133,7 @@ api.onSession((kind, reason) => {
       banner.classList.add('ended');
     }
     dropShell();
-    location.hash = '#/login';
-    route();
+    go('#/login');
   }
 });
 

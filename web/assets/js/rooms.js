@@ -1,10 +1,15 @@
 // My rooms (the sidebar, live unread counts), the room directory, and the
 // account page.
 
-import { h, clear } from './dom.js';
+import { h, clear, go } from './dom.js';
 import { t, tr, setTr, trAttrs, fmtDate } from './i18n.js';
 import { api, logout, deleteAccount, currentUser } from './api.js';
 import { hue } from './chat.js';
+
+function muted(el) {
+  el.className = 'muted';
+  return el;
+}
 
 export class Sidebar {
   constructor(live, mount) {
@@ -101,7 +106,7 @@ export class Sidebar {
         h('a', { href: `#/room/${r.room_id}`, class: r.room_id === this.active ? 'active' : '', 'aria-current': r.room_id === this.active ? 'page' : null },
           h('span', { class: 'avatar room-av', 'aria-hidden': 'true', dataset: { hue: hue(r.name) } }, r.name.slice(0, 1).toUpperCase()),
           h('span', { class: 'room-line' }, h('span', { class: 'name' }, r.name),
-            h('span', { class: 'muted' }, t('members_n', { n: r.member_count }))),
+            muted(tr('members_n', { n: r.member_count }))),
           unread)));
     }
   }
@@ -140,7 +145,7 @@ export function directoryView(ctx, mount) {
     return h('li', { dataset: { roomId: r.room_id } },
       h('span', { class: 'avatar room-av', 'aria-hidden': 'true', dataset: { hue: hue(r.name) } }, r.name.slice(0, 1).toUpperCase()),
       h('span', { class: 'room-line' }, h('span', { class: 'name' }, r.name),
-        h('span', { class: 'muted' }, t('members_of', { n: r.member_count, cap: r.capacity }))),
+        muted(tr('members_of', { n: r.member_count, cap: r.capacity }))),
       msg, btn);
   };
   const render = () => {
@@ -203,15 +208,14 @@ export function accountView(ctx, mount) {
   const out = h('button', { type: 'button', class: 'primary', id: 'logout' }, tr('logout'));
   out.addEventListener('click', async () => {
     ctx.live.stop('stopped');
-    await logout();
-    location.hash = '#/login';
+    await logout(); // the session's end takes the page to #/login
   });
   const confirmBox = h('div', { class: 'confirm', hidden: true },
     tr('delete_confirm', null, 'p'),
     h('button', { type: 'button', class: 'danger', onclick: async () => {
       ctx.live.stop('stopped');
       await deleteAccount();
-      location.hash = '#/signup';
+      go('#/signup');
     } }, tr('delete_yes')),
     h('button', { type: 'button', class: 'ghost', onclick: () => (confirmBox.hidden = true) }, tr('cancel')));
   const del = h('button', { type: 'button', class: 'ghost danger-text', onclick: () => {

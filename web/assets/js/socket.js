@@ -4,7 +4,8 @@
 //
 // Events (CustomEvent, detail = the frame or a state):
 //   'frame'  every server frame
-//   'state'  {state, attempt?, delay?}: connecting | live | reconnecting | kicked | ended | stopped
+//   'state'  {state, attempt?, delay?, resumed?}: connecting | resuming | live |
+//            reconnecting (waiting `delay` ms) | kicked | ended | stopped
 //   'open'   after hello and the resubscriptions (pending sends go out again)
 
 import { accessToken, refresh } from './api.js';
@@ -50,7 +51,7 @@ export class Live extends EventTarget {
       refresh().then(() => this.connect(), (e) => (e.status === 401 ? this.stop('ended') : this.retry()));
       return;
     }
-    this.emitState(this.wasLive ? 'reconnecting' : 'connecting', { delay: 0 });
+    this.emitState(this.wasLive ? 'resuming' : 'connecting');
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const ws = new WebSocket(`${proto}//${location.host}/v1/ws?access_token=${encodeURIComponent(token)}`);
     this.ws = ws;
