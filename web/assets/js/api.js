@@ -4,7 +4,7 @@
 // localStorage so a reload (or a second tab) resumes the session; each tab
 // refreshes for its own access token, one tab at a time (Web Locks), always
 // with the newest refresh token, so rotating refresh tokens never sees a
-// reused one. Access tokens are renewed a minute before they expire.
+// reused one. Access tokens are renewed before they expire.
 
 const RT = 'emosation.refresh';
 const USER = 'emosation.user';
@@ -66,7 +66,8 @@ function store(tokens, user) {
   localStorage.setItem(RT, tokens.refresh_token);
   if (user) localStorage.setItem(USER, JSON.stringify(user));
   clearTimeout(renewTimer);
-  const ms = Math.max(5, (tokens.expires_in || 900) - 60) * 1000;
+  const ttl = tokens.expires_in || 900;
+  const ms = Math.max(ttl * 0.8, ttl - 60) * 1000; // before it expires, at most a minute early
   renewTimer = setTimeout(() => refresh().catch(() => {}), ms);
 }
 
