@@ -15,9 +15,11 @@
 //!
 //! It reads the core views to learn what the fold decided, so it first waits
 //! until the core projector has folded the batch (the core position of the
-//! partition passed it); its position is therefore never ahead of the core's. On Scylla, whose batches other readers may see
-//! half-written for milliseconds, a message found missing is looked up once
-//! more after a pause before it is taken as refused.
+//! partition passed it); its position is therefore never ahead of the core's.
+//! Every view store answers `position` only once a batch's entities are all
+//! readable (on Scylla, whose other readers may see a batch half-written, it
+//! is the batch's `materialized` watermark), so a message missing then was
+//! refused by the fold.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,8 +43,6 @@ const CORE_WAIT: Duration = Duration::from_secs(5);
 const CORE_POLL: Duration = Duration::from_millis(10);
 /// How long records accumulate between batches ([`AnalyticsConsumer::linger`]).
 const LINGER: Duration = Duration::from_millis(250);
-/// Before a missing message is looked up a second time (see the module doc).
-const RECHECK: Duration = Duration::from_millis(250);
 
 /// Per-room message counts (and distinct authors) by UTC hour, in the
 /// `activity` view ([`ViewStore::activity`]).
@@ -90,16 +90,7 @@ impl ActivityConsumer {
                 message_id: pos.to_id(),
             })
             .collect();
-        let mut found: Vec<bool> = self.views.load(&keys).await?.iter().map(Option::is_some).collect();
-        if found.iter().all(|f| *f) {
-            return Ok(found);
-        }
-        tokio::time::sleep(RECHECK).await;
-        let missing: Vec<usize> = (0..found.len()).filter(|i| !found[*i]).collect();
-        let again: Vec<ViewKey> = missing.iter().map(|i| keys[*i].clone()).collect();
-        for (i, v) in missing.into_iter().zip(self.views.load(&again).await?) {
-            found[i] = v.is_some();
-        }
+        let found: Vec<bool> = self.views.load(&keys).await?.iter().map(Option::is_some).collect();
         Ok(found)
     }
 }

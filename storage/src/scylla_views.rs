@@ -5,13 +5,16 @@
 //! docs/architecture.md, "The Scylla data model").
 //!
 //! # Writes
-//! Every entity write carries `USING TIMESTAMP` = the next offset of the log
-//! position its batch advances to (`rows::batch_timestamp`). Each entity is
-//! written only by records of one log partition, in offset order, so a later
-//! batch always wins over an earlier one, whatever order the cluster sees the
-//! writes in, and re-applying a batch writes the same cells with the same
-//! timestamps: it converges instead of duplicating. Deletions are `DELETE …
-//! USING TIMESTAMP` by the same rule.
+//! Every entity write carries `USING TIMESTAMP` = the consumer generation's
+//! base + the next offset of the log position its batch advances to
+//! ([`rows::Generation`]). Each entity is written only by records of one log
+//! partition, in offset order, so a later batch always wins over an earlier
+//! one, whatever order the cluster sees the writes in, and re-applying a batch
+//! writes the same cells with the same timestamps: it converges instead of
+//! duplicating. Deletions are `DELETE … USING TIMESTAMP` by the same rule.
+//! `clear` moves the consumer to a generation whose base is above every
+//! earlier write and above the time of its TRUNCATE, so a rebuild never
+//! depends on how TRUNCATE removes data.
 //!
 //! Scylla has no multi-partition transactions, so `apply` is a small redo log:
 //! 1. the batch's redo record (its changes, as written) goes to `redo`, in
@@ -19,15 +22,20 @@
 //! 2. the positions are committed in one single-partition write to
 //!    `positions` (atomic and isolated in Scylla), the first one naming the redo record;
 //! 3. the entities are written (up to [`IN_FLIGHT`] at once);
-//! 4. redo records of earlier batches are dropped.
+//! 4. the positions' `materialized` watermark is set: the batch's entities
+//!    are all written;
+//! 5. redo records of earlier batches are dropped.
 //!
 //! A crash before 2 leaves the views and positions as they were (nothing but
 //! an unreferenced redo record was written): the projector folds the records
 //! again from the old position against the old state. A crash after 2
 //! leaves the position advanced and the entities possibly half-written; before
 //! a consumer's positions are read ([`ViewStore::position`]) or advanced, the
-//! store re-writes each committed redo record ("settles" the consumer), which
-//! is idempotent by the timestamp rule. This is why the fold is *not* re-run
+//! store re-writes each committed redo record whose watermark lags ("settles"
+//! the consumer), which is idempotent by the timestamp rule. It settles once
+//! per process, and again after any `apply` that failed or was cancelled
+//! past its first write (a write timeout after the redo record would
+//! otherwise leave the position ahead of the entities for good). This is why the fold is *not* re-run
 //! for a half-applied batch: folding again against half-written state would
 //! not give the same changes (a join then quit in one batch would re-join).
 //! A plain LOGGED batch would give eventual atomicity too, but caps batch size
@@ -36,12 +44,16 @@
 //!
 //! Other readers (the query API) may see a batch half-written for the few
 //! milliseconds step 3 takes: Scylla isolates writes only within a partition.
+//! [`ViewStore::position`] answers the watermark, not the commit, so a
+//! process that waits for a position (the activity consumer, a fan-out node)
+//! finds every entity of the batches before it.
 //!
 //! # Consistency
 //! Reads and writes use LOCAL_QUORUM: a write acknowledged by a quorum of the
 //! local datacenter's replicas is seen by every later quorum read there
 //! (read-your-writes for the projector's decisions), and a datacenter loss does
-//! not block the other.
+//! not block the other. Which datacenter is local is the `local_dc` option of
+//! the URL; without it (one datacenter) the driver treats every node as local.
 //!
 //! # Layout
 //! - [`config`]: the `scylla://` URL ([`ScyllaConfig`]).
@@ -60,7 +72,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use emosation_core::bulk::BulkRows;
 use emosation_core::ids::{Topic, is_id};
-use emosation_core::ports::{StoreError, ViewBatch, ViewStore};
+use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
 use emosation_core::view::{
     ActivityView, EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
     table_owner,
@@ -71,6 +83,7 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::deserialize::row::DeserializeRow;
+use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchType};
@@ -79,7 +92,7 @@ use scylla::statement::unprepared::Statement;
 use tracing::{debug, info};
 
 pub use config::{BadScyllaUrl, Replication, ScyllaConfig};
-use rows::{Change, UNPOSITIONED, batch_timestamp, bucket_of, position_timestamp};
+use rows::{Change, Generation, bucket_of, digested_generation, position_timestamp, readable_position};
 
 use crate::consumer_partition_key;
 use crate::embedded_views::rebuilding_key;
@@ -98,9 +111,9 @@ const TRUNCATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on the process-local caches of index rows already written.
 const CACHE_LIMIT: usize = 1 << 20;
 
-/// `positions` as read: topic, partition, next offset, and the redo record's
-/// attempt, chunk count and write timestamp.
-type PositionRow = (String, i32, i64, Option<i64>, Option<i32>, Option<i64>);
+/// `positions` as read: topic, partition, next offset, the redo record's
+/// attempt, chunk count and write timestamp, and the materialized watermark.
+type PositionRow = (String, i32, i64, Option<i64>, Option<i32>, Option<i64>, Option<i64>);
 
 pub(crate) fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(e.to_string())
@@ -225,7 +238,6 @@ statements! {
     del_room_index = "DELETE FROM {ks}.rooms_by_id USING TIMESTAMP ? WHERE shard = ? AND room_id = ?";
     put_user_room = "INSERT INTO {ks}.user_rooms (user_id, room_id) VALUES (?, ?) USING TIMESTAMP ?";
     del_user_room = "DELETE FROM {ks}.user_rooms USING TIMESTAMP ? WHERE user_id = ? AND room_id = ?";
-    get_room_index = "SELECT room_id FROM {ks}.rooms_by_id WHERE shard = ? AND room_id = ?";
     put_bucket = "INSERT INTO {ks}.room_buckets (room_id, kind, bucket) VALUES (?, ?, ?) USING TIMESTAMP ?";
 
     // Queries.
@@ -240,11 +252,14 @@ statements! {
     activity_range = "SELECT entity FROM {ks}.activity WHERE room_id = ? AND hour >= ? AND hour < ?";
 
     // Consumers, positions, redo records.
-    get_consumer = "SELECT generation, rebuilding FROM {ks}.consumers WHERE consumer = ?";
-    set_generation = "UPDATE {ks}.consumers USING TIMESTAMP ? SET generation = ? WHERE consumer = ?";
+    get_consumer = "SELECT generation, rebuilding, base_ts FROM {ks}.consumers WHERE consumer = ?";
+    set_generation = "UPDATE {ks}.consumers USING TIMESTAMP ? SET generation = ?, base_ts = ? WHERE consumer = ?";
     set_rebuilding = "UPDATE {ks}.consumers USING TIMESTAMP ? SET rebuilding = ? WHERE consumer = ?";
-    get_position = "SELECT next_offset FROM {ks}.positions WHERE consumer = ? AND generation = ? AND topic = ? AND part = ?";
-    get_positions = "SELECT topic, part, next_offset, redo_attempt, redo_chunks, redo_ts FROM {ks}.positions WHERE consumer = ? AND generation = ?";
+    get_position = "SELECT next_offset, materialized FROM {ks}.positions WHERE consumer = ? AND generation = ? AND topic = ? AND part = ?";
+    get_positions = "SELECT topic, part, next_offset, redo_attempt, redo_chunks, redo_ts, materialized FROM {ks}.positions \
+                     WHERE consumer = ? AND generation = ?";
+    set_materialized = "UPDATE {ks}.positions USING TIMESTAMP ? SET materialized = ? WHERE consumer = ? AND generation = ? \
+                        AND topic = ? AND part = ?";
     put_position = "INSERT INTO {ks}.positions (consumer, generation, topic, part, next_offset, redo_attempt, redo_chunks, \
                     redo_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
     del_generation = "DELETE FROM {ks}.positions WHERE consumer = ? AND generation = ?";
@@ -342,16 +357,52 @@ struct Written {
     buckets: HashSet<(String, &'static str, i64)>,
 }
 
+/// Marks a consumer as needing to be settled again unless disarmed: armed
+/// before an `apply`'s first write, disarmed once its entities and watermark
+/// are written. Dropped armed (an error returned with `?`, or the `apply`
+/// future cancelled), it takes the consumer out of the settled set.
+struct Unsettled<'a> {
+    settled: &'a Mutex<HashSet<String>>,
+    consumer: &'a str,
+    armed: bool,
+}
+
+impl<'a> Unsettled<'a> {
+    fn arm(settled: &'a Mutex<HashSet<String>>, consumer: &'a str) -> Self {
+        Unsettled {
+            settled,
+            consumer,
+            armed: true,
+        }
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+            settled.remove(self.consumer);
+        }
+    }
+}
+
 pub struct ScyllaViewStore {
     session: Session,
     keyspace: String,
     q: Statements,
     /// Each consumer's generation: `clear` moves a consumer to a new one, so
-    /// its positions start empty without tombstones shadowing the small,
-    /// position-derived timestamps of the positions written after.
-    generations: Mutex<HashMap<String, i64>>,
-    /// Consumers whose committed redo records this process has re-applied.
-    settled: tokio::sync::Mutex<HashSet<String>>,
+    /// its positions start empty and its writes get timestamps above all
+    /// earlier ones ([`Generation`]).
+    generations: Mutex<HashMap<String, Generation>>,
+    /// Consumers whose committed redo records this process has re-applied,
+    /// and whose batches since have all completed ([`Unsettled`]).
+    settled: Mutex<HashSet<String>>,
+    /// One settling at a time.
+    settling: tokio::sync::Mutex<()>,
     written: Mutex<Written>,
 }
 
@@ -394,13 +445,24 @@ impl ScyllaViewStore {
     }
 
     pub async fn connect_with(config: ScyllaConfig) -> Result<ScyllaViewStore, StoreError> {
-        let profile = ExecutionProfile::builder()
-            .consistency(Consistency::LocalQuorum)
-            .build();
-        let builder = SessionBuilder::new()
+        let mut profile = ExecutionProfile::builder().consistency(Consistency::LocalQuorum);
+        if let Some(dc) = &config.local_dc {
+            // LOCAL_QUORUM's "local" is the preferred datacenter; no
+            // failover, so a quorum never silently moves to another one.
+            profile = profile.load_balancing_policy(
+                DefaultPolicy::builder()
+                    .prefer_datacenter(dc.clone())
+                    .permit_dc_failover(false)
+                    .build(),
+            );
+        }
+        let mut builder = SessionBuilder::new()
             .known_nodes(&config.nodes)
             .connection_timeout(config.connect_timeout)
-            .default_execution_profile_handle(profile.into_handle());
+            .default_execution_profile_handle(profile.build().into_handle());
+        if let Some(c) = &config.credentials {
+            builder = builder.user(c.user.clone(), c.password.clone());
+        }
         let session = tokio::time::timeout(config.connect_timeout, builder.build())
             .await
             .map_err(|_| {
@@ -419,7 +481,8 @@ impl ScyllaViewStore {
             keyspace: config.keyspace,
             q,
             generations: Mutex::new(HashMap::new()),
-            settled: tokio::sync::Mutex::new(HashSet::new()),
+            settled: Mutex::new(HashSet::new()),
+            settling: tokio::sync::Mutex::new(()),
             written: Mutex::new(Written::default()),
         })
     }
@@ -613,71 +676,123 @@ impl ScyllaViewStore {
         Ok(())
     }
 
-    async fn generation(&self, consumer: &str) -> Result<i64, StoreError> {
+    async fn generation(&self, consumer: &str) -> Result<Generation, StoreError> {
         if let Some(g) = self.generations.lock().map_err(storage)?.get(consumer) {
             return Ok(*g);
         }
-        let row: Option<(Option<i64>, Option<bool>)> = self.one(&self.q.get_consumer, (consumer,)).await?;
-        let g = row.and_then(|(g, _)| g).unwrap_or(0);
+        let row: Option<(Option<i64>, Option<bool>, Option<i64>)> = self.one(&self.q.get_consumer, (consumer,)).await?;
+        let g = match row {
+            Some((number, _, base)) => Generation {
+                number: number.unwrap_or(0),
+                base: base.unwrap_or(0),
+            },
+            None => Generation::FIRST,
+        };
         self.generations.lock().map_err(storage)?.insert(consumer.to_owned(), g);
         Ok(g)
     }
 
-    /// Re-applies the committed redo record of each of `consumer`'s positions,
-    /// once per process, before its positions are read or advanced: a batch
-    /// whose position committed but whose entities were cut short by a crash is
-    /// thereby completed.
+    fn is_settled(&self, consumer: &str) -> Result<bool, StoreError> {
+        Ok(self.settled.lock().map_err(storage)?.contains(consumer))
+    }
+
+    /// Step 4 of `apply`: the batch's entities are all written.
+    async fn mark_materialized(
+        &self,
+        consumer: &str,
+        generation: Generation,
+        positions: &[(Topic, u32, u64)],
+        ts: i64,
+    ) -> Result<(), StoreError> {
+        all_done!(positions, 16, |(topic, part, next)| self.exec(
+            &self.q.set_materialized,
+            (
+                ts,
+                position_timestamp(*next),
+                consumer,
+                generation.number,
+                topic.name(),
+                *part as i32
+            ),
+        ));
+        Ok(())
+    }
+
+    /// Re-applies the committed redo record of each of `consumer`'s positions
+    /// whose `materialized` watermark lags its commit, then sets the
+    /// watermark: a batch whose position committed but whose entities were
+    /// cut short (a crash, a write timeout, a cancelled `apply`) is thereby
+    /// completed. Runs before the consumer's positions are read or advanced,
+    /// once per process and again after a failed `apply` ([`Unsettled`]).
     async fn settle(&self, consumer: &str) -> Result<(), StoreError> {
-        let mut settled = self.settled.lock().await;
-        if settled.contains(consumer) {
+        if self.is_settled(consumer)? {
+            return Ok(());
+        }
+        let _one_at_a_time = self.settling.lock().await;
+        if self.is_settled(consumer)? {
             return Ok(());
         }
         let generation = self.generation(consumer).await?;
-        let rows: Vec<PositionRow> = self.all(&self.q.get_positions, (consumer, generation)).await?;
-        for (topic, part, next, attempt, chunks, ts) in rows {
-            let (Some(attempt), Some(chunks)) = (attempt, chunks) else {
-                continue;
-            };
-            if chunks <= 0 {
+        let rows: Vec<PositionRow> = self.all(&self.q.get_positions, (consumer, generation.number)).await?;
+        for (topic, part, next, attempt, chunks, ts, materialized) in rows {
+            if materialized == Some(next) {
                 continue;
             }
-            let mut parts: Vec<(i32, Vec<u8>)> = self
-                .all(&self.q.get_redo, (consumer, generation, &topic, part, next, attempt))
-                .await?;
-            parts.sort_by_key(|(i, _)| *i);
-            if parts.len() != chunks as usize || parts.iter().enumerate().any(|(i, (c, _))| *c as usize != i) {
-                // A projector in another process may have moved on and
-                // dropped this record since we read the position: then it
-                // was fully written, and there is nothing to do.
-                let now: Option<(Option<i64>,)> = self
-                    .one(&self.q.get_position, (consumer, generation, &topic, part))
+            let ts = ts.unwrap_or_else(|| generation.timestamp(offset_of("positions", next).unwrap_or(0)));
+            if let (Some(attempt), Some(chunks)) = (attempt, chunks)
+                && chunks > 0
+            {
+                let mut parts: Vec<(i32, Vec<u8>)> = self
+                    .all(
+                        &self.q.get_redo,
+                        (consumer, generation.number, &topic, part, next, attempt),
+                    )
                     .await?;
-                if now.and_then(|(n,)| n) != Some(next) {
-                    continue;
+                parts.sort_by_key(|(i, _)| *i);
+                if parts.len() != chunks as usize || parts.iter().enumerate().any(|(i, (c, _))| *c as usize != i) {
+                    // A projector in another process may have moved on and
+                    // dropped this record since we read the position: then it
+                    // was fully written, and there is nothing to do.
+                    let now: Option<(Option<i64>, Option<i64>)> = self
+                        .one(&self.q.get_position, (consumer, generation.number, &topic, part))
+                        .await?;
+                    if now.and_then(|(n, _)| n) != Some(next) {
+                        continue;
+                    }
+                    return Err(corrupt(
+                        "redo",
+                        format!(
+                            "{consumer} {topic}/{part}@{next}: expected {chunks} chunks, found {}",
+                            parts.len()
+                        ),
+                    ));
                 }
-                return Err(corrupt(
-                    "redo",
-                    format!(
-                        "{consumer} {topic}/{part}@{next}: expected {chunks} chunks, found {}",
-                        parts.len()
-                    ),
-                ));
+                let raw: Vec<u8> = parts.into_iter().flat_map(|(_, d)| d).collect();
+                let changes = rows::decode_redo(&raw).map_err(|e| corrupt("redo", e))?;
+                debug!(consumer, topic = %topic, part, next, changes = changes.len(), "re-applying committed redo record");
+                self.materialize(&changes, ts).await?;
             }
-            let raw: Vec<u8> = parts.into_iter().flat_map(|(_, d)| d).collect();
-            let changes = rows::decode_redo(&raw).map_err(|e| corrupt("redo", e))?;
-            let ts = ts.unwrap_or(next);
-            debug!(consumer, topic = %topic, part, next, changes = changes.len(), "re-applying committed redo record");
-            self.materialize(&changes, ts).await?;
+            self.exec(
+                &self.q.set_materialized,
+                (ts, next, consumer, generation.number, &topic, part),
+            )
+            .await?;
         }
-        settled.insert(consumer.to_owned());
+        self.settled.lock().map_err(storage)?.insert(consumer.to_owned());
         Ok(())
     }
 
     /// Steps 1 and 2 of `apply`: the redo record, then the positions that
     /// commit it, in one single-partition batch.
-    async fn commit(&self, batch: &ViewBatch, changes: &[Change], ts: i64) -> Result<i64, StoreError> {
+    async fn commit(
+        &self,
+        batch: &ViewBatch,
+        changes: &[Change],
+        generation: Generation,
+        ts: i64,
+    ) -> Result<(), StoreError> {
         let consumer = batch.consumer.as_str();
-        let generation = self.generation(consumer).await?;
+        let generation_number = generation.number;
         let (topic0, part0, next0) = batch.positions[0];
         let (topic0, part0, next0) = (topic0.name(), part0 as i32, position_timestamp(next0));
         let redo = if changes.is_empty() {
@@ -689,7 +804,17 @@ impl ScyllaViewStore {
         let attempt = now_micros();
         all_done!(chunks.iter().enumerate(), 16, |(i, data)| self.exec(
             &self.q.put_redo,
-            (consumer, generation, topic0, part0, next0, attempt, i as i32, *data, ts),
+            (
+                consumer,
+                generation_number,
+                topic0,
+                part0,
+                next0,
+                attempt,
+                i as i32,
+                *data,
+                ts
+            ),
         ));
         let values: Vec<_> = batch
             .positions
@@ -701,17 +826,16 @@ impl ScyllaViewStore {
                 } else {
                     (None, 0, None)
                 };
-                let next = position_timestamp(*next);
                 (
                     consumer,
-                    generation,
+                    generation_number,
                     topic.name(),
                     *part as i32,
-                    next,
+                    position_timestamp(*next),
                     redo_attempt,
                     redo_chunks,
                     redo_ts,
-                    next,
+                    generation.timestamp(*next),
                 )
             })
             .collect();
@@ -726,29 +850,7 @@ impl ScyllaViewStore {
             b.set_is_idempotent(true);
             self.session.batch(&b, &values).await.map_err(storage)?;
         }
-        Ok(generation)
-    }
-
-    /// The rebuilt views are written with timestamps from offset 0 up, far
-    /// older than the truncation. That is sound because Scylla's TRUNCATE
-    /// drops data by SSTable age, not by cell timestamp; were it ever done
-    /// with a tombstone (scylladb/scylladb#11230 proposes it), every rebuilt
-    /// entity would be shadowed. A canary row at timestamp 1, outside the
-    /// listed shard of `rooms_by_id`, turns that into an error here.
-    async fn check_truncate_keeps_old_timestamps(&self) -> Result<(), StoreError> {
-        const CANARY_SHARD: i32 = -1;
-        const CANARY: &str = "truncate-canary";
-        self.exec(&self.q.put_room_index, (CANARY_SHARD, CANARY, 1i64)).await?;
-        let seen: Option<(String,)> = self.one(&self.q.get_room_index, (CANARY_SHARD, CANARY)).await?;
-        self.exec(&self.q.del_room_index, (1i64, CANARY_SHARD, CANARY)).await?;
-        match seen {
-            Some(_) => Ok(()),
-            None => Err(StoreError::Storage(
-                "a row written after TRUNCATE with an old timestamp is invisible: this Scylla truncates with \
-                 a tombstone, which would shadow the rebuilt views; the Scylla view store cannot clear them"
-                    .into(),
-            )),
-        }
+        Ok(())
     }
 
     async fn member_list(&self, rooms_and_users: Vec<(String, String)>) -> Result<Vec<MemberView>, StoreError> {
@@ -905,23 +1007,32 @@ impl ViewStore for ScyllaViewStore {
             let raw = v.as_ref().map(postcard::to_allocvec).transpose().map_err(storage)?;
             changes.push((k.clone(), raw));
         }
-        let ts = batch_timestamp(&batch.positions);
+        let generation = self.generation(&batch.consumer).await?;
+        let ts = generation.batch_timestamp(&batch.positions);
         if batch.positions.is_empty() {
             // Replay's position-less batches: nothing to commit; an interrupted
             // replay is known by its rebuilding mark, not by positions.
             return self.materialize(&changes, ts).await;
         }
-        self.settle(&batch.consumer).await?;
-        let generation = self.commit(&batch, &changes, ts).await?;
+        let consumer = batch.consumer.as_str();
+        self.settle(consumer).await?;
+        // From the first write on, a failure (or this future dropped) may
+        // leave the position committed ahead of the entities: the consumer is
+        // settled again before its positions are next read or advanced.
+        let unsettled = Unsettled::arm(&self.settled, consumer);
+        self.commit(&batch, &changes, generation, ts).await?;
         self.materialize(&changes, ts).await?;
+        self.mark_materialized(consumer, generation, &batch.positions, ts)
+            .await?;
+        unsettled.disarm();
         // Earlier batches' redo records of this partition are spent.
         let (topic, part, next) = batch.positions[0];
         self.exec(
             &self.q.del_redo_before,
             (
                 ts,
-                batch.consumer.as_str(),
-                generation,
+                consumer,
+                generation.number,
                 topic.name(),
                 part as i32,
                 position_timestamp(next),
@@ -933,16 +1044,14 @@ impl ViewStore for ScyllaViewStore {
     async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError> {
         self.settle(consumer).await?;
         let generation = self.generation(consumer).await?;
-        let row: Option<(Option<i64>,)> = self
+        let row: Option<(Option<i64>, Option<i64>)> = self
             .one(
                 &self.q.get_position,
-                (consumer, generation, topic.name(), partition as i32),
+                (consumer, generation.number, topic.name(), partition as i32),
             )
             .await?;
-        match row.and_then(|(n,)| n) {
-            Some(n) => offset_of("positions", n),
-            None => Ok(0),
-        }
+        let (next, materialized) = row.unwrap_or((None, None));
+        offset_of("positions", readable_position(next, materialized))
     }
 
     async fn user(&self, user_id: &str) -> Result<Option<UserView>, StoreError> {
@@ -1069,19 +1178,30 @@ impl ViewStore for ScyllaViewStore {
     }
 
     /// Moves `consumer` to a new generation (its positions read 0 at once),
-    /// then truncates its tables (the core views', or the activity table). Not atomic: callers
-    /// bracket it with [`ViewStore::set_rebuilding`], as replay does.
-    /// TRUNCATE needs every node up, and snapshots the tables first when
-    /// Scylla's `auto_snapshot` is on (the default).
+    /// truncates its tables (the core views', or the activity table), then
+    /// sets the generation's timestamp base above the truncate's time and
+    /// every earlier write ([`Generation::next`]). Not atomic: callers bracket
+    /// it with [`ViewStore::set_rebuilding`], as replay does. TRUNCATE needs
+    /// every node up, and snapshots the tables first when Scylla's
+    /// `auto_snapshot` is on (the default).
     async fn clear(&self, consumer: &str) -> Result<(), StoreError> {
         let old = self.generation(consumer).await?;
-        let new = old + 1;
-        self.exec(&self.q.set_generation, (now_micros(), new, consumer)).await?;
+        let rows: Vec<PositionRow> = self.all(&self.q.get_positions, (consumer, old.number)).await?;
+        let highest = rows
+            .iter()
+            .map(|(_, _, next, ..)| offset_of("positions", *next))
+            .collect::<Result<Vec<u64>, _>>()?
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let set = |g: Generation| self.exec(&self.q.set_generation, (now_micros(), g.number, g.base, consumer));
+        let provisional = old.next(highest, now_micros());
+        set(provisional).await?;
         self.generations
             .lock()
             .map_err(storage)?
-            .insert(consumer.to_owned(), new);
-        self.settled.lock().await.insert(consumer.to_owned());
+            .insert(consumer.to_owned(), provisional);
+        self.settled.lock().map_err(storage)?.insert(consumer.to_owned());
         let tables = schema::tables_of(consumer);
         if !tables.is_empty() {
             for table in tables {
@@ -1092,14 +1212,21 @@ impl ViewStore for ScyllaViewStore {
                 self.session.query_unpaged(truncate, &[]).await.map_err(storage)?;
             }
             *self.written.lock().map_err(storage)? = Written::default();
-            self.check_truncate_keeps_old_timestamps().await?;
+            let generation = Generation {
+                number: provisional.number,
+                base: provisional.base.max(now_micros() + 1),
+            };
+            set(generation).await?;
+            self.generations
+                .lock()
+                .map_err(storage)?
+                .insert(consumer.to_owned(), generation);
         }
         // The old generation's rows are unreachable now; drop them.
-        let rows: Vec<PositionRow> = self.all(&self.q.get_positions, (consumer, old)).await?;
         for (topic, part, ..) in rows {
-            self.exec(&self.q.del_redo, (consumer, old, topic, part)).await?;
+            self.exec(&self.q.del_redo, (consumer, old.number, topic, part)).await?;
         }
-        self.exec(&self.q.del_generation, (consumer, old)).await
+        self.exec(&self.q.del_generation, (consumer, old.number)).await
     }
 
     async fn ingest(&self, rows: BulkRows) -> Result<(), StoreError> {
@@ -1109,7 +1236,10 @@ impl ViewStore for ScyllaViewStore {
                 .ok_or_else(|| storage(format!("bulk row {i} of {table} is not a write-once key")))?;
             changes.push((key, Some(value.to_vec())));
         }
-        self.materialize(&changes, UNPOSITIONED).await
+        // Bulk rows are a replay's, of the core views: at their generation's
+        // base, below every live write.
+        let ts = self.generation(CORE_VIEWS).await?.batch_timestamp(&[]);
+        self.materialize(&changes, ts).await
     }
 
     async fn set_rebuilding(&self, consumer: &str, on: bool) -> Result<(), StoreError> {
@@ -1131,21 +1261,18 @@ impl ViewStore for ScyllaViewStore {
         }
         let mut positions = Vec::new();
         let consumers: Vec<(String, Option<i64>, Option<bool>)> = self.all(&self.q.scan_consumers, ()).await?;
-        for (consumer, generation, rebuilding) in consumers.into_iter().filter(|(c, ..)| c == wanted) {
-            let rows: Vec<PositionRow> = self
-                .all(&self.q.get_positions, (consumer.as_str(), generation.unwrap_or(0)))
-                .await?;
-            for (topic, part, next, ..) in rows {
-                let topic = Topic::from_name(&topic).ok_or_else(|| corrupt("positions", format!("topic {topic}")))?;
-                let part = u32::try_from(part).map_err(|_| corrupt("positions", format!("partition {part}")))?;
-                positions.push((
-                    consumer_partition_key(&consumer, topic, part),
-                    offset_of("positions", next)?.to_be_bytes().to_vec(),
-                ));
-            }
-            if rebuilding == Some(true) {
-                positions.push((rebuilding_key(&consumer), vec![1u8]));
-            }
+        let (generation, rebuilding) = digested_generation(wanted, &consumers);
+        let rows: Vec<PositionRow> = self.all(&self.q.get_positions, (wanted, generation)).await?;
+        for (topic, part, next, ..) in rows {
+            let topic = Topic::from_name(&topic).ok_or_else(|| corrupt("positions", format!("topic {topic}")))?;
+            let part = u32::try_from(part).map_err(|_| corrupt("positions", format!("partition {part}")))?;
+            positions.push((
+                consumer_partition_key(wanted, topic, part),
+                offset_of("positions", next)?.to_be_bytes().to_vec(),
+            ));
+        }
+        if rebuilding {
+            positions.push((rebuilding_key(wanted), vec![1u8]));
         }
         named.push(("positions", positions));
         Ok(rows::digest(named))
@@ -1441,6 +1568,51 @@ mod tests {
                 (EMOTIONS, bucket_of("0003000000000001"))
             ]
         );
+    }
+
+    /// `settle` ran once per process: an `apply` that failed after its
+    /// position committed (a write timeout on an entity, which the driver
+    /// does not retry) left the position ahead of the entities, and every
+    /// later batch of the process built on it. Now a failed or cancelled
+    /// apply leaves the consumer to be settled again.
+    #[test]
+    fn an_apply_that_fails_after_its_first_write_is_settled_again() {
+        let settled = Mutex::new(HashSet::from(["core".to_owned(), "activity".to_owned()]));
+        {
+            let _failed = Unsettled::arm(&settled, "core");
+            // `?` returned here: the guard drops armed.
+        }
+        assert!(
+            !settled.lock().unwrap().contains("core"),
+            "settled again before the next batch"
+        );
+        assert!(
+            settled.lock().unwrap().contains("activity"),
+            "other consumers untouched"
+        );
+
+        settled.lock().unwrap().insert("core".to_owned());
+        Unsettled::arm(&settled, "core").disarm();
+        assert!(
+            settled.lock().unwrap().contains("core"),
+            "a completed apply keeps it settled"
+        );
+
+        // A cancelled apply (its future dropped mid-write) too.
+        let fut = async {
+            let guard = Unsettled::arm(&settled, "core");
+            std::future::pending::<()>().await;
+            guard.disarm();
+        };
+        let mut fut = Box::pin(fut);
+        let waker = std::task::Waker::noop();
+        assert!(
+            fut.as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+                .is_pending()
+        );
+        drop(fut);
+        assert!(!settled.lock().unwrap().contains("core"));
     }
 
     #[test]

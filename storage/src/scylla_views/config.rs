@@ -1,11 +1,17 @@
 //! The `scylla://` URL: contact points, keyspace, replication, connect timeout.
 //!
-//! `scylla://host[:port][,host[:port]…][/keyspace][?option&…]` with options
+//! `scylla://[user:password@]host[:port][,host[:port]…][/keyspace][?option&…]`
+//! (credentials for the cluster's password authenticator) with options
 //! - `rf=N`: `NetworkTopologyStrategy` with N replicas in every datacenter
 //!   (the default, N = 1, is for development);
 //! - `dc.NAME=N` (repeatable): `NetworkTopologyStrategy` with N replicas in datacenter NAME;
 //! - `simple_rf=N`: `SimpleStrategy`, only for old clusters without the
 //!   `replication_factor` shorthand of `NetworkTopologyStrategy`;
+//! - `local_dc=NAME`: the datacenter this process is in. LOCAL_QUORUM and
+//!   the driver's routing take "local" from it; without it the driver treats
+//!   every node as local, so a "local" quorum may span datacenters and lose
+//!   read-your-writes. Required when `dc.NAME` names more than one
+//!   datacenter, and must be one of them;
 //! - `connect_timeout_ms=N`: how long connecting may take (default 10 s).
 //!
 //! `SimpleStrategy` is not the development default because ScyllaDB
@@ -26,6 +32,41 @@ pub struct ScyllaConfig {
     pub keyspace: String,
     pub replication: Replication,
     pub connect_timeout: Duration,
+    /// The datacenter whose replicas are local (`local_dc`).
+    pub local_dc: Option<String>,
+    /// User and password for the cluster's authenticator.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user and password; `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The URL as it may be shown: the password replaced.
+fn redacted(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}{user}:<redacted>@{hosts}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// The keyspace's replication, used only when the keyspace is created.
@@ -54,7 +95,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 impl ScyllaConfig {
     pub fn parse(url: &str) -> Result<ScyllaConfig, BadScyllaUrl> {
         let bad = |reason: &str| BadScyllaUrl {
-            url: url.to_owned(),
+            url: redacted(url),
             reason: reason.to_owned(),
         };
         let rest = match url.split_once("://") {
@@ -65,6 +106,24 @@ impl ScyllaConfig {
         let (rest, query) = match rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
+        };
+        let (credentials, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, hosts)) => {
+                let (user, password) = userinfo
+                    .split_once(':')
+                    .ok_or_else(|| bad("credentials are user:password@"))?;
+                if user.is_empty() {
+                    return Err(bad("the user must not be empty"));
+                }
+                (
+                    Some(Credentials {
+                        user: user.to_owned(),
+                        password: password.to_owned(),
+                    }),
+                    hosts,
+                )
+            }
+            None => (None, rest),
         };
         let (hosts, keyspace) = match rest.split_once('/') {
             Some((h, k)) if !k.is_empty() => (h, k),
@@ -85,6 +144,8 @@ impl ScyllaConfig {
             keyspace: keyspace.to_owned(),
             replication: Replication::Uniform { factor: 1 },
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            local_dc: None,
+            credentials,
         };
         let mut uniform = None;
         let mut simple = None;
@@ -102,12 +163,17 @@ impl ScyllaConfig {
                 }
                 let n = number().ok_or_else(|| bad("a datacenter's replica count must be a positive number"))?;
                 datacenters.push((dc.to_owned(), n));
+            } else if name == "local_dc" {
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+                    return Err(bad("local_dc is letters, digits, '_', '-' or '.'"));
+                }
+                config.local_dc = Some(value.to_owned());
             } else if name == "connect_timeout_ms" {
                 let ms = number().ok_or_else(|| bad("connect_timeout_ms must be a positive number"))?;
                 config.connect_timeout = Duration::from_millis(ms.into());
             } else {
                 return Err(bad(
-                    "unknown option (known: rf, dc.NAME, simple_rf, connect_timeout_ms)",
+                    "unknown option (known: rf, dc.NAME, simple_rf, local_dc, connect_timeout_ms)",
                 ));
             }
         }
@@ -118,6 +184,19 @@ impl ScyllaConfig {
             (None, None, false) => Replication::PerDatacenter { datacenters },
             _ => return Err(bad("rf, simple_rf and dc.NAME exclude each other")),
         };
+        if let Replication::PerDatacenter { datacenters } = &config.replication {
+            match &config.local_dc {
+                Some(local) if !datacenters.iter().any(|(dc, _)| dc == local) => {
+                    return Err(bad("local_dc must be one of the dc.NAME datacenters"));
+                }
+                None if datacenters.len() > 1 => {
+                    return Err(bad(
+                        "with several datacenters, local_dc must name this process's (LOCAL_QUORUM would otherwise span them)",
+                    ));
+                }
+                _ => {}
+            }
+        }
         Ok(config)
     }
 }
@@ -216,7 +295,7 @@ mod tests {
             "{'class': 'SimpleStrategy', 'replication_factor': 2}"
         );
 
-        let n = ScyllaConfig::parse("scylla://h/ks?dc.eu-west=3&dc.us_east=2").unwrap();
+        let n = ScyllaConfig::parse("scylla://h/ks?dc.eu-west=3&dc.us_east=2&local_dc=us_east").unwrap();
         assert_eq!(
             n.replication,
             Replication::PerDatacenter {
@@ -227,6 +306,37 @@ mod tests {
             n.replication.to_cql(),
             "{'class': 'NetworkTopologyStrategy', 'eu-west': 3, 'us_east': 2}"
         );
+    }
+
+    #[test]
+    fn parses_the_local_datacenter_and_credentials() {
+        let c = ScyllaConfig::parse("scylla://app:s3cr:et@h1,h2/ks?dc.eu=3&dc.us=3&local_dc=eu").unwrap();
+        assert_eq!(c.local_dc.as_deref(), Some("eu"));
+        assert_eq!(c.nodes, ["h1:9042", "h2:9042"]);
+        let creds = c.credentials.clone().unwrap();
+        assert_eq!((creds.user.as_str(), creds.password.as_str()), ("app", "s3cr:et"));
+        assert!(!format!("{c:?}").contains("s3cr"), "Debug hides the password");
+        // One datacenter: local_dc is optional.
+        assert_eq!(ScyllaConfig::parse("scylla://h/ks?dc.eu=3").unwrap().local_dc, None);
+        assert_eq!(
+            ScyllaConfig::parse("scylla://h/ks?rf=3&local_dc=dc1")
+                .unwrap()
+                .local_dc
+                .as_deref(),
+            Some("dc1")
+        );
+        // Several without local_dc, or a local_dc not among them, are refused.
+        for url in [
+            "scylla://h/ks?dc.eu=3&dc.us=3",
+            "scylla://h/ks?dc.eu=3&dc.us=3&local_dc=ap",
+        ] {
+            assert!(ScyllaConfig::parse(url).is_err(), "{url}");
+        }
+        // A refused URL never shows its password.
+        let err = ScyllaConfig::parse("scylla://app:hunter2@h/ks?colour=blue").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(ScyllaConfig::parse("scylla://:pw@h").is_err());
+        assert!(ScyllaConfig::parse("scylla://nopassword@h").is_err());
     }
 
     #[test]

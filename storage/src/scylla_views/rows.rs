@@ -12,11 +12,6 @@ use sha2::{Digest, Sha256};
 /// busy room is usually one bucket read.
 pub(crate) const BUCKET_BITS: u32 = 18;
 
-/// The timestamp of writes that carry no log position (bulk loads, and the
-/// position-less batches a replay writes into freshly truncated tables): below
-/// every positioned write, so any later live write wins.
-pub(crate) const UNPOSITIONED: i64 = 0;
-
 /// Redo records are stored in chunks of at most this many bytes, below
 /// Scylla's large-cell warning (1 MB) and far below its mutation size limit.
 pub(crate) const REDO_CHUNK: usize = 512 * 1024;
@@ -35,26 +30,95 @@ pub(crate) fn bucket_of(message_id: &str) -> i64 {
     }
 }
 
-/// The write timestamp of a position: the next offset itself. Each entity is
-/// written only by records of one log partition (the fold's locality rule),
-/// in offset order, so a later batch always carries a larger timestamp than an
-/// earlier one for every entity they share, and a re-applied batch carries the
-/// same one. Offsets are below 2^48, far from overflowing.
+/// A position as stored in `positions.next_offset` (offsets are below 2^48).
 pub(crate) fn position_timestamp(next_offset: u64) -> i64 {
     i64::try_from(next_offset).unwrap_or(i64::MAX)
 }
 
-/// The write timestamp of a batch: that of its greatest position, or
-/// [`UNPOSITIONED`]. Every caller passes the one partition its changes came
-/// from; with several, the greatest still orders each partition's own
-/// batches as long as a batch never mixes partitions that share entities
-/// (they never do).
-pub(crate) fn batch_timestamp(positions: &[(Topic, u32, u64)]) -> i64 {
-    positions
+/// A consumer's generation: `clear` moves the consumer to the next one, so
+/// its positions start empty, and its writes to a new, higher range of
+/// timestamps.
+///
+/// Every write of a generation is timestamped `base + next offset` of the
+/// position its batch advances to. Each entity is written only by records of
+/// one log partition (the fold's locality rule), in offset order, so a later
+/// batch always carries a larger timestamp than an earlier one for every
+/// entity they share, and a re-applied batch carries the same one: it
+/// converges instead of duplicating. Position-less writes (bulk loads, a
+/// replay's batches into freshly cleared tables) are at `base` itself, below
+/// every positioned write of the generation.
+///
+/// The base of a new generation is above every timestamp the old one can
+/// have written and above the wall clock after the clear's TRUNCATE, so
+/// every entity the rebuild writes wins, however TRUNCATE removes data: were
+/// it a tombstone at the time of the truncate (scylladb/scylladb#11230
+/// proposes it), or a pre-truncate write replayed late from a hint. (An old
+/// cell the rebuild does not rewrite is removed by TRUNCATE: today by
+/// dropping its SSTables; as a tombstone, as long as its timestamp is below
+/// the truncate's, i.e. the partition's offsets since the previous clear do
+/// not outnumber the microseconds since it.) Generation 0 (stores written
+/// before bases existed) has base 0: their timestamps are the offsets
+/// themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Generation {
+    pub(crate) number: i64,
+    pub(crate) base: i64,
+}
+
+impl Generation {
+    pub(crate) const FIRST: Generation = Generation { number: 0, base: 0 };
+
+    /// The timestamp of the writes of a batch that advances to `next_offset`.
+    pub(crate) fn timestamp(self, next_offset: u64) -> i64 {
+        self.base.saturating_add(position_timestamp(next_offset))
+    }
+
+    /// The timestamp of a batch: that of its greatest position, or the base
+    /// for a position-less batch. Every caller passes the one partition its
+    /// changes came from; with several, the greatest still orders each
+    /// partition's own batches as long as a batch never mixes partitions that
+    /// share entities (they never do).
+    pub(crate) fn batch_timestamp(self, positions: &[(Topic, u32, u64)]) -> i64 {
+        positions
+            .iter()
+            .map(|(_, _, next)| self.timestamp(*next))
+            .max()
+            .unwrap_or(self.base)
+    }
+
+    /// The generation `clear` moves to, given the greatest next offset among
+    /// this generation's positions and the wall clock (µs) once its tables
+    /// are truncated.
+    pub(crate) fn next(self, highest_next: u64, now_micros: i64) -> Generation {
+        Generation {
+            number: self.number + 1,
+            base: now_micros
+                .saturating_add(1)
+                .max(self.timestamp(highest_next).saturating_add(1)),
+        }
+    }
+}
+
+/// The position a reader may rely on: the batch's entities are all written.
+/// `materialized` is written after a batch's entities, `next_offset` before
+/// them (it commits the batch); rows written before the watermark existed
+/// have none and are taken as written.
+pub(crate) fn readable_position(next_offset: Option<i64>, materialized: Option<i64>) -> i64 {
+    let next = next_offset.unwrap_or(0);
+    materialized.map_or(next, |m| m.min(next))
+}
+
+/// Which generation of `wanted` the checksum digests, and whether its
+/// rebuilding mark is set, from the `consumers` rows. A consumer with no
+/// row (never cleared nor marked) is at generation 0 with its positions all
+/// the same: the digest must not depend on whether the row exists.
+pub(crate) fn digested_generation(wanted: &str, consumers: &[(String, Option<i64>, Option<bool>)]) -> (i64, bool) {
+    consumers
         .iter()
-        .map(|(_, _, next)| position_timestamp(*next))
-        .max()
-        .unwrap_or(UNPOSITIONED)
+        .find(|(c, ..)| c == wanted)
+        .map_or((0, false), |(_, generation, rebuilding)| {
+            (generation.unwrap_or(0), *rebuilding == Some(true))
+        })
 }
 
 /// Rebuilds a key from its table and canonical bytes ([`ViewKey::encode`]).
@@ -190,12 +254,105 @@ mod tests {
 
     #[test]
     fn timestamps_come_from_positions() {
-        assert_eq!(batch_timestamp(&[]), UNPOSITIONED);
-        assert_eq!(batch_timestamp(&[(Topic::Rooms, 3, 61)]), 61);
-        assert_eq!(batch_timestamp(&[(Topic::Rooms, 3, 61), (Topic::Accounts, 0, 1)]), 61);
-        assert!(position_timestamp(1) > UNPOSITIONED, "a live write beats a bulk load");
-        assert!(position_timestamp(62) > position_timestamp(61));
-        assert_eq!(position_timestamp(u64::MAX), i64::MAX);
+        let g = Generation::FIRST;
+        assert_eq!(g.batch_timestamp(&[]), 0);
+        assert_eq!(g.batch_timestamp(&[(Topic::Rooms, 3, 61)]), 61);
+        assert_eq!(g.batch_timestamp(&[(Topic::Rooms, 3, 61), (Topic::Accounts, 0, 1)]), 61);
+        assert!(
+            g.timestamp(1) > g.batch_timestamp(&[]),
+            "a live write beats a bulk load"
+        );
+        assert!(g.timestamp(62) > g.timestamp(61));
+        assert_eq!(g.timestamp(u64::MAX), i64::MAX);
+        let later = Generation { number: 3, base: 1_000 };
+        assert_eq!(later.batch_timestamp(&[]), 1_000);
+        assert_eq!(later.batch_timestamp(&[(Topic::Rooms, 0, 5)]), 1_005);
+    }
+
+    /// Cell resolution as Scylla does it: the greatest timestamp wins, and
+    /// on equal timestamps a deletion wins over a write.
+    #[derive(Default)]
+    struct Cell {
+        writes: Vec<(i64, bool)>,
+    }
+
+    impl Cell {
+        fn write(&mut self, ts: i64) {
+            self.writes.push((ts, true));
+        }
+        fn delete(&mut self, ts: i64) {
+            self.writes.push((ts, false));
+        }
+        fn visible(&self) -> bool {
+            self.writes
+                .iter()
+                .max_by_key(|(ts, live)| (*ts, !*live))
+                .is_some_and(|(_, live)| *live)
+        }
+    }
+
+    /// The old TRUNCATE canary wrote and deleted one row at timestamp 1 on
+    /// every clear: from the second clear on, the first clear's deletion
+    /// (equal timestamp, so it wins) hid the new canary and `clear` failed.
+    /// Generations need no canary: what a rebuild writes wins over a
+    /// tombstone-based truncate and over late pre-truncate writes, however
+    /// many clears came before.
+    #[test]
+    fn rebuilt_views_win_over_truncation_on_every_clear() {
+        let mut canary = Cell::default();
+        canary.write(1);
+        canary.delete(1);
+        canary.write(1);
+        assert!(!canary.visible(), "the defect: a second clear's canary is invisible");
+
+        let mut g = Generation::FIRST;
+        let mut now = 1_795_000_000_000_000i64;
+        let mut cell = Cell::default();
+        for round in 0..5u64 {
+            // The generation writes the cell up to a high offset, and a
+            // write is still in flight (a hint) when the clear comes.
+            let highest = 1_000_000 * (round + 1);
+            cell.write(g.timestamp(highest));
+            let late = g.timestamp(highest - 1);
+            // TRUNCATE as a tombstone at the wall clock, an hour later.
+            now += 3_600_000_000;
+            cell.delete(now);
+            let next = g.next(highest, now);
+            assert!(next.number > g.number && next.base > now.max(g.timestamp(highest)));
+            g = next;
+            cell.write(late);
+            assert!(!cell.visible(), "round {round}: nothing old survives the clear");
+            cell.write(g.batch_timestamp(&[]));
+            assert!(cell.visible(), "round {round}: the rebuild's bulk write is visible");
+            cell.delete(g.timestamp(7));
+            assert!(!cell.visible(), "round {round}: and a later live deletion wins");
+        }
+    }
+
+    #[test]
+    fn readers_see_positions_whose_entities_are_written() {
+        assert_eq!(readable_position(Some(10), Some(10)), 10);
+        // Committed, entities still being written (or the writer crashed):
+        // readers stay at the last fully written batch.
+        assert_eq!(readable_position(Some(10), Some(6)), 6);
+        // Rows from before the watermark existed.
+        assert_eq!(readable_position(Some(10), None), 10);
+        assert_eq!(readable_position(None, None), 0);
+    }
+
+    /// The checksum read positions only of consumers with a `consumers` row,
+    /// written by `clear` or `set_rebuilding` alone: a store that was never
+    /// rebuilt digested no positions, unlike the embedded store.
+    #[test]
+    fn a_consumer_without_a_row_is_digested_at_generation_zero() {
+        assert_eq!(digested_generation("core", &[]), (0, false));
+        let rows = vec![
+            ("activity".to_owned(), Some(4), Some(true)),
+            ("core".to_owned(), None, Some(false)),
+        ];
+        assert_eq!(digested_generation("core", &rows), (0, false));
+        assert_eq!(digested_generation("activity", &rows), (4, true));
+        assert_eq!(digested_generation("analyzer", &rows), (0, false));
     }
 
     fn every_kind_of_key() -> Vec<ViewKey> {

@@ -66,8 +66,28 @@ const MIGRATION_2: &[&str] = &[
      PRIMARY KEY (room_id, hour)) WITH CLUSTERING ORDER BY (hour ASC)",
 ];
 
+/// Migration 3: each consumer generation's timestamp base (`clear` sets it
+/// above every earlier write, so rebuilds do not depend on how TRUNCATE
+/// removes data); the `materialized` watermark of each position (written
+/// after a batch's entities, read by other processes as "written"); and
+/// tombstones of spent redo records collected after `gc_grace_seconds`
+/// even where the keyspace's default is repair-based collection (tablets).
+const MIGRATION_3: &[&str] = &[
+    "ALTER TABLE {ks}.consumers ADD base_ts bigint",
+    "ALTER TABLE {ks}.positions ADD materialized bigint",
+    "ALTER TABLE {ks}.redo WITH tombstone_gc = {'mode': 'timeout'} AND gc_grace_seconds = 3600",
+];
+
 /// All migrations, in order; the position in this list + 1 is the version.
-const MIGRATIONS: &[&[&str]] = &[MIGRATION_1, MIGRATION_2];
+const MIGRATIONS: &[&[&str]] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
+
+/// Whether a schema statement failed only because it had been applied
+/// already (`ALTER TABLE … ADD` has no `IF NOT EXISTS`): nodes migrating
+/// together, or a migration interrupted halfway, then converge.
+pub(crate) fn already_applied(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("conflicts with an existing column") || e.contains("already exists")
+}
 
 /// The tables `clear(consumer)` truncates.
 pub(crate) fn tables_of(consumer: &str) -> &'static [&'static str] {
@@ -142,7 +162,12 @@ pub(crate) async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<
             continue;
         }
         for s in *statements {
-            ddl(session, s.replace("{ks}", ks)).await?;
+            match ddl(session, s.replace("{ks}", ks)).await {
+                Err(StoreError::Storage(e)) if already_applied(&e) => {}
+                r => {
+                    r?;
+                }
+            }
         }
         session
             .query_unpaged(
@@ -154,4 +179,24 @@ pub(crate) async fn migrate(session: &Session, config: &ScyllaConfig) -> Result<
         info!(keyspace = %ks, version, "applied view store migration");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_column_added_twice_is_already_applied() {
+        // What Scylla answers to a repeated `ALTER TABLE … ADD`.
+        assert!(already_applied(
+            "schema statement failed (ALTER TABLE ks.consumers ADD base_ts bigint): Database returned an error: \
+             The query is syntactically correct but invalid, Error message: Invalid column name base_ts because it \
+             conflicts with an existing column"
+        ));
+        assert!(!already_applied("Database returned an error: Unauthorized"));
+        // Every migration after the first only adds to what exists.
+        for statement in MIGRATION_3 {
+            assert!(statement.starts_with("ALTER TABLE {ks}."), "{statement}");
+        }
+    }
 }
