@@ -71,6 +71,7 @@ export class ChatRoom {
     this.live.removeEventListener('reset', this.onReset);
     document.removeEventListener('visibilitychange', this.onVisible);
     clearInterval(this.typingTimer);
+    if (this.langOff) this.langOff();
     for (const p of this.pending.values()) clearTimeout(p.timer);
   }
 
@@ -162,6 +163,8 @@ export class ChatRoom {
   }
 
   start() {
+    // A view left while a request was in flight stays down.
+    if (this.destroyed) return;
     this.live.addEventListener('frame', this.onFrame);
     this.live.addEventListener('open', this.onOpen);
     this.live.addEventListener('reset', this.onReset);

@@ -141,7 +141,11 @@ function translate(el) {
 }
 
 const listeners = new Set();
-export const onLangChange = (f) => listeners.add(f);
+/** Calls f(lang) on every switch; returns the function that stops it. */
+export function onLangChange(f) {
+  listeners.add(f);
+  return () => listeners.delete(f);
+}
 
 export function setLang(l) {
   if (!DICTS[l]) return;
