@@ -80,7 +80,15 @@ def test_two_people_chat_with_typing_and_emotions_and_a_third_finds_the_room_ful
     b.locator(".switch").click()
     expect(b.locator(".timeline .badge").first).to_be_visible()
 
-    # Screenshots for docs/: desktop, then phone width.
+    # A little more conversation for the screenshot in docs/.
+    send(b, "Don't worry, I checked: sunny all weekend. I can't wait!")
+    send(b, "Ugh, but I hate the sand in the car, it is so gross.")
+    send(a, "Wow, really? What a surprise, the forecast said rain!")
+    expect(a.locator(".timeline .msg .badge")).to_have_count(6)
+    expect(a.locator(".activity .chart .bar title").filter(has_text="6 messages")).to_have_count(1, timeout=10000)
+    a.locator("#composer").press_sequentially("See you", delay=10)
+    b.locator("#composer").press_sequentially("Bring snacks", delay=10)
+    expect(a.locator(".typing")).to_contain_text("bob is typing")
     a.wait_for_timeout(400)
     a.screenshot(path=str(DOCS / "web-chat-desktop.png"))
 

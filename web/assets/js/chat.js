@@ -57,7 +57,7 @@ export class ChatRoom {
     this.onReset = () => this.reloadHistory();
     this.onVisible = () => this.markRead();
     this.refreshMood = debounce(() => this.loadMood(), 700);
-    this.refreshActivity = debounce(() => this.loadActivity(), 2500);
+    this.refreshActivity = debounce(() => this.loadActivity(), 1200);
     this.markReadSoon = debounce(() => this.markRead(), 300);
     this.typingTimer = setInterval(() => this.renderTyping(), 1000);
     this.render();
@@ -427,6 +427,9 @@ export class ChatRoom {
     if (!text) return;
     this.input.value = '';
     this.autosize();
+    // Others drop our typing mark when this message arrives: typing again
+    // right away is news.
+    this.lastTypingSent = 0;
     const id = newClientMsgId();
     const status = h('span', { class: 'delivery' });
     const li = h('li', { class: 'msg mine pending', dataset: { cmid: id } },
