@@ -18,12 +18,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("EMOSATION_BIN", ROOT / "target" / "debug" / "emosation"))
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 DOCS = ROOT / "docs"
 PASSWORD = "correct horse battery"
+
+# The machine may be busy building (2 cores shared with cargo): give
+# assertions that wait for the page more room than Playwright's 5 s.
+expect.set_options(timeout=15_000)
 
 
 def free_port():

@@ -6,6 +6,14 @@ import { t, tr, setTr, trAttrs, fmtDate } from './i18n.js';
 import { api, logout, deleteAccount, currentUser } from './api.js';
 import { hue } from './chat.js';
 
+// A link to the page one is on reloads its list (a hash link alone would not).
+function refreshIfHere(e) {
+  if (location.hash === '#/rooms') {
+    e.preventDefault();
+    go('#/rooms');
+  }
+}
+
 function muted(el) {
   el.className = 'muted';
   return el;
@@ -20,7 +28,7 @@ export class Sidebar {
     this.empty = tr('no_rooms', null, 'p');
     this.empty.className = 'muted small-note';
     this.el = h('nav', { class: 'sidebar', 'aria-labelledby': 'my-rooms-h' },
-      h('div', { class: 'side-head' }, tr('my_rooms', null, 'h2'), h('a', { href: '#/rooms', class: 'ghost small' }, tr('find_rooms'))),
+      h('div', { class: 'side-head' }, tr('my_rooms', null, 'h2'), h('a', { href: '#/rooms', class: 'ghost small', onclick: refreshIfHere }, tr('find_rooms'))),
       this.list, this.empty);
     this.el.querySelector('h2').id = 'my-rooms-h';
     mount.append(this.el);
