@@ -19,8 +19,10 @@
 //! Scylla has no multi-partition transactions, so `apply` is a small redo log:
 //! 1. the batch's redo record (its changes, as written) goes to `redo`, in
 //!    chunks, under a fresh attempt id;
-//! 2. the positions are committed in one single-partition write to
-//!    `positions` (atomic and isolated in Scylla), the first one naming the redo record;
+//! 2. the positions are committed in one single-partition compare-and-set
+//!    (LWT) on `positions` (atomic and isolated in Scylla), the first one
+//!    naming the redo record; each moves only from where this store last saw
+//!    it, which fences a second writer of the consumer;
 //! 3. the entities are written (up to [`IN_FLIGHT`] at once);
 //! 4. the positions' `materialized` watermark is set: the batch's entities
 //!    are all written;
@@ -86,13 +88,17 @@ use scylla::deserialize::row::DeserializeRow;
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::Consistency;
+use scylla::statement::SerialConsistency;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::unprepared::Statement;
+use scylla::value::{CqlValue, Row};
 use tracing::{debug, info};
 
 pub use config::{BadScyllaUrl, Replication, ScyllaConfig};
-use rows::{Change, Generation, bucket_of, digested_generation, position_timestamp, readable_position};
+use rows::{
+    Change, Expect, Generation, bucket_of, digested_generation, expectation, position_timestamp, readable_position,
+};
 
 use crate::consumer_partition_key;
 use crate::embedded_views::rebuilding_key;
@@ -260,8 +266,11 @@ statements! {
                      WHERE consumer = ? AND generation = ?";
     set_materialized = "UPDATE {ks}.positions USING TIMESTAMP ? SET materialized = ? WHERE consumer = ? AND generation = ? \
                         AND topic = ? AND part = ?";
-    put_position = "INSERT INTO {ks}.positions (consumer, generation, topic, part, next_offset, redo_attempt, redo_chunks, \
-                    redo_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    // Compare-and-set (LWT) commits: no USING TIMESTAMP (Paxos picks it).
+    cas_insert_position = "INSERT INTO {ks}.positions (consumer, generation, topic, part, next_offset, redo_attempt, \
+                           redo_chunks, redo_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS";
+    cas_update_position = "UPDATE {ks}.positions SET next_offset = ?, redo_attempt = ?, redo_chunks = ?, redo_ts = ? \
+                           WHERE consumer = ? AND generation = ? AND topic = ? AND part = ? IF next_offset = ?";
     del_generation = "DELETE FROM {ks}.positions WHERE consumer = ? AND generation = ?";
     put_redo = "INSERT INTO {ks}.redo (consumer, generation, topic, part, next_offset, attempt, chunk, data) \
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
@@ -403,6 +412,10 @@ pub struct ScyllaViewStore {
     settled: Mutex<HashSet<String>>,
     /// One settling at a time.
     settling: tokio::sync::Mutex<()>,
+    /// Each (consumer, topic, partition)'s committed next offset as this
+    /// store last read or wrote it (`None` after a commit that may or may
+    /// not have landed): what the next commit compares against.
+    seen: Mutex<HashMap<(String, Topic, u32), Option<u64>>>,
     written: Mutex<Written>,
 }
 
@@ -428,6 +441,17 @@ fn corrupt(table: &'static str, reason: impl Into<String>) -> StoreError {
     }
 }
 
+/// Whether a conditional statement (or batch) applied: its first column,
+/// `[applied]`. When it did not, Scylla adds the current values after it.
+fn lwt_applied(result: scylla::response::query_result::QueryResult) -> Result<bool, StoreError> {
+    let rows = result.into_rows_result().map_err(storage)?;
+    let row: Option<Row> = rows.maybe_first_row::<Row>().map_err(storage)?;
+    Ok(matches!(
+        row.and_then(|r| r.columns.into_iter().next().flatten()),
+        Some(CqlValue::Boolean(true))
+    ))
+}
+
 fn limit_of(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -445,7 +469,9 @@ impl ScyllaViewStore {
     }
 
     pub async fn connect_with(config: ScyllaConfig) -> Result<ScyllaViewStore, StoreError> {
-        let mut profile = ExecutionProfile::builder().consistency(Consistency::LocalQuorum);
+        let mut profile = ExecutionProfile::builder()
+            .consistency(Consistency::LocalQuorum)
+            .serial_consistency(Some(SerialConsistency::LocalSerial));
         if let Some(dc) = &config.local_dc {
             // LOCAL_QUORUM's "local" is the preferred datacenter; no
             // failover, so a quorum never silently moves to another one.
@@ -474,7 +500,11 @@ impl ScyllaViewStore {
             })?
             .map_err(|e| StoreError::Storage(format!("cannot connect to scylla at {}: {e}", config.nodes.join(","))))?;
         schema::migrate(&session, &config).await?;
-        let q = Statements::prepare(&session, &config.keyspace).await?;
+        let mut q = Statements::prepare(&session, &config.keyspace).await?;
+        // A compare-and-set retried after a timeout may find its own write
+        // and report a conflict: leave retries to the store's caller.
+        q.cas_insert_position.set_is_idempotent(false);
+        q.cas_update_position.set_is_idempotent(false);
         info!(keyspace = %config.keyspace, nodes = %config.nodes.join(","), "scylla view store ready");
         Ok(ScyllaViewStore {
             session,
@@ -483,6 +513,7 @@ impl ScyllaViewStore {
             generations: Mutex::new(HashMap::new()),
             settled: Mutex::new(HashSet::new()),
             settling: tokio::sync::Mutex::new(()),
+            seen: Mutex::new(HashMap::new()),
             written: Mutex::new(Written::default()),
         })
     }
@@ -816,39 +847,84 @@ impl ScyllaViewStore {
                 ts
             ),
         ));
-        let values: Vec<_> = batch
-            .positions
-            .iter()
-            .enumerate()
-            .map(|(i, (topic, part, next))| {
-                let (redo_attempt, redo_chunks, redo_ts) = if i == 0 {
-                    (Some(attempt), chunks.len() as i32, Some(ts))
-                } else {
-                    (None, 0, None)
-                };
-                (
-                    consumer,
-                    generation_number,
-                    topic.name(),
-                    *part as i32,
-                    position_timestamp(*next),
-                    redo_attempt,
-                    redo_chunks,
-                    redo_ts,
-                    generation.timestamp(*next),
-                )
-            })
-            .collect();
-        if values.len() == 1 {
-            self.exec(&self.q.put_position, &values[0]).await?;
-        } else {
-            // All rows of one partition (the consumer's): atomic and isolated.
-            let mut b = Batch::new(BatchType::Unlogged);
-            for _ in &values {
-                b.append_statement(self.q.put_position.clone());
+        // Each position moves only from where this store last saw it (a
+        // compare-and-set): a second writer of the consumer — an old
+        // projector still running in a rolling deploy — finds it moved,
+        // writes no entity, and re-reads.
+        let expected: Vec<Expect> = {
+            let seen = self.seen.lock().map_err(storage)?;
+            batch
+                .positions
+                .iter()
+                .map(|(topic, part, _)| expectation(seen.get(&(consumer.to_owned(), *topic, *part))).map_err(storage))
+                .collect::<Result<_, _>>()?
+        };
+        let mut statements = Vec::with_capacity(batch.positions.len());
+        let mut values: Vec<Vec<Option<CqlValue>>> = Vec::with_capacity(batch.positions.len());
+        for (i, ((topic, part, next), expected)) in batch.positions.iter().zip(&expected).enumerate() {
+            let (redo_attempt, redo_chunks, redo_ts) = if i == 0 {
+                (Some(attempt), chunks.len() as i32, Some(ts))
+            } else {
+                (None, 0, None)
+            };
+            let key = [
+                Some(CqlValue::Text(consumer.to_owned())),
+                Some(CqlValue::BigInt(generation_number)),
+                Some(CqlValue::Text(topic.name().to_owned())),
+                Some(CqlValue::Int(*part as i32)),
+            ];
+            let set = [
+                Some(CqlValue::BigInt(position_timestamp(*next))),
+                redo_attempt.map(CqlValue::BigInt),
+                Some(CqlValue::Int(redo_chunks)),
+                redo_ts.map(CqlValue::BigInt),
+            ];
+            match expected {
+                Expect::Absent => {
+                    statements.push(&self.q.cas_insert_position);
+                    values.push(key.into_iter().chain(set).collect());
+                }
+                Expect::At(v) => {
+                    statements.push(&self.q.cas_update_position);
+                    let was = Some(CqlValue::BigInt(position_timestamp(*v)));
+                    values.push(set.into_iter().chain(key).chain([was]).collect());
+                }
             }
-            b.set_is_idempotent(true);
-            self.session.batch(&b, &values).await.map_err(storage)?;
+        }
+        let result = if values.len() == 1 {
+            self.session.execute_unpaged(statements[0], &values[0]).await
+        } else {
+            // All rows of one partition (the consumer's): one Paxos round.
+            let mut b = Batch::new(BatchType::Logged);
+            for s in &statements {
+                b.append_statement((*s).clone());
+            }
+            self.session.batch(&b, &values).await
+        };
+        let keys = batch.positions.iter().map(|(t, p, _)| (consumer.to_owned(), *t, *p));
+        let applied = match result.map_err(storage).and_then(lwt_applied) {
+            Ok(applied) => applied,
+            Err(e) => {
+                // It may or may not have landed: re-read before more.
+                let mut seen = self.seen.lock().map_err(storage)?;
+                for k in keys {
+                    seen.insert(k, None);
+                }
+                return Err(e);
+            }
+        };
+        let mut seen = self.seen.lock().map_err(storage)?;
+        if !applied {
+            for k in keys {
+                seen.insert(k, None);
+            }
+            return Err(storage(format!(
+                "{consumer}: positions moved since this store read them (another writer of the consumer?); \
+                 re-reading them"
+            )));
+        }
+        for ((_, _, next), k) in batch.positions.iter().zip(keys) {
+            seen.insert(k, Some(*next));
         }
         Ok(())
     }
@@ -1051,6 +1127,11 @@ impl ViewStore for ScyllaViewStore {
             )
             .await?;
         let (next, materialized) = row.unwrap_or((None, None));
+        let committed = offset_of("positions", next.unwrap_or(0))?;
+        self.seen
+            .lock()
+            .map_err(storage)?
+            .insert((consumer.to_owned(), topic, partition), Some(committed));
         offset_of("positions", readable_position(next, materialized))
     }
 
@@ -1202,6 +1283,7 @@ impl ViewStore for ScyllaViewStore {
             .map_err(storage)?
             .insert(consumer.to_owned(), provisional);
         self.settled.lock().map_err(storage)?.insert(consumer.to_owned());
+        self.seen.lock().map_err(storage)?.retain(|(c, ..), _| c != consumer);
         let tables = schema::tables_of(consumer);
         if !tables.is_empty() {
             for table in tables {

@@ -21,6 +21,16 @@
 //! single server gets; `BENCH_KAFKA_CPU` pins the broker elsewhere);
 //! `KAFKA_OPTIONS` adds librdkafka properties to the
 //! log URL (e.g. `fetch.wait.max.ms=5`).
+//!
+//! `gateway` is the docker-compose gateway carrying sockets: Debian's nginx
+//! with the deployment's own `deploy/nginx/nginx.conf` (its backends.conf
+//! pointing at 127.0.0.1) in front of the same distributed deployment with
+//! two fan-out nodes. `GATEWAY_CONNS` (16,000) WebSockets are opened through
+//! it, all subscribed to one room, then `GATEWAY_MESSAGES` (20) messages are
+//! posted through it at 10/s; it reports how fast sockets opened, how they
+//! spread over the nodes, nginx's memory per socket, and every delivery's
+//! latency (0 lost expected). The old gateway (`events {}`: one worker, 512
+//! connections) carried about 250.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -378,15 +388,16 @@ mod raw {
 }
 
 /// Opens `n` connections (with the JWT check) as fast as the server accepts
-/// them, 256 handshakes at a time. Returns them and how long it took.
-async fn open_raw(addr: &str, token: &str, n: usize) -> anyhow::Result<(Vec<tokio::net::TcpStream>, f64)> {
+/// them, 256 handshakes at a time, taking the tokens in turn. Returns them
+/// and how long it took.
+async fn open_raw(addr: &str, tokens: &[&str], n: usize) -> anyhow::Result<(Vec<tokio::net::TcpStream>, f64)> {
     let t = Instant::now();
     let mut conns = Vec::with_capacity(n);
     let mut pending = futures_util::stream::FuturesUnordered::new();
     let mut opened = 0;
     while opened < n || !pending.is_empty() {
         while opened < n && pending.len() < 256 {
-            pending.push(raw::connect(addr, token));
+            pending.push(raw::connect(addr, tokens[opened % tokens.len()]));
             opened += 1;
         }
         if let Some(r) = pending.next().await {
@@ -463,7 +474,7 @@ impl Deployment {
     /// API; HTTP setup goes here) + `fanouts` × `emosation fanout`, every
     /// process pinned to `BENCH_CLUSTER_CPU` (default `BENCH_SERVER_CPU`),
     /// the broker to `BENCH_KAFKA_CPU` if set.
-    async fn distributed(analyzer: &str, fanouts: usize) -> anyhow::Result<Deployment> {
+    async fn distributed(analyzer: &str, fanouts: usize, extra: &[&str]) -> anyhow::Result<Deployment> {
         let cpu = std::env::var("BENCH_CLUSTER_CPU")
             .or_else(|_| std::env::var("BENCH_SERVER_CPU"))
             .ok();
@@ -484,7 +495,9 @@ impl Deployment {
             "--ws-queue-frames",
             "4096",
         ];
-        let mut args = common.to_vec();
+        let mut common = common.to_vec();
+        common.extend(extra);
+        let mut args = common.clone();
         args.extend(["--analyzer", analyzer]);
         let core = ServerProcess::spawn("serve", &args, cpu).await?;
         let mut nodes = Vec::new();
@@ -536,7 +549,9 @@ async fn main() -> anyhow::Result<()> {
         // (as when the analyzer runs as its own service).
         let analyzer: String = env("BENCH_ANALYZER", "true".to_owned());
         let deployment = match name {
-            "room1k_2nodes" => Deployment::distributed(&analyzer, 2).await?,
+            "room1k_2nodes" => Deployment::distributed(&analyzer, 2, &[]).await?,
+            // Raw clients answer no pings: a long idle timeout keeps them.
+            "gateway" => Deployment::distributed(&analyzer, 2, &["--ws-idle-timeout-secs", "600"]).await?,
             _ => Deployment::single(&analyzer).await?,
         };
         let server = &deployment.core;
@@ -591,12 +606,12 @@ async fn main() -> anyhow::Result<()> {
                 // runtime keep once connections exist (arenas, timer wheel,
                 // tables), and memory freed during set-up that they would
                 // otherwise reuse unseen. Per connection is the marginal cost.
-                let mut conns = open_raw(&addr, &rt, warmup).await?.0;
+                let mut conns = open_raw(&addr, &[&rt], warmup).await?.0;
                 subscribe_raw(&mut conns, &rooms[0]).await?;
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let before = rss_kb(pid);
                 let cpu_before = cpu_us(pid);
-                let (mut more, connect_secs) = open_raw(&addr, &rt, n).await?;
+                let (mut more, connect_secs) = open_raw(&addr, &[&rt], n).await?;
                 let server_cpu_us = cpu_us(pid).saturating_sub(cpu_before);
                 subscribe_raw(&mut more, &rooms[0]).await?;
                 conns.extend(more);
@@ -625,9 +640,257 @@ async fn main() -> anyhow::Result<()> {
                            "all_closed_secs": close_secs})
                 );
             }
+            "gateway" => gateway(&deployment, &http, (&rt, &st), &rooms[0]).await?,
             other => anyhow::bail!("unknown scenario {other}"),
         }
         drop(deployment);
     }
+    Ok(())
+}
+
+/// Debian's nginx running the deployment's own `deploy/nginx/nginx.conf`,
+/// with a backends.conf that points its variables at 127.0.0.1 ports
+/// instead of Docker's names (and a port of its own instead of 8080).
+struct Gateway {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    fn start(api: &str, fanouts: &[String]) -> anyhow::Result<Gateway> {
+        let dir = tempfile::tempdir()?;
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/nginx.conf");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let conf = std::fs::read_to_string(&deploy)?;
+        anyhow::ensure!(
+            conf.contains("listen 8080 "),
+            "deploy/nginx/nginx.conf listens elsewhere"
+        );
+        std::fs::write(
+            dir.path().join("nginx.conf"),
+            conf.replace("listen 8080 ", &format!("listen 127.0.0.1:{port} ")),
+        )?;
+        let host = |base: &str| base.trim_start_matches("http://").to_owned();
+        let mut split = String::new();
+        for (i, node) in fanouts.iter().enumerate() {
+            if i + 1 == fanouts.len() {
+                split.push_str(&format!("  * {};\n", host(node)));
+            } else {
+                split.push_str(&format!("  {:.2}% {};\n", 100.0 / fanouts.len() as f64, host(node)));
+            }
+        }
+        std::fs::write(
+            dir.path().join("backends.conf"),
+            format!(
+                "map $request_method $ingest_backend {{ default {api}; }}\n\
+                 map $request_method $query_api_backend {{ default {api}; }}\n\
+                 split_clients \"${{remote_addr}}${{remote_port}}${{msec}}\" $fanout_backend {{\n{split}}}\n",
+                api = host(api)
+            ),
+        )?;
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .ok_or_else(|| anyhow::anyhow!("nginx not found (apt-get install nginx)"))?;
+        let d = dir.path().display();
+        let child = std::process::Command::new(nginx)
+            .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-g"])
+            .arg(format!("daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;"))
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let addr = format!("127.0.0.1:{port}");
+        let t = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "nginx did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Gateway { child, addr, _dir: dir })
+    }
+
+    /// The worker processes' resident memory, KB.
+    fn workers_rss_kb(&self) -> (usize, u64) {
+        let out = std::process::Command::new("pgrep")
+            .args(["-P", &self.child.id().to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let pids: Vec<u32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        (pids.len(), pids.iter().map(|p| rss_kb(*p)).sum())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads server frames from a raw socket until `want` message frames came or
+/// `deadline`: the latency of each (from the `t=` send time in its text).
+async fn count_messages(mut s: tokio::net::TcpStream, want: usize, deadline: Instant) -> Vec<u64> {
+    use tokio::io::AsyncReadExt;
+    let mut latencies = Vec::with_capacity(want);
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    while latencies.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        // Whole frames off the front (server frames are unmasked).
+        loop {
+            if buf.len() < 2 {
+                break;
+            }
+            let (len, head) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().unwrap_or([0; 8])) as usize, 10),
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if buf.len() < head + len {
+                break;
+            }
+            let payload = String::from_utf8_lossy(&buf[head..head + len]).into_owned();
+            if payload.contains("\"type\":\"message\"")
+                && let Some(sent) = sent_at(&payload)
+            {
+                latencies.push(now_us().saturating_sub(sent));
+            }
+            buf.drain(..head + len);
+        }
+    }
+    latencies
+}
+
+async fn gateway(
+    deployment: &Deployment,
+    http: &reqwest::Client,
+    (receiver, sender): (&str, &str),
+    room: &str,
+) -> anyhow::Result<()> {
+    let n: usize = env("GATEWAY_CONNS", 16_000);
+    let messages: usize = env("GATEWAY_MESSAGES", 20);
+    // Sockets of many people, as in a deployment (Redis presence admits a
+    // session in time linear in the user's sessions: one user with 16,000
+    // would measure that instead of the gateway).
+    let users: usize = env("GATEWAY_USERS", 400);
+    let base = deployment.core.base.clone();
+    let mut tokens = vec![receiver.to_owned()];
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    let mut made = 1;
+    while made < users || !pending.is_empty() {
+        while made < users && pending.len() < 16 {
+            let (http, base, name) = (http.clone(), base.clone(), format!("gw{made}"));
+            pending.push(async move {
+                let (_, token) = user(&http, &base, &name).await?;
+                join(&http, &base, &token, room).await?;
+                anyhow::Ok(token)
+            });
+            made += 1;
+        }
+        if let Some(token) = pending.next().await {
+            tokens.push(token?);
+        }
+    }
+    let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    let nodes = deployment.ws_bases();
+    let gw = Gateway::start(&deployment.core.base, &nodes)?;
+    let gw_base = format!("http://{}", gw.addr);
+    // Every node knows every receiver and membership before sockets open.
+    let t = Instant::now();
+    loop {
+        match raw::connect(&gw.addr, tokens[tokens.len() - 1]).await {
+            Ok(mut s) => {
+                if subscribe_raw(std::slice::from_mut(&mut s), room).await.is_ok() {
+                    break;
+                }
+            }
+            Err(e) if t.elapsed() > Duration::from_secs(30) => return Err(e),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Both nodes' replicas of the views fold every partition by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // The same sockets and messages straight to the nodes, then through
+    // the gateway: what nginx adds, measured in the same run.
+    let mut phases = serde_json::Map::new();
+    for phase in ["direct", "gateway"] {
+        let (workers, rss_before) = gw.workers_rss_kb();
+        let (mut conns, connect_secs) = if phase == "gateway" {
+            open_raw(&gw.addr, &tokens, n).await?
+        } else {
+            let t = Instant::now();
+            let mut all = Vec::with_capacity(n);
+            for (i, node) in nodes.iter().enumerate() {
+                let share = n / nodes.len() + usize::from(i < n % nodes.len());
+                all.extend(open_raw(node.trim_start_matches("http://"), &tokens, share).await?.0);
+            }
+            (all, t.elapsed().as_secs_f64())
+        };
+        subscribe_raw(&mut conns, room).await?;
+        let (_, rss_after) = gw.workers_rss_kb();
+        let mut per_node = Vec::new();
+        for node in &nodes {
+            per_node.push(connections_gauge(http, node).await.unwrap_or(0.0) as u64);
+        }
+        let deadline = Instant::now() + Duration::from_secs(messages as u64 / 10 + 30);
+        let readers: Vec<_> = conns
+            .into_iter()
+            .map(|s| tokio::spawn(count_messages(s, messages, deadline)))
+            .collect();
+        // Posted through the gateway (a POST goes to ingest) in both phases.
+        let mut acked = 0;
+        for i in 0..messages {
+            let r = http
+                .post(format!("{gw_base}/v1/rooms/{room}/messages"))
+                .bearer_auth(sender)
+                .json(&json!({"client_msg_id": format!("{phase}{i}"), "text": format!("t={}", now_us())}))
+                .send()
+                .await?;
+            if r.status().as_u16() == 202 {
+                acked += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut latencies = Vec::with_capacity(n * messages);
+        for r in readers {
+            latencies.extend(r.await?);
+        }
+        let deliveries = latencies.len();
+        let expected = n * acked;
+        let mut figures = json!({"connect_secs": connect_secs, "connections_per_sec": (n as f64 / connect_secs).round(),
+               "connections_per_node": per_node, "messages_acked": acked, "deliveries_expected": expected,
+               "deliveries": deliveries, "lost": expected.saturating_sub(deliveries), "latency": percentiles(latencies)});
+        if phase == "gateway" {
+            figures["nginx_workers"] = json!(workers);
+            figures["nginx_rss_per_connection_kb"] =
+                json!(((rss_after.saturating_sub(rss_before)) as f64 / n as f64 * 10.0).round() / 10.0);
+        }
+        phases.insert(phase.to_owned(), figures);
+        // Let every node see the sockets go before the next phase.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            let mut open = 0.0;
+            for node in &nodes {
+                open += connections_gauge(http, node).await.unwrap_or(0.0);
+            }
+            if open == 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    println!(
+        "{}",
+        json!({"bench": "ws", "scenario": "gateway", "connections": n, "users": tokens.len(), "messages": messages,
+               "direct": phases["direct"], "gateway": phases["gateway"]})
+    );
     Ok(())
 }

@@ -108,6 +108,26 @@ pub(crate) fn readable_position(next_offset: Option<i64>, materialized: Option<i
     materialized.map_or(next, |m| m.min(next))
 }
 
+/// What a position's compare-and-set commit expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// No row: `INSERT … IF NOT EXISTS`.
+    Absent,
+    /// `UPDATE … IF next_offset = N`.
+    At(u64),
+}
+
+/// The expectation from what this store last saw of the position: nothing
+/// (never read: a fresh consumer, or after `clear`) or 0 is no row; `None`
+/// (a commit that may or may not have landed) must be re-read first.
+pub(crate) fn expectation(seen: Option<&Option<u64>>) -> Result<Expect, &'static str> {
+    match seen {
+        None | Some(Some(0)) => Ok(Expect::Absent),
+        Some(Some(n)) => Ok(Expect::At(*n)),
+        Some(None) => Err("a previous batch failed: re-read the position before applying more"),
+    }
+}
+
 /// Which generation of `wanted` the checksum digests, and whether its
 /// rebuilding mark is set, from the `consumers` rows. A consumer with no
 /// row (never cleared nor marked) is at generation 0 with its positions all
@@ -338,6 +358,44 @@ mod tests {
         // Rows from before the watermark existed.
         assert_eq!(readable_position(Some(10), None), 10);
         assert_eq!(readable_position(None, None), 0);
+    }
+
+    /// Two writers of one consumer (a rolling deploy overlapping): the row
+    /// is a compare-and-set, as Scylla's LWT applies it, and whoever finds
+    /// the position moved writes nothing until it has re-read it.
+    #[test]
+    fn a_second_writer_is_fenced_by_the_position_compare_and_set() {
+        fn cas(row: &mut Option<u64>, expect: Expect, next: u64) -> bool {
+            let holds = match expect {
+                Expect::Absent => row.is_none(),
+                Expect::At(n) => *row == Some(n),
+            };
+            if holds {
+                *row = Some(next);
+            }
+            holds
+        }
+        let mut row = None;
+        // Both start on a fresh consumer; the first commit wins.
+        let (mut a, mut b): (Option<Option<u64>>, Option<Option<u64>>) = (None, None);
+        assert!(cas(&mut row, expectation(a.as_ref()).unwrap(), 10));
+        a = Some(Some(10));
+        assert!(
+            !cas(&mut row, expectation(b.as_ref()).unwrap(), 7),
+            "the stale writer is refused"
+        );
+        b = Some(None);
+        assert!(
+            expectation(b.as_ref()).is_err(),
+            "and must re-read before anything else"
+        );
+        assert!(cas(&mut row, expectation(a.as_ref()).unwrap(), 20));
+        // Re-read, the other writer goes on from where the views are.
+        b = Some(row);
+        assert!(!cas(&mut row, expectation(a.as_ref()).unwrap(), 30), "a is stale now");
+        assert!(cas(&mut row, expectation(b.as_ref()).unwrap(), 30));
+        assert_eq!(row, Some(30));
+        assert_eq!(expectation(Some(&Some(0))), Ok(Expect::Absent));
     }
 
     /// The checksum read positions only of consumers with a `consumers` row,
