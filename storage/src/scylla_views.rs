@@ -61,10 +61,12 @@
 //! - [`config`]: the `scylla://` URL ([`ScyllaConfig`]).
 //! - `schema`: keyspace, tables, numbered migrations.
 //! - `rows`: pure helpers (buckets, timestamps, redo records, digest).
+//! - `tls`: the rustls client configuration for `tls`/`tls_ca`.
 
 pub mod config;
 mod rows;
 mod schema;
+mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -95,7 +97,7 @@ use scylla::statement::unprepared::Statement;
 use scylla::value::{CqlValue, Row};
 use tracing::{debug, info};
 
-pub use config::{BadScyllaUrl, Replication, ScyllaConfig};
+pub use config::{BadScyllaUrl, Credentials, Replication, ScyllaConfig, TlsOptions};
 use rows::{
     Change, Expect, Generation, bucket_of, digested_generation, expectation, position_timestamp, readable_position,
 };
@@ -488,6 +490,9 @@ impl ScyllaViewStore {
             .default_execution_profile_handle(profile.build().into_handle());
         if let Some(c) = &config.credentials {
             builder = builder.user(c.user.clone(), c.password.clone());
+        }
+        if let Some(tls) = &config.tls {
+            builder = builder.tls_context(Some(std::sync::Arc::new(tls::client_config(tls)?)));
         }
         let session = tokio::time::timeout(config.connect_timeout, builder.build())
             .await

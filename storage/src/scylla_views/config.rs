@@ -12,6 +12,11 @@
 //!   every node as local, so a "local" quorum may span datacenters and lose
 //!   read-your-writes. Required when `dc.NAME` names more than one
 //!   datacenter, and must be one of them;
+//! - `tls=true`: TLS to every node, verified against the system's root
+//!   certificates; `tls_ca=PATH` (implies `tls`): against the CA
+//!   certificates in that PEM file instead; `tls_verify_name=false`: check
+//!   the chain but not that the certificate names the node's address (the
+//!   driver connects to nodes by IP, which node certificates often omit);
 //! - `connect_timeout_ms=N`: how long connecting may take (default 10 s).
 //!
 //! `SimpleStrategy` is not the development default because ScyllaDB
@@ -36,6 +41,17 @@ pub struct ScyllaConfig {
     pub local_dc: Option<String>,
     /// User and password for the cluster's authenticator.
     pub credentials: Option<Credentials>,
+    /// TLS to the nodes (`tls`, `tls_ca`, `tls_verify_name`).
+    pub tls: Option<TlsOptions>,
+}
+
+/// How the nodes' certificates are verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file of the CA certificates to trust; `None`: the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// Whether the certificate must name the node's address.
+    pub verify_name: bool,
 }
 
 /// A user and password; `Debug` never shows the password.
@@ -146,7 +162,11 @@ impl ScyllaConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             local_dc: None,
             credentials,
+            tls: None,
         };
+        let mut tls = false;
+        let mut tls_ca = None;
+        let mut verify_name = true;
         let mut uniform = None;
         let mut simple = None;
         let mut datacenters = Vec::new();
@@ -168,12 +188,21 @@ impl ScyllaConfig {
                     return Err(bad("local_dc is letters, digits, '_', '-' or '.'"));
                 }
                 config.local_dc = Some(value.to_owned());
+            } else if name == "tls" {
+                tls = parse_bool(value).ok_or_else(|| bad("tls is true or false"))?;
+            } else if name == "tls_ca" {
+                if value.is_empty() {
+                    return Err(bad("tls_ca is the path of a PEM file"));
+                }
+                tls_ca = Some(std::path::PathBuf::from(value));
+            } else if name == "tls_verify_name" {
+                verify_name = parse_bool(value).ok_or_else(|| bad("tls_verify_name is true or false"))?;
             } else if name == "connect_timeout_ms" {
                 let ms = number().ok_or_else(|| bad("connect_timeout_ms must be a positive number"))?;
                 config.connect_timeout = Duration::from_millis(ms.into());
             } else {
                 return Err(bad(
-                    "unknown option (known: rf, dc.NAME, simple_rf, local_dc, connect_timeout_ms)",
+                    "unknown option (known: rf, dc.NAME, simple_rf, local_dc, tls, tls_ca, tls_verify_name, connect_timeout_ms)",
                 ));
             }
         }
@@ -184,6 +213,14 @@ impl ScyllaConfig {
             (None, None, false) => Replication::PerDatacenter { datacenters },
             _ => return Err(bad("rf, simple_rf and dc.NAME exclude each other")),
         };
+        if tls || tls_ca.is_some() {
+            config.tls = Some(TlsOptions {
+                ca: tls_ca,
+                verify_name,
+            });
+        } else if !verify_name {
+            return Err(bad("tls_verify_name applies to tls=true or tls_ca"));
+        }
         if let Replication::PerDatacenter { datacenters } = &config.replication {
             match &config.local_dc {
                 Some(local) if !datacenters.iter().any(|(dc, _)| dc == local) => {
@@ -221,6 +258,14 @@ impl Replication {
                 s
             }
         }
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
     }
 }
 
@@ -337,6 +382,34 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
         assert!(ScyllaConfig::parse("scylla://:pw@h").is_err());
         assert!(ScyllaConfig::parse("scylla://nopassword@h").is_err());
+    }
+
+    #[test]
+    fn parses_tls_options() {
+        assert_eq!(ScyllaConfig::parse("scylla://h").unwrap().tls, None);
+        assert_eq!(
+            ScyllaConfig::parse("scylla://h?tls=true").unwrap().tls,
+            Some(TlsOptions {
+                ca: None,
+                verify_name: true
+            })
+        );
+        assert_eq!(
+            ScyllaConfig::parse("scylla://h?tls_ca=/etc/scylla/ca.pem&tls_verify_name=false")
+                .unwrap()
+                .tls,
+            Some(TlsOptions {
+                ca: Some("/etc/scylla/ca.pem".into()),
+                verify_name: false
+            })
+        );
+        for url in [
+            "scylla://h?tls=yes",
+            "scylla://h?tls_ca=",
+            "scylla://h?tls_verify_name=false",
+        ] {
+            assert!(ScyllaConfig::parse(url).is_err(), "{url}");
+        }
     }
 
     #[test]
