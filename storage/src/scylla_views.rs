@@ -107,6 +107,8 @@ use crate::embedded_views::rebuilding_key;
 
 /// Writes in flight at once when materializing a batch or bulk-loading.
 pub const IN_FLIGHT: usize = 256;
+/// History buckets read at once after the first (see `newest`).
+const BUCKETS_IN_FLIGHT: usize = 8;
 /// Point reads in flight at once in `load` and member lookups.
 const READS_IN_FLIGHT: usize = 64;
 /// `room_buckets.kind` of message and emotion buckets.
@@ -941,6 +943,45 @@ impl ScyllaViewStore {
         Ok(found.into_iter().flatten().collect())
     }
 
+    /// The newest `n` entities of one bucket of a room's messages or
+    /// emotions (messages below `before`), newest first.
+    async fn bucket_page(
+        &self,
+        room_id: &str,
+        kind: &'static str,
+        before: Option<&str>,
+        bucket: i64,
+        n: usize,
+    ) -> Result<Vec<ViewValue>, StoreError> {
+        let table = if kind == MESSAGES { "messages" } else { "emotions" };
+        let n = limit_of(n);
+        let page = match (kind, before) {
+            (MESSAGES, Some(b)) => {
+                self.session
+                    .execute_unpaged(&self.q.messages_before, (room_id, bucket, b, n))
+                    .await
+            }
+            (MESSAGES, None) => {
+                self.session
+                    .execute_unpaged(&self.q.messages_page, (room_id, bucket, n))
+                    .await
+            }
+            _ => {
+                self.session
+                    .execute_unpaged(&self.q.emotions_page, (room_id, bucket, n))
+                    .await
+            }
+        }
+        .map_err(storage)?
+        .into_rows_result()
+        .map_err(storage)?;
+        let mut out = Vec::new();
+        for row in page.rows::<(Vec<u8>,)>().map_err(storage)? {
+            out.push(decode(table, &row.map_err(storage)?.0)?);
+        }
+        Ok(out)
+    }
+
     /// The newest `limit` entities of a room's bucketed table (messages or
     /// emotions) below `before`, newest first: walks the room's non-empty
     /// buckets downwards, one bounded partition read each, until `limit` are found.
@@ -955,7 +996,6 @@ impl ScyllaViewStore {
         if limit == 0 {
             return Ok(out);
         }
-        let table = if kind == MESSAGES { "messages" } else { "emotions" };
         // Buckets grow with ids, so no message below an id cursor sits in a
         // higher bucket. Any other cursor is compared in every bucket.
         let top = match before {
@@ -969,34 +1009,31 @@ impl ScyllaViewStore {
             .map_err(storage)?
             .rows_stream::<(i64,)>()
             .map_err(storage)?;
+        // The first bucket alone (in a busy room it holds the whole page),
+        // then the next ones BUCKETS_IN_FLIGHT at a time: a quiet room in a
+        // busy partition may have one message per bucket.
+        let mut window = 1;
         while out.len() < limit {
-            let Some((bucket,)) = buckets.try_next().await.map_err(storage)? else {
+            let mut next = Vec::with_capacity(window);
+            while next.len() < window {
+                match buckets.try_next().await.map_err(storage)? {
+                    Some((bucket,)) => next.push(bucket),
+                    None => break,
+                }
+            }
+            if next.is_empty() {
                 break;
-            };
-            let n = limit_of(limit - out.len());
-            let page = match (kind, before) {
-                (MESSAGES, Some(b)) => {
-                    self.session
-                        .execute_unpaged(&self.q.messages_before, (room_id, bucket, b, n))
-                        .await
-                }
-                (MESSAGES, None) => {
-                    self.session
-                        .execute_unpaged(&self.q.messages_page, (room_id, bucket, n))
-                        .await
-                }
-                _ => {
-                    self.session
-                        .execute_unpaged(&self.q.emotions_page, (room_id, bucket, n))
-                        .await
-                }
             }
-            .map_err(storage)?
-            .into_rows_result()
-            .map_err(storage)?;
-            for row in page.rows::<(Vec<u8>,)>().map_err(storage)? {
-                out.push(decode(table, &row.map_err(storage)?.0)?);
+            let want = limit - out.len();
+            let pages = in_order!(&next, window, |bucket| self
+                .bucket_page(room_id, kind, before, *bucket, want));
+            for value in pages.into_iter().flatten() {
+                if out.len() == limit {
+                    break;
+                }
+                out.push(value);
             }
+            window = BUCKETS_IN_FLIGHT;
         }
         out.truncate(limit);
         Ok(out)
