@@ -107,6 +107,9 @@ use crate::embedded_views::rebuilding_key;
 
 /// Writes in flight at once when materializing a batch or bulk-loading.
 pub const IN_FLIGHT: usize = 256;
+/// Memory the checksum sorts a table in before it spills sorted runs to
+/// temporary files (see `rows::StreamingDigest`).
+const CHECKSUM_MEMORY: usize = 256 << 20;
 /// History buckets read at once after the first (see `newest`).
 const BUCKETS_IN_FLIGHT: usize = 8;
 /// Point reads in flight at once in `load` and member lookups.
@@ -1039,77 +1042,101 @@ impl ScyllaViewStore {
         Ok(out)
     }
 
-    /// Every entity of a table as (canonical key, value bytes), for the checksum.
-    async fn scan(&self, table: &'static str) -> Result<rows::Entries, StoreError> {
+    /// Streams every row of a full-table scan into `f`, page by page.
+    async fn each_row<T>(
+        &self,
+        stmt: &PreparedStatement,
+        mut f: impl FnMut(T) -> std::io::Result<()>,
+    ) -> Result<(), StoreError>
+    where
+        T: for<'f, 'm> DeserializeRow<'f, 'm> + 'static,
+    {
+        let mut rows = self
+            .session
+            .execute_iter(stmt.clone(), ())
+            .await
+            .map_err(storage)?
+            .rows_stream::<T>()
+            .map_err(storage)?;
+        while let Some(row) = rows.try_next().await.map_err(storage)? {
+            f(row).map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Every entity of a table as (canonical key, value bytes), into the
+    /// checksum's sorter.
+    async fn scan(&self, table: &'static str, out: &mut rows::TableSorter) -> Result<(), StoreError> {
         let q = &self.q;
-        let two = |stmt| self.all::<(String, Vec<u8>)>(stmt, ());
-        let three = |stmt| self.all::<(String, String, Vec<u8>)>(stmt, ());
-        let entries = match table {
-            "users" => two(&q.scan_users)
-                .await?
-                .into_iter()
-                .map(|(a, v)| (ViewKey::User(a).encode(), v))
-                .collect(),
-            "usernames" => two(&q.scan_usernames)
-                .await?
-                .into_iter()
-                .map(|(a, v)| (ViewKey::Username(a).encode(), v))
-                .collect(),
-            "rooms" => two(&q.scan_rooms)
-                .await?
-                .into_iter()
-                .map(|(a, v)| (ViewKey::Room(a).encode(), v))
-                .collect(),
-            "members" => three(&q.scan_members)
-                .await?
-                .into_iter()
-                .map(|(room_id, user_id, v)| (ViewKey::Member { room_id, user_id }.encode(), v))
-                .collect(),
-            "messages" => three(&q.scan_messages)
-                .await?
-                .into_iter()
-                .map(|(room_id, message_id, v)| (ViewKey::Message { room_id, message_id }.encode(), v))
-                .collect(),
-            "client_msgs" => {
-                let rows: Vec<(String, String, String, Vec<u8>)> = self.all(&q.scan_client_msgs, ()).await?;
-                rows.into_iter()
-                    .map(|(room_id, user_id, client_msg_id, v)| {
-                        (
-                            ViewKey::ClientMsg {
-                                room_id,
-                                user_id,
-                                client_msg_id,
-                            }
-                            .encode(),
-                            v,
-                        )
-                    })
-                    .collect()
+        type Two = (String, Vec<u8>);
+        type Three = (String, String, Vec<u8>);
+        match table {
+            "users" => {
+                self.each_row(&q.scan_users, |(a, v): Two| out.push(ViewKey::User(a).encode(), v))
+                    .await
             }
-            "sessions" => three(&q.scan_sessions)
-                .await?
-                .into_iter()
-                .map(|(username, session_id, v)| (ViewKey::Session { username, session_id }.encode(), v))
-                .collect(),
-            "room_events" => three(&q.scan_room_events)
-                .await?
-                .into_iter()
-                .map(|(room_id, position, v)| (ViewKey::RoomEvent { room_id, position }.encode(), v))
-                .collect(),
-            "emotions" => three(&q.scan_emotions)
-                .await?
-                .into_iter()
-                .map(|(room_id, message_id, v)| (ViewKey::Emotion { room_id, message_id }.encode(), v))
-                .collect(),
-            "activity" => self
-                .all::<(String, i64, Vec<u8>)>(&q.scan_activity, ())
-                .await?
-                .into_iter()
-                .map(|(room_id, hour, v)| (ViewKey::Activity { room_id, hour }.encode(), v))
-                .collect(),
-            other => return Err(StoreError::Storage(format!("no scan for table {other}"))),
-        };
-        Ok(entries)
+            "usernames" => {
+                self.each_row(&q.scan_usernames, |(a, v): Two| {
+                    out.push(ViewKey::Username(a).encode(), v)
+                })
+                .await
+            }
+            "rooms" => {
+                self.each_row(&q.scan_rooms, |(a, v): Two| out.push(ViewKey::Room(a).encode(), v))
+                    .await
+            }
+            "members" => {
+                self.each_row(&q.scan_members, |(room_id, user_id, v): Three| {
+                    out.push(ViewKey::Member { room_id, user_id }.encode(), v)
+                })
+                .await
+            }
+            "messages" => {
+                self.each_row(&q.scan_messages, |(room_id, message_id, v): Three| {
+                    out.push(ViewKey::Message { room_id, message_id }.encode(), v)
+                })
+                .await
+            }
+            "client_msgs" => {
+                self.each_row(
+                    &q.scan_client_msgs,
+                    |(room_id, user_id, client_msg_id, v): (String, String, String, Vec<u8>)| {
+                        let key = ViewKey::ClientMsg {
+                            room_id,
+                            user_id,
+                            client_msg_id,
+                        };
+                        out.push(key.encode(), v)
+                    },
+                )
+                .await
+            }
+            "sessions" => {
+                self.each_row(&q.scan_sessions, |(username, session_id, v): Three| {
+                    out.push(ViewKey::Session { username, session_id }.encode(), v)
+                })
+                .await
+            }
+            "room_events" => {
+                self.each_row(&q.scan_room_events, |(room_id, position, v): Three| {
+                    out.push(ViewKey::RoomEvent { room_id, position }.encode(), v)
+                })
+                .await
+            }
+            "emotions" => {
+                self.each_row(&q.scan_emotions, |(room_id, message_id, v): Three| {
+                    out.push(ViewKey::Emotion { room_id, message_id }.encode(), v)
+                })
+                .await
+            }
+            "activity" => {
+                self.each_row(&q.scan_activity, |(room_id, hour, v): (String, i64, Vec<u8>)| {
+                    out.push(ViewKey::Activity { room_id, hour }.encode(), v)
+                })
+                .await
+            }
+            other => Err(StoreError::Storage(format!("no scan for table {other}"))),
+        }
     }
 }
 
@@ -1376,30 +1403,35 @@ impl ViewStore for ScyllaViewStore {
     }
 
     /// Reads every entity of the consumer back and digests it in the embedded
-    /// store's order and encoding. Holds one table in memory at a time: an
-    /// operator's tool, not a hot path.
+    /// store's order and encoding, sorting each table within
+    /// [`CHECKSUM_MEMORY`] and on temporary files past it: an operator's
+    /// tool, not a hot path.
     async fn checksum_of(&self, wanted: &str) -> Result<String, StoreError> {
-        let mut named = Vec::with_capacity(TABLES.len() + 1);
+        let mut digest = rows::StreamingDigest::new(CHECKSUM_MEMORY);
         for table in TABLES.into_iter().filter(|t| table_owner(t) == wanted) {
-            named.push((table, self.scan(table).await?));
+            let mut sorter = digest.table(table);
+            self.scan(table, &mut sorter).await?;
+            digest.add(sorter).map_err(storage)?;
         }
-        let mut positions = Vec::new();
+        let mut positions = digest.table("positions");
         let consumers: Vec<(String, Option<i64>, Option<bool>)> = self.all(&self.q.scan_consumers, ()).await?;
         let (generation, rebuilding) = digested_generation(wanted, &consumers);
         let rows: Vec<PositionRow> = self.all(&self.q.get_positions, (wanted, generation)).await?;
         for (topic, part, next, ..) in rows {
             let topic = Topic::from_name(&topic).ok_or_else(|| corrupt("positions", format!("topic {topic}")))?;
             let part = u32::try_from(part).map_err(|_| corrupt("positions", format!("partition {part}")))?;
-            positions.push((
-                consumer_partition_key(wanted, topic, part),
-                offset_of("positions", next)?.to_be_bytes().to_vec(),
-            ));
+            positions
+                .push(
+                    consumer_partition_key(wanted, topic, part),
+                    offset_of("positions", next)?.to_be_bytes().to_vec(),
+                )
+                .map_err(storage)?;
         }
         if rebuilding {
-            positions.push((rebuilding_key(wanted), vec![1u8]));
+            positions.push(rebuilding_key(wanted), vec![1u8]).map_err(storage)?;
         }
-        named.push(("positions", positions));
-        Ok(rows::digest(named))
+        digest.add(positions).map_err(storage)?;
+        Ok(digest.finish())
     }
 }
 

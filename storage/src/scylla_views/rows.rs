@@ -231,7 +231,9 @@ fn table_index(table: &str) -> u8 {
 /// The content digest of the view-store contract, in the embedded store's
 /// exact encoding: for each named table in the given order, its name, then
 /// each entry in ascending key order as length-prefixed key and value (u32
-/// big-endian lengths). Entries may come in any order.
+/// big-endian lengths). Entries may come in any order. The reference the
+/// checksum's [`StreamingDigest`] is tested against.
+#[cfg(test)]
 pub(crate) fn digest(tables: Vec<(&str, Entries)>) -> String {
     let mut h = Sha256::new();
     for (name, mut entries) in tables {
@@ -246,6 +248,148 @@ pub(crate) fn digest(tables: Vec<(&str, Entries)>) -> String {
         }
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The same digest as [`digest`], over tables of any size: each table's
+/// entries are pushed in any order, kept sorted in memory up to a budget and
+/// spilled to temporary files in sorted runs past it, then merged in key
+/// order into the hash. Memory stays near the budget however large the
+/// views are.
+pub(crate) struct StreamingDigest {
+    hasher: Sha256,
+    budget: usize,
+}
+
+/// One table's entries on their way into a [`StreamingDigest`].
+pub(crate) struct TableSorter {
+    name: String,
+    budget: usize,
+    buffer: Entries,
+    bytes: usize,
+    runs: Vec<std::fs::File>,
+}
+
+impl StreamingDigest {
+    pub(crate) fn new(budget: usize) -> Self {
+        StreamingDigest {
+            hasher: Sha256::new(),
+            budget: budget.max(1),
+        }
+    }
+
+    pub(crate) fn table(&self, name: &str) -> TableSorter {
+        TableSorter {
+            name: name.to_owned(),
+            budget: self.budget,
+            buffer: Vec::new(),
+            bytes: 0,
+            runs: Vec::new(),
+        }
+    }
+
+    /// Hashes a table's entries in key order (tables go in the order added).
+    pub(crate) fn add(&mut self, table: TableSorter) -> std::io::Result<()> {
+        use std::io::{BufReader, Seek};
+        let h = &mut self.hasher;
+        h.update((table.name.len() as u32).to_be_bytes());
+        h.update(table.name.as_bytes());
+        let TableSorter { mut buffer, runs, .. } = table;
+        buffer.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut readers = Vec::with_capacity(runs.len());
+        for mut run in runs {
+            run.rewind()?;
+            readers.push(BufReader::new(run));
+        }
+        // A k-way merge of the runs and the in-memory rest.
+        // The smallest key first: (key, run, value).
+        type Head = std::cmp::Reverse<(Vec<u8>, usize, Vec<u8>)>;
+        let mut heads: std::collections::BinaryHeap<Head> = std::collections::BinaryHeap::new();
+        for (i, r) in readers.iter_mut().enumerate() {
+            if let Some((k, v)) = read_entry(r)? {
+                heads.push(std::cmp::Reverse((k, i, v)));
+            }
+        }
+        let mut rest = buffer.into_iter().peekable();
+        loop {
+            let from_runs = heads.peek().map(|std::cmp::Reverse((k, ..))| k.clone());
+            let take_rest = match (rest.peek(), &from_runs) {
+                (Some((k, _)), Some(r)) => k <= r,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let (k, v) = if take_rest {
+                rest.next().unwrap_or_default()
+            } else {
+                let Some(std::cmp::Reverse((k, i, v))) = heads.pop() else {
+                    break;
+                };
+                if let Some((nk, nv)) = read_entry(&mut readers[i])? {
+                    heads.push(std::cmp::Reverse((nk, i, nv)));
+                }
+                (k, v)
+            };
+            h.update((k.len() as u32).to_be_bytes());
+            h.update(&k);
+            h.update((v.len() as u32).to_be_bytes());
+            h.update(&v);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(self) -> String {
+        self.hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl TableSorter {
+    pub(crate) fn push(&mut self, key: Vec<u8>, value: Vec<u8>) -> std::io::Result<()> {
+        self.bytes += key.len() + value.len() + 64;
+        self.buffer.push((key, value));
+        if self.bytes > self.budget {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer, sorted, as one run: `u32` key length, key, `u32`
+    /// value length, value (big-endian lengths).
+    fn spill(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        self.buffer.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let file = tempfile::tempfile()?;
+        let mut w = std::io::BufWriter::new(file);
+        for (k, v) in self.buffer.drain(..) {
+            w.write_all(&(k.len() as u32).to_be_bytes())?;
+            w.write_all(&k)?;
+            w.write_all(&(v.len() as u32).to_be_bytes())?;
+            w.write_all(&v)?;
+        }
+        self.runs.push(w.into_inner().map_err(|e| e.into_error())?);
+        self.bytes = 0;
+        Ok(())
+    }
+
+    /// Sorted runs written to disk so far.
+    #[cfg(test)]
+    fn runs(&self) -> usize {
+        self.runs.len()
+    }
+}
+
+fn read_entry(r: &mut impl std::io::Read) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut k = vec![0u8; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut k)?;
+    r.read_exact(&mut len)?;
+    let mut v = vec![0u8; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut v)?;
+    Ok(Some((k, v)))
 }
 
 #[cfg(test)]
@@ -472,6 +616,60 @@ mod tests {
         assert_eq!(decode_redo(&raw).unwrap(), changes);
         assert!(decode_redo(&raw[..raw.len() / 2]).is_err());
         assert_eq!(decode_redo(&encode_redo(&[]).unwrap()).unwrap(), vec![]);
+    }
+
+    /// Tables far larger than the budget digest as the in-memory digest
+    /// does, through runs on disk; the checksum no longer holds a whole
+    /// table in memory.
+    #[test]
+    fn the_streaming_digest_equals_the_sorted_one_past_its_budget() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let tables: Vec<(&str, Entries)> = vec![
+            (
+                "users",
+                (0..3000)
+                    .map(|i| {
+                        (
+                            format!("u{:08x}", next() ^ i).into_bytes(),
+                            vec![i as u8; (i % 50) as usize],
+                        )
+                    })
+                    .collect(),
+            ),
+            ("empty", Vec::new()),
+            (
+                "messages",
+                (0..5000)
+                    .map(|i| {
+                        (
+                            format!("r{}\0{:016x}", i % 7, next()).into_bytes(),
+                            next().to_be_bytes().to_vec(),
+                        )
+                    })
+                    .collect(),
+            ),
+        ];
+        let expected = digest(tables.clone());
+        for budget in [1, 4096, 64 * 1024, usize::MAX / 2] {
+            let mut d = StreamingDigest::new(budget);
+            for (name, entries) in &tables {
+                let mut t = d.table(name);
+                for (k, v) in entries {
+                    t.push(k.clone(), v.clone()).unwrap();
+                }
+                if budget == 4096 && !entries.is_empty() {
+                    assert!(t.runs() > 1, "{name}: spilled to several runs");
+                }
+                d.add(t).unwrap();
+            }
+            assert_eq!(d.finish(), expected, "budget {budget}");
+        }
     }
 
     #[test]
