@@ -100,6 +100,7 @@ use tracing::{debug, info};
 pub use config::{BadScyllaUrl, Credentials, Replication, ScyllaConfig, TlsOptions};
 use rows::{
     Change, Expect, Generation, bucket_of, digested_generation, expectation, position_timestamp, readable_position,
+    room_shard,
 };
 
 use crate::consumer_partition_key;
@@ -117,8 +118,10 @@ const READS_IN_FLIGHT: usize = 64;
 /// `room_buckets.kind` of message and emotion buckets.
 const MESSAGES: &str = "m";
 const EMOTIONS: &str = "e";
-/// The one partition of `rooms_by_id`.
-const ROOMS_SHARD: i32 = 0;
+/// The `rooms_by_id` partition of the index written before it was sharded.
+const LEGACY_ROOMS_SHARD: i32 = 0;
+/// The one partition of `room_shards`.
+const ROOM_SHARDS: i32 = 0;
 /// How long a TRUNCATE may take.
 const TRUNCATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on the process-local caches of index rows already written.
@@ -254,6 +257,8 @@ statements! {
     put_bucket = "INSERT INTO {ks}.room_buckets (room_id, kind, bucket) VALUES (?, ?, ?) USING TIMESTAMP ?";
 
     // Queries.
+    put_room_shard = "INSERT INTO {ks}.room_shards (k, shard) VALUES (?, ?) USING TIMESTAMP ?";
+    room_shards_from = "SELECT shard FROM {ks}.room_shards WHERE k = ? AND shard >= ?";
     rooms_first = "SELECT room_id FROM {ks}.rooms_by_id WHERE shard = ? LIMIT ?";
     rooms_after = "SELECT room_id FROM {ks}.rooms_by_id WHERE shard = ? AND room_id > ? LIMIT ?";
     members_of = "SELECT entity FROM {ks}.members WHERE room_id = ?";
@@ -370,6 +375,7 @@ fn plan(changes: &[Change]) -> Vec<Op<'_>> {
 #[derive(Default)]
 struct Written {
     rooms: HashSet<String>,
+    room_shards: HashSet<i32>,
     buckets: HashSet<(String, &'static str, i64)>,
 }
 
@@ -664,8 +670,19 @@ impl ScyllaViewStore {
                 }
                 ViewKey::Activity { room_id, hour } => self.exec(&q.del_activity, (ts, room_id, hour)).await,
             },
-            Op::RoomIndex { room_id, on: true } => self.exec(&q.put_room_index, (ROOMS_SHARD, room_id, ts)).await,
-            Op::RoomIndex { room_id, on: false } => self.exec(&q.del_room_index, (ts, ROOMS_SHARD, room_id)).await,
+            Op::RoomIndex { room_id, on: true } => {
+                let shard = room_shard(room_id);
+                let known = self.written.lock().map_err(storage)?.room_shards.contains(&shard);
+                if !known {
+                    self.exec(&q.put_room_shard, (ROOM_SHARDS, shard, ts)).await?;
+                    self.written.lock().map_err(storage)?.room_shards.insert(shard);
+                }
+                self.exec(&q.put_room_index, (shard, room_id, ts)).await
+            }
+            Op::RoomIndex { room_id, on: false } => {
+                self.exec(&q.del_room_index, (ts, room_shard(room_id), room_id)).await?;
+                self.exec(&q.del_room_index, (ts, LEGACY_ROOMS_SHARD, room_id)).await
+            }
             Op::UserRoom {
                 user_id,
                 room_id,
@@ -1230,11 +1247,26 @@ impl ViewStore for ScyllaViewStore {
             return Ok(Vec::new());
         }
         let n = limit_of(limit);
-        let ids: Vec<(String,)> = match after {
-            Some(a) => self.all(&self.q.rooms_after, (ROOMS_SHARD, a, n)).await?,
-            None => self.all(&self.q.rooms_first, (ROOMS_SHARD, n)).await?,
+        let page = |shard: i32| async move {
+            let ids: Vec<(String,)> = match after {
+                Some(a) => self.all(&self.q.rooms_after, (shard, a, n)).await?,
+                None => self.all(&self.q.rooms_first, (shard, n)).await?,
+            };
+            Ok::<_, StoreError>(ids.into_iter().map(|(id,)| id).collect::<Vec<_>>())
         };
-        let found: Vec<Option<RoomView>> = in_order!(&ids, READS_IN_FLIGHT, |(id,)| self.room(id));
+        // The shards from the one `after` is in, in order, until the page is full.
+        let first = after.map_or(1, room_shard).max(1);
+        let shards: Vec<(i32,)> = self.all(&self.q.room_shards_from, (ROOM_SHARDS, first)).await?;
+        let mut sharded = Vec::new();
+        for (shard,) in shards {
+            if sharded.len() >= limit {
+                break;
+            }
+            sharded.extend(page(shard).await?);
+        }
+        let legacy = page(LEGACY_ROOMS_SHARD).await?;
+        let ids = rows::merge_room_pages(legacy, sharded, limit);
+        let found: Vec<Option<RoomView>> = in_order!(&ids, READS_IN_FLIGHT, |id| self.room(id));
         Ok(found.into_iter().flatten().collect())
     }
 

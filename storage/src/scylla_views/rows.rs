@@ -30,6 +30,40 @@ pub(crate) fn bucket_of(message_id: &str) -> i64 {
     }
 }
 
+/// The `rooms_by_id` partition of a room: its id's first byte (1–255). Ids
+/// compare as byte strings, so walking the shards in order, and each shard
+/// in id order, lists rooms in id order; a store's rooms spread over as
+/// many partitions as their ids have first bytes (16 for the hex ids ingest
+/// makes). Shard 0 holds the index written before shards existed (no id
+/// starts with a NUL byte), listed beside the others until the next replay.
+pub(crate) fn room_shard(room_id: &str) -> i32 {
+    room_id.as_bytes().first().map_or(0, |b| i32::from(*b))
+}
+
+/// Rooms listed in id order from the legacy shard's page and the sharded
+/// walk's page, each in id order: merged, without repeats, `limit` at most.
+pub(crate) fn merge_room_pages(legacy: Vec<String>, sharded: Vec<String>, limit: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(limit.min(legacy.len() + sharded.len()));
+    let (mut a, mut b) = (legacy.into_iter().peekable(), sharded.into_iter().peekable());
+    while out.len() < limit {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x == y => {
+                b.next();
+                a.next()
+            }
+            (Some(x), Some(y)) if x < y => a.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, None) => None,
+        };
+        match next {
+            Some(id) => out.push(id),
+            None => break,
+        }
+    }
+    out
+}
+
 /// A position as stored in `positions.next_offset` (offsets are below 2^48).
 pub(crate) fn position_timestamp(next_offset: u64) -> i64 {
     i64::try_from(next_offset).unwrap_or(i64::MAX)
@@ -502,6 +536,31 @@ mod tests {
         // Rows from before the watermark existed.
         assert_eq!(readable_position(Some(10), None), 10);
         assert_eq!(readable_position(None, None), 0);
+    }
+
+    /// `rooms_by_id` was one partition for every room of the store; rooms
+    /// now spread over their ids' first bytes, and the walk over shards in
+    /// order lists them in id order still.
+    #[test]
+    fn room_shards_keep_the_listing_in_id_order() {
+        let mut ids: Vec<String> = (0..500u64)
+            .map(|i| format!("{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .chain(["Zed".to_owned(), "éclair".to_owned(), "_x".to_owned()])
+            .collect();
+        let mut by_shard = ids.clone();
+        by_shard.sort_by(|a, b| (room_shard(a), a).cmp(&(room_shard(b), b)));
+        ids.sort();
+        assert_eq!(by_shard, ids);
+        let shards: std::collections::BTreeSet<i32> = ids.iter().map(|i| room_shard(i)).collect();
+        assert!(shards.len() >= 16 && !shards.contains(&0), "{shards:?}");
+        // The legacy shard's rooms merge into the walk's in id order, once.
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            merge_room_pages(s(&["a1", "c3", "e5"]), s(&["b2", "c3", "d4"]), 10),
+            s(&["a1", "b2", "c3", "d4", "e5"])
+        );
+        assert_eq!(merge_room_pages(s(&["a1", "c3"]), s(&["b2"]), 2), s(&["a1", "b2"]));
+        assert_eq!(merge_room_pages(vec![], s(&["b2"]), 0), Vec::<String>::new());
     }
 
     /// Two writers of one consumer (a rolling deploy overlapping): the row

@@ -78,8 +78,16 @@ const MIGRATION_3: &[&str] = &[
     "ALTER TABLE {ks}.redo WITH tombstone_gc = {'mode': 'timeout'} AND gc_grace_seconds = 3600",
 ];
 
+/// Migration 4: `rooms_by_id` is sharded by the room id's first byte
+/// (`rows::room_shard`); this is the directory of the shards in use, one
+/// small partition, so a listing walks only populated shards.
+const MIGRATION_4: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.room_shards (k int, shard int, PRIMARY KEY (k, shard)) \
+     WITH CLUSTERING ORDER BY (shard ASC)",
+];
+
 /// All migrations, in order; the position in this list + 1 is the version.
-const MIGRATIONS: &[&[&str]] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
+const MIGRATIONS: &[&[&str]] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4];
 
 /// Whether a schema statement failed only because it had been applied
 /// already (`ALTER TABLE … ADD` has no `IF NOT EXISTS`): nodes migrating
@@ -99,11 +107,12 @@ pub(crate) fn tables_of(consumer: &str) -> &'static [&'static str] {
 }
 
 /// The core views' tables, truncated by `clear(CORE_VIEWS)`.
-const CORE_TABLES: [&str; 12] = [
+const CORE_TABLES: [&str; 13] = [
     "users",
     "usernames",
     "rooms",
     "rooms_by_id",
+    "room_shards",
     "members",
     "user_rooms",
     "messages",
@@ -198,5 +207,12 @@ mod tests {
         for statement in MIGRATION_3 {
             assert!(statement.starts_with("ALTER TABLE {ks}."), "{statement}");
         }
+        for statement in MIGRATION_4 {
+            assert!(statement.starts_with("CREATE TABLE IF NOT EXISTS {ks}."), "{statement}");
+        }
+        assert!(
+            tables_of(CORE_VIEWS).contains(&"room_shards"),
+            "a clear empties the directory too"
+        );
     }
 }
