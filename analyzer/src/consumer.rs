@@ -12,7 +12,7 @@
 //! record that the fold rejects in turn.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -121,9 +121,6 @@ async fn scan(log: &dyn Log, topic: Topic, partition: u32, from: u64, end: u64) 
 /// The analyzer's consumer group.
 pub const GROUP: &str = "analyzer";
 
-/// Kept for callers of [`Analyzer::run`]; the runner's error.
-pub type AnalyzerError = ConsumerError;
-
 pub struct Analyzer {
     log: Arc<dyn Log>,
     classifier: Arc<dyn Classifier>,
@@ -137,13 +134,6 @@ impl std::fmt::Debug for Analyzer {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Analyzer {
     pub fn new(log: Arc<dyn Log>, classifier: Arc<dyn Classifier>) -> Self {
         Analyzer { log, classifier }
@@ -151,7 +141,7 @@ impl Analyzer {
 
     /// Runs until `shutdown`, one task per rooms partition
     /// ([`run_consumer`] with this consumer).
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AnalyzerError> {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         let log = Arc::clone(&self.log);
         run_consumer(Arc::new(self), log, shutdown).await
     }
@@ -233,7 +223,7 @@ impl AnalyticsConsumer for Analyzer {
             let record = Record::EmotionRecorded(EmotionRecorded {
                 // Deterministic: the position of the message it describes.
                 request_id: ((pos.partition as i64) << 48) | pos.offset as i64,
-                at: now_ms(),
+                at: emosation_core::time::now_ms(),
                 room_id: m.room_id,
                 message_id: pos.to_id(),
                 label: c.label.as_str().to_owned(),

@@ -16,6 +16,16 @@ pub fn rfc3339_millis(ms: i64) -> String {
     )
 }
 
+/// The wall clock, in milliseconds since the Unix epoch, for whoever stamps
+/// a record's `at` (ingest, the analyzer) or a log entry's append time. The
+/// fold never calls it: it reads time only from the records.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Milliseconds in an hour.
 pub const HOUR_MS: i64 = 3_600_000;
 

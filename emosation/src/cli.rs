@@ -228,15 +228,6 @@ pub struct ReplayArgs {
     pub views: Vec<String>,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct ServiceArgs {
-    /// Address to serve on (services with an HTTP side).
-    #[arg(long, env = "EMOSATION_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: String,
-    #[command(flatten)]
-    pub engines: EngineArgs,
-}
-
 /// Connections the kernel completes and queues for `accept` (capped by
 /// `net.core.somaxconn`). A burst of reconnecting clients (a fan-out node
 /// restarted, a network blip) overflows a short queue, and every dropped

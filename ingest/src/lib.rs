@@ -17,7 +17,7 @@ pub mod http;
 pub mod validate;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
@@ -81,13 +81,6 @@ impl std::fmt::Debug for Ingest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ingest").field("cfg", &self.cfg).finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn hash_password(password: &str) -> Result<String, ApiError> {
@@ -180,7 +173,7 @@ impl Ingest {
     /// Appends the record built by `make(request_id, at)` and waits for the fold's decision.
     async fn submit(&self, make: impl FnOnce(i64, i64) -> Record) -> Result<Decision, ApiError> {
         let request_id = rand::random::<i64>();
-        let record = make(request_id, now_ms());
+        let record = make(request_id, emosation_core::time::now_ms());
         let value = emosation_schemas::encode(&record).map_err(|e| ApiError::internal("encode record", e))?;
         let ticket = self.decisions.expect(request_id);
         let key = record.key();

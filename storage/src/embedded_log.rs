@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -149,13 +149,6 @@ fn entry_key(partition: u32, offset: u64) -> [u8; 12] {
     k[..4].copy_from_slice(&partition.to_be_bytes());
     k[4..].copy_from_slice(&offset.to_be_bytes());
     k
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Stored value: timestamp (i64 BE) ++ key length (u32 BE) ++ key ++ value.
@@ -312,7 +305,7 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(
                 Err(_) => break,
             }
         }
-        let ts = now_ms();
+        let ts = emosation_core::time::now_ms();
         let mut batch = shared.db.batch();
         let mut positions = Vec::with_capacity(group.len());
         // Each partition's new records, in offset order: its new end is the
