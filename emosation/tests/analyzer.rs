@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -14,6 +14,7 @@ use axum::routing::post;
 use common::TestServer;
 use emosation_analyzer::ClassifierSettings;
 use emosation_analyzer::openai::{OnOutage, OpenAiConfig};
+use emosation_testkit::eventually;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -83,14 +84,15 @@ async fn a_slow_model_never_holds_chat_back() {
         .map(|m| m["message_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(history, sent, "every message is served while the model is stuck");
-    let started = Instant::now();
-    while requests.load(Ordering::Relaxed) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the analyzer asked the model"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the analyzer asked the model",
+        Duration::from_secs(20),
+        async || match requests.load(Ordering::Relaxed) {
+            0 => Err("no request".to_owned()),
+            n => Ok(n),
+        },
+    )
+    .await;
     let e = api.get(&format!("/v1/rooms/{room}/emotions"), &t).await.expect(200);
     assert_eq!(
         e["emotions"].as_array().unwrap().len(),
@@ -100,24 +102,19 @@ async fn a_slow_model_never_holds_chat_back() {
 
     // The model answers: every message gets exactly one emotion, from it.
     gate.send(true).unwrap();
-    let started = Instant::now();
-    let emotions = loop {
+    let emotions = eventually("every message's emotion arrived", Duration::from_secs(60), async || {
         let e = api
             .get(&format!("/v1/rooms/{room}/emotions?limit=100"), &t)
             .await
             .expect(200);
         let list = e["emotions"].as_array().unwrap().clone();
-        if list.len() >= sent.len() {
-            assert_eq!(e["summary"]["joy"], 20, "{e}");
-            break list;
+        if list.len() < sent.len() {
+            return Err(format!("{} emotions", list.len()));
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "emotions arrived ({})",
-            list.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        assert_eq!(e["summary"]["joy"], 20, "{e}");
+        Ok(list)
+    })
+    .await;
     let ids: Vec<&str> = emotions.iter().map(|e| e["message_id"].as_str().unwrap()).collect();
     assert_eq!(ids, sent.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(

@@ -813,24 +813,21 @@ async fn activity_counts_stored_messages_per_hour_for_members(s: TestServer) {
 
     // The activity view trails the post by a batch: wait for it (bounded).
     let path = format!("/v1/rooms/{room}/activity");
-    let started = std::time::Instant::now();
-    let body = loop {
-        let body = api.get(&path, &alice).await.expect(200);
-        let total: u64 = body["hours"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["messages"].as_u64().unwrap())
-            .sum();
-        if total >= 5 {
-            break body;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(15),
-            "activity lags: {body}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let body = emosation_testkit::eventually(
+        "activity counted five",
+        std::time::Duration::from_secs(15),
+        async || {
+            let body = api.get(&path, &alice).await.expect(200);
+            let total: u64 = body["hours"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["messages"].as_u64().unwrap())
+                .sum();
+            if total >= 5 { Ok(body) } else { Err(body.to_string()) }
+        },
+    )
+    .await;
     assert_eq!(body["room_id"], room.as_str());
     // Hours are those of the messages' created_at (the test may straddle one).
     let messages = api.all_messages(&alice, &room).await;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Api, SECRET};
+use emosation_testkit::eventually;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
@@ -322,8 +323,7 @@ async fn kill_9_during_websocket_sends_then_resume_delivers_every_acked_message(
 /// The room's messages per hour, from `/activity`, once it counts `total`
 /// messages (bounded wait).
 async fn activity_with(api: &Api, token: &str, room: &str, total: u64) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
+    eventually("activity caught up", Duration::from_secs(30), async || {
         let body = api.get(&format!("/v1/rooms/{room}/activity"), token).await.expect(200);
         let counted: u64 = body["hours"]
             .as_array()
@@ -331,16 +331,13 @@ async fn activity_with(api: &Api, token: &str, room: &str, total: u64) -> serde_
             .iter()
             .map(|h| h["messages"].as_u64().unwrap())
             .sum();
-        if counted >= total {
-            assert_eq!(counted, total, "never counted twice: {body}");
-            return body["hours"].clone();
+        if counted < total {
+            return Err(format!("{counted}/{total}"));
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "activity caught up ({counted}/{total})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        assert_eq!(counted, total, "never counted twice: {body}");
+        Ok(body["hours"].clone())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

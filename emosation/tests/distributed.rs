@@ -14,11 +14,11 @@ mod common;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ws_client::Client;
 use common::{Api, SECRET};
-use emosation_testkit::{RedisServer, Tansu, free_port};
+use emosation_testkit::{RedisServer, Tansu, eventually, free_port};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -116,9 +116,8 @@ impl Proc {
 /// Waits (bounded) until `/metrics` shows each group's lag at 0 on every
 /// rooms partition (8 by default).
 async fn caught_up(node: &Proc, groups: &[&str]) {
-    let started = Instant::now();
     let http = reqwest::Client::new();
-    loop {
+    eventually("analytics consumers caught up", Duration::from_secs(60), async || {
         let text = http
             .get(format!("{}/metrics", node.base))
             .send()
@@ -139,45 +138,38 @@ async fn caught_up(node: &Proc, groups: &[&str]) {
             lags.len() == 8 && lags.iter().all(|l| l.ends_with(" 0"))
         });
         if done {
-            return;
+            return Ok(());
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "analytics consumers caught up: {}",
-            text.lines()
-                .filter(|l| l.starts_with("emosation_consumer_lag"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(text
+            .lines()
+            .filter(|l| l.starts_with("emosation_consumer_lag"))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    })
+    .await
 }
 
 /// Connects to a fan-out node, retrying while its replica of the views has
 /// not yet folded the user's signup (the token is checked against it).
 async fn connect(node: &Proc, token: &str) -> Client {
-    let started = Instant::now();
-    loop {
-        let url = format!("{}/v1/ws?access_token={token}", node.base.replace("http://", "ws://"));
-        if let Ok((ws, _)) = tokio_tungstenite::connect_async(url).await {
-            let mut c = Client { ws };
-            let hello = c.next().await;
-            assert_eq!(hello["type"], "hello", "{hello}");
-            return c;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "could not connect to {}",
-            node.base
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let url = format!("{}/v1/ws?access_token={token}", node.base.replace("http://", "ws://"));
+    let mut c = eventually(
+        &format!("connected to {}", node.base),
+        Duration::from_secs(30),
+        async || match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(e) => Err(e.to_string()),
+        },
+    )
+    .await;
+    let hello = c.next().await;
+    assert_eq!(hello["type"], "hello", "{hello}");
+    c
 }
 
 /// Subscribes, retrying while the node's replica has not folded the join yet.
 async fn subscribe(c: &mut Client, room: &str, since: Option<&str>, streams: &[&str]) -> Value {
-    let started = Instant::now();
-    loop {
+    eventually("a member on this node", Duration::from_secs(30), async || {
         let mut f = json!({"type": "subscribe", "room_id": room, "streams": streams});
         if let Some(s) = since {
             f["since"] = json!(s);
@@ -185,15 +177,12 @@ async fn subscribe(c: &mut Client, room: &str, since: Option<&str>, streams: &[&
         c.send(f).await;
         let r = c.next_of(&["subscribed", "error"]).await;
         if r["type"] == "subscribed" {
-            return r;
+            return Ok(r);
         }
         assert_eq!(r["code"], "not_member", "{r}");
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never became a member on this node"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(r.to_string())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,8 +347,7 @@ async fn two_fanout_nodes_on_kafka_and_redis() {
 /// Waits until the room's emotion summary counts `n` emotions (the analyzer
 /// has caught up and appends nothing more).
 async fn emotions_settle(api: &Api, token: &str, room: &str, n: u64) {
-    let started = Instant::now();
-    loop {
+    eventually("emotions caught up", Duration::from_secs(60), async || {
         let e = api.get(&format!("/v1/rooms/{room}/emotions"), token).await.expect(200);
         let counted: u64 = e["summary"]
             .as_object()
@@ -368,14 +356,12 @@ async fn emotions_settle(api: &Api, token: &str, room: &str, n: u64) {
             .map(|v| v.as_u64().unwrap())
             .sum();
         if counted >= n {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{counted}/{n}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "emotions caught up ({counted}/{n})"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 /// Every service in its own process over shared views in Redis: decisions
@@ -441,23 +427,25 @@ async fn one_service_per_process_on_shared_redis_views() {
 
     // Redis restarts with nothing: the projector notices and refolds the log.
     redis.restart_empty();
-    let started = Instant::now();
-    loop {
-        let out = Command::new(BIN)
-            .args(["views", "checksum", "--store", redis.url(), "--data-dir"])
-            .arg(dir("cli"))
-            .output()
-            .await
-            .unwrap();
-        if out.status.success() && String::from_utf8_lossy(&out.stdout) == before {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the views were rebuilt from the log to the same checksum"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    eventually(
+        "the views rebuilt from the log to the same checksum",
+        Duration::from_secs(60),
+        async || {
+            let out = Command::new(BIN)
+                .args(["views", "checksum", "--store", redis.url(), "--data-dir"])
+                .arg(dir("cli"))
+                .output()
+                .await
+                .unwrap();
+            let now = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && now == before {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        },
+    )
+    .await;
     // And the deployment carries on.
     let r = cmd.send(&alice, &room, "after", "back again").await;
     let after = r.expect(202)["message_id"].as_str().unwrap().to_owned();

@@ -15,10 +15,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Api, SECRET};
-use emosation_testkit::{Tansu, free_port};
+use emosation_testkit::{Tansu, eventually, free_port};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -137,40 +137,40 @@ async fn a_python_consumer_decodes_the_log_and_agrees_with_the_views() {
 
     // The server's views, once every stored message has its emotion.
     let rooms = [(&lounge, &ann), (&pair, &bob)];
-    let mut expected = BTreeMap::new();
-    let started = Instant::now();
-    loop {
-        expected.clear();
-        let mut complete = true;
-        for (room, token) in rooms {
-            let history = api.all_messages(token, room).await;
-            let emotions = api
-                .get(&format!("/v1/rooms/{room}/emotions?limit=200"), token)
-                .await
-                .expect(200);
-            // The summary lists every label; the consumer, those it saw.
-            let mut summary: BTreeMap<String, u64> = serde_json::from_value(emotions["summary"].clone()).unwrap();
-            summary.retain(|_, n| *n > 0);
-            let activity = api.get(&format!("/v1/rooms/{room}/activity"), token).await.expect(200);
-            let counted: u64 = activity["hours"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| h["messages"].as_u64().unwrap())
-                .sum();
-            let n = history.len() as u64;
-            complete &= summary.values().sum::<u64>() == n && counted == n;
-            expected.insert(room.clone(), (history.len(), summary, activity["hours"].clone()));
-        }
-        if complete {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "views incomplete: {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let expected = eventually(
+        "every stored message has its emotion and its hour",
+        Duration::from_secs(30),
+        async || {
+            let mut expected = BTreeMap::new();
+            let mut complete = true;
+            for (room, token) in rooms {
+                let history = api.all_messages(token, room).await;
+                let emotions = api
+                    .get(&format!("/v1/rooms/{room}/emotions?limit=200"), token)
+                    .await
+                    .expect(200);
+                // The summary lists every label; the consumer, those it saw.
+                let mut summary: BTreeMap<String, u64> = serde_json::from_value(emotions["summary"].clone()).unwrap();
+                summary.retain(|_, n| *n > 0);
+                let activity = api.get(&format!("/v1/rooms/{room}/activity"), token).await.expect(200);
+                let counted: u64 = activity["hours"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| h["messages"].as_u64().unwrap())
+                    .sum();
+                let n = history.len() as u64;
+                complete &= summary.values().sum::<u64>() == n && counted == n;
+                expected.insert(room.clone(), (history.len(), summary, activity["hours"].clone()));
+            }
+            if complete {
+                Ok(expected)
+            } else {
+                Err(format!("{expected:?}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(expected.values().map(|(n, _, _)| n).sum::<usize>(), sent);
 
     // The Python consumer, its own group, from offset 0.

@@ -16,12 +16,31 @@
 //!   watermarks are right, unlike its memory engine).
 //! - [`RedisServer`]: Debian's `redis-server`, no persistence.
 //! - [`free_port`], [`unique`]: ports and names that do not collide.
+//! - [`eventually`]: wait, bounded, until something observed holds.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Calls `check` until it returns `Ok`, every 20 ms, and returns its value;
+/// fails the test after `within` with `what` and the last `Err` it gave
+/// (what was observed instead). Every "poll until a deadline" of the tests
+/// is this call, so none can hang and each says what it waited for.
+pub async fn eventually<T>(what: &str, within: Duration, mut check: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(observed) => assert!(
+                started.elapsed() < within,
+                "{what}: not within {within:?}; last observed: {observed}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// A port of 127.0.0.1 that nothing listens on right now.
 pub fn free_port() -> u16 {

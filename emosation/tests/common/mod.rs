@@ -243,14 +243,12 @@ impl Api {
 /// coming up), failing the test after `within`.
 pub async fn wait_healthy(base: &str, within: Duration) {
     let http = reqwest::Client::new();
-    let started = std::time::Instant::now();
-    loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
-            && r.status().is_success()
-        {
-            return;
+    emosation_testkit::eventually(&format!("{base} up"), within, async || {
+        match http.get(format!("{base}/healthz")).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(r.status().to_string()),
+            Err(e) => Err(e.to_string()),
         }
-        assert!(started.elapsed() < within, "{base} did not come up within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
