@@ -22,6 +22,7 @@ use emosation_core::ids::{LogPosition, Topic, Topology};
 use emosation_core::ports::{Classifier, ClassifyError, Log};
 use emosation_core::record::{MessagePosted, Record};
 use emosation_storage::EmbeddedLog;
+use emosation_testkit::eventually;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -563,11 +564,15 @@ async fn outage_mid_stream_still_gives_every_message_exactly_one_emotion() {
         post_message(&*log, i).await;
     }
     // Let the first messages through, then take the model down.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while emotions(&*log).await.0.len() < 20 {
-        assert!(Instant::now() < deadline, "healthy model classifies the first messages");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "a healthy model classifies the first messages",
+        Duration::from_secs(20),
+        async || match emotions(&*log).await.0.len() {
+            n if n >= 20 => Ok(()),
+            n => Err(format!("{n} classified")),
+        },
+    )
+    .await;
     stub.set(|_| Reply::Status(503, None));
     let down_at = stub.requests();
     for i in 20..45 {
@@ -589,20 +594,16 @@ async fn outage_mid_stream_still_gives_every_message_exactly_one_emotion() {
         post_message(&*log, i).await;
     }
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("every message classified", Duration::from_secs(30), async || {
         let (by_message, messages) = emotions(&*log).await;
         assert_eq!(messages.len(), total);
         if by_message.len() == total {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{} of {total}", by_message.len()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {total} classified",
-            by_message.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     // Let any straggling append land before counting duplicates.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();

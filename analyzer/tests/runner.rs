@@ -10,6 +10,7 @@ use emosation_analyzer::{AnalyticsConsumer, Checkpoint, ConsumerError, run_consu
 use emosation_core::ids::{Topic, Topology};
 use emosation_core::ports::{Log, LogEntry};
 use emosation_storage::EmbeddedLog;
+use emosation_testkit::eventually;
 use tokio_util::sync::CancellationToken;
 
 /// Records the offsets of every batch it is handed.
@@ -64,11 +65,15 @@ async fn batches_of(linger: Duration, burst: u64) -> Vec<Vec<u64>> {
     let handled = |n: usize| {
         let consumer = Arc::clone(&consumer);
         async move {
-            let started = Instant::now();
-            while consumer.batches.lock().unwrap().iter().map(Vec::len).sum::<usize>() < n {
-                assert!(started.elapsed() < Duration::from_secs(20), "{n} records handled");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            eventually(
+                &format!("{n} records handled"),
+                Duration::from_secs(20),
+                async || match consumer.batches.lock().unwrap().iter().map(Vec::len).sum::<usize>() {
+                    handled if handled >= n => Ok(()),
+                    handled => Err(format!("{handled} handled")),
+                },
+            )
+            .await
         }
     };
     append(0).await;

@@ -110,21 +110,26 @@ fn commands(n: usize, topo: Topology) -> Vec<Record> {
 }
 
 async fn wait_until_caught_up(log: &dyn Log, views: &dyn ViewStore) {
-    for _ in 0..500 {
-        let mut behind = false;
+    emosation_testkit::eventually("the projector caught up", Duration::from_secs(10), async || {
+        let mut behind = Vec::new();
         for topic in Topic::ALL {
             for p in 0..log.topology().partitions(topic) {
-                if views.position(CORE_VIEWS, topic, p).await.unwrap() < log.end_offset(topic, p).await.unwrap() {
-                    behind = true;
+                let (at, end) = (
+                    views.position(CORE_VIEWS, topic, p).await.unwrap(),
+                    log.end_offset(topic, p).await.unwrap(),
+                );
+                if at < end {
+                    behind.push(format!("{}/{p} at {at} of {end}", topic.name()));
                 }
             }
         }
-        if !behind {
-            return;
+        if behind.is_empty() {
+            Ok(())
+        } else {
+            Err(behind.join(", "))
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("projector did not catch up");
+    })
+    .await
 }
 
 /// Appends `records` in order, each under its own key.

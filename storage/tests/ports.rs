@@ -872,10 +872,14 @@ async fn presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
 
     // Kicks reach the owning node's sink.
     b.kick(&evicted[0]).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while kicked_a.lock().unwrap().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    emosation_testkit::eventually("the kick reached node a", Duration::from_secs(5), async || {
+        if kicked_a.lock().unwrap().is_empty() {
+            Err("no kick".to_owned())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     assert_eq!(*kicked_a.lock().unwrap(), vec![1]);
     assert!(kicked_b.lock().unwrap().is_empty());
 
