@@ -222,8 +222,9 @@ impl Default for ServeArgs {
 pub struct ReplayArgs {
     #[command(flatten)]
     pub engines: EngineArgs,
-    /// Views to rebuild (comma-separated): core, users, rooms, members, messages, sessions;
-    /// `activity` is cleared here and rebuilt from offset 0 by its consumer when the server next runs.
+    /// Views to rebuild (comma-separated): `core` (every view the fold writes, rebuilt together since
+    /// they share its decisions) and/or `activity` (cleared here and rebuilt from offset 0 by its
+    /// consumer when the server next runs).
     #[arg(long, env = "EMOSATION_VIEWS", value_delimiter = ',', default_value = "core")]
     pub views: Vec<String>,
 }
@@ -262,63 +263,24 @@ pub fn init_tracing() {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default())) {
-        Command::Serve(args) => serve(args, Roles::ALL).await,
-        Command::Ingest(args) => {
-            serve(
-                args,
-                Roles {
-                    ingest: true,
-                    ..Roles::NONE
-                },
-            )
-            .await
-        }
-        Command::Projector(args) => {
-            serve(
-                args,
-                Roles {
-                    projector: true,
-                    ..Roles::NONE
-                },
-            )
-            .await
-        }
-        Command::Fanout(args) => {
-            serve(
-                args,
-                Roles {
-                    fanout: true,
-                    ..Roles::NONE
-                },
-            )
-            .await
-        }
-        Command::Analyzer(args) => {
-            serve(
-                args,
-                Roles {
-                    analyzer: true,
-                    ..Roles::NONE
-                },
-            )
-            .await
-        }
-        Command::QueryApi(args) => {
-            serve(
-                args,
-                Roles {
-                    query_api: true,
-                    ..Roles::NONE
-                },
-            )
-            .await
-        }
-        Command::Replay(args) => replay(args).await,
+    let alone = |f: fn(&mut Roles)| {
+        let mut roles = Roles::NONE;
+        f(&mut roles);
+        roles
+    };
+    let (args, roles) = match cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => (args, Roles::ALL),
+        Command::Ingest(args) => (args, alone(|r| r.ingest = true)),
+        Command::Projector(args) => (args, alone(|r| r.projector = true)),
+        Command::Fanout(args) => (args, alone(|r| r.fanout = true)),
+        Command::Analyzer(args) => (args, alone(|r| r.analyzer = true)),
+        Command::QueryApi(args) => (args, alone(|r| r.query_api = true)),
+        Command::Replay(args) => return replay(args).await,
         Command::Views {
             command: ViewsCommand::Checksum(args),
-        } => checksum(args).await,
-    }
+        } => return checksum(args).await,
+    };
+    serve(args, roles).await
 }
 
 async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
@@ -416,39 +378,28 @@ async fn checksum(args: ChecksumArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-const CORE_VIEW_NAMES: [&str; 6] = ["core", "users", "rooms", "members", "messages", "sessions"];
-
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use emosation_core::ports::CORE_VIEWS;
     use emosation_core::view::ACTIVITY_VIEWS;
     for v in &args.views {
         anyhow::ensure!(
-            CORE_VIEW_NAMES.contains(&v.as_str()) || v == ACTIVITY_VIEWS,
-            "unknown view {v:?}; known views: {}, {ACTIVITY_VIEWS}",
-            CORE_VIEW_NAMES.join(", ")
-        );
-    }
-    if args.views.iter().any(|v| v == ACTIVITY_VIEWS) {
-        // An analytics view is its own consumer's: dropping it (and its
-        // positions) makes the consumer backfill it from offset 0.
-        let views = args.engines.engines()?.open_views().await?;
-        views.clear(ACTIVITY_VIEWS).await?;
-        println!("activity view cleared: the activity consumer rebuilds it from offset 0 when the server next runs");
-        if args.views.iter().all(|v| v == ACTIVITY_VIEWS) {
-            return Ok(());
-        }
-    }
-    let args = ReplayArgs {
-        views: args.views.into_iter().filter(|v| v != ACTIVITY_VIEWS).collect(),
-        ..args
-    };
-    if args.views.iter().any(|v| v != "core") {
-        eprintln!(
-            "note: users, rooms, members, messages and sessions share the fold's decisions; rebuilding them together"
+            v == CORE_VIEWS || v == ACTIVITY_VIEWS,
+            "unknown view {v:?}; known views: {CORE_VIEWS} (every view the fold writes: users, rooms, members, \
+             messages, sessions, emotions), {ACTIVITY_VIEWS}"
         );
     }
     let engines = args.engines.engines()?;
-    let log = engines.open_log().await?;
     let views = engines.open_views().await?;
+    if args.views.iter().any(|v| v == ACTIVITY_VIEWS) {
+        // An analytics view is its own consumer's: dropping it (and its
+        // positions) makes the consumer backfill it from offset 0.
+        views.clear(ACTIVITY_VIEWS).await?;
+        println!("activity view cleared: the activity consumer rebuilds it from offset 0 when the server next runs");
+    }
+    if !args.views.iter().any(|v| v == CORE_VIEWS) {
+        return Ok(());
+    }
+    let log = engines.open_log().await?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} records  {per_sec}  eta {eta}")

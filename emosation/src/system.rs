@@ -133,6 +133,60 @@ impl Roles {
     }
 }
 
+/// What a process runs beside its roles, decided from the roles and the
+/// engines' URLs alone (no I/O), so the decision has tests of its own.
+///
+/// Views are per process when the store is embedded: a process whose
+/// services read views then folds the log into its own embedded store (a
+/// replica — the fold is deterministic, so every replica decides every
+/// command the same way) and learns decisions from its own projector. With
+/// a shared store (`redis://`, `scylla://`), only a projector writes it, and
+/// the others learn its decisions through Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub roles: Roles,
+    /// The views are shared by every process (`redis://`, `scylla://`).
+    pub shared_views: bool,
+    /// A projector runs here: the projector's role, or the replica of
+    /// embedded views that this process's services read.
+    pub projector: bool,
+    /// Decisions cross processes through Redis (shared views and a
+    /// `redis://` cache); otherwise they stay in the process.
+    pub redis_decisions: bool,
+    /// The activity consumer runs here: where `/activity` is served on
+    /// per-process views, in the analyzer service on shared ones.
+    pub activity: bool,
+    /// Analytics share the process with the chat path, so they get a
+    /// low-priority runtime of their own.
+    pub analytics_runtime: bool,
+}
+
+impl Plan {
+    pub fn new(roles: Roles, engines: &Engines) -> anyhow::Result<Plan> {
+        let shared_views = engines
+            .store
+            .as_deref()
+            .is_some_and(emosation_storage::is_shared_view_store);
+        let projector = roles.projector || (roles.reads_views() && !shared_views);
+        let redis_decisions = shared_views && engines.cache.as_deref().is_some_and(|c| c.starts_with("redis://"));
+        anyhow::ensure!(
+            projector || !(roles.ingest || roles.fanout) || redis_decisions,
+            "ingest and fan-out on a shared view store learn the projector's decisions through Redis: \
+             give --cache redis://…, or run them with the projector (`serve`), or on embedded views"
+        );
+        let activity = (shared_views && roles.analyzer) || (!shared_views && projector && roles.query_api);
+        let chat_path = roles.ingest || roles.fanout || roles.projector || roles.query_api;
+        Ok(Plan {
+            roles,
+            shared_views,
+            projector,
+            redis_decisions,
+            activity,
+            analytics_runtime: chat_path && (roles.analyzer || activity),
+        })
+    }
+}
+
 impl ServeConfig {
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
         ServeConfig {
@@ -240,32 +294,13 @@ impl Drop for Analytics {
 }
 
 impl Server {
-    /// Opens the engines and starts the services of `cfg.roles`, serving
-    /// their HTTP side (and `/healthz`, `/metrics`) on `listener`.
-    ///
-    /// Views are per process when the store is embedded: a process whose
-    /// services read views then folds the log into its own embedded store (a
-    /// replica — the fold is deterministic, so every replica decides every
-    /// command the same way) and learns decisions from its own projector.
-    /// With a shared store (`redis://`), only a projector writes it.
+    /// Opens the engines and starts what `Plan::new(cfg.roles, …)` decides,
+    /// serving the HTTP side (and `/healthz`, `/metrics`) on `listener`.
     pub async fn start(cfg: ServeConfig, listener: TcpListener) -> anyhow::Result<Server> {
-        let roles = cfg.roles;
+        let plan = Plan::new(cfg.roles, &cfg.engines)?;
+        let roles = plan.roles;
         let log = cfg.engines.open_log().await?;
-        let shared_views = cfg
-            .engines
-            .store
-            .as_deref()
-            .is_some_and(emosation_storage::is_shared_view_store);
-        let run_projector = roles.projector || (roles.reads_views() && !shared_views);
-        // Decisions cross processes (Redis pub/sub) when the views are shared
-        // and Redis is there; a process with its own projector over its own
-        // views needs nothing but itself.
-        let decisions_url = cfg
-            .engines
-            .cache
-            .as_deref()
-            .filter(|c| shared_views && c.starts_with("redis://"));
-        let decisions: Arc<dyn Decisions> = match decisions_url {
+        let decisions: Arc<dyn Decisions> = match cfg.engines.cache.as_deref().filter(|_| plan.redis_decisions) {
             Some(url) => Arc::new(
                 emosation_storage::RedisDecisions::connect(url)
                     .await
@@ -273,11 +308,6 @@ impl Server {
             ),
             None => Arc::new(LocalDecisions::new()),
         };
-        anyhow::ensure!(
-            run_projector || !(roles.ingest || roles.fanout) || decisions_url.is_some(),
-            "ingest and fan-out on a shared view store learn the projector's decisions through Redis: \
-             give --cache redis://…, or run them with the projector (`serve`), or on embedded views"
-        );
         let views = cfg.engines.open_views().await?;
         let secret = jwt_secret(cfg.jwt_secret.as_deref(), &cfg.engines.data_dir)?;
         let keys = TokenKeys::new(&secret, cfg.access_ttl, cfg.refresh_ttl);
@@ -317,12 +347,7 @@ impl Server {
                 .context("subscribe to kick orders")?;
             app = app.merge(emosation_ws_fanout::routes(fanout));
         }
-        // Activity by hour is a view of its own, so it is folded where it is
-        // served: beside the query API on per-process (embedded) views, in
-        // the analyzer service on a shared store.
-        let activity = (shared_views && roles.analyzer) || (!shared_views && run_projector && roles.query_api);
-        let chat_path = roles.ingest || roles.fanout || roles.projector || roles.query_api;
-        let analytics = if chat_path && (roles.analyzer || activity) {
+        let analytics = if plan.analytics_runtime {
             Some(Analytics::start().context("start the analytics runtime")?)
         } else {
             None
@@ -337,19 +362,19 @@ impl Server {
                 analyzer.run(stop).await.context("analyzer")
             });
         }
-        if activity {
+        if plan.activity {
             let activity = Arc::new(ActivityConsumer::new(Arc::clone(&views)));
             let (log, stop) = (Arc::clone(&log), shutdown.clone());
             Analytics::spawn(analytics.as_ref(), &mut tasks, async move {
                 run_consumer(activity, log, stop).await.context("activity consumer")
             });
         }
-        if run_projector {
+        if plan.projector {
             let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions);
             let stop = shutdown.clone();
             tasks.spawn(async move { projector.run(stop).await.context("projector") });
         }
-        info!(?roles, replica = run_projector && !roles.projector, "services starting");
+        info!(?plan, replica = plan.projector && !roles.projector, "services starting");
 
         // `with_state(())` turns every handler into a ready route once, here,
         // instead of per request.
@@ -413,5 +438,70 @@ impl Server {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.wait().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engines(store: Option<&str>, cache: Option<&str>) -> Engines {
+        let mut e = Engines::embedded("/nonexistent");
+        e.log = Some("kafka://k:9092".into());
+        e.store = store.map(str::to_owned);
+        e.cache = cache.map(str::to_owned);
+        e
+    }
+
+    fn only(f: impl FnOnce(&mut Roles)) -> Roles {
+        let mut r = Roles::NONE;
+        f(&mut r);
+        r
+    }
+
+    #[test]
+    fn serve_on_the_embedded_engines_runs_everything_in_process() {
+        let plan = Plan::new(Roles::ALL, &Engines::embedded("/nonexistent")).unwrap();
+        assert!(plan.projector && plan.activity && plan.analytics_runtime);
+        assert!(!plan.shared_views && !plan.redis_decisions);
+    }
+
+    #[test]
+    fn a_service_alone_on_embedded_views_folds_its_own_replica() {
+        let fanout = Plan::new(only(|r| r.fanout = true), &engines(None, Some("redis://r:6379"))).unwrap();
+        assert!(fanout.projector, "a replica of the views it reads");
+        assert!(!fanout.redis_decisions, "its own projector decides");
+        assert!(!fanout.activity && !fanout.analytics_runtime);
+        let query = Plan::new(only(|r| r.query_api = true), &engines(None, None)).unwrap();
+        assert!(
+            query.projector && query.activity,
+            "activity is folded where it is served"
+        );
+        // The analyzer reads no views: no replica, no activity.
+        let analyzer = Plan::new(only(|r| r.analyzer = true), &engines(None, None)).unwrap();
+        assert!(!analyzer.projector && !analyzer.activity && !analyzer.analytics_runtime);
+    }
+
+    #[test]
+    fn on_shared_views_only_the_projector_writes_and_decisions_go_through_redis() {
+        let shared = |roles| Plan::new(roles, &engines(Some("scylla://s:9042"), Some("redis://r:6379")));
+        let ingest = shared(only(|r| r.ingest = true)).unwrap();
+        assert!(ingest.shared_views && ingest.redis_decisions && !ingest.projector);
+        let projector = shared(only(|r| r.projector = true)).unwrap();
+        assert!(projector.projector && !projector.activity);
+        let analyzer = shared(only(|r| r.analyzer = true)).unwrap();
+        assert!(
+            analyzer.activity,
+            "the shared activity view is folded by the analyzer service"
+        );
+        assert!(!analyzer.analytics_runtime, "alone, it needs no low-priority runtime");
+        // Without Redis, ingest and the fan-out could not learn decisions.
+        for roles in [only(|r| r.ingest = true), only(|r| r.fanout = true)] {
+            let err = Plan::new(roles, &engines(Some("redis://v:6379"), None)).unwrap_err();
+            assert!(err.to_string().contains("--cache redis://"), "{err}");
+        }
+        // With the projector in the same process they decide locally.
+        let serve = shared(Roles::ALL).unwrap();
+        assert!(serve.projector && serve.redis_decisions && serve.activity);
     }
 }
