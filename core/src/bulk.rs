@@ -1,5 +1,5 @@
 //! [`BulkRows`]: write-once view entities encoded for a bulk load
-//! ([`crate::ports::ViewStore::ingest`]).
+//! ([`crate::ports::ViewStore::bulk_load`]).
 //!
 //! A replay produces hundreds of thousands of messages and idempotency keys
 //! between two bulk loads. Holding them as typed values costs an allocation per

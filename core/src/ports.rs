@@ -164,7 +164,7 @@ pub trait ViewStore: Send + Sync + 'static {
     /// ([`ViewKey::is_write_once`]; [`BulkRows`] takes no others) and not
     /// already present; rows may come in any order. Not atomic with positions:
     /// callers bracket a rebuild with [`ViewStore::set_rebuilding`].
-    async fn ingest(&self, rows: BulkRows) -> Result<(), StoreError>;
+    async fn bulk_load(&self, rows: BulkRows) -> Result<(), StoreError>;
 
     /// Marks `consumer`'s views as mid-rebuild (or no longer). Views marked
     /// so are incomplete: a projector must refuse to resume them.

@@ -9,7 +9,7 @@
 //! batches carrying the partition's final position.
 //!
 //! The *write-once* entities (messages, idempotency keys) are encoded as the
-//! fold writes them ([`BulkRows`]) and bulk-loaded ([`ViewStore::ingest`]).
+//! fold writes them ([`BulkRows`]) and bulk-loaded ([`ViewStore::bulk_load`]).
 //! A finished partition hands its rows to a buffer shared by all partitions,
 //! which is bulk-loaded when it holds [`ReplayOptions::ingest_buffer`] bytes
 //! and at the end: on an LSM store each bulk load is one sorted run, and runs
@@ -215,7 +215,7 @@ fn key_hash(k: &ViewKey) -> u64 {
 
 impl PartitionState {
     /// Moves the pending write-once entities into the store.
-    async fn ingest(&mut self, store: &dyn ViewStore) -> Result<(), StoreError> {
+    async fn bulk_load(&mut self, store: &dyn ViewStore) -> Result<(), StoreError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -223,7 +223,7 @@ impl PartitionState {
         self.ingested.extend(self.pending_index.keys().copied());
         self.pending_index.clear();
         self.collided.clear();
-        store.ingest(std::mem::take(&mut self.pending)).await
+        store.bulk_load(std::mem::take(&mut self.pending)).await
     }
 
     async fn fold_entries(
@@ -271,7 +271,7 @@ impl PartitionState {
             return Err(e);
         }
         if self.pending.len() >= self.ingest_chunk {
-            self.ingest(store).await?;
+            self.bulk_load(store).await?;
         }
         Ok(())
     }
@@ -358,7 +358,7 @@ impl SharedRows {
             }
         };
         match full {
-            Some(rows) if !rows.is_empty() => store.ingest(rows).await,
+            Some(rows) if !rows.is_empty() => store.bulk_load(rows).await,
             _ => Ok(()),
         }
     }
@@ -368,7 +368,7 @@ impl SharedRows {
         if rows.is_empty() {
             return Ok(());
         }
-        store.ingest(rows).await
+        store.bulk_load(rows).await
     }
 }
 

@@ -444,7 +444,7 @@ impl ViewStore for EmbeddedViewStore {
         b.commit().map_err(storage)
     }
 
-    async fn ingest(&self, rows: BulkRows) -> Result<(), StoreError> {
+    async fn bulk_load(&self, rows: BulkRows) -> Result<(), StoreError> {
         // Each table's rows become sorted runs (LSM ingestions), written
         // straight from the rows' encoded bytes; tables, and the key ranges
         // of a large table, load in parallel ([`ingest_pieces`]).

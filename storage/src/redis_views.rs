@@ -53,7 +53,7 @@ use crate::embedded_views::is_position_of;
 use crate::redis_conn::{RedisPool, RedisUrl};
 use crate::{OpenError, consumer_partition_key};
 
-/// Keys written per pipeline round trip by `ingest`.
+/// Keys written per pipeline round trip by `bulk_load`.
 const INGEST_CHUNK: usize = 2_000;
 
 const APPLY_SCRIPT: &str = r#"
@@ -539,7 +539,7 @@ impl ViewStore for RedisViewStore {
         Ok(())
     }
 
-    async fn ingest(&self, rows: BulkRows) -> Result<(), StoreError> {
+    async fn bulk_load(&self, rows: BulkRows) -> Result<(), StoreError> {
         let all: Vec<u32> = (0..rows.len() as u32).collect();
         for chunk in all.chunks(INGEST_CHUNK) {
             let mut pipe = redis::pipe();

@@ -1412,7 +1412,7 @@ impl ViewStore for ScyllaViewStore {
         self.exec(&self.q.del_generation, (consumer, old.number)).await
     }
 
-    async fn ingest(&self, rows: BulkRows) -> Result<(), StoreError> {
+    async fn bulk_load(&self, rows: BulkRows) -> Result<(), StoreError> {
         let mut changes: Vec<Change> = Vec::with_capacity(rows.len());
         for (i, (table, key, value)) in rows.iter().enumerate() {
             let key = ViewKey::decode_write_once(table, key)

@@ -471,7 +471,7 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
         },
         ViewValue::ClientMsg(format!("{:016x}", 1)),
     ));
-    store.ingest(bulk(once)).await.unwrap();
+    store.bulk_load(bulk(once)).await.unwrap();
     let page = store.history("r1", None, 50).await.unwrap();
     assert_eq!(page.len(), 50);
     assert_eq!(page.last().unwrap().seq, 60);
@@ -676,7 +676,7 @@ async fn equal_content_gives_equal_checksums_on_embedded_and_redis() {
     let mut sums = Vec::new();
     for s in &stores {
         s.apply(sample_batch()).await.unwrap();
-        s.ingest(bulk([(
+        s.bulk_load(bulk([(
             ViewKey::Message {
                 room_id: "r2".into(),
                 message_id: "00000000000000a0".into(),
@@ -780,7 +780,7 @@ async fn embedded_views_keep_bulk_loads_made_after_a_clear_across_reopen() {
                 )
             })
             .collect::<Vec<_>>();
-        store.ingest(bulk(once)).await.unwrap();
+        store.bulk_load(bulk(once)).await.unwrap();
         store.checksum().await.unwrap()
     };
     let store = EmbeddedViewStore::open(dir.path()).unwrap();
@@ -824,11 +824,11 @@ async fn embedded_views_keep_every_row_of_a_bulk_load_cut_into_parallel_pieces()
     let whole = EmbeddedViewStore::open(a.path()).unwrap();
     let mut rows = bulk(entities(0, N));
     rows.sort_buckets();
-    whole.ingest(rows).await.unwrap();
+    whole.bulk_load(rows).await.unwrap();
     let parts = EmbeddedViewStore::open(b.path()).unwrap();
     for part in 0..10 {
         parts
-            .ingest(bulk(entities(part * N / 10, (part + 1) * N / 10)))
+            .bulk_load(bulk(entities(part * N / 10, (part + 1) * N / 10)))
             .await
             .unwrap();
     }
