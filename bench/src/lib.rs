@@ -18,11 +18,11 @@ use reqwest::Client;
 use serde_json::{Value, json};
 
 /// Runs the benchmark process as the server runs by default: without
-/// transparent huge pages (see `emosation_storage::process`), unless
+/// transparent huge pages (see `emosation::process`), unless
 /// `EMOSATION_TRANSPARENT_HUGE_PAGES=true`.
 pub fn like_the_server() {
     if !env("EMOSATION_TRANSPARENT_HUGE_PAGES", false)
-        && let Err(e) = emosation_storage::process::disable_transparent_huge_pages()
+        && let Err(e) = emosation::process::disable_transparent_huge_pages()
     {
         eprintln!("could not opt out of transparent huge pages: {e}");
     }

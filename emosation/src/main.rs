@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
     let cli = emosation::cli::Cli::parse();
     emosation::cli::init_tracing();
     if !cli.transparent_huge_pages
-        && let Err(e) = emosation_storage::process::disable_transparent_huge_pages()
+        && let Err(e) = emosation::process::disable_transparent_huge_pages()
     {
         tracing::warn!("could not opt out of transparent huge pages: {e}");
     }

@@ -256,7 +256,7 @@ impl Analytics {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("analytics")
             .on_thread_start(|| {
-                if let Err(e) = emosation_storage::process::lower_current_thread_priority() {
+                if let Err(e) = crate::process::lower_current_thread_priority() {
                     warn!(error = %e, "cannot lower an analytics thread's priority");
                 }
             })

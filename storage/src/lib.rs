@@ -22,7 +22,6 @@ mod entity_cache;
 pub mod kafka_log;
 pub mod local_decisions;
 pub mod local_presence;
-pub mod process;
 pub mod redis_conn;
 pub mod redis_decisions;
 pub mod redis_presence;
