@@ -345,9 +345,8 @@ impl StreamingDigest {
         }
         let mut rest = buffer.into_iter().peekable();
         loop {
-            let from_runs = heads.peek().map(|std::cmp::Reverse((k, ..))| k.clone());
-            let take_rest = match (rest.peek(), &from_runs) {
-                (Some((k, _)), Some(r)) => k <= r,
+            let take_rest = match (rest.peek(), heads.peek()) {
+                (Some((k, _)), Some(std::cmp::Reverse((r, ..)))) => k <= r,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => break,
