@@ -6,12 +6,11 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Api, SECRET};
+use common::Api;
 use emosation_testkit::eventually;
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -27,26 +26,7 @@ fn free_port() -> u16 {
 }
 
 async fn spawn_server(dir: &Path, port: u16) -> (Child, Api) {
-    let child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir)
-        .args(["--message-rate", "0"])
-        .env("EMOSATION_JWT_SECRET", SECRET)
-        .env("EMOSATION_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let api = Api {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap(),
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    common::wait_healthy(&api.base, Duration::from_secs(30)).await;
-    (child, api)
+    common::spawn_binary("serve", dir, port, &[]).await
 }
 
 async fn cli(dir: &Path, args: &[&str]) -> String {

@@ -14,15 +14,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Api, SECRET};
 use emosation_testkit::{Tansu, eventually, free_port};
 use serde_json::{Value, json};
 use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_emosation");
 
 fn example_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python-emotion-mix")
@@ -64,27 +60,7 @@ async fn a_python_consumer_decodes_the_log_and_agrees_with_the_views() {
     let prefix = log_url.split("prefix=").nth(1).unwrap().to_owned();
     let bootstrap = kafka.url().trim_start_matches("kafka://").to_owned();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut server = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path())
-        .args(["--log", &log_url, "--message-rate", "0"])
-        .env("EMOSATION_JWT_SECRET", SECRET)
-        .env("EMOSATION_LOG_LEVEL", "warn")
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    common::wait_healthy(&base, Duration::from_secs(60)).await;
-    let api = Api {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap(),
-        base,
-    };
+    let (mut server, api) = common::spawn_binary("serve", dir.path(), free_port(), &["--log", &log_url]).await;
 
     let (_, ann) = api.user("ann").await;
     let (_, bob) = api.user("bob").await;

@@ -239,6 +239,33 @@ impl Api {
     }
 }
 
+/// Starts the real binary: `emosation <service> --listen 127.0.0.1:PORT
+/// --data-dir DIR --message-rate 0 EXTRA…` with the test secret, and waits
+/// until it answers `/healthz`. Killed when the child is dropped.
+pub async fn spawn_binary(service: &str, dir: &Path, port: u16, extra: &[&str]) -> (tokio::process::Child, Api) {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_emosation"))
+        .args([service, "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .args(["--message-rate", "0"])
+        .args(extra)
+        .env("EMOSATION_JWT_SECRET", SECRET)
+        .env("EMOSATION_LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let api = Api {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    wait_healthy(&api.base, Duration::from_secs(60)).await;
+    (child, api)
+}
+
 /// Waits until the server at `base` answers `/healthz` (a spawned process
 /// coming up), failing the test after `within`.
 pub async fn wait_healthy(base: &str, within: Duration) {
