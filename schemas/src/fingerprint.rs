@@ -79,17 +79,7 @@ fn write_schema(value: &Value, namespace: &str, out: &mut String) -> Result<(), 
             }
             Ok(())
         }
-        Value::Array(branches) => {
-            out.push('[');
-            for (i, branch) in branches.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_schema(branch, namespace, out)?;
-            }
-            out.push(']');
-            Ok(())
-        }
+        Value::Array(branches) => write_list(branches, out, |branch, out| write_schema(branch, namespace, out)),
         Value::Object(map) => write_complex(map, namespace, out),
         other => Err(CanonicalFormError::Invalid(format!("unexpected {other}"))),
     }
@@ -120,36 +110,22 @@ fn write_complex(map: &Map<String, Value>, namespace: &str, out: &mut String) ->
             write_string(kind, out);
             match kind {
                 "enum" => {
-                    out.push_str(",\"symbols\":[");
-                    let symbols = map
-                        .get("symbols")
-                        .and_then(Value::as_array)
-                        .ok_or_else(|| CanonicalFormError::Invalid("enum without symbols".into()))?;
-                    for (i, s) in symbols.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        let s = s
+                    out.push_str(",\"symbols\":");
+                    write_list(array_attr(map, "symbols")?, out, |symbol, out| {
+                        let symbol = symbol
                             .as_str()
                             .ok_or_else(|| CanonicalFormError::Invalid("enum symbol not a string".into()))?;
-                        write_string(s, out);
-                    }
-                    out.push(']');
+                        write_string(symbol, out);
+                        Ok(())
+                    })?;
                 }
                 "fixed" => {
                     out.push_str(",\"size\":");
                     out.push_str(&integer_attr(map, "size")?.to_string());
                 }
                 _ => {
-                    out.push_str(",\"fields\":[");
-                    let fields = map
-                        .get("fields")
-                        .and_then(Value::as_array)
-                        .ok_or_else(|| CanonicalFormError::Invalid("record without fields".into()))?;
-                    for (i, field) in fields.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
+                    out.push_str(",\"fields\":");
+                    write_list(array_attr(map, "fields")?, out, |field, out| {
                         let field = field
                             .as_object()
                             .ok_or_else(|| CanonicalFormError::Invalid("field not an object".into()))?;
@@ -161,8 +137,8 @@ fn write_complex(map: &Map<String, Value>, namespace: &str, out: &mut String) ->
                             .ok_or_else(|| CanonicalFormError::Invalid("field without a type".into()))?;
                         write_schema(ty, &inner_ns, out)?;
                         out.push('}');
-                    }
-                    out.push(']');
+                        Ok(())
+                    })?;
                 }
             }
             out.push('}');
@@ -204,6 +180,30 @@ fn full_name(name: &str, own_namespace: Option<&str>, enclosing: &str) -> String
         "" => name.to_owned(),
         ns => format!("{ns}.{name}"),
     }
+}
+
+/// `[a,b,…]`, each item written by `each`.
+fn write_list(
+    items: &[Value],
+    out: &mut String,
+    mut each: impl FnMut(&Value, &mut String) -> Result<(), CanonicalFormError>,
+) -> Result<(), CanonicalFormError> {
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        each(item, out)?;
+    }
+    out.push(']');
+    Ok(())
+}
+
+fn array_attr<'a>(map: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], CanonicalFormError> {
+    map.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .ok_or_else(|| CanonicalFormError::Invalid(format!("missing array attribute {key:?}")))
 }
 
 fn str_attr<'a>(map: &'a Map<String, Value>, key: &str) -> Result<&'a str, CanonicalFormError> {
