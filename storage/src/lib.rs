@@ -1,13 +1,16 @@
 //! Adapters for the ports of `emosation-core`, picked by URL scheme.
 //!
 //! # Layout
+//! One module per engine; each holds that engine's adapters.
+//!
 //! | port | embedded (default) | real engine |
 //! |---|---|---|
-//! | log | [`embedded_log`]: [`EmbeddedLog`], fjall, group commit | [`kafka_log`]: [`KafkaLog`], rdkafka (`kafka://`) |
-//! | views | [`embedded_views`]: [`EmbeddedViewStore`], fjall | [`redis_views`]: [`RedisViewStore`] (`redis://`); [`scylla_views`]: [`ScyllaViewStore`] (`scylla://`) |
-//! | presence | [`local_presence`]: [`LocalPresence`], in process | [`redis_presence`]: [`RedisPresence`] (`redis://`) |
-//! | decisions | [`local_decisions`]: [`LocalDecisions`], in process | [`redis_decisions`]: [`RedisDecisions`], pub/sub (`redis://`) |
+//! | log | [`embedded::log`]: [`EmbeddedLog`], fjall, group commit | [`kafka::log`]: [`KafkaLog`], rdkafka (`kafka://`) |
+//! | views | [`embedded::views`]: [`EmbeddedViewStore`], fjall | [`redis::views`]: [`RedisViewStore`] (`redis://`); [`scylla::views`]: [`ScyllaViewStore`] (`scylla://`) |
+//! | presence | [`local::presence`]: [`LocalPresence`], in process | [`redis::presence`]: [`RedisPresence`] (`redis://`) |
+//! | decisions | [`local::decisions`]: [`LocalDecisions`], in process | [`redis::decisions`]: [`RedisDecisions`], pub/sub (`redis://`) |
 //!
+//! [`redis::conn`] is the connection layer the Redis adapters share.
 //! [`open_log`], [`open_views`] and [`open_presence`] map a URL to its adapter.
 
 use std::path::PathBuf;
@@ -16,27 +19,17 @@ use std::sync::Arc;
 use emosation_core::ids::Topology;
 use emosation_core::ports::{Log, Presence, ViewStore};
 
-pub mod embedded_log;
-pub mod embedded_views;
-mod entity_cache;
-pub mod kafka_log;
-pub mod local_decisions;
-pub mod local_presence;
-pub mod redis_conn;
-pub mod redis_decisions;
-pub mod redis_presence;
-pub mod redis_views;
-pub mod scylla_views;
+pub mod embedded;
+pub mod kafka;
+pub mod local;
+pub mod redis;
+pub mod scylla;
 
-pub use embedded_log::EmbeddedLog;
-pub use embedded_views::EmbeddedViewStore;
-pub use kafka_log::KafkaLog;
-pub use local_decisions::LocalDecisions;
-pub use local_presence::LocalPresence;
-pub use redis_decisions::RedisDecisions;
-pub use redis_presence::RedisPresence;
-pub use redis_views::RedisViewStore;
-pub use scylla_views::{ScyllaConfig, ScyllaViewStore};
+pub use embedded::{EmbeddedLog, EmbeddedViewStore};
+pub use kafka::KafkaLog;
+pub use local::{LocalDecisions, LocalPresence};
+pub use redis::{RedisDecisions, RedisPresence, RedisViewStore};
+pub use scylla::{ScyllaConfig, ScyllaViewStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -80,7 +73,7 @@ fn embedded_path(url: &str) -> Option<PathBuf> {
 }
 
 /// Opens the log named by `url`: `embedded://PATH` (or a bare path) or
-/// `kafka://HOST:PORT,…` (see [`kafka_log`]). `topology` gives the partition
+/// `kafka://HOST:PORT,…` (see [`kafka::log`]). `topology` gives the partition
 /// counts of topics this call creates; existing topics keep theirs.
 pub async fn open_log(url: &str, topology: Topology) -> Result<Arc<dyn Log>, OpenError> {
     if url.starts_with("kafka://") {
@@ -97,7 +90,7 @@ pub async fn open_log(url: &str, topology: Topology) -> Result<Arc<dyn Log>, Ope
 }
 
 /// Opens the presence port named by `url`: in-process when `None`, or
-/// `redis://HOST:PORT` (see [`redis_presence`]).
+/// `redis://HOST:PORT` (see [`redis::presence`]).
 pub async fn open_presence(url: Option<&str>) -> Result<Arc<dyn Presence>, OpenError> {
     match url {
         None => Ok(Arc::new(LocalPresence::new())),
@@ -117,8 +110,8 @@ pub fn is_shared_view_store(url: &str) -> bool {
 }
 
 /// Opens the view store named by `url`: `embedded://PATH` (or a bare path)
-/// `redis://HOST:PORT` (see [`redis_views`]) or `scylla://HOST:PORT,…`
-/// (see [`scylla_views`]).
+/// `redis://HOST:PORT` (see [`redis::views`]) or `scylla://HOST:PORT,…`
+/// (see [`scylla::views`]).
 pub async fn open_views(url: &str) -> Result<Arc<dyn ViewStore>, OpenError> {
     if url.starts_with("redis://") {
         return Ok(Arc::new(RedisViewStore::connect(url).await?));

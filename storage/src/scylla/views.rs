@@ -104,7 +104,7 @@ use rows::{
 };
 
 use crate::consumer_partition_key;
-use crate::embedded_views::rebuilding_key;
+use crate::embedded::views::rebuilding_key;
 
 /// Writes in flight at once when materializing a batch or bulk-loading.
 pub const IN_FLIGHT: usize = 256;

@@ -22,7 +22,7 @@ use emosation_core::ports::{ConnRef, KickSink, Presence, PresenceError};
 use tracing::warn;
 
 use crate::OpenError;
-use crate::redis_conn::{RedisPool, RedisUrl, subscribe_forever};
+use crate::redis::conn::{RedisPool, RedisUrl, subscribe_forever};
 
 const REGISTER: &str = r#"
 -- ARGV: prefix, user, member, max, ttl_ms

@@ -49,8 +49,8 @@ use emosation_core::view::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::embedded_views::is_position_of;
-use crate::redis_conn::{RedisPool, RedisUrl};
+use crate::embedded::views::is_position_of;
+use crate::redis::conn::{RedisPool, RedisUrl};
 use crate::{OpenError, consumer_partition_key};
 
 /// Keys written per pipeline round trip by `bulk_load`.

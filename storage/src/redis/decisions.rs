@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::OpenError;
-use crate::local_decisions::LocalDecisions;
-use crate::redis_conn::{RedisPool, RedisUrl, dropped, subscribe_forever};
+use crate::local::LocalDecisions;
+use crate::redis::conn::{RedisPool, RedisUrl, dropped, subscribe_forever};
 
 /// Items sent per `PUBLISH` at most.
 const FLUSH_MAX: usize = 4096;

@@ -24,7 +24,7 @@ use emosation_core::view::{
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use sha2::{Digest, Sha256};
 
-use crate::entity_cache::EntityCache;
+use super::entity_cache::EntityCache;
 use crate::{OpenError, consumer_partition_key};
 
 pub struct EmbeddedViewStore {
