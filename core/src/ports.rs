@@ -203,17 +203,35 @@ pub type DecisionTicket = std::pin::Pin<Box<dyn std::future::Future<Output = Opt
 ///   colliding requests, never the views.
 ///
 /// It also carries the projector's *applied watermark* per partition, which
-/// readers of the log (fan-out nodes) wait on before looking up what the fold
-/// decided about a record they read.
+/// readers of the log (fan-out nodes, the activity consumer) wait on before
+/// looking up what the fold decided about a record they read.
 pub trait Decisions: Send + Sync + 'static {
     fn expect(&self, request_id: i64) -> DecisionTicket;
     fn publish(&self, request_id: i64, decision: Decision);
 
-    /// The views include every record of the partition before `next_offset`.
+    /// Reported by a projector: the core views include every record of the
+    /// partition before `next_offset`. Watermarks only move forward.
     fn applied(&self, topic: Topic, partition: u32, next_offset: u64);
 
-    /// Resolves with the partition's applied next offset once it exceeds
-    /// `offset`, or with whatever it is after `timeout`.
+    /// Waits until the core views include the record at `offset` of the
+    /// partition, whichever process's projector applied it: resolves with
+    /// the partition's applied next offset once it exceeds `offset`, or,
+    /// after about `timeout`, with the furthest one seen (then `<= offset`).
+    /// Dropping the ticket cancels the wait.
+    ///
+    /// Two sources answer it. The watermarks projectors report to this
+    /// adapter (`applied`: in this process, and through Redis from a
+    /// projector elsewhere) answer as soon as they pass `offset`. An adapter
+    /// opened over the view store the caller reads also reads the store's
+    /// [`ViewStore::position`] of [`CORE_VIEWS`], which sees a projector in
+    /// any process and is readable exactly when the batch's entities are (on
+    /// Scylla, its `materialized` watermark): every second while reports
+    /// keep it waiting (a report lost on the way, a projector reporting
+    /// elsewhere), and every 10 ms, starting at once, while no projector has
+    /// reported anything to it (none reports to it: the stored position is
+    /// the only source). A failed read is logged and the wait goes on.
+    /// Either way, once it resolves past `offset`, a read of the views sees
+    /// every entity the fold wrote for records up to `offset`.
     fn wait_applied(&self, topic: Topic, partition: u32, offset: u64, timeout: Duration) -> AppliedTicket;
 }
 
