@@ -68,6 +68,23 @@ pub enum Rejection {
     Malformed,
 }
 
+impl Rejection {
+    /// The contract's error code for this refusal (the same over HTTP and
+    /// WebSocket).
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejection::UsernameTaken => "username_taken",
+            Rejection::UnknownUser => "user_not_found",
+            Rejection::RoomExists => "room_exists",
+            Rejection::RoomNotFound => "room_not_found",
+            Rejection::RoomFull => "room_full",
+            Rejection::NotMember => "not_member",
+            Rejection::MessageNotFound => "message_not_found",
+            Rejection::Malformed => "invalid_request",
+        }
+    }
+}
+
 /// The keys `fold` may read for `record`. The projector prefetches exactly these
 /// before folding a batch; the fold never reads anything else.
 pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {

@@ -14,9 +14,11 @@
 //! - [`bulk`]: write-once entities encoded for a bulk load.
 //! - [`fold`]: `fold(state, position, record) -> outcome`, and the keys a record reads.
 //! - [`emotion`]: emotion labels and classifications.
+//! - [`access`]: the room-exists and caller-is-a-member checks, on the views.
 //! - [`ports`]: the log, view-store, decisions and classifier contracts.
 //! - [`time`]: RFC 3339 formatting of record timestamps.
 
+pub mod access;
 pub mod bulk;
 pub mod emotion;
 pub mod fold;

@@ -110,13 +110,98 @@ pub struct ViewBatch {
     pub positions: Vec<(Topic, u32, u64)>,
 }
 
-/// The read models, written only by projectors.
+/// The read models' queries: what ingest, the fan-out, the query API and the
+/// projector's own lookups ask of the views.
 ///
-/// Contract:
+/// Contract (the generic view-store test body checks each point):
+/// - **Read your writes**: once [`ViewStore::apply`] returns, every query
+///   sees the batch.
+/// - **Queries** return entities exactly as the fold wrote them. `load`
+///   answers one result per key, in the keys' order. `history` returns the
+///   newest `limit` messages of a room with ids `< before` (all if `None`),
+///   oldest first. `activity` returns a room's hours in `[from_hour, to_hour)`
+///   that have an entity, in hour order.
+///
+/// An adapter implements `load` (point reads of any keys) and the range
+/// queries, which each engine answers from its own indexes. The typed point
+/// reads (`user`, `user_by_name`, `room`, `member`, `session`) are provided
+/// over `load`: a point read is the same lookup in every engine.
+#[async_trait]
+pub trait ViewQueries: Send + Sync + 'static {
+    /// Point reads, one result per key, in order.
+    async fn load(&self, keys: &[ViewKey]) -> Result<Vec<Option<ViewValue>>, StoreError>;
+
+    /// Rooms in id order, starting after `after`, at most `limit`.
+    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError>;
+    /// A room's members in user-id order.
+    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError>;
+    /// A user's memberships in room-id order.
+    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError>;
+    async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError>;
+    /// The emotions of a room's newest `limit` classified messages, oldest first.
+    async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<crate::view::EmotionView>, StoreError>;
+    /// A room's activity entities with `from_hour <= hour < to_hour`
+    /// (milliseconds since the epoch), oldest hour first.
+    async fn activity(&self, room_id: &str, from_hour: i64, to_hour: i64) -> Result<Vec<ActivityView>, StoreError>;
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserView>, StoreError> {
+        Ok(match load_one(self, ViewKey::User(user_id.to_owned())).await? {
+            Some(ViewValue::User(u)) => Some(u),
+            _ => None,
+        })
+    }
+
+    /// The user holding `username` (normalized), through the username index.
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserView>, StoreError> {
+        match load_one(self, ViewKey::Username(username.to_owned())).await? {
+            Some(ViewValue::Username(id)) => self.user(&id).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn room(&self, room_id: &str) -> Result<Option<RoomView>, StoreError> {
+        Ok(match load_one(self, ViewKey::Room(room_id.to_owned())).await? {
+            Some(ViewValue::Room(r)) => Some(r),
+            _ => None,
+        })
+    }
+
+    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberView>, StoreError> {
+        let key = ViewKey::Member {
+            room_id: room_id.to_owned(),
+            user_id: user_id.to_owned(),
+        };
+        Ok(match load_one(self, key).await? {
+            Some(ViewValue::Member(m)) => Some(m),
+            _ => None,
+        })
+    }
+
+    /// A revoked session of `username` (normalized), if it was revoked.
+    async fn session(&self, username: &str, session_id: &str) -> Result<Option<SessionView>, StoreError> {
+        let key = ViewKey::Session {
+            username: username.to_owned(),
+            session_id: session_id.to_owned(),
+        };
+        Ok(match load_one(self, key).await? {
+            Some(ViewValue::Session(s)) => Some(s),
+            _ => None,
+        })
+    }
+}
+
+/// One point read through [`ViewQueries::load`].
+async fn load_one<Q: ViewQueries + ?Sized>(views: &Q, key: ViewKey) -> Result<Option<ViewValue>, StoreError> {
+    Ok(views.load(std::slice::from_ref(&key)).await?.pop().flatten())
+}
+
+/// The read models, written only by projectors: the write side (batches,
+/// positions, rebuilds, digests) over the queries of [`ViewQueries`].
+///
+/// Contract (the generic view-store test body checks each point):
 /// - **Atomic batches**: `apply` makes all of a batch's changes and positions
 ///   visible together or not at all, so a restarted projector resuming from
 ///   `position` never applies a record twice nor skips one.
-/// - **Read your writes**: once `apply` returns, every query sees the batch.
 /// - **Consumers are independent**: each table belongs to one consumer
 ///   ([`crate::view::table_owner`]: the core fold's tables, or the `activity`
 ///   consumer's). `clear(consumer)` drops exactly that consumer's tables and
@@ -125,36 +210,11 @@ pub struct ViewBatch {
 ///   consumer's entities and positions (and rebuilding mark) in a fixed order;
 ///   two stores with equal content give equal digests whatever the adapter's
 ///   physical layout. `checksum` is the core views' digest.
-/// - **Queries** return entities exactly as the fold wrote them. `history`
-///   returns the newest `limit` messages of a room with ids `< before` (all if
-///   `None`), oldest first. `activity` returns a room's hours in
-///   `[from_hour, to_hour)` that have an entity, in hour order.
 #[async_trait]
-pub trait ViewStore: Send + Sync + 'static {
-    /// Point reads, one result per key, in order.
-    async fn load(&self, keys: &[ViewKey]) -> Result<Vec<Option<ViewValue>>, StoreError>;
+pub trait ViewStore: ViewQueries {
     async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError>;
     /// The next offset to apply for `consumer` on a partition (0 when none applied).
     async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError>;
-
-    async fn user(&self, user_id: &str) -> Result<Option<UserView>, StoreError>;
-    async fn user_by_name(&self, username: &str) -> Result<Option<UserView>, StoreError>;
-    async fn room(&self, room_id: &str) -> Result<Option<RoomView>, StoreError>;
-    /// Rooms in id order, starting after `after`, at most `limit`.
-    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError>;
-    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberView>, StoreError>;
-    /// A room's members in user-id order.
-    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError>;
-    /// A user's memberships in room-id order.
-    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError>;
-    async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError>;
-    /// The emotions of a room's newest `limit` classified messages, oldest first.
-    async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<crate::view::EmotionView>, StoreError>;
-    /// A revoked session of `username` (normalized), if it was revoked.
-    async fn session(&self, username: &str, session_id: &str) -> Result<Option<SessionView>, StoreError>;
-    /// A room's activity entities with `from_hour <= hour < to_hour`
-    /// (milliseconds since the epoch), oldest hour first.
-    async fn activity(&self, room_id: &str, from_hour: i64, to_hour: i64) -> Result<Vec<ActivityView>, StoreError>;
 
     /// Drops the views of `consumer` (their entities and positions) for a rebuild.
     async fn clear(&self, consumer: &str) -> Result<(), StoreError>;

@@ -16,7 +16,7 @@ use emosation_http::{Authenticator, TokenKeys};
 use emosation_ingest::{Ingest, IngestConfig};
 use emosation_projector::Projector;
 use emosation_storage::LocalDecisions;
-use emosation_ws_fanout::{Fanout, FanoutConfig, Hub};
+use emosation_ws_fanout::{Fanout, FanoutConfig, Feed};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -322,7 +322,7 @@ impl Server {
                 Arc::clone(&presence),
                 cfg.ingest,
             )
-            .map_err(|e| anyhow::anyhow!("start ingest: {}", e.message))?,
+            .context("start ingest")?,
         );
 
         let shutdown = CancellationToken::new();
@@ -336,13 +336,13 @@ impl Server {
             app = app.merge(emosation_web::routes());
         }
         if roles.fanout {
-            let hub = Hub::new(
+            let feed = Feed::new(
                 Arc::clone(&log),
                 Arc::clone(&views),
                 Arc::clone(&decisions),
                 shutdown.clone(),
             );
-            let fanout = Fanout::start(hub, Arc::clone(&ingest), Arc::clone(&presence), cfg.fanout)
+            let fanout = Fanout::start(feed, Arc::clone(&ingest), Arc::clone(&presence), cfg.fanout)
                 .await
                 .context("subscribe to kick orders")?;
             app = app.merge(emosation_ws_fanout::routes(fanout));

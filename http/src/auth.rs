@@ -12,11 +12,34 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use emosation_core::ports::ViewStore;
+use emosation_core::ports::{StoreError, ViewStore};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
 
 use crate::ApiError;
+
+/// Why a token was not accepted (or could not be made).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Expired, forged, of the wrong kind, or its session or account ended.
+    #[error("{0}")]
+    InvalidToken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing failed (logged where it happened).
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidToken(m) => ApiError::invalid_token(m),
+            AuthError::Store(e) => e.into(),
+            AuthError::Internal => ApiError::internal("token", "signing failed"),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,7 +117,7 @@ impl TokenKeys {
     }
 
     /// Issues an access and a refresh token for session `sid`.
-    pub fn issue(&self, user_id: &str, username: &str, sid: &str) -> Result<TokenPair, ApiError> {
+    pub fn issue(&self, user_id: &str, username: &str, sid: &str) -> Result<TokenPair, AuthError> {
         let now = now_secs();
         let make = |typ: TokenKind, ttl: Duration| {
             let claims = Claims {
@@ -106,8 +129,10 @@ impl TokenKeys {
                 exp: now + ttl.as_secs() as i64,
                 jti: random_hex(),
             };
-            encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-                .map_err(|e| ApiError::internal("jwt encode", e))
+            encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| {
+                tracing::error!(error = %e, "jwt encode");
+                AuthError::Internal
+            })
         };
         Ok(TokenPair {
             access_token: make(TokenKind::Access, self.access_ttl)?,
@@ -120,11 +145,11 @@ impl TokenKeys {
 
     /// Verifies signature, algorithm, expiry and kind. Says nothing about
     /// revocation: see [`Authenticator::authenticate`].
-    pub fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, ApiError> {
+    pub fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, AuthError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| ApiError::invalid_token(format!("token rejected: {e}")))?;
+            .map_err(|e| AuthError::InvalidToken(format!("token rejected: {e}")))?;
         if data.claims.typ != kind {
-            return Err(ApiError::invalid_token("wrong kind of token"));
+            return Err(AuthError::InvalidToken("wrong kind of token".into()));
         }
         Ok(data.claims)
     }
@@ -157,14 +182,14 @@ impl Authenticator {
 
     /// A token's claims, if it is valid, of the given kind, its session is not
     /// revoked and its account exists and is not deleted.
-    pub async fn authenticate(&self, token: &str, kind: TokenKind) -> Result<Claims, ApiError> {
+    pub async fn authenticate(&self, token: &str, kind: TokenKind) -> Result<Claims, AuthError> {
         let claims = self.keys.verify(token, kind)?;
         if self.views.session(&claims.name, &claims.sid).await?.is_some() {
-            return Err(ApiError::invalid_token("session has been logged out"));
+            return Err(AuthError::InvalidToken("session has been logged out".into()));
         }
         match self.views.user(&claims.sub).await? {
             Some(u) if u.deleted_at.is_none() => Ok(claims),
-            _ => Err(ApiError::invalid_token("account does not exist or is deleted")),
+            _ => Err(AuthError::InvalidToken("account does not exist or is deleted".into())),
         }
     }
 }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use emosation_core::Rejection;
+use emosation_core::access::AccessError;
 use emosation_core::ports::{LogError, StoreError};
 use serde_json::json;
 use tracing::error;
@@ -87,16 +88,21 @@ impl From<LogError> for ApiError {
 
 impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
-        let (status, code) = match r {
-            Rejection::UsernameTaken => (StatusCode::CONFLICT, "username_taken"),
-            Rejection::UnknownUser => (StatusCode::NOT_FOUND, "user_not_found"),
-            Rejection::RoomExists => (StatusCode::CONFLICT, "room_exists"),
-            Rejection::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found"),
-            Rejection::RoomFull => (StatusCode::CONFLICT, "room_full"),
-            Rejection::NotMember => (StatusCode::FORBIDDEN, "not_member"),
-            Rejection::MessageNotFound => (StatusCode::NOT_FOUND, "message_not_found"),
-            Rejection::Malformed => (StatusCode::BAD_REQUEST, "invalid_request"),
+        let status = match r {
+            Rejection::UsernameTaken | Rejection::RoomExists | Rejection::RoomFull => StatusCode::CONFLICT,
+            Rejection::UnknownUser | Rejection::RoomNotFound | Rejection::MessageNotFound => StatusCode::NOT_FOUND,
+            Rejection::NotMember => StatusCode::FORBIDDEN,
+            Rejection::Malformed => StatusCode::BAD_REQUEST,
         };
-        ApiError::new(status, code, r.to_string())
+        ApiError::new(status, r.code(), r.to_string())
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::Refused(r) => r.into(),
+            AccessError::Store(e) => e.into(),
+        }
     }
 }

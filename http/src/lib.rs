@@ -7,14 +7,12 @@
 //! - [`json`]: [`ApiJson`], a JSON extractor whose rejections are [`ApiError`]s.
 //! - [`auth`]: JWT issue and verification ([`TokenKeys`]) and the [`AuthUser`]
 //!   extractor, which also refuses revoked sessions and deleted accounts.
-//! - [`rooms`]: the room-exists and caller-is-a-member checks.
 //! - [`observe`]: request metrics middleware, `/metrics`, `/healthz`, fallbacks.
 
 pub mod auth;
 pub mod error;
 pub mod json;
 pub mod observe;
-pub mod rooms;
 
 pub use auth::{AuthUser, Authenticator, TokenKeys, TokenPair};
 pub use error::ApiError;

@@ -10,11 +10,16 @@
 //!
 //! # Layout
 //! - [`Ingest`]: the commands, callable from HTTP (here) and WebSocket (ws-fanout).
+//! - [`error`]: [`CommandError`], transport-neutral; converted to the HTTP
+//!   error here and to an error frame in ws-fanout.
 //! - [`validate`]: the contract's input rules.
 //! - [`http`]: the command endpoints.
 
+pub mod error;
 pub mod http;
 pub mod validate;
+
+pub use error::CommandError;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,15 +27,14 @@ use std::time::Duration;
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use axum::http::StatusCode;
+use emosation_core::access;
 use emosation_core::ids::{LogPosition, normalize_username, random_id};
 use emosation_core::ports::{Decision, Decisions, Log, Presence, ViewStore};
 use emosation_core::record::*;
 use emosation_core::view::RoomView;
-use emosation_core::{Accepted, Record};
+use emosation_core::{Accepted, Record, Rejection};
 use emosation_http::auth::TokenKind;
-use emosation_http::rooms::{member_room, room_or_404};
-use emosation_http::{ApiError, AuthUser, Authenticator, TokenPair};
+use emosation_http::{AuthUser, Authenticator, TokenPair};
 use tokio::sync::Semaphore;
 
 /// Ingest settings.
@@ -83,12 +87,12 @@ impl std::fmt::Debug for Ingest {
     }
 }
 
-fn hash_password(password: &str) -> Result<String, ApiError> {
+fn hash_password(password: &str) -> Result<String, CommandError> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| ApiError::internal("argon2 hash", e))
+        .map_err(|e| CommandError::internal("argon2 hash", e))
 }
 
 fn verify_password(password: &str, phc: &str) -> bool {
@@ -105,7 +109,7 @@ impl Ingest {
         auth: Arc<Authenticator>,
         presence: Arc<dyn Presence>,
         cfg: IngestConfig,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, CommandError> {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Ok(Ingest {
             log,
@@ -148,33 +152,48 @@ impl Ingest {
         &self.cfg
     }
 
-    async fn hash(&self, password: String) -> Result<String, ApiError> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| ApiError::unavailable("shutting down"))?;
+    async fn hash(&self, password: String) -> Result<String, CommandError> {
+        let _permit = self.hashing_permit().await?;
         tokio::task::spawn_blocking(move || hash_password(&password))
             .await
-            .map_err(|e| ApiError::internal("hash task", e))?
+            .map_err(|e| CommandError::internal("hash task", e))?
     }
 
-    async fn verify(&self, password: String, phc: String) -> Result<bool, ApiError> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| ApiError::unavailable("shutting down"))?;
+    async fn verify(&self, password: String, phc: String) -> Result<bool, CommandError> {
+        let _permit = self.hashing_permit().await?;
         tokio::task::spawn_blocking(move || verify_password(&password, &phc))
             .await
-            .map_err(|e| ApiError::internal("verify task", e))
+            .map_err(|e| CommandError::internal("verify task", e))
+    }
+
+    async fn hashing_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, CommandError> {
+        self.hashing
+            .acquire()
+            .await
+            .map_err(|_| CommandError::Unavailable("shutting down".into()))
+    }
+
+    /// Appends the record built by `make(request_id, at)`, waits for the
+    /// fold's decision, and maps an acceptance to the command's answer with
+    /// `answer` (`None`: an acceptance this command cannot have, an internal
+    /// error). A rejection is the command's error.
+    async fn command<T>(
+        &self,
+        what: &'static str,
+        make: impl FnOnce(i64, i64) -> Record,
+        answer: impl FnOnce(Accepted) -> Option<T>,
+    ) -> Result<T, CommandError> {
+        let decision = self.submit(make).await?;
+        let accepted = decision.outcome?;
+        let unexpected = format!("unexpected outcome {accepted:?}");
+        answer(accepted).ok_or_else(|| CommandError::internal(what, unexpected))
     }
 
     /// Appends the record built by `make(request_id, at)` and waits for the fold's decision.
-    async fn submit(&self, make: impl FnOnce(i64, i64) -> Record) -> Result<Decision, ApiError> {
+    async fn submit(&self, make: impl FnOnce(i64, i64) -> Record) -> Result<Decision, CommandError> {
         let request_id = rand::random::<i64>();
         let record = make(request_id, emosation_core::time::now_ms());
-        let value = emosation_schemas::encode(&record).map_err(|e| ApiError::internal("encode record", e))?;
+        let value = emosation_schemas::encode(&record).map_err(|e| CommandError::internal("encode record", e))?;
         let ticket = self.decisions.expect(request_id);
         let key = record.key();
         let started = std::time::Instant::now();
@@ -188,51 +207,40 @@ impl Ingest {
                     .record((started.elapsed() - durable).as_secs_f64());
                 Ok(decision)
             }
-            Ok(None) => Err(ApiError::unavailable("the projector stopped before deciding")),
-            Err(_) => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "decision_pending",
-                format!(
-                    "the command is durably in the log at {}, but the views have not decided it yet",
-                    pos.to_id()
-                ),
+            Ok(None) => Err(CommandError::Unavailable(
+                "the projector stopped before deciding".into(),
             )),
+            Err(_) => Err(CommandError::DecisionPending { position: pos.to_id() }),
         }
     }
 
-    pub async fn signup(&self, username: &str, password: &str) -> Result<(String, String), ApiError> {
+    pub async fn signup(&self, username: &str, password: &str) -> Result<(String, String), CommandError> {
         validate::username(username)?;
         validate::password(password)?;
         let username = normalize_username(username);
         // Cheap early refusal; the fold still decides every race.
         if self.views.user_by_name(&username).await?.is_some() {
-            return Err(emosation_core::Rejection::UsernameTaken.into());
+            return Err(Rejection::UsernameTaken.into());
         }
         let password_hash = self.hash(password.to_owned()).await?;
-        let decision = self
-            .submit(|request_id, at| {
-                Record::UserSignedUp(UserSignedUp {
-                    request_id,
-                    at,
-                    username: username.clone(),
-                    password_hash,
-                })
+        let make = |request_id, at| {
+            Record::UserSignedUp(UserSignedUp {
+                request_id,
+                at,
+                username: username.clone(),
+                password_hash,
+            })
+        };
+        let user_id = self
+            .command("signup", make, |a| match a {
+                Accepted::SignedUp { user_id } => Some(user_id),
+                _ => None,
             })
             .await?;
-        match decision.outcome? {
-            Accepted::SignedUp { user_id } => Ok((user_id, username)),
-            other => Err(ApiError::internal("signup", format!("unexpected outcome {other:?}"))),
-        }
+        Ok((user_id, username))
     }
 
-    pub async fn login(&self, username: &str, password: &str) -> Result<TokenPair, ApiError> {
-        let invalid = || {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_credentials",
-                "wrong username or password",
-            )
-        };
+    pub async fn login(&self, username: &str, password: &str) -> Result<TokenPair, CommandError> {
         let user = if validate::username(username).is_ok() {
             self.views.user_by_name(&normalize_username(username)).await?
         } else {
@@ -248,20 +256,20 @@ impl Ingest {
             Some(u) if ok && u.deleted_at.is_none() => {
                 let sid = random_id(rand::random());
                 metrics::counter!("emosation_logins_total").increment(1);
-                self.auth.keys.issue(&u.user_id, &u.username, &sid)
+                Ok(self.auth.keys.issue(&u.user_id, &u.username, &sid)?)
             }
-            _ => Err(invalid()),
+            _ => Err(CommandError::InvalidCredentials),
         }
     }
 
-    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, ApiError> {
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, CommandError> {
         let claims = self.auth.authenticate(refresh_token, TokenKind::Refresh).await?;
-        self.auth.keys.issue(&claims.sub, &claims.name, &claims.sid)
+        Ok(self.auth.keys.issue(&claims.sub, &claims.name, &claims.sid)?)
     }
 
-    pub async fn logout(&self, user: &AuthUser) -> Result<(), ApiError> {
+    pub async fn logout(&self, user: &AuthUser) -> Result<(), CommandError> {
         let expires_at = self.auth.keys.session_expiry(user.issued_at) * 1000;
-        self.submit(|request_id, at| {
+        let make = |request_id, at| {
             Record::SessionRevoked(SessionRevoked {
                 request_id,
                 at,
@@ -270,112 +278,101 @@ impl Ingest {
                 session_id: user.session_id.clone(),
                 expires_at,
             })
-        })
-        .await?
-        .outcome?;
-        Ok(())
+        };
+        self.command("logout", make, |_| Some(())).await
     }
 
-    pub async fn delete_account(&self, user: &AuthUser) -> Result<(), ApiError> {
-        self.submit(|request_id, at| {
+    pub async fn delete_account(&self, user: &AuthUser) -> Result<(), CommandError> {
+        let make = |request_id, at| {
             Record::AccountDeleted(AccountDeleted {
                 request_id,
                 at,
                 user_id: user.user_id.clone(),
                 username: user.username.clone(),
             })
-        })
-        .await?
-        .outcome?;
-        Ok(())
+        };
+        self.command("delete account", make, |_| Some(())).await
     }
 
     /// Restores a soft-deleted account (admin).
-    pub async fn restore_account(&self, user_id: &str) -> Result<(), ApiError> {
-        let user = self
-            .views
-            .user(user_id)
-            .await?
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no such user"))?;
-        self.submit(|request_id, at| {
+    pub async fn restore_account(&self, user_id: &str) -> Result<(), CommandError> {
+        let user = self.views.user(user_id).await?.ok_or(Rejection::UnknownUser)?;
+        let make = |request_id, at| {
             Record::AccountRestored(AccountRestored {
                 request_id,
                 at,
                 user_id: user.user_id.clone(),
                 username: user.username.clone(),
             })
-        })
-        .await?
-        .outcome?;
-        Ok(())
+        };
+        self.command("restore account", make, |_| Some(())).await
     }
 
-    pub async fn create_room(&self, user: &AuthUser, name: &str, capacity: Option<i64>) -> Result<RoomView, ApiError> {
+    pub async fn create_room(
+        &self,
+        user: &AuthUser,
+        name: &str,
+        capacity: Option<i64>,
+    ) -> Result<RoomView, CommandError> {
         let name = validate::room_name(name)?;
         let capacity = validate::capacity(capacity)?;
         let room_id = random_id(rand::random());
-        let decision = self
-            .submit(|request_id, at| {
-                Record::RoomCreated(RoomCreated {
-                    request_id,
-                    at,
-                    room_id,
-                    name,
-                    capacity,
-                    owner_id: user.user_id.clone(),
-                    owner_name: user.username.clone(),
-                })
+        let make = |request_id, at| {
+            Record::RoomCreated(RoomCreated {
+                request_id,
+                at,
+                room_id,
+                name,
+                capacity,
+                owner_id: user.user_id.clone(),
+                owner_name: user.username.clone(),
             })
-            .await?;
-        match decision.outcome? {
-            Accepted::RoomCreated(room) => Ok(room),
-            other => Err(ApiError::internal(
-                "create room",
-                format!("unexpected outcome {other:?}"),
-            )),
-        }
+        };
+        self.command("create room", make, |a| match a {
+            Accepted::RoomCreated(room) => Some(room),
+            _ => None,
+        })
+        .await
     }
 
     /// Joins a room; joining twice is a no-op. Returns the member count.
-    pub async fn join(&self, user: &AuthUser, room_id: &str) -> Result<u32, ApiError> {
-        let room = room_or_404(&*self.views, room_id).await?;
+    pub async fn join(&self, user: &AuthUser, room_id: &str) -> Result<u32, CommandError> {
+        let room = access::room(&*self.views, room_id).await?;
         if self.views.member(room_id, &user.user_id).await?.is_some() {
             return Ok(room.member_count);
         }
-        let decision = self
-            .submit(|request_id, at| {
-                Record::MemberJoined(MemberJoined {
-                    request_id,
-                    at,
-                    room_id: room_id.to_owned(),
-                    user_id: user.user_id.clone(),
-                    username: user.username.clone(),
-                })
+        let make = |request_id, at| {
+            Record::MemberJoined(MemberJoined {
+                request_id,
+                at,
+                room_id: room_id.to_owned(),
+                user_id: user.user_id.clone(),
+                username: user.username.clone(),
             })
-            .await?;
-        match decision.outcome? {
-            Accepted::Joined { member_count, .. } => Ok(member_count),
-            other => Err(ApiError::internal("join", format!("unexpected outcome {other:?}"))),
-        }
+        };
+        self.command("join", make, |a| match a {
+            Accepted::Joined { member_count, .. } => Some(member_count),
+            _ => None,
+        })
+        .await
     }
 
-    pub async fn quit(&self, user: &AuthUser, room_id: &str) -> Result<u32, ApiError> {
-        member_room(&*self.views, room_id, &user.user_id).await?;
-        let decision = self
-            .submit(|request_id, at| {
-                Record::MemberQuit(MemberQuit {
-                    request_id,
-                    at,
-                    room_id: room_id.to_owned(),
-                    user_id: user.user_id.clone(),
-                    username: user.username.clone(),
-                })
+    pub async fn quit(&self, user: &AuthUser, room_id: &str) -> Result<u32, CommandError> {
+        access::member_room(&*self.views, room_id, &user.user_id).await?;
+        let make = |request_id, at| {
+            Record::MemberQuit(MemberQuit {
+                request_id,
+                at,
+                room_id: room_id.to_owned(),
+                user_id: user.user_id.clone(),
+                username: user.username.clone(),
             })
-            .await?;
-        match decision.outcome? {
-            Accepted::Quit { member_count } => Ok(member_count),
-            other => Err(ApiError::internal("quit", format!("unexpected outcome {other:?}"))),
-        }
+        };
+        self.command("quit", make, |a| match a {
+            Accepted::Quit { member_count } => Some(member_count),
+            _ => None,
+        })
+        .await
     }
 
     /// Posts a message. A repeated `client_msg_id` answers the first message.
@@ -385,47 +382,44 @@ impl Ingest {
         room_id: &str,
         client_msg_id: &str,
         text: &str,
-    ) -> Result<Posted, ApiError> {
+    ) -> Result<Posted, CommandError> {
         validate::client_msg_id(client_msg_id)?;
         validate::text(text)?;
-        member_room(&*self.views, room_id, &user.user_id).await?;
+        access::member_room(&*self.views, room_id, &user.user_id).await?;
         if !self.allow_message(&user.user_id).await {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("more than {} messages per second", self.cfg.message_rate),
-            ));
+            return Err(CommandError::RateLimited {
+                per_second: self.cfg.message_rate,
+            });
         }
-        let decision = self
-            .submit(|request_id, at| {
-                Record::MessagePosted(MessagePosted {
-                    request_id,
-                    at,
-                    room_id: room_id.to_owned(),
-                    author_id: user.user_id.clone(),
-                    author: user.username.clone(),
-                    client_msg_id: client_msg_id.to_owned(),
-                    text: text.to_owned(),
-                })
+        let make = |request_id, at| {
+            Record::MessagePosted(MessagePosted {
+                request_id,
+                at,
+                room_id: room_id.to_owned(),
+                author_id: user.user_id.clone(),
+                author: user.username.clone(),
+                client_msg_id: client_msg_id.to_owned(),
+                text: text.to_owned(),
             })
-            .await?;
-        match decision.outcome? {
-            Accepted::Posted { message_id, duplicate } => Ok(Posted {
+        };
+        self.command("post", make, |a| match a {
+            Accepted::Posted { message_id, duplicate } => Some(Posted {
                 cursor: message_id.clone(),
                 message_id,
                 duplicate,
             }),
-            other => Err(ApiError::internal("post", format!("unexpected outcome {other:?}"))),
-        }
+            _ => None,
+        })
+        .await
     }
 
-    pub async fn mark_read(&self, user: &AuthUser, room_id: &str, message_id: &str) -> Result<(), ApiError> {
-        room_or_404(&*self.views, room_id).await?;
+    pub async fn mark_read(&self, user: &AuthUser, room_id: &str, message_id: &str) -> Result<(), CommandError> {
+        access::room(&*self.views, room_id).await?;
         if LogPosition::parse_id(message_id).is_none() {
-            return Err(ApiError::invalid_request("message_id is not a message id"));
+            return Err(CommandError::Invalid("message_id is not a message id".into()));
         }
-        member_room(&*self.views, room_id, &user.user_id).await?;
-        self.submit(|request_id, at| {
+        access::member_room(&*self.views, room_id, &user.user_id).await?;
+        let make = |request_id, at| {
             Record::ReadMarkerSet(ReadMarkerSet {
                 request_id,
                 at,
@@ -433,9 +427,7 @@ impl Ingest {
                 user_id: user.user_id.clone(),
                 message_id: message_id.to_owned(),
             })
-        })
-        .await?
-        .outcome?;
-        Ok(())
+        };
+        self.command("mark read", make, |_| Some(())).await
     }
 }

@@ -1,7 +1,7 @@
-//! The contract's input rules. Each failure is a 400 `invalid_request` that
-//! names the field.
+//! The contract's input rules. Each failure is a [`CommandError::Invalid`]
+//! (`invalid_request`) that names the field.
 
-use emosation_http::ApiError;
+use crate::CommandError;
 
 pub const MAX_TEXT_CHARS: usize = 4000;
 pub const MAX_ROOM_NAME_CHARS: usize = 100;
@@ -10,64 +10,64 @@ pub const DEFAULT_CAPACITY: i32 = 100;
 pub const MAX_CAPACITY: i32 = 100_000;
 
 /// 3–32 of `[a-z0-9_]`.
-pub fn username(u: &str) -> Result<(), ApiError> {
+pub fn username(u: &str) -> Result<(), CommandError> {
     let ok = (3..=32).contains(&u.len())
         && u.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid_request(
-            "username must be 3-32 characters of a-z, 0-9 and _",
+        Err(CommandError::Invalid(
+            "username must be 3-32 characters of a-z, 0-9 and _".into(),
         ))
     }
 }
 
 /// 8–128 characters.
-pub fn password(p: &str) -> Result<(), ApiError> {
+pub fn password(p: &str) -> Result<(), CommandError> {
     if (8..=128).contains(&p.chars().count()) {
         Ok(())
     } else {
-        Err(ApiError::invalid_request("password must be 8-128 characters"))
+        Err(CommandError::Invalid("password must be 8-128 characters".into()))
     }
 }
 
 /// 1–100 characters after trimming; returns the trimmed name.
-pub fn room_name(n: &str) -> Result<String, ApiError> {
+pub fn room_name(n: &str) -> Result<String, CommandError> {
     let t = n.trim();
     let len = t.chars().count();
     if len == 0 || len > MAX_ROOM_NAME_CHARS || t.chars().any(char::is_control) {
-        return Err(ApiError::invalid_request("name must be 1-100 printable characters"));
+        return Err(CommandError::Invalid("name must be 1-100 printable characters".into()));
     }
     Ok(t.to_owned())
 }
 
 /// `None` → the default; otherwise 1..=100,000.
-pub fn capacity(c: Option<i64>) -> Result<i32, ApiError> {
+pub fn capacity(c: Option<i64>) -> Result<i32, CommandError> {
     match c {
         None => Ok(DEFAULT_CAPACITY),
         Some(c) if (1..=MAX_CAPACITY as i64).contains(&c) => Ok(c as i32),
-        Some(_) => Err(ApiError::invalid_request("capacity must be between 1 and 100000")),
+        Some(_) => Err(CommandError::Invalid("capacity must be between 1 and 100000".into())),
     }
 }
 
 /// 1–4000 characters, not only whitespace.
-pub fn text(t: &str) -> Result<(), ApiError> {
+pub fn text(t: &str) -> Result<(), CommandError> {
     if t.trim().is_empty() {
-        return Err(ApiError::invalid_request("text must not be empty"));
+        return Err(CommandError::Invalid("text must not be empty".into()));
     }
     if t.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::invalid_request("text must be at most 4000 characters"));
+        return Err(CommandError::Invalid("text must be at most 4000 characters".into()));
     }
     Ok(())
 }
 
 /// 1–128 printable characters.
-pub fn client_msg_id(c: &str) -> Result<(), ApiError> {
+pub fn client_msg_id(c: &str) -> Result<(), CommandError> {
     let len = c.chars().count();
     if len == 0 || len > MAX_CLIENT_MSG_ID_CHARS || c.chars().any(char::is_control) {
-        return Err(ApiError::invalid_request(
-            "client_msg_id must be 1-128 printable characters",
+        return Err(CommandError::Invalid(
+            "client_msg_id must be 1-128 printable characters".into(),
         ));
     }
     Ok(())

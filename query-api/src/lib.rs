@@ -20,12 +20,12 @@ use axum::Router;
 use axum::extract::{FromRef, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use emosation_core::access;
 use emosation_core::emotion::Label;
 use emosation_core::ids::LogPosition;
 use emosation_core::ports::ViewStore;
 use emosation_core::time;
 use emosation_core::view::{EmotionView, ViewKey, ViewValue};
-use emosation_http::rooms::{member_room, room_or_404};
 use emosation_http::{ApiError, ApiPath, ApiQuery, AuthUser, Authenticator};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -153,7 +153,7 @@ async fn get_room(
     State(s): State<QueryState>,
     ApiPath(room_id): ApiPath<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(json::room(&room_or_404(&*s.views, &room_id).await?)))
+    Ok(axum::Json(json::room(&access::room(&*s.views, &room_id).await?)))
 }
 
 async fn members(
@@ -161,7 +161,7 @@ async fn members(
     user: AuthUser,
     ApiPath(room_id): ApiPath<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    member_room(&*s.views, &room_id, &user.user_id).await?;
+    access::member_room(&*s.views, &room_id, &user.user_id).await?;
     let members = s.views.members(&room_id).await?;
     Ok(axum::Json(json!({
         "members": members.iter().map(|m| json!({"user_id": m.user_id, "username": m.username})).collect::<Vec<_>>()
@@ -180,7 +180,7 @@ async fn history(
     ApiPath(room_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    let room = member_room(&*s.views, &room_id, &user.user_id).await?;
+    let room = access::member_room(&*s.views, &room_id, &user.user_id).await?;
     let limit = parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
     let before = match q.before.as_deref() {
         None | Some("") => None,
@@ -229,14 +229,14 @@ async fn emotions(
     ApiPath(room_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<EmotionsQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    member_room(&*s.views, &room_id, &user.user_id).await?;
+    access::member_room(&*s.views, &room_id, &user.user_id).await?;
     let limit = parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
     let emotions = s.views.emotions(&room_id, limit).await?;
     // The summary counts every emotion of the room, not only this page. Read
     // after the page: the views only grow, so it counts at least what the
     // page shows (read before it, a batch of emotions folded in between
     // would be on the page and missing from the summary).
-    let room = room_or_404(&*s.views, &room_id).await?;
+    let room = access::room(&*s.views, &room_id).await?;
     let summary: serde_json::Map<String, Value> = Label::ALL
         .iter()
         .zip(room.emotion_counts)
@@ -275,7 +275,7 @@ async fn activity(
     ApiPath(room_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ActivityQuery>,
 ) -> Result<axum::response::Response, ApiError> {
-    member_room(&*s.views, &room_id, &user.user_id).await?;
+    access::member_room(&*s.views, &room_id, &user.user_id).await?;
     let to = parse_instant("to", q.to.as_deref())?;
     let from = parse_instant("from", q.from.as_deref())?;
     let to = to.unwrap_or_else(|| {

@@ -1,32 +1,26 @@
-//! [`Hub`]: rooms → subscribers, partition tailers, resume from a cursor.
-//!
-//! One tailer task per rooms partition with at least one subscribed room on
-//! this node reads the partition in order. For each record it waits until the
-//! projector has applied it, asks the views what the fold decided (a message
-//! is delivered iff its `Message` entity exists, a membership change iff its
-//! `RoomEvent` exists), encodes the frame once, and hands the same bytes to
-//! every subscriber of the room whose position is before the record.
+//! [`Hub`]: this node's registry of rooms → subscriptions, and delivery.
 //!
 //! A subscription carries `last`, the offset of the last event it has (or is
 //! deemed to have) seen; it only ever receives events after `last`, which is
-//! what makes resume exact. Subscribing with `since` first reads the missed
-//! events from the log up to the tailer's position at that moment while the
-//! tailer buffers newer events for it, then flushes the buffer and goes live.
+//! what makes resume exact. While it catches up from the log (see
+//! [`feed`](crate::feed)), live events for it are held back and handed over
+//! in order when it goes live. The registry also keeps, per partition, the
+//! next offset its tailer will process: a subscription starts at that
+//! boundary, under the same lock, so no event falls between catch-up and
+//! live delivery.
+//!
+//! Delivery queues an event's one shared [`Frame`] on each subscriber under
+//! the lock and writes the idle sockets after releasing it ([`Flushes`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use emosation_core::Record;
-use emosation_core::ids::{LogPosition, Topic, partition_for};
-use emosation_core::ports::{Decisions, Log, LogEntry, ViewStore};
-use emosation_core::view::{ViewKey, ViewValue};
+use emosation_core::ids::LogPosition;
 use indexmap::IndexMap;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::conn::{ConnHandle, Queued};
-use crate::frames::{self, Frame, FrameError, Stream, Streams};
+use crate::protocol::{self, Stream, Streams};
+use crate::socket::{ConnHandle, Frame, Queued};
 
 /// A decided event, ready to deliver.
 #[derive(Debug, Clone)]
@@ -187,12 +181,10 @@ impl State {
     }
 }
 
+/// The registry (see the module doc).
+#[derive(Default)]
 pub struct Hub {
-    log: Arc<dyn Log>,
-    views: Arc<dyn ViewStore>,
-    decisions: Arc<dyn Decisions>,
     state: Mutex<State>,
-    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Hub {
@@ -206,64 +198,59 @@ static NEXT_SUB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 /// Live events held back for one catching-up subscription, at most.
 const MAX_HELD: usize = 65_536;
 
-/// How long a tailer waits for the projector before looking again.
-const APPLIED_WAIT: Duration = Duration::from_secs(1);
+/// A new subscription, as [`Hub::register`] made it.
+pub(crate) struct Registered {
+    /// Distinguishes it from a later subscription of the same connection.
+    pub sub_id: u64,
+    /// The partition's tailer position when it was made: it catches up from
+    /// the log up to here, if it resumes before.
+    pub boundary: u64,
+    /// No tailer follows the partition yet: the caller starts one at `boundary`.
+    pub start_tailer: bool,
+    /// The cursor the subscription starts after.
+    pub cursor: String,
+    /// It must catch up from `since + 1` to `boundary` first.
+    pub catch_up: bool,
+}
+
+/// What this node's subscribers want, read under the registry's lock.
+pub(crate) struct Interest<'a>(&'a State);
+
+impl Interest<'_> {
+    /// Whether the room a rooms-topic entry is keyed by has subscribers here.
+    pub(crate) fn has_subscribers(&self, key: &[u8]) -> bool {
+        std::str::from_utf8(key).is_ok_and(|room| self.0.rooms.contains_key(room))
+    }
+
+    /// Whether a subscriber of `room_id` here wants `stream` (or is catching
+    /// up, and so may).
+    pub(crate) fn wants(&self, room_id: &str, stream: Stream) -> bool {
+        self.0.rooms.get(room_id).is_some_and(|r| r.wants(stream))
+    }
+}
 
 impl Hub {
-    pub fn new(
-        log: Arc<dyn Log>,
-        views: Arc<dyn ViewStore>,
-        decisions: Arc<dyn Decisions>,
-        shutdown: CancellationToken,
-    ) -> Arc<Hub> {
-        Arc::new(Hub {
-            log,
-            views,
-            decisions,
-            state: Mutex::default(),
-            shutdown,
-        })
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("hub lock")
     }
 
-    pub fn views(&self) -> &Arc<dyn ViewStore> {
-        &self.views
-    }
-
-    fn partition_of(&self, room_id: &str) -> u32 {
-        partition_for(room_id.as_bytes(), self.log.topology().rooms_partitions)
-    }
-
-    /// Subscribes `conn` to `room_id` (membership already checked). Returns
-    /// the cursor the subscription starts after.
-    pub async fn subscribe(
-        self: &Arc<Self>,
-        conn: Arc<ConnHandle>,
+    /// Registers `conn`'s subscription to `room_id` in partition `p` (whose
+    /// log ends at `end`), replacing any it had, and queues its `subscribed`
+    /// frame before any event of it. `since`, if any, is a checked offset
+    /// below `end`.
+    pub(crate) fn register(
+        &self,
+        conn: &Arc<ConnHandle>,
         room_id: &str,
-        since: Option<&str>,
+        p: u32,
+        end: u64,
+        since: Option<u64>,
         streams: Streams,
-    ) -> Result<String, FrameError> {
-        let p = self.partition_of(room_id);
-        let end = self
-            .log
-            .end_offset(Topic::Rooms, p)
-            .await
-            .map_err(|e| FrameError::new("unavailable", e.to_string()))?;
-        let since = match since {
-            None => None,
-            Some(c) => match LogPosition::parse_id(c) {
-                Some(pos) if pos.partition == p && pos.offset < end => Some(pos.offset),
-                _ => {
-                    return Err(FrameError::new(
-                        "invalid_cursor",
-                        format!("{c:?} is not a cursor of this room"),
-                    ));
-                }
-            },
-        };
+    ) -> Registered {
         let sub_id = NEXT_SUB.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (boundary, start_tailer, cursor, flush) = {
-            let mut st = self.state.lock().expect("hub lock");
-            let (boundary, start) = match st.tailers.get(&p) {
+        let (registered, flush) = {
+            let mut st = self.state();
+            let (boundary, start_tailer) = match st.tailers.get(&p) {
                 Some(next) => (*next, false),
                 None => {
                     st.tailers.insert(p, end);
@@ -282,11 +269,12 @@ impl Hub {
                 Some(s) => (s, None),
                 None => (boundary.saturating_sub(1), None),
             };
+            let catch_up = held.is_some();
             room.insert(
                 conn.id,
                 Sub {
                     id: sub_id,
-                    conn: Arc::clone(&conn),
+                    conn: Arc::clone(conn),
                     streams,
                     last,
                     held,
@@ -295,33 +283,29 @@ impl Hub {
             let cursor = LogPosition::new(p, last).to_id();
             // Queued under the lock: `subscribed` goes out before any event
             // of the subscription (the tailer queues those under it too).
-            let flush = conn.queue(frames::subscribed(room_id, &cursor)) == Queued::Flush;
-            (boundary, start, cursor, flush)
+            let flush = conn.queue(protocol::subscribed(room_id, &cursor)) == Queued::Flush;
+            let registered = Registered {
+                sub_id,
+                boundary,
+                start_tailer,
+                cursor,
+                catch_up,
+            };
+            (registered, flush)
         };
         if flush {
             conn.flush();
         }
-        if start_tailer {
-            let hub = Arc::clone(self);
-            tokio::spawn(async move { hub.tail(p, boundary).await });
-        }
-        if let Some(s) = since
-            && s + 1 < boundary
-        {
-            let hub = Arc::clone(self);
-            let room = room_id.to_owned();
-            tokio::spawn(async move { hub.catch_up(conn, sub_id, room, p, s + 1, boundary).await });
-        }
-        Ok(cursor)
+        registered
     }
 
     pub fn unsubscribe(&self, conn_id: u64, room_id: &str) -> bool {
-        self.state.lock().expect("hub lock").remove_sub(conn_id, room_id)
+        self.state().remove_sub(conn_id, room_id)
     }
 
     /// Whether `conn_id` is subscribed to `room_id` on this node.
     pub fn is_subscribed(&self, conn_id: u64, room_id: &str) -> bool {
-        let st = self.state.lock().expect("hub lock");
+        let st = self.state();
         st.by_conn
             .get(&conn_id)
             .is_some_and(|rooms| rooms.iter().any(|r| r == room_id))
@@ -329,7 +313,7 @@ impl Hub {
 
     /// Drops every subscription of a closed connection.
     pub fn drop_conn(&self, conn_id: u64) {
-        let mut st = self.state.lock().expect("hub lock");
+        let mut st = self.state();
         for room in st.by_conn.remove(&conn_id).unwrap_or_default() {
             st.leave_room(conn_id, &room);
         }
@@ -337,9 +321,9 @@ impl Hub {
 
     /// Relays a typing notice to the room's other subscribers (never logged).
     pub fn typing(&self, from: u64, room_id: &str, user_id: &str) {
-        let frame = frames::typing(room_id, user_id);
+        let frame = protocol::typing(room_id, user_id);
         let mut flushes = Flushes::default();
-        let st = self.state.lock().expect("hub lock");
+        let st = self.state();
         if let Some(room) = st.rooms.get(room_id) {
             for (_, s) in room
                 .subs
@@ -353,168 +337,36 @@ impl Hub {
         flushes.run();
     }
 
-    /// Waits until the projector has applied `offset` of partition `p`.
-    async fn applied(&self, p: u32, offset: u64) -> bool {
-        loop {
-            if self.shutdown.is_cancelled() {
-                return false;
-            }
-            if self.decisions.wait_applied(Topic::Rooms, p, offset, APPLIED_WAIT).await > offset {
-                return true;
-            }
-            // The watermark is per process; a projector elsewhere is seen
-            // through the views' stored position.
-            match self
-                .views
-                .position(emosation_core::ports::CORE_VIEWS, Topic::Rooms, p)
-                .await
-            {
-                Ok(pos) if pos > offset => return true,
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "reading the projector's position"),
-            }
-        }
+    /// For each entry (by its key), whether its room has subscribers here.
+    pub(crate) fn subscribed_keys<'a>(&self, keys: impl Iterator<Item = &'a [u8]>) -> Vec<bool> {
+        let st = self.state();
+        let interest = Interest(&st);
+        keys.map(|k| interest.has_subscribers(k)).collect()
     }
 
-    /// The records that may become events `wanted` (room, stream), each with
-    /// the view key that tells what the fold decided about it. The tailer
-    /// calls it under the hub lock, so that what is wanted cannot change
-    /// before its position moves past the batch.
-    fn candidates(p: u32, records: Vec<(u64, Record)>, wanted: impl Fn(&str, Stream) -> bool) -> Candidates {
-        let mut out = Candidates::default();
-        for (offset, record) in records {
-            let (room_id, stream) = match &record {
-                Record::MessagePosted(r) => (&r.room_id, Stream::Chat),
-                Record::MemberJoined(r) => (&r.room_id, Stream::Chat),
-                Record::MemberQuit(r) => (&r.room_id, Stream::Chat),
-                Record::EmotionRecorded(r) => (&r.room_id, Stream::Emotion),
-                _ => continue,
-            };
-            // No view lookups for events nobody on this node wants.
-            if !wanted(room_id, stream) {
-                continue;
-            }
-            let position = LogPosition::new(p, offset).to_id();
-            let key = match &record {
-                // A message was accepted iff its entity exists.
-                Record::MessagePosted(r) => ViewKey::message(&r.room_id, &position),
-                // An emotion is delivered iff it is the one the fold kept.
-                Record::EmotionRecorded(r) => ViewKey::emotion(&r.room_id, &r.message_id),
-                // A membership change iff its room event exists.
-                _ => ViewKey::RoomEvent {
-                    room_id: room_id.clone(),
-                    position: position.clone(),
-                },
-            };
-            out.keys.push(key);
-            out.records.push(Candidate {
-                offset,
-                record,
-                position,
-            });
-        }
-        out
+    /// Moves partition `p`'s tailer to `next` and, under the same lock, runs
+    /// `f` on what subscribers want: a subscription made from now on starts
+    /// after the batch, and one made before sees the batch delivered.
+    pub(crate) fn advance<R>(&self, p: u32, next: u64, f: impl FnOnce(&Interest<'_>) -> R) -> R {
+        let mut st = self.state();
+        st.tailers.insert(p, next);
+        f(&Interest(&st))
     }
 
-    /// What the fold decided about candidates, as events in log order: one
-    /// view lookup for the whole batch. A failed lookup yields no events
-    /// (logged), like records the fold refused.
-    async fn decide(&self, candidates: Candidates) -> Vec<Event> {
-        let Candidates { keys, records } = candidates;
-        if keys.is_empty() {
-            return Vec::new();
-        }
-        let values = match self.views.load(&keys).await {
-            Ok(v) => v,
-            Err(err) => {
-                warn!(error = %err, "fan-out view lookup");
-                return Vec::new();
-            }
-        };
-        records
-            .into_iter()
-            .zip(values)
-            .filter_map(|(c, v)| c.decided(v))
-            .collect()
-    }
-
-    /// Reads a partition from `next` on, delivering to live subscribers,
-    /// until no room of the partition has subscribers.
-    async fn tail(self: Arc<Self>, p: u32, mut next: u64) {
-        debug!(partition = p, next, "fan-out tailer starts");
-        let mut flushes = Flushes::default();
-        loop {
-            let entries = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                r = self.log.fetch(Topic::Rooms, p, next, 256, Duration::from_millis(500)) => match r {
-                    Ok(e) => e,
-                    Err(err) => {
-                        warn!(partition = p, error = %err, "fan-out fetch failed");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                },
-            };
-            let read_at = std::time::Instant::now();
-            let Some(last) = entries.last().map(|e| e.offset) else {
-                if self.stop_if_unwanted(p) {
-                    return;
-                }
-                continue;
-            };
-            // Only the records of rooms subscribed here are decoded (a room
-            // record's key is its room id): a node serving a few of a
-            // partition's rooms does not decode the others' traffic. Decoded
-            // while the projector folds the same records.
-            let subscribed = {
-                let st = self.state.lock().expect("hub lock");
-                entries.iter().map(|e| has_subscribers(&st, &e.key)).collect::<Vec<_>>()
-            };
-            let mut records = decode_where(&entries, |i, _| subscribed[i]);
-            // The projector applies in order: once the batch's last record
-            // is applied, all of it is.
-            if !self.applied(p, last).await {
-                return;
-            }
-            let candidates = {
-                // A subscription from now on starts after this batch (it
-                // reads the batch from the log if it resumes before it).
-                let mut st = self.state.lock().expect("hub lock");
-                st.tailers.insert(p, last + 1);
-                // Rooms subscribed to since the look above need this batch
-                // too (rare: decoded here, under the lock).
-                let late = decode_where(&entries, |i, e| !subscribed[i] && has_subscribers(&st, &e.key));
-                if !late.is_empty() {
-                    records.extend(late);
-                    records.sort_unstable_by_key(|(offset, _)| *offset);
-                }
-                Self::candidates(p, records, |room, stream| room_wants(&st, room, stream))
-            };
-            let events = self.decide(candidates).await;
-            if !events.is_empty() {
-                {
-                    let mut st = self.state.lock().expect("hub lock");
-                    for ev in events {
-                        deliver(&mut st, ev, &mut flushes);
-                    }
-                }
-                // The writes, outside the hub's lock: each subscriber's
-                // frames of the batch in one write.
-                flushes.run_fairly().await;
-                metrics::histogram!("emosation_fanout_read_to_queued_seconds").record(read_at.elapsed().as_secs_f64());
-            }
-            next = last + 1;
-            if self.stop_if_unwanted(p) {
-                return;
-            }
+    /// Queues `events` (in log order) for their rooms' subscribers; the
+    /// caller writes `flushes` after.
+    pub(crate) fn deliver(&self, events: Vec<Event>, flushes: &mut Flushes) {
+        let mut st = self.state();
+        for ev in events {
+            deliver(&mut st, ev, flushes);
         }
     }
 
     /// Stops partition `p`'s tailer (returns true) when none of its rooms
     /// has a subscriber left; the next subscription starts a new tailer from
     /// the log's end.
-    fn stop_if_unwanted(&self, p: u32) -> bool {
-        let mut st = self.state.lock().expect("hub lock");
+    pub(crate) fn stop_if_unwanted(&self, p: u32) -> bool {
+        let mut st = self.state();
         if st.rooms_per_partition.contains_key(&p) {
             return false;
         }
@@ -523,45 +375,23 @@ impl Hub {
         true
     }
 
-    /// Delivers the room's events in `[from, to)` from the log to one
-    /// subscription, then the events held back meanwhile, then goes live.
-    async fn catch_up(self: Arc<Self>, conn: Arc<ConnHandle>, sub_id: u64, room: String, p: u32, from: u64, to: u64) {
-        let mut next = from;
-        let mut last = from.saturating_sub(1);
-        while next < to && !conn.is_closed() {
-            let entries = match self.log.fetch(Topic::Rooms, p, next, 512, Duration::ZERO).await {
-                Ok(e) if !e.is_empty() => e,
-                Ok(_) => break,
-                Err(err) => {
-                    warn!(partition = p, error = %err, "catch-up fetch failed");
-                    conn.close(1011, "catch-up failed");
-                    return;
-                }
-            };
-            let batch = &entries[..entries.iter().take_while(|e| e.offset < to).count()];
-            let Some(batch_last) = batch.last().map(|e| e.offset) else {
-                break;
-            };
-            if !self.applied(p, batch_last).await {
-                return;
-            }
-            let records = decode_where(batch, |_, e| e.key == room.as_bytes());
-            let candidates = Self::candidates(p, records, |r, _| r == room);
-            for ev in self.decide(candidates).await {
-                if self.wants(conn.id, sub_id, &room, ev.stream) && !conn.push_waiting(ev.frame).await {
-                    return;
-                }
-            }
-            last = batch_last;
-            next = batch_last + 1;
-            if entries.last().is_some_and(|e| e.offset + 1 >= to) {
-                break;
-            }
-        }
-        // Hand over to live delivery: flush what the tailer held back.
+    /// Whether subscription `sub_id` (of `conn_id` to `room`) is still there
+    /// and wants `stream`.
+    pub(crate) fn wants(&self, conn_id: u64, sub_id: u64, room: &str, stream: Stream) -> bool {
+        let st = self.state();
+        st.rooms
+            .get(room)
+            .and_then(|r| r.subs.get(&conn_id))
+            .filter(|s| s.id == sub_id)
+            .is_some_and(|s| s.streams.wants(stream))
+    }
+
+    /// Ends the catch-up of subscription `sub_id`, which read the log up to
+    /// `last`: the events held back meanwhile go out, and it is live.
+    pub(crate) fn go_live(&self, conn_id: u64, sub_id: u64, room: &str, last: u64) {
         let mut flushes = Flushes::default();
-        let mut st = self.state.lock().expect("hub lock");
-        let Some((sub, held)) = st.rooms.get_mut(&room).and_then(|r| r.go_live(conn.id, sub_id)) else {
+        let mut st = self.state();
+        let Some((sub, held)) = st.rooms.get_mut(room).and_then(|r| r.go_live(conn_id, sub_id)) else {
             return;
         };
         sub.last = sub.last.max(last);
@@ -574,96 +404,12 @@ impl Hub {
         drop(st);
         flushes.run();
     }
-
-    fn wants(&self, conn_id: u64, sub_id: u64, room: &str, stream: Stream) -> bool {
-        let st = self.state.lock().expect("hub lock");
-        st.rooms
-            .get(room)
-            .and_then(|r| r.subs.get(&conn_id))
-            .filter(|s| s.id == sub_id)
-            .is_some_and(|s| s.streams.wants(stream))
-    }
-}
-
-/// The records, with their offsets, of the entries `pick` (index, entry)
-/// selects. Undecodable ones are skipped, as the fold skips them; so are
-/// records not keyed by their room ([`Record::is_routed_by`]), which the
-/// fold skips too.
-fn decode_where(entries: &[LogEntry], pick: impl Fn(usize, &LogEntry) -> bool) -> Vec<(u64, Record)> {
-    entries
-        .iter()
-        .enumerate()
-        .filter(|(i, e)| pick(*i, e))
-        .filter_map(|(_, e)| emosation_schemas::decode_routed(Topic::Rooms, &e.key, &e.value).map(|r| (e.offset, r)))
-        .collect()
-}
-
-/// Whether the room a rooms-topic entry is keyed by has subscribers here.
-fn has_subscribers(st: &State, key: &[u8]) -> bool {
-    std::str::from_utf8(key).is_ok_and(|room| st.rooms.contains_key(room))
-}
-
-/// Whether a subscriber of `room_id` on this node wants `stream` (or is
-/// catching up, and so may).
-fn room_wants(st: &State, room_id: &str, stream: Stream) -> bool {
-    st.rooms.get(room_id).is_some_and(|r| r.wants(stream))
-}
-
-/// Records that may be events, before the views say what the fold decided:
-/// `keys[i]` is the entity whose presence tells the decision on `records[i]`.
-#[derive(Default)]
-struct Candidates {
-    keys: Vec<ViewKey>,
-    records: Vec<Candidate>,
-}
-
-/// A record that may be an event.
-struct Candidate {
-    offset: u64,
-    record: Record,
-    /// The record's log position as an id (a message's id, an event's cursor).
-    position: String,
-}
-
-impl Candidate {
-    /// The event, given the value of `key` in the views.
-    fn decided(self, value: Option<ViewValue>) -> Option<Event> {
-        let Candidate {
-            offset,
-            record,
-            position,
-        } = self;
-        match (record, value) {
-            (Record::MessagePosted(r), Some(_)) => Some(Event {
-                offset,
-                frame: frames::message(&r, &position),
-                room_id: r.room_id,
-                stream: Stream::Chat,
-                left: None,
-            }),
-            (Record::EmotionRecorded(_), Some(ViewValue::Emotion(em))) if em.position == position => Some(Event {
-                offset,
-                frame: frames::emotion(&em),
-                room_id: em.room_id,
-                stream: Stream::Emotion,
-                left: None,
-            }),
-            (Record::MemberJoined(_) | Record::MemberQuit(_), Some(ViewValue::RoomEvent(ev))) => Some(Event {
-                offset,
-                frame: frames::membership(&ev, &position),
-                left: (!ev.joined).then(|| ev.user_id.clone()),
-                room_id: ev.room_id,
-                stream: Stream::Chat,
-            }),
-            _ => None,
-        }
-    }
 }
 
 /// Sockets that frames were queued on while they were idle, to write once
 /// the hub's lock is released.
 #[derive(Default)]
-struct Flushes(Vec<Arc<ConnHandle>>);
+pub(crate) struct Flushes(Vec<Arc<ConnHandle>>);
 
 impl Flushes {
     fn queue(&mut self, conn: &Arc<ConnHandle>, frame: Frame) -> bool {
@@ -687,7 +433,7 @@ impl Flushes {
     /// [`Flushes::run`], giving the worker thread to other tasks (acks,
     /// ingest, other rooms) whenever this one has used its budget: a room of
     /// 10,000 sockets is written in slices, not in one 50 ms stretch.
-    async fn run_fairly(&mut self) {
+    pub(crate) async fn run_fairly(&mut self) {
         for conn in self.0.drain(..) {
             conn.flush();
             tokio::task::consume_budget().await;
@@ -735,7 +481,7 @@ fn deliver(st: &mut State, ev: Event, flushes: &mut Flushes) {
             .iter()
             .filter(|(_, s)| s.conn.user_id == *user)
             .map(|(conn_id, s)| {
-                flushes.queue(&s.conn, frames::unsubscribed(&ev.room_id));
+                flushes.queue(&s.conn, protocol::unsubscribed(&ev.room_id));
                 *conn_id
             })
             .collect();

@@ -1,6 +1,7 @@
-//! One WebSocket connection.
+//! A connection's bytes out: [`ConnHandle`], its queue of whole frames and
+//! the socket's write side, and the writer task.
 //!
-//! **Frames out.** Every frame the server sends is a [`Frame`]: complete
+//! Every frame the server sends is a [`Frame`]: complete
 //! WebSocket bytes, encoded once and shared. Whoever queues a frame on a
 //! socket that is idle writes it at once, with a non-blocking write from its
 //! own task: the hub's tailer delivering a room's event writes straight into
@@ -12,54 +13,29 @@
 //! Whoever holds the queue's lock decides who writes, so bytes never
 //! interleave and frames leave in the order they were queued.
 //!
-//! **Frames in.** tungstenite reads the client's frames (masking, UTF-8,
-//! fragments, control frames, size limits); what it writes itself (pongs)
-//! joins the same queue.
-//!
 //! Anything that must end the connection — a full queue, a kick, an idle
 //! timeout — goes through [`ConnHandle::close`]: the queue takes no more
 //! frames and the writer task ends the socket with a close frame.
 //!
-//! Memory: an idle connection holds its two tasks, tungstenite's small read
-//! buffer and a [`ConnHandle`] whose queue is an empty `VecDeque` (no
-//! allocation until frames queue up, released again once a burst that grew
-//! it has drained). The reader's frame handling, which awaits view lookups
-//! and the hub, runs boxed, so it is not part of the idle task.
+//! Memory: an idle connection's [`ConnHandle`] holds an empty `VecDeque`
+//! (no allocation until frames queue up, released again once a burst that
+//! grew it has drained).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use emosation_http::rooms::member_room;
-use emosation_http::{ApiError, AuthUser};
-use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, Semaphore};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::Fanout;
-use crate::frames::{self, ClientFrame, Frame, FrameError};
+use super::Frame;
 
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-
-/// Sends in flight per connection before the reader stops reading.
-const MAX_INFLIGHT_SENDS: usize = 256;
 /// Frames written per (vectored) write at most.
 const COALESCE: usize = 64;
-/// How long a connection the server closed waits for the client's close
-/// frame: long enough for a client to read the backlog queued before it.
-const CLOSE_DRAIN: Duration = Duration::from_secs(10);
 /// How long the writer tries to get the last frames (a `kicked`, the close
 /// frame) into a socket whose client does not read.
 const CLOSE_WRITE: Duration = Duration::from_secs(5);
@@ -314,24 +290,28 @@ impl ConnHandle {
     }
 
     /// Takes no more frames, and tells both halves to end.
-    fn shut(&self) {
+    pub(crate) fn shut(&self) {
         self.out().closed = true;
         self.wake.notify_one();
         self.closer.cancel();
     }
 
-    /// Ends this connection because a newer one of the same user replaced it.
-    pub fn kick(&self) {
-        self.ending.lock().expect("ending lock").get_or_insert((
-            1008,
-            "duplicate_session",
-            Some(frames::kicked("duplicate_session")),
-        ));
+    /// Ends this connection with `last` (a `kicked`) before the close frame.
+    pub fn end_with(&self, code: u16, reason: &'static str, last: Frame) {
+        self.ending
+            .lock()
+            .expect("ending lock")
+            .get_or_insert((code, reason, Some(last)));
         self.shut();
     }
 
     pub fn is_closed(&self) -> bool {
         self.closer.is_cancelled()
+    }
+
+    /// Resolves once the connection is closing.
+    pub async fn closed(&self) {
+        self.closer.cancelled().await
     }
 
     /// Whether the writer task is to drain the queue (taking the socket if
@@ -410,12 +390,12 @@ impl ConnHandle {
 }
 
 /// The connection's writer task: drains the queue when the socket is its,
-/// pings every `ping_every` (then `keepalive`: false kicks the connection),
-/// and ends the socket when the connection closes.
-async fn writer<K, F>(conn: Arc<ConnHandle>, ping_every: Duration, keepalive: K)
+/// pings every `ping_every` (then runs `keepalive`, the session's periodic
+/// check), and ends the socket when the connection closes.
+pub(crate) async fn writer<K, F>(conn: Arc<ConnHandle>, ping_every: Duration, keepalive: K)
 where
     K: Fn() -> F,
-    F: Future<Output = bool>,
+    F: Future<Output = ()>,
 {
     let Some(sock) = conn.out().sock.clone() else {
         return;
@@ -429,9 +409,7 @@ where
             _ = conn.wake.notified() => {}
             _ = ping.tick() => {
                 conn.push(Frame::ping());
-                if !keepalive().await {
-                    conn.kick();
-                }
+                keepalive().await;
             }
         }
         match conn.writer_turn() {
@@ -453,277 +431,12 @@ where
     conn.out().sock = None;
 }
 
-/// The socket's read side as tungstenite sees it: reads come from the
-/// socket (after the bytes hyper read past the handshake); tungstenite's own
-/// writes (pongs) join the connection's queue. Its close frames are left
-/// out: the writer task sends the connection's one close frame.
-struct ReadSide {
-    pre: Bytes,
-    read: OwnedReadHalf,
-    conn: Arc<ConnHandle>,
-}
-
-impl AsyncRead for ReadSide {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.pre.is_empty() {
-            let n = self.pre.len().min(buf.remaining());
-            buf.put_slice(&self.pre[..n]);
-            self.pre.advance(n);
-            if self.pre.is_empty() {
-                // Read once: release its allocation.
-                self.pre = Bytes::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.read).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ReadSide {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let frames = frames::without_close(buf);
-        if !frames.is_empty() {
-            self.conn.push(Frame::raw(Bytes::from(frames)));
-        }
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-fn frame_error(e: ApiError, client_msg_id: Option<&str>) -> FrameError {
-    FrameError {
-        code: e.code,
-        message: e.message,
-        client_msg_id: client_msg_id.map(str::to_owned),
-    }
-}
-
-/// What hyper read past the request, as bytes of their own: a slice of its
-/// read buffer would keep the whole buffer (8 KiB and more) alive for as
-/// long as the connection lives.
-fn detach(pre: Bytes) -> Bytes {
-    if pre.is_empty() {
-        Bytes::new()
-    } else {
-        Bytes::copy_from_slice(&pre)
-    }
-}
-
-/// Serves one upgraded socket until it closes; `pre` is what the HTTP
-/// server read past the handshake.
-pub async fn run(fanout: Arc<Fanout>, user: AuthUser, tcp: TcpStream, pre: Bytes) {
-    let cfg = fanout.cfg.clone();
-    let (read, write) = tcp.into_split();
-    let conn = Arc::new(ConnHandle::new(
-        NEXT_CONN.fetch_add(1, Ordering::Relaxed),
-        user.user_id.clone(),
-        cfg.queue_frames,
-        Some(write),
-    ));
-    // Admitted before its `hello`: a client that has its hello is this
-    // user's newest session, so one that connects after it is newer (and
-    // kicks it first under the session policy). Admitting after the hello
-    // let two quick connections register in either order. A connection
-    // kicked in between (a newer one admitted meanwhile) still gets its
-    // `kicked` and close frame from the writer task below.
-    fanout.admit(&conn).await;
-    conn.push(frames::hello(&user.user_id, &user.session_id));
-    metrics::gauge!("emosation_fanout_connections").increment(1.0);
-    let writer = {
-        let (fanout, me) = (Arc::clone(&fanout), Arc::clone(&conn));
-        // Keep the registration alive; a connection evicted by a newer one
-        // (whose kick order was lost) learns it here.
-        let keepalive = move || {
-            let (fanout, conn) = (Arc::clone(&fanout), Arc::clone(&me));
-            async move {
-                let me = fanout.conn_ref(conn.id);
-                !matches!(
-                    fanout.presence.refresh(&conn.user_id, &me, fanout.session_ttl()).await,
-                    Ok(false)
-                )
-            }
-        };
-        tokio::spawn(writer(Arc::clone(&conn), cfg.ping_interval, keepalive))
-    };
-
-    // Small buffers: an idle socket should cost little memory. Frames up to
-    // 1 MiB are read (and answered with an error if over the protocol limit);
-    // larger ones end the connection with 1009.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(512)
-        .write_buffer_size(0)
-        .max_message_size(Some(1024 * 1024))
-        .max_frame_size(Some(1024 * 1024));
-    let side = ReadSide {
-        pre: detach(pre),
-        read,
-        conn: Arc::clone(&conn),
-    };
-    let mut stream = WebSocketStream::from_raw_socket(side, Role::Server, Some(config)).await;
-
-    let sends = Arc::new(Semaphore::new(MAX_INFLIGHT_SENDS));
-    // Whether the server ended the connection (full queue, kick, idle) while
-    // the client may still be writing; see the closing handshake below.
-    let mut server_closed = false;
-    loop {
-        let next = tokio::select! {
-            _ = conn.closer.cancelled() => {
-                server_closed = true;
-                break;
-            }
-            m = tokio::time::timeout(cfg.idle_timeout, stream.next()) => m,
-        };
-        let msg = match next {
-            Err(_) => {
-                conn.close(1000, "idle timeout");
-                server_closed = true;
-                break;
-            }
-            Ok(None) | Ok(Some(Err(_))) => break,
-            Ok(Some(Ok(m))) => m,
-        };
-        match msg {
-            Message::Text(t) => {
-                if t.len() > cfg.max_frame_bytes {
-                    conn.push(frames::error(&FrameError::new(
-                        "frame_too_large",
-                        format!("frames are at most {} bytes", cfg.max_frame_bytes),
-                    )));
-                    continue;
-                }
-                match frames::parse(t.as_str()) {
-                    // Boxed: its view lookups' state is not part of the
-                    // connection's idle task.
-                    Ok(frame) => Box::pin(handle(&fanout, &conn, &user, frame, &sends)).await,
-                    Err(e) => {
-                        conn.push(frames::error(&e));
-                    }
-                }
-            }
-            Message::Binary(_) => {
-                conn.push(frames::error(&FrameError::new(
-                    "unsupported_frame",
-                    "binary frames are not supported; send JSON text frames",
-                )));
-            }
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-        }
-    }
-
-    fanout.hub.drop_conn(conn.id);
-    fanout.remove_conn(conn.id);
-    if let Err(e) = fanout
-        .presence
-        .unregister(&conn.user_id, &fanout.conn_ref(conn.id))
-        .await
-    {
-        debug!(error = %e, "cannot unregister a closed connection; it will expire");
-    }
-    conn.shut();
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
-    if server_closed {
-        // The closing handshake (RFC 6455 §7.1.1): the writer has sent our
-        // close frame; read (and drop) what the client still sends until its
-        // close frame, for a bounded time. Dropping the socket with unread
-        // input would make the kernel answer with a reset, which can discard
-        // the close frame (and the frames before it) in the client's buffer:
-        // a pipelining client would see "connection reset" instead of 1013.
-        let _ = tokio::time::timeout(CLOSE_DRAIN, async {
-            while let Some(Ok(m)) = stream.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-    metrics::gauge!("emosation_fanout_connections").decrement(1.0);
-    debug!(conn = conn.id, user = %conn.user_id, "connection closed");
-}
-
-async fn handle(
-    fanout: &Arc<Fanout>,
-    conn: &Arc<ConnHandle>,
-    user: &AuthUser,
-    frame: ClientFrame,
-    sends: &Arc<Semaphore>,
-) {
-    match frame {
-        ClientFrame::Subscribe {
-            room_id,
-            since,
-            streams,
-        } => {
-            let member = member_room(&**fanout.hub.views(), &room_id, &user.user_id)
-                .await
-                .map_err(|e| frame_error(e, None));
-            let result = match member {
-                Ok(_) => fanout
-                    .hub
-                    .subscribe(Arc::clone(conn), &room_id, since.as_deref(), streams)
-                    .await
-                    .map(|_| ()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                conn.push(frames::error(&e));
-            }
-        }
-        ClientFrame::Unsubscribe { room_id } => {
-            if fanout.hub.unsubscribe(conn.id, &room_id) {
-                conn.push(frames::unsubscribed(&room_id));
-            } else {
-                conn.push(frames::error(&FrameError::new(
-                    "not_subscribed",
-                    "not subscribed to this room",
-                )));
-            }
-        }
-        ClientFrame::Typing { room_id } => {
-            if fanout.hub.is_subscribed(conn.id, &room_id) {
-                fanout.hub.typing(conn.id, &room_id, &user.user_id);
-            } else {
-                conn.push(frames::error(&FrameError::new(
-                    "not_subscribed",
-                    "subscribe to the room first",
-                )));
-            }
-        }
-        ClientFrame::Send {
-            room_id,
-            client_msg_id,
-            text,
-        } => {
-            // Sends run concurrently (acks carry client_msg_id), bounded per connection.
-            let Ok(permit) = Arc::clone(sends).acquire_owned().await else {
-                return;
-            };
-            let (fanout, conn, user) = (Arc::clone(fanout), Arc::clone(conn), user.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                let frame = match fanout.ingest.post(&user, &room_id, &client_msg_id, &text).await {
-                    Ok(p) => frames::ack(&client_msg_id, &p.message_id, &p.cursor),
-                    Err(e) => frames::error(&frame_error(e, Some(&client_msg_id))),
-                };
-                conn.push(frame);
-            });
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
-    use tokio::net::{TcpListener, TcpSocket};
+    use tokio::net::tcp::OwnedReadHalf;
+    use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
     /// A connected pair on loopback with small kernel buffers, so that a
     /// client that does not read fills them quickly: the server's write
@@ -742,7 +455,7 @@ mod tests {
     }
 
     fn text(i: usize, size: usize) -> Frame {
-        frames::error(&FrameError::new("n", format!("{i:06}{}", "x".repeat(size))))
+        Frame::json(&serde_json::json!({"n": format!("{i:06}{}", "x".repeat(size))}))
     }
 
     /// Reads whole frames from the client's socket until `until` matches one
@@ -750,7 +463,7 @@ mod tests {
     async fn read_frames(client: &mut TcpStream, buf: &mut Vec<u8>, until: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         loop {
-            while let Some((_, end)) = frames::split_frame(buf) {
+            while let Some((_, end)) = super::super::codec::split_frame(buf) {
                 let f: Vec<u8> = buf.drain(..end).collect();
                 let done = until(&f);
                 out.push(f);
@@ -801,7 +514,7 @@ mod tests {
         sent.push(text(201, 10).bytes().to_vec());
         assert_eq!(queued(&conn), (waiting + 1, true));
 
-        let task = tokio::spawn(writer(Arc::clone(&conn), Duration::from_secs(3600), || async { true }));
+        let task = tokio::spawn(writer(Arc::clone(&conn), Duration::from_secs(3600), || async {}));
         let last = sent.last().unwrap().clone();
         let got = read_frames(&mut client, &mut buf, |f| f == last.as_slice()).await;
         assert_eq!(got, sent, "every frame, whole and in order");
@@ -834,7 +547,7 @@ mod tests {
     async fn overflowing_the_queue_closes_with_1013_after_whole_frames() {
         let (write, _read, mut client) = pair().await;
         let conn = Arc::new(ConnHandle::new(1, "u".into(), 8, Some(write)));
-        let task = tokio::spawn(writer(Arc::clone(&conn), Duration::from_secs(3600), || async { true }));
+        let task = tokio::spawn(writer(Arc::clone(&conn), Duration::from_secs(3600), || async {}));
         let mut pushed = 0;
         while conn.push(text(pushed, 3000)) {
             pushed += 1;
@@ -874,7 +587,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "the queue is full: it waits");
         // The client reads, the writer drains: the waiting frame goes out last.
-        let task = tokio::spawn(writer(Arc::clone(&conn), Duration::from_secs(3600), || async { true }));
+        let task = tokio::spawn(writer(Arc::clone(&conn), Duration::from_secs(3600), || async {}));
         let mut buf = Vec::new();
         let last = text(i, 10).bytes().to_vec();
         let got = read_frames(&mut client, &mut buf, |f| f == last.as_slice()).await;

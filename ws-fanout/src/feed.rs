@@ -1,0 +1,368 @@
+//! [`Feed`]: this node's reading of the log — one tailer task per rooms
+//! partition with at least one subscribed room here, and one catch-up per
+//! subscription that resumes from a cursor.
+//!
+//! A tailer reads its partition in order. For each batch it waits until the
+//! projector has applied it, asks the views what the fold decided (a message
+//! is delivered iff its `Message` entity exists, a membership change iff its
+//! `RoomEvent` exists, an emotion iff it is the one the fold kept), encodes
+//! each event's frame once, and hands it to the [`Hub`] for delivery.
+//!
+//! Subscribing with `since` first reads the missed events from the log up to
+//! the tailer's position at that moment, while the hub holds back newer
+//! events for the subscription; then the hub flushes them and it goes live.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use emosation_core::Record;
+use emosation_core::ids::{LogPosition, Topic, partition_for};
+use emosation_core::ports::{Decisions, Log, LogEntry, ViewStore};
+use emosation_core::view::{ViewKey, ViewValue};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::hub::{Event, Flushes, Hub};
+use crate::protocol::{self, FrameError, Stream, Streams};
+use crate::socket::ConnHandle;
+
+/// The log side of the fan-out (see the module doc).
+pub struct Feed {
+    log: Arc<dyn Log>,
+    views: Arc<dyn ViewStore>,
+    decisions: Arc<dyn Decisions>,
+    hub: Hub,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed").finish_non_exhaustive()
+    }
+}
+
+/// How long a tailer waits for the projector before looking again.
+const APPLIED_WAIT: Duration = Duration::from_secs(1);
+
+impl Feed {
+    pub fn new(
+        log: Arc<dyn Log>,
+        views: Arc<dyn ViewStore>,
+        decisions: Arc<dyn Decisions>,
+        shutdown: CancellationToken,
+    ) -> Arc<Feed> {
+        Arc::new(Feed {
+            log,
+            views,
+            decisions,
+            hub: Hub::default(),
+            shutdown,
+        })
+    }
+
+    pub fn views(&self) -> &Arc<dyn ViewStore> {
+        &self.views
+    }
+
+    /// The registry of this node's subscriptions.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn partition_of(&self, room_id: &str) -> u32 {
+        partition_for(room_id.as_bytes(), self.log.topology().rooms_partitions)
+    }
+
+    /// Subscribes `conn` to `room_id` (membership already checked), from
+    /// `since` if given. Returns the cursor the subscription starts after.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        conn: Arc<ConnHandle>,
+        room_id: &str,
+        since: Option<&str>,
+        streams: Streams,
+    ) -> Result<String, FrameError> {
+        let p = self.partition_of(room_id);
+        let end = self
+            .log
+            .end_offset(Topic::Rooms, p)
+            .await
+            .map_err(|e| FrameError::new("unavailable", e.to_string()))?;
+        let since = match since {
+            None => None,
+            Some(c) => match LogPosition::parse_id(c) {
+                Some(pos) if pos.partition == p && pos.offset < end => Some(pos.offset),
+                _ => {
+                    return Err(FrameError::new(
+                        "invalid_cursor",
+                        format!("{c:?} is not a cursor of this room"),
+                    ));
+                }
+            },
+        };
+        let reg = self.hub.register(&conn, room_id, p, end, since, streams);
+        if reg.start_tailer {
+            let feed = Arc::clone(self);
+            tokio::spawn(async move { feed.tail(p, reg.boundary).await });
+        }
+        if let Some(s) = since
+            && reg.catch_up
+        {
+            let feed = Arc::clone(self);
+            let room = room_id.to_owned();
+            let (sub_id, boundary) = (reg.sub_id, reg.boundary);
+            tokio::spawn(async move { feed.catch_up(conn, sub_id, room, p, s + 1, boundary).await });
+        }
+        Ok(reg.cursor)
+    }
+
+    /// Waits until the projector has applied `offset` of partition `p`.
+    async fn applied(&self, p: u32, offset: u64) -> bool {
+        loop {
+            if self.shutdown.is_cancelled() {
+                return false;
+            }
+            if self.decisions.wait_applied(Topic::Rooms, p, offset, APPLIED_WAIT).await > offset {
+                return true;
+            }
+            // The watermark is per process; a projector elsewhere is seen
+            // through the views' stored position.
+            match self
+                .views
+                .position(emosation_core::ports::CORE_VIEWS, Topic::Rooms, p)
+                .await
+            {
+                Ok(pos) if pos > offset => return true,
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "reading the projector's position"),
+            }
+        }
+    }
+
+    /// The records that may become events `wanted` (room, stream), each with
+    /// the view key that tells what the fold decided about it. The tailer
+    /// calls it under the hub lock, so that what is wanted cannot change
+    /// before its position moves past the batch.
+    fn candidates(p: u32, records: Vec<(u64, Record)>, wanted: impl Fn(&str, Stream) -> bool) -> Candidates {
+        let mut out = Candidates::default();
+        for (offset, record) in records {
+            let (room_id, stream) = match &record {
+                Record::MessagePosted(r) => (&r.room_id, Stream::Chat),
+                Record::MemberJoined(r) => (&r.room_id, Stream::Chat),
+                Record::MemberQuit(r) => (&r.room_id, Stream::Chat),
+                Record::EmotionRecorded(r) => (&r.room_id, Stream::Emotion),
+                _ => continue,
+            };
+            // No view lookups for events nobody on this node wants.
+            if !wanted(room_id, stream) {
+                continue;
+            }
+            let position = LogPosition::new(p, offset).to_id();
+            let key = match &record {
+                // A message was accepted iff its entity exists.
+                Record::MessagePosted(r) => ViewKey::message(&r.room_id, &position),
+                // An emotion is delivered iff it is the one the fold kept.
+                Record::EmotionRecorded(r) => ViewKey::emotion(&r.room_id, &r.message_id),
+                // A membership change iff its room event exists.
+                _ => ViewKey::RoomEvent {
+                    room_id: room_id.clone(),
+                    position: position.clone(),
+                },
+            };
+            out.keys.push(key);
+            out.records.push(Candidate {
+                offset,
+                record,
+                position,
+            });
+        }
+        out
+    }
+
+    /// What the fold decided about candidates, as events in log order: one
+    /// view lookup for the whole batch. A failed lookup yields no events
+    /// (logged), like records the fold refused.
+    async fn decide(&self, candidates: Candidates) -> Vec<Event> {
+        let Candidates { keys, records } = candidates;
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let values = match self.views.load(&keys).await {
+            Ok(v) => v,
+            Err(err) => {
+                warn!(error = %err, "fan-out view lookup");
+                return Vec::new();
+            }
+        };
+        records
+            .into_iter()
+            .zip(values)
+            .filter_map(|(c, v)| c.decided(v))
+            .collect()
+    }
+
+    /// Reads a partition from `next` on, delivering to live subscribers,
+    /// until no room of the partition has subscribers.
+    async fn tail(self: Arc<Self>, p: u32, mut next: u64) {
+        debug!(partition = p, next, "fan-out tailer starts");
+        let mut flushes = Flushes::default();
+        loop {
+            let entries = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = self.log.fetch(Topic::Rooms, p, next, 256, Duration::from_millis(500)) => match r {
+                    Ok(e) => e,
+                    Err(err) => {
+                        warn!(partition = p, error = %err, "fan-out fetch failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                },
+            };
+            let read_at = std::time::Instant::now();
+            let Some(last) = entries.last().map(|e| e.offset) else {
+                if self.hub.stop_if_unwanted(p) {
+                    return;
+                }
+                continue;
+            };
+            // Only the records of rooms subscribed here are decoded (a room
+            // record's key is its room id): a node serving a few of a
+            // partition's rooms does not decode the others' traffic. Decoded
+            // while the projector folds the same records.
+            let subscribed = self.hub.subscribed_keys(entries.iter().map(|e| e.key.as_ref()));
+            let mut records = decode_where(&entries, |i, _| subscribed[i]);
+            // The projector applies in order: once the batch's last record
+            // is applied, all of it is.
+            if !self.applied(p, last).await {
+                return;
+            }
+            // A subscription from now on starts after this batch (it reads
+            // the batch from the log if it resumes before it).
+            let candidates = self.hub.advance(p, last + 1, |interest| {
+                // Rooms subscribed to since the look above need this batch
+                // too (rare: decoded here, under the lock).
+                let late = decode_where(&entries, |i, e| !subscribed[i] && interest.has_subscribers(&e.key));
+                if !late.is_empty() {
+                    records.extend(late);
+                    records.sort_unstable_by_key(|(offset, _)| *offset);
+                }
+                Self::candidates(p, records, |room, stream| interest.wants(room, stream))
+            });
+            let events = self.decide(candidates).await;
+            if !events.is_empty() {
+                self.hub.deliver(events, &mut flushes);
+                // The writes, outside the hub's lock: each subscriber's
+                // frames of the batch in one write.
+                flushes.run_fairly().await;
+                metrics::histogram!("emosation_fanout_read_to_queued_seconds").record(read_at.elapsed().as_secs_f64());
+            }
+            next = last + 1;
+            if self.hub.stop_if_unwanted(p) {
+                return;
+            }
+        }
+    }
+
+    /// Delivers the room's events in `[from, to)` from the log to one
+    /// subscription, then the events held back meanwhile, then goes live.
+    async fn catch_up(self: Arc<Self>, conn: Arc<ConnHandle>, sub_id: u64, room: String, p: u32, from: u64, to: u64) {
+        let mut next = from;
+        let mut last = from.saturating_sub(1);
+        while next < to && !conn.is_closed() {
+            let entries = match self.log.fetch(Topic::Rooms, p, next, 512, Duration::ZERO).await {
+                Ok(e) if !e.is_empty() => e,
+                Ok(_) => break,
+                Err(err) => {
+                    warn!(partition = p, error = %err, "catch-up fetch failed");
+                    conn.close(1011, "catch-up failed");
+                    return;
+                }
+            };
+            let batch = &entries[..entries.iter().take_while(|e| e.offset < to).count()];
+            let Some(batch_last) = batch.last().map(|e| e.offset) else {
+                break;
+            };
+            if !self.applied(p, batch_last).await {
+                return;
+            }
+            let records = decode_where(batch, |_, e| e.key == room.as_bytes());
+            let candidates = Self::candidates(p, records, |r, _| r == room);
+            for ev in self.decide(candidates).await {
+                if self.hub.wants(conn.id, sub_id, &room, ev.stream) && !conn.push_waiting(ev.frame).await {
+                    return;
+                }
+            }
+            last = batch_last;
+            next = batch_last + 1;
+            if entries.last().is_some_and(|e| e.offset + 1 >= to) {
+                break;
+            }
+        }
+        // Hand over to live delivery: flush what the tailer held back.
+        self.hub.go_live(conn.id, sub_id, &room, last);
+    }
+}
+
+/// The records, with their offsets, of the entries `pick` (index, entry)
+/// selects. Undecodable ones are skipped, as the fold skips them; so are
+/// records not keyed by their room ([`Record::is_routed_by`]), which the
+/// fold skips too.
+fn decode_where(entries: &[LogEntry], pick: impl Fn(usize, &LogEntry) -> bool) -> Vec<(u64, Record)> {
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| pick(*i, e))
+        .filter_map(|(_, e)| emosation_schemas::decode_routed(Topic::Rooms, &e.key, &e.value).map(|r| (e.offset, r)))
+        .collect()
+}
+
+/// Records that may be events, before the views say what the fold decided:
+/// `keys[i]` is the entity whose presence tells the decision on `records[i]`.
+#[derive(Default)]
+struct Candidates {
+    keys: Vec<ViewKey>,
+    records: Vec<Candidate>,
+}
+
+/// A record that may be an event.
+struct Candidate {
+    offset: u64,
+    record: Record,
+    /// The record's log position as an id (a message's id, an event's cursor).
+    position: String,
+}
+
+impl Candidate {
+    /// The event, given the value of `key` in the views.
+    fn decided(self, value: Option<ViewValue>) -> Option<Event> {
+        let Candidate {
+            offset,
+            record,
+            position,
+        } = self;
+        match (record, value) {
+            (Record::MessagePosted(r), Some(_)) => Some(Event {
+                offset,
+                frame: protocol::message(&r, &position),
+                room_id: r.room_id,
+                stream: Stream::Chat,
+                left: None,
+            }),
+            (Record::EmotionRecorded(_), Some(ViewValue::Emotion(em))) if em.position == position => Some(Event {
+                offset,
+                frame: protocol::emotion(&em),
+                room_id: em.room_id,
+                stream: Stream::Emotion,
+                left: None,
+            }),
+            (Record::MemberJoined(_) | Record::MemberQuit(_), Some(ViewValue::RoomEvent(ev))) => Some(Event {
+                offset,
+                frame: protocol::membership(&ev, &position),
+                left: (!ev.joined).then(|| ev.user_id.clone()),
+                room_id: ev.room_id,
+                stream: Stream::Chat,
+            }),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The WebSocket opening handshake (RFC 6455 §4.2), on axum: the request is
+//! checked, the `101 Switching Protocols` answer built, and once it has gone
+//! out the connection's own TCP stream is taken from the HTTP server, so that
+//! frames are written to it directly rather than through hyper's upgraded IO.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use emosation_http::ApiError;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+/// A checked opening handshake; the connection is taken over with
+/// [`Handshake::accept`].
+pub struct Handshake {
+    key: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let refuse = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "upgrade_required", m);
+        if parts.version != Version::HTTP_11 || parts.method != Method::GET {
+            return Err(refuse("a WebSocket opens with an HTTP/1.1 GET upgrade request"));
+        }
+        if !header_has(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(refuse("the Connection header must include 'upgrade'"));
+        }
+        if !header_has(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(refuse("the Upgrade header must be 'websocket'"));
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return Err(refuse("Sec-WebSocket-Version must be 13"));
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .filter(|k| !k.is_empty())
+            .cloned()
+            .ok_or_else(|| refuse("the Sec-WebSocket-Key header is missing"))?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| refuse("this connection cannot be upgraded"))?;
+        Ok(Handshake { key, on_upgrade })
+    }
+}
+
+impl Handshake {
+    /// The `101` answer. Once it has gone out, `serve` gets the connection's
+    /// TCP stream and what the HTTP server read past the request.
+    pub fn accept<F, Fut>(self, serve: F) -> Response
+    where
+        F: FnOnce(TcpStream, Bytes) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Handshake { key, on_upgrade } = self;
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    debug!(error = %e, "WebSocket upgrade failed");
+                    return;
+                }
+            };
+            type Io = hyper_util::rt::TokioIo<TcpStream>;
+            match hyper_util::server::conn::auto::upgrade::downcast::<Io>(upgraded) {
+                Ok(parts) => serve(parts.io.into_inner(), parts.read_buf).await,
+                Err(_) => warn!("an upgraded connection is not a TCP stream; closing it"),
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(axum::body::Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
+}
