@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use emosation_core::bulk::BulkRows;
 use emosation_core::ids::{Topic, Topology, partition_for};
-use emosation_core::ports::{CORE_VIEWS, ConnRef, Log, LogError, Presence, ViewBatch, ViewStore};
+use emosation_core::ports::{CORE_VIEWS, ConnRef, Log, LogError, Presence, ViewBatch, ViewQueries, ViewStore};
 use emosation_core::view::{
     ACTIVITY_VIEWS, ActivityView, MemberView, MessageView, RoomView, UserView, ViewKey, ViewValue,
 };

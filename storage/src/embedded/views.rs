@@ -16,10 +16,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_trait::async_trait;
 use emosation_core::bulk::BulkRows;
 use emosation_core::ids::Topic;
-use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
+use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewQueries, ViewStore};
 use emosation_core::view::{
-    ActivityView, EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
-    hour_field, table_owner,
+    ActivityView, EmotionView, MemberView, MessageView, RoomView, TABLES, ViewKey, ViewValue, hour_field, table_owner,
 };
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use sha2::{Digest, Sha256};
@@ -230,68 +229,9 @@ fn as_member(v: ViewValue) -> Option<MemberView> {
 }
 
 #[async_trait]
-impl ViewStore for EmbeddedViewStore {
+impl ViewQueries for EmbeddedViewStore {
     async fn load(&self, keys: &[ViewKey]) -> Result<Vec<Option<ViewValue>>, StoreError> {
         keys.iter().map(|k| self.get(k)).collect()
-    }
-
-    async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
-        let h = self.handles();
-        let mut b = self.db.batch();
-        for (key, value) in &batch.changes {
-            let ks = h.table(key.table());
-            match value {
-                Some(v) => b.insert(ks, key.encode(), postcard::to_allocvec(v).map_err(storage)?),
-                None => b.remove(ks, key.encode()),
-            }
-            if let ViewKey::Member { room_id, user_id } = key {
-                let idx = join2(user_id, room_id);
-                match value {
-                    Some(_) => b.insert(&h.user_rooms, idx, []),
-                    None => b.remove(&h.user_rooms, idx),
-                }
-            }
-        }
-        for (topic, partition, next) in &batch.positions {
-            b.insert(
-                &self.positions,
-                consumer_partition_key(&batch.consumer, *topic, *partition),
-                next.to_be_bytes(),
-            );
-        }
-        b.commit().map_err(storage)?;
-        self.cache.write(batch.changes.iter().map(|(k, v)| (k, v)));
-        Ok(())
-    }
-
-    async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError> {
-        let v = self
-            .positions
-            .get(consumer_partition_key(consumer, topic, partition))
-            .map_err(storage)?;
-        Ok(v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0))
-    }
-
-    async fn user(&self, user_id: &str) -> Result<Option<UserView>, StoreError> {
-        Ok(match self.get(&ViewKey::User(user_id.to_owned()))? {
-            Some(ViewValue::User(u)) => Some(u),
-            _ => None,
-        })
-    }
-
-    async fn user_by_name(&self, username: &str) -> Result<Option<UserView>, StoreError> {
-        match self.get(&ViewKey::Username(username.to_owned()))? {
-            Some(ViewValue::Username(id)) => self.user(&id).await,
-            _ => Ok(None),
-        }
-    }
-
-    async fn room(&self, room_id: &str) -> Result<Option<RoomView>, StoreError> {
-        Ok(match self.get(&ViewKey::Room(room_id.to_owned()))? {
-            Some(ViewValue::Room(r)) => Some(r),
-            _ => None,
-        })
     }
 
     async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError> {
@@ -314,15 +254,6 @@ impl ViewStore for EmbeddedViewStore {
             },
             limit,
         )
-    }
-
-    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberView>, StoreError> {
-        Ok(self
-            .get(&ViewKey::Member {
-                room_id: room_id.to_owned(),
-                user_id: user_id.to_owned(),
-            })?
-            .and_then(as_member))
     }
 
     async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
@@ -383,18 +314,6 @@ impl ViewStore for EmbeddedViewStore {
         Ok(out)
     }
 
-    async fn session(&self, username: &str, session_id: &str) -> Result<Option<SessionView>, StoreError> {
-        Ok(
-            match self.get(&ViewKey::Session {
-                username: username.to_owned(),
-                session_id: session_id.to_owned(),
-            })? {
-                Some(ViewValue::Session(s)) => Some(s),
-                _ => None,
-            },
-        )
-    }
-
     async fn activity(&self, room_id: &str, from_hour: i64, to_hour: i64) -> Result<Vec<ActivityView>, StoreError> {
         if from_hour >= to_hour {
             return Ok(Vec::new());
@@ -411,6 +330,47 @@ impl ViewStore for EmbeddedViewStore {
             },
             usize::MAX,
         )
+    }
+}
+
+#[async_trait]
+impl ViewStore for EmbeddedViewStore {
+    async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
+        let h = self.handles();
+        let mut b = self.db.batch();
+        for (key, value) in &batch.changes {
+            let ks = h.table(key.table());
+            match value {
+                Some(v) => b.insert(ks, key.encode(), postcard::to_allocvec(v).map_err(storage)?),
+                None => b.remove(ks, key.encode()),
+            }
+            if let ViewKey::Member { room_id, user_id } = key {
+                let idx = join2(user_id, room_id);
+                match value {
+                    Some(_) => b.insert(&h.user_rooms, idx, []),
+                    None => b.remove(&h.user_rooms, idx),
+                }
+            }
+        }
+        for (topic, partition, next) in &batch.positions {
+            b.insert(
+                &self.positions,
+                consumer_partition_key(&batch.consumer, *topic, *partition),
+                next.to_be_bytes(),
+            );
+        }
+        b.commit().map_err(storage)?;
+        self.cache.write(batch.changes.iter().map(|(k, v)| (k, v)));
+        Ok(())
+    }
+
+    async fn position(&self, consumer: &str, topic: Topic, partition: u32) -> Result<u64, StoreError> {
+        let v = self
+            .positions
+            .get(consumer_partition_key(consumer, topic, partition))
+            .map_err(storage)?;
+        Ok(v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
     }
 
     async fn clear(&self, consumer: &str) -> Result<(), StoreError> {

@@ -41,11 +41,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use emosation_core::bulk::BulkRows;
 use emosation_core::ids::Topic;
-use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
+use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewQueries, ViewStore};
 use emosation_core::view::ACTIVITY_VIEWS;
 use emosation_core::view::{
-    ActivityView, EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
-    hour_field, table_owner,
+    ActivityView, EmotionView, MemberView, MessageView, RoomView, TABLES, ViewKey, ViewValue, hour_field, table_owner,
 };
 use sha2::{Digest, Sha256};
 
@@ -178,10 +177,6 @@ impl RedisViewStore {
             .collect()
     }
 
-    async fn get(&self, key: ViewKey) -> Result<Option<ViewValue>, StoreError> {
-        Ok(self.get_many(std::slice::from_ref(&key)).await?.pop().flatten())
-    }
-
     /// Ids from a lex zset: `(after, +]` ascending or `[-, before)` descending.
     async fn range(
         &self,
@@ -257,11 +252,112 @@ fn as_member(v: ViewValue) -> Option<MemberView> {
 }
 
 #[async_trait]
-impl ViewStore for RedisViewStore {
+impl ViewQueries for RedisViewStore {
     async fn load(&self, keys: &[ViewKey]) -> Result<Vec<Option<ViewValue>>, StoreError> {
         self.get_many(keys).await
     }
 
+    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError> {
+        let ids = self.range(self.key("rooms"), after, None, false, limit).await?;
+        let keys: Vec<ViewKey> = ids.into_iter().map(ViewKey::Room).collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
+            ViewValue::Room(r) => Some(r),
+            _ => None,
+        }))
+    }
+
+    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
+        let ids = self
+            .range(self.index_key("m", room_id), None, None, false, usize::MAX)
+            .await?;
+        let keys: Vec<ViewKey> = ids
+            .into_iter()
+            .map(|user_id| ViewKey::Member {
+                room_id: room_id.to_owned(),
+                user_id,
+            })
+            .collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, as_member))
+    }
+
+    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError> {
+        let ids = self
+            .range(self.index_key("ur", user_id), None, None, false, usize::MAX)
+            .await?;
+        let keys: Vec<ViewKey> = ids
+            .into_iter()
+            .map(|room_id| ViewKey::Member {
+                room_id,
+                user_id: user_id.to_owned(),
+            })
+            .collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, as_member))
+    }
+
+    async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError> {
+        let ids = self
+            .range(self.index_key("h", room_id), None, before, true, limit)
+            .await?;
+        let keys: Vec<ViewKey> = ids
+            .into_iter()
+            .rev()
+            .map(|message_id| ViewKey::Message {
+                room_id: room_id.to_owned(),
+                message_id,
+            })
+            .collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
+            ViewValue::Message(m) => Some(m),
+            _ => None,
+        }))
+    }
+
+    async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<EmotionView>, StoreError> {
+        let ids = self
+            .range(self.index_key("e", room_id), None, None, true, limit)
+            .await?;
+        let keys: Vec<ViewKey> = ids
+            .into_iter()
+            .rev()
+            .map(|message_id| ViewKey::Emotion {
+                room_id: room_id.to_owned(),
+                message_id,
+            })
+            .collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
+            ViewValue::Emotion(e) => Some(e),
+            _ => None,
+        }))
+    }
+
+    async fn activity(&self, room_id: &str, from_hour: i64, to_hour: i64) -> Result<Vec<ActivityView>, StoreError> {
+        if from_hour >= to_hour {
+            return Ok(Vec::new());
+        }
+        let hours: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(self.index_key("a", room_id))
+            .arg(format!("[{}", hour_field(from_hour)))
+            .arg(format!("({}", hour_field(to_hour)))
+            .query_async(&mut self.pool.get())
+            .await
+            .map_err(storage)?;
+        let keys: Vec<ViewKey> = hours
+            .iter()
+            .filter_map(|h| i64::from_str_radix(h, 16).ok())
+            .map(|hour| ViewKey::Activity {
+                room_id: room_id.to_owned(),
+                hour,
+            })
+            .collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
+            ViewValue::Activity(a) => Some(a),
+            _ => None,
+        }))
+    }
+}
+
+#[async_trait]
+impl ViewStore for RedisViewStore {
     async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
         let mut inv = self.apply.key(self.positions_key());
         let fields: Vec<(Vec<u8>, u64)> = batch
@@ -347,150 +443,6 @@ impl ViewStore for RedisViewStore {
             .unwrap_or_else(|e| e.into_inner())
             .insert(field, Some(v));
         Ok(v)
-    }
-
-    async fn user(&self, user_id: &str) -> Result<Option<UserView>, StoreError> {
-        Ok(match self.get(ViewKey::User(user_id.to_owned())).await? {
-            Some(ViewValue::User(u)) => Some(u),
-            _ => None,
-        })
-    }
-
-    async fn user_by_name(&self, username: &str) -> Result<Option<UserView>, StoreError> {
-        match self.get(ViewKey::Username(username.to_owned())).await? {
-            Some(ViewValue::Username(id)) => self.user(&id).await,
-            _ => Ok(None),
-        }
-    }
-
-    async fn room(&self, room_id: &str) -> Result<Option<RoomView>, StoreError> {
-        Ok(match self.get(ViewKey::Room(room_id.to_owned())).await? {
-            Some(ViewValue::Room(r)) => Some(r),
-            _ => None,
-        })
-    }
-
-    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError> {
-        let ids = self.range(self.key("rooms"), after, None, false, limit).await?;
-        let keys: Vec<ViewKey> = ids.into_iter().map(ViewKey::Room).collect();
-        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
-            ViewValue::Room(r) => Some(r),
-            _ => None,
-        }))
-    }
-
-    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberView>, StoreError> {
-        Ok(self
-            .get(ViewKey::Member {
-                room_id: room_id.to_owned(),
-                user_id: user_id.to_owned(),
-            })
-            .await?
-            .and_then(as_member))
-    }
-
-    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
-        let ids = self
-            .range(self.index_key("m", room_id), None, None, false, usize::MAX)
-            .await?;
-        let keys: Vec<ViewKey> = ids
-            .into_iter()
-            .map(|user_id| ViewKey::Member {
-                room_id: room_id.to_owned(),
-                user_id,
-            })
-            .collect();
-        Ok(Self::values_of(self.get_many(&keys).await?, as_member))
-    }
-
-    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError> {
-        let ids = self
-            .range(self.index_key("ur", user_id), None, None, false, usize::MAX)
-            .await?;
-        let keys: Vec<ViewKey> = ids
-            .into_iter()
-            .map(|room_id| ViewKey::Member {
-                room_id,
-                user_id: user_id.to_owned(),
-            })
-            .collect();
-        Ok(Self::values_of(self.get_many(&keys).await?, as_member))
-    }
-
-    async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError> {
-        let ids = self
-            .range(self.index_key("h", room_id), None, before, true, limit)
-            .await?;
-        let keys: Vec<ViewKey> = ids
-            .into_iter()
-            .rev()
-            .map(|message_id| ViewKey::Message {
-                room_id: room_id.to_owned(),
-                message_id,
-            })
-            .collect();
-        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
-            ViewValue::Message(m) => Some(m),
-            _ => None,
-        }))
-    }
-
-    async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<EmotionView>, StoreError> {
-        let ids = self
-            .range(self.index_key("e", room_id), None, None, true, limit)
-            .await?;
-        let keys: Vec<ViewKey> = ids
-            .into_iter()
-            .rev()
-            .map(|message_id| ViewKey::Emotion {
-                room_id: room_id.to_owned(),
-                message_id,
-            })
-            .collect();
-        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
-            ViewValue::Emotion(e) => Some(e),
-            _ => None,
-        }))
-    }
-
-    async fn session(&self, username: &str, session_id: &str) -> Result<Option<SessionView>, StoreError> {
-        Ok(
-            match self
-                .get(ViewKey::Session {
-                    username: username.to_owned(),
-                    session_id: session_id.to_owned(),
-                })
-                .await?
-            {
-                Some(ViewValue::Session(s)) => Some(s),
-                _ => None,
-            },
-        )
-    }
-
-    async fn activity(&self, room_id: &str, from_hour: i64, to_hour: i64) -> Result<Vec<ActivityView>, StoreError> {
-        if from_hour >= to_hour {
-            return Ok(Vec::new());
-        }
-        let hours: Vec<String> = redis::cmd("ZRANGEBYLEX")
-            .arg(self.index_key("a", room_id))
-            .arg(format!("[{}", hour_field(from_hour)))
-            .arg(format!("({}", hour_field(to_hour)))
-            .query_async(&mut self.pool.get())
-            .await
-            .map_err(storage)?;
-        let keys: Vec<ViewKey> = hours
-            .iter()
-            .filter_map(|h| i64::from_str_radix(h, 16).ok())
-            .map(|hour| ViewKey::Activity {
-                room_id: room_id.to_owned(),
-                hour,
-            })
-            .collect();
-        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
-            ViewValue::Activity(a) => Some(a),
-            _ => None,
-        }))
     }
 
     async fn clear(&self, consumer: &str) -> Result<(), StoreError> {

@@ -76,10 +76,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use emosation_core::bulk::BulkRows;
 use emosation_core::ids::{Topic, is_id};
-use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewStore};
+use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewQueries, ViewStore};
 use emosation_core::view::{
-    ActivityView, EmotionView, MemberView, MessageView, RoomView, SessionView, TABLES, UserView, ViewKey, ViewValue,
-    table_owner,
+    ActivityView, EmotionView, MemberView, MessageView, RoomView, TABLES, ViewKey, ViewValue, table_owner,
 };
 use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::{StreamExt, TryStreamExt};
@@ -957,10 +956,19 @@ impl ScyllaViewStore {
     }
 
     async fn member_list(&self, rooms_and_users: Vec<(String, String)>) -> Result<Vec<MemberView>, StoreError> {
-        let found: Vec<Option<MemberView>> = in_order!(&rooms_and_users, READS_IN_FLIGHT, |(room_id, user_id)| {
-            ViewStore::member(self, room_id, user_id)
-        });
-        Ok(found.into_iter().flatten().collect())
+        let keys: Vec<ViewKey> = rooms_and_users
+            .into_iter()
+            .map(|(room_id, user_id)| ViewKey::Member { room_id, user_id })
+            .collect();
+        Ok(self
+            .load(&keys)
+            .await?
+            .into_iter()
+            .filter_map(|v| match v {
+                Some(ViewValue::Member(m)) => Some(m),
+                _ => None,
+            })
+            .collect())
     }
 
     /// The newest `n` entities of one bucket of a room's messages or
@@ -1158,11 +1166,101 @@ impl ScyllaViewStore {
 }
 
 #[async_trait]
-impl ViewStore for ScyllaViewStore {
+impl ViewQueries for ScyllaViewStore {
     async fn load(&self, keys: &[ViewKey]) -> Result<Vec<Option<ViewValue>>, StoreError> {
         Ok(in_order!(keys, READS_IN_FLIGHT, |k| self.get(k)))
     }
 
+    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let n = limit_of(limit);
+        let page = |shard: i32| async move {
+            let ids: Vec<(String,)> = match after {
+                Some(a) => self.all(&self.q.rooms_after, (shard, a, n)).await?,
+                None => self.all(&self.q.rooms_first, (shard, n)).await?,
+            };
+            Ok::<_, StoreError>(ids.into_iter().map(|(id,)| id).collect::<Vec<_>>())
+        };
+        // The shards from the one `after` is in, in order, until the page is full.
+        let first = after.map_or(1, room_shard).max(1);
+        let shards: Vec<(i32,)> = self.all(&self.q.room_shards_from, (ROOM_SHARDS, first)).await?;
+        let mut sharded = Vec::new();
+        for (shard,) in shards {
+            if sharded.len() >= limit {
+                break;
+            }
+            sharded.extend(page(shard).await?);
+        }
+        let legacy = page(LEGACY_ROOMS_SHARD).await?;
+        let ids = rows::merge_room_pages(legacy, sharded, limit);
+        let found: Vec<Option<RoomView>> = in_order!(&ids, READS_IN_FLIGHT, |id| self.room(id));
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
+        let rows: Vec<(Vec<u8>,)> = self.all(&self.q.members_of, (room_id,)).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (raw,) in rows {
+            if let ViewValue::Member(m) = decode("members", &raw)? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError> {
+        let rooms: Vec<(String,)> = self.all(&self.q.rooms_of, (user_id,)).await?;
+        self.member_list(rooms.into_iter().map(|(r,)| (r, user_id.to_owned())).collect())
+            .await
+    }
+
+    async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError> {
+        let mut out: Vec<MessageView> = self
+            .newest(room_id, MESSAGES, before, limit)
+            .await?
+            .into_iter()
+            .filter_map(|v| match v {
+                ViewValue::Message(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<EmotionView>, StoreError> {
+        let mut out: Vec<EmotionView> = self
+            .newest(room_id, EMOTIONS, None, limit)
+            .await?
+            .into_iter()
+            .filter_map(|v| match v {
+                ViewValue::Emotion(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn activity(&self, room_id: &str, from_hour: i64, to_hour: i64) -> Result<Vec<ActivityView>, StoreError> {
+        if from_hour >= to_hour {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(Vec<u8>,)> = self.all(&self.q.activity_range, (room_id, from_hour, to_hour)).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (raw,) in rows {
+            if let ViewValue::Activity(a) = decode("activity", &raw)? {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ViewStore for ScyllaViewStore {
     async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
         let mut changes: Vec<Change> = Vec::with_capacity(batch.changes.len());
         for (k, v) in &batch.changes {
@@ -1219,144 +1317,6 @@ impl ViewStore for ScyllaViewStore {
             .map_err(storage)?
             .insert((consumer.to_owned(), topic, partition), Some(committed));
         offset_of("positions", readable_position(next, materialized))
-    }
-
-    async fn user(&self, user_id: &str) -> Result<Option<UserView>, StoreError> {
-        Ok(match self.get(&ViewKey::User(user_id.to_owned())).await? {
-            Some(ViewValue::User(u)) => Some(u),
-            _ => None,
-        })
-    }
-
-    async fn user_by_name(&self, username: &str) -> Result<Option<UserView>, StoreError> {
-        match self.get(&ViewKey::Username(username.to_owned())).await? {
-            Some(ViewValue::Username(id)) => self.user(&id).await,
-            _ => Ok(None),
-        }
-    }
-
-    async fn room(&self, room_id: &str) -> Result<Option<RoomView>, StoreError> {
-        Ok(match self.get(&ViewKey::Room(room_id.to_owned())).await? {
-            Some(ViewValue::Room(r)) => Some(r),
-            _ => None,
-        })
-    }
-
-    async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let n = limit_of(limit);
-        let page = |shard: i32| async move {
-            let ids: Vec<(String,)> = match after {
-                Some(a) => self.all(&self.q.rooms_after, (shard, a, n)).await?,
-                None => self.all(&self.q.rooms_first, (shard, n)).await?,
-            };
-            Ok::<_, StoreError>(ids.into_iter().map(|(id,)| id).collect::<Vec<_>>())
-        };
-        // The shards from the one `after` is in, in order, until the page is full.
-        let first = after.map_or(1, room_shard).max(1);
-        let shards: Vec<(i32,)> = self.all(&self.q.room_shards_from, (ROOM_SHARDS, first)).await?;
-        let mut sharded = Vec::new();
-        for (shard,) in shards {
-            if sharded.len() >= limit {
-                break;
-            }
-            sharded.extend(page(shard).await?);
-        }
-        let legacy = page(LEGACY_ROOMS_SHARD).await?;
-        let ids = rows::merge_room_pages(legacy, sharded, limit);
-        let found: Vec<Option<RoomView>> = in_order!(&ids, READS_IN_FLIGHT, |id| self.room(id));
-        Ok(found.into_iter().flatten().collect())
-    }
-
-    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberView>, StoreError> {
-        Ok(
-            match self
-                .get(&ViewKey::Member {
-                    room_id: room_id.to_owned(),
-                    user_id: user_id.to_owned(),
-                })
-                .await?
-            {
-                Some(ViewValue::Member(m)) => Some(m),
-                _ => None,
-            },
-        )
-    }
-
-    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
-        let rows: Vec<(Vec<u8>,)> = self.all(&self.q.members_of, (room_id,)).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (raw,) in rows {
-            if let ViewValue::Member(m) = decode("members", &raw)? {
-                out.push(m);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError> {
-        let rooms: Vec<(String,)> = self.all(&self.q.rooms_of, (user_id,)).await?;
-        self.member_list(rooms.into_iter().map(|(r,)| (r, user_id.to_owned())).collect())
-            .await
-    }
-
-    async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError> {
-        let mut out: Vec<MessageView> = self
-            .newest(room_id, MESSAGES, before, limit)
-            .await?
-            .into_iter()
-            .filter_map(|v| match v {
-                ViewValue::Message(m) => Some(m),
-                _ => None,
-            })
-            .collect();
-        out.reverse();
-        Ok(out)
-    }
-
-    async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<EmotionView>, StoreError> {
-        let mut out: Vec<EmotionView> = self
-            .newest(room_id, EMOTIONS, None, limit)
-            .await?
-            .into_iter()
-            .filter_map(|v| match v {
-                ViewValue::Emotion(e) => Some(e),
-                _ => None,
-            })
-            .collect();
-        out.reverse();
-        Ok(out)
-    }
-
-    async fn session(&self, username: &str, session_id: &str) -> Result<Option<SessionView>, StoreError> {
-        Ok(
-            match self
-                .get(&ViewKey::Session {
-                    username: username.to_owned(),
-                    session_id: session_id.to_owned(),
-                })
-                .await?
-            {
-                Some(ViewValue::Session(s)) => Some(s),
-                _ => None,
-            },
-        )
-    }
-
-    async fn activity(&self, room_id: &str, from_hour: i64, to_hour: i64) -> Result<Vec<ActivityView>, StoreError> {
-        if from_hour >= to_hour {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<(Vec<u8>,)> = self.all(&self.q.activity_range, (room_id, from_hour, to_hour)).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (raw,) in rows {
-            if let ViewValue::Activity(a) = decode("activity", &raw)? {
-                out.push(a);
-            }
-        }
-        Ok(out)
     }
 
     /// Moves `consumer` to a new generation (its positions read 0 at once),
@@ -1472,7 +1432,7 @@ mod tests {
     use super::*;
     use crate::EmbeddedViewStore;
     use emosation_core::ports::CORE_VIEWS;
-    use emosation_core::view::RoomEventView;
+    use emosation_core::view::{RoomEventView, SessionView, UserView};
 
     fn sample_changes() -> Vec<(ViewKey, Option<ViewValue>)> {
         let room = RoomView {
