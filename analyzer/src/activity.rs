@@ -34,7 +34,7 @@ use emosation_core::time::hour_start;
 use emosation_core::view::{ACTIVITY_VIEWS, ActivityView, ViewKey, ViewValue};
 use tokio::time::Instant;
 
-use crate::runner::{AnalyticsConsumer, Checkpoint, ConsumerError};
+use crate::{AnalyticsConsumer, Checkpoint, ConsumerError};
 
 /// How long a batch waits for the core projector before the runner backs
 /// off and tries again.

@@ -24,7 +24,7 @@ use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::runner::{AnalyticsConsumer, Checkpoint, ConsumerError, run_consumer};
+use crate::{AnalyticsConsumer, Checkpoint, ConsumerError, run_consumer};
 
 /// Records read per batch (one classifier call, one burst of appends).
 const BATCH: usize = 64;

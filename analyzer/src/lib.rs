@@ -21,10 +21,12 @@
 //!   and a circuit breaker that, while open, either falls back to the
 //!   offline classifier or makes callers wait (`Unavailable`, so the
 //!   analyzer commits nothing and retries). The key is never logged.
-//! - [`runner`]: [`AnalyticsConsumer`], the trait every analytics consumer
-//!   implements (group, topics, checkpoint, `handle_batch`), and
-//!   [`run_consumer`], which drives one: a task per partition, backfill from
-//!   offset 0, commit after durable results, lag and progress metrics.
+//! - [`AnalyticsConsumer`], the trait every analytics consumer implements
+//!   (group, topics, checkpoint, `handle_batch`), and [`run_consumer`],
+//!   which drives one: a task per partition, backfill from offset 0, commit
+//!   after durable results, lag and progress metrics. Both are the runner's
+//!   ([`emosation_runner`], which drives the core projector too);
+//!   `AnalyticsConsumer` is its `Consumer` trait.
 //! - [`consumer`]: [`Analyzer`], the consumer group that appends emotion
 //!   events (results on the log).
 //! - [`activity`]: [`ActivityConsumer`], per-room activity by UTC hour
@@ -41,11 +43,11 @@ pub mod consumer;
 pub mod eval;
 pub mod offline;
 pub mod openai;
-pub mod runner;
 
 pub use activity::ActivityConsumer;
 pub use consumer::Analyzer;
-pub use runner::{AnalyticsConsumer, Checkpoint, ConsumerError, run_consumer};
+pub use emosation_runner::Consumer as AnalyticsConsumer;
+pub use emosation_runner::{Checkpoint, ConsumerError, run_consumer};
 
 /// Which classifier the analyzer uses.
 #[derive(Debug, Clone, Default)]

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use emosation_analyzer::Analyzer;
@@ -37,7 +37,7 @@ async fn post(log: &dyn Log, i: usize) {
         author_id: "0000000000000001".into(),
         author: "ann".into(),
         client_msg_id: format!("m{i}"),
-        text: if i % 2 == 0 {
+        text: if i.is_multiple_of(2) {
             "I love this".into()
         } else {
             "I hate this".into()

@@ -2,7 +2,7 @@
 //! appended while it lingers after a small batch arrive together.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -1,7 +1,8 @@
 //! The projector: folds the log into the views.
 //!
-//! Each topic partition is folded by its own task, which is safe because the
-//! fold only reads state written by records of the same partition key (see
+//! Each topic partition is folded by its own task of the runner
+//! ([`emosation_runner`]), which is safe because the fold only reads state
+//! written by records of the same partition key (see
 //! `emosation_core::fold`). A task fetches a batch, decodes it, prefetches the
 //! keys the fold will read, folds every record into an overlay, and commits the
 //! changed entities **together with the partition's next offset** in one view
@@ -11,7 +12,9 @@
 //! applied twice or skipped.
 //!
 //! # Layout
-//! - [`Projector`]: the live projector, one task per partition.
+//! - [`Projector`]: the live projector, a [`Consumer`] the runner drives,
+//!   whose checkpoint is the core views; [`ConsumerError`] (the runner's)
+//!   is its error, and replay's.
 //! - [`replay`](mod@replay): drop the views and rebuild them from the start of the log.
 //! - [`fold_batch`]: the shared step, decode → prefetch → fold → changes.
 
@@ -20,25 +23,17 @@ pub mod replay;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use emosation_core::ids::{LogPosition, Topic};
 use emosation_core::ports::{
     CORE_VIEWS, Decision, Decisions, Log, LogEntry, LogError, StoreError, ViewBatch, ViewStore,
 };
 use emosation_core::view::{Overlay, ViewKey};
 use emosation_core::{Outcome, Record, fold, keys_read_by};
-use tokio::task::JoinSet;
+pub use emosation_runner::ConsumerError;
+use emosation_runner::{Checkpoint, Consumer, run_consumer};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProjectorError {
-    #[error(transparent)]
-    Log(#[from] LogError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("the views are incomplete: a replay was interrupted; run `emosation replay` again")]
-    Rebuilding,
-}
+use tracing::warn;
 
 /// One folded record.
 #[derive(Debug)]
@@ -142,7 +137,10 @@ async fn fold_and_apply(
 /// Records per fetch in the live projector.
 const LIVE_BATCH: usize = 2048;
 
-/// The live projector.
+/// The live projector: a [`Consumer`] of every partition whose checkpoint is
+/// the core views ([`CORE_VIEWS`]) and which, after applying a batch,
+/// reports the partition's applied watermark and publishes each record's
+/// decision.
 pub struct Projector {
     log: Arc<dyn Log>,
     store: Arc<dyn ViewStore>,
@@ -154,111 +152,59 @@ impl Projector {
         Projector { log, store, decisions }
     }
 
-    /// Runs until `shutdown` is cancelled or a partition task fails.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
-        if self.store.rebuilding(CORE_VIEWS).await? {
-            return Err(ProjectorError::Rebuilding);
-        }
-        let topo = self.log.topology();
-        let mut tasks = JoinSet::new();
-        for topic in Topic::ALL {
-            for partition in 0..topo.partitions(topic) {
-                let log = Arc::clone(&self.log);
-                let store = Arc::clone(&self.store);
-                let decisions = Arc::clone(&self.decisions);
-                let stop = shutdown.clone();
-                tasks.spawn(async move { run_partition(&*log, &*store, &*decisions, topic, partition, stop).await });
-            }
-        }
-        info!(partitions = tasks.len(), "projector running");
-        while let Some(res) = tasks.join_next().await {
-            match res {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    shutdown.cancel();
-                    return Err(e);
-                }
-                Err(join) => {
-                    shutdown.cancel();
-                    return Err(ProjectorError::Store(StoreError::Storage(format!(
-                        "projector task died: {join}"
-                    ))));
-                }
-            }
-        }
-        Ok(())
+    /// Runs until `shutdown` is cancelled or a partition task fails. Refuses
+    /// views left mid-rebuild ([`ConsumerError::Rebuilding`]). Failures of
+    /// the log or the store (a broker failing over, a Redis restarting) do
+    /// not stop it: a partition waits, re-reads its position from the store —
+    /// which is where the views really are, even if the store lost them — and
+    /// carries on from there.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+        let log = Arc::clone(&self.log);
+        run_consumer(Arc::new(self), log, shutdown).await
     }
 }
 
-/// Follows one partition for as long as the projector runs. Failures of the
-/// log or the store (a broker failing over, a Redis restarting) do not stop
-/// it: it waits, re-reads its position from the store — which is where the
-/// views really are, even if the store lost them — and carries on from there.
-async fn run_partition(
-    log: &dyn Log,
-    store: &dyn ViewStore,
-    decisions: &dyn Decisions,
-    topic: Topic,
-    partition: u32,
-    shutdown: CancellationToken,
-) -> Result<(), ProjectorError> {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match follow_partition(log, store, decisions, topic, partition, &shutdown).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                warn!(topic = topic.name(), partition, error = %e, ?backoff, "projector partition failed; resuming from the stored position");
-                metrics::counter!("emosation_projector_restarts_total", "topic" => topic.name()).increment(1);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+#[async_trait]
+impl Consumer for Projector {
+    fn group(&self) -> &'static str {
+        CORE_VIEWS
     }
-}
 
-/// How often an idle partition checks that the store still holds its position.
-const POSITION_CHECK: Duration = Duration::from_secs(2);
+    fn topics(&self) -> Vec<Topic> {
+        Topic::ALL.to_vec()
+    }
 
-async fn follow_partition(
-    log: &dyn Log,
-    store: &dyn ViewStore,
-    decisions: &dyn Decisions,
-    topic: Topic,
-    partition: u32,
-    shutdown: &CancellationToken,
-) -> Result<(), ProjectorError> {
-    let mut next = store.position(CORE_VIEWS, topic, partition).await?;
-    let topic_label = topic.name();
-    debug!(topic = topic_label, partition, next, "projector partition resumes");
-    decisions.applied(topic, partition, next);
-    let mut checked = tokio::time::Instant::now();
-    loop {
-        let entries = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = log.fetch(topic, partition, next, LIVE_BATCH, Duration::from_millis(500)) => r?,
-        };
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint::Views(Arc::clone(&self.store))
+    }
+
+    fn batch_size(&self) -> usize {
+        LIVE_BATCH
+    }
+
+    /// Every command's answer waits for its decision.
+    fn on_chat_path(&self) -> bool {
+        true
+    }
+
+    /// The views include everything before the resume point: waiters for
+    /// earlier records need not wait for the next batch.
+    fn resumed(&self, topic: Topic, partition: u32, next: u64) {
+        self.decisions.applied(topic, partition, next);
+    }
+
+    /// Folds and applies the batch, then reports the watermark and publishes
+    /// the decisions: an ingest node that answers its client after the
+    /// decision already sees the views updated.
+    async fn handle_batch(&self, topic: Topic, partition: u32, entries: &[LogEntry]) -> Result<(), ConsumerError> {
         let Some(last) = entries.last() else {
-            // Idle: make sure the views are still where we think (a store
-            // that lost its data reports an earlier position).
-            if checked.elapsed() >= POSITION_CHECK {
-                checked = tokio::time::Instant::now();
-                let stored = store.position(CORE_VIEWS, topic, partition).await?;
-                if stored != next {
-                    return Err(ProjectorError::Store(StoreError::Storage(format!(
-                        "the store is at offset {stored}, not {next}: it lost or moved views"
-                    ))));
-                }
-            }
-            continue;
+            return Ok(());
         };
-        let new_next = last.offset + 1;
-        let folded = fold_and_apply(store, topic, partition, &entries).await?;
-        decisions.applied(topic, partition, new_next);
+        let next = last.offset + 1;
+        let folded = fold_and_apply(&*self.store, topic, partition, entries).await?;
+        self.decisions.applied(topic, partition, next);
         for f in folded {
-            decisions.publish(
+            self.decisions.publish(
                 f.request_id,
                 Decision {
                     topic,
@@ -267,14 +213,21 @@ async fn follow_partition(
                 },
             );
         }
-        metrics::counter!("emosation_projector_records_total", "topic" => topic_label).increment(entries.len() as u64);
-        next = new_next;
+        Ok(())
+    }
+
+    fn count_handled(&self, topic: Topic, records: usize) {
+        metrics::counter!("emosation_projector_records_total", "topic" => topic.name()).increment(records as u64);
+    }
+
+    fn count_restart(&self, topic: Topic) {
+        metrics::counter!("emosation_projector_restarts_total", "topic" => topic.name()).increment(1);
     }
 }
 
 /// How many records of the log the core views have not folded yet: the sum
 /// over partitions of the log's end offset minus the views' position.
-pub async fn lag(log: &dyn Log, store: &dyn ViewStore) -> Result<u64, ProjectorError> {
+pub async fn lag(log: &dyn Log, store: &dyn ViewStore) -> Result<u64, ConsumerError> {
     let topo = log.topology();
     let mut behind = 0;
     for topic in Topic::ALL {
@@ -294,9 +247,9 @@ pub async fn lag(log: &dyn Log, store: &dyn ViewStore) -> Result<u64, ProjectorE
 /// replay's. Like replay, it is for a stopped deployment: a live projector
 /// folding the same partitions at the same time would interleave its writes
 /// with these.
-pub async fn catch_up(log: &dyn Log, store: &dyn ViewStore) -> Result<u64, ProjectorError> {
+pub async fn catch_up(log: &dyn Log, store: &dyn ViewStore) -> Result<u64, ConsumerError> {
     if store.rebuilding(CORE_VIEWS).await? {
-        return Err(ProjectorError::Rebuilding);
+        return Err(ConsumerError::Rebuilding);
     }
     let topo = log.topology();
     let mut folded = 0;
@@ -334,7 +287,7 @@ pub(crate) async fn fetch_existing(
     end: u64,
     want: usize,
     what: &str,
-) -> Result<Vec<LogEntry>, ProjectorError> {
+) -> Result<Vec<LogEntry>, ConsumerError> {
     let mut stalled_since: Option<std::time::Instant> = None;
     loop {
         let wait = if stalled_since.is_some() {
@@ -348,7 +301,7 @@ pub(crate) async fn fetch_existing(
         }
         let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
         if since.elapsed() > STALL {
-            return Err(ProjectorError::Log(LogError::Storage(format!(
+            return Err(ConsumerError::Log(LogError::Storage(format!(
                 "{what} of {}/{partition} stalled at offset {next} of {end} for {STALL:?}",
                 topic.name()
             ))));

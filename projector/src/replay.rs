@@ -39,7 +39,7 @@ use emosation_core::view::{FoldState, ViewKey, ViewValue};
 use rustc_hash::FxHasher;
 use tokio::task::JoinSet;
 
-use crate::ProjectorError;
+use crate::ConsumerError;
 
 type Fx = BuildHasherDefault<FxHasher>;
 
@@ -380,7 +380,7 @@ pub async fn replay(
     log: Arc<dyn Log>,
     store: Arc<dyn ViewStore>,
     progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
-) -> Result<ReplayStats, ProjectorError> {
+) -> Result<ReplayStats, ConsumerError> {
     replay_with(log, store, progress, ReplayOptions::default()).await
 }
 
@@ -390,7 +390,7 @@ pub async fn replay_with(
     store: Arc<dyn ViewStore>,
     progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
     options: ReplayOptions,
-) -> Result<ReplayStats, ProjectorError> {
+) -> Result<ReplayStats, ConsumerError> {
     let started = Instant::now();
     let topo = log.topology();
     let mut work = Vec::new();
@@ -436,7 +436,7 @@ pub async fn replay_with(
                     progress(d, total);
                 }
                 state.finish(&*store, &shared, topic, partition, next).await?;
-                Ok::<_, ProjectorError>(())
+                Ok::<_, ConsumerError>(())
             });
         }
         match tasks.join_next().await {

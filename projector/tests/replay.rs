@@ -9,7 +9,7 @@ use emosation_core::ids::random_id;
 use emosation_core::ids::{LogPosition, Topic, Topology, partition_for};
 use emosation_core::ports::{CORE_VIEWS, Log, ViewStore};
 use emosation_core::record::*;
-use emosation_projector::{Projector, ProjectorError, ReplayOptions, replay_with};
+use emosation_projector::{ConsumerError, Projector, ReplayOptions, replay_with};
 use emosation_storage::{EmbeddedLog, EmbeddedViewStore, LocalDecisions};
 use tokio_util::sync::CancellationToken;
 
@@ -345,7 +345,7 @@ async fn a_projector_refuses_views_left_mid_rebuild() {
     views.set_rebuilding(CORE_VIEWS, true).await.unwrap();
     let projector = Projector::new(log, views, Arc::new(LocalDecisions::new()));
     let res = projector.run(CancellationToken::new()).await;
-    assert!(matches!(res, Err(ProjectorError::Rebuilding)), "{res:?}");
+    assert!(matches!(res, Err(ConsumerError::Rebuilding)), "{res:?}");
 }
 
 /// The same commands on the embedded log and on Kafka (a real tansu broker)
