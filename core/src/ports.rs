@@ -345,7 +345,7 @@ pub struct ConnRef {
 pub type KickSink = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Who is connected where, shared by every fan-out node: the session policy
-/// across nodes, presence, and shared rate limits. Ephemeral by nature — it
+/// across nodes and presence. Ephemeral by nature — it
 /// describes live connections, not the log — so losing it loses nothing:
 /// live connections re-register on their next refresh.
 ///
@@ -360,9 +360,6 @@ pub type KickSink = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
 /// - `kick` reaches the [`KickSink`] that `on_kicks` installed for the
 ///   connection's node, at most once, promptly while both are up.
 /// - `online` tells, per user, whether any registration is live.
-/// - `take` is a token bucket per `bucket` name shared by every caller:
-///   `rate` tokens per second, at most `burst` stored; `true` if a token was
-///   taken.
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
     async fn register(
@@ -378,5 +375,35 @@ pub trait Presence: Send + Sync + 'static {
     async fn kick(&self, conn: &ConnRef) -> Result<(), PresenceError>;
     /// Installs the sink for kick orders addressed to `node` (one per node).
     async fn on_kicks(&self, node: &str, sink: KickSink) -> Result<(), PresenceError>;
-    async fn take(&self, bucket: &str, rate: u32, burst: u32) -> Result<bool, PresenceError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitError {
+    /// The bucket store could not be asked (unreachable, or it failed); a
+    /// token may or may not have been taken.
+    #[error("rate-limit store error: {0}")]
+    Storage(String),
+}
+
+/// Token buckets that bound how often one actor may act (a user's messages),
+/// shared by every caller of the same store, so a limit holds across nodes.
+///
+/// Contract (the generic rate-limiter test body checks each point):
+/// - `take(bucket, rate, burst)` takes one token from the bucket named
+///   `bucket` and answers `true`, or answers `false` when it holds less than
+///   one token. A bucket refills continuously at `rate` tokens per second up
+///   to `burst` tokens (at least 1); a bucket not seen before starts full, so
+///   a caller gets `burst` tokens at once and `rate` per second after that.
+/// - `rate == 0` means no limit: `take` answers `true`.
+/// - Every `take` on a bucket name, through any handle on the same store,
+///   draws from the same bucket; distinct names never affect one another.
+/// - Buckets are ephemeral: a bucket that has refilled may be forgotten (it
+///   is indistinguishable from a new one), and losing the store loses only
+///   the limits' recent memory.
+/// - An `Err` means the store could not be asked. The caller decides what
+///   that means; ingest lets the action through, since a limit is
+///   protection, not a reason to refuse chat.
+#[async_trait]
+pub trait RateLimiter: Send + Sync + 'static {
+    async fn take(&self, bucket: &str, rate: u32, burst: u32) -> Result<bool, RateLimitError>;
 }

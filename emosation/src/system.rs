@@ -11,7 +11,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
 use emosation_analyzer::{ActivityConsumer, Analyzer, run_consumer};
 use emosation_core::ids::Topology;
-use emosation_core::ports::{Decisions, Log, Presence, ViewStore};
+use emosation_core::ports::{Decisions, Log, Presence, RateLimiter, ViewStore};
 use emosation_http::{Authenticator, TokenKeys};
 use emosation_ingest::{Ingest, IngestConfig};
 use emosation_projector::Projector;
@@ -33,7 +33,7 @@ pub struct Engines {
     pub log: Option<String>,
     /// View store URL; `None` → `embedded://DATA_DIR/views`.
     pub store: Option<String>,
-    /// Cache and presence URL; `None` → in process.
+    /// Cache URL (presence, rate limits); `None` → in process.
     pub cache: Option<String>,
     pub topology: Topology,
 }
@@ -73,6 +73,12 @@ impl Engines {
         emosation_storage::open_presence(self.cache.as_deref())
             .await
             .context("open cache/presence")
+    }
+
+    pub async fn open_rate_limiter(&self) -> anyhow::Result<Arc<dyn RateLimiter>> {
+        emosation_storage::open_rate_limiter(self.cache.as_deref())
+            .await
+            .context("open cache/rate limiter")
     }
 
     pub async fn open_views(&self) -> anyhow::Result<Arc<dyn ViewStore>> {
@@ -319,7 +325,7 @@ impl Server {
                 Arc::clone(&views),
                 Arc::clone(&decisions),
                 Arc::clone(&auth),
-                Arc::clone(&presence),
+                cfg.engines.open_rate_limiter().await?,
                 cfg.ingest,
             )
             .context("start ingest")?,

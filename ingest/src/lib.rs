@@ -29,7 +29,7 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use emosation_core::access;
 use emosation_core::ids::{LogPosition, normalize_username, random_id};
-use emosation_core::ports::{Decision, Decisions, Log, Presence, ViewStore};
+use emosation_core::ports::{Decision, Decisions, Log, RateLimiter, ViewStore};
 use emosation_core::record::*;
 use emosation_core::view::RoomView;
 use emosation_core::{Accepted, Record, Rejection};
@@ -73,8 +73,8 @@ pub struct Ingest {
     views: Arc<dyn ViewStore>,
     decisions: Arc<dyn Decisions>,
     auth: Arc<Authenticator>,
-    /// Rate limits live in the presence port, so they hold across ingest nodes.
-    presence: Arc<dyn Presence>,
+    /// Rate limits live in a port, so with a shared store they hold across ingest nodes.
+    limits: Arc<dyn RateLimiter>,
     /// Bounds concurrent password hashes (each takes ~19 MiB and a core).
     hashing: Semaphore,
     dummy_hash: String,
@@ -107,7 +107,7 @@ impl Ingest {
         views: Arc<dyn ViewStore>,
         decisions: Arc<dyn Decisions>,
         auth: Arc<Authenticator>,
-        presence: Arc<dyn Presence>,
+        limits: Arc<dyn RateLimiter>,
         cfg: IngestConfig,
     ) -> Result<Self, CommandError> {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -116,7 +116,7 @@ impl Ingest {
             views,
             decisions,
             auth,
-            presence,
+            limits,
             hashing: Semaphore::new(workers * 2),
             dummy_hash: hash_password("not-a-real-password")?,
             cfg,
@@ -132,7 +132,7 @@ impl Ingest {
             return true;
         }
         match self
-            .presence
+            .limits
             .take(&format!("msg:{user_id}"), rate, rate.saturating_mul(2))
             .await
         {

@@ -8,16 +8,18 @@
 //! | log | [`embedded::log`]: [`EmbeddedLog`], fjall, group commit | [`kafka::log`]: [`KafkaLog`], rdkafka (`kafka://`) |
 //! | views | [`embedded::views`]: [`EmbeddedViewStore`], fjall | [`redis::views`]: [`RedisViewStore`] (`redis://`); [`scylla::views`]: [`ScyllaViewStore`] (`scylla://`) |
 //! | presence | [`local::presence`]: [`LocalPresence`], in process | [`redis::presence`]: [`RedisPresence`] (`redis://`) |
+//! | rate limits | [`local::rate_limiter`]: [`LocalRateLimiter`], in process | [`redis::rate_limiter`]: [`RedisRateLimiter`] (`redis://`) |
 //! | decisions | [`local::decisions`]: [`LocalDecisions`], in process | [`redis::decisions`]: [`RedisDecisions`], pub/sub (`redis://`) |
 //!
 //! [`redis::conn`] is the connection layer the Redis adapters share.
-//! [`open_log`], [`open_views`] and [`open_presence`] map a URL to its adapter.
+//! [`open_log`], [`open_views`], [`open_presence`] and [`open_rate_limiter`]
+//! map a URL to its adapter.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use emosation_core::ids::Topology;
-use emosation_core::ports::{Log, Presence, ViewStore};
+use emosation_core::ports::{Log, Presence, RateLimiter, ViewStore};
 
 pub mod embedded;
 pub mod kafka;
@@ -27,8 +29,8 @@ pub mod scylla;
 
 pub use embedded::{EmbeddedLog, EmbeddedViewStore};
 pub use kafka::KafkaLog;
-pub use local::{LocalDecisions, LocalPresence};
-pub use redis::{RedisDecisions, RedisPresence, RedisViewStore};
+pub use local::{LocalDecisions, LocalPresence, LocalRateLimiter};
+pub use redis::{RedisDecisions, RedisPresence, RedisRateLimiter, RedisViewStore};
 pub use scylla::{ScyllaConfig, ScyllaViewStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,20 @@ pub async fn open_presence(url: Option<&str>) -> Result<Arc<dyn Presence>, OpenE
     match url {
         None => Ok(Arc::new(LocalPresence::new())),
         Some(u) if u.starts_with("redis://") => Ok(Arc::new(RedisPresence::connect(u).await?)),
+        Some(u) => Err(OpenError::Unsupported {
+            what: "cache",
+            url: u.to_owned(),
+            reason: "expected redis://HOST:PORT (or no cache URL for the in-process one)",
+        }),
+    }
+}
+
+/// Opens the rate limiter named by `url`: in-process when `None`, or
+/// `redis://HOST:PORT` (see [`redis::rate_limiter`]).
+pub async fn open_rate_limiter(url: Option<&str>) -> Result<Arc<dyn RateLimiter>, OpenError> {
+    match url {
+        None => Ok(Arc::new(LocalRateLimiter::new())),
+        Some(u) if u.starts_with("redis://") => Ok(Arc::new(RedisRateLimiter::connect(u).await?)),
         Some(u) => Err(OpenError::Unsupported {
             what: "cache",
             url: u.to_owned(),

@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use emosation_core::bulk::BulkRows;
 use emosation_core::ids::{Topic, Topology, partition_for};
-use emosation_core::ports::{CORE_VIEWS, ConnRef, Log, LogError, Presence, ViewBatch, ViewQueries, ViewStore};
+use emosation_core::ports::{
+    CORE_VIEWS, ConnRef, Log, LogError, Presence, RateLimiter, ViewBatch, ViewQueries, ViewStore,
+};
 use emosation_core::view::{
     ACTIVITY_VIEWS, ActivityView, MemberView, MessageView, RoomView, UserView, ViewKey, ViewValue,
 };
 use emosation_storage::{
-    EmbeddedLog, EmbeddedViewStore, LocalPresence, RedisPresence, RedisViewStore, ScyllaConfig, ScyllaViewStore,
+    EmbeddedLog, EmbeddedViewStore, LocalPresence, LocalRateLimiter, RedisPresence, RedisRateLimiter, RedisViewStore,
+    ScyllaConfig, ScyllaViewStore,
 };
 
 async fn log_contract(log: Arc<dyn Log>) {
@@ -915,7 +918,11 @@ async fn presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
         a.unregister("u1", &c).await.unwrap();
     }
     assert_eq!(b.online(&["u1".into()]).await.unwrap(), vec![false]);
+}
 
+/// The rate-limiter contract. `a` and `b` are two handles on one store (two
+/// ingest nodes); for the in-process adapter they are the same value.
+async fn rate_limiter_contract(a: Arc<dyn RateLimiter>, b: Arc<dyn RateLimiter>) {
     // Token buckets are shared.
     let mut granted = 0;
     for i in 0..20 {
@@ -930,6 +937,11 @@ async fn presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
     );
     assert!(a.take("rate:u2", 5, 10).await.unwrap(), "buckets are independent");
     assert!(a.take("rate:off", 0, 0).await.unwrap());
+
+    // An emptied bucket refills at `rate`: 5 a second is one within 250 ms.
+    while b.take("rate:u3", 5, 2).await.unwrap() {}
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(a.take("rate:u3", 5, 2).await.unwrap(), "refilled at the rate");
 }
 
 #[tokio::test]
@@ -944,6 +956,20 @@ async fn redis_presence_meets_the_presence_contract() {
     let a = RedisPresence::connect(redis.url()).await.unwrap();
     let b = RedisPresence::connect(redis.url()).await.unwrap();
     presence_contract(Arc::new(a), Arc::new(b)).await;
+}
+
+#[tokio::test]
+async fn local_rate_limiter_meets_the_rate_limiter_contract() {
+    let l: Arc<dyn RateLimiter> = Arc::new(LocalRateLimiter::new());
+    rate_limiter_contract(Arc::clone(&l), l).await;
+}
+
+#[tokio::test]
+async fn redis_rate_limiter_meets_the_rate_limiter_contract() {
+    let redis = emosation_testkit::RedisServer::start();
+    let a = RedisRateLimiter::connect(redis.url()).await.unwrap();
+    let b = RedisRateLimiter::connect(redis.url()).await.unwrap();
+    rate_limiter_contract(Arc::new(a), Arc::new(b)).await;
 }
 
 #[tokio::test]

@@ -5,7 +5,6 @@
 //! | `{NS}:s:USER` | zset | the user's connections `NODE/CONN`, scored by registration order |
 //! | `{NS}:c:NODE/CONN` | string, expiring | the connection is alive (its owner refreshes it) |
 //! | `{NS}:seq` | counter | registration order |
-//! | `{NS}:b:BUCKET` | hash, expiring | token bucket: tokens and last refill (ms) |
 //! | channel `{NS}:kick:NODE` | pub/sub | connection ids the node must close |
 //!
 //! `register` is one Lua script (prune expired connections, add the new one,
@@ -69,22 +68,6 @@ end
 return out
 "#;
 
-const TAKE: &str = r#"
--- ARGV: key, rate, burst
-local key, rate, burst = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local b = redis.call('HMGET', key, 'tokens', 'at')
-local tokens, at = tonumber(b[1]), tonumber(b[2])
-if tokens == nil then tokens, at = burst, now end
-tokens = math.min(burst, tokens + (now - at) * rate / 1000)
-local ok = 0
-if tokens >= 1 then tokens = tokens - 1; ok = 1 end
-redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now)
-redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
-return ok
-"#;
-
 fn err(e: impl std::fmt::Display) -> PresenceError {
     PresenceError::Storage(format!("redis: {e}"))
 }
@@ -108,7 +91,6 @@ pub struct RedisPresence {
     register: redis::Script,
     refresh: redis::Script,
     online: redis::Script,
-    take: redis::Script,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -134,7 +116,6 @@ impl RedisPresence {
             register: redis::Script::new(REGISTER),
             refresh: redis::Script::new(REFRESH),
             online: redis::Script::new(ONLINE),
-            take: redis::Script::new(TAKE),
         })
     }
 
@@ -226,21 +207,6 @@ impl Presence for RedisPresence {
         subscribe_forever(self.client.clone(), self.kick_channel(node), on_message, || async {})
             .await
             .map_err(err)
-    }
-
-    async fn take(&self, bucket: &str, rate: u32, burst: u32) -> Result<bool, PresenceError> {
-        if rate == 0 {
-            return Ok(true);
-        }
-        let ok: i64 = self
-            .take
-            .arg(format!("{}b:{bucket}", self.prefix))
-            .arg(rate)
-            .arg(burst.max(1))
-            .invoke_async(&mut self.pool.get())
-            .await
-            .map_err(err)?;
-        Ok(ok == 1)
     }
 }
 
