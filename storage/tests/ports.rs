@@ -15,10 +15,11 @@ use emosation_core::ports::{
 use emosation_core::view::{
     ACTIVITY_VIEWS, ActivityView, MemberView, MessageView, RoomView, UserView, ViewKey, ViewValue,
 };
-use emosation_storage::{
-    EmbeddedLog, EmbeddedViewStore, LocalPresence, LocalRateLimiter, RedisPresence, RedisRateLimiter, RedisViewStore,
-    ScyllaConfig, ScyllaViewStore,
-};
+use emosation_storage::{EmbeddedLog, EmbeddedViewStore, LocalPresence, LocalRateLimiter};
+#[cfg(feature = "redis")]
+use emosation_storage::{RedisPresence, RedisRateLimiter, RedisViewStore};
+#[cfg(feature = "scylla")]
+use emosation_storage::{ScyllaConfig, ScyllaViewStore};
 
 async fn log_contract(log: Arc<dyn Log>) {
     let topo = log.topology();
@@ -501,6 +502,7 @@ async fn embedded_log_meets_the_log_contract() {
     log_contract(Arc::new(log)).await;
 }
 
+#[cfg(feature = "kafka")]
 #[tokio::test]
 async fn kafka_log_meets_the_log_contract_on_tansu() {
     let broker = emosation_testkit::Tansu::start();
@@ -511,6 +513,7 @@ async fn kafka_log_meets_the_log_contract_on_tansu() {
     log_contract(Arc::new(log)).await;
 }
 
+#[cfg(feature = "kafka")]
 #[tokio::test]
 async fn kafka_log_reconnects_to_existing_topics_and_keeps_their_records() {
     let broker = emosation_testkit::Tansu::start();
@@ -660,6 +663,7 @@ async fn embedded_view_store_meets_the_view_store_contract() {
     .await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_view_store_meets_the_view_store_contract() {
     let redis = emosation_testkit::RedisServer::start();
@@ -668,6 +672,7 @@ async fn redis_view_store_meets_the_view_store_contract() {
     view_store_contract(Arc::new(store), Arc::new(other)).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn equal_content_gives_equal_checksums_on_embedded_and_redis() {
     let redis = emosation_testkit::RedisServer::start();
@@ -703,6 +708,7 @@ async fn equal_content_gives_equal_checksums_on_embedded_and_redis() {
     assert_eq!(sums[0], sums[1], "the checksum depends on content, not on the adapter");
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_views_refuse_a_batch_once_redis_lost_its_data() {
     let mut redis = emosation_testkit::RedisServer::start();
@@ -950,6 +956,7 @@ async fn local_presence_meets_the_presence_contract() {
     presence_contract(Arc::clone(&p), p).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_presence_meets_the_presence_contract() {
     let redis = emosation_testkit::RedisServer::start();
@@ -964,6 +971,7 @@ async fn local_rate_limiter_meets_the_rate_limiter_contract() {
     rate_limiter_contract(Arc::clone(&l), l).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_rate_limiter_meets_the_rate_limiter_contract() {
     let redis = emosation_testkit::RedisServer::start();
@@ -972,6 +980,7 @@ async fn redis_rate_limiter_meets_the_rate_limiter_contract() {
     rate_limiter_contract(Arc::new(a), Arc::new(b)).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_presence_expires_connections_whose_node_died() {
     let redis = emosation_testkit::RedisServer::start();
@@ -1002,6 +1011,7 @@ async fn redis_presence_expires_connections_whose_node_died() {
 }
 
 /// A keyspace of its own for each store of each run, dropped afterwards.
+#[cfg(feature = "scylla")]
 async fn scylla_store(uri: &str, tag: &str) -> Arc<ScyllaViewStore> {
     let mut config = ScyllaConfig::parse(uri).expect("SCYLLA_URI is a scylla:// URL or host:port list");
     let nanos = std::time::SystemTime::now()
@@ -1012,6 +1022,7 @@ async fn scylla_store(uri: &str, tag: &str) -> Arc<ScyllaViewStore> {
     Arc::new(ScyllaViewStore::connect_with(config).await.unwrap())
 }
 
+#[cfg(feature = "scylla")]
 #[tokio::test]
 async fn scylla_view_store_meets_the_view_store_contract() {
     let Ok(uri) = std::env::var("SCYLLA_URI") else {
