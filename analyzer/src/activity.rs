@@ -14,12 +14,14 @@
 //! the same view by backfilling from offset 0.
 //!
 //! It reads the core views to learn what the fold decided, so it first waits
-//! until the core projector has folded the batch (the core position of the
-//! partition passed it); its position is therefore never ahead of the core's.
-//! Every view store answers `position` only once a batch's entities are all
-//! readable (on Scylla, whose other readers may see a batch half-written, it
-//! is the batch's `materialized` watermark), so a message missing then was
-//! refused by the fold.
+//! until the core projector has folded the batch
+//! ([`Decisions::wait_applied`], which sees a projector in this process or
+//! another through its watermarks and the stored core position); its
+//! position is therefore never ahead of the core's. Once that wait passes a
+//! record, the batch's entities are all readable (on Scylla, whose other
+//! readers may see a batch half-written, the stored position is the batch's
+//! `materialized` watermark), so a message missing then was refused by the
+//! fold.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,19 +30,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use emosation_core::Record;
 use emosation_core::ids::{LogPosition, Topic};
-use emosation_core::ports::{CORE_VIEWS, LogEntry, ViewBatch, ViewStore};
+use emosation_core::ports::{Decisions, LogEntry, ViewBatch, ViewStore};
 use emosation_core::record::MessagePosted;
 use emosation_core::time::hour_start;
 use emosation_core::view::{ACTIVITY_VIEWS, ActivityView, ViewKey, ViewValue};
-use tokio::time::Instant;
 
 use crate::{AnalyticsConsumer, Checkpoint, ConsumerError};
 
 /// How long a batch waits for the core projector before the runner backs
 /// off and tries again.
 const CORE_WAIT: Duration = Duration::from_secs(5);
-/// Between looks at the core position while waiting.
-const CORE_POLL: Duration = Duration::from_millis(10);
 /// How long records accumulate between batches ([`AnalyticsConsumer::linger`]).
 const LINGER: Duration = Duration::from_millis(250);
 
@@ -48,6 +47,7 @@ const LINGER: Duration = Duration::from_millis(250);
 /// `activity` view ([`ViewStore::activity`]).
 pub struct ActivityConsumer {
     views: Arc<dyn ViewStore>,
+    decisions: Arc<dyn Decisions>,
 }
 
 impl std::fmt::Debug for ActivityConsumer {
@@ -57,28 +57,25 @@ impl std::fmt::Debug for ActivityConsumer {
 }
 
 impl ActivityConsumer {
-    /// `views` holds both the core views it reads and the `activity` view it writes.
-    pub fn new(views: Arc<dyn ViewStore>) -> Self {
-        ActivityConsumer { views }
+    /// `views` holds both the core views it reads and the `activity` view it
+    /// writes; `decisions` tells when the core projector has applied a
+    /// record (opened over `views`, so that a projector in another process
+    /// is seen too).
+    pub fn new(views: Arc<dyn ViewStore>, decisions: Arc<dyn Decisions>) -> Self {
+        ActivityConsumer { views, decisions }
     }
 
     /// Waits until the core views include every record of the partition up
     /// to `last`.
     async fn core_caught_up(&self, topic: Topic, partition: u32, last: u64) -> Result<(), ConsumerError> {
-        let deadline = Instant::now() + CORE_WAIT;
-        loop {
-            let core = self.views.position(CORE_VIEWS, topic, partition).await?;
-            if core > last {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(ConsumerError::Retry(format!(
-                    "the core views of {}/{partition} are at {core}, not yet past {last}",
-                    topic.name()
-                )));
-            }
-            tokio::time::sleep(CORE_POLL).await;
+        let core = self.decisions.wait_applied(topic, partition, last, CORE_WAIT).await;
+        if core > last {
+            return Ok(());
         }
+        Err(ConsumerError::Retry(format!(
+            "the core views of {}/{partition} are at {core}, not yet past {last}",
+            topic.name()
+        )))
     }
 
     /// Which of `posts` the fold stored (a `Message` entity at its position).

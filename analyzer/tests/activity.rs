@@ -15,7 +15,7 @@ use emosation_core::ids::{LogPosition, Topic, Topology, partition_for};
 use emosation_core::ports::{CORE_VIEWS, Log, ViewBatch, ViewStore};
 use emosation_core::record::{MessagePosted, Record, RoomCreated};
 use emosation_core::view::{ACTIVITY_VIEWS, MessageView, ViewKey, ViewValue};
-use emosation_storage::{EmbeddedLog, EmbeddedViewStore};
+use emosation_storage::{EmbeddedLog, EmbeddedViewStore, LocalDecisions};
 use tokio_util::sync::CancellationToken;
 
 /// 2026-11-22T10:00:00Z.
@@ -95,7 +95,10 @@ impl World {
 
     fn start(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let stop = CancellationToken::new();
-        let consumer = Arc::new(ActivityConsumer::new(Arc::clone(&self.views)));
+        // Nothing reports watermarks here: the stand-in projector is seen
+        // through the stored core position, like a projector elsewhere.
+        let decisions = Arc::new(LocalDecisions::with_views(Arc::clone(&self.views)));
+        let consumer = Arc::new(ActivityConsumer::new(Arc::clone(&self.views), decisions));
         let (log, s) = (Arc::clone(&self.log), stop.clone());
         let task = tokio::spawn(async move { run_consumer(consumer, log, s).await.unwrap() });
         (stop, task)

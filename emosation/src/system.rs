@@ -11,11 +11,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
 use emosation_analyzer::{ActivityConsumer, Analyzer, run_consumer};
 use emosation_core::ids::Topology;
-use emosation_core::ports::{Decisions, Log, Presence, RateLimiter, ViewStore};
+use emosation_core::ports::{Log, Presence, RateLimiter, ViewStore};
 use emosation_http::{Authenticator, TokenKeys};
 use emosation_ingest::{Ingest, IngestConfig};
 use emosation_projector::Projector;
-use emosation_storage::LocalDecisions;
 use emosation_ws_fanout::{Fanout, FanoutConfig, Feed};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -306,15 +305,11 @@ impl Server {
         let plan = Plan::new(cfg.roles, &cfg.engines)?;
         let roles = plan.roles;
         let log = cfg.engines.open_log().await?;
-        let decisions: Arc<dyn Decisions> = match cfg.engines.cache.as_deref().filter(|_| plan.redis_decisions) {
-            Some(url) => Arc::new(
-                emosation_storage::RedisDecisions::connect(url)
-                    .await
-                    .context("subscribe to decisions")?,
-            ),
-            None => Arc::new(LocalDecisions::new()),
-        };
         let views = cfg.engines.open_views().await?;
+        let decisions_url = cfg.engines.cache.as_deref().filter(|_| plan.redis_decisions);
+        let decisions = emosation_storage::open_decisions(decisions_url, Arc::clone(&views))
+            .await
+            .context("subscribe to decisions")?;
         let secret = jwt_secret(cfg.jwt_secret.as_deref(), &cfg.engines.data_dir)?;
         let keys = TokenKeys::new(&secret, cfg.access_ttl, cfg.refresh_ttl);
         let auth = Arc::new(Authenticator::new(keys, Arc::clone(&views)));
@@ -369,7 +364,7 @@ impl Server {
             });
         }
         if plan.activity {
-            let activity = Arc::new(ActivityConsumer::new(Arc::clone(&views)));
+            let activity = Arc::new(ActivityConsumer::new(Arc::clone(&views), Arc::clone(&decisions)));
             let (log, stop) = (Arc::clone(&log), shutdown.clone());
             Analytics::spawn(analytics.as_ref(), &mut tasks, async move {
                 run_consumer(activity, log, stop).await.context("activity consumer")

@@ -12,8 +12,8 @@
 //! | decisions | [`local::decisions`]: [`LocalDecisions`], in process | [`redis::decisions`]: [`RedisDecisions`], pub/sub (`redis://`) |
 //!
 //! [`redis::conn`] is the connection layer the Redis adapters share.
-//! [`open_log`], [`open_views`], [`open_presence`] and [`open_rate_limiter`]
-//! map a URL to its adapter.
+//! [`open_log`], [`open_views`], [`open_presence`], [`open_rate_limiter`]
+//! and [`open_decisions`] map a URL to its adapter.
 //!
 //! # Features
 //! The heavy clients sit behind default-on features: `kafka` (rdkafka),
@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use emosation_core::ids::Topology;
-use emosation_core::ports::{Log, Presence, RateLimiter, ViewStore};
+use emosation_core::ports::{Decisions, Log, Presence, RateLimiter, ViewStore};
 
 pub mod embedded;
 #[cfg(feature = "kafka")]
@@ -133,6 +133,26 @@ pub async fn open_presence(url: Option<&str>) -> Result<Arc<dyn Presence>, OpenE
             what: "cache",
             url: u.to_owned(),
             reason: "expected redis://HOST:PORT (or no cache URL for the in-process one)",
+        }),
+    }
+}
+
+/// Opens the decisions feed named by `url`: in-process when `None`, or
+/// across processes on `redis://HOST:PORT` (see [`redis::decisions`]).
+/// Either way it is opened over `views`, the view store this process reads,
+/// so that waiting for the projector's applied position also sees a
+/// projector in another process ([`LocalDecisions::with_views`]).
+pub async fn open_decisions(url: Option<&str>, views: Arc<dyn ViewStore>) -> Result<Arc<dyn Decisions>, OpenError> {
+    match url {
+        None => Ok(Arc::new(LocalDecisions::with_views(views))),
+        #[cfg(feature = "redis")]
+        Some(u) if u.starts_with("redis://") => Ok(Arc::new(RedisDecisions::connect(u, Some(views)).await?)),
+        #[cfg(not(feature = "redis"))]
+        Some(u) if u.starts_with("redis://") => Err(left_out("decisions", u, "built without the redis feature")),
+        Some(u) => Err(OpenError::Unsupported {
+            what: "decisions",
+            url: u.to_owned(),
+            reason: "expected redis://HOST:PORT (or no URL for the in-process feed)",
         }),
     }
 }

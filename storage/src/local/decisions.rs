@@ -1,27 +1,67 @@
 //! [`LocalDecisions`]: the in-process [`Decisions`] feed, for when ingest and
-//! the projector share a process (the all-in-one server).
+//! the projector share a process (the all-in-one server), and the waiters'
+//! side of [`RedisDecisions`](crate::RedisDecisions).
+//!
+//! Opened over a view store ([`LocalDecisions::with_views`]), its
+//! `wait_applied` also reads the store's core position, which sees a
+//! projector in any process: every second while reported watermarks keep a
+//! wait waiting, and every 10 ms, starting at once, while no projector has
+//! reported anything here (see the [`Decisions`] contract).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-
 use std::time::Duration;
 
 use emosation_core::ids::Topic;
-use emosation_core::ports::{AppliedTicket, Decision, DecisionTicket, Decisions};
+use emosation_core::ports::{AppliedTicket, CORE_VIEWS, Decision, DecisionTicket, Decisions, ViewStore};
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
-#[derive(Debug, Default)]
+/// How often a wait reads the stored position while reported watermarks
+/// keep it waiting: a report lost on the way, or a projector reporting
+/// elsewhere, delays a waiter by at most this much.
+const RECHECK: Duration = Duration::from_secs(1);
+/// How often a wait reads the stored position while no projector has
+/// reported here: it is the only source.
+const POLL: Duration = Duration::from_millis(10);
+
+#[derive(Default)]
 pub struct LocalDecisions {
     waiting: Arc<Mutex<HashMap<i64, oneshot::Sender<Decision>>>>,
     watermarks: Mutex<HashMap<(Topic, u32), watch::Sender<u64>>>,
+    /// Whether a projector has reported a watermark here (`applied`).
+    reported: Arc<AtomicBool>,
+    /// The view store whose core positions answer waits too.
+    views: Option<Arc<dyn ViewStore>>,
+}
+
+impl std::fmt::Debug for LocalDecisions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalDecisions")
+            .field("pending", &self.pending())
+            .field("with_views", &self.views.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalDecisions {
+    /// Watermarks are what projectors report here, and nothing else.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Waits also read `views`' core position: the view store the caller
+    /// reads, which a projector in another process may be writing.
+    pub fn with_views(views: Arc<dyn ViewStore>) -> Self {
+        LocalDecisions {
+            views: Some(views),
+            ..Self::default()
+        }
     }
 
     fn watermark(&self, topic: Topic, partition: u32) -> watch::Sender<u64> {
@@ -37,6 +77,15 @@ impl LocalDecisions {
     pub fn pending(&self) -> usize {
         self.waiting.lock().expect("decisions lock").len()
     }
+}
+
+/// Moves a watermark forward to `next_offset` (never back).
+fn advance(watermark: &watch::Sender<u64>, next_offset: u64) {
+    watermark.send_if_modified(|v| {
+        let advanced = next_offset > *v;
+        *v = (*v).max(next_offset);
+        advanced
+    });
 }
 
 /// Removes its registration when dropped, so abandoned waits do not pile up.
@@ -80,17 +129,67 @@ impl Decisions for LocalDecisions {
     }
 
     fn applied(&self, topic: Topic, partition: u32, next_offset: u64) {
-        self.watermark(topic, partition).send_if_modified(|v| {
-            let advanced = next_offset > *v;
-            *v = (*v).max(next_offset);
-            advanced
-        });
+        if !self.reported.load(Ordering::Relaxed) {
+            self.reported.store(true, Ordering::Relaxed);
+        }
+        advance(&self.watermark(topic, partition), next_offset);
     }
 
     fn wait_applied(&self, topic: Topic, partition: u32, offset: u64, timeout: Duration) -> AppliedTicket {
-        let mut rx = self.watermark(topic, partition).subscribe();
+        let watermark = self.watermark(topic, partition);
+        let mut rx = watermark.subscribe();
+        let Some(views) = self.views.clone() else {
+            return Box::pin(async move {
+                let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > offset)).await;
+                *rx.borrow()
+            });
+        };
+        let reported = Arc::clone(&self.reported);
         Box::pin(async move {
-            let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > offset)).await;
+            let deadline = Instant::now() + timeout;
+            // With no projector reporting here, the stored position is the
+            // only source: read it at once.
+            let mut read = !reported.load(Ordering::Relaxed);
+            let mut warned = false;
+            loop {
+                if *rx.borrow() > offset {
+                    break;
+                }
+                if read {
+                    match views.position(CORE_VIEWS, topic, partition).await {
+                        // What the store holds is applied: other waiters
+                        // on the partition need not read it again.
+                        Ok(stored) => advance(&watermark, stored),
+                        Err(e) if !warned => {
+                            warned = true;
+                            warn!(topic = topic.name(), partition, error = %e, "reading the projector's stored position");
+                        }
+                        Err(e) => {
+                            debug!(topic = topic.name(), partition, error = %e, "reading the projector's stored position")
+                        }
+                    }
+                    if *rx.borrow() > offset {
+                        break;
+                    }
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let every = if reported.load(Ordering::Relaxed) {
+                    RECHECK
+                } else {
+                    POLL
+                };
+                let until = (now + every).min(deadline);
+                if tokio::time::timeout_at(until, rx.wait_for(|v| *v > offset))
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                read = true;
+            }
             *rx.borrow()
         })
     }
@@ -134,5 +233,55 @@ mod tests {
         // Not yet applied: the wait times out with the current watermark.
         assert_eq!(d.wait_applied(Topic::Rooms, 2, 5, Duration::from_millis(20)).await, 5);
         assert_eq!(d.wait_applied(Topic::Rooms, 3, 0, Duration::from_millis(20)).await, 0);
+    }
+
+    /// Stores `next` as the core views' position of `topic`/`partition`,
+    /// as a projector in another process would.
+    async fn store_position(views: &dyn ViewStore, partition: u32, next: u64) {
+        views
+            .apply(emosation_core::ports::ViewBatch {
+                consumer: CORE_VIEWS.into(),
+                changes: Vec::new(),
+                positions: vec![(Topic::Rooms, partition, next)],
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn over_views_a_wait_sees_a_projector_elsewhere_through_the_stored_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let views: Arc<dyn ViewStore> = Arc::new(crate::EmbeddedViewStore::open(dir.path()).unwrap());
+        let d = LocalDecisions::with_views(Arc::clone(&views));
+
+        // No projector reports here: the stored position answers at once…
+        store_position(&*views, 1, 5).await;
+        assert_eq!(d.wait_applied(Topic::Rooms, 1, 4, Duration::ZERO).await, 5);
+        // … and, polled, one stored while the wait waits.
+        let wait = d.wait_applied(Topic::Rooms, 1, 7, Duration::from_secs(10));
+        let stored_later = async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            store_position(&*views, 1, 8).await;
+        };
+        let t = Instant::now();
+        let (applied, ()) = tokio::join!(wait, stored_later);
+        assert_eq!(applied, 8);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Not there by the deadline: the furthest seen.
+        assert_eq!(d.wait_applied(Topic::Rooms, 1, 8, Duration::from_millis(30)).await, 8);
+
+        // Once a projector reports here, its reports answer; the store is
+        // read after a second without one (a report lost on the way).
+        d.applied(Topic::Rooms, 2, 3);
+        store_position(&*views, 2, 10).await;
+        let t = Instant::now();
+        assert_eq!(d.wait_applied(Topic::Rooms, 2, 5, Duration::from_secs(10)).await, 10);
+        assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+        // What the store held is now the watermark: no second read.
+        let t = Instant::now();
+        assert_eq!(d.wait_applied(Topic::Rooms, 2, 9, Duration::from_secs(10)).await, 10);
+        assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+        d.applied(Topic::Rooms, 2, 12);
+        assert_eq!(d.wait_applied(Topic::Rooms, 2, 11, Duration::ZERO).await, 12);
     }
 }

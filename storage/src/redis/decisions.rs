@@ -8,7 +8,10 @@
 //! `{NS}:applied`, which a process reads when it (re)subscribes so its
 //! watermarks start where the projector is. Every process subscribes and
 //! feeds what it hears into an in-process [`LocalDecisions`], which holds the
-//! waiters; decisions nobody here waits for are dropped there.
+//! waiters; decisions nobody here waits for are dropped there. Connected
+//! over the view store the process reads, its `wait_applied` also reads the
+//! stored core position, so a watermark lost on the way delays a waiter by
+//! a second at most ([`LocalDecisions::with_views`]).
 //!
 //! Pub/sub is at-most-once. A decision lost while a subscriber reconnects
 //! leaves its ingest request waiting until its decision timeout (503): the
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emosation_core::ids::Topic;
-use emosation_core::ports::{AppliedTicket, Decision, DecisionTicket, Decisions};
+use emosation_core::ports::{AppliedTicket, Decision, DecisionTicket, Decisions, ViewStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -60,8 +63,9 @@ fn parse_applied_field(f: &str) -> Option<(Topic, u32)> {
 
 impl RedisDecisions {
     /// Subscribes (before returning, so no decision published afterwards is
-    /// missed) and starts the publisher and subscriber tasks.
-    pub async fn connect(url: &str) -> Result<Self, OpenError> {
+    /// missed) and starts the publisher and subscriber tasks. `views`, if
+    /// given, is the view store whose core positions answer waits too.
+    pub async fn connect(url: &str, views: Option<Arc<dyn ViewStore>>) -> Result<Self, OpenError> {
         let url = RedisUrl::parse(url)?;
         let open = |e: redis::RedisError| OpenError::Open {
             what: "redis decisions",
@@ -72,7 +76,10 @@ impl RedisDecisions {
         let client = redis::Client::open(url.client_url.as_str()).map_err(open)?;
         let channel = format!("{{{}}}:decisions", url.ns);
         let applied_key = format!("{{{}}}:applied", url.ns);
-        let local = Arc::new(LocalDecisions::new());
+        let local = Arc::new(match views {
+            Some(views) => LocalDecisions::with_views(views),
+            None => LocalDecisions::new(),
+        });
 
         let on_message = {
             let local = Arc::clone(&local);
