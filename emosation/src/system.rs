@@ -248,10 +248,11 @@ pub struct Server {
 /// The analytics consumers' own runtime, used when they share the process
 /// with the chat path (`serve`): its threads run at the lowest CPU priority
 /// (nice 19), so classifying a message's emotion and folding activity happen
-/// in the time the chat path leaves. On a core shared with the fan-out, the
-/// analyzer used to run between a message's socket writes (woken by the same
-/// group commit) and added ~0.1 ms to its last receivers; now it waits for
-/// them, and still progresses, with a small share, on a saturated machine.
+/// in the time the chat path leaves. On a core shared with the fan-out, an
+/// analyzer woken by the same group commit as a message's socket writes
+/// would run between them and add ~0.1 ms to its last receivers; at the
+/// lowest priority it waits for them, and still progresses, with a small
+/// share, on a saturated machine.
 struct Analytics {
     runtime: Option<tokio::runtime::Runtime>,
 }
