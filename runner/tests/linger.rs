@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use emosation_analyzer::{AnalyticsConsumer, Checkpoint, ConsumerError, run_consumer};
 use emosation_core::ids::{Topic, Topology};
 use emosation_core::ports::{Log, LogEntry};
+use emosation_runner::{Checkpoint, Consumer, ConsumerError, run_consumer};
 use emosation_storage::EmbeddedLog;
 use emosation_testkit::eventually;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ struct Recorder {
 }
 
 #[async_trait]
-impl AnalyticsConsumer for Recorder {
+impl Consumer for Recorder {
     fn group(&self) -> &'static str {
         "recorder"
     }
