@@ -116,25 +116,17 @@ impl Feed {
         Ok(reg.cursor)
     }
 
-    /// Waits until the projector has applied `offset` of partition `p`.
+    /// Waits until the projector, in any process, has applied `offset` of
+    /// partition `p` (see `Decisions::wait_applied`); false on shutdown.
     async fn applied(&self, p: u32, offset: u64) -> bool {
         loop {
-            if self.shutdown.is_cancelled() {
-                return false;
-            }
-            if self.decisions.wait_applied(Topic::Rooms, p, offset, APPLIED_WAIT).await > offset {
-                return true;
-            }
-            // The watermark is per process; a projector elsewhere is seen
-            // through the views' stored position.
-            match self
-                .views
-                .position(emosation_core::ports::CORE_VIEWS, Topic::Rooms, p)
-                .await
-            {
-                Ok(pos) if pos > offset => return true,
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "reading the projector's position"),
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return false,
+                at = self.decisions.wait_applied(Topic::Rooms, p, offset, APPLIED_WAIT) => {
+                    if at > offset {
+                        return true;
+                    }
+                }
             }
         }
     }
