@@ -36,9 +36,17 @@ pub enum LogError {
     },
     #[error("log is shutting down")]
     Closed,
+    /// Nothing was written and the caller may retry soon (a producer queue
+    /// is full).
+    #[error("log is busy: {0}")]
+    Busy(String),
     #[error("log storage error: {0}")]
     Storage(String),
 }
+
+/// An append whose place in its partition is taken: awaiting it yields the
+/// record's position once it is durable.
+pub type AppendTicket = std::pin::Pin<Box<dyn std::future::Future<Output = Result<LogPosition, LogError>> + Send>>;
 
 /// The durable, partitioned, append-only log: the single source of truth.
 ///
@@ -46,9 +54,15 @@ pub enum LogError {
 /// - **Partitioning**: `append` places a record in
 ///   [`crate::ids::partition_for`]`(key, partitions)`; one key's records are
 ///   totally ordered.
-/// - **Durability**: `append` returns only once the record is durable (synced to
-///   disk, or acknowledged by all in-sync replicas). An `Ok` is never lost, even
-///   to `kill -9`; an `Err` means the record may or may not have been written.
+/// - **Order of appends**: a record takes its place in its partition when
+///   `append` is called, not when its ticket is awaited: records one caller
+///   appends one call after another are stored in that order, even when their
+///   tickets are awaited together. This is what keeps one connection's
+///   pipelined sends in the order sent.
+/// - **Durability**: an append's ticket resolves only once the record is
+///   durable (synced to disk, or acknowledged by all in-sync replicas). An
+///   `Ok` is never lost, even to `kill -9`; an `Err` means the record may or
+///   may not have been written (`Busy`: it was not).
 /// - **Offsets**: within a partition offsets are dense, start at 0 and increase
 ///   by one per record; a record's offset never changes.
 /// - **Reads**: `fetch` returns records at offsets `>= from`, in offset order,
@@ -63,8 +77,9 @@ pub trait Log: Send + Sync + 'static {
     /// Partition counts of the topics.
     fn topology(&self) -> Topology;
 
-    /// Appends `value` under `key` to `topic` and returns where it landed, once durable.
-    async fn append(&self, topic: Topic, key: &[u8], value: Bytes) -> Result<LogPosition, LogError>;
+    /// Appends `value` under `key` to `topic`: its place is taken now; the
+    /// ticket resolves with where it landed, once durable.
+    fn append(&self, topic: Topic, key: &[u8], value: Bytes) -> AppendTicket;
 
     /// Reads from `partition` of `topic` starting at offset `from`.
     async fn fetch(

@@ -201,6 +201,41 @@ async fn rooms_sharing_a_partition_each_get_exactly_their_own_events() {
     assert!(reader.quiet(200).await, "nothing more");
 }
 
+/// One connection's pipelined sends (not waiting for their acks) are
+/// stored, and delivered, in the order sent: per connection, per room, FIFO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_are_stored_and_delivered_in_the_order_sent() {
+    let s = TestServer::start_configured(|cfg| cfg.ingest.message_rate = 0).await;
+    let api = s.client();
+    let (room, t) = room_with(&api, "pia", &["rex"]).await;
+    let mut a = Client::connect(&s.base, &t[0]).await;
+    let mut b = Client::connect(&s.base, &t[1]).await;
+    b.subscribe(&room, None).await;
+    const N: usize = 300;
+    for i in 0..N {
+        a.send(json!({"type": "send", "room_id": room, "client_msg_id": format!("p{i}"), "text": format!("n{i}")}))
+            .await;
+    }
+    for _ in 0..N {
+        let f = a.next_of(&["ack", "error"]).await;
+        assert_eq!(f["type"], "ack", "{f}");
+    }
+    let want: Vec<String> = (0..N).map(|i| format!("n{i}")).collect();
+    let mut delivered = Vec::new();
+    while delivered.len() < N {
+        let f = b.next_of(&["message"]).await;
+        delivered.push(f["text"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(delivered, want, "delivered in the order sent");
+    let stored: Vec<String> = api
+        .all_messages(&t[1], &room)
+        .await
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, want, "stored in the order sent");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_fifty_missed_messages_is_exact() {
     let s = TestServer::start().await;

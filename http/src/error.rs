@@ -81,6 +81,7 @@ impl From<LogError> for ApiError {
     fn from(e: LogError) -> Self {
         match e {
             LogError::Closed => ApiError::unavailable("the log is shutting down"),
+            LogError::Busy(why) => ApiError::unavailable(why),
             other => ApiError::internal("log", other),
         }
     }

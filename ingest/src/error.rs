@@ -75,6 +75,7 @@ impl From<LogError> for CommandError {
     fn from(e: LogError) -> Self {
         match e {
             LogError::Closed => CommandError::Unavailable("the log is shutting down".into()),
+            LogError::Busy(why) => CommandError::Unavailable(why),
             other => CommandError::internal("log", other),
         }
     }

@@ -29,7 +29,7 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use emosation_core::access;
 use emosation_core::ids::{LogPosition, normalize_username, random_id};
-use emosation_core::ports::{Decision, Decisions, Log, RateLimiter, ViewStore};
+use emosation_core::ports::{Decisions, Log, RateLimiter, ViewStore};
 use emosation_core::record::*;
 use emosation_core::view::RoomView;
 use emosation_core::{Accepted, Record, Rejection};
@@ -66,6 +66,9 @@ pub struct Posted {
     /// The `client_msg_id` had been used before; nothing new was stored.
     pub duplicate: bool,
 }
+
+/// A command's answer, once its record (already appended) is decided.
+pub type Answer<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, CommandError>> + Send>>;
 
 /// The command path shared by HTTP and WebSocket.
 pub struct Ingest {
@@ -177,41 +180,55 @@ impl Ingest {
     /// fold's decision, and maps an acceptance to the command's answer with
     /// `answer` (`None`: an acceptance this command cannot have, an internal
     /// error). A rejection is the command's error.
-    async fn command<T>(
+    async fn command<T: Send + 'static>(
         &self,
         what: &'static str,
         make: impl FnOnce(i64, i64) -> Record,
-        answer: impl FnOnce(Accepted) -> Option<T>,
+        answer: impl FnOnce(Accepted) -> Option<T> + Send + 'static,
     ) -> Result<T, CommandError> {
-        let decision = self.submit(make).await?;
-        let accepted = decision.outcome?;
-        let unexpected = format!("unexpected outcome {accepted:?}");
-        answer(accepted).ok_or_else(|| CommandError::internal(what, unexpected))
+        self.begin(what, make, answer)?.await
     }
 
-    /// Appends the record built by `make(request_id, at)` and waits for the fold's decision.
-    async fn submit(&self, make: impl FnOnce(i64, i64) -> Record) -> Result<Decision, CommandError> {
+    /// [`Ingest::command`] in two steps: the record is appended when this
+    /// returns (its place in the log taken: commands begun one after another
+    /// are stored in that order), and the returned future gives the answer.
+    fn begin<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        make: impl FnOnce(i64, i64) -> Record,
+        answer: impl FnOnce(Accepted) -> Option<T> + Send + 'static,
+    ) -> Result<Answer<T>, CommandError> {
         let request_id = rand::random::<i64>();
         let record = make(request_id, emosation_core::time::now_ms());
         let value = emosation_schemas::encode(&record).map_err(|e| CommandError::internal("encode record", e))?;
-        let ticket = self.decisions.expect(request_id);
+        let decided = self.decisions.expect(request_id);
         let key = record.key();
+        let kind = record.kind();
         let started = std::time::Instant::now();
-        let pos = self.log.append(record.topic(), key.as_bytes(), value.into()).await?;
-        let durable = started.elapsed();
-        metrics::counter!("emosation_ingest_commands_total", "kind" => record.kind()).increment(1);
-        metrics::histogram!("emosation_ingest_append_seconds").record(durable.as_secs_f64());
-        match tokio::time::timeout(self.cfg.decision_timeout, ticket).await {
-            Ok(Some(decision)) => {
-                metrics::histogram!("emosation_ingest_decision_seconds")
-                    .record((started.elapsed() - durable).as_secs_f64());
-                Ok(decision)
-            }
-            Ok(None) => Err(CommandError::Unavailable(
-                "the projector stopped before deciding".into(),
-            )),
-            Err(_) => Err(CommandError::DecisionPending { position: pos.to_id() }),
-        }
+        let appended = self.log.append(record.topic(), key.as_bytes(), value.into());
+        let timeout = self.cfg.decision_timeout;
+        Ok(Box::pin(async move {
+            let pos = appended.await?;
+            let durable = started.elapsed();
+            metrics::counter!("emosation_ingest_commands_total", "kind" => kind).increment(1);
+            metrics::histogram!("emosation_ingest_append_seconds").record(durable.as_secs_f64());
+            let decision = match tokio::time::timeout(timeout, decided).await {
+                Ok(Some(decision)) => {
+                    metrics::histogram!("emosation_ingest_decision_seconds")
+                        .record((started.elapsed() - durable).as_secs_f64());
+                    decision
+                }
+                Ok(None) => {
+                    return Err(CommandError::Unavailable(
+                        "the projector stopped before deciding".into(),
+                    ));
+                }
+                Err(_) => return Err(CommandError::DecisionPending { position: pos.to_id() }),
+            };
+            let accepted = decision.outcome?;
+            let unexpected = format!("unexpected outcome {accepted:?}");
+            answer(accepted).ok_or_else(|| CommandError::internal(what, unexpected))
+        }))
     }
 
     pub async fn signup(&self, username: &str, password: &str) -> Result<(String, String), CommandError> {
@@ -383,6 +400,19 @@ impl Ingest {
         client_msg_id: &str,
         text: &str,
     ) -> Result<Posted, CommandError> {
+        self.check_post(user, room_id, client_msg_id, text).await?;
+        self.begin_post(user, room_id, client_msg_id, text)?.await
+    }
+
+    /// The checks of a post that may wait (input rules, membership, the
+    /// message rate); then [`Ingest::begin_post`].
+    pub async fn check_post(
+        &self,
+        user: &AuthUser,
+        room_id: &str,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Result<(), CommandError> {
         validate::client_msg_id(client_msg_id)?;
         validate::text(text)?;
         access::member_room(&*self.views, room_id, &user.user_id).await?;
@@ -391,6 +421,19 @@ impl Ingest {
                 per_second: self.cfg.message_rate,
             });
         }
+        Ok(())
+    }
+
+    /// Appends a checked post now, without waiting: posts begun one after
+    /// another are stored in that order (a connection's pipelined sends).
+    /// The returned future gives the answer once the fold has decided.
+    pub fn begin_post(
+        &self,
+        user: &AuthUser,
+        room_id: &str,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Result<Answer<Posted>, CommandError> {
         let make = |request_id, at| {
             Record::MessagePosted(MessagePosted {
                 request_id,
@@ -402,7 +445,7 @@ impl Ingest {
                 text: text.to_owned(),
             })
         };
-        self.command("post", make, |a| match a {
+        self.begin("post", make, |a| match a {
             Accepted::Posted { message_id, duplicate } => Some(Posted {
                 cursor: message_id.clone(),
                 message_id,
@@ -410,7 +453,6 @@ impl Ingest {
             }),
             _ => None,
         })
-        .await
     }
 
     pub async fn mark_read(&self, user: &AuthUser, room_id: &str, message_id: &str) -> Result<(), CommandError> {

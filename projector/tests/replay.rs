@@ -410,13 +410,8 @@ impl Log for SlowStartLog {
     fn topology(&self) -> Topology {
         self.inner.topology()
     }
-    async fn append(
-        &self,
-        topic: Topic,
-        key: &[u8],
-        value: Bytes,
-    ) -> Result<LogPosition, emosation_core::ports::LogError> {
-        self.inner.append(topic, key, value).await
+    fn append(&self, topic: Topic, key: &[u8], value: Bytes) -> emosation_core::ports::AppendTicket {
+        self.inner.append(topic, key, value)
     }
     async fn fetch(
         &self,

@@ -108,6 +108,19 @@ async fn log_contract(log: Arc<dyn Log>) {
     offsets.sort();
     assert!(offsets.windows(2).all(|w| w[0] + 1 == w[1]));
 
+    // Order of appends: a record's place is taken when `append` is called,
+    // so appends made one after another and awaited together are stored in
+    // call order (a connection's pipelined sends).
+    let tickets: Vec<_> = (0..300)
+        .map(|i| log.append(Topic::Accounts, b"in-order", Bytes::from(format!("o{i}"))))
+        .collect();
+    let positions = futures_util::future::join_all(tickets).await;
+    let offsets: Vec<u64> = positions.into_iter().map(|p| p.unwrap().offset).collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] + 1 == w[1]),
+        "stored in call order: {offsets:?}"
+    );
+
     // Consumer groups.
     assert_eq!(log.committed("g1", Topic::Rooms, pa).await.unwrap(), None);
     log.commit("g1", Topic::Rooms, pa, 2).await.unwrap();

@@ -209,14 +209,29 @@ async fn handle(
             client_msg_id,
             text,
         } => {
-            // Sends run concurrently (acks carry client_msg_id), bounded per connection.
+            // Checked and appended here, in the order the frames arrived, so
+            // a connection's sends are stored in the order sent; their answers
+            // (acks carry client_msg_id) are awaited concurrently, bounded
+            // per connection.
             let Ok(permit) = Arc::clone(sends).acquire_owned().await else {
                 return;
             };
-            let (fanout, conn, user) = (Arc::clone(fanout), Arc::clone(conn), user.clone());
+            let ingest = &fanout.ingest;
+            let begun = match ingest.check_post(user, &room_id, &client_msg_id, &text).await {
+                Ok(()) => ingest.begin_post(user, &room_id, &client_msg_id, &text),
+                Err(e) => Err(e),
+            };
+            let answer = match begun {
+                Ok(answer) => answer,
+                Err(e) => {
+                    conn.push(protocol::error(&FrameError::from(e).for_send(&client_msg_id)));
+                    return;
+                }
+            };
+            let conn = Arc::clone(conn);
             tokio::spawn(async move {
                 let _permit = permit;
-                let frame = match fanout.ingest.post(&user, &room_id, &client_msg_id, &text).await {
+                let frame = match answer.await {
                     Ok(p) => protocol::ack(&client_msg_id, &p.message_id, &p.cursor),
                     Err(e) => protocol::error(&FrameError::from(e).for_send(&client_msg_id)),
                 };

@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use emosation_core::ids::{LogPosition, Topic, Topology, partition_for};
-use emosation_core::ports::{Log, LogEntry, LogError};
+use emosation_core::ports::{AppendTicket, Log, LogEntry, LogError};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error};
@@ -423,22 +423,28 @@ impl Log for EmbeddedLog {
         self.shared.topology
     }
 
-    async fn append(&self, topic: Topic, key: &[u8], value: Bytes) -> Result<LogPosition, LogError> {
+    fn append(&self, topic: Topic, key: &[u8], value: Bytes) -> AppendTicket {
         let partition = partition_for(key, self.shared.topology.partitions(topic));
         let (reply, rx) = oneshot::channel();
-        {
+        // Queued to the writer thread now, under the sender's lock: the
+        // writer takes requests in queue order, so call order is log order.
+        let queued = {
             let guard = self.tx.lock().expect("log sender lock");
-            let tx = guard.as_ref().ok_or(LogError::Closed)?;
-            tx.send(Request::Append(Append {
-                topic,
-                partition,
-                key: Bytes::copy_from_slice(key),
-                value,
-                reply,
-            }))
-            .map_err(|_| LogError::Closed)?;
-        }
-        rx.await.map_err(|_| LogError::Closed)?
+            guard.as_ref().ok_or(LogError::Closed).and_then(|tx| {
+                tx.send(Request::Append(Append {
+                    topic,
+                    partition,
+                    key: Bytes::copy_from_slice(key),
+                    value,
+                    reply,
+                }))
+                .map_err(|_| LogError::Closed)
+            })
+        };
+        Box::pin(async move {
+            queued?;
+            rx.await.map_err(|_| LogError::Closed)?
+        })
     }
 
     async fn fetch(

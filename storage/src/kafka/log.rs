@@ -33,7 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use emosation_core::ids::{LogPosition, Topic, Topology, partition_for};
-use emosation_core::ports::{Log, LogEntry, LogError};
+use emosation_core::ports::{AppendTicket, Log, LogEntry, LogError};
 use futures_util::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -367,16 +367,30 @@ impl Log for KafkaLog {
         self.topology
     }
 
-    async fn append(&self, topic: Topic, key: &[u8], value: Bytes) -> Result<LogPosition, LogError> {
+    fn append(&self, topic: Topic, key: &[u8], value: Bytes) -> AppendTicket {
         let partition = partition_for(key, self.topology.partitions(topic));
         let record = FutureRecord::to(self.name(topic))
             .key(key)
             .payload(value.as_ref())
             .partition(partition as i32);
-        match self.producer.send(record, Timeout::Never).await {
-            Ok(delivery) => Ok(LogPosition::new(delivery.partition as u32, delivery.offset as u64)),
-            Err((e, _)) => Err(kafka_err(e)),
-        }
+        // Enqueued in librdkafka now: with the idempotent producer a
+        // partition's records reach the broker, and are stored, in enqueue
+        // order. A full queue is answered at once (`Busy`) rather than
+        // retried later, which could let a later append overtake this one.
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| match e.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::QueueFull) => LogError::Busy("the Kafka producer queue is full".into()),
+                _ => kafka_err(e),
+            });
+        Box::pin(async move {
+            match delivery?.await {
+                Ok(Ok(d)) => Ok(LogPosition::new(d.partition as u32, d.offset as u64)),
+                Ok(Err((e, _))) => Err(kafka_err(e)),
+                Err(_) => Err(LogError::Closed),
+            }
+        })
     }
 
     async fn fetch(
