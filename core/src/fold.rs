@@ -12,7 +12,8 @@ use crate::emotion::Label;
 use crate::ids::{LogPosition, normalize_username};
 use crate::record::Record;
 use crate::view::{
-    EmotionView, FoldState, MemberView, MessageView, RoomEventView, RoomView, SessionView, UserView, ViewKey, ViewValue,
+    EmotionView, FoldState, MemberView, MessageView, OpenedSessionView, RoomEventView, RoomView, SESSION_EPOCH_ID,
+    SessionEnd, SessionEndReason, SessionEpochView, SessionView, UserView, ViewKey, ViewValue,
 };
 
 /// What the fold decided about one record.
@@ -46,6 +47,19 @@ pub enum Accepted {
     EmotionRecorded {
         duplicate: bool,
     },
+    /// A login's session, which ends at `expires_at` at the latest.
+    SessionOpened {
+        expires_at: i64,
+    },
+    /// A refresh presenting the session's current generation: `generation`
+    /// is the new current one, for the rotated refresh token.
+    Refreshed {
+        generation: i64,
+        expires_at: i64,
+    },
+    /// A refresh presenting a generation already used (or never issued):
+    /// the session is revoked. The refresh itself is refused.
+    RefreshReused,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -66,6 +80,10 @@ pub enum Rejection {
     MessageNotFound,
     #[error("record is malformed")]
     Malformed,
+    /// A refresh of a session that is unknown, ended, past its absolute end,
+    /// or opened before its account was deleted.
+    #[error("the session has ended")]
+    SessionEnded,
 }
 
 impl Rejection {
@@ -81,6 +99,7 @@ impl Rejection {
             Rejection::NotMember => "not_member",
             Rejection::MessageNotFound => "message_not_found",
             Rejection::Malformed => "invalid_request",
+            Rejection::SessionEnded => "invalid_token",
         }
     }
 }
@@ -90,9 +109,27 @@ impl Rejection {
 pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
     let mut keys = match record {
         Record::UserSignedUp(r) => vec![ViewKey::Username(normalize_username(&r.username))],
-        Record::AccountDeleted(r) => account_keys(&r.username, &r.user_id),
+        Record::AccountDeleted(r) => {
+            let mut keys = account_keys(&r.username, &r.user_id);
+            keys.push(ViewKey::session_epoch(&normalize_username(&r.username)));
+            keys
+        }
         Record::AccountRestored(r) => account_keys(&r.username, &r.user_id),
-        Record::SessionRevoked(_) => vec![],
+        Record::SessionRevoked(r) => vec![ViewKey::session(&normalize_username(&r.username), &r.session_id)],
+        Record::SessionOpened(r) => {
+            let username = normalize_username(&r.username);
+            let mut keys = account_keys(&username, &r.user_id);
+            keys.push(ViewKey::session(&username, &r.session_id));
+            keys.push(ViewKey::session_epoch(&username));
+            keys
+        }
+        Record::SessionRefreshed(r) => {
+            let username = normalize_username(&r.username);
+            vec![
+                ViewKey::session(&username, &r.session_id),
+                ViewKey::session_epoch(&username),
+            ]
+        }
         Record::RoomCreated(r) => vec![ViewKey::Room(r.room_id.clone())],
         Record::MemberJoined(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
         Record::MemberQuit(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
@@ -142,6 +179,14 @@ fn account_user(s: &impl FoldState, username: &str, user_id: &str) -> Option<Use
     match s.get(&ViewKey::Username(normalize_username(username))) {
         Some(ViewValue::Username(id)) if id == user_id => get_user(s, user_id),
         _ => None,
+    }
+}
+
+/// The account's deletion count (0 until it is first deleted).
+fn session_epoch(s: &impl FoldState, username: &str) -> u32 {
+    match s.get(&ViewKey::session_epoch(username)) {
+        Some(ViewValue::SessionEpoch(e)) => e.epoch,
+        _ => 0,
     }
 }
 
@@ -234,6 +279,19 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
         Record::AccountDeleted(r) => {
             let mut user = account_user(state, &r.username, &r.user_id).ok_or(Rejection::UnknownUser)?;
             if user.deleted_at.is_none() {
+                // Every session opened so far ends here, and stays ended if
+                // the account is restored: sessions remember the epoch they
+                // were opened in.
+                let epoch_key = ViewKey::session_epoch(&user.username);
+                let epoch = session_epoch(state, &user.username) + 1;
+                state.put(
+                    epoch_key,
+                    ViewValue::SessionEpoch(SessionEpochView {
+                        user_id: user.user_id.clone(),
+                        epoch,
+                        deleted_at: r.at,
+                    }),
+                );
                 user.deleted_at = Some(r.at);
                 state.put(ViewKey::User(user.user_id.clone()), ViewValue::User(user));
             }
@@ -248,11 +306,25 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
             Ok(Accepted::AccountRestored)
         }
         Record::SessionRevoked(r) => {
+            if r.session_id == SESSION_EPOCH_ID {
+                return Err(Rejection::Malformed);
+            }
+            let key = ViewKey::session(&normalize_username(&r.username), &r.session_id);
+            if let Some(ViewValue::OpenedSession(_)) = state.get(&key) {
+                // The first end stands: a logout after a reuse changes nothing.
+                state.update(&key, |v| {
+                    if let ViewValue::OpenedSession(s) = v {
+                        s.ended.get_or_insert(SessionEnd {
+                            at: r.at,
+                            reason: SessionEndReason::Logout,
+                        });
+                    }
+                });
+                return Ok(Accepted::SessionRevoked);
+            }
+            // A session no record opened: remember only that it ended.
             state.put(
-                ViewKey::Session {
-                    username: normalize_username(&r.username),
-                    session_id: r.session_id.clone(),
-                },
+                key,
                 ViewValue::Session(SessionView {
                     session_id: r.session_id.clone(),
                     user_id: r.user_id.clone(),
@@ -261,6 +333,67 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
                 }),
             );
             Ok(Accepted::SessionRevoked)
+        }
+        Record::SessionOpened(r) => {
+            let user = account_user(state, &r.username, &r.user_id).ok_or(Rejection::UnknownUser)?;
+            if user.deleted_at.is_some() {
+                return Err(Rejection::UnknownUser);
+            }
+            let key = ViewKey::session(&user.username, &r.session_id);
+            // A session id is opened once: opening it again would revive it.
+            if r.session_id == SESSION_EPOCH_ID || state.get(&key).is_some() {
+                return Err(Rejection::Malformed);
+            }
+            let account_epoch = session_epoch(state, &user.username);
+            state.put(
+                key,
+                ViewValue::OpenedSession(OpenedSessionView {
+                    session_id: r.session_id,
+                    user_id: r.user_id,
+                    opened_at: r.at,
+                    expires_at: r.expires_at,
+                    generation: 0,
+                    account_epoch,
+                    ended: None,
+                }),
+            );
+            Ok(Accepted::SessionOpened {
+                expires_at: r.expires_at,
+            })
+        }
+        Record::SessionRefreshed(r) => {
+            let username = normalize_username(&r.username);
+            let key = ViewKey::session(&username, &r.session_id);
+            let account_epoch = session_epoch(state, &username);
+            let session = match state.get(&key) {
+                Some(ViewValue::OpenedSession(s)) if s.user_id == r.user_id => s,
+                _ => return Err(Rejection::SessionEnded),
+            };
+            if !session.is_live(r.at, account_epoch) {
+                return Err(Rejection::SessionEnded);
+            }
+            let expires_at = session.expires_at;
+            if session.generation == r.generation {
+                let generation = r.generation + 1;
+                state.update(&key, |v| {
+                    if let ViewValue::OpenedSession(s) = v {
+                        s.generation = generation;
+                    }
+                });
+                return Ok(Accepted::Refreshed { generation, expires_at });
+            }
+            // A refresh token is good once. Seeing one again means two
+            // parties hold it; which is the thief is unknowable, so the
+            // session ends for both (OAuth 2.1, section 4.3.1).
+            state.update(&key, |v| {
+                if let ViewValue::OpenedSession(s) = v {
+                    s.ended = Some(SessionEnd {
+                        at: r.at,
+                        reason: SessionEndReason::RefreshReuse,
+                    });
+                }
+            });
+            Ok(Accepted::RefreshReused)
         }
         Record::RoomCreated(r) => {
             if get_room(state, &r.room_id).is_some() {
@@ -571,13 +704,29 @@ mod tests {
                 scores: vec![0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05],
                 model: "m".into(),
             })),
-            u.prop_map(|u| Record::SessionRevoked(SessionRevoked {
+            (u.clone(), 0..3u8).prop_map(|(u, s)| Record::SessionRevoked(SessionRevoked {
                 request_id: 8,
                 at: 17,
                 user_id: uid(u),
                 username: USERS[u].into(),
-                session_id: format!("s{u}"),
+                session_id: format!("s{s}"),
                 expires_at: 99,
+            })),
+            (u.clone(), 0..3u8, 10..30i64).prop_map(|(u, s, expires_at)| Record::SessionOpened(SessionOpened {
+                request_id: 10,
+                at: 19,
+                user_id: uid(u),
+                username: USERS[u].into(),
+                session_id: format!("s{s}"),
+                expires_at,
+            })),
+            (u, 0..3u8, 0..3i64).prop_map(|(u, s, generation)| Record::SessionRefreshed(SessionRefreshed {
+                request_id: 11,
+                at: 20,
+                user_id: uid(u),
+                username: USERS[u].into(),
+                session_id: format!("s{s}"),
+                generation,
             })),
         ]
     }
@@ -602,7 +751,9 @@ mod tests {
                         ids.entry(s.username.to_lowercase()).or_insert_with(|| pos.to_id());
                     }
                     Record::AccountDeleted(AccountDeleted { user_id, username, .. })
-                    | Record::AccountRestored(AccountRestored { user_id, username, .. }) => {
+                    | Record::AccountRestored(AccountRestored { user_id, username, .. })
+                    | Record::SessionOpened(SessionOpened { user_id, username, .. })
+                    | Record::SessionRefreshed(SessionRefreshed { user_id, username, .. }) => {
                         if let Some(id) = ids.get(username.as_str()) {
                             *user_id = id.clone();
                         }
@@ -751,5 +902,265 @@ mod tests {
             .filter(|k| matches!(k, ViewKey::Message { .. }))
             .count();
         assert_eq!(messages, 1);
+    }
+    /// Alice signed up at accounts position (0, 0), as `place` would id her.
+    fn alice() -> MemState {
+        let mut s = MemState::default();
+        let signup = Record::UserSignedUp(UserSignedUp {
+            request_id: 0,
+            at: 1,
+            username: "alice".into(),
+            password_hash: "x".into(),
+        });
+        let Ok(Accepted::SignedUp { user_id }) = fold(&mut s, LogPosition::new(0, 0), signup) else {
+            panic!("signup refused")
+        };
+        assert_eq!(user_id, LogPosition::new(0, 0).to_id());
+        s
+    }
+
+    fn alice_id() -> String {
+        LogPosition::new(0, 0).to_id()
+    }
+
+    fn open(session_id: &str, at: i64, expires_at: i64) -> Record {
+        Record::SessionOpened(SessionOpened {
+            request_id: 0,
+            at,
+            user_id: alice_id(),
+            username: "alice".into(),
+            session_id: session_id.into(),
+            expires_at,
+        })
+    }
+
+    fn refresh(session_id: &str, at: i64, generation: i64) -> Record {
+        Record::SessionRefreshed(SessionRefreshed {
+            request_id: 0,
+            at,
+            user_id: alice_id(),
+            username: "alice".into(),
+            session_id: session_id.into(),
+            generation,
+        })
+    }
+
+    fn account(deleted: bool, at: i64) -> Record {
+        let (user_id, username) = (alice_id(), "alice".to_owned());
+        if deleted {
+            Record::AccountDeleted(AccountDeleted {
+                request_id: 0,
+                at,
+                user_id,
+                username,
+            })
+        } else {
+            Record::AccountRestored(AccountRestored {
+                request_id: 0,
+                at,
+                user_id,
+                username,
+            })
+        }
+    }
+
+    fn session(s: &MemState, id: &str) -> OpenedSessionView {
+        match s.get(&ViewKey::session("alice", id)) {
+            Some(ViewValue::OpenedSession(v)) => v.clone(),
+            other => panic!("no opened session {id}: {other:?}"),
+        }
+    }
+
+    /// Folds `records` one after another from accounts offset 1 on.
+    fn fold_from(s: &mut MemState, records: Vec<Record>) -> Vec<Outcome> {
+        let first = s.entries.len() as u64;
+        records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| fold(s, LogPosition::new(0, first + i as u64 + 1), r))
+            .collect()
+    }
+
+    #[test]
+    fn a_refresh_rotates_the_generation_and_a_used_one_revokes_the_session() {
+        let mut s = alice();
+        let out = fold_from(
+            &mut s,
+            vec![open("s1", 10, 1_000), refresh("s1", 20, 0), refresh("s1", 30, 1)],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Ok(Accepted::SessionOpened { expires_at: 1_000 }),
+                Ok(Accepted::Refreshed {
+                    generation: 1,
+                    expires_at: 1_000
+                }),
+                Ok(Accepted::Refreshed {
+                    generation: 2,
+                    expires_at: 1_000
+                }),
+            ]
+        );
+        assert!(session(&s, "s1").is_live(40, 0));
+        // Generation 1 was used: presenting it again ends the session.
+        assert_eq!(fold_from(&mut s, vec![refresh("s1", 40, 1)]), vec![Ok(Accepted::RefreshReused)]);
+        let ended = session(&s, "s1");
+        assert_eq!(
+            ended.ended,
+            Some(SessionEnd {
+                at: 40,
+                reason: SessionEndReason::RefreshReuse
+            })
+        );
+        assert!(!ended.is_live(41, 0));
+        // Even the current generation no longer refreshes it, and a logout
+        // afterwards keeps the first end.
+        assert_eq!(
+            fold_from(&mut s, vec![refresh("s1", 50, 2)]),
+            vec![Err(Rejection::SessionEnded)]
+        );
+        let logout = Record::SessionRevoked(SessionRevoked {
+            request_id: 0,
+            at: 60,
+            user_id: alice_id(),
+            username: "alice".into(),
+            session_id: "s1".into(),
+            expires_at: 1_000,
+        });
+        assert_eq!(fold_from(&mut s, vec![logout]), vec![Ok(Accepted::SessionRevoked)]);
+        assert_eq!(session(&s, "s1").ended, ended.ended);
+    }
+
+    #[test]
+    fn of_two_refreshes_with_one_token_the_first_in_log_order_wins() {
+        let mut s = alice();
+        let out = fold_from(
+            &mut s,
+            vec![open("s1", 10, 1_000), refresh("s1", 20, 0), refresh("s1", 20, 0)],
+        );
+        assert_eq!(
+            out[1..],
+            [
+                Ok(Accepted::Refreshed {
+                    generation: 1,
+                    expires_at: 1_000
+                }),
+                Ok(Accepted::RefreshReused)
+            ]
+        );
+        assert!(!session(&s, "s1").is_live(21, 0));
+    }
+
+    #[test]
+    fn a_session_ends_at_its_absolute_end_whatever_its_refreshes() {
+        let mut s = alice();
+        let out = fold_from(
+            &mut s,
+            vec![open("s1", 10, 100), refresh("s1", 99, 0), refresh("s1", 100, 1)],
+        );
+        assert_eq!(
+            out[1..],
+            [
+                Ok(Accepted::Refreshed {
+                    generation: 1,
+                    expires_at: 100
+                }),
+                Err(Rejection::SessionEnded)
+            ]
+        );
+        // Refused, not revoked: nothing was reused.
+        let s1 = session(&s, "s1");
+        assert_eq!((s1.generation, s1.ended.clone()), (1, None));
+        assert!(!s1.is_live(100, 0));
+    }
+
+    #[test]
+    fn unknown_sessions_and_other_users_tokens_do_not_refresh() {
+        let mut s = alice();
+        let mut foreign = refresh("s1", 20, 0);
+        if let Record::SessionRefreshed(r) = &mut foreign {
+            r.user_id = "00000000000000ff".into();
+        }
+        let out = fold_from(&mut s, vec![refresh("nope", 5, 0), open("s1", 10, 1_000), foreign]);
+        assert_eq!(out[0], Err(Rejection::SessionEnded));
+        assert_eq!(out[2], Err(Rejection::SessionEnded));
+        assert_eq!(session(&s, "s1").generation, 0);
+        // A session logged out before sessions were records refreshes neither.
+        let legacy = Record::SessionRevoked(SessionRevoked {
+            request_id: 0,
+            at: 30,
+            user_id: alice_id(),
+            username: "alice".into(),
+            session_id: "old".into(),
+            expires_at: 99,
+        });
+        let out = fold_from(&mut s, vec![legacy, refresh("old", 40, 0)]);
+        assert_eq!(out, vec![Ok(Accepted::SessionRevoked), Err(Rejection::SessionEnded)]);
+        assert!(matches!(
+            s.get(&ViewKey::session("alice", "old")),
+            Some(ViewValue::Session(SessionView { revoked_at: 30, .. }))
+        ));
+    }
+
+    #[test]
+    fn a_session_id_opens_once_and_never_the_reserved_one() {
+        let mut s = alice();
+        let out = fold_from(
+            &mut s,
+            vec![
+                open("s1", 10, 1_000),
+                refresh("s1", 20, 0),
+                open("s1", 30, 5_000),
+                open(SESSION_EPOCH_ID, 30, 5_000),
+            ],
+        );
+        assert_eq!(out[2..], [Err(Rejection::Malformed), Err(Rejection::Malformed)]);
+        let s1 = session(&s, "s1");
+        assert_eq!((s1.generation, s1.expires_at), (1, 1_000));
+    }
+
+    #[test]
+    fn a_restore_revives_no_session_opened_before_the_deletion() {
+        let mut s = alice();
+        let out = fold_from(
+            &mut s,
+            vec![
+                open("before", 10, 1_000),
+                account(true, 20),
+                open("while_deleted", 25, 1_000),
+                account(false, 30),
+                open("after", 40, 1_000),
+            ],
+        );
+        assert_eq!(out[2], Err(Rejection::UnknownUser), "no login while deleted");
+        let epoch = match s.get(&ViewKey::session_epoch("alice")) {
+            Some(ViewValue::SessionEpoch(e)) => e.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            epoch,
+            SessionEpochView {
+                user_id: alice_id(),
+                epoch: 1,
+                deleted_at: 20
+            }
+        );
+        assert!(!session(&s, "before").is_live(50, epoch.epoch));
+        assert!(session(&s, "after").is_live(50, epoch.epoch));
+        let out = fold_from(&mut s, vec![refresh("before", 50, 0), refresh("after", 50, 0)]);
+        assert_eq!(out[0], Err(Rejection::SessionEnded));
+        assert!(matches!(out[1], Ok(Accepted::Refreshed { generation: 1, .. })));
+        // A second deletion ends the new session too; a repeated one is a no-op.
+        fold_from(&mut s, vec![account(true, 60), account(true, 61), account(false, 70)]);
+        assert!(matches!(
+            s.get(&ViewKey::session_epoch("alice")),
+            Some(ViewValue::SessionEpoch(SessionEpochView {
+                epoch: 2,
+                deleted_at: 60,
+                ..
+            }))
+        ));
+        assert!(!session(&s, "after").is_live(80, 2));
     }
 }

@@ -47,6 +47,33 @@ pub struct SessionRevoked {
     pub expires_at: i64,
 }
 
+/// A login: opens session `session_id` of the user, which lives until
+/// `expires_at` at the latest, however often it is refreshed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOpened {
+    pub request_id: i64,
+    pub at: i64,
+    pub user_id: String,
+    pub username: String,
+    pub session_id: String,
+    /// The session's absolute end (milliseconds since the epoch).
+    pub expires_at: i64,
+}
+
+/// A refresh of session `session_id` presenting a refresh token of
+/// `generation`. The fold accepts it only if `generation` is the session's
+/// current one; any other generation is a reused token, and revokes the
+/// session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRefreshed {
+    pub request_id: i64,
+    pub at: i64,
+    pub user_id: String,
+    pub username: String,
+    pub session_id: String,
+    pub generation: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomCreated {
     pub request_id: i64,
@@ -123,6 +150,8 @@ pub enum Record {
     MessagePosted(MessagePosted),
     ReadMarkerSet(ReadMarkerSet),
     EmotionRecorded(EmotionRecorded),
+    SessionOpened(SessionOpened),
+    SessionRefreshed(SessionRefreshed),
 }
 
 impl Record {
@@ -132,7 +161,9 @@ impl Record {
             Record::UserSignedUp(_)
             | Record::AccountDeleted(_)
             | Record::AccountRestored(_)
-            | Record::SessionRevoked(_) => Topic::Accounts,
+            | Record::SessionRevoked(_)
+            | Record::SessionOpened(_)
+            | Record::SessionRefreshed(_) => Topic::Accounts,
             Record::RoomCreated(_)
             | Record::MemberJoined(_)
             | Record::MemberQuit(_)
@@ -148,7 +179,9 @@ impl Record {
             Record::UserSignedUp(_)
             | Record::AccountDeleted(_)
             | Record::AccountRestored(_)
-            | Record::SessionRevoked(_) => None,
+            | Record::SessionRevoked(_)
+            | Record::SessionOpened(_)
+            | Record::SessionRefreshed(_) => None,
             Record::RoomCreated(r) => Some(&r.room_id),
             Record::MemberJoined(r) => Some(&r.room_id),
             Record::MemberQuit(r) => Some(&r.room_id),
@@ -168,6 +201,8 @@ impl Record {
             Record::AccountDeleted(r) => normalize_username(&r.username),
             Record::AccountRestored(r) => normalize_username(&r.username),
             Record::SessionRevoked(r) => normalize_username(&r.username),
+            Record::SessionOpened(r) => normalize_username(&r.username),
+            Record::SessionRefreshed(r) => normalize_username(&r.username),
             _ => self.room_id().unwrap_or_default().to_owned(),
         }
     }
@@ -198,6 +233,8 @@ impl Record {
             Record::MessagePosted(r) => r.request_id,
             Record::ReadMarkerSet(r) => r.request_id,
             Record::EmotionRecorded(r) => r.request_id,
+            Record::SessionOpened(r) => r.request_id,
+            Record::SessionRefreshed(r) => r.request_id,
         }
     }
 
@@ -214,6 +251,8 @@ impl Record {
             Record::MessagePosted(_) => "message_posted",
             Record::ReadMarkerSet(_) => "read_marker_set",
             Record::EmotionRecorded(_) => "emotion_recorded",
+            Record::SessionOpened(_) => "session_opened",
+            Record::SessionRefreshed(_) => "session_refreshed",
         }
     }
 }

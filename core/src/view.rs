@@ -120,12 +120,66 @@ impl ActivityView {
     }
 }
 
+/// A logout of a session that no `SessionOpened` record opened (logs from
+/// before sessions were records): all the fold knows of such a session is
+/// that it ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionView {
     pub session_id: String,
     pub user_id: String,
     pub revoked_at: i64,
     pub expires_at: i64,
+}
+
+/// A session opened by a login (`SessionOpened`), as the fold decided it.
+/// Its tokens are good while it has not ended, `expires_at` is ahead, and
+/// `account_epoch` is still the account's [`SessionEpochView::epoch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenedSessionView {
+    pub session_id: String,
+    pub user_id: String,
+    pub opened_at: i64,
+    /// The absolute end (milliseconds): no refresh extends a session past it.
+    pub expires_at: i64,
+    /// The generation of the one refresh token that may still be used.
+    pub generation: i64,
+    /// The account's deletion count when the session was opened: a deletion
+    /// ends every session opened before it, and a restore revives none.
+    pub account_epoch: u32,
+    pub ended: Option<SessionEnd>,
+}
+
+impl OpenedSessionView {
+    /// Whether the session's tokens may be used at `now` (milliseconds) by an
+    /// account whose deletion count is `account_epoch`.
+    pub fn is_live(&self, now: i64, account_epoch: u32) -> bool {
+        self.ended.is_none() && now < self.expires_at && self.account_epoch == account_epoch
+    }
+}
+
+/// How and when a session ended before its absolute end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEnd {
+    pub at: i64,
+    pub reason: SessionEndReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionEndReason {
+    /// `SessionRevoked`: the user logged out.
+    Logout,
+    /// A refresh token of the session was presented a second time.
+    RefreshReuse,
+}
+
+/// How many times an account was deleted, and when last: stored beside its
+/// sessions ([`ViewKey::session_epoch`]), in its username's partition.
+/// Written only once an account is deleted; none means epoch 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEpochView {
+    pub user_id: String,
+    pub epoch: u32,
+    pub deleted_at: i64,
 }
 
 /// The address of one view entity.
@@ -160,7 +214,9 @@ pub enum ViewKey {
         position: String,
     },
     /// `(normalized username, session id)`: keyed under the username so a
-    /// revocation stays local to the username's partition.
+    /// session's records stay local to the username's partition. The
+    /// reserved id [`SESSION_EPOCH_ID`] holds the account's
+    /// [`SessionEpochView`] ([`ViewKey::session_epoch`]).
     Session {
         username: String,
         session_id: String,
@@ -208,7 +264,28 @@ pub fn tables_of(consumer: &str) -> impl Iterator<Item = &'static str> + '_ {
     TABLES.into_iter().filter(move |t| table_owner(t) == consumer)
 }
 
+/// The session id under which the sessions table holds an account's
+/// [`SessionEpochView`]. Session ids that ingest makes are 16 hex digits, and
+/// the fold refuses session records naming this one.
+pub const SESSION_EPOCH_ID: &str = "*";
+
 impl ViewKey {
+    /// A session of `username` (normalized).
+    pub fn session(username: &str, session_id: &str) -> ViewKey {
+        ViewKey::Session {
+            username: username.to_owned(),
+            session_id: session_id.to_owned(),
+        }
+    }
+
+    /// Where the account of `username` (normalized) keeps its
+    /// [`SessionEpochView`]: beside its sessions, so the fold of a session
+    /// record reads it from the same partition, and the authenticator in
+    /// the same lookup as the session.
+    pub fn session_epoch(username: &str) -> ViewKey {
+        ViewKey::session(username, SESSION_EPOCH_ID)
+    }
+
     /// A room's message.
     pub fn message(room_id: &str, message_id: &str) -> ViewKey {
         ViewKey::Message {
@@ -349,6 +426,8 @@ pub enum ViewValue {
     RoomEvent(RoomEventView),
     Emotion(EmotionView),
     Activity(ActivityView),
+    OpenedSession(OpenedSessionView),
+    SessionEpoch(SessionEpochView),
 }
 
 impl ViewValue {

@@ -94,6 +94,7 @@ impl From<Rejection> for ApiError {
             Rejection::UnknownUser | Rejection::RoomNotFound | Rejection::MessageNotFound => StatusCode::NOT_FOUND,
             Rejection::NotMember => StatusCode::FORBIDDEN,
             Rejection::Malformed => StatusCode::BAD_REQUEST,
+            Rejection::SessionEnded => StatusCode::UNAUTHORIZED,
         };
         ApiError::new(status, r.code(), r.to_string())
     }

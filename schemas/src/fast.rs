@@ -164,6 +164,22 @@ pub(crate) fn decode_current(kind: RecordType, body: &[u8]) -> Result<Record, Sc
             user_id: r.string()?,
             message_id: r.string()?,
         }),
+        RecordType::SessionOpened => Record::SessionOpened(SessionOpened {
+            request_id,
+            at,
+            user_id: r.string()?,
+            username: r.string()?,
+            session_id: r.string()?,
+            expires_at: r.long()?,
+        }),
+        RecordType::SessionRefreshed => Record::SessionRefreshed(SessionRefreshed {
+            request_id,
+            at,
+            user_id: r.string()?,
+            username: r.string()?,
+            session_id: r.string()?,
+            generation: r.long()?,
+        }),
     };
     if !r.buf.is_empty() {
         return Err(SchemaError::TrailingBytes(r.buf.len()));

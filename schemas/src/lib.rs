@@ -45,10 +45,12 @@ pub enum RecordType {
     MessagePosted,
     ReadMarkerSet,
     EmotionRecorded,
+    SessionOpened,
+    SessionRefreshed,
 }
 
 /// Each record type, its file stem and its current schema.
-pub const CURRENT: [(RecordType, &str, &str); 10] = [
+pub const CURRENT: [(RecordType, &str, &str); 12] = [
     (
         RecordType::UserSignedUp,
         "user_signed_up",
@@ -99,11 +101,21 @@ pub const CURRENT: [(RecordType, &str, &str); 10] = [
         "emotion_recorded",
         include_str!("../avro/emotion_recorded.avsc"),
     ),
+    (
+        RecordType::SessionOpened,
+        "session_opened",
+        include_str!("../avro/session_opened.avsc"),
+    ),
+    (
+        RecordType::SessionRefreshed,
+        "session_refreshed",
+        include_str!("../avro/session_refreshed.avsc"),
+    ),
 ];
 
 /// Every released version `(type, version, schema)`; the newest of each type
 /// must equal the current schema.
-pub const HISTORY: [(RecordType, u32, &str); 10] = [
+pub const HISTORY: [(RecordType, u32, &str); 12] = [
     (
         RecordType::UserSignedUp,
         1,
@@ -153,6 +165,16 @@ pub const HISTORY: [(RecordType, u32, &str); 10] = [
         RecordType::EmotionRecorded,
         1,
         include_str!("../avro/history/emotion_recorded.v1.avsc"),
+    ),
+    (
+        RecordType::SessionOpened,
+        1,
+        include_str!("../avro/history/session_opened.v1.avsc"),
+    ),
+    (
+        RecordType::SessionRefreshed,
+        1,
+        include_str!("../avro/history/session_refreshed.v1.avsc"),
     ),
 ];
 
@@ -281,6 +303,8 @@ pub fn record_type(record: &Record) -> RecordType {
         Record::MessagePosted(_) => RecordType::MessagePosted,
         Record::ReadMarkerSet(_) => RecordType::ReadMarkerSet,
         Record::EmotionRecorded(_) => RecordType::EmotionRecorded,
+        Record::SessionOpened(_) => RecordType::SessionOpened,
+        Record::SessionRefreshed(_) => RecordType::SessionRefreshed,
     }
 }
 
@@ -306,6 +330,8 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, SchemaError> {
         Record::MessagePosted(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
         Record::ReadMarkerSet(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
         Record::EmotionRecorded(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::SessionOpened(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::SessionRefreshed(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
     };
     res.map_err(|e| SchemaError::Encode(e.to_string()))?;
     Ok(out)
@@ -368,6 +394,8 @@ fn decode_resolved(known: &Known, mut body: &[u8]) -> Result<Record, SchemaError
         RecordType::MessagePosted => Record::MessagePosted(typed::<r::MessagePosted>(&value)?),
         RecordType::ReadMarkerSet => Record::ReadMarkerSet(typed::<r::ReadMarkerSet>(&value)?),
         RecordType::EmotionRecorded => Record::EmotionRecorded(typed::<r::EmotionRecorded>(&value)?),
+        RecordType::SessionOpened => Record::SessionOpened(typed::<r::SessionOpened>(&value)?),
+        RecordType::SessionRefreshed => Record::SessionRefreshed(typed::<r::SessionRefreshed>(&value)?),
     })
 }
 

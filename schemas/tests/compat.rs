@@ -84,6 +84,22 @@ fn samples() -> Vec<Record> {
             scores: vec![0.7, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025],
             model: "offline-lexicon-v1".into(),
         }),
+        Record::SessionOpened(SessionOpened {
+            request_id: 1,
+            at: 2,
+            user_id: "u".into(),
+            username: "alice".into(),
+            session_id: "s".into(),
+            expires_at: 2 + 30 * 86_400_000,
+        }),
+        Record::SessionRefreshed(SessionRefreshed {
+            request_id: 1,
+            at: 3,
+            user_id: "u".into(),
+            username: "alice".into(),
+            session_id: "s".into(),
+            generation: 7,
+        }),
     ]
 }
 
@@ -161,7 +177,7 @@ proptest! {
 
     /// A valid header followed by arbitrary bytes exercises the datum decoder.
     #[test]
-    fn arbitrary_bodies_never_panic(which in 0usize..10, body in proptest::collection::vec(any::<u8>(), 0..256)) {
+    fn arbitrary_bodies_never_panic(which in 0usize..12, body in proptest::collection::vec(any::<u8>(), 0..256)) {
         let mut bytes = encode(&samples()[which]).unwrap()[..10].to_vec();
         bytes.extend_from_slice(&body);
         let _ = decode(&bytes);
@@ -286,6 +302,30 @@ fn arb_record() -> impl Strategy<Value = Record> {
                     model,
                 })
             }),
+        (any::<i64>(), any::<i64>(), t(), t(), t(), any::<i64>()).prop_map(
+            |(request_id, at, user_id, username, session_id, expires_at)| {
+                Record::SessionOpened(SessionOpened {
+                    request_id,
+                    at,
+                    user_id,
+                    username,
+                    session_id,
+                    expires_at,
+                })
+            }
+        ),
+        (any::<i64>(), any::<i64>(), t(), t(), t(), any::<i64>()).prop_map(
+            |(request_id, at, user_id, username, session_id, generation)| {
+                Record::SessionRefreshed(SessionRefreshed {
+                    request_id,
+                    at,
+                    user_id,
+                    username,
+                    session_id,
+                    generation,
+                })
+            }
+        ),
     ]
 }
 
