@@ -99,6 +99,17 @@ pub trait Log: Send + Sync + 'static {
 
     /// The group's stored position in the partition, if it ever committed one.
     async fn committed(&self, group: &str, topic: Topic, partition: u32) -> Result<Option<u64>, LogError>;
+
+    /// Whether this handle can still take appends: `Err(reason)` once it
+    /// never will again without being reopened (a restart), e.g. the
+    /// embedded log's writer stopped after a failed commit (a full disk).
+    /// A dependency that is only unreachable for now (a broker down) is not
+    /// reported: appends fail and are retried meanwhile. Once `Err`, it
+    /// stays `Err`. Cheap and non-blocking: callers ask it often. Provided
+    /// as `Ok(())` for adapters that cannot fail so.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +262,17 @@ pub trait ViewStore: ViewQueries {
     async fn checksum(&self) -> Result<String, StoreError> {
         self.checksum_of(CORE_VIEWS).await
     }
+
+    /// Whether this handle can still apply batches: `Err(reason)` once it
+    /// never will again without being reopened (a restart), e.g. the
+    /// embedded store refuses every write after one failed (it poisons
+    /// itself on a failed journal write such as a full disk). A store that
+    /// is only unreachable for now is not reported. Once `Err`, it stays
+    /// `Err`. Cheap and non-blocking: callers ask it often. Provided as
+    /// `Ok(())` for adapters that cannot fail so.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What the fold decided about one appended command, as seen by the node that
@@ -349,15 +371,57 @@ pub enum PresenceError {
     Storage(String),
 }
 
-/// One live WebSocket connection: the fan-out node holding it and its id there.
+/// One live WebSocket connection: the fan-out node holding it, its id there,
+/// and the login session (`sid`) it was opened with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnRef {
     pub node: String,
     pub conn: u64,
+    pub session: String,
 }
 
-/// Delivers kick orders to the connections of one node.
-pub type KickSink = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
+/// Why a connection is ended from outside its own loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KickReason {
+    /// A newer connection of the user replaced it (the session policy).
+    DuplicateSession,
+    /// Its session was logged out.
+    Logout,
+    /// Its account was deleted.
+    AccountDeleted,
+    /// Its access token expired and was not renewed in-band.
+    TokenExpired,
+    /// Its session was revoked (a refresh token was used twice).
+    Revoked,
+}
+
+impl KickReason {
+    pub const ALL: [KickReason; 5] = [
+        KickReason::DuplicateSession,
+        KickReason::Logout,
+        KickReason::AccountDeleted,
+        KickReason::TokenExpired,
+        KickReason::Revoked,
+    ];
+
+    /// The reason as the contract names it (`kicked` / `session_ended` frames).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KickReason::DuplicateSession => "duplicate_session",
+            KickReason::Logout => "logout",
+            KickReason::AccountDeleted => "account_deleted",
+            KickReason::TokenExpired => "token_expired",
+            KickReason::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KickReason> {
+        KickReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Delivers kick orders (connection id, reason) to the connections of one node.
+pub type KickSink = std::sync::Arc<dyn Fn(u64, KickReason) + Send + Sync>;
 
 /// Who is connected where, shared by every fan-out node: the session policy
 /// across nodes and presence. Ephemeral by nature — it
@@ -373,8 +437,13 @@ pub type KickSink = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
 ///   `false` if the connection is no longer registered (evicted or expired),
 ///   which tells its node to close it.
 /// - `kick` reaches the [`KickSink`] that `on_kicks` installed for the
-///   connection's node, at most once, promptly while both are up.
-/// - `online` tells, per user, whether any registration is live.
+///   connection's node, with its reason, at most once, promptly while both
+///   are up.
+/// - `online` tells, per user, whether any registration is live;
+///   `connections` lists a user's live registrations (any node), which is
+///   how a session is ended everywhere: kick each of its connections, then
+///   wait until none is listed (a node unregisters a connection once it has
+///   ended it).
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
     async fn register(
@@ -387,7 +456,8 @@ pub trait Presence: Send + Sync + 'static {
     async fn refresh(&self, user_id: &str, conn: &ConnRef, ttl: Duration) -> Result<bool, PresenceError>;
     async fn unregister(&self, user_id: &str, conn: &ConnRef) -> Result<(), PresenceError>;
     async fn online(&self, user_ids: &[String]) -> Result<Vec<bool>, PresenceError>;
-    async fn kick(&self, conn: &ConnRef) -> Result<(), PresenceError>;
+    async fn connections(&self, user_id: &str) -> Result<Vec<ConnRef>, PresenceError>;
+    async fn kick(&self, conn: &ConnRef, reason: KickReason) -> Result<(), PresenceError>;
     /// Installs the sink for kick orders addressed to `node` (one per node).
     async fn on_kicks(&self, node: &str, sink: KickSink) -> Result<(), PresenceError>;
 }

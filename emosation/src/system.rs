@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::serve::ListenerExt;
 use emosation_analyzer::{ActivityConsumer, Analyzer, run_consumer};
 use emosation_core::ids::Topology;
 use emosation_core::ports::{Log, Presence, RateLimiter, ViewStore};
+use emosation_http::server::ConnectionLimits;
 use emosation_http::{Authenticator, TokenKeys};
 use emosation_ingest::{Ingest, IngestConfig};
 use emosation_projector::Projector;
@@ -19,7 +19,7 @@ use emosation_ws_fanout::{Fanout, FanoutConfig, Feed};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Largest request body accepted (a 4000-character message is at most ~16 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -35,6 +35,10 @@ pub struct Engines {
     /// Cache URL (presence, rate limits); `None` → in process.
     pub cache: Option<String>,
     pub topology: Topology,
+    /// Testing only: the embedded log's writer fails, as on a full disk,
+    /// once this many more records have been appended.
+    #[doc(hidden)]
+    pub inject_log_fault_after: Option<u64>,
 }
 
 impl Engines {
@@ -45,6 +49,7 @@ impl Engines {
             store: None,
             cache: None,
             topology: Topology::default(),
+            inject_log_fault_after: None,
         }
     }
 
@@ -63,9 +68,11 @@ impl Engines {
     pub async fn open_log(&self) -> anyhow::Result<Arc<dyn Log>> {
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("create data dir {}", self.data_dir.display()))?;
-        emosation_storage::open_log(&self.log_url(), self.topology)
-            .await
-            .context("open log")
+        match self.inject_log_fault_after {
+            Some(after) => emosation_storage::open_log_failing_after(&self.log_url(), self.topology, after).await,
+            None => emosation_storage::open_log(&self.log_url(), self.topology).await,
+        }
+        .context("open log")
     }
 
     pub async fn open_presence(&self) -> anyhow::Result<Arc<dyn Presence>> {
@@ -103,6 +110,11 @@ pub struct ServeConfig {
     pub roles: Roles,
     /// The analyzer's classifier (offline by default).
     pub classifier: emosation_analyzer::ClassifierSettings,
+    /// Timeouts and caps of the HTTP listener's connections.
+    pub connections: ConnectionLimits,
+    /// How long `/readyz` answers 503 after a storage fault this process
+    /// cannot recover from, before the process exits with an error.
+    pub fail_grace: Duration,
 }
 
 /// The services of one process: all of them for `serve`, one for
@@ -203,6 +215,8 @@ impl ServeConfig {
             fanout: FanoutConfig::default(),
             roles: Roles::ALL,
             classifier: Default::default(),
+            connections: ConnectionLimits::default(),
+            fail_grace: Duration::from_secs(5),
         }
     }
 }
@@ -234,6 +248,46 @@ pub fn jwt_secret(given: Option<&str>, data_dir: &Path) -> anyhow::Result<Vec<u8
     }
     info!(path = %path.display(), "generated a new JWT signing secret");
     Ok(secret.into_bytes())
+}
+
+/// The engines whose failure this process cannot recover from without a
+/// restart.
+#[derive(Clone)]
+struct Storage {
+    log: Arc<dyn Log>,
+    views: Arc<dyn ViewStore>,
+}
+
+impl Storage {
+    /// How often [`Storage::watch`] asks the engines.
+    const CHECK_EVERY: Duration = Duration::from_millis(200);
+
+    fn health(&self) -> Result<(), String> {
+        self.log.health().and_then(|()| self.views.health())
+    }
+
+    /// Ends with an error `grace` after the engines report a fault they will
+    /// not recover from (the log's writer stopped, the view store refuses
+    /// writes), so that the process exits and a supervisor restarts it:
+    /// until then `/readyz` answers 503, and a write answers 503
+    /// `unavailable`. Ends with `Ok` on a shutdown before any fault.
+    async fn watch(self, grace: Duration, stop: CancellationToken) -> anyhow::Result<()> {
+        let fault = loop {
+            if let Err(why) = self.health() {
+                break why;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Self::CHECK_EVERY) => {}
+                _ = stop.cancelled() => return Ok(()),
+            }
+        };
+        error!(fault = %fault, ?grace, "storage failed; not ready, exiting after the grace period");
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = stop.cancelled() => {}
+        }
+        anyhow::bail!("storage failed: {fault}")
+    }
 }
 
 /// A running all-in-one server.
@@ -322,6 +376,7 @@ impl Server {
                 Arc::clone(&decisions),
                 Arc::clone(&auth),
                 cfg.engines.open_rate_limiter().await?,
+                Arc::clone(&presence),
                 cfg.ingest,
             )
             .context("start ingest")?,
@@ -378,28 +433,31 @@ impl Server {
         }
         info!(?plan, replica = plan.projector && !roles.projector, "services starting");
 
+        let storage = Storage {
+            log: Arc::clone(&log),
+            views: Arc::clone(&views),
+        };
+        let ready = {
+            let (storage, stop) = (storage.clone(), shutdown.clone());
+            Arc::new(move || {
+                if stop.is_cancelled() {
+                    return Err("shutting down".to_owned());
+                }
+                storage.health()
+            })
+        };
+        let (grace, stop) = (cfg.fail_grace, shutdown.clone());
+        tasks.spawn(async move { storage.watch(grace, stop).await });
+
         // `with_state(())` turns every handler into a ready route once, here,
         // instead of per request.
-        let app = emosation_http::observe::finish(app)
+        let app = emosation_http::observe::finish(app, ready)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(());
         let addr = listener.local_addr()?;
-        let stop = shutdown.clone();
+        let (limits, stop) = (cfg.connections, shutdown.clone());
         tasks.spawn(async move {
-            // Small frames and responses go out at once: Nagle's algorithm
-            // with delayed ACKs would hold them back by tens of milliseconds.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    warn!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
-            // `into_make_service`: each connection gets a clone of the one
-            // router (an `Arc`). Serving the `Router` itself would rebuild its
-            // route table for every connection (axum's `Service<IncomingStream>`
-            // for `Router` calls `with_state` on a shared clone), ~8% of a
-            // WebSocket connection's cost.
-            axum::serve(listener, app.into_make_service())
-                .with_graceful_shutdown(async move { stop.cancelled().await })
+            emosation_http::server::serve(listener, app, limits, stop)
                 .await
                 .context("http server")
         });

@@ -235,6 +235,15 @@ async fn two_fanout_nodes_on_kafka_and_redis() {
         json!({"type": "kicked", "reason": "duplicate_session"})
     );
 
+    // A logout answered by the core node ends the session's socket on node
+    // B, through the Redis registry and kick channel.
+    let (_, dave) = api.user("dave").await;
+    let mut dave_b = connect(&node_b, &dave).await;
+    api.post("/v1/auth/logout", Some(&dave), json!({})).await.expect(204);
+    let end = dave_b.next_of(&["session_ended"]).await;
+    assert_eq!(end["reason"], "logout");
+    assert_eq!(dave_b.next_of(&["__close"]).await["code"], 1008);
+
     // Carol follows the room on node A; node A dies; she resumes on node B.
     let mut carol_a = connect(&node_a, &carol).await;
     let sub = subscribe(&mut carol_a, &room, None, &["chat"]).await;

@@ -727,3 +727,194 @@ impl LogCursor {
         format!("{p}{:012x}", off - 1)
     }
 }
+
+/// What a socket saw until the server closed it: its acks, the
+/// `session_ended` reason, the close code.
+#[derive(Debug, Default)]
+struct Ending {
+    acks: usize,
+    reason: Option<String>,
+    code: Option<u16>,
+}
+
+/// Sends on `c` every 2 ms (for at most 5 s) while reading its frames,
+/// until the server closes it.
+async fn send_until_closed(c: Client, room: String) -> Ending {
+    use futures_util::StreamExt;
+    let (mut sink, mut stream) = c.ws.split();
+    let sender = tokio::spawn(async move {
+        for i in 0..2500 {
+            let f = json!({"type": "send", "room_id": room, "client_msg_id": format!("s{i}"), "text": format!("s{i}")});
+            if sink.send(Message::text(f.to_string())).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut ending = Ending::default();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        match m {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                match v["type"].as_str() {
+                    Some("ack") => ending.acks += 1,
+                    Some("session_ended") => ending.reason = v["reason"].as_str().map(str::to_owned),
+                    _ => {}
+                }
+            }
+            Message::Close(c) => {
+                ending.code = c.map(|c| u16::from(c.code));
+                break;
+            }
+            _ => {}
+        }
+    }
+    sender.abort();
+    ending
+}
+
+/// A logout ends the session's open sockets, and only that session's:
+/// `session_ended` (`logout`), then close 1008; a socket that keeps sending
+/// through the logout has nothing stored once the logout is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_ends_the_sessions_sockets_and_nothing_sent_after_is_stored() {
+    let s = TestServer::start_configured(|cfg| {
+        cfg.fanout.sessions_per_user = 2;
+        cfg.ingest.message_rate = 0;
+    })
+    .await;
+    let api = s.client();
+    let (_, first) = api.user("lou").await;
+    let second = api.login("lou").await["access_token"].as_str().unwrap().to_owned();
+    let room = api.create_room(&first, "bye", None).await;
+    let a = Client::connect(&s.base, &first).await;
+    let mut b = Client::connect(&s.base, &second).await;
+    let ending = tokio::spawn(send_until_closed(a, room.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.post("/v1/auth/logout", Some(&first), json!({})).await.expect(204);
+    let stored = api.all_messages(&second, &room).await.len();
+    let ending = ending.await.unwrap();
+    assert_eq!(ending.reason.as_deref(), Some("logout"), "{ending:?}");
+    assert_eq!(ending.code, Some(1008), "{ending:?}");
+    assert!(ending.acks > 0 && stored >= ending.acks, "{ending:?}, {stored} stored");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        api.all_messages(&second, &room).await.len(),
+        stored,
+        "nothing stored after the logout was answered"
+    );
+    // The other session goes on.
+    b.send(json!({"type": "send", "room_id": room, "client_msg_id": "b1", "text": "still here"}))
+        .await;
+    assert_eq!(b.next_of(&["ack", "error", "session_ended"]).await["type"], "ack");
+}
+
+/// Deleting the account ends every session's sockets (`account_deleted`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_account_ends_all_its_sockets() {
+    let s = TestServer::start_configured(|cfg| cfg.fanout.sessions_per_user = 2).await;
+    let api = s.client();
+    let (_, first) = api.user("dee").await;
+    let second = api.login("dee").await["access_token"].as_str().unwrap().to_owned();
+    let mut a = Client::connect(&s.base, &first).await;
+    let mut b = Client::connect(&s.base, &second).await;
+    api.call(reqwest::Method::DELETE, "/v1/me", Some(&first), None)
+        .await
+        .expect(204);
+    for c in [&mut a, &mut b] {
+        let end = c.next_of(&["session_ended"]).await;
+        assert_eq!(end["reason"], "account_deleted");
+        assert_eq!(c.next_of(&["__close"]).await["code"], 1008);
+    }
+}
+
+/// A socket lasts as long as its access token: it ends with
+/// `token_expired` unless an `auth` frame brings a newer token of the same
+/// session; a token of another session is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_ends_with_its_token_unless_renewed_in_band() {
+    let s = TestServer::start_configured(|cfg| {
+        cfg.fanout.sessions_per_user = 3;
+        cfg.access_ttl = Duration::from_secs(3);
+    })
+    .await;
+    let api = s.client();
+    let (_, t1) = api.user("tia").await;
+    let login2 = api.login("tia").await;
+    let t2 = login2["access_token"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let mut a = Client::connect(&s.base, &t1).await;
+    let mut b = Client::connect(&s.base, &t2).await;
+
+    // b renews with a refreshed token of its own session; a token of a's
+    // session is refused on b.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let refreshed = api
+        .post(
+            "/v1/auth/refresh",
+            None,
+            json!({"refresh_token": login2["refresh_token"]}),
+        )
+        .await
+        .expect(200);
+    b.send(json!({"type": "auth", "access_token": t1})).await;
+    assert_eq!(b.next_of(&["error"]).await["code"], "invalid_token");
+    b.send(json!({"type": "auth", "access_token": refreshed["access_token"]}))
+        .await;
+    assert_eq!(b.next_of(&["authenticated", "error"]).await["type"], "authenticated");
+
+    let end = a.next_of(&["session_ended"]).await;
+    assert_eq!(end["reason"], "token_expired");
+    assert_eq!(a.next_of(&["__close"]).await["code"], 1008);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not before its expiry"
+    );
+    // b, renewed, outlives a's token.
+    let room = api
+        .create_room(refreshed["access_token"].as_str().unwrap(), "renewed", None)
+        .await;
+    assert_eq!(b.subscribe(&room, None).await["type"], "subscribed");
+}
+
+/// Abuse limits of one connection: a typing flood relays one notice per
+/// second per room; a subscribe flood is answered `rate_limited` beyond 10
+/// a second (burst 20), and the connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_subscribe_floods_are_contained() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (room, t) = room_with(&api, "flo", &["gil"]).await;
+    let mut a = Client::connect(&s.base, &t[0]).await;
+    let mut b = Client::connect(&s.base, &t[1]).await;
+    a.subscribe(&room, None).await;
+    b.subscribe(&room, None).await;
+    for _ in 0..200 {
+        a.send(json!({"type": "typing", "room_id": room})).await;
+    }
+    assert!(b.next_of(&["typing"]).await["user_id"].is_string());
+    assert!(b.quiet(500).await, "one typing notice relayed, the flood dropped");
+
+    for _ in 0..60 {
+        a.send(json!({"type": "subscribe", "room_id": room, "streams": ["chat"]}))
+            .await;
+    }
+    let (mut subscribed, mut limited) = (0, 0);
+    while subscribed + limited < 60 {
+        let f = a.next_of(&["subscribed", "error"]).await;
+        match f["type"].as_str() {
+            Some("subscribed") => subscribed += 1,
+            _ => {
+                assert_eq!(f["code"], "rate_limited", "{f}");
+                limited += 1;
+            }
+        }
+    }
+    assert!(
+        (20..=30).contains(&subscribed),
+        "{subscribed} subscribed, {limited} refused"
+    );
+    // Still open and served.
+    api.send(&t[1], &room, "after", "after the flood").await.expect(202);
+    assert_eq!(a.next_of(&["message"]).await["text"], "after the flood");
+}

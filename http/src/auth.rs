@@ -1,11 +1,15 @@
 //! JWT issue and verification.
 //!
 //! Tokens are HS256 JWTs, the algorithm pinned on both sides (an `alg:none` or
-//! RS256 token is refused before its claims are read). A login opens a
-//! *session* (`sid`): its short-lived access token and long-lived refresh token
-//! share the `sid`, and logout appends a `SessionRevoked` record, after which
-//! the views refuse both. Every authenticated request also checks that the
-//! account is not soft-deleted.
+//! RS256 token is refused before its claims are read), issued by [`ISSUER`]
+//! for [`AUDIENCE`] and checked for both, and for `exp` and `nbf`. A login
+//! opens a *session* (`sid`), a record on the log: its short-lived access
+//! tokens and its refresh token share the `sid`. Each refresh rotates the
+//! refresh token (its `gen` claim counts up); the fold decides every refresh
+//! in log order. Every authenticated request checks the session in the views:
+//! opened, not ended (logout, a reused refresh token), before its absolute
+//! end, not opened before a deletion of its account; and that the account
+//! exists and is not soft-deleted.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use emosation_core::ports::{StoreError, ViewStore};
+use emosation_core::view::{SessionEndReason, ViewKey, ViewValue};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
 
@@ -48,8 +53,17 @@ pub enum TokenKind {
     Refresh,
 }
 
+/// The `iss` of every token this server issues, and the only one it accepts.
+pub const ISSUER: &str = "emosation";
+/// The `aud` of every token this server issues, and the only one it accepts.
+pub const AUDIENCE: &str = "emosation-api";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
+    /// Always [`ISSUER`].
+    pub iss: String,
+    /// Always [`AUDIENCE`].
+    pub aud: String,
     /// User id.
     pub sub: String,
     /// Username.
@@ -58,8 +72,16 @@ pub struct Claims {
     pub sid: String,
     pub typ: TokenKind,
     pub iat: i64,
+    /// Not valid before (seconds): the issue time.
+    pub nbf: i64,
+    /// Never after the session's absolute end.
     pub exp: i64,
     pub jti: String,
+    /// Refresh tokens only: the session's refresh generation when the token
+    /// was issued. The fold accepts a refresh presenting the current
+    /// generation, once.
+    #[serde(rename = "gen", default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 /// The signing keys, built once.
@@ -97,6 +119,13 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 fn random_hex() -> String {
     format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
 }
@@ -106,7 +135,10 @@ impl TokenKeys {
     pub fn new(secret: &[u8], access_ttl: Duration, refresh_ttl: Duration) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "nbf", "sub", "iss", "aud"]);
         TokenKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -116,35 +148,52 @@ impl TokenKeys {
         }
     }
 
-    /// Issues an access and a refresh token for session `sid`.
-    pub fn issue(&self, user_id: &str, username: &str, sid: &str) -> Result<TokenPair, AuthError> {
+    /// Issues an access token and a refresh token of `generation` for
+    /// session `sid`, which ends at `session_expires_at` (milliseconds): no
+    /// token outlives it.
+    pub fn issue(
+        &self,
+        user_id: &str,
+        username: &str,
+        sid: &str,
+        generation: i64,
+        session_expires_at: i64,
+    ) -> Result<TokenPair, AuthError> {
         let now = now_secs();
-        let make = |typ: TokenKind, ttl: Duration| {
+        let session_end = session_expires_at.div_euclid(1000);
+        let exp = |ttl: Duration| (now + ttl.as_secs() as i64).min(session_end);
+        let make = |typ: TokenKind, exp: i64, generation: Option<i64>| {
             let claims = Claims {
+                iss: ISSUER.to_owned(),
+                aud: AUDIENCE.to_owned(),
                 sub: user_id.to_owned(),
                 name: username.to_owned(),
                 sid: sid.to_owned(),
                 typ,
                 iat: now,
-                exp: now + ttl.as_secs() as i64,
+                nbf: now,
+                exp,
                 jti: random_hex(),
+                generation,
             };
             encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| {
                 tracing::error!(error = %e, "jwt encode");
                 AuthError::Internal
             })
         };
+        let access_exp = exp(self.access_ttl);
         Ok(TokenPair {
-            access_token: make(TokenKind::Access, self.access_ttl)?,
-            refresh_token: make(TokenKind::Refresh, self.refresh_ttl)?,
+            access_token: make(TokenKind::Access, access_exp, None)?,
+            refresh_token: make(TokenKind::Refresh, exp(self.refresh_ttl), Some(generation))?,
             token_type: "Bearer",
-            expires_in: self.access_ttl.as_secs(),
+            expires_in: (access_exp - now).max(0) as u64,
             user_id: user_id.to_owned(),
         })
     }
 
-    /// Verifies signature, algorithm, expiry and kind. Says nothing about
-    /// revocation: see [`Authenticator::authenticate`].
+    /// Verifies signature, algorithm, issuer, audience, `nbf`, expiry and
+    /// kind. Says nothing about the session: see
+    /// [`Authenticator::authenticate`].
     pub fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, AuthError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError::InvalidToken(format!("token rejected: {e}")))?;
@@ -160,8 +209,8 @@ impl TokenKeys {
     }
 }
 
-/// Verifies tokens and checks them against the views (revoked sessions,
-/// deleted accounts).
+/// Verifies tokens and checks them against the views (sessions, deleted
+/// accounts).
 pub struct Authenticator {
     pub keys: TokenKeys,
     pub views: Arc<dyn ViewStore>,
@@ -180,18 +229,113 @@ impl Authenticator {
         Authenticator { keys, views }
     }
 
-    /// A token's claims, if it is valid, of the given kind, its session is not
-    /// revoked and its account exists and is not deleted.
+    /// A token's claims, if it is valid and of the given kind, and its
+    /// session is live ([`Authenticator::session_end_cause`] finds no end).
     pub async fn authenticate(&self, token: &str, kind: TokenKind) -> Result<Claims, AuthError> {
         let claims = self.keys.verify(token, kind)?;
-        if self.views.session(&claims.name, &claims.sid).await?.is_some() {
-            return Err(AuthError::InvalidToken("session has been logged out".into()));
-        }
-        match self.views.user(&claims.sub).await? {
-            Some(u) if u.deleted_at.is_none() => Ok(claims),
-            _ => Err(AuthError::InvalidToken("account does not exist or is deleted".into())),
+        match self.session_end_cause(&claims.sub, &claims.name, &claims.sid).await? {
+            None => Ok(claims),
+            Some(cause) => Err(AuthError::InvalidToken(cause.message().into())),
         }
     }
+
+    /// Whether the session `sid` of user `user_id` (`username`) has ended,
+    /// and why, as the views say: a live connection opened with one of its
+    /// tokens checks this periodically, in case the order ending it was lost.
+    pub async fn session_ended(
+        &self,
+        user_id: &str,
+        username: &str,
+        sid: &str,
+    ) -> Result<Option<SessionEnd>, AuthError> {
+        Ok(self
+            .session_end_cause(user_id, username, sid)
+            .await?
+            .map(SessionEnd::from))
+    }
+
+    /// Why the session `sid` of user `user_id` (`username`) is over, if it
+    /// is, in one lookup of the views: it must have been opened on the log
+    /// (a session the views do not know is over: tokens from before
+    /// sessions were records lack `iss` and `aud` and never get here), not
+    /// ended, before its absolute end, opened since the account was last
+    /// deleted; and the account must exist and not be deleted.
+    pub async fn session_end_cause(
+        &self,
+        user_id: &str,
+        username: &str,
+        sid: &str,
+    ) -> Result<Option<SessionEndCause>, AuthError> {
+        let keys = [
+            ViewKey::session(username, sid),
+            ViewKey::session_epoch(username),
+            ViewKey::User(user_id.to_owned()),
+        ];
+        let mut found = self.views.load(&keys).await?.into_iter();
+        let (session, epoch, user) = (found.next().flatten(), found.next().flatten(), found.next().flatten());
+        let epoch = match epoch {
+            Some(ViewValue::SessionEpoch(e)) => e.epoch,
+            _ => 0,
+        };
+        match user {
+            Some(ViewValue::User(u)) if u.deleted_at.is_none() && u.username == username => {}
+            _ => return Ok(Some(SessionEndCause::AccountDeleted)),
+        }
+        Ok(match session {
+            Some(ViewValue::OpenedSession(s)) if s.user_id == user_id => match &s.ended {
+                Some(end) if end.reason == SessionEndReason::Logout => Some(SessionEndCause::LoggedOut),
+                Some(_) => Some(SessionEndCause::Revoked),
+                None if s.account_epoch != epoch => Some(SessionEndCause::AccountDeleted),
+                None if !s.is_live(now_ms(), epoch) => Some(SessionEndCause::Expired),
+                None => None,
+            },
+            Some(ViewValue::Session(_)) => Some(SessionEndCause::LoggedOut),
+            _ => Some(SessionEndCause::Unknown),
+        })
+    }
+}
+
+/// Why a session is over, in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEndCause {
+    LoggedOut,
+    /// The account is deleted, or was deleted after the session opened.
+    AccountDeleted,
+    /// A refresh token of the session was used twice.
+    Revoked,
+    /// Past the session's absolute end.
+    Expired,
+    /// No login opened it.
+    Unknown,
+}
+
+impl SessionEndCause {
+    fn message(self) -> &'static str {
+        match self {
+            SessionEndCause::LoggedOut => "session has been logged out",
+            SessionEndCause::AccountDeleted => "account does not exist or is deleted",
+            SessionEndCause::Revoked => "session was revoked: a refresh token was used twice",
+            SessionEndCause::Expired => "session has reached its end; log in again",
+            SessionEndCause::Unknown => "unknown session; log in again",
+        }
+    }
+}
+
+impl From<SessionEndCause> for SessionEnd {
+    /// Every end that is not the account's is the session's own.
+    fn from(cause: SessionEndCause) -> Self {
+        match cause {
+            SessionEndCause::AccountDeleted => SessionEnd::AccountDeleted,
+            _ => SessionEnd::LoggedOut,
+        }
+    }
+}
+
+/// Why a session is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    LoggedOut,
+    AccountDeleted,
 }
 
 /// The caller of an authenticated endpoint.

@@ -29,7 +29,7 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use emosation_core::access;
 use emosation_core::ids::{LogPosition, normalize_username, random_id};
-use emosation_core::ports::{Decisions, Log, RateLimiter, ViewStore};
+use emosation_core::ports::{ConnRef, Decisions, KickReason, Log, Presence, RateLimiter, ViewStore};
 use emosation_core::record::*;
 use emosation_core::view::RoomView;
 use emosation_core::{Accepted, Record, Rejection};
@@ -46,6 +46,9 @@ pub struct IngestConfig {
     pub decision_timeout: Duration,
     /// Shared secret for the admin endpoints; `None` disables them.
     pub admin_token: Option<String>,
+    /// A session's absolute lifetime from its login: refreshes rotate its
+    /// tokens but never extend it.
+    pub session_lifetime: Duration,
 }
 
 impl Default for IngestConfig {
@@ -54,6 +57,7 @@ impl Default for IngestConfig {
             message_rate: 50,
             decision_timeout: Duration::from_secs(10),
             admin_token: None,
+            session_lifetime: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -67,6 +71,9 @@ pub struct Posted {
     pub duplicate: bool,
 }
 
+/// How long ending a session waits for its connections to be gone.
+pub const END_WAIT: Duration = Duration::from_secs(2);
+
 /// A command's answer, once its record (already appended) is decided.
 pub type Answer<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, CommandError>> + Send>>;
 
@@ -78,6 +85,9 @@ pub struct Ingest {
     auth: Arc<Authenticator>,
     /// Rate limits live in a port, so with a shared store they hold across ingest nodes.
     limits: Arc<dyn RateLimiter>,
+    /// The registry of live connections on every fan-out node, through
+    /// which an ended session's sockets are ended.
+    presence: Arc<dyn Presence>,
     /// Bounds concurrent password hashes (each takes ~19 MiB and a core).
     hashing: Semaphore,
     dummy_hash: String,
@@ -111,6 +121,7 @@ impl Ingest {
         decisions: Arc<dyn Decisions>,
         auth: Arc<Authenticator>,
         limits: Arc<dyn RateLimiter>,
+        presence: Arc<dyn Presence>,
         cfg: IngestConfig,
     ) -> Result<Self, CommandError> {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -120,6 +131,7 @@ impl Ingest {
             decisions,
             auth,
             limits,
+            presence,
             hashing: Semaphore::new(workers * 2),
             dummy_hash: hash_password("not-a-real-password")?,
             cfg,
@@ -269,19 +281,87 @@ impl Ingest {
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
         let ok = self.verify(password.to_owned(), phc).await?;
-        match user {
-            Some(u) if ok && u.deleted_at.is_none() => {
-                let sid = random_id(rand::random());
-                metrics::counter!("emosation_logins_total").increment(1);
-                Ok(self.auth.keys.issue(&u.user_id, &u.username, &sid)?)
-            }
-            _ => Err(CommandError::InvalidCredentials),
-        }
+        let u = match user {
+            Some(u) if ok && u.deleted_at.is_none() => u,
+            _ => return Err(CommandError::InvalidCredentials),
+        };
+        // The session is a record, so the fold decides it against a
+        // deletion racing this login, and replay rebuilds it.
+        let sid = random_id(rand::random());
+        let lifetime = i64::try_from(self.cfg.session_lifetime.as_millis()).unwrap_or(i64::MAX);
+        let make = |request_id, at: i64| {
+            Record::SessionOpened(SessionOpened {
+                request_id,
+                at,
+                user_id: u.user_id.clone(),
+                username: u.username.clone(),
+                session_id: sid.clone(),
+                expires_at: at.saturating_add(lifetime),
+            })
+        };
+        let opened = self
+            .command("login", make, |a| match a {
+                Accepted::SessionOpened { expires_at } => Some(expires_at),
+                _ => None,
+            })
+            .await;
+        let expires_at = match opened {
+            Ok(expires_at) => expires_at,
+            // Deleted between the check above and the fold.
+            Err(CommandError::Rejected(Rejection::UnknownUser)) => return Err(CommandError::InvalidCredentials),
+            Err(e) => return Err(e),
+        };
+        metrics::counter!("emosation_logins_total").increment(1);
+        Ok(self.auth.keys.issue(&u.user_id, &u.username, &sid, 0, expires_at)?)
     }
 
+    /// Rotates a session's refresh token. The fold decides in log order: the
+    /// token's generation must be the session's current one, and then no
+    /// longer is; a token presented again (stolen, or replayed) revokes the
+    /// whole session, whose sockets are then ended, and is answered
+    /// `invalid_token` like any other dead token.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, CommandError> {
         let claims = self.auth.authenticate(refresh_token, TokenKind::Refresh).await?;
-        Ok(self.auth.keys.issue(&claims.sub, &claims.name, &claims.sid)?)
+        let generation = claims
+            .generation
+            .ok_or_else(|| CommandError::InvalidToken("refresh token without a generation".into()))?;
+        let make = |request_id, at| {
+            Record::SessionRefreshed(SessionRefreshed {
+                request_id,
+                at,
+                user_id: claims.sub.clone(),
+                username: claims.name.clone(),
+                session_id: claims.sid.clone(),
+                generation,
+            })
+        };
+        let rotated = self
+            .command("refresh", make, |a| match a {
+                Accepted::Refreshed { generation, expires_at } => Some(Some((generation, expires_at))),
+                Accepted::RefreshReused => Some(None),
+                _ => None,
+            })
+            .await;
+        match rotated {
+            Ok(Some((generation, expires_at))) => {
+                Ok(self
+                    .auth
+                    .keys
+                    .issue(&claims.sub, &claims.name, &claims.sid, generation, expires_at)?)
+            }
+            Ok(None) => {
+                tracing::warn!(user_id = %claims.sub, session_id = %claims.sid, "refresh token reused; session revoked");
+                self.end_sessions(&claims.sub, Some(&claims.sid), KickReason::Revoked)
+                    .await;
+                Err(CommandError::InvalidToken(
+                    "refresh token already used: the session is revoked".into(),
+                ))
+            }
+            Err(CommandError::Rejected(Rejection::SessionEnded)) => {
+                Err(CommandError::InvalidToken("the session has ended".into()))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn logout(&self, user: &AuthUser) -> Result<(), CommandError> {
@@ -296,7 +376,49 @@ impl Ingest {
                 expires_at,
             })
         };
-        self.command("logout", make, |_| Some(())).await
+        self.command("logout", make, |_| Some(())).await?;
+        self.end_sessions(&user.user_id, Some(&user.session_id), KickReason::Logout)
+            .await;
+        Ok(())
+    }
+
+    /// Ends the open WebSocket connections of a session (`Some(sid)`) or of
+    /// every session of the user (`None`), on every fan-out node, once the
+    /// views already refuse their tokens: each gets a `session_ended` frame
+    /// and close 1008, and appends none of its sends after that. Returns
+    /// once no such connection is registered any more, or after
+    /// [`END_WAIT`] (a node that cannot be reached ends them at its next
+    /// ping, when its periodic session check sees the views).
+    pub async fn end_sessions(&self, user_id: &str, session: Option<&str>, reason: KickReason) {
+        let ours = |c: &ConnRef| session.is_none_or(|s| c.session == s);
+        let targets: Vec<ConnRef> = match self.presence.connections(user_id).await {
+            Ok(conns) => conns.into_iter().filter(ours).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the session's connections; they end at their next ping");
+                return;
+            }
+        };
+        if targets.is_empty() {
+            return;
+        }
+        for c in &targets {
+            if let Err(e) = self.presence.kick(c, reason).await {
+                tracing::warn!(error = %e, node = %c.node, "cannot send a session end; it ends at its next ping");
+            }
+        }
+        let deadline = tokio::time::Instant::now() + END_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            match self.presence.connections(user_id).await {
+                Ok(conns) if !conns.iter().any(|c| targets.contains(c)) => return,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot list connections while ending a session"),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::warn!(
+            user_id,
+            "a session's connections did not end within {END_WAIT:?}; they end at their next ping"
+        );
     }
 
     pub async fn delete_account(&self, user: &AuthUser) -> Result<(), CommandError> {
@@ -308,7 +430,9 @@ impl Ingest {
                 username: user.username.clone(),
             })
         };
-        self.command("delete account", make, |_| Some(())).await
+        self.command("delete account", make, |_| Some(())).await?;
+        self.end_sessions(&user.user_id, None, KickReason::AccountDeleted).await;
+        Ok(())
     }
 
     /// Restores a soft-deleted account (admin).

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use emosation_core::bulk::BulkRows;
 use emosation_core::ids::{Topic, Topology, partition_for};
 use emosation_core::ports::{
-    CORE_VIEWS, ConnRef, Log, LogError, Presence, RateLimiter, ViewBatch, ViewQueries, ViewStore,
+    CORE_VIEWS, ConnRef, KickReason, Log, LogError, Presence, RateLimiter, ViewBatch, ViewQueries, ViewStore,
 };
 use emosation_core::view::{
     ACTIVITY_VIEWS, ActivityView, MemberView, MessageView, RoomView, UserView, ViewKey, ViewValue,
@@ -870,14 +870,15 @@ async fn presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
     let conn = |node: &str, conn: u64| ConnRef {
         node: node.to_owned(),
         conn,
+        session: format!("s{conn}"),
     };
     let kicked_a = Arc::new(Mutex::new(Vec::new()));
     let kicked_b = Arc::new(Mutex::new(Vec::new()));
     let (ka, kb) = (Arc::clone(&kicked_a), Arc::clone(&kicked_b));
-    a.on_kicks("node-a", Arc::new(move |c| ka.lock().unwrap().push(c)))
+    a.on_kicks("node-a", Arc::new(move |c, r| ka.lock().unwrap().push((c, r))))
         .await
         .unwrap();
-    b.on_kicks("node-b", Arc::new(move |c| kb.lock().unwrap().push(c)))
+    b.on_kicks("node-b", Arc::new(move |c, r| kb.lock().unwrap().push((c, r))))
         .await
         .unwrap();
 
@@ -892,8 +893,8 @@ async fn presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
     );
     assert!(b.refresh("u1", &conn("node-b", 7), ttl).await.unwrap());
 
-    // Kicks reach the owning node's sink.
-    b.kick(&evicted[0]).await.unwrap();
+    // Kicks reach the owning node's sink, with their reason.
+    b.kick(&evicted[0], KickReason::DuplicateSession).await.unwrap();
     emosation_testkit::eventually("the kick reached node a", Duration::from_secs(5), async || {
         if kicked_a.lock().unwrap().is_empty() {
             Err("no kick".to_owned())
@@ -902,8 +903,22 @@ async fn presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
         }
     })
     .await;
-    assert_eq!(*kicked_a.lock().unwrap(), vec![1]);
+    assert_eq!(*kicked_a.lock().unwrap(), vec![(1, KickReason::DuplicateSession)]);
     assert!(kicked_b.lock().unwrap().is_empty());
+    a.kick(&conn("node-b", 7), KickReason::Logout).await.unwrap();
+    emosation_testkit::eventually("the kick reached node b", Duration::from_secs(5), async || {
+        if kicked_b.lock().unwrap().is_empty() {
+            Err("no kick".to_owned())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    assert_eq!(*kicked_b.lock().unwrap(), vec![(7, KickReason::Logout)]);
+
+    // A user's live connections, on every node, with their sessions.
+    assert_eq!(a.connections("u1").await.unwrap(), vec![conn("node-b", 7)]);
+    assert!(b.connections("nobody").await.unwrap().is_empty());
 
     // N sessions: the two newest stay.
     assert!(a.register("u1", &conn("node-a", 2), 2, ttl).await.unwrap().is_empty());
@@ -918,6 +933,7 @@ async fn presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
             let c = ConnRef {
                 node: if i % 2 == 0 { "node-a" } else { "node-b" }.to_owned(),
                 conn: 100 + i,
+                session: "s".to_owned(),
             };
             p.register("u9", &c, 1, Duration::from_secs(30)).await.unwrap()
         }));
@@ -932,11 +948,16 @@ async fn presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
     assert_eq!(before, all.len(), "no connection evicted twice");
     assert_eq!(all.len(), 39, "all but one evicted");
 
+    let mut listed = b.connections("u1").await.unwrap();
+    listed.sort();
+    assert_eq!(listed, vec![conn("node-a", 2), conn("node-a", 3)]);
+
     // Unregister: offline.
     for c in [conn("node-a", 2), conn("node-a", 3)] {
         a.unregister("u1", &c).await.unwrap();
     }
     assert_eq!(b.online(&["u1".into()]).await.unwrap(), vec![false]);
+    assert!(a.connections("u1").await.unwrap().is_empty());
 }
 
 /// The rate-limiter contract. `a` and `b` are two handles on one store (two
@@ -1001,6 +1022,7 @@ async fn redis_presence_expires_connections_whose_node_died() {
     let dead = ConnRef {
         node: "gone".into(),
         conn: 1,
+        session: "s1".into(),
     };
     p.register("u", &dead, 1, Duration::from_millis(200)).await.unwrap();
     assert_eq!(p.online(&["u".into()]).await.unwrap(), vec![true]);
@@ -1013,6 +1035,7 @@ async fn redis_presence_expires_connections_whose_node_died() {
     let live = ConnRef {
         node: "alive".into(),
         conn: 2,
+        session: "s2".into(),
     };
     assert!(
         p.register("u", &live, 1, Duration::from_secs(5))

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 from playwright.sync_api import expect
 
 from test_chat import create_room
@@ -11,11 +10,6 @@ from test_chat import create_room
 SERVER_ARGS = ["--sessions-per-user", "2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16: the server does not send session_ended (nor close the socket) on logout yet; "
-    "the client handles the frame already",
-)
 def test_logout_in_one_tab_ends_the_other_tabs_socket(people, server):
     eve = people("eve")
     eve.signup_via_ui()

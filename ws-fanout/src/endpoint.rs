@@ -51,11 +51,12 @@ async fn upgrade(
         Ok(h) => h,
         Err(e) => return e.into_response(),
     };
+    let exp = claims.exp;
     let user = AuthUser {
         user_id: claims.sub,
         username: claims.name,
         session_id: claims.sid,
         issued_at: claims.iat,
     };
-    handshake.accept(move |tcp, pre| session::run(fanout, user, tcp, pre))
+    handshake.accept(move |tcp, pre| session::run(fanout, user, exp, tcp, pre))
 }

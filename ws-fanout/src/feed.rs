@@ -75,12 +75,15 @@ impl Feed {
 
     /// Subscribes `conn` to `room_id` (membership already checked), from
     /// `since` if given. Returns the cursor the subscription starts after.
+    /// A subscription that must catch up holds one of `catch_ups`' permits
+    /// until it is live; with none left it is refused (`rate_limited`).
     pub async fn subscribe(
         self: &Arc<Self>,
         conn: Arc<ConnHandle>,
         room_id: &str,
         since: Option<&str>,
         streams: Streams,
+        catch_ups: &Arc<tokio::sync::Semaphore>,
     ) -> Result<String, FrameError> {
         let p = self.partition_of(room_id);
         let end = self
@@ -100,6 +103,15 @@ impl Feed {
                 }
             },
         };
+        let permit = match since {
+            Some(_) => Some(Arc::clone(catch_ups).try_acquire_owned().map_err(|_| {
+                FrameError::new(
+                    "rate_limited",
+                    "too many subscriptions catching up at once on this connection; wait for one to go live",
+                )
+            })?),
+            None => None,
+        };
         let reg = self.hub.register(&conn, room_id, p, end, since, streams);
         if reg.start_tailer {
             let feed = Arc::clone(self);
@@ -111,7 +123,10 @@ impl Feed {
             let feed = Arc::clone(self);
             let room = room_id.to_owned();
             let (sub_id, boundary) = (reg.sub_id, reg.boundary);
-            tokio::spawn(async move { feed.catch_up(conn, sub_id, room, p, s + 1, boundary).await });
+            tokio::spawn(async move {
+                let _permit = permit;
+                feed.catch_up(conn, sub_id, room, p, s + 1, boundary).await
+            });
         }
         Ok(reg.cursor)
     }
@@ -260,7 +275,8 @@ impl Feed {
     async fn catch_up(self: Arc<Self>, conn: Arc<ConnHandle>, sub_id: u64, room: String, p: u32, from: u64, to: u64) {
         let mut next = from;
         let mut last = from.saturating_sub(1);
-        while next < to && !conn.is_closed() {
+        // A subscription replaced (or ended) meanwhile stops its catch-up.
+        while next < to && !conn.is_closed() && self.hub.is_current(conn.id, sub_id, &room) {
             let entries = match self.log.fetch(Topic::Rooms, p, next, 512, Duration::ZERO).await {
                 Ok(e) if !e.is_empty() => e,
                 Ok(_) => break,

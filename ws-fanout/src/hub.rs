@@ -375,6 +375,15 @@ impl Hub {
         true
     }
 
+    /// Whether `conn_id`'s subscription to `room` is still `sub_id`.
+    pub(crate) fn is_current(&self, conn_id: u64, sub_id: u64, room: &str) -> bool {
+        let st = self.state();
+        st.rooms
+            .get(room)
+            .and_then(|r| r.subs.get(&conn_id))
+            .is_some_and(|s| s.id == sub_id)
+    }
+
     /// Whether subscription `sub_id` (of `conn_id` to `room`) is still there
     /// and wants `stream`.
     pub(crate) fn wants(&self, conn_id: u64, sub_id: u64, room: &str, stream: Stream) -> bool {

@@ -1,12 +1,16 @@
 //! [`Fanout`]: this node — its settings, its open connections by id, and the
-//! session policy shared with every other node through the `Presence` port
-//! (a user's connections beyond the newest few are kicked, wherever they are).
+//! session policy shared with every other node through the `Presence` port:
+//! a user's connections beyond the newest few are kicked, wherever they are,
+//! and a session that ends (logout, account deletion, a revoked session)
+//! ends on every node. A connection's sends pass its [`Live`] gate, which an
+//! ending closes first: once a kick has been applied here, no send of the
+//! connection is appended any more.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emosation_core::ports::{ConnRef, Presence, PresenceError};
+use emosation_core::ports::{ConnRef, KickReason, Presence, PresenceError};
 use emosation_ingest::Ingest;
 use tracing::warn;
 
@@ -51,7 +55,48 @@ pub struct Fanout {
     /// This node's name in the registry (unique per process).
     pub node: String,
     /// This node's open connections, by id: where kick orders land.
-    conns: std::sync::Mutex<HashMap<u64, Arc<ConnHandle>>>,
+    conns: std::sync::Mutex<HashMap<u64, Arc<Live>>>,
+}
+
+/// A connection as its node knows it.
+pub struct Live {
+    pub handle: Arc<ConnHandle>,
+    pub user_id: String,
+    /// The login session its token belongs to.
+    pub session_id: String,
+    /// Open while the connection may append sends; closed by an ending,
+    /// under this lock, before its last frame is queued.
+    gate: std::sync::Mutex<bool>,
+}
+
+impl Live {
+    pub(crate) fn new(handle: Arc<ConnHandle>, user_id: String, session_id: String) -> Live {
+        Live {
+            handle,
+            user_id,
+            session_id,
+            gate: std::sync::Mutex::new(true),
+        }
+    }
+
+    /// Runs `append` unless the connection has ended: the check and the
+    /// append happen under the gate's lock, so an ending that returned
+    /// first is never followed by an append.
+    pub(crate) fn while_open<T>(&self, append: impl FnOnce() -> T) -> Option<T> {
+        let open = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        (*open).then(append)
+    }
+
+    /// Ends the connection: no more appends, then the last frame (`kicked`
+    /// or `session_ended`) and close 1008.
+    pub(crate) fn end(&self, reason: KickReason) {
+        *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        let last = match reason {
+            KickReason::DuplicateSession => protocol::kicked(reason.as_str()),
+            other => protocol::session_ended(other.as_str()),
+        };
+        self.handle.end_with(1008, reason.as_str(), last);
+    }
 }
 
 impl std::fmt::Debug for Fanout {
@@ -82,9 +127,9 @@ impl Fanout {
             .presence
             .on_kicks(
                 &fanout.node,
-                Arc::new(move |id| {
+                Arc::new(move |id, reason| {
                     if let Some(f) = weak.upgrade() {
-                        f.kick_local(id);
+                        f.kick_local(id, reason);
                     }
                 }),
             )
@@ -92,18 +137,18 @@ impl Fanout {
         Ok(fanout)
     }
 
-    fn kick_local(&self, id: u64) {
+    fn kick_local(&self, id: u64, reason: KickReason) {
         let conn = self.conns.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
         if let Some(c) = conn {
-            kick(&c);
+            c.end(reason);
         }
     }
 
-    pub(crate) fn add_conn(&self, conn: &Arc<ConnHandle>) {
+    fn add_conn(&self, conn: &Arc<Live>) {
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(conn.id, Arc::clone(conn));
+            .insert(conn.handle.id, Arc::clone(conn));
     }
 
     pub(crate) fn remove_conn(&self, id: u64) {
@@ -115,9 +160,9 @@ impl Fanout {
     /// on whichever node holds them. If the registry is unreachable the
     /// connection is let in (availability first) and the policy is applied
     /// at its next refresh.
-    pub(crate) async fn admit(&self, conn: &Arc<ConnHandle>) {
+    pub(crate) async fn admit(&self, conn: &Arc<Live>) {
         self.add_conn(conn);
-        let me = self.conn_ref(conn.id);
+        let me = self.conn_ref(conn);
         let evicted = match self
             .presence
             .register(&conn.user_id, &me, self.cfg.sessions_per_user, self.session_ttl())
@@ -131,18 +176,19 @@ impl Fanout {
         };
         for old in evicted {
             if old.node == self.node {
-                self.kick_local(old.conn);
-            } else if let Err(e) = self.presence.kick(&old).await {
+                self.kick_local(old.conn, KickReason::DuplicateSession);
+            } else if let Err(e) = self.presence.kick(&old, KickReason::DuplicateSession).await {
                 // Its node learns it at its next refresh.
                 warn!(error = %e, node = %old.node, "cannot send a kick order");
             }
         }
     }
 
-    pub(crate) fn conn_ref(&self, id: u64) -> ConnRef {
+    pub(crate) fn conn_ref(&self, conn: &Live) -> ConnRef {
         ConnRef {
             node: self.node.clone(),
-            conn: id,
+            conn: conn.handle.id,
+            session: conn.session_id.clone(),
         }
     }
 
@@ -150,10 +196,4 @@ impl Fanout {
     pub(crate) fn session_ttl(&self) -> Duration {
         self.cfg.ping_interval * 3
     }
-}
-
-/// Ends a connection that a newer one of the same user replaced: a
-/// `kicked` frame, then close 1008.
-pub(crate) fn kick(conn: &ConnHandle) {
-    conn.end_with(1008, "duplicate_session", protocol::kicked("duplicate_session"));
 }

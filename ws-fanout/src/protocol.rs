@@ -60,6 +60,11 @@ pub enum ClientFrame {
     Typing {
         room_id: String,
     },
+    /// Swaps the connection's access token for a newer one of the same
+    /// session, before the old one expires.
+    Auth {
+        access_token: String,
+    },
 }
 
 /// Why a client frame was refused: `(code, message, client_msg_id)`.
@@ -110,6 +115,11 @@ struct SubscribeBody {
 #[derive(Deserialize)]
 struct RoomBody {
     room_id: String,
+}
+
+#[derive(Deserialize)]
+struct AuthBody {
+    access_token: String,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +190,12 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             let b: RoomBody = serde_json::from_value(v.clone()).map_err(bad)?;
             Ok(ClientFrame::Typing { room_id: b.room_id })
         }
+        "auth" => {
+            let b: AuthBody = serde_json::from_value(v.clone()).map_err(bad)?;
+            Ok(ClientFrame::Auth {
+                access_token: b.access_token,
+            })
+        }
         other => Err(FrameError::new("unknown_type", format!("unknown frame type {other:?}"))),
     }
 }
@@ -218,6 +234,17 @@ pub fn typing(room_id: &str, user_id: &str) -> Frame {
 
 pub fn kicked(reason: &str) -> Frame {
     text(json!({"type": "kicked", "reason": reason}))
+}
+
+/// The connection's session ended (`logout`, `account_deleted`,
+/// `token_expired`, `revoked`); close 1008 follows.
+pub fn session_ended(reason: &str) -> Frame {
+    text(json!({"type": "session_ended", "reason": reason}))
+}
+
+/// An `auth` frame's token was accepted; the connection now lasts until `expires_at`.
+pub fn authenticated(expires_at_ms: i64) -> Frame {
+    text(json!({"type": "authenticated", "expires_at": rfc3339_millis(expires_at_ms)}))
 }
 
 /// A `message` frame, from the record and the id its position gives it.
@@ -296,5 +323,12 @@ mod tests {
         let e = parse(r#"{"type":"send","room_id":"r","client_msg_id":"c9"}"#).unwrap_err();
         assert_eq!((e.code, e.client_msg_id.as_deref()), ("invalid_request", Some("c9")));
         assert_eq!(parse(r#"[1,2]"#).unwrap_err().code, "invalid_request");
+        assert_eq!(
+            parse(r#"{"type":"auth","access_token":"t"}"#).unwrap(),
+            ClientFrame::Auth {
+                access_token: "t".into()
+            }
+        );
+        assert_eq!(parse(r#"{"type":"auth"}"#).unwrap_err().code, "invalid_request");
     }
 }

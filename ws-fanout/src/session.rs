@@ -15,14 +15,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use emosation_core::access;
+use emosation_core::ports::KickReason;
 use emosation_http::AuthUser;
+use emosation_http::auth::{SessionEnd, TokenKind};
+use emosation_ingest::CommandError;
 use futures_util::StreamExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
-use crate::node::{Fanout, kick};
+use crate::node::{Fanout, Live};
 use crate::protocol::{self, ClientFrame, FrameError};
 use crate::socket::ConnHandle;
 use crate::socket::outbox::writer;
@@ -35,10 +38,78 @@ const MAX_INFLIGHT_SENDS: usize = 256;
 /// How long a connection the server closed waits for the client's close
 /// frame: long enough for a client to read the backlog queued before it.
 const CLOSE_DRAIN: Duration = Duration::from_secs(10);
+/// Catch-ups (subscriptions with `since` reading the log) one connection
+/// may run at once.
+const MAX_CATCH_UPS: usize = 4;
+/// `subscribe` frames per second per connection, and the burst.
+const SUBSCRIBE_RATE: f64 = 10.0;
+const SUBSCRIBE_BURST: f64 = 20.0;
+/// `typing` frames relayed per connection and room at most this often.
+const TYPING_EVERY: Duration = Duration::from_secs(1);
+
+/// One connection's own limits: what it may ask of the node, whatever the
+/// client does.
+struct Limits {
+    /// Subscriptions, a token bucket.
+    subscribe_tokens: f64,
+    subscribe_at: tokio::time::Instant,
+    /// Permits for catch-ups running at once.
+    catch_ups: Arc<Semaphore>,
+    /// When a typing notice for each room was last relayed.
+    typing: std::collections::HashMap<String, tokio::time::Instant>,
+}
+
+impl Limits {
+    fn new() -> Limits {
+        Limits {
+            subscribe_tokens: SUBSCRIBE_BURST,
+            subscribe_at: tokio::time::Instant::now(),
+            catch_ups: Arc::new(Semaphore::new(MAX_CATCH_UPS)),
+            typing: Default::default(),
+        }
+    }
+
+    fn take_subscribe(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.subscribe_at).as_secs_f64() * SUBSCRIBE_RATE;
+        self.subscribe_tokens = (self.subscribe_tokens + refill).min(SUBSCRIBE_BURST);
+        self.subscribe_at = now;
+        if self.subscribe_tokens >= 1.0 {
+            self.subscribe_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether a typing notice for `room_id` may be relayed now.
+    fn take_typing(&mut self, room_id: &str) -> bool {
+        let now = tokio::time::Instant::now();
+        if self
+            .typing
+            .get(room_id)
+            .is_some_and(|t| now.duration_since(*t) < TYPING_EVERY)
+        {
+            return false;
+        }
+        if self.typing.len() >= 64 {
+            self.typing.retain(|_, t| now.duration_since(*t) < TYPING_EVERY);
+        }
+        self.typing.insert(room_id.to_owned(), now);
+        true
+    }
+}
+
+/// When a token expiring at `exp` (seconds since the epoch) stops being valid.
+fn deadline(exp: i64) -> tokio::time::Instant {
+    let left = exp.saturating_sub(emosation_core::time::now_ms() / 1000).max(0);
+    tokio::time::Instant::now() + Duration::from_secs(left as u64)
+}
 
 /// Serves one upgraded socket until it closes; `pre` is what the HTTP
-/// server read past the handshake.
-pub async fn run(fanout: Arc<Fanout>, user: AuthUser, tcp: TcpStream, pre: Bytes) {
+/// server read past the handshake; the access token it was opened with
+/// expires at `exp` (seconds since the epoch).
+pub async fn run(fanout: Arc<Fanout>, user: AuthUser, exp: i64, tcp: TcpStream, pre: Bytes) {
     let cfg = fanout.cfg.clone();
     let (read, write) = tcp.into_split();
     let conn = Arc::new(ConnHandle::new(
@@ -47,25 +118,43 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, tcp: TcpStream, pre: Bytes
         cfg.queue_frames,
         Some(write),
     ));
+    let live = Arc::new(Live::new(
+        Arc::clone(&conn),
+        user.user_id.clone(),
+        user.session_id.clone(),
+    ));
     // Admitted before its `hello`: a client that has its hello is this
     // user's newest session, so one that connects after it is newer (and
-    // kicks it first under the session policy). Admitting after the hello
-    // let two quick connections register in either order. A connection
-    // kicked in between (a newer one admitted meanwhile) still gets its
-    // `kicked` and close frame from the writer task below.
-    fanout.admit(&conn).await;
+    // kicks it first under the session policy). A connection kicked in
+    // between (a newer one admitted meanwhile) still gets its `kicked` and
+    // close frame from the writer task below.
+    fanout.admit(&live).await;
     conn.push(protocol::hello(&user.user_id, &user.session_id));
     metrics::gauge!("emosation_fanout_connections").increment(1.0);
     let writer = {
-        let (fanout, me) = (Arc::clone(&fanout), Arc::clone(&conn));
-        // Keep the registration alive; a connection evicted by a newer one
-        // (whose kick order was lost) learns it here.
+        let (fanout, live, user) = (Arc::clone(&fanout), Arc::clone(&live), user.clone());
+        // At every ping: keep the registration alive (a connection evicted
+        // by a newer one whose kick order was lost learns it here), and ask
+        // the views whether the session has ended (an ending whose order
+        // was lost ends it here).
         let keepalive = move || {
-            let (fanout, conn) = (Arc::clone(&fanout), Arc::clone(&me));
+            let (fanout, live, user) = (Arc::clone(&fanout), Arc::clone(&live), user.clone());
             async move {
-                let me = fanout.conn_ref(conn.id);
-                if let Ok(false) = fanout.presence.refresh(&conn.user_id, &me, fanout.session_ttl()).await {
-                    kick(&conn);
+                let me = fanout.conn_ref(&live);
+                if let Ok(false) = fanout.presence.refresh(&live.user_id, &me, fanout.session_ttl()).await {
+                    live.end(KickReason::DuplicateSession);
+                    return;
+                }
+                let ended = fanout
+                    .ingest
+                    .authenticator()
+                    .session_ended(&user.user_id, &user.username, &user.session_id)
+                    .await;
+                match ended {
+                    Ok(None) => {}
+                    Ok(Some(SessionEnd::LoggedOut)) => live.end(KickReason::Logout),
+                    Ok(Some(SessionEnd::AccountDeleted)) => live.end(KickReason::AccountDeleted),
+                    Err(e) => debug!(error = %e, "cannot check the session; next ping"),
                 }
             }
         };
@@ -75,12 +164,21 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, tcp: TcpStream, pre: Bytes
     let mut stream = client_stream(pre, read, Arc::clone(&conn)).await;
 
     let sends = Arc::new(Semaphore::new(MAX_INFLIGHT_SENDS));
+    let mut limits = Limits::new();
+    // The access token's expiry, moved by `auth` frames.
+    let expiry = tokio::time::sleep_until(deadline(exp));
+    tokio::pin!(expiry);
     // Whether the server ended the connection (full queue, kick, idle) while
     // the client may still be writing; see the closing handshake below.
     let mut server_closed = false;
     loop {
         let next = tokio::select! {
             _ = conn.closed() => {
+                server_closed = true;
+                break;
+            }
+            _ = &mut expiry => {
+                live.end(KickReason::TokenExpired);
                 server_closed = true;
                 break;
             }
@@ -105,9 +203,14 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, tcp: TcpStream, pre: Bytes
                     continue;
                 }
                 match protocol::parse(t.as_str()) {
+                    Ok(ClientFrame::Auth { access_token }) => {
+                        if let Some(exp) = renew(&fanout, &user, &access_token, &conn).await {
+                            expiry.as_mut().reset(deadline(exp));
+                        }
+                    }
                     // Boxed: its view lookups' state is not part of the
                     // connection's idle task.
-                    Ok(frame) => Box::pin(handle(&fanout, &conn, &user, frame, &sends)).await,
+                    Ok(frame) => Box::pin(handle(&fanout, &live, &user, frame, &sends, &mut limits)).await,
                     Err(e) => {
                         conn.push(protocol::error(&e));
                     }
@@ -126,11 +229,7 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, tcp: TcpStream, pre: Bytes
 
     fanout.feed.hub().drop_conn(conn.id);
     fanout.remove_conn(conn.id);
-    if let Err(e) = fanout
-        .presence
-        .unregister(&conn.user_id, &fanout.conn_ref(conn.id))
-        .await
-    {
+    if let Err(e) = fanout.presence.unregister(&conn.user_id, &fanout.conn_ref(&live)).await {
         debug!(error = %e, "cannot unregister a closed connection; it will expire");
     }
     conn.shut();
@@ -155,26 +254,62 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, tcp: TcpStream, pre: Bytes
     debug!(conn = conn.id, user = %conn.user_id, "connection closed");
 }
 
+/// An `auth` frame: a newer access token of the same session replaces the
+/// connection's; answers `authenticated` and returns its expiry, or an
+/// `invalid_token` error frame (the connection keeps its current token).
+async fn renew(fanout: &Fanout, user: &AuthUser, token: &str, conn: &ConnHandle) -> Option<i64> {
+    let claims = match fanout
+        .ingest
+        .authenticator()
+        .authenticate(token, TokenKind::Access)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            conn.push(protocol::error(&FrameError::from(CommandError::from(e))));
+            return None;
+        }
+    };
+    if claims.sub != user.user_id || claims.sid != user.session_id {
+        conn.push(protocol::error(&FrameError::new(
+            "invalid_token",
+            "the token belongs to another session; open a new connection with it",
+        )));
+        return None;
+    }
+    conn.push(protocol::authenticated(claims.exp.saturating_mul(1000)));
+    Some(claims.exp)
+}
+
 async fn handle(
     fanout: &Arc<Fanout>,
-    conn: &Arc<ConnHandle>,
+    live: &Live,
     user: &AuthUser,
     frame: ClientFrame,
     sends: &Arc<Semaphore>,
+    limits: &mut Limits,
 ) {
+    let conn = &live.handle;
     match frame {
         ClientFrame::Subscribe {
             room_id,
             since,
             streams,
         } => {
+            if !limits.take_subscribe() {
+                conn.push(protocol::error(&FrameError::new(
+                    "rate_limited",
+                    format!("more than {SUBSCRIBE_RATE} subscribe frames per second"),
+                )));
+                return;
+            }
             let member = access::member_room(&**fanout.feed.views(), &room_id, &user.user_id)
                 .await
                 .map_err(FrameError::from);
             let result = match member {
                 Ok(_) => fanout
                     .feed
-                    .subscribe(Arc::clone(conn), &room_id, since.as_deref(), streams)
+                    .subscribe(Arc::clone(conn), &room_id, since.as_deref(), streams, &limits.catch_ups)
                     .await
                     .map(|_| ()),
                 Err(e) => Err(e),
@@ -193,10 +328,16 @@ async fn handle(
                 )));
             }
         }
+        // Answered by the connection loop, which owns the token's expiry.
+        ClientFrame::Auth { .. } => {}
         ClientFrame::Typing { room_id } => {
             let hub = fanout.feed.hub();
             if hub.is_subscribed(conn.id, &room_id) {
-                hub.typing(conn.id, &room_id, &user.user_id);
+                // At most one relayed per second per connection and room;
+                // the others are dropped (a notice, not a message).
+                if limits.take_typing(&room_id) {
+                    hub.typing(conn.id, &room_id, &user.user_id);
+                }
             } else {
                 conn.push(protocol::error(&FrameError::new(
                     "not_subscribed",
@@ -216,14 +357,18 @@ async fn handle(
             let Ok(permit) = Arc::clone(sends).acquire_owned().await else {
                 return;
             };
+            // Appended only while the session lasts: an ending closes the
+            // gate before its `session_ended` frame is queued, so no send
+            // after it is stored or acknowledged.
             let ingest = &fanout.ingest;
             let begun = match ingest.check_post(user, &room_id, &client_msg_id, &text).await {
-                Ok(()) => ingest.begin_post(user, &room_id, &client_msg_id, &text),
-                Err(e) => Err(e),
+                Ok(()) => live.while_open(|| ingest.begin_post(user, &room_id, &client_msg_id, &text)),
+                Err(e) => Some(Err(e)),
             };
             let answer = match begun {
-                Ok(answer) => answer,
-                Err(e) => {
+                None => return,
+                Some(Ok(answer)) => answer,
+                Some(Err(e)) => {
                     conn.push(protocol::error(&FrameError::from(e).for_send(&client_msg_id)));
                     return;
                 }

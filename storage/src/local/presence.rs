@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use emosation_core::ports::{ConnRef, KickSink, Presence, PresenceError};
+use emosation_core::ports::{ConnRef, KickReason, KickSink, Presence, PresenceError};
 
 #[derive(Default)]
 pub struct LocalPresence {
@@ -96,7 +96,15 @@ impl Presence for LocalPresence {
         Ok(user_ids.iter().map(|u| users.contains_key(u)).collect())
     }
 
-    async fn kick(&self, conn: &ConnRef) -> Result<(), PresenceError> {
+    async fn connections(&self, user_id: &str) -> Result<Vec<ConnRef>, PresenceError> {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(users
+            .get(user_id)
+            .map(|l| l.by_seq.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn kick(&self, conn: &ConnRef, reason: KickReason) -> Result<(), PresenceError> {
         let sink = self
             .sinks
             .lock()
@@ -104,7 +112,7 @@ impl Presence for LocalPresence {
             .get(&conn.node)
             .cloned();
         if let Some(sink) = sink {
-            sink(conn.conn);
+            sink(conn.conn, reason);
         }
         Ok(())
     }

@@ -2,10 +2,10 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{NS}:s:USER` | zset | the user's connections `NODE/CONN`, scored by registration order |
-//! | `{NS}:c:NODE/CONN` | string, expiring | the connection is alive (its owner refreshes it) |
+//! | `{NS}:s:USER` | zset | the user's connections `NODE/CONN/SESSION`, scored by registration order |
+//! | `{NS}:c:NODE/CONN/SESSION` | string, expiring | the connection is alive (its owner refreshes it) |
 //! | `{NS}:seq` | counter | registration order |
-//! | channel `{NS}:kick:NODE` | pub/sub | connection ids the node must close |
+//! | channel `{NS}:kick:NODE` | pub/sub | `CONN REASON`: connections the node must close, and why |
 //!
 //! `register` is one Lua script (prune expired connections, add the new one,
 //! evict beyond `max`), so concurrent registrations of a user on any nodes
@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use emosation_core::ports::{ConnRef, KickSink, Presence, PresenceError};
+use emosation_core::ports::{ConnRef, KickReason, KickSink, Presence, PresenceError};
 use tracing::warn;
 
 use crate::OpenError;
@@ -73,16 +73,30 @@ fn err(e: impl std::fmt::Display) -> PresenceError {
 }
 
 fn member(conn: &ConnRef) -> String {
-    format!("{}/{}", conn.node, conn.conn)
+    format!("{}/{}/{}", conn.node, conn.conn, conn.session)
 }
 
+/// `NODE/CONN/SESSION`; a node name may hold `/`, a connection id and a
+/// session id do not.
 fn parse_member(m: &str) -> Option<ConnRef> {
-    let (node, conn) = m.rsplit_once('/')?;
+    let (rest, session) = m.rsplit_once('/')?;
+    let (node, conn) = rest.rsplit_once('/')?;
     Some(ConnRef {
         node: node.to_owned(),
         conn: conn.parse().ok()?,
+        session: session.to_owned(),
     })
 }
+
+const CONNECTIONS: &str = r#"
+-- ARGV: prefix, user
+local p, user = ARGV[1], ARGV[2]
+local out = {}
+for _, m in ipairs(redis.call('ZRANGE', p .. 's:' .. user, 0, -1)) do
+  if redis.call('EXISTS', p .. 'c:' .. m) == 1 then out[#out + 1] = m end
+end
+return out
+"#;
 
 pub struct RedisPresence {
     client: redis::Client,
@@ -91,6 +105,7 @@ pub struct RedisPresence {
     register: redis::Script,
     refresh: redis::Script,
     online: redis::Script,
+    connections: redis::Script,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -116,6 +131,7 @@ impl RedisPresence {
             register: redis::Script::new(REGISTER),
             refresh: redis::Script::new(REFRESH),
             online: redis::Script::new(ONLINE),
+            connections: redis::Script::new(CONNECTIONS),
         })
     }
 
@@ -188,10 +204,21 @@ impl Presence for RedisPresence {
         Ok(flags.into_iter().map(|f| f == 1).collect())
     }
 
-    async fn kick(&self, conn: &ConnRef) -> Result<(), PresenceError> {
+    async fn connections(&self, user_id: &str) -> Result<Vec<ConnRef>, PresenceError> {
+        let members: Vec<String> = self
+            .connections
+            .arg(&self.prefix)
+            .arg(user_id)
+            .invoke_async(&mut self.pool.get())
+            .await
+            .map_err(err)?;
+        Ok(members.iter().filter_map(|m| parse_member(m)).collect())
+    }
+
+    async fn kick(&self, conn: &ConnRef, reason: KickReason) -> Result<(), PresenceError> {
         let _: i64 = redis::cmd("PUBLISH")
             .arg(self.kick_channel(&conn.node))
-            .arg(conn.conn)
+            .arg(format!("{} {}", conn.conn, reason.as_str()))
             .query_async(&mut self.pool.get())
             .await
             .map_err(err)?;
@@ -199,9 +226,12 @@ impl Presence for RedisPresence {
     }
 
     async fn on_kicks(&self, node: &str, sink: KickSink) -> Result<(), PresenceError> {
-        let on_message = move |msg: redis::Msg| match msg.get_payload::<u64>() {
-            Ok(conn) => sink(conn),
-            Err(e) => warn!(error = %e, "unreadable kick order"),
+        let on_message = move |msg: redis::Msg| {
+            let order = msg.get_payload::<String>().ok();
+            match order.as_deref().and_then(parse_kick) {
+                Some((conn, reason)) => sink(conn, reason),
+                None => warn!(order = ?order, "unreadable kick order"),
+            }
         };
         // A kick missed while Redis was away is caught by the next refresh.
         subscribe_forever(self.client.clone(), self.kick_channel(node), on_message, || async {})
@@ -210,17 +240,30 @@ impl Presence for RedisPresence {
     }
 }
 
+/// A kick order: `CONN REASON`.
+fn parse_kick(order: &str) -> Option<(u64, KickReason)> {
+    let (conn, reason) = order.split_once(' ')?;
+    Some((conn.parse().ok()?, KickReason::parse(reason)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn members_round_trip() {
+    fn members_and_kick_orders_round_trip() {
         let c = ConnRef {
             node: "n-1/x".into(),
             conn: 42,
+            session: "0123abcd".into(),
         };
         assert_eq!(parse_member(&member(&c)), Some(c));
         assert_eq!(parse_member("nonsense"), None);
+        assert_eq!(parse_member("node/notanumber/s"), None);
+        for r in KickReason::ALL {
+            assert_eq!(parse_kick(&format!("7 {}", r.as_str())), Some((7, r)));
+        }
+        assert_eq!(parse_kick("7"), None);
+        assert_eq!(parse_kick("7 nonsense"), None);
     }
 }
