@@ -133,9 +133,14 @@ pub struct ServeArgs {
     /// Lifetime of access tokens, in seconds.
     #[arg(long, env = "EMOSATION_ACCESS_TTL_SECS", default_value_t = 900)]
     pub access_ttl_secs: u64,
-    /// Lifetime of refresh tokens, in seconds.
+    /// Lifetime of refresh tokens, in seconds (each refresh issues a new one;
+    /// none outlives its session).
     #[arg(long, env = "EMOSATION_REFRESH_TTL_SECS", default_value_t = 30 * 24 * 3600)]
     pub refresh_ttl_secs: u64,
+    /// Absolute lifetime of a session from its login, in seconds: refreshes
+    /// never extend it, and then the user logs in again.
+    #[arg(long, env = "EMOSATION_SESSION_LIFETIME_SECS", default_value_t = 30 * 24 * 3600)]
+    pub session_lifetime_secs: u64,
     /// Shared secret for the admin endpoints (`X-Admin-Token`); unset disables them.
     #[arg(long, env = "EMOSATION_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -301,6 +306,7 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
             message_rate: args.message_rate,
             decision_timeout: Duration::from_secs(args.decision_timeout_secs.max(1)),
             admin_token: args.admin_token.filter(|t| !t.is_empty()),
+            session_lifetime: Duration::from_secs(args.session_lifetime_secs.max(1)),
         },
         jwt_secret: args.jwt_secret,
         access_ttl: Duration::from_secs(args.access_ttl_secs.max(1)),
