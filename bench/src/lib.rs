@@ -217,6 +217,9 @@ impl ServerProcess {
                 &format!("127.0.0.1:{port}"),
                 "--message-rate",
                 "0",
+                // Every load generator connects from 127.0.0.1.
+                "--max-connections-per-ip",
+                "0",
                 "--data-dir",
             ])
             .arg(dir.path())

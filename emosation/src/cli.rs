@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use emosation_core::ids::Topology;
+use emosation_http::server::ConnectionLimits;
 use emosation_ingest::IngestConfig;
 use emosation_ws_fanout::FanoutConfig;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -109,6 +110,7 @@ impl EngineArgs {
             log: self.log.clone(),
             store: self.store.clone(),
             cache: self.cache.clone(),
+            inject_log_fault_after: None,
             topology: Topology {
                 accounts_partitions: self.accounts_partitions,
                 rooms_partitions: self.rooms_partitions,
@@ -159,6 +161,41 @@ pub struct ServeArgs {
     /// Seconds without any frame from a WebSocket client before it is closed.
     #[arg(long, env = "EMOSATION_WS_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub ws_idle_timeout_secs: u64,
+    /// Seconds a client has to send a request's head (request line and
+    /// headers), from when its connection opens or, on a keep-alive
+    /// connection, from the previous response; a slower one is closed. Also
+    /// the WebSocket handshake timeout.
+    #[arg(long, env = "EMOSATION_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a request's body may take to arrive after its head; a slower
+    /// one is answered 408 `request_timeout` and its connection closed.
+    #[arg(long, env = "EMOSATION_HTTP_BODY_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_body_timeout_secs: u64,
+    /// Seconds a keep-alive connection may wait for its next request before
+    /// it is closed (the header timeout runs meanwhile too: the shorter wins).
+    #[arg(long, env = "EMOSATION_HTTP_IDLE_TIMEOUT_SECS", default_value_t = 5)]
+    pub http_idle_timeout_secs: u64,
+    /// Open connections, HTTP and WebSocket, this process holds at most;
+    /// beyond it a new one is answered 503 `overloaded` and closed. Default:
+    /// three quarters of the open-file limit (raised to its hard limit at
+    /// start).
+    #[arg(long, env = "EMOSATION_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open connections from one client address (IPv6: one /64) at most;
+    /// beyond it a new one is answered 429 `rate_limited` and closed. 0: no
+    /// cap (behind a proxy every client has the proxy's address).
+    #[arg(long, env = "EMOSATION_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+    /// Seconds between a storage fault this process cannot recover from (the
+    /// log's writer stopped, the view store refuses writes: a full disk) and
+    /// its exit with status 1, for a supervisor to restart it; `/readyz`
+    /// answers 503 meanwhile.
+    #[arg(long, env = "EMOSATION_FAIL_GRACE_SECS", default_value_t = 5)]
+    pub fail_grace_secs: u64,
+    /// Testing only: the embedded log's writer fails, as on a full disk,
+    /// once this many more records have been appended.
+    #[arg(long, env = "EMOSATION_INJECT_LOG_FAULT_AFTER", hide = true)]
+    pub inject_log_fault_after: Option<u64>,
     /// Boxed: keeps `Command`'s variants of similar size.
     #[command(flatten)]
     pub classifier: Box<ClassifierArgs>,
@@ -300,8 +337,17 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         analyzer: roles.analyzer && (args.analyzer || roles != Roles::ALL),
         ..roles
     };
+    let open_files = match crate::process::raise_open_file_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            None
+        }
+    };
+    let mut engines = args.engines.engines()?;
+    engines.inject_log_fault_after = args.inject_log_fault_after;
     let cfg = ServeConfig {
-        engines: args.engines.engines()?,
+        engines,
         ingest: IngestConfig {
             message_rate: args.message_rate,
             decision_timeout: Duration::from_secs(args.decision_timeout_secs.max(1)),
@@ -320,6 +366,18 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         },
         roles,
         classifier: args.classifier.settings(),
+        connections: ConnectionLimits {
+            header_read_timeout: Duration::from_secs(args.http_header_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(args.http_body_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(args.http_idle_timeout_secs.max(1)),
+            max_connections: args
+                .max_connections
+                .unwrap_or_else(|| default_max_connections(open_files))
+                .max(1),
+            max_connections_per_ip: args.max_connections_per_ip,
+            ..ConnectionLimits::default()
+        },
+        fail_grace: Duration::from_secs(args.fail_grace_secs),
     };
     let listener = listen(&args.listen)
         .await
@@ -332,6 +390,17 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         stop.cancel();
     });
     server.wait().await
+}
+
+/// Connections a process holds by default: three quarters of its open-file
+/// limit, leaving the rest to the engines' files and clients, so that a
+/// connection beyond the cap is answered `overloaded` rather than failing
+/// to be accepted at all.
+fn default_max_connections(open_files: Option<u64>) -> usize {
+    match open_files {
+        Some(n) => usize::try_from(n / 4 * 3).unwrap_or(usize::MAX),
+        None => 1 << 20,
+    }
 }
 
 async fn shutdown_signal() {

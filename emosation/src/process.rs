@@ -1,4 +1,5 @@
-//! Process-wide memory settings that the embedded engines' speed depends on.
+//! Process-wide OS settings: memory settings that the embedded engines'
+//! speed depends on, thread priority, the open-file limit.
 
 /// Opts this process out of transparent huge pages (`PR_SET_THP_DISABLE`).
 ///
@@ -28,6 +29,26 @@ pub fn lower_current_thread_priority() -> std::io::Result<()> {
     // On Linux a thread id names the thread alone (POSIX would mean the process).
     let me = rustix::thread::gettid();
     Ok(rustix::process::setpriority_process(Some(me), 19)?)
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as far
+/// as the kernel allows, and returns the soft limit now in force (`None`:
+/// unlimited). Every connection is a file descriptor; a soft limit left at
+/// a login default (often 1,024) would cap a server far below what it can
+/// hold.
+pub fn raise_open_file_limit() -> std::io::Result<Option<u64>> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        setrlimit(Resource::Nofile, raised)?;
+    }
+    Ok(getrlimit(Resource::Nofile).current)
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! The error every handler returns.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -9,12 +11,20 @@ use emosation_core::ports::{LogError, StoreError};
 use serde_json::json;
 use tracing::error;
 
+/// How long a client is told to wait before retrying after `unavailable`:
+/// long enough not to hammer a node that is failing, short enough that a
+/// restarted node (or another behind the same address) is found soon.
+pub const RETRY_UNAVAILABLE: Duration = Duration::from_secs(1);
+
 /// An error answered to a client. `code` is part of the public contract.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up): when the client
+    /// may try again.
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -23,7 +33,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, answered with `Retry-After: after`.
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     pub fn invalid_request(message: impl Into<String>) -> Self {
@@ -52,22 +69,46 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     }
 
-    /// A dependency is down or too slow; the client may retry.
+    /// A dependency is down or too slow; the client may retry, after
+    /// [`RETRY_UNAVAILABLE`].
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).with_retry_after(RETRY_UNAVAILABLE)
     }
+
+    /// This process is at a capacity limit; the client may retry after `after`.
+    pub fn overloaded(message: impl Into<String>, after: Duration) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).with_retry_after(after)
+    }
+
+    /// The request's body did not arrive in time.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+pub fn retry_after_secs(after: Duration) -> u64 {
+    after.as_millis().div_ceil(1000).max(1) as u64
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        let mut res = (self.status, Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, retry_after_secs(after).into());
+        }
+        if matches!(self.status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) {
             // The rest of the body was never read, so the connection cannot
             // carry another request: say so, or a client reusing it would
             // see its next request fail.
-            return (self.status, [(axum::http::header::CONNECTION, "close")], Json(body)).into_response();
+            res.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
         }
-        (self.status, Json(body)).into_response()
+        res
     }
 }
 
@@ -82,6 +123,13 @@ impl From<LogError> for ApiError {
         match e {
             LogError::Closed => ApiError::unavailable("the log is shutting down"),
             LogError::Busy(why) => ApiError::unavailable(why),
+            // An append that failed before it was acknowledged: the record
+            // may or may not be stored, and a retry (the same
+            // `client_msg_id`) is stored at most once.
+            LogError::Storage(why) => {
+                error!(error = %why, "log storage error");
+                ApiError::unavailable("the log could not store the request; retry it")
+            }
             other => ApiError::internal("log", other),
         }
     }

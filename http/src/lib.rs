@@ -7,12 +7,17 @@
 //! - [`json`]: [`ApiJson`], a JSON extractor whose rejections are [`ApiError`]s.
 //! - [`auth`]: JWT issue and verification ([`TokenKeys`]) and the [`AuthUser`]
 //!   extractor, which also refuses revoked sessions and deleted accounts.
-//! - [`observe`]: request metrics middleware, `/metrics`, `/healthz`, fallbacks.
+//! - [`observe`]: request metrics middleware (labels from a closed set),
+//!   `/metrics`, `/healthz`, `/readyz`, fallbacks.
+//! - [`server`]: [`server::serve`], a router on a listener with connection
+//!   hygiene (header, body and idle timeouts; caps per process and per
+//!   client address).
 
 pub mod auth;
 pub mod error;
 pub mod json;
 pub mod observe;
+pub mod server;
 
 pub use auth::{AuthUser, Authenticator, TokenKeys, TokenPair};
 pub use error::ApiError;

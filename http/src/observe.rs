@@ -1,12 +1,17 @@
 //! Observability and the edges of routing: request metrics, `/metrics`,
-//! `/healthz`, and JSON answers for unknown routes and methods.
+//! `/healthz` (liveness), `/readyz` (ready to take writes), and JSON answers
+//! for unknown routes and methods.
+//!
+//! Metric labels come from a closed set, never from client input: the route
+//! is the matched route's template (`unmatched` when none matched) and the
+//! method is one of the methods of RFC 9110 (`other` for any other token).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,7 +47,7 @@ pub async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
     metrics::counter!("emosation_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
@@ -51,6 +56,27 @@ pub async fn track(req: Request, next: Next) -> Response {
         .record(started.elapsed().as_secs_f64());
     res
 }
+
+/// The `method` label: a standard method's name, else `other` (a client
+/// may send any token as a method, and each label value is a series kept
+/// for the life of the process).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Whether this process can take writes: `Err(reason)` while it cannot.
+pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -64,12 +90,28 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Adds `/healthz`, `/metrics`, JSON fallbacks and request metrics to a
-/// service's routes.
-pub fn finish(routes: Router) -> Router {
+/// Adds `/healthz`, `/readyz`, `/metrics`, JSON fallbacks and request
+/// metrics to a service's routes.
+///
+/// `/healthz` is liveness: 200 while the process answers at all. `/readyz`
+/// is 200 `ready` while `ready` says the process can take writes, else 503
+/// `unavailable` with the reason and `Retry-After`.
+pub fn finish(routes: Router, ready: ReadyCheck) -> Router {
     let handle = prometheus();
     routes
         .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route(
+            "/readyz",
+            get(move || {
+                let verdict = ready();
+                async move {
+                    match verdict {
+                        Ok(()) => (StatusCode::OK, "ready").into_response(),
+                        Err(why) => ApiError::unavailable(format!("not ready: {why}")).into_response(),
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {

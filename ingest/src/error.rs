@@ -76,6 +76,13 @@ impl From<LogError> for CommandError {
         match e {
             LogError::Closed => CommandError::Unavailable("the log is shutting down".into()),
             LogError::Busy(why) => CommandError::Unavailable(why),
+            // The append failed before it was acknowledged: the record may
+            // or may not be stored, and a retry with the same
+            // `client_msg_id` is stored at most once.
+            LogError::Storage(why) => {
+                tracing::error!(error = %why, "log storage error");
+                CommandError::Unavailable("the log could not store the command; retry it".into())
+            }
             other => CommandError::internal("log", other),
         }
     }
@@ -111,7 +118,11 @@ impl From<CommandError> for ApiError {
             CommandError::DecisionPending { .. } | CommandError::Unavailable(_) => S::SERVICE_UNAVAILABLE,
             CommandError::Internal => S::INTERNAL_SERVER_ERROR,
         };
-        ApiError::new(status, e.code(), e.to_string())
+        let api = ApiError::new(status, e.code(), e.to_string());
+        match e {
+            CommandError::Unavailable(_) => api.with_retry_after(emosation_http::error::RETRY_UNAVAILABLE),
+            _ => api,
+        }
     }
 }
 
@@ -145,11 +156,14 @@ mod tests {
                 "decision_pending",
             ),
             (CommandError::from(LogError::Closed), 503, "unavailable"),
+            (CommandError::from(LogError::Storage("ENOSPC".into())), 503, "unavailable"),
             (CommandError::Internal, 500, "internal"),
         ];
         for (e, status, code) in cases {
+            let retry = matches!(e, CommandError::Unavailable(_));
             let api = ApiError::from(e);
             assert_eq!((api.status.as_u16(), api.code), (status, code));
+            assert_eq!(api.retry_after.is_some(), retry, "{code}: Retry-After on unavailable only");
         }
     }
 }

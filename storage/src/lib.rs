@@ -120,6 +120,21 @@ pub async fn open_log(url: &str, topology: Topology) -> Result<Arc<dyn Log>, Ope
     }
 }
 
+/// Testing only: [`open_log`] on an embedded log whose writer fails, as on
+/// a full disk, once `appends` more records have been appended
+/// ([`EmbeddedLog::fail_after_appends`]).
+#[doc(hidden)]
+pub async fn open_log_failing_after(url: &str, topology: Topology, appends: u64) -> Result<Arc<dyn Log>, OpenError> {
+    let path = embedded_path(url).ok_or_else(|| OpenError::Unsupported {
+        what: "log with an injected fault",
+        url: url.to_owned(),
+        reason: "only an embedded log takes an injected fault",
+    })?;
+    let log = EmbeddedLog::open(&path, topology)?;
+    log.fail_after_appends(appends);
+    Ok(Arc::new(log))
+}
+
 /// Opens the presence port named by `url`: in-process when `None`, or
 /// `redis://HOST:PORT` (see [`redis::presence`]).
 pub async fn open_presence(url: Option<&str>) -> Result<Arc<dyn Presence>, OpenError> {

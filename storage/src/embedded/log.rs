@@ -17,8 +17,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -122,6 +123,38 @@ struct Shared {
     ends: HashMap<(Topic, u32), watch::Sender<u64>>,
     /// Each partition's newest durable records (only ever below its end).
     tails: HashMap<(Topic, u32), Mutex<Tail>>,
+    /// Why the writer stopped, once a group commit failed.
+    failed: OnceLock<String>,
+    /// Appends left before an injected commit failure (`u64::MAX`: none).
+    fault_after: AtomicU64,
+}
+
+impl Shared {
+    /// The error for a request the writer will never take: the log is
+    /// shutting down, or its writer stopped after a failed commit.
+    fn closed(&self) -> LogError {
+        match self.failed.get() {
+            Some(why) => LogError::Storage(format!("the log writer stopped: {why}")),
+            None => LogError::Closed,
+        }
+    }
+
+    /// An injected failure for a group commit of `appends` records, if the
+    /// countdown of [`EmbeddedLog::fail_after_appends`] runs out in it.
+    fn injected_fault(&self, appends: u64) -> Option<fjall::Error> {
+        let left = self.fault_after.load(Ordering::Acquire);
+        if left == u64::MAX {
+            return None;
+        }
+        if left >= appends {
+            self.fault_after.store(left - appends, Ordering::Release);
+            return None;
+        }
+        Some(fjall::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            "injected fault: no space left on device",
+        )))
+    }
 }
 
 /// The embedded log. Cheap to share behind an `Arc`; dropping the last handle
@@ -230,6 +263,8 @@ impl EmbeddedLog {
             topology,
             ends,
             tails,
+            failed: OnceLock::new(),
+            fault_after: AtomicU64::new(u64::MAX),
         });
         let (tx, rx) = mpsc::channel();
         let w = Arc::clone(&shared);
@@ -256,6 +291,14 @@ impl EmbeddedLog {
                 topic: topic.name().to_owned(),
                 partition,
             })
+    }
+
+    /// Testing only: the writer fails, as on a full disk, the first group
+    /// commit that would take the log past `appends` more records (it
+    /// stores none of that group), and stops as it does on any failed commit.
+    #[doc(hidden)]
+    pub fn fail_after_appends(&self, appends: u64) {
+        self.shared.fault_after.store(appends, Ordering::Release);
     }
 
     /// Appends many records, each acknowledged individually; the writer folds
@@ -340,7 +383,12 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(
             }
         }
         let started = std::time::Instant::now();
-        let result = batch.commit().and_then(|_| {
+        let appends = group.iter().filter(|r| matches!(r, Request::Append(_))).count() as u64;
+        let result = match shared.injected_fault(appends) {
+            Some(fault) => Err(fault),
+            None => batch.commit(),
+        }
+        .and_then(|_| {
             let written = started.elapsed();
             let synced = shared.db.persist(PersistMode::SyncAll);
             let total = started.elapsed();
@@ -401,6 +449,7 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Request>, mut next: HashMap<(
                 // not be reused, so this writer stops and the log reports errors
                 // until it is reopened (which recovers offsets from disk).
                 error!(error = %e, "group commit failed; log writer stopping");
+                let _ = shared.failed.set(e.to_string());
                 for r in group.drain(..) {
                     match r {
                         Request::Append(a) => {
@@ -438,12 +487,13 @@ impl Log for EmbeddedLog {
                     value,
                     reply,
                 }))
-                .map_err(|_| LogError::Closed)
+                .map_err(|_| self.shared.closed())
             })
         };
+        let shared = Arc::clone(&self.shared);
         Box::pin(async move {
             queued?;
-            rx.await.map_err(|_| LogError::Closed)?
+            rx.await.map_err(|_| shared.closed())?
         })
     }
 
@@ -507,9 +557,9 @@ impl Log for EmbeddedLog {
                 next_offset,
                 reply,
             }))
-            .map_err(|_| LogError::Closed)?;
+            .map_err(|_| self.shared.closed())?;
         }
-        rx.await.map_err(|_| LogError::Closed)?
+        rx.await.map_err(|_| self.shared.closed())?
     }
 
     async fn committed(&self, group: &str, topic: Topic, partition: u32) -> Result<Option<u64>, LogError> {
@@ -520,5 +570,41 @@ impl Log for EmbeddedLog {
             .get(consumer_partition_key(group, topic, partition))
             .map_err(storage)?;
         Ok(v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match self.shared.failed.get() {
+            Some(why) => Err(format!("the log writer stopped after a failed commit: {why}")),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_commit_stops_the_writer_and_the_log_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), Topology::default()).unwrap();
+        assert_eq!(log.health(), Ok(()));
+        log.fail_after_appends(2);
+        for i in 0..2u8 {
+            log.append(Topic::Rooms, b"room", Bytes::from(vec![i])).await.unwrap();
+        }
+        let failed = log.append(Topic::Rooms, b"room", Bytes::from_static(b"x")).await;
+        assert!(matches!(failed, Err(LogError::Storage(_))), "{failed:?}");
+        let why = log.health().unwrap_err();
+        assert!(why.contains("no space left"), "{why}");
+        // Every later write is refused as a storage failure, not as a
+        // shutdown: the log is up, its writer is not.
+        let later = log.append(Topic::Rooms, b"room", Bytes::from_static(b"y")).await;
+        assert!(matches!(later, Err(LogError::Storage(_))), "{later:?}");
+        let commit = log.commit("g", Topic::Rooms, 0, 1).await;
+        assert!(matches!(commit, Err(LogError::Storage(_))), "{commit:?}");
+        // What was acknowledged stays readable.
+        let p = partition_for(b"room", Topology::default().partitions(Topic::Rooms));
+        assert_eq!(log.end_offset(Topic::Rooms, p).await.unwrap(), 2);
     }
 }

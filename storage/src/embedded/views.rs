@@ -9,9 +9,12 @@
 //! fjall write batch, so the views and the positions they claim never diverge.
 //! Batches are not synced: after a machine crash the store may fall back to an
 //! earlier consistent batch, and the projector re-applies from its positions.
+//! A failed write (a full disk) poisons the fjall database, which then
+//! refuses every write until it is reopened: the store remembers the first
+//! such failure and reports it through [`ViewStore::health`].
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use emosation_core::bulk::BulkRows;
@@ -36,6 +39,8 @@ pub struct EmbeddedViewStore {
     ingesting: Arc<Mutex<()>>,
     /// Hot entities, written through by `apply` (see [`EntityCache`]).
     cache: EntityCache,
+    /// The first write failure that poisoned the database.
+    poisoned: OnceLock<String>,
 }
 
 /// The keyspaces of the views (every consumer's tables).
@@ -170,6 +175,20 @@ impl EmbeddedViewStore {
             positions,
             ingesting: Arc::new(Mutex::new(())),
             cache: EntityCache::default(),
+            poisoned: OnceLock::new(),
+        })
+    }
+
+    /// A write batch's commit, remembering a failure that leaves the
+    /// database refusing writes: an I/O error on the journal poisons it
+    /// (fjall accepts no write after it, since it can no longer vouch for
+    /// what is on disk), and a poisoned database answers `Poisoned`.
+    fn committed(&self, result: fjall::Result<()>) -> Result<(), StoreError> {
+        result.map_err(|e| {
+            if matches!(e, fjall::Error::Io(_) | fjall::Error::Poisoned) {
+                let _ = self.poisoned.set(e.to_string());
+            }
+            storage(e)
         })
     }
 
@@ -359,7 +378,7 @@ impl ViewStore for EmbeddedViewStore {
                 next.to_be_bytes(),
             );
         }
-        b.commit().map_err(storage)?;
+        self.committed(b.commit())?;
         self.cache.write(batch.changes.iter().map(|(k, v)| (k, v)));
         Ok(())
     }
@@ -401,7 +420,7 @@ impl ViewStore for EmbeddedViewStore {
         for g in self.positions.prefix(prefix_of(consumer)) {
             b.remove(&self.positions, g.key().map_err(storage)?);
         }
-        b.commit().map_err(storage)
+        self.committed(b.commit())
     }
 
     async fn bulk_load(&self, rows: BulkRows) -> Result<(), StoreError> {
@@ -464,6 +483,13 @@ impl ViewStore for EmbeddedViewStore {
         }
     }
 
+    fn health(&self) -> Result<(), String> {
+        match self.poisoned.get() {
+            Some(why) => Err(format!("the view store refuses writes after a failed one: {why}")),
+            None => Ok(()),
+        }
+    }
+
     async fn rebuilding(&self, consumer: &str) -> Result<bool, StoreError> {
         self.positions.contains_key(rebuilding_key(consumer)).map_err(storage)
     }
@@ -499,6 +525,21 @@ impl ViewStore for EmbeddedViewStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_write_that_poisons_the_database_is_reported_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedViewStore::open(dir.path()).unwrap();
+        assert_eq!(store.health(), Ok(()));
+        store.committed(Ok(())).unwrap();
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device");
+        assert!(store.committed(Err(fjall::Error::Io(full))).is_err());
+        let why = store.health().unwrap_err();
+        assert!(why.contains("no space left"), "{why}");
+        // The first failure is the one reported.
+        let _ = store.committed(Err(fjall::Error::Poisoned));
+        assert!(store.health().unwrap_err().contains("no space left"));
+    }
 
     fn message_rows(rooms: usize, per_room: usize, text: usize) -> BulkRows {
         let mut rows = BulkRows::new();

@@ -2,6 +2,8 @@
 //! checked, the `101 Switching Protocols` answer built, and once it has gone
 //! out the connection's own TCP stream is taken from the HTTP server, so that
 //! frames are written to it directly rather than through hyper's upgraded IO.
+//! The connection's [`ConnectionPermit`] goes with the stream: the socket
+//! counts against the server's connection caps for as long as it is open.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -9,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use emosation_http::ApiError;
+use emosation_http::server::ConnectionPermit;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -17,6 +20,8 @@ use tracing::{debug, warn};
 pub struct Handshake {
     key: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
+    /// The connection's slot under the server's caps, when it has one.
+    permit: Option<ConnectionPermit>,
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -57,7 +62,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Handshake {
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
             .ok_or_else(|| refuse("this connection cannot be upgraded"))?;
-        Ok(Handshake { key, on_upgrade })
+        let permit = parts.extensions.remove::<ConnectionPermit>();
+        Ok(Handshake {
+            key,
+            on_upgrade,
+            permit,
+        })
     }
 }
 
@@ -69,8 +79,13 @@ impl Handshake {
         F: FnOnce(TcpStream, Bytes) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Handshake { key, on_upgrade } = self;
+        let Handshake {
+            key,
+            on_upgrade,
+            permit,
+        } = self;
         tokio::spawn(async move {
+            let _permit = permit;
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => {
@@ -78,7 +93,13 @@ impl Handshake {
                     return;
                 }
             };
+            // Served by hyper's HTTP/1 server (`emosation_http::server`), or
+            // through hyper-util's auto builder, which wraps the stream.
             type Io = hyper_util::rt::TokioIo<TcpStream>;
+            let upgraded = match upgraded.downcast::<Io>() {
+                Ok(parts) => return serve(parts.io.into_inner(), parts.read_buf).await,
+                Err(upgraded) => upgraded,
+            };
             match hyper_util::server::conn::auto::upgrade::downcast::<Io>(upgraded) {
                 Ok(parts) => serve(parts.io.into_inner(), parts.read_buf).await,
                 Err(_) => warn!("an upgraded connection is not a TCP stream; closing it"),
