@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::bulk::BulkRows;
 use crate::ids::{LogPosition, Topic, Topology};
-use crate::view::{ActivityView, MemberView, MessageView, RoomView, SessionView, UserView, ViewKey, ViewValue};
+use crate::view::{ActivityView, MemberView, MessageView, RoomView, UserView, ViewKey, ViewValue};
 
 /// One record read from a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,18 +199,6 @@ pub trait ViewQueries: Send + Sync + 'static {
         };
         Ok(match load_one(self, key).await? {
             Some(ViewValue::Member(m)) => Some(m),
-            _ => None,
-        })
-    }
-
-    /// A revoked session of `username` (normalized), if it was revoked.
-    async fn session(&self, username: &str, session_id: &str) -> Result<Option<SessionView>, StoreError> {
-        let key = ViewKey::Session {
-            username: username.to_owned(),
-            session_id: session_id.to_owned(),
-        };
-        Ok(match load_one(self, key).await? {
-            Some(ViewValue::Session(s)) => Some(s),
             _ => None,
         })
     }
