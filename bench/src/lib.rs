@@ -217,9 +217,11 @@ impl ServerProcess {
                 &format!("127.0.0.1:{port}"),
                 "--message-rate",
                 "0",
-                // Every load generator connects from 127.0.0.1.
+                // Every load generator connects from 127.0.0.1, signing up
+                // and logging in thousands of users.
                 "--max-connections-per-ip",
                 "0",
+                "--no-abuse-limits",
                 "--data-dir",
             ])
             .arg(dir.path())

@@ -464,10 +464,11 @@ pub enum RateLimitError {
 /// Contract (the generic rate-limiter test body checks each point):
 /// - `take(bucket, rate, burst)` takes one token from the bucket named
 ///   `bucket` and answers `true`, or answers `false` when it holds less than
-///   one token. A bucket refills continuously at `rate` tokens per second up
+///   one token. A bucket refills continuously at `rate` tokens per second
+///   (fractions too: `1.0 / 60.0` is one a minute) up
 ///   to `burst` tokens (at least 1); a bucket not seen before starts full, so
 ///   a caller gets `burst` tokens at once and `rate` per second after that.
-/// - `rate == 0` means no limit: `take` answers `true`.
+/// - `rate <= 0` means no limit: `take` answers `true`.
 /// - Every `take` on a bucket name, through any handle on the same store,
 ///   draws from the same bucket; distinct names never affect one another.
 /// - Buckets are ephemeral: a bucket that has refilled may be forgotten (it
@@ -478,5 +479,5 @@ pub enum RateLimitError {
 ///   protection, not a reason to refuse chat.
 #[async_trait]
 pub trait RateLimiter: Send + Sync + 'static {
-    async fn take(&self, bucket: &str, rate: u32, burst: u32) -> Result<bool, RateLimitError>;
+    async fn take(&self, bucket: &str, rate: f64, burst: u32) -> Result<bool, RateLimitError>;
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use emosation_core::ids::Topology;
+use emosation_http::client::TrustedProxies;
 use emosation_http::server::ConnectionLimits;
-use emosation_ingest::IngestConfig;
+use emosation_ingest::{AbuseLimits, IngestConfig, Limit};
 use emosation_ws_fanout::FanoutConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
@@ -129,6 +130,28 @@ pub struct ServeArgs {
     /// Messages per second per user (burst 2×); 0 turns the limit off.
     #[arg(long, env = "EMOSATION_MESSAGE_RATE", default_value_t = 50)]
     pub message_rate: u32,
+    /// Login attempts per username, as BURST/PER_MINUTE, or off.
+    #[arg(long, env = "EMOSATION_LOGIN_LIMIT", default_value = "10/10")]
+    pub login_limit: Limit,
+    /// Login attempts per client address, as BURST/PER_MINUTE, or off.
+    #[arg(long, env = "EMOSATION_LOGIN_LIMIT_PER_IP", default_value = "60/60")]
+    pub login_limit_per_ip: Limit,
+    /// Sign-ups per client address, as BURST/PER_MINUTE, or off.
+    #[arg(long, env = "EMOSATION_SIGNUP_LIMIT_PER_IP", default_value = "30/30")]
+    pub signup_limit_per_ip: Limit,
+    /// Rooms created per account, as BURST/PER_MINUTE, or off.
+    #[arg(long, env = "EMOSATION_ROOM_LIMIT", default_value = "20/20")]
+    pub room_limit: Limit,
+    /// Joins per account, as BURST/PER_MINUTE, or off.
+    #[arg(long, env = "EMOSATION_JOIN_LIMIT", default_value = "60/60")]
+    pub join_limit: Limit,
+    /// Turns every abuse limit above off (load tests from one address).
+    #[arg(long, env = "EMOSATION_NO_ABUSE_LIMITS")]
+    pub no_abuse_limits: bool,
+    /// Proxies whose connections may name the client in X-Forwarded-For
+    /// (the compose gateway), as ADDRESS[/PREFIX],…; none by default.
+    #[arg(long, env = "EMOSATION_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
     /// JWT signing secret (≥ 32 bytes). Default: generated into DATA_DIR/jwt.secret.
     #[arg(long, env = "EMOSATION_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -350,11 +373,23 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
         engines,
         ingest: IngestConfig {
             message_rate: args.message_rate,
+            abuse: if args.no_abuse_limits {
+                AbuseLimits::off()
+            } else {
+                AbuseLimits {
+                    login_per_username: args.login_limit,
+                    login_per_ip: args.login_limit_per_ip,
+                    signup_per_ip: args.signup_limit_per_ip,
+                    rooms_per_user: args.room_limit,
+                    joins_per_user: args.join_limit,
+                }
+            },
             decision_timeout: Duration::from_secs(args.decision_timeout_secs.max(1)),
             admin_token: args.admin_token.filter(|t| !t.is_empty()),
             session_lifetime: Duration::from_secs(args.session_lifetime_secs.max(1)),
         },
         jwt_secret: args.jwt_secret,
+        trusted_proxies: args.trusted_proxies,
         access_ttl: Duration::from_secs(args.access_ttl_secs.max(1)),
         refresh_ttl: Duration::from_secs(args.refresh_ttl_secs.max(1)),
         fanout: FanoutConfig {

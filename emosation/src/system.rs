@@ -115,6 +115,8 @@ pub struct ServeConfig {
     /// How long `/readyz` answers 503 after a storage fault this process
     /// cannot recover from, before the process exits with an error.
     pub fail_grace: Duration,
+    /// Proxies whose connections may name the client in `X-Forwarded-For`.
+    pub trusted_proxies: emosation_http::client::TrustedProxies,
 }
 
 /// The services of one process: all of them for `serve`, one for
@@ -217,6 +219,7 @@ impl ServeConfig {
             classifier: Default::default(),
             connections: ConnectionLimits::default(),
             fail_grace: Duration::from_secs(5),
+            trusted_proxies: Default::default(),
         }
     }
 }
@@ -453,6 +456,10 @@ impl Server {
         // instead of per request.
         let app = emosation_http::observe::finish(app, ready)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(cfg.trusted_proxies.clone()),
+                emosation_http::client::resolve,
+            ))
             .with_state(());
         let addr = listener.local_addr()?;
         let (limits, stop) = (cfg.connections, shutdown.clone());

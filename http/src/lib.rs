@@ -14,6 +14,7 @@
 //!   client address).
 
 pub mod auth;
+pub mod client;
 pub mod error;
 pub mod json;
 pub mod observe;

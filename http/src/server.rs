@@ -227,6 +227,7 @@ pub async fn serve(
                     router: router.clone(),
                     state: Arc::new(ConnState {
                         permit,
+                        peer: peer.ip(),
                         body_timeout: limits.body_timeout,
                         opened: Instant::now(),
                         in_flight: AtomicUsize::new(0),
@@ -320,6 +321,8 @@ struct Connection {
 
 struct ConnState {
     permit: ConnectionPermit,
+    /// The client's address, as accepted (see [`crate::client`]).
+    peer: IpAddr,
     body_timeout: Duration,
     opened: Instant,
     /// Requests whose response has not been sent in full.
@@ -430,6 +433,7 @@ impl hyper::service::Service<Request<Incoming>> for RequestService {
             timed_out: Arc::clone(&timed_out),
         });
         req.extensions_mut().insert(self.state.permit.clone());
+        req.extensions_mut().insert(crate::client::ClientIp(self.state.peer));
         let router = self.router.clone();
         Box::pin(async move {
             let res = match router.oneshot(req).await {

@@ -4,6 +4,8 @@
 //! with an error frame (one `From` in ws-fanout's protocol). Both use
 //! [`CommandError::code`], the contract's error code.
 
+use std::time::Duration;
+
 use emosation_core::Rejection;
 use emosation_core::access::AccessError;
 use emosation_core::ports::{LogError, StoreError};
@@ -26,9 +28,14 @@ pub enum CommandError {
     /// or account has ended.
     #[error("{0}")]
     InvalidToken(String),
-    /// Over the user's message rate.
-    #[error("more than {per_second} messages per second")]
-    RateLimited { per_second: u32 },
+    /// Over a rate limit (messages, logins, sign-ups, …); retry after
+    /// `retry_after`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: Duration },
+    /// The server is at capacity for this kind of work (password hashing);
+    /// retry after `retry_after`.
+    #[error("{message}")]
+    Overloaded { message: String, retry_after: Duration },
     /// Durably appended at `position`, but not decided within the decision
     /// timeout; a retry with the same `client_msg_id` is idempotent.
     #[error("the command is durably in the log at {position}, but the views have not decided it yet")]
@@ -51,6 +58,7 @@ impl CommandError {
             CommandError::InvalidCredentials => "invalid_credentials",
             CommandError::InvalidToken(_) => "invalid_token",
             CommandError::RateLimited { .. } => "rate_limited",
+            CommandError::Overloaded { .. } => "overloaded",
             CommandError::DecisionPending { .. } => "decision_pending",
             CommandError::Unavailable(_) => "unavailable",
             CommandError::Internal => "internal",
@@ -115,12 +123,17 @@ impl From<CommandError> for ApiError {
             CommandError::Rejected(r) => return ApiError::from(*r),
             CommandError::InvalidCredentials | CommandError::InvalidToken(_) => S::UNAUTHORIZED,
             CommandError::RateLimited { .. } => S::TOO_MANY_REQUESTS,
-            CommandError::DecisionPending { .. } | CommandError::Unavailable(_) => S::SERVICE_UNAVAILABLE,
+            CommandError::DecisionPending { .. } | CommandError::Unavailable(_) | CommandError::Overloaded { .. } => {
+                S::SERVICE_UNAVAILABLE
+            }
             CommandError::Internal => S::INTERNAL_SERVER_ERROR,
         };
         let api = ApiError::new(status, e.code(), e.to_string());
         match e {
             CommandError::Unavailable(_) => api.with_retry_after(emosation_http::error::RETRY_UNAVAILABLE),
+            CommandError::RateLimited { retry_after, .. } | CommandError::Overloaded { retry_after, .. } => {
+                api.with_retry_after(retry_after)
+            }
             _ => api,
         }
     }
@@ -149,7 +162,22 @@ mod tests {
             (CommandError::Invalid("x".into()), 400, "invalid_request"),
             (CommandError::InvalidCredentials, 401, "invalid_credentials"),
             (CommandError::InvalidToken("t".into()), 401, "invalid_token"),
-            (CommandError::RateLimited { per_second: 5 }, 429, "rate_limited"),
+            (
+                CommandError::RateLimited {
+                    message: "m".into(),
+                    retry_after: Duration::from_secs(1),
+                },
+                429,
+                "rate_limited",
+            ),
+            (
+                CommandError::Overloaded {
+                    message: "m".into(),
+                    retry_after: Duration::from_secs(1),
+                },
+                503,
+                "overloaded",
+            ),
             (
                 CommandError::DecisionPending { position: "p".into() },
                 503,

@@ -7,6 +7,7 @@ use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
+use emosation_http::client::ClientAddr;
 use emosation_http::{ApiError, ApiJson, ApiPath, AuthUser, Authenticator};
 use serde::Deserialize;
 use serde_json::json;
@@ -41,13 +42,20 @@ pub fn routes(ingest: Arc<Ingest>) -> Router {
         .with_state(IngestState { ingest })
 }
 
+/// The body of `POST /v1/auth/signup` and `POST /v1/auth/login` (public so
+/// that the fuzz targets in `fuzz/` extract it as the handlers do).
 #[derive(Deserialize)]
-struct Credentials {
-    username: String,
-    password: String,
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
 }
 
-async fn signup(State(s): State<IngestState>, ApiJson(c): ApiJson<Credentials>) -> Result<Response, ApiError> {
+async fn signup(
+    State(s): State<IngestState>,
+    ClientAddr(client): ClientAddr,
+    ApiJson(c): ApiJson<Credentials>,
+) -> Result<Response, ApiError> {
+    s.ingest.admit_signup(client).await?;
     let (user_id, username) = s.ingest.signup(&c.username, &c.password).await?;
     Ok((
         StatusCode::CREATED,
@@ -56,14 +64,20 @@ async fn signup(State(s): State<IngestState>, ApiJson(c): ApiJson<Credentials>) 
         .into_response())
 }
 
-async fn login(State(s): State<IngestState>, ApiJson(c): ApiJson<Credentials>) -> Result<Response, ApiError> {
+async fn login(
+    State(s): State<IngestState>,
+    ClientAddr(client): ClientAddr,
+    ApiJson(c): ApiJson<Credentials>,
+) -> Result<Response, ApiError> {
+    s.ingest.admit_login(&c.username, client).await?;
     let pair = s.ingest.login(&c.username, &c.password).await?;
     Ok(axum::Json(pair).into_response())
 }
 
+/// The body of `POST /v1/auth/refresh`.
 #[derive(Deserialize)]
-struct RefreshBody {
-    refresh_token: String,
+pub struct RefreshBody {
+    pub refresh_token: String,
 }
 
 async fn refresh(State(s): State<IngestState>, ApiJson(b): ApiJson<RefreshBody>) -> Result<Response, ApiError> {
@@ -111,10 +125,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The body of `POST /v1/rooms`.
 #[derive(Deserialize)]
-struct CreateRoom {
-    name: String,
-    capacity: Option<i64>,
+pub struct CreateRoom {
+    pub name: String,
+    pub capacity: Option<i64>,
 }
 
 async fn create_room(
@@ -154,10 +169,11 @@ async fn quit(
     Ok(axum::Json(json!({"room_id": room_id, "member_count": member_count})).into_response())
 }
 
+/// The body of `POST /v1/rooms/{room_id}/messages`.
 #[derive(Deserialize)]
-struct PostMessage {
-    client_msg_id: String,
-    text: String,
+pub struct PostMessage {
+    pub client_msg_id: String,
+    pub text: String,
 }
 
 async fn post_message(
@@ -174,9 +190,10 @@ async fn post_message(
         .into_response())
 }
 
+/// The body of `POST /v1/rooms/{room_id}/read`.
 #[derive(Deserialize)]
-struct MarkRead {
-    message_id: String,
+pub struct MarkRead {
+    pub message_id: String,
 }
 
 async fn mark_read(

@@ -21,6 +21,7 @@ pub mod validate;
 
 pub use error::CommandError;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,13 +36,15 @@ use emosation_core::view::RoomView;
 use emosation_core::{Accepted, Record, Rejection};
 use emosation_http::auth::TokenKind;
 use emosation_http::{AuthUser, Authenticator, TokenPair};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Ingest settings.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     /// Messages per second per user (burst 2×); 0 disables the limit.
     pub message_rate: u32,
+    /// Limits on logins, sign-ups, room creation and joins.
+    pub abuse: AbuseLimits,
     /// How long to wait for the fold's decision before answering 503.
     pub decision_timeout: Duration,
     /// Shared secret for the admin endpoints; `None` disables them.
@@ -51,10 +54,97 @@ pub struct IngestConfig {
     pub session_lifetime: Duration,
 }
 
+/// An abuse limit: `burst` actions at once, then `per_minute` a minute.
+/// `per_minute == 0` disables it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub burst: u32,
+    pub per_minute: u32,
+}
+
+impl Limit {
+    pub const OFF: Limit = Limit {
+        burst: 0,
+        per_minute: 0,
+    };
+
+    pub const fn new(burst: u32, per_minute: u32) -> Limit {
+        Limit { burst, per_minute }
+    }
+
+    fn rate(self) -> f64 {
+        self.per_minute as f64 / 60.0
+    }
+
+    /// How long an emptied bucket takes to allow one more action.
+    fn retry_after(self) -> Duration {
+        Duration::from_secs_f64(60.0 / self.per_minute.max(1) as f64)
+    }
+}
+
+impl std::str::FromStr for Limit {
+    type Err = String;
+
+    /// `BURST/PER_MINUTE` (`10/10`), or `off`.
+    fn from_str(s: &str) -> Result<Limit, String> {
+        if s == "off" {
+            return Ok(Limit::OFF);
+        }
+        let (burst, per_minute) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected BURST/PER_MINUTE (e.g. 10/10) or off"))?;
+        let n = |v: &str| v.trim().parse::<u32>().map_err(|e| format!("{s:?}: {e}"));
+        Ok(Limit::new(n(burst)?, n(per_minute)?))
+    }
+}
+
+/// Limits on what one account or one client address may do, enforced
+/// through the `RateLimiter` port (across ingest nodes on Redis). The
+/// defaults leave people alone and stop scripts; load tests turn them off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbuseLimits {
+    /// Login attempts per username, whoever makes them (password guessing).
+    pub login_per_username: Limit,
+    /// Login attempts per client address.
+    pub login_per_ip: Limit,
+    /// Sign-ups per client address.
+    pub signup_per_ip: Limit,
+    /// Rooms created per account.
+    pub rooms_per_user: Limit,
+    /// Joins per account.
+    pub joins_per_user: Limit,
+}
+
+impl Default for AbuseLimits {
+    fn default() -> Self {
+        AbuseLimits {
+            login_per_username: Limit::new(10, 10),
+            login_per_ip: Limit::new(60, 60),
+            signup_per_ip: Limit::new(30, 30),
+            rooms_per_user: Limit::new(20, 20),
+            joins_per_user: Limit::new(60, 60),
+        }
+    }
+}
+
+impl AbuseLimits {
+    /// Every limit off (load tests from one address).
+    pub fn off() -> Self {
+        AbuseLimits {
+            login_per_username: Limit::OFF,
+            login_per_ip: Limit::OFF,
+            signup_per_ip: Limit::OFF,
+            rooms_per_user: Limit::OFF,
+            joins_per_user: Limit::OFF,
+        }
+    }
+}
+
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             message_rate: 50,
+            abuse: AbuseLimits::default(),
             decision_timeout: Duration::from_secs(10),
             admin_token: None,
             session_lifetime: Duration::from_secs(30 * 24 * 3600),
@@ -70,6 +160,10 @@ pub struct Posted {
     /// The `client_msg_id` had been used before; nothing new was stored.
     pub duplicate: bool,
 }
+
+/// Password hashes that may wait for a worker (each takes ~19 MiB and tens
+/// of milliseconds of a core); more are refused at once.
+pub const HASHES_WAITING: usize = 16;
 
 /// How long ending a session waits for its connections to be gone.
 pub const END_WAIT: Duration = Duration::from_secs(2);
@@ -90,6 +184,9 @@ pub struct Ingest {
     presence: Arc<dyn Presence>,
     /// Bounds concurrent password hashes (each takes ~19 MiB and a core).
     hashing: Semaphore,
+    /// Bounds the hashes running or waiting: beyond it a login or sign-up
+    /// is answered `overloaded` at once instead of queueing without end.
+    hashing_queue: Semaphore,
     dummy_hash: String,
     cfg: IngestConfig,
 }
@@ -133,27 +230,52 @@ impl Ingest {
             limits,
             presence,
             hashing: Semaphore::new(workers * 2),
+            hashing_queue: Semaphore::new(workers * 2 + HASHES_WAITING),
             dummy_hash: hash_password("not-a-real-password")?,
             cfg,
         })
     }
 
     /// Takes a token from the user's message bucket (`message_rate` per
-    /// second, burst 2×). If the bucket store is unreachable the message is
-    /// let through: a rate limit is protection, not a reason to refuse chat.
-    async fn allow_message(&self, user_id: &str) -> bool {
+    /// second, burst 2×).
+    async fn allow_message(&self, user_id: &str) -> Result<(), CommandError> {
         let rate = self.cfg.message_rate;
-        if rate == 0 {
-            return true;
-        }
-        match self
-            .limits
-            .take(&format!("msg:{user_id}"), rate, rate.saturating_mul(2))
+        if self
+            .take(&format!("msg:{user_id}"), rate as f64, rate.saturating_mul(2))
             .await
         {
+            Ok(())
+        } else {
+            Err(CommandError::RateLimited {
+                message: format!("more than {rate} messages per second"),
+                retry_after: Duration::from_secs(1),
+            })
+        }
+    }
+
+    /// Takes a token from `bucket` under `limit`; `what` names the action
+    /// in the refusal.
+    async fn limit(&self, bucket: String, limit: Limit, what: &str) -> Result<(), CommandError> {
+        if self.take(&bucket, limit.rate(), limit.burst).await {
+            Ok(())
+        } else {
+            Err(CommandError::RateLimited {
+                message: format!("too many {what}; at most {} a minute", limit.per_minute),
+                retry_after: limit.retry_after(),
+            })
+        }
+    }
+
+    /// One token, or `true` if the bucket store is unreachable: a limit is
+    /// protection, not a reason to refuse people.
+    async fn take(&self, bucket: &str, rate: f64, burst: u32) -> bool {
+        if rate <= 0.0 {
+            return true;
+        }
+        match self.limits.take(bucket, rate, burst).await {
             Ok(allowed) => allowed,
             Err(e) => {
-                tracing::warn!(error = %e, "rate-limit store unreachable; letting the message through");
+                tracing::warn!(error = %e, bucket, "rate-limit store unreachable; letting it through");
                 true
             }
         }
@@ -181,11 +303,19 @@ impl Ingest {
             .map_err(|e| CommandError::internal("verify task", e))
     }
 
-    async fn hashing_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, CommandError> {
-        self.hashing
+    /// A place among the running hashes: waits behind at most
+    /// [`HASHES_WAITING`] others, else answers `overloaded` at once.
+    async fn hashing_permit(&self) -> Result<(SemaphorePermit<'_>, SemaphorePermit<'_>), CommandError> {
+        let queued = self.hashing_queue.try_acquire().map_err(|_| CommandError::Overloaded {
+            message: "too many logins and sign-ups in progress; retry shortly".into(),
+            retry_after: Duration::from_secs(1),
+        })?;
+        let running = self
+            .hashing
             .acquire()
             .await
-            .map_err(|_| CommandError::Unavailable("shutting down".into()))
+            .map_err(|_| CommandError::Unavailable("shutting down".into()))?;
+        Ok((queued, running))
     }
 
     /// Appends the record built by `make(request_id, at)`, waits for the
@@ -241,6 +371,43 @@ impl Ingest {
             let unexpected = format!("unexpected outcome {accepted:?}");
             answer(accepted).ok_or_else(|| CommandError::internal(what, unexpected))
         }))
+    }
+
+    /// The abuse limits of a login attempt: per username (whoever tries
+    /// it), and per client address when it is known. Checked before the
+    /// password is, so guessing costs no hash beyond the limit.
+    pub async fn admit_login(&self, username: &str, client: Option<IpAddr>) -> Result<(), CommandError> {
+        let limits = &self.cfg.abuse;
+        if let Some(ip) = client {
+            self.limit(
+                format!("login-ip:{ip}"),
+                limits.login_per_ip,
+                "login attempts from this address",
+            )
+            .await?;
+        }
+        let name = normalize_username(username);
+        self.limit(
+            format!("login:{name}"),
+            limits.login_per_username,
+            "login attempts for this username",
+        )
+        .await
+    }
+
+    /// The abuse limit of a sign-up: per client address, when it is known.
+    pub async fn admit_signup(&self, client: Option<IpAddr>) -> Result<(), CommandError> {
+        match client {
+            Some(ip) => {
+                self.limit(
+                    format!("signup-ip:{ip}"),
+                    self.cfg.abuse.signup_per_ip,
+                    "sign-ups from this address",
+                )
+                .await
+            }
+            None => Ok(()),
+        }
     }
 
     pub async fn signup(&self, username: &str, password: &str) -> Result<(String, String), CommandError> {
@@ -456,6 +623,12 @@ impl Ingest {
         capacity: Option<i64>,
     ) -> Result<RoomView, CommandError> {
         let name = validate::room_name(name)?;
+        self.limit(
+            format!("rooms:{}", user.user_id),
+            self.cfg.abuse.rooms_per_user,
+            "rooms created",
+        )
+        .await?;
         let capacity = validate::capacity(capacity)?;
         let room_id = random_id(rand::random());
         let make = |request_id, at| {
@@ -482,6 +655,12 @@ impl Ingest {
         if self.views.member(room_id, &user.user_id).await?.is_some() {
             return Ok(room.member_count);
         }
+        self.limit(
+            format!("joins:{}", user.user_id),
+            self.cfg.abuse.joins_per_user,
+            "joins",
+        )
+        .await?;
         let make = |request_id, at| {
             Record::MemberJoined(MemberJoined {
                 request_id,
@@ -540,11 +719,7 @@ impl Ingest {
         validate::client_msg_id(client_msg_id)?;
         validate::text(text)?;
         access::member_room(&*self.views, room_id, &user.user_id).await?;
-        if !self.allow_message(&user.user_id).await {
-            return Err(CommandError::RateLimited {
-                per_second: self.cfg.message_rate,
-            });
-        }
+        self.allow_message(&user.user_id).await?;
         Ok(())
     }
 

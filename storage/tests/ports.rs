@@ -967,7 +967,7 @@ async fn rate_limiter_contract(a: Arc<dyn RateLimiter>, b: Arc<dyn RateLimiter>)
     let mut granted = 0;
     for i in 0..20 {
         let p = if i % 2 == 0 { &a } else { &b };
-        if p.take("rate:u1", 5, 10).await.unwrap() {
+        if p.take("rate:u1", 5.0, 10).await.unwrap() {
             granted += 1;
         }
     }
@@ -975,13 +975,18 @@ async fn rate_limiter_contract(a: Arc<dyn RateLimiter>, b: Arc<dyn RateLimiter>)
         (10..=11).contains(&granted),
         "burst of 10 shared by both nodes, got {granted}"
     );
-    assert!(a.take("rate:u2", 5, 10).await.unwrap(), "buckets are independent");
-    assert!(a.take("rate:off", 0, 0).await.unwrap());
+    assert!(a.take("rate:u2", 5.0, 10).await.unwrap(), "buckets are independent");
+    assert!(a.take("rate:off", 0.0, 0).await.unwrap());
 
     // An emptied bucket refills at `rate`: 5 a second is one within 250 ms.
-    while b.take("rate:u3", 5, 2).await.unwrap() {}
+    while b.take("rate:u3", 5.0, 2).await.unwrap() {}
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(a.take("rate:u3", 5, 2).await.unwrap(), "refilled at the rate");
+    assert!(a.take("rate:u3", 5.0, 2).await.unwrap(), "refilled at the rate");
+
+    // Fractional rates: one a minute, after a burst of 2.
+    assert!(a.take("rate:slow", 1.0 / 60.0, 2).await.unwrap());
+    assert!(b.take("rate:slow", 1.0 / 60.0, 2).await.unwrap());
+    assert!(!a.take("rate:slow", 1.0 / 60.0, 2).await.unwrap(), "empty for a minute");
 }
 
 #[tokio::test]

@@ -19,7 +19,8 @@ pub struct LocalRateLimiter {
 /// call (each costs a pass over the map).
 #[derive(Default)]
 struct Buckets {
-    map: HashMap<String, (f64, Instant)>,
+    /// Bucket → (tokens, last take, seconds to refill from empty).
+    map: HashMap<String, (f64, Instant, f64)>,
     sweep_above: usize,
 }
 
@@ -40,11 +41,11 @@ impl LocalRateLimiter {
 
 #[async_trait]
 impl RateLimiter for LocalRateLimiter {
-    async fn take(&self, bucket: &str, rate: u32, burst: u32) -> Result<bool, RateLimitError> {
-        if rate == 0 {
+    async fn take(&self, bucket: &str, rate: f64, burst: u32) -> Result<bool, RateLimitError> {
+        if rate <= 0.0 || rate.is_nan() {
             return Ok(true);
         }
-        let (rate, burst) = (rate as f64, burst.max(1) as f64);
+        let burst = burst.max(1) as f64;
         let now = Instant::now();
         let mut guard = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let Buckets {
@@ -53,14 +54,16 @@ impl RateLimiter for LocalRateLimiter {
         } = &mut *guard;
         if buckets.len() > (*sweep_above).max(SWEEP_ABOVE) {
             // Forget buckets that have refilled: they are indistinguishable from new ones.
-            buckets.retain(|_, (_, t)| now.duration_since(*t).as_secs_f64() < burst / rate);
+            // Each bucket by its own refill time (buckets of different
+            // limits share the map).
+            buckets.retain(|_, (_, t, full_after)| now.duration_since(*t).as_secs_f64() < *full_after);
             *sweep_above = buckets.len() * 2;
         }
         // The hot path (every post) finds its bucket without allocating a key.
         if !buckets.contains_key(bucket) {
-            buckets.insert(bucket.to_owned(), (burst, now));
+            buckets.insert(bucket.to_owned(), (burst, now, burst / rate));
         }
-        let Some((tokens, last)) = buckets.get_mut(bucket) else {
+        let Some((tokens, last, _)) = buckets.get_mut(bucket) else {
             return Ok(true);
         };
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
@@ -78,7 +81,7 @@ impl RateLimiter for LocalRateLimiter {
 mod tests {
     use super::*;
 
-    async fn fill(p: &LocalRateLimiter, n: usize, rate: u32, burst: u32) {
+    async fn fill(p: &LocalRateLimiter, n: usize, rate: f64, burst: u32) {
         for i in 0..n {
             assert!(p.take(&format!("user-{i}"), rate, burst).await.unwrap());
         }
@@ -88,9 +91,9 @@ mod tests {
     async fn refilled_buckets_are_swept_out_past_the_threshold() {
         let p = LocalRateLimiter::new();
         // A bucket of burst 1 at 1,000,000/s is full again after 1 µs.
-        fill(&p, SWEEP_ABOVE + 1, 1_000_000, 1).await;
+        fill(&p, SWEEP_ABOVE + 1, 1e6, 1).await;
         std::thread::sleep(std::time::Duration::from_millis(2));
-        assert!(p.take("one-more", 1_000_000, 1).await.unwrap());
+        assert!(p.take("one-more", 1e6, 1).await.unwrap());
         let b = p.buckets.lock().unwrap();
         assert_eq!(b.map.len(), 1, "only the newest bucket is kept");
     }
@@ -99,8 +102,8 @@ mod tests {
     async fn a_sweep_that_keeps_everything_is_not_repeated_on_every_call() {
         let p = LocalRateLimiter::new();
         // Refilling takes 1,000 s: every bucket stays active.
-        fill(&p, SWEEP_ABOVE + 1, 1, 1000).await;
-        assert!(p.take("one-more", 1, 1000).await.unwrap());
+        fill(&p, SWEEP_ABOVE + 1, 1.0, 1000).await;
+        assert!(p.take("one-more", 1.0, 1000).await.unwrap());
         let b = p.buckets.lock().unwrap();
         assert_eq!(b.map.len(), SWEEP_ABOVE + 2);
         assert_eq!(

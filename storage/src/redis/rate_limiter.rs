@@ -58,8 +58,8 @@ impl RedisRateLimiter {
 
 #[async_trait]
 impl RateLimiter for RedisRateLimiter {
-    async fn take(&self, bucket: &str, rate: u32, burst: u32) -> Result<bool, RateLimitError> {
-        if rate == 0 {
+    async fn take(&self, bucket: &str, rate: f64, burst: u32) -> Result<bool, RateLimitError> {
+        if rate <= 0.0 || rate.is_nan() {
             return Ok(true);
         }
         let ok: i64 = self
