@@ -18,9 +18,12 @@
 //! - [`encode`] / [`decode`]: the codec over [`emosation_core::Record`].
 //! - [`fingerprint`]: the specification's canonical form and CRC-64-AVRO.
 //! - `fast`: the decoder for records under a current schema.
+//! - `bounds`: a datum's lengths and counts, checked before apache-avro
+//!   allocates what they claim.
 //!
 //! [single-object encoded]: https://avro.apache.org/docs/1.11.1/specification/#single-object-encoding
 
+mod bounds;
 mod fast;
 pub mod fingerprint;
 
@@ -375,6 +378,8 @@ fn split_header(bytes: &[u8]) -> Result<(&'static Known, &[u8]), SchemaError> {
 /// Decodes through apache-avro, resolving an older writer schema to the
 /// current one (and, in tests, cross-checking the fast path).
 fn decode_resolved(known: &Known, mut body: &[u8]) -> Result<Record, SchemaError> {
+    // apache-avro allocates what the datum claims before reading it.
+    bounds::check(&known.writer, body)?;
     let value = from_avro_datum(&known.writer, &mut body, known.reader.as_ref())
         .map_err(|e| SchemaError::Malformed(e.to_string()))?;
     if !body.is_empty() {

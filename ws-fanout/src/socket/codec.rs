@@ -19,7 +19,7 @@ const OP_PING: u8 = 0x9;
 
 impl Frame {
     /// A text frame holding `v` as JSON.
-    pub(crate) fn json(v: &Value) -> Frame {
+    pub fn json(v: &Value) -> Frame {
         let mut buf = Vec::with_capacity(160);
         buf.resize(MAX_HEADER, 0);
         serde_json::to_writer(&mut buf, v).expect("a JSON value serializes");
@@ -51,7 +51,7 @@ impl Frame {
     }
 
     /// Bytes that are already whole frames (tungstenite's pongs).
-    pub(crate) fn raw(bytes: Bytes) -> Frame {
+    pub fn raw(bytes: Bytes) -> Frame {
         Frame(bytes)
     }
 
@@ -73,6 +73,11 @@ impl Frame {
         Frame::finish(OP_CLOSE, buf)
     }
 
+    /// The first frame's opcode (0 for no bytes at all).
+    fn opcode(&self) -> u8 {
+        self.0.first().map_or(0, |b0| b0 & 0x0f)
+    }
+
     /// The bytes to write.
     pub fn bytes(&self) -> &Bytes {
         &self.0
@@ -82,20 +87,21 @@ impl Frame {
         self.0
     }
 
-    /// The payload (after the header).
+    /// The payload (after the header); empty for bytes shorter than their
+    /// header (a [`Frame::raw`] holds whatever tungstenite wrote).
     pub fn payload(&self) -> &[u8] {
         let b = &self.0;
-        let header = match b[1] & 0x7f {
-            126 => 4,
-            127 => 10,
+        let header = match b.get(1).map(|b1| b1 & 0x7f) {
+            Some(126) => 4,
+            Some(127) => 10,
             _ => 2,
         };
-        &b[header..]
+        b.get(header..).unwrap_or_default()
     }
 
     /// A text frame's payload as a string (empty for other frames).
     pub fn text(&self) -> &str {
-        if self.0[0] & 0x0f != OP_TEXT {
+        if self.opcode() != OP_TEXT {
             return "";
         }
         std::str::from_utf8(self.payload()).unwrap_or_default()
@@ -105,7 +111,7 @@ impl Frame {
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Frame")
-            .field("opcode", &(self.0[0] & 0x0f))
+            .field("opcode", &self.opcode())
             .field("text", &self.text())
             .finish()
     }
@@ -114,7 +120,7 @@ impl std::fmt::Debug for Frame {
 /// Whether `frame` (complete server frames, as tungstenite writes them) is a
 /// close frame, and where the next frame starts; `None` if the bytes do not
 /// parse as an unmasked frame header.
-pub(crate) fn split_frame(bytes: &[u8]) -> Option<(u8, usize)> {
+pub fn split_frame(bytes: &[u8]) -> Option<(u8, usize)> {
     let (&b0, rest) = bytes.split_first()?;
     let (&b1, rest) = rest.split_first()?;
     if b1 & 0x80 != 0 {
@@ -133,7 +139,7 @@ pub(crate) fn split_frame(bytes: &[u8]) -> Option<(u8, usize)> {
 }
 
 /// `bytes` without its close frames (whole frames in, whole frames out).
-pub(crate) fn without_close(bytes: &[u8]) -> Vec<u8> {
+pub fn without_close(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -182,5 +188,20 @@ mod tests {
         run.extend_from_slice(&pong);
         assert_eq!(without_close(&run), [pong, pong].concat());
         assert_eq!(without_close(&[0x88]), vec![0x88], "unparsable bytes pass through");
+    }
+
+    /// Found by the `ws_codec` fuzz target: the reader queues whatever
+    /// `without_close` passes on as a raw frame, and reading a frame of
+    /// fewer bytes than its header (a lone pong byte: `0a`) panicked.
+    #[test]
+    fn a_raw_frame_shorter_than_its_header_reads_as_empty() {
+        for bytes in [&[0x0a][..], &[0x81], &[0x81, 126, 0], &[0x81, 127, 0, 0], &[]] {
+            let f = Frame::raw(Bytes::copy_from_slice(bytes));
+            assert_eq!(f.payload(), b"", "{bytes:02x?}");
+            assert_eq!(f.text(), "");
+            assert!(format!("{f:?}").starts_with("Frame"));
+        }
+        let pong = Frame::raw(Bytes::from_static(&[0x8a, 1, b'p']));
+        assert_eq!(pong.payload(), b"p");
     }
 }
