@@ -4,7 +4,8 @@
 //! log the same way, so every decision that needs serialising is taken here, in
 //! log order: the first signup of a username wins, a room admits joins up to its
 //! capacity, only members post or read, a repeated `client_msg_id` returns the
-//! first message. The fold reads nothing but `state`, the record and its
+//! first message, a refresh token rotates once and a second use of it revokes
+//! its session. The fold reads nothing but `state`, the record and its
 //! position; it reads only state written by records with the same partition key,
 //! so partitions can be folded in any interleaving with the same result.
 
@@ -107,6 +108,10 @@ impl Rejection {
 /// The keys `fold` may read for `record`. The projector prefetches exactly these
 /// before folding a batch; the fold never reads anything else.
 pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
+    // A record beyond the limits is refused without reading anything.
+    if !record.within_limits() {
+        return Vec::new();
+    }
     let mut keys = match record {
         Record::UserSignedUp(r) => vec![ViewKey::Username(normalize_username(&r.username))],
         Record::AccountDeleted(r) => {
@@ -145,6 +150,9 @@ pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
 /// built without the others: replay keeps mutable entities in memory and
 /// looks up only these.
 pub fn write_once_keys_read_by(record: &Record) -> Vec<ViewKey> {
+    if !record.within_limits() {
+        return Vec::new();
+    }
     match record {
         Record::MessagePosted(r) => vec![client_msg_key(r)],
         Record::EmotionRecorded(r) => vec![
@@ -256,6 +264,9 @@ fn put_member(s: &mut impl FoldState, m: MemberView) {
 /// Folds one record into `state` and says what was decided. The record is
 /// consumed: its strings move into the views instead of being copied.
 pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Outcome {
+    if !record.within_limits() {
+        return Err(Rejection::Malformed);
+    }
     match record {
         Record::UserSignedUp(r) => {
             let name_key = ViewKey::Username(normalize_username(&r.username));
@@ -1004,7 +1015,10 @@ mod tests {
         );
         assert!(session(&s, "s1").is_live(40, 0));
         // Generation 1 was used: presenting it again ends the session.
-        assert_eq!(fold_from(&mut s, vec![refresh("s1", 40, 1)]), vec![Ok(Accepted::RefreshReused)]);
+        assert_eq!(
+            fold_from(&mut s, vec![refresh("s1", 40, 1)]),
+            vec![Ok(Accepted::RefreshReused)]
+        );
         let ended = session(&s, "s1");
         assert_eq!(
             ended.ended,

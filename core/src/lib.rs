@@ -8,6 +8,7 @@
 //! the records it is given.
 //!
 //! # Layout
+//! - [`limits`]: the contract's limits on a record's ids and strings.
 //! - [`ids`]: log positions, message ids and cursors, topic names, the partitioner.
 //! - [`record`]: the commands as they are stored on the log (one Avro schema each).
 //! - [`view`]: view entities and their keys; [`view::MemState`], a whole state in memory.
@@ -23,6 +24,7 @@ pub mod bulk;
 pub mod emotion;
 pub mod fold;
 pub mod ids;
+pub mod limits;
 pub mod ports;
 pub mod record;
 pub mod time;

@@ -20,6 +20,21 @@ pub fn transparent_huge_pages_disabled() -> bool {
     rustix::thread::transparent_huge_pages_are_disabled().unwrap_or(false)
 }
 
+/// Makes every file and directory this process creates private to its
+/// user (umask 077: files 0600, directories 0700). The data directory holds
+/// the log, whose sign-up records carry password hashes, and the JWT secret.
+pub fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Creates `dir` (and its parents) if needed and makes it private to this
+/// process's user (0700), as the data directory must be whoever created it.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Lowers the calling thread's CPU priority to the lowest (nice 19): on a
 /// busy core it runs in the time the others leave, and its wake-ups do not
 /// preempt them. For work that must not add to the chat path's latency

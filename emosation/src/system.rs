@@ -66,7 +66,7 @@ impl Engines {
     }
 
     pub async fn open_log(&self) -> anyhow::Result<Arc<dyn Log>> {
-        std::fs::create_dir_all(&self.data_dir)
+        crate::process::private_dir(&self.data_dir)
             .with_context(|| format!("create data dir {}", self.data_dir.display()))?;
         match self.inject_log_fault_after {
             Some(after) => emosation_storage::open_log_failing_after(&self.log_url(), self.topology, after).await,
@@ -88,7 +88,7 @@ impl Engines {
     }
 
     pub async fn open_views(&self) -> anyhow::Result<Arc<dyn ViewStore>> {
-        std::fs::create_dir_all(&self.data_dir)
+        crate::process::private_dir(&self.data_dir)
             .with_context(|| format!("create data dir {}", self.data_dir.display()))?;
         emosation_storage::open_views(&self.store_url())
             .await
@@ -237,7 +237,7 @@ pub fn jwt_secret(given: Option<&str>, data_dir: &Path) -> anyhow::Result<Vec<u8
         anyhow::ensure!(s.len() >= 32, "{} holds fewer than 32 bytes", path.display());
         return Ok(s.as_bytes().to_vec());
     }
-    std::fs::create_dir_all(data_dir)?;
+    crate::process::private_dir(data_dir)?;
     let secret: String = (0..4).map(|_| format!("{:016x}", rand::random::<u64>())).collect();
     {
         use std::io::Write;

@@ -378,3 +378,32 @@ async fn activity_survives_kill_9_and_rebuilds_from_offset_0() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }
+
+/// The data directory and everything the server writes in it (the log with
+/// its password hashes, the views) are private to the
+/// server's user: the directory 0700, the files without group or other
+/// permissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let (mut child, api) = spawn_server(&dir, free_port()).await;
+    api.user("priv").await;
+    child.kill().await.unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the data directory");
+    let mut seen = 0;
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            assert_eq!(mode(&p) & 0o077, 0, "{} is {:o}", p.display(), mode(&p));
+            if p.is_dir() {
+                stack.push(p);
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen > 5, "the log and the views were written ({seen} entries)");
+}

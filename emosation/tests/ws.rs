@@ -918,3 +918,23 @@ async fn typing_and_subscribe_floods_are_contained() {
     api.send(&t[1], &room, "after", "after the flood").await.expect(202);
     assert_eq!(a.next_of(&["message"]).await["text"], "after the flood");
 }
+
+/// A frame over 64 KiB is answered with `frame_too_large` and the socket
+/// stays open; one over 1 MiB ends the connection with 1009.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_closes_with_1009() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (_, t) = api.user("big").await;
+    let mut c = Client::connect(&s.base, &t).await;
+    c.ws.send(Message::text(format!(
+        "{{\"type\":\"typing\",\"room_id\":\"{}\"}}",
+        "x".repeat(70_000)
+    )))
+    .await
+    .unwrap();
+    assert_eq!(c.next_of(&["error"]).await["code"], "frame_too_large");
+    let _ = c.ws.send(Message::text("y".repeat(1024 * 1024 + 1))).await;
+    let close = c.next_of(&["__close"]).await;
+    assert_eq!(close["code"], 1009, "{close}");
+}

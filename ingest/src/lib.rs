@@ -703,24 +703,25 @@ impl Ingest {
         client_msg_id: &str,
         text: &str,
     ) -> Result<Posted, CommandError> {
-        self.check_post(user, room_id, client_msg_id, text).await?;
-        self.begin_post(user, room_id, client_msg_id, text)?.await
+        let text = self.check_post(user, room_id, client_msg_id, text).await?;
+        self.begin_post(user, room_id, client_msg_id, &text)?.await
     }
 
     /// The checks of a post that may wait (input rules, membership, the
-    /// message rate); then [`Ingest::begin_post`].
+    /// message rate); returns the text as it is stored (NFC-normalised),
+    /// which [`Ingest::begin_post`] then takes.
     pub async fn check_post(
         &self,
         user: &AuthUser,
         room_id: &str,
         client_msg_id: &str,
         text: &str,
-    ) -> Result<(), CommandError> {
+    ) -> Result<String, CommandError> {
         validate::client_msg_id(client_msg_id)?;
-        validate::text(text)?;
+        let text = validate::text(text)?;
         access::member_room(&*self.views, room_id, &user.user_id).await?;
         self.allow_message(&user.user_id).await?;
-        Ok(())
+        Ok(text)
     }
 
     /// Appends a checked post now, without waiting: posts begun one after

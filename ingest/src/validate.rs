@@ -1,11 +1,17 @@
 //! The contract's input rules. Each failure is a [`CommandError::Invalid`]
 //! (`invalid_request`) that names the field.
+//!
+//! Text people read (messages, room names) is stored NFC-normalised, so one
+//! word is one sequence of code points whoever typed it; it may not carry
+//! bidirectional embedding, override or isolate controls (U+202A–U+202E,
+//! U+2066–U+2069), which make a message display as something else than it
+//! is, and may not consist only of invisible characters.
+
+pub use emosation_core::limits::{MAX_CLIENT_MSG_ID_CHARS, MAX_ROOM_NAME_CHARS, MAX_TEXT_CHARS};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::CommandError;
 
-pub const MAX_TEXT_CHARS: usize = 4000;
-pub const MAX_ROOM_NAME_CHARS: usize = 100;
-pub const MAX_CLIENT_MSG_ID_CHARS: usize = 128;
 pub const DEFAULT_CAPACITY: i32 = 100;
 pub const MAX_CAPACITY: i32 = 100_000;
 
@@ -32,14 +38,53 @@ pub fn password(p: &str) -> Result<(), CommandError> {
     }
 }
 
-/// 1–100 characters after trimming; returns the trimmed name.
+/// 1–100 characters after trimming, printable, no bidi controls, not only
+/// invisible characters; returns the trimmed name, NFC-normalised.
 pub fn room_name(n: &str) -> Result<String, CommandError> {
-    let t = n.trim();
+    let t: String = n.trim().nfc().collect();
     let len = t.chars().count();
-    if len == 0 || len > MAX_ROOM_NAME_CHARS || t.chars().any(char::is_control) {
+    if len == 0 || len > MAX_ROOM_NAME_CHARS || t.chars().any(char::is_control) || invisible(&t) {
         return Err(CommandError::Invalid("name must be 1-100 printable characters".into()));
     }
-    Ok(t.to_owned())
+    if t.chars().any(is_bidi_control) {
+        return Err(CommandError::Invalid(
+            "name must not contain bidirectional control characters".into(),
+        ));
+    }
+    Ok(t)
+}
+
+/// U+202A–U+202E (embeddings, overrides) and U+2066–U+2069 (isolates).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Whether `t` shows nothing: only whitespace, zero-width and other
+/// default-ignorable characters.
+fn invisible(t: &str) -> bool {
+    t.chars().all(|c| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '\u{00AD}'
+                    | '\u{034F}'
+                    | '\u{061C}'
+                    | '\u{115F}'
+                    | '\u{1160}'
+                    | '\u{17B4}'
+                    | '\u{17B5}'
+                    | '\u{180B}'..='\u{180F}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2060}'..='\u{206F}'
+                    | '\u{3164}'
+                    | '\u{FE00}'..='\u{FE0F}'
+                    | '\u{FEFF}'
+                    | '\u{FFA0}'
+                    | '\u{1BCA0}'..='\u{1BCA3}'
+                    | '\u{E0000}'..='\u{E0FFF}'
+            )
+    })
 }
 
 /// `None` → the default; otherwise 1..=100,000.
@@ -51,15 +96,24 @@ pub fn capacity(c: Option<i64>) -> Result<i32, CommandError> {
     }
 }
 
-/// 1–4000 characters, not only whitespace.
-pub fn text(t: &str) -> Result<(), CommandError> {
-    if t.trim().is_empty() {
-        return Err(CommandError::Invalid("text must not be empty".into()));
+/// 1–4000 characters, not only invisible ones, no bidi controls; returns
+/// the text NFC-normalised (the length is counted after normalising).
+pub fn text(t: &str) -> Result<String, CommandError> {
+    let t: String = t.nfc().collect();
+    if invisible(&t) {
+        return Err(CommandError::Invalid(
+            "text must not be empty or only invisible characters".into(),
+        ));
     }
     if t.chars().count() > MAX_TEXT_CHARS {
         return Err(CommandError::Invalid("text must be at most 4000 characters".into()));
     }
-    Ok(())
+    if t.chars().any(is_bidi_control) {
+        return Err(CommandError::Invalid(
+            "text must not contain bidirectional control characters".into(),
+        ));
+    }
+    Ok(t)
 }
 
 /// 1–128 printable characters.
@@ -87,8 +141,16 @@ mod tests {
         assert!(password("long enough").is_ok());
         assert!(text("").is_err());
         assert!(text("   ").is_err());
+        assert!(text("\u{200B}\u{200D}\u{FEFF} \u{2060}").is_err(), "zero-width only");
+        assert!(text("a\u{202E}gnp.exe").is_err(), "right-to-left override");
+        assert!(text("a\u{2067}b").is_err(), "isolate");
+        assert!(text("e\u{0301}").unwrap() == "\u{00E9}", "NFC");
+        assert!(text("👍\u{200D}").is_ok(), "visible with a joiner");
         assert!(text(&"가".repeat(4000)).is_ok(), "characters, not bytes");
         assert!(text(&"a".repeat(4001)).is_err());
+        assert!(room_name("\u{200B}").is_err());
+        assert!(room_name("x\u{202D}").is_err());
+        assert_eq!(room_name(" Cafe\u{0301} ").unwrap(), "Caf\u{00E9}");
         assert_eq!(capacity(None).unwrap(), DEFAULT_CAPACITY);
         assert!(capacity(Some(0)).is_err());
         assert!(capacity(Some(-3)).is_err());

@@ -190,6 +190,13 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, exp: i64, tcp: TcpStream, 
                 server_closed = true;
                 break;
             }
+            // A frame or message over the 1 MiB the reader takes (see
+            // socket::reader) ends the connection with 1009.
+            Ok(Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_)))) => {
+                conn.close(1009, "message too big");
+                server_closed = true;
+                break;
+            }
             Ok(None) | Ok(Some(Err(_))) => break,
             Ok(Some(Ok(m))) => m,
         };
@@ -362,7 +369,7 @@ async fn handle(
             // after it is stored or acknowledged.
             let ingest = &fanout.ingest;
             let begun = match ingest.check_post(user, &room_id, &client_msg_id, &text).await {
-                Ok(()) => live.while_open(|| ingest.begin_post(user, &room_id, &client_msg_id, &text)),
+                Ok(text) => live.while_open(|| ingest.begin_post(user, &room_id, &client_msg_id, &text)),
                 Err(e) => Some(Err(e)),
             };
             let answer = match begun {

@@ -27,7 +27,11 @@ pub struct TestServer {
 pub fn config(dir: &Path) -> ServeConfig {
     let mut cfg = ServeConfig::embedded(dir);
     cfg.jwt_secret = Some(SECRET.to_owned());
+    // Every test client connects from 127.0.0.1 and some race hundreds of
+    // sign-ups: the rate and abuse limits are off unless a test turns one on
+    // (emosation/tests/abuse.rs, the message-rate tests).
     cfg.ingest.message_rate = 0;
+    cfg.ingest.abuse = emosation_ingest::AbuseLimits::off();
     cfg.ingest.admin_token = Some("admin-token".into());
     cfg
 }
