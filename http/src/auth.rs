@@ -379,3 +379,40 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> TokenKeys {
+        TokenKeys::new(
+            b"unit-test-secret-unit-test-secret-0123",
+            Duration::from_secs(900),
+            Duration::from_secs(30 * 24 * 3600),
+        )
+    }
+
+    #[test]
+    fn tokens_carry_issuer_audience_nbf_and_never_outlive_their_session() {
+        let keys = keys();
+        let session_end_ms = (now_secs() + 60) * 1000 + 500;
+        let pair = keys.issue("u1", "alice", "s1", 3, session_end_ms).unwrap();
+        let access = keys.verify(&pair.access_token, TokenKind::Access).unwrap();
+        let refresh = keys.verify(&pair.refresh_token, TokenKind::Refresh).unwrap();
+        for c in [&access, &refresh] {
+            assert_eq!(
+                (c.iss.as_str(), c.aud.as_str(), c.sid.as_str()),
+                (ISSUER, AUDIENCE, "s1")
+            );
+            assert_eq!(c.nbf, c.iat);
+            assert_eq!(c.exp, session_end_ms / 1000, "capped at the session's end");
+        }
+        assert_eq!((access.generation, refresh.generation), (None, Some(3)));
+        assert!(pair.expires_in <= 60);
+        // Far from its end, a session's tokens live their own lifetimes.
+        let far = keys.issue("u1", "alice", "s1", 0, i64::MAX).unwrap();
+        let access = keys.verify(&far.access_token, TokenKind::Access).unwrap();
+        assert_eq!(access.exp - access.iat, 900);
+        assert_eq!(far.expires_in, 900);
+    }
+}

@@ -148,14 +148,22 @@ async fn sessions_replay_to_the_views_the_live_projector_built() {
     let (mut rotated, mut reused, mut logged_out, mut before_deletion, mut legacy, mut epochs) = (0, 0, 0, 0, 0, 0);
     for u in 0..USERS {
         let username = format!("user{u}");
-        let epoch = match live.load(&[ViewKey::session_epoch(&username)]).await.unwrap().pop().flatten() {
+        let epoch = match live
+            .load(&[ViewKey::session_epoch(&username)])
+            .await
+            .unwrap()
+            .pop()
+            .flatten()
+        {
             Some(ViewValue::SessionEpoch(e)) => {
                 epochs += 1;
                 e.epoch
             }
             _ => 0,
         };
-        let keys: Vec<ViewKey> = (0..SESSIONS).map(|s| ViewKey::session(&username, &format!("{s:016x}"))).collect();
+        let keys: Vec<ViewKey> = (0..SESSIONS)
+            .map(|s| ViewKey::session(&username, &format!("{s:016x}")))
+            .collect();
         for v in live.load(&keys).await.unwrap().into_iter().flatten() {
             match v {
                 ViewValue::OpenedSession(s) => {
