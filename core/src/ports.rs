@@ -159,10 +159,13 @@ pub trait ViewQueries: Send + Sync + 'static {
 
     /// Rooms in id order, starting after `after`, at most `limit`.
     async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError>;
-    /// A room's members in user-id order.
-    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError>;
-    /// A user's memberships in room-id order.
-    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError>;
+    /// A room's members in user-id order, starting after the user id
+    /// `after`, at most `limit`.
+    async fn members(&self, room_id: &str, after: Option<&str>, limit: usize) -> Result<Vec<MemberView>, StoreError>;
+    /// A user's memberships in room-id order, starting after the room id
+    /// `after`, at most `limit`.
+    async fn user_rooms(&self, user_id: &str, after: Option<&str>, limit: usize)
+    -> Result<Vec<MemberView>, StoreError>;
     async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError>;
     /// The emotions of a room's newest `limit` classified messages, oldest first.
     async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<crate::view::EmotionView>, StoreError>;

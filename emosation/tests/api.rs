@@ -980,3 +980,55 @@ async fn text_is_normalised_and_deceptive_text_refused() {
         .collect();
     assert_eq!(texts, vec![json!("r\u{00E9}sum\u{00E9}")]);
 }
+
+/// `GET /v1/rooms/{id}/members` and `GET /v1/me/rooms` are paged like the
+/// room list: `?limit=` and `?after=`, answered with `next_after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_and_my_rooms_are_paged() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (_, owner) = api.user("pager").await;
+    let room = api.create_room(&owner, "paged", None).await;
+    for i in 0..4 {
+        let (_, t) = api.user(&format!("member_{i}")).await;
+        api.post(&format!("/v1/rooms/{room}/join"), Some(&t), json!({}))
+            .await
+            .expect(200);
+    }
+    let all = api.get(&format!("/v1/rooms/{room}/members"), &owner).await.expect(200);
+    let everyone: Vec<Value> = all["members"].as_array().unwrap().clone();
+    assert_eq!(everyone.len(), 5);
+    assert!(all["next_after"].is_null());
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let q = after.as_ref().map_or(String::new(), |a| format!("&after={a}"));
+        let page = api
+            .get(&format!("/v1/rooms/{room}/members?limit=2{q}"), &owner)
+            .await
+            .expect(200);
+        paged.extend(page["members"].as_array().unwrap().iter().cloned());
+        match page["next_after"].as_str() {
+            Some(a) => after = Some(a.to_owned()),
+            None => break,
+        }
+        assert!(paged.len() <= 5, "the pages end");
+    }
+    assert_eq!(paged, everyone, "the pages are the whole list, in order, once");
+
+    for i in 0..2 {
+        api.create_room(&owner, &format!("more {i}"), None).await;
+    }
+    let first = api.get("/v1/me/rooms?limit=2", &owner).await.expect(200);
+    assert_eq!(first["rooms"].as_array().unwrap().len(), 2);
+    let after = first["next_after"].as_str().unwrap().to_owned();
+    let rest = api
+        .get(&format!("/v1/me/rooms?limit=2&after={after}"), &owner)
+        .await
+        .expect(200);
+    assert_eq!(rest["rooms"].as_array().unwrap().len(), 1);
+    assert!(rest["next_after"].is_null());
+    api.get("/v1/me/rooms?limit=0", &owner)
+        .await
+        .expect_error(400, "invalid_request");
+}

@@ -181,7 +181,7 @@ async fn live_projection_and_replay_agree_byte_for_byte() {
     // they interleave.
     let mut accepted = None;
     for room in live.rooms(None, 100).await.unwrap() {
-        let members = live.members(&room.room_id).await.unwrap();
+        let members = live.members(&room.room_id, None, usize::MAX).await.unwrap();
         if let Some(m) = members.first() {
             accepted = Some((room.room_id.clone(), m.user_id.clone(), m.username.clone()));
             break;

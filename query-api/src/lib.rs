@@ -48,6 +48,9 @@ pub struct QueryState {
 
 /// Rooms whose newest messages are kept rendered in memory.
 pub const TAIL_CACHE_ROOMS: usize = 1024;
+/// Bytes of rendered messages the tail cache holds at most (a tail of
+/// 1,000 messages of 4,000 characters is ~16 MB).
+pub const TAIL_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 impl FromRef<QueryState> for Arc<Authenticator> {
     fn from_ref(s: &QueryState) -> Self {
@@ -69,7 +72,7 @@ pub fn routes(views: Arc<dyn ViewStore>, auth: Arc<Authenticator>) -> Router {
         .with_state(QueryState {
             views,
             auth,
-            tails: Arc::new(tail::TailCache::new(TAIL_CACHE_ROOMS)),
+            tails: Arc::new(tail::TailCache::new(TAIL_CACHE_ROOMS, TAIL_CACHE_BYTES)),
         })
 }
 
@@ -118,34 +121,55 @@ async fn me(State(s): State<QueryState>, user: AuthUser) -> Result<axum::Json<Va
     Ok(axum::Json(json::user(&u)))
 }
 
-async fn my_rooms(State(s): State<QueryState>, user: AuthUser) -> Result<axum::Json<Value>, ApiError> {
-    let mut rooms = Vec::new();
-    for m in s.views.user_rooms(&user.user_id).await? {
-        if let Some(room) = s.views.room(&m.room_id).await? {
-            rooms.push(json::my_room(&room, &m));
-        }
-    }
-    Ok(axum::Json(json!({ "rooms": rooms })))
-}
-
+/// A page of an id-ordered list: `?after=<id>&limit=` (default 100, at
+/// most 1000), answered with `next_after` (null on the last page).
 #[derive(Deserialize)]
-struct RoomsQuery {
+struct PageQuery {
     after: Option<String>,
     limit: Option<String>,
 }
 
+impl PageQuery {
+    fn limit(&self) -> Result<usize, ApiError> {
+        parse_limit(self.limit.as_deref(), DEFAULT_ROOMS_LIMIT, MAX_ROOMS_LIMIT)
+    }
+}
+
+/// The id to continue after, if `items` filled the page.
+fn next_after<T>(items: &[T], limit: usize, id: impl Fn(&T) -> &str) -> Option<String> {
+    (items.len() == limit)
+        .then(|| items.last().map(|i| id(i).to_owned()))
+        .flatten()
+}
+
+async fn my_rooms(
+    State(s): State<QueryState>,
+    user: AuthUser,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let limit = q.limit()?;
+    let memberships = s.views.user_rooms(&user.user_id, q.after.as_deref(), limit).await?;
+    let mut rooms = Vec::with_capacity(memberships.len());
+    for m in &memberships {
+        if let Some(room) = s.views.room(&m.room_id).await? {
+            rooms.push(json::my_room(&room, m));
+        }
+    }
+    Ok(axum::Json(json!({
+        "rooms": rooms,
+        "next_after": next_after(&memberships, limit, |m| &m.room_id),
+    })))
+}
+
 async fn list_rooms(
     State(s): State<QueryState>,
-    ApiQuery(q): ApiQuery<RoomsQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let limit = parse_limit(q.limit.as_deref(), DEFAULT_ROOMS_LIMIT, MAX_ROOMS_LIMIT)?;
+    let limit = q.limit()?;
     let rooms = s.views.rooms(q.after.as_deref(), limit).await?;
-    let next_after = (rooms.len() == limit)
-        .then(|| rooms.last().map(|r| r.room_id.clone()))
-        .flatten();
     Ok(axum::Json(json!({
         "rooms": rooms.iter().map(json::room).collect::<Vec<_>>(),
-        "next_after": next_after,
+        "next_after": next_after(&rooms, limit, |r| &r.room_id),
     })))
 }
 
@@ -160,11 +184,14 @@ async fn members(
     State(s): State<QueryState>,
     user: AuthUser,
     ApiPath(room_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    let limit = q.limit()?;
     access::member_room(&*s.views, &room_id, &user.user_id).await?;
-    let members = s.views.members(&room_id).await?;
+    let members = s.views.members(&room_id, q.after.as_deref(), limit).await?;
     Ok(axum::Json(json!({
-        "members": members.iter().map(|m| json!({"user_id": m.user_id, "username": m.username})).collect::<Vec<_>>()
+        "members": members.iter().map(|m| json!({"user_id": m.user_id, "username": m.username})).collect::<Vec<_>>(),
+        "next_after": next_after(&members, limit, |m| &m.user_id),
     })))
 }
 

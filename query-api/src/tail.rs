@@ -88,23 +88,53 @@ fn emotion_total(room: &RoomView) -> u32 {
     room.emotion_counts.iter().sum()
 }
 
-#[derive(Debug)]
-pub struct TailCache {
-    shards: Vec<Mutex<HashMap<String, Arc<RoomTail>>>>,
-    rooms_per_shard: usize,
+impl RoomTail {
+    /// What it counts against the cache's byte bound.
+    fn bytes(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| e.json.len() + e.message_id.len() + std::mem::size_of::<Rendered>())
+            .sum::<usize>()
+            + std::mem::size_of::<RoomTail>()
+    }
 }
 
+#[derive(Debug)]
+pub struct TailCache {
+    shards: Vec<Mutex<Shard>>,
+    rooms_per_shard: usize,
+    bytes_per_shard: usize,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    rooms: HashMap<String, Arc<RoomTail>>,
+    /// Sum of the held tails' [`RoomTail::bytes`].
+    bytes: usize,
+}
+
+impl Shard {
+    fn remove(&mut self, room_id: &str) {
+        if let Some(t) = self.rooms.remove(room_id) {
+            self.bytes -= t.bytes();
+        }
+    }
+}
+
+const SHARDS: usize = 16;
+
 impl TailCache {
-    /// A cache holding the tails of up to `rooms` rooms.
-    pub fn new(rooms: usize) -> Self {
-        let shards = 16;
+    /// A cache holding the tails of up to `rooms` rooms and `max_bytes`
+    /// bytes of rendered messages.
+    pub fn new(rooms: usize, max_bytes: usize) -> Self {
         TailCache {
-            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
-            rooms_per_shard: rooms.div_ceil(shards).max(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            rooms_per_shard: rooms.div_ceil(SHARDS).max(1),
+            bytes_per_shard: max_bytes.div_ceil(SHARDS).max(1),
         }
     }
 
-    fn shard(&self, room_id: &str) -> &Mutex<HashMap<String, Arc<RoomTail>>> {
+    fn shard(&self, room_id: &str) -> &Mutex<Shard> {
         let h = emosation_core::ids::murmur2(room_id.as_bytes()) as usize;
         &self.shards[h % self.shards.len()]
     }
@@ -113,6 +143,7 @@ impl TailCache {
     pub fn get(&self, room: &RoomView) -> Option<Arc<RoomTail>> {
         let shard = self.shard(&room.room_id).lock().ok()?;
         shard
+            .rooms
             .get(&room.room_id)
             .filter(|t| t.last_message_id == room.last_message_id && t.emotions == emotion_total(room))
             .cloned()
@@ -129,14 +160,20 @@ impl TailCache {
                 .map(|(m, e)| Rendered::new(m, e))
                 .collect(),
         });
-        if let Ok(mut shard) = self.shard(&room.room_id).lock() {
-            if shard.len() >= self.rooms_per_shard && !shard.contains_key(&room.room_id) {
-                // Evict an arbitrary room: the cache is an accelerator, not a store.
-                if let Some(k) = shard.keys().next().cloned() {
-                    shard.remove(&k);
-                }
+        let bytes = tail.bytes();
+        if bytes <= self.bytes_per_shard
+            && let Ok(mut shard) = self.shard(&room.room_id).lock()
+        {
+            shard.remove(&room.room_id);
+            // Evict arbitrary rooms: the cache is an accelerator, not a store.
+            while shard.rooms.len() >= self.rooms_per_shard || shard.bytes + bytes > self.bytes_per_shard {
+                let Some(k) = shard.rooms.keys().next().cloned() else {
+                    break;
+                };
+                shard.remove(&k);
             }
-            shard.insert(room.room_id.clone(), Arc::clone(&tail));
+            shard.bytes += bytes;
+            shard.rooms.insert(room.room_id.clone(), Arc::clone(&tail));
         }
         tail
     }
@@ -198,6 +235,57 @@ mod tests {
             "needs messages older than the tail"
         );
         assert!(t.page(Some(&format!("{:016x}", 5)), 50).is_none());
+    }
+
+    fn room(id: &str, last: u64) -> RoomView {
+        RoomView {
+            room_id: id.into(),
+            name: id.into(),
+            capacity: 10,
+            owner_id: "o".into(),
+            created_at: 0,
+            member_count: 1,
+            message_count: last,
+            last_message_id: Some(format!("{last:016x}")),
+            emotion_counts: [0; 7],
+        }
+    }
+
+    fn message(room_id: &str, seq: u64, text_len: usize) -> MessageView {
+        MessageView {
+            message_id: format!("{seq:016x}"),
+            room_id: room_id.into(),
+            seq,
+            author_id: "a".into(),
+            author: "alice".into(),
+            text: "x".repeat(text_len),
+            created_at: 0,
+            client_msg_id: format!("c{seq}"),
+        }
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_rooms_and_bytes() {
+        let cache = TailCache::new(1000, 16 * 100_000);
+        for r in 0..200 {
+            let id = format!("room{r}");
+            let msgs: Vec<MessageView> = (1..=20).map(|s| message(&id, s, 1000)).collect();
+            cache.put(&room(&id, 20), &msgs, &[]);
+        }
+        let (mut rooms, mut bytes) = (0, 0);
+        for shard in &cache.shards {
+            let shard = shard.lock().unwrap();
+            assert!(shard.bytes <= cache.bytes_per_shard, "{} bytes in a shard", shard.bytes);
+            assert_eq!(shard.bytes, shard.rooms.values().map(|t| t.bytes()).sum::<usize>());
+            rooms += shard.rooms.len();
+            bytes += shard.bytes;
+        }
+        assert!(
+            bytes <= 16 * 100_000 && rooms < 200,
+            "{rooms} rooms, {bytes} bytes held"
+        );
+        // The newest put is held.
+        assert!(cache.get(&room("room199", 20)).is_some());
     }
 
     #[test]

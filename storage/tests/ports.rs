@@ -395,16 +395,29 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].room_id, "r2");
 
-    let members = store.members("r1").await.unwrap();
+    let members = store.members("r1", None, usize::MAX).await.unwrap();
     assert_eq!(
         members.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(),
         ["u1", "u2"]
     );
-    let mine = store.user_rooms("u1").await.unwrap();
+    let mine = store.user_rooms("u1", None, usize::MAX).await.unwrap();
     assert_eq!(
         mine.iter().map(|m| m.room_id.as_str()).collect::<Vec<_>>(),
         ["r1", "r2"]
     );
+    // Pages: at most `limit`, after an id.
+    let ids = |ms: Vec<MemberView>, room: bool| {
+        ms.into_iter()
+            .map(|m| if room { m.room_id } else { m.user_id })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(store.members("r1", None, 1).await.unwrap(), false), ["u1"]);
+    assert_eq!(ids(store.members("r1", Some("u1"), 10).await.unwrap(), false), ["u2"]);
+    assert!(store.members("r1", Some("u2"), 10).await.unwrap().is_empty());
+    assert!(store.members("r1", None, 0).await.unwrap().is_empty());
+    assert_eq!(ids(store.user_rooms("u1", None, 1).await.unwrap(), true), ["r1"]);
+    assert_eq!(ids(store.user_rooms("u1", Some("r1"), 1).await.unwrap(), true), ["r2"]);
+    assert!(store.user_rooms("u1", Some("r2"), 5).await.unwrap().is_empty());
 
     // History: newest `limit` before the cursor, oldest first.
     let page = store.history("r1", None, 50).await.unwrap();
@@ -433,7 +446,7 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
         .await
         .unwrap();
     assert!(store.load(&[k]).await.unwrap()[0].is_none());
-    assert!(store.user_rooms("u2").await.unwrap().is_empty());
+    assert!(store.user_rooms("u2", None, usize::MAX).await.unwrap().is_empty());
 
     // Equal content, equal digest, on another store.
     other.apply(sample_batch()).await.unwrap();

@@ -31,6 +31,9 @@ use rustc_hash::FxHasher;
 
 /// Entities held at most.
 const CAPACITY: usize = 64 * 1024;
+/// Bytes of entities (their encoded keys and values) held at most: a cache
+/// of 65,536 messages of 16 KB would otherwise hold a gigabyte.
+const MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// Entities the clock hand passes over (second chances) before it evicts
 /// the next one regardless: bounds the work of one insert.
@@ -42,7 +45,7 @@ pub(crate) struct EntityCache {
 
 impl Default for EntityCache {
     fn default() -> Self {
-        EntityCache::with_capacity(CAPACITY)
+        EntityCache::with_limits(CAPACITY, MAX_BYTES)
     }
 }
 
@@ -51,10 +54,15 @@ struct Slot {
     value: Box<ViewValue>,
     /// Read or written since the clock hand last passed.
     used: bool,
+    /// What it counts against the byte bound.
+    bytes: usize,
 }
 
 struct Inner {
     capacity: usize,
+    max_bytes: usize,
+    /// Sum of the slots' `bytes`.
+    bytes: usize,
     map: HashMap<ViewKey, Slot, BuildHasherDefault<FxHasher>>,
     /// Keys in the order they entered the map; the front is the clock hand.
     /// May hold keys removed since (skipped when the hand reaches them).
@@ -64,12 +72,15 @@ struct Inner {
 }
 
 impl EntityCache {
-    pub(crate) fn with_capacity(capacity: usize) -> Self {
+    /// A cache of at most `capacity` entities and `max_bytes` bytes of them.
+    pub(crate) fn with_limits(capacity: usize, max_bytes: usize) -> Self {
         let mut map = HashMap::with_capacity_and_hasher(capacity, Default::default());
         touch_every_page(&mut map);
         EntityCache {
             inner: Mutex::new(Inner {
                 capacity,
+                max_bytes,
+                bytes: 0,
                 map,
                 order: VecDeque::with_capacity(capacity),
                 epoch: 0,
@@ -94,24 +105,24 @@ impl EntityCache {
         }
     }
 
-    /// Caches an entity read from the store at `epoch`, unless a write came since.
-    pub(crate) fn fill(&self, key: &ViewKey, value: &ViewValue, epoch: u64) {
+    /// Caches an entity read from the store at `epoch`, unless a write came
+    /// since; `bytes` is its size as stored (key and value).
+    pub(crate) fn fill(&self, key: &ViewKey, value: &ViewValue, bytes: usize, epoch: u64) {
         let mut inner = self.lock();
         if inner.epoch == epoch {
-            inner.insert(key, value);
+            inner.insert(key, value, bytes);
         }
     }
 
-    /// Writes committed changes through (`None`: deleted).
-    pub(crate) fn write<'a>(&self, changes: impl IntoIterator<Item = (&'a ViewKey, &'a Option<ViewValue>)>) {
+    /// Writes committed changes through (`None`: deleted), each with its
+    /// size as stored.
+    pub(crate) fn write<'a>(&self, changes: impl IntoIterator<Item = (&'a ViewKey, &'a Option<ViewValue>, usize)>) {
         let mut inner = self.lock();
         inner.epoch += 1;
-        for (k, v) in changes {
+        for (k, v, bytes) in changes {
             match v {
-                Some(v) => inner.insert(k, v),
-                None => {
-                    inner.map.remove(k);
-                }
+                Some(v) => inner.insert(k, v, bytes),
+                None => inner.remove(k),
             }
         }
     }
@@ -122,6 +133,7 @@ impl EntityCache {
         inner.epoch += 1;
         inner.map.clear();
         inner.order.clear();
+        inner.bytes = 0;
     }
 }
 
@@ -141,6 +153,7 @@ fn touch_every_page(map: &mut HashMap<ViewKey, Slot, BuildHasherDefault<FxHasher
             Slot {
                 value: value.clone(),
                 used: false,
+                bytes: 0,
             },
         );
     }
@@ -148,20 +161,28 @@ fn touch_every_page(map: &mut HashMap<ViewKey, Slot, BuildHasherDefault<FxHasher
 }
 
 impl Inner {
-    fn insert(&mut self, key: &ViewKey, value: &ViewValue) {
+    fn insert(&mut self, key: &ViewKey, value: &ViewValue, bytes: usize) {
+        if bytes > self.max_bytes {
+            // Never cached: it would evict everything else.
+            self.remove(key);
+            return;
+        }
         if let Some(slot) = self.map.get_mut(key) {
             *slot.value = value.clone();
             slot.used = true;
+            self.bytes = self.bytes - slot.bytes + bytes;
+            slot.bytes = bytes;
+            while self.bytes > self.max_bytes && self.evict_one() {}
             return;
         }
-        if self.map.len() >= self.capacity {
-            self.evict_one();
-        }
+        while (self.map.len() >= self.capacity || self.bytes + bytes > self.max_bytes) && self.evict_one() {}
+        self.bytes += bytes;
         self.map.insert(
             key.clone(),
             Slot {
                 value: Box::new(value.clone()),
                 used: false,
+                bytes,
             },
         );
         self.order.push_back(key.clone());
@@ -173,9 +194,15 @@ impl Inner {
         }
     }
 
+    fn remove(&mut self, key: &ViewKey) {
+        if let Some(slot) = self.map.remove(key) {
+            self.bytes -= slot.bytes;
+        }
+    }
+
     /// Evicts the oldest entity not used since the hand last passed it (or,
-    /// after [`MAX_SECOND_CHANCES`], the next one).
-    fn evict_one(&mut self) {
+    /// after [`MAX_SECOND_CHANCES`], the next one); false if none is left.
+    fn evict_one(&mut self) -> bool {
         let mut chances = 0;
         while let Some(key) = self.order.pop_front() {
             let Some(slot) = self.map.get_mut(&key) else {
@@ -187,9 +214,10 @@ impl Inner {
                 self.order.push_back(key);
                 continue;
             }
-            self.map.remove(&key);
-            return;
+            self.remove(&key);
+            return true;
         }
+        false
     }
 }
 
@@ -207,7 +235,7 @@ mod tests {
 
     #[test]
     fn touching_the_table_leaves_it_empty_and_at_full_size() {
-        let cache = EntityCache::with_capacity(1000);
+        let cache = EntityCache::with_limits(1000, MAX_BYTES);
         let inner = cache.lock();
         assert!(inner.map.is_empty());
         assert!(inner.map.capacity() >= 1000);
@@ -221,13 +249,13 @@ mod tests {
         let cache = EntityCache::default();
         let epoch = cache.get(&key(1)).unwrap_err();
         // A write lands between the miss's read from the store and its fill.
-        cache.write([(&key(1), &Some(value("new")))]);
-        cache.fill(&key(1), &value("old"), epoch);
+        cache.write([(&key(1), &Some(value("new")), 10)]);
+        cache.fill(&key(1), &value("old"), 10, epoch);
         assert_eq!(cache.get(&key(1)).unwrap(), value("new"));
         // Deleted: no longer answered.
-        cache.write([(&key(1), &None)]);
+        cache.write([(&key(1), &None, 10)]);
         let epoch = cache.get(&key(1)).unwrap_err();
-        cache.fill(&key(2), &value("two"), epoch);
+        cache.fill(&key(2), &value("two"), 10, epoch);
         assert_eq!(cache.get(&key(2)).unwrap(), value("two"));
         cache.clear();
         assert!(cache.get(&key(2)).is_err());
@@ -237,7 +265,7 @@ mod tests {
     fn it_stays_bounded() {
         let cache = EntityCache::default();
         for n in 0..(CAPACITY as u64 * 3) {
-            cache.write([(&key(n), &Some(value("v")))]);
+            cache.write([(&key(n), &Some(value("v")), 10)]);
         }
         let len = cache.lock().map.len();
         assert!(len <= CAPACITY, "{len} entities held");
@@ -247,13 +275,13 @@ mod tests {
 
     #[test]
     fn eviction_keeps_what_is_used_and_drops_the_oldest_of_the_rest() {
-        let cache = EntityCache::with_capacity(4);
+        let cache = EntityCache::with_limits(4, MAX_BYTES);
         for n in 0..4 {
-            cache.write([(&key(n), &Some(value("v")))]);
+            cache.write([(&key(n), &Some(value("v")), 10)]);
         }
         // r0 is read (a hot room); r1..r3 are not.
         assert!(cache.get(&key(0)).is_ok());
-        cache.write([(&key(4), &Some(value("v")))]);
+        cache.write([(&key(4), &Some(value("v")), 10)]);
         assert!(cache.get(&key(0)).is_ok(), "a used entity gets a second chance");
         assert!(cache.get(&key(1)).is_err(), "the oldest unused one goes");
         for n in 2..=4 {
@@ -264,10 +292,10 @@ mod tests {
 
     #[test]
     fn deleted_keys_do_not_pile_up_in_the_clock() {
-        let cache = EntityCache::with_capacity(8);
+        let cache = EntityCache::with_limits(8, MAX_BYTES);
         for n in 0..1000 {
-            cache.write([(&key(n), &Some(value("v")))]);
-            cache.write([(&key(n), &None)]);
+            cache.write([(&key(n), &Some(value("v")), 10)]);
+            cache.write([(&key(n), &None, 10)]);
         }
         let inner = cache.lock();
         assert!(inner.map.is_empty());
@@ -275,10 +303,33 @@ mod tests {
     }
 
     #[test]
+    fn it_stays_within_its_bytes() {
+        let cache = EntityCache::with_limits(1000, 10_000);
+        for n in 0..500 {
+            cache.write([(&key(n), &Some(value("big")), 1_000)]);
+            cache.fill(
+                &key(10_000 + n),
+                &value("small"),
+                10,
+                cache.get(&key(10_000 + n)).unwrap_err(),
+            );
+        }
+        let inner = cache.lock();
+        assert!(inner.bytes <= 10_000, "{} bytes held", inner.bytes);
+        assert_eq!(inner.bytes, inner.map.values().map(|s| s.bytes).sum::<usize>());
+        drop(inner);
+        assert!(cache.get(&key(499)).is_ok(), "the newest write is held");
+        // An entity bigger than the whole cache is never held (and evicts nothing).
+        cache.write([(&key(7_000), &Some(value("huge")), 20_000)]);
+        assert!(cache.get(&key(7_000)).is_err());
+        assert!(cache.get(&key(499)).is_ok());
+    }
+
+    #[test]
     fn an_entity_written_again_is_updated_in_place() {
-        let cache = EntityCache::with_capacity(2);
-        cache.write([(&key(1), &Some(value("a")))]);
-        cache.write([(&key(1), &Some(value("b")))]);
+        let cache = EntityCache::with_limits(2, MAX_BYTES);
+        cache.write([(&key(1), &Some(value("a")), 10)]);
+        cache.write([(&key(1), &Some(value("b")), 10)]);
         assert_eq!(cache.get(&key(1)).unwrap(), value("b"));
         let inner = cache.lock();
         assert_eq!((inner.map.len(), inner.order.len()), (1, 1));

@@ -159,6 +159,21 @@ fn prefix_of(id: &str) -> Vec<u8> {
     k
 }
 
+/// The keys `id \0 …` after `id \0 after` (all of them without `after`):
+/// the bounds of a page of a table keyed by two ids.
+fn page_of(id: &str, after: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+    let prefix = prefix_of(id);
+    let mut end = prefix.clone();
+    *end.last_mut().expect("non-empty") = 1;
+    let mut start = prefix;
+    if let Some(a) = after {
+        // The smallest key past `id \0 after` (ids hold no NUL).
+        start.extend_from_slice(a.as_bytes());
+        start.push(0);
+    }
+    (start, end)
+}
+
 impl EmbeddedViewStore {
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
         let err = |e: fjall::Error| OpenError::Open {
@@ -209,10 +224,11 @@ impl EmbeddedViewStore {
             Err(epoch) => epoch,
         };
         let table = key.table();
-        match self.handles().table(table).get(key.encode()).map_err(storage)? {
+        let encoded = key.encode();
+        match self.handles().table(table).get(&encoded).map_err(storage)? {
             Some(raw) => {
                 let v = Self::decode(table, &raw)?;
-                self.cache.fill(key, &v, epoch);
+                self.cache.fill(key, &v, encoded.len() + raw.len(), epoch);
                 Ok(Some(v))
             }
             None => Ok(None),
@@ -275,18 +291,28 @@ impl ViewQueries for EmbeddedViewStore {
         )
     }
 
-    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
+    async fn members(&self, room_id: &str, after: Option<&str>, limit: usize) -> Result<Vec<MemberView>, StoreError> {
+        let (start, end) = page_of(room_id, after);
         self.scan(
             "members",
-            self.handles().table("members").prefix(prefix_of(room_id)),
+            self.handles().table("members").range(start..end),
             as_member,
-            usize::MAX,
+            limit,
         )
     }
 
-    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError> {
+    async fn user_rooms(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MemberView>, StoreError> {
         let mut out = Vec::new();
-        for g in self.handles().user_rooms.prefix(prefix_of(user_id)) {
+        let (start, end) = page_of(user_id, after);
+        for g in self.handles().user_rooms.range(start..end) {
+            if out.len() >= limit {
+                break;
+            }
             let k = g.key().map_err(storage)?;
             let room_id = std::str::from_utf8(&k[user_id.len() + 1..]).map_err(storage)?;
             if let Some(m) = self.member(room_id, user_id).await? {
@@ -357,11 +383,21 @@ impl ViewStore for EmbeddedViewStore {
     async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
         let h = self.handles();
         let mut b = self.db.batch();
+        // Each change's size as stored, for the cache's byte bound.
+        let mut sizes = Vec::with_capacity(batch.changes.len());
         for (key, value) in &batch.changes {
             let ks = h.table(key.table());
+            let k = key.encode();
             match value {
-                Some(v) => b.insert(ks, key.encode(), postcard::to_allocvec(v).map_err(storage)?),
-                None => b.remove(ks, key.encode()),
+                Some(v) => {
+                    let v = postcard::to_allocvec(v).map_err(storage)?;
+                    sizes.push(k.len() + v.len());
+                    b.insert(ks, k, v)
+                }
+                None => {
+                    sizes.push(0);
+                    b.remove(ks, k)
+                }
             }
             if let ViewKey::Member { room_id, user_id } = key {
                 let idx = join2(user_id, room_id);
@@ -379,7 +415,8 @@ impl ViewStore for EmbeddedViewStore {
             );
         }
         self.committed(b.commit())?;
-        self.cache.write(batch.changes.iter().map(|(k, v)| (k, v)));
+        self.cache
+            .write(batch.changes.iter().zip(sizes).map(|((k, v), bytes)| (k, v, bytes)));
         Ok(())
     }
 

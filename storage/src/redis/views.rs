@@ -266,9 +266,9 @@ impl ViewQueries for RedisViewStore {
         }))
     }
 
-    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
+    async fn members(&self, room_id: &str, after: Option<&str>, limit: usize) -> Result<Vec<MemberView>, StoreError> {
         let ids = self
-            .range(self.index_key("m", room_id), None, None, false, usize::MAX)
+            .range(self.index_key("m", room_id), after, None, false, limit)
             .await?;
         let keys: Vec<ViewKey> = ids
             .into_iter()
@@ -280,9 +280,14 @@ impl ViewQueries for RedisViewStore {
         Ok(Self::values_of(self.get_many(&keys).await?, as_member))
     }
 
-    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError> {
+    async fn user_rooms(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MemberView>, StoreError> {
         let ids = self
-            .range(self.index_key("ur", user_id), None, None, false, usize::MAX)
+            .range(self.index_key("ur", user_id), after, None, false, limit)
             .await?;
         let keys: Vec<ViewKey> = ids
             .into_iter()

@@ -260,8 +260,10 @@ statements! {
     room_shards_from = "SELECT shard FROM {ks}.room_shards WHERE k = ? AND shard >= ?";
     rooms_first = "SELECT room_id FROM {ks}.rooms_by_id WHERE shard = ? LIMIT ?";
     rooms_after = "SELECT room_id FROM {ks}.rooms_by_id WHERE shard = ? AND room_id > ? LIMIT ?";
-    members_of = "SELECT entity FROM {ks}.members WHERE room_id = ?";
-    rooms_of = "SELECT room_id FROM {ks}.user_rooms WHERE user_id = ?";
+    members_first = "SELECT entity FROM {ks}.members WHERE room_id = ? LIMIT ?";
+    members_after = "SELECT entity FROM {ks}.members WHERE room_id = ? AND user_id > ? LIMIT ?";
+    rooms_of_first = "SELECT room_id FROM {ks}.user_rooms WHERE user_id = ? LIMIT ?";
+    rooms_of_after = "SELECT room_id FROM {ks}.user_rooms WHERE user_id = ? AND room_id > ? LIMIT ?";
     buckets_down = "SELECT bucket FROM {ks}.room_buckets WHERE room_id = ? AND kind = ? AND bucket <= ?";
     messages_page = "SELECT entity FROM {ks}.messages WHERE room_id = ? AND bucket = ? LIMIT ?";
     messages_before = "SELECT entity FROM {ks}.messages WHERE room_id = ? AND bucket = ? AND message_id < ? LIMIT ?";
@@ -1199,8 +1201,15 @@ impl ViewQueries for ScyllaViewStore {
         Ok(found.into_iter().flatten().collect())
     }
 
-    async fn members(&self, room_id: &str) -> Result<Vec<MemberView>, StoreError> {
-        let rows: Vec<(Vec<u8>,)> = self.all(&self.q.members_of, (room_id,)).await?;
+    async fn members(&self, room_id: &str, after: Option<&str>, limit: usize) -> Result<Vec<MemberView>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let n = limit_of(limit);
+        let rows: Vec<(Vec<u8>,)> = match after {
+            Some(a) => self.all(&self.q.members_after, (room_id, a, n)).await?,
+            None => self.all(&self.q.members_first, (room_id, n)).await?,
+        };
         let mut out = Vec::with_capacity(rows.len());
         for (raw,) in rows {
             if let ViewValue::Member(m) = decode("members", &raw)? {
@@ -1210,8 +1219,20 @@ impl ViewQueries for ScyllaViewStore {
         Ok(out)
     }
 
-    async fn user_rooms(&self, user_id: &str) -> Result<Vec<MemberView>, StoreError> {
-        let rooms: Vec<(String,)> = self.all(&self.q.rooms_of, (user_id,)).await?;
+    async fn user_rooms(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MemberView>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let n = limit_of(limit);
+        let rooms: Vec<(String,)> = match after {
+            Some(a) => self.all(&self.q.rooms_of_after, (user_id, a, n)).await?,
+            None => self.all(&self.q.rooms_of_first, (user_id, n)).await?,
+        };
         self.member_list(rooms.into_iter().map(|(r,)| (r, user_id.to_owned())).collect())
             .await
     }
