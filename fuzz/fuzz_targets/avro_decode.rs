@@ -15,9 +15,11 @@
 
 use std::sync::LazyLock;
 
-use emosation_core::ids::Topic;
 use emosation_core::Record;
-use emosation_schemas::{CURRENT, HISTORY, LEGACY, current_fingerprint, decode, decode_routed, decode_with_apache_avro, encode, fingerprint};
+use emosation_core::ids::Topic;
+use emosation_schemas::{
+    CURRENT, HISTORY, LEGACY, current_fingerprint, decode, decode_routed, decode_with_apache_avro, encode, fingerprint,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Every fingerprint the registry reads: current, released, legacy.
@@ -61,7 +63,10 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(record) = &fast {
         let encoded = encode(record).expect("a decoded record encodes");
-        assert_eq!(encoded[2..10], current_fingerprint(emosation_schemas::record_type(record)));
+        assert_eq!(
+            encoded[2..10],
+            current_fingerprint(emosation_schemas::record_type(record))
+        );
         let again = decode(&encoded).expect("an encoded record decodes");
         assert!(same(record, &again), "{record:?} re-encoded reads as {again:?}");
     }

@@ -128,7 +128,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(answer["type"], "error");
             assert_eq!(answer["code"], e.code);
             assert_eq!(answer["message"], e.message.as_str());
-            assert_eq!(answer.get("client_msg_id").and_then(Value::as_str), e.client_msg_id.as_deref());
+            assert_eq!(
+                answer.get("client_msg_id").and_then(Value::as_str),
+                e.client_msg_id.as_deref()
+            );
         }
     }
 });

@@ -33,7 +33,10 @@ struct Checked<'a> {
 
 impl Checked<'_> {
     fn check(&self, key: &ViewKey) {
-        assert!(self.allowed.contains(key), "the fold read {key:?}, not among keys_read_by");
+        assert!(
+            self.allowed.contains(key),
+            "the fold read {key:?}, not among keys_read_by"
+        );
     }
 }
 
@@ -109,7 +112,11 @@ fn step(log: &mut LogBuilder, u: &mut Unstructured<'_>) -> Result<()> {
     let record = log.record(u)?;
     let bytes = encode(&record).expect("a built record encodes");
     let back = decode(&bytes).expect("a built record decodes");
-    assert_eq!(encode(&back).expect("a decoded record encodes"), bytes, "{record:?} does not round-trip");
+    assert_eq!(
+        encode(&back).expect("a decoded record encodes"),
+        bytes,
+        "{record:?} does not round-trip"
+    );
     log.push(record);
     Ok(())
 }
@@ -133,5 +140,8 @@ fuzz_target!(|data: &[u8]| {
     let mut grouped = log.clone();
     grouped.sort_by_key(|(pos, record)| (record.topic(), pos.partition, pos.offset));
     let (replayed, _) = fold_all(&grouped);
-    assert_eq!(replayed, a, "folding partition by partition differs from the live order");
+    assert_eq!(
+        replayed, a,
+        "folding partition by partition differs from the live order"
+    );
 });

@@ -30,8 +30,14 @@ const OP_PING: u8 = 0x9;
 enum Piece {
     /// A text frame: the JSON of `text` if it is JSON, else `text` as a
     /// string, padded by up to 510 bytes (the 7- and 16-bit length forms).
-    Json { text: String, pad: u8 },
-    Close { code: u16, reason: String },
+    Json {
+        text: String,
+        pad: u8,
+    },
+    Close {
+        code: u16,
+        reason: String,
+    },
     Ping,
     /// Kept if the bytes start with a whole frame (that frame only).
     Raw(Vec<u8>),
@@ -65,7 +71,11 @@ fuzz_target!(|input: Input| {
     // Arbitrary bytes.
     let raw = &input.raw;
     if let Some((op, end)) = split_frame(raw) {
-        assert!(end <= raw.len() && end >= 2, "frame end {end} outside 2..={}", raw.len());
+        assert!(
+            end <= raw.len() && end >= 2,
+            "frame end {end} outside 2..={}",
+            raw.len()
+        );
         assert_eq!(op, raw[0] & 0x0f);
         let header = header_len(raw);
         assert!(end >= header);
@@ -99,7 +109,11 @@ fuzz_target!(|input: Input| {
                 let f = Frame::json(&value);
                 let b = f.bytes();
                 assert_eq!(b[0], 0x80 | OP_TEXT, "a final text frame");
-                assert_eq!(split_frame(b), Some((OP_TEXT, b.len())), "one whole frame of its own length");
+                assert_eq!(
+                    split_frame(b),
+                    Some((OP_TEXT, b.len())),
+                    "one whole frame of its own length"
+                );
                 let text = serde_json::to_string(&value).expect("a JSON value serializes");
                 assert_eq!(f.text(), text);
                 assert_eq!(f.payload(), text.as_bytes());

@@ -182,9 +182,7 @@ impl LogBuilder {
                 let scores = if u.ratio(1, 8)? {
                     Vec::<f32>::arbitrary(u)?
                 } else {
-                    (0..Label::ALL.len())
-                        .map(|_| score(u))
-                        .collect::<Result<_>>()?
+                    (0..Label::ALL.len()).map(|_| score(u)).collect::<Result<_>>()?
                 };
                 Record::EmotionRecorded(EmotionRecorded {
                     request_id,

@@ -27,7 +27,12 @@ fn seeds(target: &str, seeds: &[(String, Vec<u8>)]) {
             std::fs::write(&path, bytes).unwrap();
         } else {
             let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert_eq!(&committed, bytes, "{} is stale: WRITE_SEEDS=1 cargo +nightly test", path.display());
+            assert_eq!(
+                &committed,
+                bytes,
+                "{} is stale: WRITE_SEEDS=1 cargo +nightly test",
+                path.display()
+            );
         }
     }
 }
@@ -147,11 +152,20 @@ fn avro_decode() {
 #[test]
 fn client_frame() {
     let frames = [
-        ("subscribe", r#"{"type":"subscribe","room_id":"00000000000000a1","since":"0003000000000001","streams":["chat","emotion"]}"#),
+        (
+            "subscribe",
+            r#"{"type":"subscribe","room_id":"00000000000000a1","since":"0003000000000001","streams":["chat","emotion"]}"#,
+        ),
         ("unsubscribe", r#"{"type":"unsubscribe","room_id":"00000000000000a1"}"#),
-        ("send", r#"{"type":"send","room_id":"00000000000000a1","client_msg_id":"c1","text":"hello"}"#),
+        (
+            "send",
+            r#"{"type":"send","room_id":"00000000000000a1","client_msg_id":"c1","text":"hello"}"#,
+        ),
         ("typing", r#"{"type":"typing","room_id":"00000000000000a1"}"#),
-        ("auth", r#"{"type":"auth","access_token":"eyJhbGciOiJIUzI1NiJ9.e30.c2ln"}"#),
+        (
+            "auth",
+            r#"{"type":"auth","access_token":"eyJhbGciOiJIUzI1NiJ9.e30.c2ln"}"#,
+        ),
     ];
     let seeds: Vec<(String, Vec<u8>)> = frames
         .iter()
