@@ -239,23 +239,10 @@ impl Authenticator {
         }
     }
 
-    /// Whether the session `sid` of user `user_id` (`username`) has ended,
-    /// and why, as the views say: a live connection opened with one of its
-    /// tokens checks this periodically, in case the order ending it was lost.
-    pub async fn session_ended(
-        &self,
-        user_id: &str,
-        username: &str,
-        sid: &str,
-    ) -> Result<Option<SessionEnd>, AuthError> {
-        Ok(self
-            .session_end_cause(user_id, username, sid)
-            .await?
-            .map(SessionEnd::from))
-    }
-
     /// Why the session `sid` of user `user_id` (`username`) is over, if it
-    /// is, in one lookup of the views: it must have been opened on the log
+    /// is, in one lookup of the views (a live connection opened with one of
+    /// its tokens also asks this at every ping, in case the order ending it
+    /// was lost): it must have been opened on the log
     /// (a session the views do not know is over: tokens from before
     /// sessions were records lack `iss` and `aud` and never get here), not
     /// ended, before its absolute end, opened since the account was last
@@ -319,23 +306,6 @@ impl SessionEndCause {
             SessionEndCause::Unknown => "unknown session; log in again",
         }
     }
-}
-
-impl From<SessionEndCause> for SessionEnd {
-    /// Every end that is not the account's is the session's own.
-    fn from(cause: SessionEndCause) -> Self {
-        match cause {
-            SessionEndCause::AccountDeleted => SessionEnd::AccountDeleted,
-            _ => SessionEnd::LoggedOut,
-        }
-    }
-}
-
-/// Why a session is over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionEnd {
-    LoggedOut,
-    AccountDeleted,
 }
 
 /// The caller of an authenticated endpoint.

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use emosation_core::access;
 use emosation_core::ports::KickReason;
 use emosation_http::AuthUser;
-use emosation_http::auth::{SessionEnd, TokenKind};
+use emosation_http::auth::{SessionEndCause, TokenKind};
 use emosation_ingest::CommandError;
 use futures_util::StreamExt;
 use tokio::net::TcpStream;
@@ -148,12 +148,16 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, exp: i64, tcp: TcpStream, 
                 let ended = fanout
                     .ingest
                     .authenticator()
-                    .session_ended(&user.user_id, &user.username, &user.session_id)
+                    .session_end_cause(&user.user_id, &user.username, &user.session_id)
                     .await;
                 match ended {
                     Ok(None) => {}
-                    Ok(Some(SessionEnd::LoggedOut)) => live.end(KickReason::Logout),
-                    Ok(Some(SessionEnd::AccountDeleted)) => live.end(KickReason::AccountDeleted),
+                    Ok(Some(cause)) => live.end(match cause {
+                        SessionEndCause::LoggedOut => KickReason::Logout,
+                        SessionEndCause::AccountDeleted => KickReason::AccountDeleted,
+                        SessionEndCause::Expired => KickReason::TokenExpired,
+                        SessionEndCause::Revoked | SessionEndCause::Unknown => KickReason::Revoked,
+                    }),
                     Err(e) => debug!(error = %e, "cannot check the session; next ping"),
                 }
             }
