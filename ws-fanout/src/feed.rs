@@ -374,3 +374,47 @@ impl Candidate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use emosation_core::ids::Topology;
+    use emosation_storage::{EmbeddedLog, EmbeddedViewStore, LocalDecisions};
+    use tokio::sync::Semaphore;
+
+    /// A subscription that must catch up takes one of the connection's
+    /// permits until it is live; with none left it is refused at once.
+    #[tokio::test]
+    async fn catch_ups_are_bounded_per_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(&dir.path().join("log"), Topology::default()).unwrap());
+        let views: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("views")).unwrap());
+        // No projector runs: a catch-up waits for it, holding its permit.
+        let decisions = Arc::new(LocalDecisions::new());
+        let feed = Feed::new(log.clone(), views, decisions, CancellationToken::new());
+        let mut first = None;
+        for i in 0..3 {
+            let pos = log.append(Topic::Rooms, b"room-a", Bytes::from(vec![i])).await.unwrap();
+            first.get_or_insert(pos);
+        }
+        let since = first.unwrap().to_id();
+        let conn = Arc::new(ConnHandle::new(1, "u".into(), 64, None));
+        let permits = Arc::new(Semaphore::new(1));
+        let cursor = feed
+            .subscribe(Arc::clone(&conn), "room-a", Some(&since), Streams::ALL, &permits)
+            .await
+            .unwrap();
+        assert_eq!(cursor, since);
+        assert_eq!(permits.available_permits(), 0, "the catch-up holds the permit");
+        let refused = feed
+            .subscribe(Arc::clone(&conn), "room-a", Some(&since), Streams::ALL, &permits)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code, "rate_limited");
+        // Without `since` no catch-up is needed, and none is refused.
+        feed.subscribe(Arc::clone(&conn), "room-a", None, Streams::ALL, &permits)
+            .await
+            .unwrap();
+    }
+}
