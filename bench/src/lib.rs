@@ -96,6 +96,55 @@ pub async fn server_stages(http: &Client, base: &str, names: &[&str]) -> Value {
     Value::Object(out)
 }
 
+/// A process's resident memory (`VmRSS`), KB; 0 if it is gone.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// How many file descriptors a process has open (entries of `/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
+}
+
+/// Wall-clock microseconds since the epoch: what a message's `t=` carries,
+/// so that another connection can measure its delivery.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The send time embedded in a message frame's text (`"text":"t=<micros>`).
+pub fn sent_at(frame: &str) -> Option<u64> {
+    let i = frame.find("\"text\":\"t=")? + 10;
+    let digits: &str = &frame[i..];
+    let end = digits.find(|c: char| !c.is_ascii_digit())?;
+    digits[..end].parse().ok()
+}
+
+/// A client WebSocket.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/v1/ws` at `base` with `token` and reads the `hello`: one
+/// attempt. Small client buffers: a generator holds thousands of sockets.
+pub async fn connect_ws(base: &str, token: &str) -> anyhow::Result<Ws> {
+    use futures_util::StreamExt;
+    let url = format!("{}/v1/ws?access_token={token}", base.replace("http://", "ws://"));
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await?;
+    match ws.next().await {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) if t.as_str().contains("\"hello\"") => Ok(ws),
+        other => anyhow::bail!("no hello: {other:?}"),
+    }
+}
+
 /// CPU time (user + system) a process has used, in microseconds.
 pub fn cpu_us(pid: u32) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -275,23 +324,36 @@ pub fn tansu(cpu: Option<&str>, options: &str) -> anyhow::Result<(emosation_test
     Ok((broker, url))
 }
 
-/// Signs up and logs in; returns (user_id, token).
-pub async fn user(client: &Client, base: &str, name: &str) -> anyhow::Result<(String, String)> {
-    let creds = json!({"username": name, "password": "benchmark-password"});
+/// The password of every benchmark user.
+pub const PASSWORD: &str = "benchmark-password";
+
+/// Signs up `name` (with [`PASSWORD`]).
+pub async fn signup(client: &Client, base: &str, name: &str) -> anyhow::Result<()> {
     client
         .post(format!("{base}/v1/auth/signup"))
-        .json(&creds)
+        .json(&json!({"username": name, "password": PASSWORD}))
         .send()
         .await?
         .error_for_status()?;
-    let l: Value = client
+    Ok(())
+}
+
+/// Logs `name` in; the login answer (`access_token`, `refresh_token`, `user_id`, …).
+pub async fn login(client: &Client, base: &str, name: &str) -> anyhow::Result<Value> {
+    Ok(client
         .post(format!("{base}/v1/auth/login"))
-        .json(&creds)
+        .json(&json!({"username": name, "password": PASSWORD}))
         .send()
         .await?
         .error_for_status()?
         .json()
-        .await?;
+        .await?)
+}
+
+/// Signs up and logs in; returns (user_id, token).
+pub async fn user(client: &Client, base: &str, name: &str) -> anyhow::Result<(String, String)> {
+    signup(client, base, name).await?;
+    let l = login(client, base, name).await?;
     Ok((
         l["user_id"].as_str().unwrap_or_default().to_owned(),
         l["access_token"].as_str().unwrap_or_default().to_owned(),

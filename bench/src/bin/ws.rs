@@ -34,38 +34,21 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use emosation_bench::{ServerProcess, cpu_us, create_room, env, join, percentiles, user};
+use emosation_bench::{ServerProcess, Ws, cpu_us, create_room, env, join, now_us, percentiles, rss_kb, sent_at, user};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// Connects, retrying for up to 30 s while the node refuses the token (a
 /// fan-out node's replica of the views may not have folded the signup yet).
 async fn connect(base: &str, token: &str) -> anyhow::Result<Ws> {
-    let url = format!("{}/v1/ws?access_token={token}", base.replace("http://", "ws://"));
-    // Small client buffers: the generator holds thousands of sockets.
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
     let started = Instant::now();
     loop {
-        match tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await {
-            Ok((mut ws, _)) => {
-                ws.next().await; // hello
-                return Ok(ws);
-            }
-            Err(e) if started.elapsed() > Duration::from_secs(30) => return Err(e.into()),
+        match emosation_bench::connect_ws(base, token).await {
+            Ok(ws) => return Ok(ws),
+            Err(e) if started.elapsed() > Duration::from_secs(30) => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -97,14 +80,6 @@ async fn subscribe(ws: &mut Ws, room: &str) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The send time embedded in a message frame's text (`"text":"t=<micros>`).
-fn sent_at(frame: &str) -> Option<u64> {
-    let i = frame.find("\"text\":\"t=")? + 10;
-    let digits: &str = &frame[i..];
-    let end = digits.find(|c: char| !c.is_ascii_digit())?;
-    digits[..end].parse().ok()
 }
 
 /// A message frame's `message_id`, hashed: what groups a message's
@@ -433,14 +408,6 @@ async fn connections_gauge(http: &reqwest::Client, base: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with("emosation_fanout_connections "))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
 }
 
 /// What a scenario runs against: one `serve` process, or (distributed) a
