@@ -490,7 +490,7 @@ impl Client {
             }
         }
         // In turn: a polite close, or the connection just dropped.
-        if outcome == Left::Planned && self.visits % 2 == 0 {
+        if outcome == Left::Planned && self.visits.is_multiple_of(2) {
             let _ = ws.close(None).await;
             let t = Instant::now();
             while t.elapsed() < Duration::from_secs(2) {
@@ -847,7 +847,7 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 /// p50 and p99 of one interval's latencies.
 fn p50_p99(us: Vec<u64>) -> Value {
     let p = percentiles(us);
-    json!({"p50_us": p["p50_us"], "p99_us": p["p99_us"], "n": p["n"]})
+    json!({"p50_us": p["p50_us"], "p99_us": p["p99_us"], "n": p["n"].as_u64().unwrap_or(0)})
 }
 
 /// The least-squares slope of `ys` over `xs`.
