@@ -880,7 +880,12 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::process::Command::new("sync").status();
     let server = ServerProcess::start(&[]).await?;
     let pid = server.child.id().unwrap_or(0);
-    let http = reqwest::Client::new();
+    // Idle keep-alive connections are let go before the server's
+    // `--http-idle-timeout-secs` (5) closes them, as browsers retry a request
+    // that meets a connection closing under it: no race counted as an error.
+    let http = reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(4))
+        .build()?;
     let (rooms, users, sessions) = setup(&http, &server.base, &k).await?;
 
     let start = Instant::now();
