@@ -57,7 +57,9 @@ impl Handles {
                 .iter()
                 .map(|t| db.keyspace(t, || table_options(t)))
                 .collect::<Result<Vec<_>, _>>()?,
-            user_rooms: db.keyspace("user_rooms", KeyspaceCreateOptions::default)?,
+            user_rooms: db.keyspace("user_rooms", || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })?,
         })
     }
 
@@ -72,11 +74,25 @@ impl std::fmt::Debug for EmbeddedViewStore {
     }
 }
 
+/// A table's memtable, flushed to a table file when it reaches this size.
+const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// The views' journals at most, after which the oldest memtables are
+/// flushed (fjall's minimum; its default is 512 MiB).
+const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Per-table tuning. History is read by range scans (bigger blocks) and
 /// point-read only for keys that exist (read markers name real messages), so it
 /// needs no bloom filters; building them is a large part of bulk-load cost.
+///
+/// Every table's memtable is flushed at [`MEMTABLE_BYTES`] (fjall's default
+/// is 64 MiB per keyspace, with no bound on their sum): a chat server's rows
+/// are rewritten on every message (the room, the author's membership), and
+/// each write leaves a version in the memtable until it is flushed, so with
+/// the default a server at 200 messages/s grew by 36 MB a minute for twenty
+/// minutes before its first flush, and a scan of the rooms table stepped over
+/// every version of every busy room (the soak bench).
 fn table_options(table: &str) -> KeyspaceCreateOptions {
-    let opts = KeyspaceCreateOptions::default();
+    let opts = KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
     match table {
         "messages" => opts
             .expect_point_read_hits(true)
@@ -181,9 +197,16 @@ impl EmbeddedViewStore {
             path: dir.display().to_string(),
             reason: e.to_string(),
         };
-        let db = Database::builder(dir).open().map_err(err)?;
+        let db = Database::builder(dir)
+            .max_journaling_size(JOURNAL_BYTES)
+            .open()
+            .map_err(err)?;
         let handles = Handles::open(&db).map_err(err)?;
-        let positions = db.keyspace("positions", KeyspaceCreateOptions::default).map_err(err)?;
+        let positions = db
+            .keyspace("positions", || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+            .map_err(err)?;
         Ok(EmbeddedViewStore {
             db,
             handles: RwLock::new(Arc::new(handles)),
