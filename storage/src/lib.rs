@@ -78,8 +78,8 @@ pub(crate) fn consumer_partition_key(consumer: &str, topic: emosation_core::ids:
     k
 }
 
-/// The answer for a URL whose engine this build leaves out.
-#[cfg(not(all(feature = "kafka", feature = "redis", feature = "scylla")))]
+/// The answer for a URL this build cannot open (another scheme, or an
+/// engine left out of the build).
 fn left_out(what: &'static str, url: &str, reason: &'static str) -> OpenError {
     OpenError::Unsupported {
         what,
@@ -135,20 +135,33 @@ pub async fn open_log_failing_after(url: &str, topology: Topology, appends: u64)
     Ok(Arc::new(log))
 }
 
+/// Where a cache-side port (presence, decisions, rate limits) lives, by its
+/// URL: in process when there is none, or on Redis. Refuses other schemes,
+/// and `redis://` in a build without the redis feature.
+fn cache_engine<'a>(what: &'static str, url: Option<&'a str>) -> Result<Option<&'a str>, OpenError> {
+    match url {
+        None => Ok(None),
+        #[cfg(feature = "redis")]
+        Some(u) if u.starts_with("redis://") => Ok(Some(u)),
+        #[cfg(not(feature = "redis"))]
+        Some(u) if u.starts_with("redis://") => Err(left_out(what, u, "built without the redis feature")),
+        Some(u) => Err(left_out(
+            what,
+            u,
+            "expected redis://HOST:PORT (or no URL for the in-process one)",
+        )),
+    }
+}
+
 /// Opens the presence port named by `url`: in-process when `None`, or
 /// `redis://HOST:PORT` (see [`redis::presence`]).
 pub async fn open_presence(url: Option<&str>) -> Result<Arc<dyn Presence>, OpenError> {
-    match url {
+    match cache_engine("cache", url)? {
         None => Ok(Arc::new(LocalPresence::new())),
         #[cfg(feature = "redis")]
-        Some(u) if u.starts_with("redis://") => Ok(Arc::new(RedisPresence::connect(u).await?)),
+        Some(u) => Ok(Arc::new(RedisPresence::connect(u).await?)),
         #[cfg(not(feature = "redis"))]
-        Some(u) if u.starts_with("redis://") => Err(left_out("cache", u, "built without the redis feature")),
-        Some(u) => Err(OpenError::Unsupported {
-            what: "cache",
-            url: u.to_owned(),
-            reason: "expected redis://HOST:PORT (or no cache URL for the in-process one)",
-        }),
+        Some(u) => Err(left_out("cache", u, "built without the redis feature")),
     }
 }
 
@@ -158,34 +171,24 @@ pub async fn open_presence(url: Option<&str>) -> Result<Arc<dyn Presence>, OpenE
 /// so that waiting for the projector's applied position also sees a
 /// projector in another process ([`LocalDecisions::with_views`]).
 pub async fn open_decisions(url: Option<&str>, views: Arc<dyn ViewStore>) -> Result<Arc<dyn Decisions>, OpenError> {
-    match url {
+    match cache_engine("decisions", url)? {
         None => Ok(Arc::new(LocalDecisions::with_views(views))),
         #[cfg(feature = "redis")]
-        Some(u) if u.starts_with("redis://") => Ok(Arc::new(RedisDecisions::connect(u, Some(views)).await?)),
+        Some(u) => Ok(Arc::new(RedisDecisions::connect(u, Some(views)).await?)),
         #[cfg(not(feature = "redis"))]
-        Some(u) if u.starts_with("redis://") => Err(left_out("decisions", u, "built without the redis feature")),
-        Some(u) => Err(OpenError::Unsupported {
-            what: "decisions",
-            url: u.to_owned(),
-            reason: "expected redis://HOST:PORT (or no URL for the in-process feed)",
-        }),
+        Some(u) => Err(left_out("cache", u, "built without the redis feature")),
     }
 }
 
 /// Opens the rate limiter named by `url`: in-process when `None`, or
 /// `redis://HOST:PORT` (see [`redis::rate_limiter`]).
 pub async fn open_rate_limiter(url: Option<&str>) -> Result<Arc<dyn RateLimiter>, OpenError> {
-    match url {
+    match cache_engine("cache", url)? {
         None => Ok(Arc::new(LocalRateLimiter::new())),
         #[cfg(feature = "redis")]
-        Some(u) if u.starts_with("redis://") => Ok(Arc::new(RedisRateLimiter::connect(u).await?)),
+        Some(u) => Ok(Arc::new(RedisRateLimiter::connect(u).await?)),
         #[cfg(not(feature = "redis"))]
-        Some(u) if u.starts_with("redis://") => Err(left_out("cache", u, "built without the redis feature")),
-        Some(u) => Err(OpenError::Unsupported {
-            what: "cache",
-            url: u.to_owned(),
-            reason: "expected redis://HOST:PORT (or no cache URL for the in-process one)",
-        }),
+        Some(u) => Err(left_out("cache", u, "built without the redis feature")),
     }
 }
 
