@@ -19,6 +19,9 @@ function muted(el) {
   return el;
 }
 
+// Rooms per page of `GET /v1/me/rooms` (the API's default and our choice).
+const MY_ROOMS_PAGE = 100;
+
 export class Sidebar {
   constructor(live, mount) {
     this.live = live;
@@ -33,22 +36,46 @@ export class Sidebar {
     this.el.querySelector('h2').id = 'my-rooms-h';
     mount.append(this.el);
     live.addEventListener('frame', (ev) => this.frame(ev.detail));
+    // After a reconnect the sidebar's rooms are followed from then on:
+    // what came in between is in the server's unread counts.
+    live.addEventListener('state', (ev) => ev.detail.state === 'live' && ev.detail.resumed && this.load());
     this.load();
   }
 
-  async load() {
-    let res;
+  /** Reads every page of `GET /v1/me/rooms` (following `next_after`). */
+  load() {
+    // One load at a time; those asked for during one share the next.
+    if (this.loading) {
+      this.next ||= this.loading.then(() => {
+        this.next = null;
+        return this.load();
+      });
+      return this.next;
+    }
+    this.loading = this.loadAll().finally(() => (this.loading = null));
+    return this.loading;
+  }
+
+  async loadAll() {
+    const all = [];
+    let after = null;
     try {
-      res = await api('GET', '/v1/me/rooms');
+      do {
+        const q = new URLSearchParams({ limit: String(MY_ROOMS_PAGE) });
+        if (after) q.set('after', after);
+        const res = await api('GET', `/v1/me/rooms?${q}`);
+        all.push(...res.rooms);
+        after = res.next_after;
+      } while (after);
     } catch {
       return;
     }
     const seen = new Set();
-    for (const r of res.rooms) {
+    for (const r of all) {
       seen.add(r.room_id);
       const old = this.rooms.get(r.room_id);
-      this.rooms.set(r.room_id, { ...r, last_at: old ? old.last_at : '' });
-      if (r.room_id !== this.active) this.live.watch(r.room_id, ['chat']);
+      this.rooms.set(r.room_id, { ...r, last_at: old ? old.last_at : '', dated: old ? old.dated : false });
+      if (!old && r.room_id !== this.active) this.live.watch(r.room_id, ['chat'], null, false);
     }
     for (const id of [...this.rooms.keys()]) {
       if (!seen.has(id)) {
@@ -57,18 +84,25 @@ export class Sidebar {
       }
     }
     this.render();
-    // Newest activity first: the time of each room's newest message.
-    await Promise.all(res.rooms.filter((r) => !this.rooms.get(r.room_id).last_at).slice(0, 50).map(async (r) => {
-      try {
-        const page = await api('GET', `/v1/rooms/${encodeURIComponent(r.room_id)}/messages?limit=1`);
-        const m = page.messages[0];
+    // Newest activity first: the time of each room's newest message (asked
+    // once per room, a few at a time; live messages keep it current).
+    const undated = all.filter((r) => !this.rooms.get(r.room_id).dated);
+    const next = async () => {
+      for (let r = undated.shift(); r; r = undated.shift()) {
         const cur = this.rooms.get(r.room_id);
-        if (cur && m && m.created_at > cur.last_at) cur.last_at = m.created_at;
-      } catch {
-        /* not a member any more */
+        if (!cur) continue;
+        cur.dated = true;
+        try {
+          const page = await api('GET', `/v1/rooms/${encodeURIComponent(r.room_id)}/messages?limit=1`);
+          const m = page.messages[0];
+          const now = this.rooms.get(r.room_id); // a reload may have replaced it
+          if (now && m && m.created_at > now.last_at) now.last_at = m.created_at;
+        } catch {
+          /* not a member any more */
+        }
       }
-    }));
-    this.render();
+    };
+    Promise.all([next(), next(), next(), next()]).then(() => this.render());
   }
 
   frame(f) {
@@ -88,7 +122,7 @@ export class Sidebar {
   setActive(id) {
     const prev = this.active;
     this.active = id;
-    if (prev && prev !== id && this.rooms.has(prev)) this.live.watch(prev, ['chat']);
+    if (prev && prev !== id && this.rooms.has(prev)) this.live.watch(prev, ['chat'], null, false);
     this.render();
   }
 

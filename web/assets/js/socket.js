@@ -2,6 +2,13 @@
 // newest cursor seen, so every (re)connect resumes exactly where the last
 // frame left off: no gap, and (with the views' dedupe by id) no duplicate.
 //
+// The server takes at most 10 subscribe frames a second (burst 20) and 4
+// subscriptions catching up at once per connection, and its refusals name no
+// room: subscriptions are queued and paced below that (8/s, burst 16), the
+// room on screen first, and only the room on screen resumes with `since`
+// (the rooms of the sidebar only count unread messages, which the sidebar
+// reloads after a reconnect).
+//
 // Events (CustomEvent, detail = the frame or a state):
 //   'frame'  every server frame
 //   'state'  {state, attempt?, delay?, resumed?}: connecting | resuming | live |
@@ -12,11 +19,17 @@ import { accessToken, refresh } from './api.js';
 
 const TERMINAL = new Set(['kicked', 'ended', 'stopped']);
 const CURSOR_FRAMES = new Set(['message', 'member_joined', 'member_left', 'emotion', 'subscribed']);
+const SUB_BURST = 16;
+const SUB_RATE = 8; // per second
 
 export class Live extends EventTarget {
   constructor() {
     super();
-    this.rooms = new Map(); // room_id -> {streams, cursor}
+    this.rooms = new Map(); // room_id -> {streams, cursor, resume}
+    this.queue = new Set(); // room_ids whose subscribe frame waits for its turn
+    this.tokens = SUB_BURST;
+    this.tokensAt = 0;
+    this.pumpTimer = null;
     this.ws = null;
     this.state = 'stopped';
     this.attempt = 0;
@@ -103,7 +116,15 @@ export class Live extends EventTarget {
         const resumed = this.wasLive;
         this.wasLive = true;
         this.attempt = 0;
-        for (const [room_id, r] of this.rooms) this.subscribeFrame(room_id, r);
+        // A new connection: a new allowance, and every room again.
+        this.queue.clear();
+        this.tokens = SUB_BURST;
+        this.tokensAt = performance.now();
+        for (const [room_id, r] of this.rooms) {
+          r.sent = false;
+          this.queue.add(room_id);
+        }
+        this.pump();
         this.emitState('live', { resumed });
         this.dispatchEvent(new CustomEvent('open'));
         break;
@@ -119,7 +140,7 @@ export class Live extends EventTarget {
         // A cursor the server no longer knows: start over from live.
         if (f.code === 'invalid_cursor') {
           for (const r of this.rooms.values()) r.cursor = null;
-          for (const [room_id, r] of this.rooms) this.subscribeFrame(room_id, r);
+          for (const room_id of this.rooms.keys()) this.subscribe(room_id);
           this.dispatchEvent(new CustomEvent('reset'));
         }
         break;
@@ -127,23 +148,56 @@ export class Live extends EventTarget {
     this.dispatchEvent(new CustomEvent('frame', { detail: f }));
   }
 
-  subscribeFrame(room_id, r) {
-    const frame = { type: 'subscribe', room_id, streams: r.streams };
-    if (r.cursor) frame.since = r.cursor;
-    this.send(frame);
+  /** Queues a (re)subscription of a room; it goes out at its turn. */
+  subscribe(room_id) {
+    if (!this.isLive()) return; // hello subscribes every room
+    this.queue.add(room_id);
+    this.pump();
   }
 
-  /** Follows a room on these streams, from `cursor` if given (else from now). */
-  watch(room_id, streams, cursor) {
+  /** Sends queued subscribe frames as the allowance permits, resuming rooms first. */
+  pump() {
+    clearTimeout(this.pumpTimer);
+    if (!this.isLive()) return;
+    const now = performance.now();
+    this.tokens = Math.min(SUB_BURST, this.tokens + ((now - this.tokensAt) / 1000) * SUB_RATE);
+    this.tokensAt = now;
+    while (this.queue.size && this.tokens >= 1) {
+      const ids = [...this.queue];
+      const room_id = ids.find((id) => this.rooms.get(id)?.resume) || ids[0];
+      this.queue.delete(room_id);
+      const r = this.rooms.get(room_id);
+      if (!r) continue;
+      const frame = { type: 'subscribe', room_id, streams: r.streams };
+      if (r.cursor && r.resume) frame.since = r.cursor;
+      this.send(frame);
+      r.sent = true;
+      this.tokens -= 1;
+    }
+    if (this.queue.size) this.pumpTimer = setTimeout(() => this.pump(), 1000 / SUB_RATE);
+  }
+
+  /**
+   * Follows a room on these streams. With `resume` (the default) every
+   * (re)subscription asks for what came after the newest cursor seen
+   * (`cursor`, if given, or a newer one); without it, from now.
+   */
+  watch(room_id, streams, cursor, resume = true) {
     const r = this.rooms.get(room_id) || { cursor: null };
     r.streams = streams;
+    r.resume = resume;
     if (cursor && (!r.cursor || cursor > r.cursor)) r.cursor = cursor;
     this.rooms.set(room_id, r);
-    if (this.isLive()) this.subscribeFrame(room_id, r);
+    this.subscribe(room_id);
   }
 
   unwatch(room_id) {
-    if (this.rooms.delete(room_id) && this.isLive()) this.send({ type: 'unsubscribe', room_id });
+    const r = this.rooms.get(room_id);
+    if (!r) return;
+    this.rooms.delete(room_id);
+    // Still in the queue: it was never (re)subscribed on this connection.
+    if (this.queue.delete(room_id) && !r.sent) return;
+    if (this.isLive()) this.send({ type: 'unsubscribe', room_id });
   }
 
   isLive() {
