@@ -23,6 +23,18 @@ pub struct LogEntry {
     pub timestamp_ms: i64,
 }
 
+/// Memory one part of an adapter holds now, and the most it will hold: what
+/// `/metrics` reports as `emosation_memory_bytes{part}` and
+/// `emosation_memory_limit_bytes{part}`, so that an operator (and the soak
+/// bench) can tell bounded caches filling up from memory that grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// A name from a closed set (a metric label), e.g. `log_tails`.
+    pub part: &'static str,
+    pub bytes: u64,
+    pub limit: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("unknown topic or partition {topic}/{partition}")]
@@ -109,6 +121,13 @@ pub trait Log: Send + Sync + 'static {
     /// as `Ok(())` for adapters that cannot fail so.
     fn health(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// The memory this handle holds in the process, by part, with each
+    /// part's bound (its caches and buffers; not the OS page cache).
+    /// Provided as none for adapters whose memory is elsewhere (a broker).
+    fn memory(&self) -> Vec<MemoryUse> {
+        Vec::new()
     }
 }
 
@@ -263,6 +282,12 @@ pub trait ViewStore: ViewQueries {
     /// `Ok(())` for adapters that cannot fail so.
     fn health(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// The memory this handle holds in the process, by part, with each
+    /// part's bound (see [`Log::memory`]).
+    fn memory(&self) -> Vec<MemoryUse> {
+        Vec::new()
     }
 }
 

@@ -388,11 +388,16 @@ impl Server {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut app = Router::new();
+        let tails = emosation_query_api::tail_cache();
         if roles.ingest {
             app = app.merge(emosation_ingest::http::routes(Arc::clone(&ingest)));
         }
         if roles.query_api {
-            app = app.merge(emosation_query_api::routes(Arc::clone(&views), Arc::clone(&auth)));
+            app = app.merge(emosation_query_api::routes(
+                Arc::clone(&views),
+                Arc::clone(&auth),
+                Arc::clone(&tails),
+            ));
             app = app.merge(emosation_web::routes());
         }
         if roles.fanout {
@@ -449,12 +454,23 @@ impl Server {
                 storage.health()
             })
         };
+        let memory = {
+            let (log, views, tails) = (Arc::clone(&log), Arc::clone(&views), Arc::clone(&tails));
+            Arc::new(move || {
+                let mut parts = log.memory();
+                parts.extend(views.memory());
+                if roles.query_api {
+                    parts.push(tails.memory());
+                }
+                parts
+            })
+        };
         let (grace, stop) = (cfg.fail_grace, shutdown.clone());
         tasks.spawn(async move { storage.watch(grace, stop).await });
 
         // `with_state(())` turns every handler into a ready route once, here,
         // instead of per request.
-        let app = emosation_http::observe::finish(app, ready)
+        let app = emosation_http::observe::finish(app, ready, memory)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::new(cfg.trusted_proxies.clone()),

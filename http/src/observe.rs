@@ -17,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use emosation_core::ports::MemoryUse;
+
 use crate::ApiError;
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -78,6 +80,18 @@ pub fn method_label(method: &Method) -> &'static str {
 /// Whether this process can take writes: `Err(reason)` while it cannot.
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// The memory this process's caches and buffers hold, by part, read when
+/// `/metrics` is rendered.
+pub type MemoryReport = Arc<dyn Fn() -> Vec<MemoryUse> + Send + Sync>;
+
+/// Sets `emosation_memory_bytes{part}` and `emosation_memory_limit_bytes{part}`.
+fn record_memory(parts: &[MemoryUse]) {
+    for m in parts {
+        metrics::gauge!("emosation_memory_bytes", "part" => m.part).set(m.bytes as f64);
+        metrics::gauge!("emosation_memory_limit_bytes", "part" => m.part).set(m.limit as f64);
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
@@ -93,10 +107,10 @@ async fn method_not_allowed() -> ApiError {
 /// Adds `/healthz`, `/readyz`, `/metrics`, JSON fallbacks and request
 /// metrics to a service's routes.
 ///
-/// `/healthz` is liveness: 200 while the process answers at all. `/readyz`
+/// `/metrics` first records what `memory` reports. `/healthz` is liveness: 200 while the process answers at all. `/readyz`
 /// is 200 `ready` while `ready` says the process can take writes, else 503
 /// `unavailable` with the reason and `Retry-After`.
-pub fn finish(routes: Router, ready: ReadyCheck) -> Router {
+pub fn finish(routes: Router, ready: ReadyCheck, memory: MemoryReport) -> Router {
     let handle = prometheus();
     routes
         .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
@@ -116,6 +130,7 @@ pub fn finish(routes: Router, ready: ReadyCheck) -> Router {
             "/metrics",
             get(move || {
                 let h = handle.clone();
+                record_memory(&memory());
                 async move {
                     (
                         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -58,8 +58,14 @@ impl FromRef<QueryState> for Arc<Authenticator> {
     }
 }
 
-/// The read routes, ready to merge with other services' routes.
-pub fn routes(views: Arc<dyn ViewStore>, auth: Arc<Authenticator>) -> Router {
+/// The history pages' cache of rendered room tails, at its default bounds.
+pub fn tail_cache() -> Arc<tail::TailCache> {
+    Arc::new(tail::TailCache::new(TAIL_CACHE_ROOMS, TAIL_CACHE_BYTES))
+}
+
+/// The read routes, ready to merge with other services' routes; `tails`
+/// (from [`tail_cache`]) is passed in so that its memory can be reported.
+pub fn routes(views: Arc<dyn ViewStore>, auth: Arc<Authenticator>, tails: Arc<tail::TailCache>) -> Router {
     Router::new()
         .route("/v1/me", get(me))
         .route("/v1/me/rooms", get(my_rooms))
@@ -69,11 +75,7 @@ pub fn routes(views: Arc<dyn ViewStore>, auth: Arc<Authenticator>) -> Router {
         .route("/v1/rooms/{room_id}/messages", get(history))
         .route("/v1/rooms/{room_id}/emotions", get(emotions))
         .route("/v1/rooms/{room_id}/activity", get(activity))
-        .with_state(QueryState {
-            views,
-            auth,
-            tails: Arc::new(tail::TailCache::new(TAIL_CACHE_ROOMS, TAIL_CACHE_BYTES)),
-        })
+        .with_state(QueryState { views, auth, tails })
 }
 
 /// The emotion of each message, where one has been recorded.

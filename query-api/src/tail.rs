@@ -134,6 +134,20 @@ impl TailCache {
         }
     }
 
+    /// The bytes held (as counted against the bound) and the bound.
+    pub fn memory(&self) -> emosation_core::ports::MemoryUse {
+        let bytes = self
+            .shards
+            .iter()
+            .map(|s| s.lock().map(|s| s.bytes).unwrap_or(0))
+            .sum::<usize>();
+        emosation_core::ports::MemoryUse {
+            part: "query_tail_cache",
+            bytes: bytes as u64,
+            limit: (self.bytes_per_shard * self.shards.len()) as u64,
+        }
+    }
+
     fn shard(&self, room_id: &str) -> &Mutex<Shard> {
         let h = emosation_core::ids::murmur2(room_id.as_bytes()) as usize;
         &self.shards[h % self.shards.len()]

@@ -128,6 +128,12 @@ impl EntityCache {
     }
 
     /// Forgets everything (the tables were dropped).
+    /// The bytes held and the most that will be.
+    pub(crate) fn bytes(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.bytes, inner.max_bytes)
+    }
+
     pub(crate) fn clear(&self) {
         let mut inner = self.lock();
         inner.epoch += 1;

@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use emosation_core::ids::{LogPosition, Topic, Topology, partition_for};
-use emosation_core::ports::{AppendTicket, Log, LogEntry, LogError};
+use emosation_core::ports::{AppendTicket, Log, LogEntry, LogError, MemoryUse};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error};
@@ -48,8 +48,13 @@ fn topic_options() -> KeyspaceCreateOptions {
         .max_memtable_size(16 * 1024 * 1024)
 }
 
-/// The journals at most, after which the oldest memtables are flushed.
+/// The journals at most, after which the oldest memtables are flushed:
+/// also about the most the memtables hold together.
 const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The block cache (table files' blocks read by fetches that miss the
+/// tails: catch-ups and replays).
+const BLOCK_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A group commit slower than this is logged (write and sync times).
 const SLOW_COMMIT: Duration = Duration::from_millis(20);
@@ -231,6 +236,7 @@ impl EmbeddedLog {
         };
         let db = Database::builder(dir)
             .max_journaling_size(JOURNAL_BYTES)
+            .cache_size(BLOCK_CACHE_BYTES)
             .open()
             .map_err(err)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(err)?;
@@ -582,6 +588,33 @@ impl Log for EmbeddedLog {
             .get(consumer_partition_key(group, topic, partition))
             .map_err(storage)?;
         Ok(v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    fn memory(&self) -> Vec<MemoryUse> {
+        let tails = self
+            .shared
+            .tails
+            .values()
+            .map(|t| t.lock().expect("tail lock").bytes as u64)
+            .sum();
+        let db = &self.shared.db;
+        vec![
+            MemoryUse {
+                part: "log_tails",
+                bytes: tails,
+                limit: (self.shared.tails.len() * TAIL_BYTES) as u64,
+            },
+            MemoryUse {
+                part: "log_block_cache",
+                bytes: db.cache_size(),
+                limit: db.cache_capacity(),
+            },
+            MemoryUse {
+                part: "log_memtables",
+                bytes: db.write_buffer_size(),
+                limit: JOURNAL_BYTES,
+            },
+        ]
     }
 
     fn health(&self) -> Result<(), String> {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use async_trait::async_trait;
 use emosation_core::bulk::BulkRows;
 use emosation_core::ids::Topic;
-use emosation_core::ports::{CORE_VIEWS, StoreError, ViewBatch, ViewQueries, ViewStore};
+use emosation_core::ports::{CORE_VIEWS, MemoryUse, StoreError, ViewBatch, ViewQueries, ViewStore};
 use emosation_core::view::{
     ActivityView, EmotionView, MemberView, MessageView, RoomView, TABLES, ViewKey, ViewValue, hour_field, table_owner,
 };
@@ -79,6 +79,10 @@ const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// The views' journals at most, after which the oldest memtables are
 /// flushed (fjall's minimum; its default is 512 MiB).
 const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The block cache (table files' blocks read by lookups and scans that miss
+/// the entity cache).
+const BLOCK_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Per-table tuning. History is read by range scans (bigger blocks) and
 /// point-read only for keys that exist (read markers name real messages), so it
@@ -199,6 +203,7 @@ impl EmbeddedViewStore {
         };
         let db = Database::builder(dir)
             .max_journaling_size(JOURNAL_BYTES)
+            .cache_size(BLOCK_CACHE_BYTES)
             .open()
             .map_err(err)?;
         let handles = Handles::open(&db).map_err(err)?;
@@ -541,6 +546,27 @@ impl ViewStore for EmbeddedViewStore {
         } else {
             self.positions.remove(key).map_err(storage)
         }
+    }
+
+    fn memory(&self) -> Vec<MemoryUse> {
+        let (bytes, limit) = self.cache.bytes();
+        vec![
+            MemoryUse {
+                part: "view_entity_cache",
+                bytes: bytes as u64,
+                limit: limit as u64,
+            },
+            MemoryUse {
+                part: "view_block_cache",
+                bytes: self.db.cache_size(),
+                limit: self.db.cache_capacity(),
+            },
+            MemoryUse {
+                part: "view_memtables",
+                bytes: self.db.write_buffer_size(),
+                limit: JOURNAL_BYTES,
+            },
+        ]
     }
 
     fn health(&self) -> Result<(), String> {
