@@ -3,16 +3,17 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRef, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRef, FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
+use emosation_http::auth::TokenKind;
 use emosation_http::client::ClientAddr;
-use emosation_http::{ApiError, ApiJson, ApiPath, AuthUser, Authenticator};
+use emosation_http::{ApiError, ApiJson, ApiPath, AuthUser, Authenticator, TokenPair};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::Ingest;
+use crate::{Ingest, cookie};
 
 #[derive(Clone)]
 pub struct IngestState {
@@ -67,11 +68,39 @@ async fn signup(
 async fn login(
     State(s): State<IngestState>,
     ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
     ApiJson(c): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
     s.ingest.admit_login(&c.username, client).await?;
     let pair = s.ingest.login(&c.username, &c.password).await?;
-    Ok(axum::Json(pair).into_response())
+    Ok(tokens(&s, &headers, pair))
+}
+
+/// The tokens of a login or refresh: all in the body, or (with
+/// `X-Refresh-Cookie`) the refresh token in the cookie and the rest in the body.
+fn tokens(s: &IngestState, headers: &HeaderMap, pair: TokenPair) -> Response {
+    if !cookie::wanted(headers) {
+        return axum::Json(pair).into_response();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let max_age = s
+        .ingest
+        .authenticator()
+        .keys
+        .verify(&pair.refresh_token, TokenKind::Refresh)
+        .map_or(0, |c| c.exp - now);
+    (
+        [(header::SET_COOKIE, cookie::set(headers, &pair.refresh_token, max_age))],
+        axum::Json(json!({
+            "access_token": pair.access_token,
+            "token_type": pair.token_type,
+            "expires_in": pair.expires_in,
+            "user_id": pair.user_id,
+        })),
+    )
+        .into_response()
 }
 
 /// The body of `POST /v1/auth/refresh`.
@@ -80,13 +109,85 @@ pub struct RefreshBody {
     pub refresh_token: String,
 }
 
-async fn refresh(State(s): State<IngestState>, ApiJson(b): ApiJson<RefreshBody>) -> Result<Response, ApiError> {
-    Ok(axum::Json(s.ingest.refresh(&b.refresh_token).await?).into_response())
+/// The body of a refresh with `X-Refresh-Cookie`: may be empty or `{}`.
+#[derive(Deserialize, Default)]
+struct CookieRefreshBody {
+    refresh_token: Option<String>,
 }
 
-async fn logout(State(s): State<IngestState>, user: AuthUser) -> Result<StatusCode, ApiError> {
+async fn refresh(State(s): State<IngestState>, headers: HeaderMap, req: Request) -> Result<Response, ApiError> {
+    if !cookie::wanted(&headers) {
+        let ApiJson(b) = ApiJson::<RefreshBody>::from_request(req, &s).await?;
+        return Ok(axum::Json(s.ingest.refresh(&b.refresh_token).await?).into_response());
+    }
+    let body = bytes::Bytes::from_request(req, &s)
+        .await
+        .map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::new(e.status(), "payload_too_large", "request body is too large")
+            }
+            _ => ApiError::invalid_request(e.body_text()),
+        })?;
+    let b = if body.iter().all(u8::is_ascii_whitespace) {
+        CookieRefreshBody::default()
+    } else {
+        let ApiJson(b) = ApiJson::<CookieRefreshBody>::from_request(rebuilt(&headers, body), &s).await?;
+        b
+    };
+    let Some(token) = b.refresh_token.or_else(|| cookie::read(&headers)) else {
+        return Err(ApiError::from(crate::CommandError::InvalidToken(
+            "no refresh token: neither in the body nor in the refresh cookie".into(),
+        )));
+    };
+    match s.ingest.refresh(&token).await {
+        Ok(pair) => Ok(tokens(&s, &headers, pair)),
+        Err(e) => Ok(forget_cookie(&headers, ApiError::from(e))),
+    }
+}
+
+/// A request with these headers and body, for an extractor.
+fn rebuilt(headers: &HeaderMap, body: bytes::Bytes) -> Request {
+    let mut req = Request::new(axum::body::Body::from(body));
+    *req.headers_mut() = headers.clone();
+    req
+}
+
+/// An error answered in cookie mode: a refused token also removes the cookie.
+fn forget_cookie(headers: &HeaderMap, e: ApiError) -> Response {
+    if e.status == StatusCode::UNAUTHORIZED {
+        ([(header::SET_COOKIE, cookie::clear(headers))], e).into_response()
+    } else {
+        e.into_response()
+    }
+}
+
+/// Logout by the access token (`Authorization: Bearer`), or, with
+/// `X-Refresh-Cookie`, by the refresh cookie when there is no valid access
+/// token; in cookie mode the cookie is removed.
+async fn logout(
+    State(s): State<IngestState>,
+    headers: HeaderMap,
+    user: Result<AuthUser, ApiError>,
+) -> Result<Response, ApiError> {
+    let cookie_mode = cookie::wanted(&headers);
+    let user = match (user, cookie_mode.then(|| cookie::read(&headers)).flatten()) {
+        (Ok(user), _) => user,
+        (Err(_), Some(token)) => match s.ingest.authenticator().authenticate(&token, TokenKind::Refresh).await {
+            Ok(c) => AuthUser {
+                user_id: c.sub,
+                username: c.name,
+                session_id: c.sid,
+                issued_at: c.iat,
+            },
+            Err(e) => return Ok(forget_cookie(&headers, ApiError::from(e))),
+        },
+        (Err(e), None) => return Err(e),
+    };
     s.ingest.logout(&user).await?;
-    Ok(StatusCode::NO_CONTENT)
+    if cookie_mode {
+        return Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie::clear(&headers))]).into_response());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn delete_me(State(s): State<IngestState>, user: AuthUser) -> Result<StatusCode, ApiError> {

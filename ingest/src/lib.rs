@@ -15,6 +15,7 @@
 //! - [`validate`]: the contract's input rules.
 //! - [`http`]: the command endpoints.
 
+pub mod cookie;
 pub mod error;
 pub mod http;
 pub mod validate;

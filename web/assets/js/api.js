@@ -1,13 +1,19 @@
 // The HTTP side of the public API, and the session.
 //
-// The access token lives in memory only. The refresh token is kept in
-// localStorage so a reload (or a second tab) resumes the session; each tab
-// refreshes for its own access token, one tab at a time (Web Locks), always
-// with the newest refresh token, so rotating refresh tokens never sees a
-// reused one. Access tokens are renewed before they expire.
+// The access token lives in memory only. The refresh token is never seen
+// by a script: login and refresh send `X-Refresh-Cookie: 1`, and the server
+// keeps it in an httpOnly, SameSite=Strict cookie limited to /v1/auth (an API
+// extension, docs/api.md), which a reload or a second tab shares. localStorage
+// holds only who is logged in (user id and name: the session marker). Each tab
+// refreshes for its own access token, one tab at a time (Web Locks), so the
+// rotating cookie is never presented twice. Access tokens are renewed before
+// they expire.
 
-const RT = 'emosation.refresh';
 const USER = 'emosation.user';
+// Where the refresh token was kept before the cookie: moved into the cookie
+// at the first refresh, then removed.
+const LEGACY_RT = 'emosation.refresh';
+const COOKIE = { 'x-refresh-cookie': '1' };
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -33,11 +39,11 @@ export function currentUser() {
   }
 }
 
-export const hasSession = () => !!localStorage.getItem(RT);
+export const hasSession = () => !!localStorage.getItem(USER);
 export const accessToken = () => access;
 
-async function raw(method, path, body, token) {
-  const headers = {};
+async function raw(method, path, body, token, extra) {
+  const headers = { ...extra };
   if (body !== undefined) headers['content-type'] = 'application/json';
   if (token) headers.authorization = `Bearer ${token}`;
   let res;
@@ -63,7 +69,7 @@ async function raw(method, path, body, token) {
 
 function store(tokens, user) {
   access = tokens.access_token;
-  localStorage.setItem(RT, tokens.refresh_token);
+  localStorage.removeItem(LEGACY_RT);
   if (user) localStorage.setItem(USER, JSON.stringify(user));
   clearTimeout(renewTimer);
   const ttl = tokens.expires_in || 900;
@@ -76,7 +82,7 @@ export async function signup(username, password) {
 }
 
 export async function login(username, password) {
-  const tokens = await raw('POST', '/v1/auth/login', { username, password });
+  const tokens = await raw('POST', '/v1/auth/login', { username, password }, null, COOKIE);
   store(tokens, { user_id: tokens.user_id, username });
   emit('login');
   return tokens;
@@ -84,14 +90,14 @@ export async function login(username, password) {
 
 let refreshing = null;
 
-/** Gets a new access token with the stored refresh token; ends the session on 401. */
+/** Gets a new access token with the refresh cookie; ends the session on 401. */
 export function refresh() {
   if (refreshing) return refreshing;
   const run = async () => {
-    const token = localStorage.getItem(RT);
-    if (!token) throw new ApiError(401, 'invalid_token', 'no session');
+    if (!hasSession()) throw new ApiError(401, 'invalid_token', 'no session');
+    const legacy = localStorage.getItem(LEGACY_RT);
     try {
-      const tokens = await raw('POST', '/v1/auth/refresh', { refresh_token: token });
+      const tokens = await raw('POST', '/v1/auth/refresh', legacy ? { refresh_token: legacy } : undefined, null, COOKIE);
       store(tokens);
       emit('refreshed');
       return tokens.access_token;
@@ -110,7 +116,7 @@ export function endSession(reason) {
   const had = hasSession() || access;
   access = null;
   clearTimeout(renewTimer);
-  localStorage.removeItem(RT);
+  localStorage.removeItem(LEGACY_RT);
   localStorage.removeItem(USER);
   if (had) emit('ended', reason);
 }
@@ -131,7 +137,11 @@ export async function api(method, path, body) {
 
 export async function logout() {
   try {
-    if (access) await raw('POST', '/v1/auth/logout', undefined, access);
+    // By the access token if there is one, else by the cookie; the server
+    // removes the cookie either way.
+    await raw('POST', '/v1/auth/logout', undefined, access, COOKIE);
+  } catch {
+    /* already ended on the server: it ends here too */
   } finally {
     endSession(null);
   }
@@ -144,7 +154,7 @@ export async function deleteAccount() {
 
 // Another tab logged out: this one follows.
 window.addEventListener('storage', (e) => {
-  if (e.key === RT && e.newValue === null && access) {
+  if (e.key === USER && e.newValue === null && access) {
     access = null;
     clearTimeout(renewTimer);
     emit('ended', 'logout');
