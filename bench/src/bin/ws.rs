@@ -22,6 +22,11 @@
 //! `KAFKA_OPTIONS` adds librdkafka properties to the
 //! log URL (e.g. `fetch.wait.max.ms=5`).
 //!
+//! `small_rooms` (issue 21: 5,000 rooms of two, 10,000 sockets all sending,
+//! the rate stepped up until the ack p99 passes 50 ms) is described in
+//! `bench/src/small_rooms.rs`; it is not in the default set (it takes a few
+//! minutes).
+//!
 //! `gateway` is the docker-compose gateway carrying sockets: Debian's nginx
 //! with the deployment's own `deploy/nginx/nginx.conf` (its backends.conf
 //! pointing at 127.0.0.1) in front of the same distributed deployment with
@@ -523,6 +528,10 @@ async fn main() -> anyhow::Result<()> {
         };
         let server = &deployment.core;
         let base = server.base.clone();
+        if name == "small_rooms" {
+            emosation_bench::small_rooms::run(&base, server.child.id().unwrap_or(0)).await?;
+            continue;
+        }
         let bases = deployment.ws_bases();
         let http = reqwest::Client::new();
         let (_, rt) = user(&http, &base, "receiver").await?;
