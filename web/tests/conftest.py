@@ -145,6 +145,8 @@ def browser_type_launch_args():
 EXPECTED_CONSOLE = (
     "WebSocket connection to",
     "Failed to load resource: net::ERR_CONNECTION_REFUSED",
+    # Requests made while the network is down on purpose (set_offline).
+    "Failed to load resource: net::ERR_INTERNET_DISCONNECTED",
     # API errors the page handles (409 room_full, 401 before a refresh).
     "Failed to load resource: the server responded with a status of 4",
 )

@@ -96,6 +96,7 @@ live.addEventListener('state', (ev) => {
   if (state === 'connecting') setStatus('st_connecting', null, 'wait');
   else if (state === 'resuming') setStatus('st_resuming', null, 'warn');
   else if (state === 'reconnecting') setStatus('st_reconnecting', { s: Math.ceil((delay || 0) / 1000) }, 'warn');
+  else if (state === 'offline') setStatus('st_no_network', null, 'warn');
   else if (state === 'live') {
     if (resumed) {
       setStatus('st_resumed', null, 'ok');

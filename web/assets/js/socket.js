@@ -12,7 +12,12 @@
 // Events (CustomEvent, detail = the frame or a state):
 //   'frame'  every server frame
 //   'state'  {state, attempt?, delay?, resumed?}: connecting | resuming | live |
-//            reconnecting (waiting `delay` ms) | kicked | ended | stopped
+//            reconnecting (waiting `delay` ms) | offline (waiting for the
+//            network) | kicked | ended | stopped
+//
+// A socket can outlive the network under it (a laptop's Wi-Fi gone: no
+// close until TCP gives up), so the browser's `offline` event drops it at
+// once, and `online` reconnects at once.
 //   'open'   after hello and the resubscriptions (pending sends go out again)
 
 import { accessToken, refresh } from './api.js';
@@ -36,6 +41,28 @@ export class Live extends EventTarget {
     this.timer = null;
     this.helloed = false;
     this.wasLive = false;
+    window.addEventListener('offline', () => this.onOffline());
+    window.addEventListener('online', () => this.onOnline());
+  }
+
+  /** The network is gone: drop the socket now (its close would come late). */
+  onOffline() {
+    if (TERMINAL.has(this.state)) return;
+    clearTimeout(this.timer);
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onmessage = null;
+      ws.onclose = null;
+      ws.close(4000, 'offline');
+    }
+    this.emitState('offline');
+  }
+
+  onOnline() {
+    if (this.state !== 'offline') return;
+    this.attempt = 0;
+    this.connect();
   }
 
   emitState(state, extra = {}) {
@@ -91,6 +118,10 @@ export class Live extends EventTarget {
 
   retry() {
     if (TERMINAL.has(this.state)) return;
+    if (!navigator.onLine) {
+      this.onOffline(); // `online` reconnects
+      return;
+    }
     this.attempt += 1;
     const base = Math.min(15000, 500 * 2 ** Math.min(this.attempt - 1, 5));
     const delay = Math.round(base * (0.75 + Math.random() * 0.5));
