@@ -83,13 +83,16 @@ export class ChatRoom {
     });
     this.title = h('h1', { class: 'room-title', tabindex: '-1' }, '…');
     this.count = h('span', { class: 'room-count' });
-    this.timeline = h('ol', { class: 'timeline', role: 'log', 'aria-live': 'polite', 'aria-relevant': 'additions' });
+    // A list (of messages and notices) inside a live log: the log announces
+    // what is added, the list keeps its list semantics.
+    this.timeline = h('ol', { class: 'timeline' });
     this.olderBtn = h('button', { type: 'button', class: 'older link', hidden: true, onclick: () => this.loadOlder() });
     setTr(this.olderBtn, 'load_older');
     this.startMarker = tr('start_of_room', null, 'p');
     this.startMarker.className = 'start-marker';
     this.startMarker.hidden = true;
-    this.scroller = h('div', { class: 'scroller', tabindex: '0' }, h('div', { class: 'spacer' }), this.startMarker, this.olderBtn, this.timeline);
+    this.scroller = h('div', { class: 'scroller', tabindex: '0' }, h('div', { class: 'spacer' }), this.startMarker, this.olderBtn,
+      h('div', { class: 'log', role: 'log', 'aria-live': 'polite', 'aria-relevant': 'additions' }, this.timeline));
     this.scroller.addEventListener('scroll', () => this.onScroll());
     this.newPill = h('button', { type: 'button', class: 'new-pill', hidden: true, onclick: () => this.scrollToEnd() });
     setTr(this.newPill, 'new_messages');
