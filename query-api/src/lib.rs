@@ -163,16 +163,90 @@ async fn my_rooms(
     })))
 }
 
+/// `GET /v1/rooms`: a page of [`PageQuery`], and (extension) `?q=` to keep
+/// only the rooms whose name contains it, ignoring case.
+#[derive(Deserialize)]
+struct RoomsQuery {
+    #[serde(flatten)]
+    page: PageQuery,
+    q: Option<String>,
+}
+
 async fn list_rooms(
     State(s): State<QueryState>,
-    ApiQuery(q): ApiQuery<PageQuery>,
+    ApiQuery(q): ApiQuery<RoomsQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let limit = q.limit()?;
-    let rooms = s.views.rooms(q.after.as_deref(), limit).await?;
+    let limit = q.page.limit()?;
+    let after = q.page.after.as_deref();
+    let (rooms, next) = match name_filter(q.q.as_deref())? {
+        None => {
+            let rooms = s.views.rooms(after, limit).await?;
+            let next = next_after(&rooms, limit, |r| &r.room_id);
+            (rooms, next)
+        }
+        Some(needle) => rooms_named(&*s.views, &needle, after, limit).await?,
+    };
     Ok(axum::Json(json!({
         "rooms": rooms.iter().map(json::room).collect::<Vec<_>>(),
-        "next_after": next_after(&rooms, limit, |r| &r.room_id),
+        "next_after": next,
     })))
+}
+
+/// The longest name filter: names are at most 100 characters.
+pub const MAX_ROOM_FILTER_CHARS: usize = 100;
+/// Rooms read per step of a filtered listing.
+const FILTER_SCAN_PAGE: usize = 1000;
+/// Rooms one filtered request reads at most: a rare name in a large
+/// directory answers a short (even empty) page with `next_after` where the
+/// scan stopped, instead of reading every room in one request.
+pub const FILTER_SCAN_BUDGET: usize = 20_000;
+
+/// `q` trimmed and lower-cased; `None` when there is nothing to filter by.
+fn name_filter(q: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(q) = q.map(str::trim).filter(|q| !q.is_empty()) else {
+        return Ok(None);
+    };
+    if q.chars().count() > MAX_ROOM_FILTER_CHARS || q.chars().any(char::is_control) {
+        return Err(ApiError::invalid_request(format!(
+            "q must be at most {MAX_ROOM_FILTER_CHARS} characters, without control characters"
+        )));
+    }
+    Ok(Some(q.to_lowercase()))
+}
+
+/// The rooms after `after` whose lower-cased name contains `needle`, in id
+/// order, at most `limit`, by scanning the id-ordered room list (every
+/// engine has it; none keeps a name index): the page and where to go on
+/// (`None` at the end of the list).
+async fn rooms_named(
+    views: &dyn ViewStore,
+    needle: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<emosation_core::view::RoomView>, Option<String>), ApiError> {
+    let mut found = Vec::new();
+    let mut cursor = after.map(str::to_owned);
+    let mut scanned = 0;
+    loop {
+        let page = views.rooms(cursor.as_deref(), FILTER_SCAN_PAGE).await?;
+        let full = page.len() == FILTER_SCAN_PAGE;
+        for room in page {
+            scanned += 1;
+            cursor = Some(room.room_id.clone());
+            if room.name.to_lowercase().contains(needle) {
+                found.push(room);
+                if found.len() == limit {
+                    return Ok((found, cursor));
+                }
+            }
+        }
+        if !full {
+            return Ok((found, None));
+        }
+        if scanned >= FILTER_SCAN_BUDGET {
+            return Ok((found, cursor));
+        }
+    }
 }
 
 async fn get_room(

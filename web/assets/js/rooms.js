@@ -191,28 +191,56 @@ export function directoryView(ctx, mount) {
       msg, btn);
   };
   const render = () => {
-    const q = filter.value.trim().toLowerCase();
     const mineSet = mine();
     clear(list);
-    const shown = all.filter((r) => r.name.toLowerCase().includes(q));
-    for (const r of shown) list.append(row(r, mineSet));
-    noMatch.hidden = shown.length > 0;
+    for (const r of all) list.append(row(r, mineSet));
+    noMatch.hidden = all.length > 0 || !!after || !query;
   };
-  const load = async () => {
-    const q = new URLSearchParams({ limit: '50' });
-    if (after) q.set('after', after);
+  // The name filter is the server's (`GET /v1/rooms?q=`, docs/api.md): it
+  // finds rooms in pages not loaded yet. Each new filter starts a new list;
+  // an answer to an older one is dropped.
+  let query = '';
+  let seq = 0;
+  const load = async (fresh) => {
+    const mySeq = fresh ? ++seq : seq;
+    if (fresh) after = null;
+    let got = [];
+    let next = after;
+    more.disabled = true;
     try {
-      const res = await api('GET', `/v1/rooms?${q}`);
-      all = all.concat(res.rooms);
-      after = res.next_after;
-      more.hidden = !after;
-      render();
+      // A filtered page may come back short, or empty, with more to scan.
+      for (let steps = 0; steps < 5 && got.length < 1; steps++) {
+        const q = new URLSearchParams({ limit: '50' });
+        if (next) q.set('after', next);
+        if (query) q.set('q', query);
+        const res = await api('GET', `/v1/rooms?${q}`);
+        if (mySeq !== seq) return;
+        got = got.concat(res.rooms);
+        next = res.next_after;
+        if (!next) break;
+      }
     } catch {
+      if (mySeq === seq && fresh) all = [];
       /* shown as empty */
     }
+    if (mySeq !== seq) return;
+    more.disabled = false;
+    all = fresh ? got : all.concat(got);
+    after = next;
+    more.hidden = !after;
+    render();
   };
-  filter.addEventListener('input', render);
-  more.addEventListener('click', load);
+  let typing = null;
+  filter.addEventListener('input', () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => {
+      const q = filter.value.trim().normalize('NFC');
+      if (q === query) return;
+      query = q;
+      load(true);
+    }, 200);
+  });
+  more.addEventListener('click', () => load(false));
 
   const name = h('input', { id: 'new-room-name', required: true, maxlength: 100 });
   const cap = h('input', { id: 'new-room-cap', type: 'number', min: 1, max: 100000, value: 10, required: true });
@@ -239,8 +267,8 @@ export function directoryView(ctx, mount) {
     h('div', { class: 'card' }, tr('create_room', null, 'h2'), create),
     h('div', { class: 'card' }, filter, list, noMatch, more)));
   document.title = 'emosation';
-  load();
-  return { destroy() {} };
+  load(true);
+  return { destroy() { clearTimeout(typing); } };
 }
 
 export function accountView(ctx, mount) {
