@@ -402,8 +402,11 @@ async fn drive(stream: TcpStream, sock: Sock, shared: Arc<Shared>) {
         let mut s = StepStats::default();
         while let Some((payload, used)) = frame(&buf[at..]) {
             at += used;
-            // Frames start `{"type":"…`.
-            let kind = payload.get(9..13).unwrap_or_default();
+            let kind = payload
+                .windows(8)
+                .position(|w| w == b"\"type\":\"")
+                .and_then(|i| payload.get(i + 8..i + 12))
+                .unwrap_or_default();
             match kind {
                 b"ack\"" => {
                     if let Some(seq) = number_after(payload, b"\"client_msg_id\":\"q")

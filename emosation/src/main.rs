@@ -3,6 +3,7 @@
 use clap::Parser;
 
 // Allocation-heavy paths (decoding, folding, JSON) run markedly faster on mimalloc.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
