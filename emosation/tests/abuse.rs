@@ -211,3 +211,71 @@ async fn per_address_limits_see_through_a_trusted_proxy_only() {
         "the header is not believed"
     );
 }
+
+/// Fills `room` with `n` messages over one socket, pipelined; returns the
+/// first message's cursor once every send is acknowledged.
+async fn fill(base: &str, token: &str, room: &str, n: usize) -> String {
+    let mut ws = common::ws_client::Client::connect(base, token).await;
+    for i in 0..n {
+        ws.send(json!({"type": "send", "room_id": room, "client_msg_id": format!("{room}-{i}"), "text": format!("message {i}")}))
+            .await;
+    }
+    let mut first = None;
+    for _ in 0..n {
+        let ack = ws.next_of(&["ack", "error"]).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        if ack["client_msg_id"] == format!("{room}-0") {
+            first = ack["cursor"].as_str().map(str::to_owned);
+        }
+    }
+    first.expect("the first send's ack")
+}
+
+/// At most four subscriptions of one connection catch up at once: a fifth
+/// `subscribe` with `since` meanwhile is refused `rate_limited`, and taken
+/// once they are live (issue 16, item 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_ups_are_bounded_per_connection() {
+    let server = TestServer::start().await;
+    let api = server.client();
+    let (_, token) = api.user("catcher").await;
+    let mut rooms = Vec::new();
+    for i in 0..5 {
+        let room = api.create_room(&token, &format!("history{i}"), None).await;
+        // Long enough histories that the first four catch-ups are still
+        // running when the fifth subscribe, sent right behind them, arrives.
+        let first = fill(&server.base, &token, &room, 800).await;
+        rooms.push((room, first));
+    }
+    let mut ws = common::ws_client::Client::connect(&server.base, &token).await;
+    for (room, first) in &rooms {
+        ws.send(json!({"type": "subscribe", "room_id": room, "streams": ["chat"], "since": first}))
+            .await;
+    }
+    let (mut subscribed, mut refused, mut messages) = (Vec::new(), Vec::new(), 0);
+    loop {
+        let f = tokio::time::timeout(std::time::Duration::from_millis(1500), ws.next()).await;
+        let Ok(f) = f else { break };
+        match f["type"].as_str() {
+            Some("subscribed") => subscribed.push(f["room_id"].as_str().unwrap().to_owned()),
+            Some("error") => refused.push(f["code"].as_str().unwrap().to_owned()),
+            Some("message") => messages += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(refused, vec!["rate_limited"], "one of five catch-ups refused");
+    assert_eq!(subscribed.len(), 4, "{subscribed:?}");
+    assert_eq!(
+        messages,
+        4 * 799,
+        "the four catch-ups delivered everything after `since`"
+    );
+    // Live now: the fifth catches up.
+    let (room, first) = rooms.iter().find(|(r, _)| !subscribed.contains(r)).unwrap();
+    let f = ws.subscribe(room, Some(first)).await;
+    assert_eq!(f["type"], "subscribed", "{f}");
+    for _ in 0..799 {
+        let m = ws.next_of(&["message"]).await;
+        assert_eq!(m["room_id"], room.as_str());
+    }
+}
