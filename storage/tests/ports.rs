@@ -445,7 +445,38 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
         })
         .await
         .unwrap();
-    assert!(store.load(&[k]).await.unwrap()[0].is_none());
+    assert!(store.load(&[k.clone()]).await.unwrap()[0].is_none());
+    assert!(store.user_rooms("u2", None, usize::MAX).await.unwrap().is_empty());
+    // A member joining again is listed again, and stays listed while its
+    // row is rewritten (every post rewrites its author's read position),
+    // read or not in between.
+    let mut again = member("r1", "u2");
+    for (i, read_first) in [false, true, true, false].into_iter().enumerate() {
+        if read_first {
+            assert!(store.load(std::slice::from_ref(&k)).await.unwrap()[0].is_some());
+        }
+        again.read_seq = i as u64;
+        store
+            .apply(ViewBatch {
+                consumer: CORE_VIEWS.into(),
+                changes: vec![(k.clone(), Some(ViewValue::Member(again.clone())))],
+                positions: vec![],
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(store.user_rooms("u2", None, usize::MAX).await.unwrap(), true),
+            ["r1"]
+        );
+    }
+    store
+        .apply(ViewBatch {
+            consumer: CORE_VIEWS.into(),
+            changes: vec![(k.clone(), None)],
+            positions: vec![],
+        })
+        .await
+        .unwrap();
     assert!(store.user_rooms("u2", None, usize::MAX).await.unwrap().is_empty());
 
     // Equal content, equal digest, on another store.

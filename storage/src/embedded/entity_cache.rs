@@ -105,6 +105,11 @@ impl EntityCache {
         }
     }
 
+    /// Whether the entity is cached (so stored), without taking it.
+    pub(crate) fn contains(&self, key: &ViewKey) -> bool {
+        self.lock().map.contains_key(key)
+    }
+
     /// Caches an entity read from the store at `epoch`, unless a write came
     /// since; `bytes` is its size as stored (key and value).
     pub(crate) fn fill(&self, key: &ViewKey, value: &ViewValue, bytes: usize, epoch: u64) {

@@ -427,9 +427,13 @@ impl ViewStore for EmbeddedViewStore {
                     b.remove(ks, k)
                 }
             }
+            // The user's index row is written with the membership and
+            // removed with it; a member already stored (cached: the fold
+            // read it this batch) has it, and a post rewrites members often.
             if let ViewKey::Member { room_id, user_id } = key {
                 let idx = join2(user_id, room_id);
                 match value {
+                    Some(_) if self.cache.contains(key) => {}
                     Some(_) => b.insert(&h.user_rooms, idx, []),
                     None => b.remove(&h.user_rooms, idx),
                 }
