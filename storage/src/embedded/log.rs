@@ -36,7 +36,7 @@ use crate::{OpenError, consumer_partition_key};
 /// A topic's keyspace: read only by range scans (fetch), never by point
 /// lookups of missing keys, so no bloom filters to build; large data blocks,
 /// so a replay reading a partition from the start decodes few of them.
-/// Each topic's memtable is flushed to a table file at 8 MiB, and the
+/// Each topic's memtable is flushed to a table file at 16 MiB, and the
 /// journals at 64 MiB (fjall's defaults, 64 MiB per keyspace and 512 MiB,
 /// held a server's newest records in memory for tens of minutes: its RSS
 /// grew for as long in the soak bench). Readers at the tail are served from
@@ -45,7 +45,7 @@ fn topic_options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default()
         .expect_point_read_hits(true)
         .data_block_size_policy(fjall::config::BlockSizePolicy::all(64 * 1024))
-        .max_memtable_size(8 * 1024 * 1024)
+        .max_memtable_size(16 * 1024 * 1024)
 }
 
 /// The journals at most, after which the oldest memtables are flushed:
