@@ -31,8 +31,11 @@
 //! **lost**. Each check waits 10 s after the delivery, for the acks of
 //! earlier messages to be in.
 //!
-//! Warm-up is the first `SOAK_WARMUP_SECS` (a sixth of the run, at most 300
-//! s). Flat means: the least-squares line through the RSS samples after
+//! Warm-up is the first `SOAK_WARMUP_SECS` (two thirds of the run, at most
+//! 20 minutes): the embedded engines' memtables fill towards their journals'
+//! bound (64 MiB of keys and values each, a memtable flushed at 8 or 16 MiB)
+//! at the soak's write rate in 15–20 minutes, and RSS rises until they have
+//! (bench/README.md, "the soak"). Flat means: the least-squares line through the RSS samples after
 //! warm-up rises by at most 10% of the first of them over that span, and
 //! every descriptor count after warm-up is within 5% + 16 of their median,
 //! and their least-squares line rises or falls by less than that band (a
@@ -117,7 +120,7 @@ impl Knobs {
         Knobs {
             secs,
             report_secs: env("SOAK_REPORT_SECS", 60).max(1),
-            warmup_secs: env("SOAK_WARMUP_SECS", (secs / 6).min(300)),
+            warmup_secs: env("SOAK_WARMUP_SECS", (secs * 2 / 3).min(1200)),
             users: env("SOAK_USERS", 200).max(1),
             rooms: env("SOAK_ROOMS", 20).max(1),
             rate: env("SOAK_RATE", 200.0),
