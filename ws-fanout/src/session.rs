@@ -128,7 +128,7 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, exp: i64, tcp: TcpStream, 
     // kicks it first under the session policy). A connection kicked in
     // between (a newer one admitted meanwhile) still gets its `kicked` and
     // close frame from the writer task below.
-    fanout.admit(&live).await;
+    Box::pin(fanout.admit(&live)).await;
     conn.push(protocol::hello(&user.user_id, &user.session_id));
     metrics::gauge!("emosation_fanout_connections").increment(1.0);
     let writer = {
@@ -215,7 +215,8 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, exp: i64, tcp: TcpStream, 
                 }
                 match protocol::parse(t.as_str()) {
                     Ok(ClientFrame::Auth { access_token }) => {
-                        if let Some(exp) = renew(&fanout, &user, &access_token, &conn).await {
+                        // Boxed, as `handle` below.
+                        if let Some(exp) = Box::pin(renew(&fanout, &user, &access_token, &conn)).await {
                             expiry.as_mut().reset(deadline(exp));
                         }
                     }

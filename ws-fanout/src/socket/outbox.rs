@@ -409,7 +409,9 @@ where
             _ = conn.wake.notified() => {}
             _ = ping.tick() => {
                 conn.push(Frame::ping());
-                keepalive().await;
+                // Boxed: its state (view lookups) is not part of every idle
+                // connection's writer task.
+                Box::pin(keepalive()).await;
             }
         }
         match conn.writer_turn() {
