@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use crate::{cpu_us, env, login, now_us, percentiles, signup};
+use crate::{cpu_us, env, login, now_us, percentiles, raw_ws, signup};
 
 /// What the sockets record, per step.
 #[derive(Default)]
@@ -274,36 +274,15 @@ pub async fn run(base: &str, pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects, reads the `hello`, subscribes to `room` (chat and emotion) and
-/// waits for `subscribed`.
+/// Connects, subscribes to `room` (chat and emotion) and waits for
+/// `subscribed` (the `hello` before it is skipped).
 async fn open(addr: &str, token: &str, room: &str) -> anyhow::Result<TcpStream> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
-    let req = format!(
-        "GET /v1/ws?access_token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::with_capacity(1024);
+    let (mut s, mut buf) = raw_ws::handshake(addr, token).await?;
+    let sub = json!({"type": "subscribe", "room_id": room, "streams": ["chat", "emotion"]}).to_string();
+    raw_ws::send_text(&mut s, &sub).await?;
     let mut chunk = [0u8; 1024];
     loop {
-        let n = s.read(&mut chunk).await?;
-        anyhow::ensure!(n > 0, "closed during the handshake");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            anyhow::ensure!(
-                buf.starts_with(b"HTTP/1.1 101"),
-                "upgrade refused: {}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.drain(..end + 4);
-            break;
-        }
-    }
-    let sub = json!({"type": "subscribe", "room_id": room, "streams": ["chat", "emotion"]}).to_string();
-    s.write_all(&masked(sub.as_bytes())).await?;
-    loop {
-        while let Some((payload, used)) = frame(&buf) {
+        while let Some((payload, used)) = raw_ws::frame(&buf) {
             let text = String::from_utf8_lossy(payload).into_owned();
             buf.drain(..used);
             if text.contains("\"subscribed\"") {
@@ -316,44 +295,6 @@ async fn open(addr: &str, token: &str, room: &str) -> anyhow::Result<TcpStream> 
         anyhow::ensure!(n > 0, "closed while subscribing");
         buf.extend_from_slice(&chunk[..n]);
     }
-}
-
-/// A client text frame, masked with a zero mask (the payload unchanged).
-fn masked(p: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(p.len() + 8);
-    f.push(0x81);
-    if p.len() < 126 {
-        f.push(0x80 | p.len() as u8);
-    } else {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(p.len() as u16).to_be_bytes());
-    }
-    f.extend_from_slice(&[0, 0, 0, 0]);
-    f.extend_from_slice(p);
-    f
-}
-
-/// The first whole server frame in `buf`: its payload and the bytes it takes.
-fn frame(buf: &[u8]) -> Option<(&[u8], usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let (len, head) = match buf[1] & 0x7f {
-        126 => {
-            if buf.len() < 4 {
-                return None;
-            }
-            (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)
-        }
-        127 => {
-            if buf.len() < 10 {
-                return None;
-            }
-            (u64::from_be_bytes(buf[2..10].try_into().ok()?) as usize, 10)
-        }
-        n => (n as usize, 2),
-    };
-    (buf.len() >= head + len).then(|| (&buf[head..head + len], head + len))
 }
 
 /// The decimal number right after `tag` in `s`.
@@ -400,7 +341,7 @@ async fn drive(stream: TcpStream, sock: Sock, shared: Arc<Shared>) {
         let now = now_us();
         let step = shared.step.load(Ordering::Relaxed);
         let mut s = StepStats::default();
-        while let Some((payload, used)) = frame(&buf[at..]) {
+        while let Some((payload, used)) = raw_ws::frame(&buf[at..]) {
             at += used;
             let kind = payload
                 .windows(8)
@@ -497,7 +438,7 @@ async fn send_loop(
             "{{\"type\":\"send\",\"room_id\":\"{room}\",\"client_msg_id\":\"q{seq}\",\"text\":\"t={now} c{index} n{seq} hello there\"}}"
         );
         in_flight.lock().unwrap().insert(seq, now);
-        if wr.write_all(&masked(text.as_bytes())).await.is_err() {
+        if wr.write_all(&raw_ws::masked(text.as_bytes())).await.is_err() {
             return;
         }
         seq += 1;

@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use emosation_bench::raw_ws as raw;
 use emosation_bench::{ServerProcess, Ws, cpu_us, create_room, env, join, now_us, percentiles, rss_kb, sent_at, user};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -294,77 +295,6 @@ async fn scenario(
                "ack_latency": percentiles(ack_latencies), "seconds": elapsed, "server_cpu_ms": cpu_ms, "server_stages": stages})
     );
     Ok(())
-}
-
-/// A minimal WebSocket client for the ramp: a fixed upgrade request and raw
-/// frames, so the one-core load generator can open connections faster than
-/// the server accepts them.
-mod raw {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
-    pub(crate) async fn connect(addr: &str, token: &str) -> anyhow::Result<TcpStream> {
-        let mut s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        let req = format!(
-            "GET /v1/ws?access_token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::with_capacity(512);
-        let mut chunk = [0u8; 512];
-        loop {
-            let n = s.read(&mut chunk).await?;
-            anyhow::ensure!(n > 0, "closed during the handshake");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                anyhow::ensure!(
-                    buf.starts_with(b"HTTP/1.1 101"),
-                    "upgrade refused: {}",
-                    String::from_utf8_lossy(&buf)
-                );
-                let rest = buf.split_off(end + 4);
-                read_frame(&mut s, rest).await?; // hello
-                return Ok(s);
-            }
-        }
-    }
-
-    /// Reads one unmasked server text frame (short payloads), given bytes already read.
-    pub(crate) async fn read_frame(s: &mut TcpStream, mut buf: Vec<u8>) -> anyhow::Result<Vec<u8>> {
-        let mut chunk = [0u8; 512];
-        loop {
-            if buf.len() >= 2 {
-                let (len, head) = match buf[1] & 0x7f {
-                    126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-                    126 => (usize::MAX, 0),
-                    n => (n as usize, 2),
-                };
-                if len != usize::MAX && buf.len() >= head + len {
-                    return Ok(buf[head..head + len].to_vec());
-                }
-            }
-            let n = s.read(&mut chunk).await?;
-            anyhow::ensure!(n > 0, "closed");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// Sends a masked client text frame (mask 0: the payload is unchanged).
-    pub(crate) async fn send_text(s: &mut TcpStream, text: &str) -> anyhow::Result<()> {
-        let p = text.as_bytes();
-        let mut f = vec![0x81];
-        if p.len() < 126 {
-            f.push(0x80 | p.len() as u8);
-        } else {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(p.len() as u16).to_be_bytes());
-        }
-        f.extend_from_slice(&[0, 0, 0, 0]);
-        f.extend_from_slice(p);
-        s.write_all(&f).await?;
-        Ok(())
-    }
 }
 
 /// Opens `n` connections (with the JWT check) as fast as the server accepts

@@ -1,0 +1,98 @@
+//! A minimal WebSocket client for load generators: a fixed upgrade request
+//! and raw frames (no JSON parsing, no per-frame allocation beyond the read
+//! buffer), so that one core of load keeps ahead of the server's.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Connects to `/v1/ws` with `token` and completes the upgrade; returns the
+/// stream and the bytes read past the handshake (the start of the `hello`).
+pub async fn handshake(addr: &str, token: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let req = format!(
+        "GET /v1/ws?access_token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "closed during the handshake");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            anyhow::ensure!(
+                buf.starts_with(b"HTTP/1.1 101"),
+                "upgrade refused: {}",
+                String::from_utf8_lossy(&buf)
+            );
+            return Ok((s, buf.split_off(end + 4)));
+        }
+    }
+}
+
+/// [`handshake`], then reads the `hello`.
+pub async fn connect(addr: &str, token: &str) -> anyhow::Result<TcpStream> {
+    let (mut s, rest) = handshake(addr, token).await?;
+    read_frame(&mut s, rest).await?;
+    Ok(s)
+}
+
+/// The first whole server frame in `buf`: its payload and the bytes it takes.
+pub fn frame(buf: &[u8]) -> Option<(&[u8], usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (len, head) = match buf[1] & 0x7f {
+        126 => {
+            if buf.len() < 4 {
+                return None;
+            }
+            (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return None;
+            }
+            (u64::from_be_bytes(buf[2..10].try_into().ok()?) as usize, 10)
+        }
+        n => (n as usize, 2),
+    };
+    (buf.len() >= head + len).then(|| (&buf[head..head + len], head + len))
+}
+
+/// Reads one server frame's payload, given bytes already read (anything
+/// after the frame is dropped: for request–answer steps only).
+pub async fn read_frame(s: &mut TcpStream, mut buf: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some((payload, _)) = frame(&buf) {
+            return Ok(payload.to_vec());
+        }
+        let n = s.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A client text frame, masked with a zero mask (the payload unchanged).
+pub fn masked(p: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(p.len() + 8);
+    f.push(0x81);
+    if p.len() < 126 {
+        f.push(0x80 | p.len() as u8);
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(p.len() as u16).to_be_bytes());
+    }
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(p);
+    f
+}
+
+/// Sends a client text frame.
+pub async fn send_text(s: &mut TcpStream, text: &str) -> anyhow::Result<()> {
+    s.write_all(&masked(text.as_bytes())).await?;
+    Ok(())
+}
