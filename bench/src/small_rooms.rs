@@ -65,6 +65,14 @@ struct Shared {
     window: usize,
 }
 
+/// One socket's sends awaiting their ack (sequence → send time, µs), and
+/// the wake-up of a sender waiting for the window.
+#[derive(Default)]
+struct InFlight {
+    sent: Mutex<HashMap<u64, u64>>,
+    acked: tokio::sync::Notify,
+}
+
 /// One socket: its room, its index (which is in its texts), its sends awaiting acks.
 struct Sock {
     index: usize,
@@ -316,8 +324,7 @@ fn number_after(s: &[u8], tag: &[u8]) -> Option<u64> {
 /// messages and emotions.
 async fn drive(stream: TcpStream, sock: Sock, shared: Arc<Shared>) {
     let (mut rd, mut wr) = stream.into_split();
-    // Sends awaiting their ack: sequence → send time (µs).
-    let in_flight: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    let in_flight: Arc<InFlight> = Arc::default();
     let writer = {
         let (shared, in_flight) = (Arc::clone(&shared), Arc::clone(&in_flight));
         let room = sock.room.clone();
@@ -351,9 +358,10 @@ async fn drive(stream: TcpStream, sock: Sock, shared: Arc<Shared>) {
             match kind {
                 b"ack\"" => {
                     if let Some(seq) = number_after(payload, b"\"client_msg_id\":\"q")
-                        && let Some(sent) = in_flight.lock().unwrap().remove(&seq)
+                        && let Some(sent) = in_flight.sent.lock().unwrap().remove(&seq)
                     {
                         s.ack_us.push(now.saturating_sub(sent));
+                        in_flight.acked.notify_one();
                     }
                     s.acks += 1;
                 }
@@ -399,13 +407,7 @@ async fn drive(stream: TcpStream, sock: Sock, shared: Arc<Shared>) {
 
 /// Sends `send` frames every `interval_us` (re-read each time), waiting
 /// while `window` sends await their ack.
-async fn send_loop(
-    wr: &mut OwnedWriteHalf,
-    index: usize,
-    room: &str,
-    shared: &Shared,
-    in_flight: &Mutex<HashMap<u64, u64>>,
-) {
+async fn send_loop(wr: &mut OwnedWriteHalf, index: usize, room: &str, shared: &Shared, in_flight: &InFlight) {
     // Spread the sockets' phases over one interval.
     let mut seq: u64 = 1;
     let mut due: Option<Instant> = None;
@@ -420,24 +422,23 @@ async fn send_loop(
             Instant::now() + Duration::from_micros((index as u64).wrapping_mul(7919) % interval)
         });
         tokio::time::sleep_until(at.into()).await;
-        if in_flight.lock().unwrap().len() >= shared.window {
+        if in_flight.sent.lock().unwrap().len() >= shared.window {
             // The window is full: wait for an ack, then send at once.
             let step = shared.step.load(Ordering::Relaxed);
             if let Some(st) = shared.stats.get(step) {
                 st.lock().unwrap().held += 1;
             }
-            while in_flight.lock().unwrap().len() >= shared.window {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                if shared.stop_sending.load(Ordering::Relaxed) {
-                    break;
-                }
+            while in_flight.sent.lock().unwrap().len() >= shared.window && !shared.stop_sending.load(Ordering::Relaxed)
+            {
+                // Bounded, so that the end of the run is seen without an ack.
+                let _ = tokio::time::timeout(Duration::from_millis(100), in_flight.acked.notified()).await;
             }
         }
         let now = now_us();
         let text = format!(
             "{{\"type\":\"send\",\"room_id\":\"{room}\",\"client_msg_id\":\"q{seq}\",\"text\":\"t={now} c{index} n{seq} hello there\"}}"
         );
-        in_flight.lock().unwrap().insert(seq, now);
+        in_flight.sent.lock().unwrap().insert(seq, now);
         if wr.write_all(&raw_ws::masked(text.as_bytes())).await.is_err() {
             return;
         }
