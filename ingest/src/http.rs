@@ -82,9 +82,7 @@ fn tokens(s: &IngestState, headers: &HeaderMap, pair: TokenPair) -> Response {
     if !cookie::wanted(headers) {
         return axum::Json(pair).into_response();
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = emosation_core::time::now_ms() / 1000;
     let max_age = s
         .ingest
         .authenticator()
