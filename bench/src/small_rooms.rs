@@ -191,7 +191,7 @@ pub async fn run(base: &str, pid: u32) -> anyhow::Result<()> {
             let user = if member == 0 { members[room].0 } else { members[room].1 };
             let (addr, token, room_id, index) = (addr.clone(), tokens[user].clone(), room_ids[room].clone(), opened);
             pending.push(async move {
-                let s = open(&addr, &token, &room_id).await?;
+                let s = raw_ws::subscribe(&addr, &token, &room_id, r#"["chat","emotion"]"#).await?;
                 anyhow::Ok((s, Sock { index, room: room_id }))
             });
             opened += 1;
@@ -282,44 +282,6 @@ pub async fn run(base: &str, pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects, subscribes to `room` (chat and emotion) and waits for
-/// `subscribed` (the `hello` before it is skipped).
-async fn open(addr: &str, token: &str, room: &str) -> anyhow::Result<TcpStream> {
-    let (mut s, mut buf) = raw_ws::handshake(addr, token).await?;
-    let sub = json!({"type": "subscribe", "room_id": room, "streams": ["chat", "emotion"]}).to_string();
-    raw_ws::send_text(&mut s, &sub).await?;
-    let mut chunk = [0u8; 1024];
-    loop {
-        while let Some((payload, used)) = raw_ws::frame(&buf) {
-            let text = String::from_utf8_lossy(payload).into_owned();
-            buf.drain(..used);
-            if text.contains("\"subscribed\"") {
-                anyhow::ensure!(buf.is_empty(), "frames after subscribed during set-up");
-                return Ok(s);
-            }
-            anyhow::ensure!(!text.contains("\"error\""), "subscribe: {text}");
-        }
-        let n = s.read(&mut chunk).await?;
-        anyhow::ensure!(n > 0, "closed while subscribing");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// The decimal number right after `tag` in `s`.
-fn number_after(s: &[u8], tag: &[u8]) -> Option<u64> {
-    let at = s.windows(tag.len()).position(|w| w == tag)? + tag.len();
-    let mut n: u64 = 0;
-    let mut digits = 0;
-    for &c in &s[at..] {
-        if !c.is_ascii_digit() {
-            break;
-        }
-        n = n * 10 + u64::from(c - b'0');
-        digits += 1;
-    }
-    (digits > 0).then_some(n)
-}
-
 /// One socket: sends on its schedule within the window, reads acks,
 /// messages and emotions.
 async fn drive(stream: TcpStream, sock: Sock, shared: Arc<Shared>) {
@@ -357,7 +319,7 @@ async fn drive(stream: TcpStream, sock: Sock, shared: Arc<Shared>) {
                 .unwrap_or_default();
             match kind {
                 b"ack\"" => {
-                    if let Some(seq) = number_after(payload, b"\"client_msg_id\":\"q")
+                    if let Some(seq) = raw_ws::number_after(payload, b"\"client_msg_id\":\"q")
                         && let Some(sent) = in_flight.sent.lock().unwrap().remove(&seq)
                     {
                         s.ack_us.push(now.saturating_sub(sent));
@@ -366,11 +328,7 @@ async fn drive(stream: TcpStream, sock: Sock, shared: Arc<Shared>) {
                     s.acks += 1;
                 }
                 b"mess" => {
-                    if let (Some(t), Some(c), Some(q)) = (
-                        number_after(payload, b"\"text\":\"t="),
-                        number_after(payload, b" c"),
-                        number_after(payload, b" n"),
-                    ) {
+                    if let Some((t, c, q)) = raw_ws::stamp(payload) {
                         s.delivery_us.push(now.saturating_sub(t));
                         let last = last_seq.entry(c).or_insert(0);
                         if q < *last {

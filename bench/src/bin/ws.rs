@@ -5,7 +5,8 @@
 //! Run pinned, server on one core and this load generator on the other:
 //! `BENCH_SERVER_CPU=0 taskset -c 1 target/release/ws` (what `bench/run` does).
 //! `SCENARIOS=room1k,rooms100,light,ramp` picks scenarios; `SECS` (default 10)
-//! sets each load's duration; `ROOM1K_RATE` (500) the messages/s of both `room1k`s.
+//! sets each load's duration; `ROOM1K_RATE` (500) the messages/s of both `room1k`s,
+//! `ROOM1K_SENDERS` (10) how many connections send them.
 //! `BENCH_DUMP=<path>` writes, per scenario, `<path>.<scenario>`: a line per
 //! message, `<send time µs> <first receiver's latency µs> <last receiver's>`,
 //! to see when in a run the tail happened (stalls, warm-up).
@@ -60,43 +61,10 @@ async fn connect(base: &str, token: &str) -> anyhow::Result<Ws> {
     }
 }
 
-/// Subscribes, retrying for up to 30 s while the node answers `not_member`
-/// (its replica of the views has not folded the join yet).
-async fn subscribe(ws: &mut Ws, room: &str) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        ws.send(Message::text(
-            json!({"type": "subscribe", "room_id": room, "streams": ["chat"]}).to_string(),
-        ))
-        .await?;
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => return Ok(()),
-                Some(Ok(Message::Text(t))) if t.as_str().contains("\"error\"") => {
-                    anyhow::ensure!(
-                        t.as_str().contains("not_member") && started.elapsed() < Duration::from_secs(30),
-                        "subscribe: {}",
-                        t.as_str()
-                    );
-                    break;
-                }
-                Some(Ok(_)) => continue,
-                _ => anyhow::bail!("closed while subscribing"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A message frame's `message_id`, hashed: what groups a message's
-/// deliveries (two senders may send within the same microsecond).
-fn message_key(frame: &str) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let i = frame.find("\"message_id\":\"")? + 14;
-    let end = frame[i..].find('"')?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    frame[i..i + end].hash(&mut h);
-    Some(h.finish())
+/// A delivery's message, by who sent it: `sender << 32 | n` from the text's
+/// ` c<sender> n<n>` (two senders may send within the same microsecond).
+fn message_key(sender: u64, n: u64) -> u64 {
+    sender << 32 | n
 }
 
 /// One receiver's deliveries: (the message's key, its send time in µs, its
@@ -106,12 +74,16 @@ type Deliveries = Arc<std::sync::Mutex<Vec<(u64, u64, u32)>>>;
 struct Receivers {
     latencies: Vec<Deliveries>,
     received: Arc<AtomicU64>,
+    /// Deliveries that came before an earlier message of the same sender.
+    out_of_order: Arc<AtomicU64>,
 }
 
 /// Opens `n` subscribed receivers per room, spread round robin over the
 /// nodes at `bases`, each with room for `expected` deliveries (a vector that
 /// grows mid-run copies every receiver's record at once: a stall of the
-/// load generator, measured as the server's latency).
+/// load generator, measured as the server's latency). Raw clients (no JSON
+/// parsing, one read takes every frame waiting), so that the generator's
+/// one core keeps ahead of a room of 1,000 at a million deliveries a second.
 async fn receivers(
     bases: &[String],
     token: &str,
@@ -120,28 +92,53 @@ async fn receivers(
     expected: usize,
 ) -> anyhow::Result<Receivers> {
     let received = Arc::new(AtomicU64::new(0));
+    let out_of_order = Arc::new(AtomicU64::new(0));
     let mut latencies = Vec::new();
     for room in rooms {
         for i in 0..per_room {
-            let mut ws = connect(&bases[i % bases.len()], token).await?;
-            subscribe(&mut ws, room).await?;
+            let addr = bases[i % bases.len()].trim_start_matches("http://");
+            let mut s = raw::subscribe(addr, token, room, r#"["chat"]"#).await?;
             let lat = Arc::new(std::sync::Mutex::new(Vec::with_capacity(expected)));
             latencies.push(Arc::clone(&lat));
-            let received = Arc::clone(&received);
+            let (received, out_of_order) = (Arc::clone(&received), Arc::clone(&out_of_order));
             tokio::spawn(async move {
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(t) = m
-                        && let Some(at) = sent_at(t.as_str())
-                    {
-                        let key = message_key(t.as_str()).unwrap_or(at);
-                        lat.lock().unwrap().push((key, at, now_us().saturating_sub(at) as u32));
-                        received.fetch_add(1, Ordering::Relaxed);
+                use tokio::io::AsyncReadExt;
+                let mut last: std::collections::HashMap<u64, u64> = Default::default();
+                let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+                let mut chunk = vec![0u8; 1 << 16];
+                let mut batch = Vec::new();
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let now = now_us();
+                    let mut at = 0;
+                    while let Some((payload, used)) = raw::frame(&buf[at..]) {
+                        at += used;
+                        if let Some((t, c, n)) = raw::stamp(payload) {
+                            batch.push((message_key(c, n), t, now.saturating_sub(t) as u32));
+                            let seen = last.entry(c).or_insert(0);
+                            if n < *seen {
+                                out_of_order.fetch_add(1, Ordering::Relaxed);
+                            }
+                            *seen = n;
+                        }
+                    }
+                    buf.drain(..at);
+                    if !batch.is_empty() {
+                        received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        lat.lock().unwrap().append(&mut batch);
                     }
                 }
             });
         }
     }
-    Ok(Receivers { latencies, received })
+    Ok(Receivers {
+        latencies,
+        received,
+        out_of_order,
+    })
 }
 
 /// `senders` connections (spread round robin over the nodes at `bases`) send
@@ -188,7 +185,7 @@ async fn send_load(
                 tokio::time::sleep_until((start + interval.mul_f64(i as f64)).into()).await;
                 let room = &rooms[(i as usize * senders + s) % rooms.len()];
                 let now = now_us();
-                let f = json!({"type": "send", "room_id": room, "client_msg_id": format!("s{s}-{i}-t{now}"), "text": format!("t={now} hello")});
+                let f = json!({"type": "send", "room_id": room, "client_msg_id": format!("s{s}-{i}-t{now}"), "text": format!("t={now} c{s} n{i} hello")});
                 if tx.send(Message::text(f.to_string())).await.is_err() {
                     break;
                 }
@@ -237,6 +234,7 @@ async fn scenario(
     let per_receiver = (rate * secs) as usize / rooms.len() + 1024;
     let r = receivers(bases, recv_token, rooms, per_room, per_receiver).await?;
     let cpu_before: Vec<u64> = processes.iter().map(|(_, pid)| cpu_us(*pid)).collect();
+    let generator_before = cpu_us(std::process::id());
     let started = Instant::now();
     let (acked, ack_latencies) = send_load(bases, send_token, rooms, senders, rate, secs).await?;
     // Let deliveries drain.
@@ -252,6 +250,7 @@ async fn scenario(
         .zip(cpu_before)
         .map(|((name, pid), before)| (name.clone(), json!(cpu_us(*pid).saturating_sub(before) / 1000)))
         .collect();
+    let generator_cpu_ms = cpu_us(std::process::id()).saturating_sub(generator_before) / 1000;
     let received = r.received.load(Ordering::Relaxed);
     let stages = emosation_bench::server_stages(
         &reqwest::Client::new(),
@@ -290,9 +289,9 @@ async fn scenario(
         "{}",
         json!({"bench": "ws", "scenario": name, "nodes": bases.len(), "rooms": rooms.len(), "clients_per_room": per_room, "senders": senders,
                "offered_msgs_per_sec": rate, "acked": acked, "deliveries_expected": expected, "deliveries": received,
-               "lost": expected.saturating_sub(received), "deliveries_per_sec": (received as f64 / elapsed).round(),
+               "lost": expected.saturating_sub(received), "out_of_sender_order": r.out_of_order.load(Ordering::Relaxed), "deliveries_per_sec": (received as f64 / elapsed).round(),
                "latency": percentiles(all), "first_receiver_latency": percentiles(first), "delivery_spread": percentiles(spread),
-               "ack_latency": percentiles(ack_latencies), "seconds": elapsed, "server_cpu_ms": cpu_ms, "server_stages": stages})
+               "ack_latency": percentiles(ack_latencies), "seconds": elapsed, "server_cpu_ms": cpu_ms, "generator_cpu_ms": generator_cpu_ms, "server_stages": stages})
     );
     Ok(())
 }
@@ -495,7 +494,7 @@ async fn main() -> anyhow::Result<()> {
             "room1k" | "room1k_2nodes" => {
                 let load = Load {
                     per_room: 1000,
-                    senders: 10,
+                    senders: env("ROOM1K_SENDERS", 10),
                     rate: env("ROOM1K_RATE", 500),
                     secs,
                 };
