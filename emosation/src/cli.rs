@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use emosation_core::ids::Topology;
 use emosation_http::client::TrustedProxies;
 use emosation_http::server::ConnectionLimits;
+use emosation_http::tls::{Tls, TlsFiles};
 use emosation_ingest::{AbuseLimits, IngestConfig, Limit};
 use emosation_ws_fanout::FanoutConfig;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -30,6 +31,18 @@ pub struct Cli {
     /// synchronously, which slows replay and adds latency spikes.
     #[arg(long, global = true, env = "EMOSATION_TRANSPARENT_HUGE_PAGES")]
     pub transparent_huge_pages: bool,
+    /// Log lines on stderr: `text` for people, or `json`, one object per
+    /// line (`timestamp`, `level`, `fields`, and the spans, among them
+    /// `request` with its `request_id`), for a log pipeline.
+    #[arg(long, global = true, env = "EMOSATION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,9 +135,21 @@ impl EngineArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to serve HTTP and WebSocket on.
+    /// Address to serve HTTP and WebSocket on (HTTPS and WSS with --tls-cert).
     #[arg(long, env = "EMOSATION_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// PEM certificate chain (the server's certificate first): serve HTTPS
+    /// and WSS on --listen. Needs --tls-key; both files are read again on
+    /// SIGHUP, for new connections (open ones keep theirs).
+    #[arg(long, env = "EMOSATION_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "EMOSATION_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Also listen for plain HTTP on this address and answer every request
+    /// with a 308 redirect to the same path over HTTPS (needs --tls-cert).
+    #[arg(long, env = "EMOSATION_REDIRECT_HTTP", requires = "tls_cert")]
+    pub redirect_http: Option<String>,
     #[command(flatten)]
     pub engines: EngineArgs,
     /// Messages per second per user (burst 2×); 0 turns the limit off.
@@ -318,13 +343,23 @@ async fn listen(addr: &str) -> std::io::Result<TcpListener> {
     Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address to listen on")))
 }
 
-pub fn init_tracing() {
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EMOSATION_LOG_LEVEL")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
-    let _ = tracing_subscriber::fmt()
+    // Colours only for a terminal: a file, a pipe or a container's log
+    // collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .try_init();
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        // The current span's fields are in each line's `span`, and every
+        // enclosing span's in `spans`: a request's lines carry its id.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+    };
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -369,6 +404,16 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
     };
     let mut engines = args.engines.engines()?;
     engines.inject_log_fault_after = args.inject_log_fault_after;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            Tls::new(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .context("--tls-cert/--tls-key")?,
+        ),
+        _ => None,
+    };
     let cfg = ServeConfig {
         engines,
         ingest: IngestConfig {
@@ -407,17 +452,32 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(args.http_idle_timeout_secs.max(1)),
             max_connections: args
                 .max_connections
-                .unwrap_or_else(|| default_max_connections(open_files))
+                .unwrap_or_else(|| default_max_connections(open_files, tls.is_some()))
                 .max(1),
             max_connections_per_ip: args.max_connections_per_ip,
             ..ConnectionLimits::default()
         },
         fail_grace: Duration::from_secs(args.fail_grace_secs),
+        tls: tls.clone(),
     };
     let listener = listen(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
-    let server = Server::start(cfg, listener).await?;
+    let redirect = match &args.redirect_http {
+        Some(addr) => Some(
+            listen(addr)
+                .await
+                .with_context(|| format!("listen on {addr} (--redirect-http)"))?,
+        ),
+        None => None,
+    };
+    let mut server = Server::start(cfg, listener).await?;
+    if let Some(redirect) = redirect {
+        server.redirect_http(redirect)?;
+    }
+    if let Some(tls) = tls {
+        tokio::spawn(reload_on_hangup(tls));
+    }
     let stop = server.shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -431,10 +491,36 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
 /// limit, leaving the rest to the engines' files and clients, so that a
 /// connection beyond the cap is answered `overloaded` rather than failing
 /// to be accepted at all.
-fn default_max_connections(open_files: Option<u64>) -> usize {
+/// With TLS a WebSocket holds three descriptors (its TCP connection and
+/// the socket pair of its TLS bridge), so the default is a quarter.
+fn default_max_connections(open_files: Option<u64>, tls: bool) -> usize {
     match open_files {
+        Some(n) if tls => usize::try_from(n / 4).unwrap_or(usize::MAX),
         Some(n) => usize::try_from(n / 4 * 3).unwrap_or(usize::MAX),
         None => 1 << 20,
+    }
+}
+
+/// Reads the certificate and key again at every SIGHUP: new connections
+/// get the new pair, open ones keep theirs. A pair that cannot be used is
+/// logged and the current one kept.
+async fn reload_on_hangup(tls: Tls) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: the certificate will not be reloaded");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let cert = tls.files().cert.display().to_string();
+        match tls.reload() {
+            Ok(()) => tracing::info!(%cert, "SIGHUP: reloaded the TLS certificate and key"),
+            Err(e) => {
+                tracing::error!(%cert, error = %e, "SIGHUP: cannot reload the TLS certificate; keeping the current one")
+            }
+        }
     }
 }
 

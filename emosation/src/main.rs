@@ -9,7 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = emosation::cli::Cli::parse();
-    emosation::cli::init_tracing();
+    emosation::cli::init_tracing(cli.log_format);
     emosation::process::private_files();
     if !cli.transparent_huge_pages
         && let Err(e) = emosation::process::disable_transparent_huge_pages()

@@ -117,6 +117,8 @@ pub struct ServeConfig {
     pub fail_grace: Duration,
     /// Proxies whose connections may name the client in `X-Forwarded-For`.
     pub trusted_proxies: emosation_http::client::TrustedProxies,
+    /// Serve HTTPS and WSS with this certificate; plain HTTP when `None`.
+    pub tls: Option<emosation_http::tls::Tls>,
 }
 
 /// The services of one process: all of them for `serve`, one for
@@ -220,6 +222,7 @@ impl ServeConfig {
             connections: ConnectionLimits::default(),
             fail_grace: Duration::from_secs(5),
             trusted_proxies: Default::default(),
+            tls: None,
         }
     }
 }
@@ -293,11 +296,49 @@ impl Storage {
     }
 }
 
+/// How often [`export_projector_lag`] reads the positions.
+const PROJECTOR_LAG_EVERY: Duration = Duration::from_secs(2);
+
+/// Sets `emosation_consumer_lag_records{group="core",topic,partition}`, the
+/// records of each partition the projector has not folded yet, every
+/// [`PROJECTOR_LAG_EVERY`] until `stop`. The projector is on the chat path,
+/// so the runner exports no lag for it (see `runner`); this reads the log's
+/// end offsets and the views' positions from outside instead, costing the
+/// fold nothing.
+async fn export_projector_lag(log: &dyn Log, views: &dyn ViewStore, stop: CancellationToken) {
+    use emosation_core::ids::Topic;
+    use emosation_core::ports::CORE_VIEWS;
+    let topology = log.topology();
+    loop {
+        for topic in Topic::ALL {
+            for partition in 0..topology.partitions(topic) {
+                let (end, at) = match (
+                    log.end_offset(topic, partition).await,
+                    views.position(CORE_VIEWS, topic, partition).await,
+                ) {
+                    (Ok(end), Ok(at)) => (end, at),
+                    // A failing engine says so elsewhere; try again later.
+                    _ => continue,
+                };
+                metrics::gauge!("emosation_consumer_lag_records",
+                    "group" => CORE_VIEWS, "topic" => topic.name(), "partition" => partition.to_string())
+                .set(end.saturating_sub(at) as f64);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PROJECTOR_LAG_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 /// A running all-in-one server.
 pub struct Server {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
+    /// The listener's connection limits, for the redirect listener too.
+    limits: ConnectionLimits,
     /// Where the analytics consumers run beside the chat path (if they do).
     _analytics: Option<Analytics>,
 }
@@ -438,6 +479,11 @@ impl Server {
             let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions);
             let stop = shutdown.clone();
             tasks.spawn(async move { projector.run(stop).await.context("projector") });
+            let (log, views, stop) = (Arc::clone(&log), Arc::clone(&views), shutdown.clone());
+            tasks.spawn(async move {
+                export_projector_lag(&*log, &*views, stop).await;
+                Ok(())
+            });
         }
         info!(?plan, replica = plan.projector && !roles.projector, "services starting");
 
@@ -478,19 +524,37 @@ impl Server {
             ))
             .with_state(());
         let addr = listener.local_addr()?;
-        let (limits, stop) = (cfg.connections, shutdown.clone());
+        let (limits, stop, tls) = (cfg.connections.clone(), shutdown.clone(), cfg.tls.clone());
         tasks.spawn(async move {
-            emosation_http::server::serve(listener, app, limits, stop)
+            emosation_http::server::serve(listener, app, limits, tls, stop)
                 .await
                 .context("http server")
         });
-        info!(%addr, "emosation serving");
+        info!(%addr, tls = cfg.tls.is_some(), "emosation serving");
         Ok(Server {
             addr,
             shutdown,
             tasks,
+            limits: cfg.connections,
             _analytics: analytics,
         })
+    }
+
+    /// Answers plain HTTP on `listener` with a `308` to the same path on
+    /// this server's HTTPS port (`--redirect-http`), under the same
+    /// connection limits, until the server stops.
+    pub fn redirect_http(&mut self, listener: TcpListener) -> anyhow::Result<SocketAddr> {
+        let at = listener.local_addr()?;
+        let app = emosation_http::tls::redirect(self.addr.port())
+            .layer(axum::middleware::from_fn(emosation_http::observe::track));
+        let (limits, stop) = (self.limits.clone(), self.shutdown.clone());
+        self.tasks.spawn(async move {
+            emosation_http::server::serve(listener, app, limits, None, stop)
+                .await
+                .context("http redirect server")
+        });
+        info!(%at, to = self.addr.port(), "redirecting plain HTTP to HTTPS");
+        Ok(at)
     }
 
     /// Waits until a task ends (an error, or shutdown), then stops the rest

@@ -11,7 +11,9 @@
 //!   `/metrics`, `/healthz`, `/readyz`, fallbacks.
 //! - [`server`]: [`server::serve`], a router on a listener with connection
 //!   hygiene (header, body and idle timeouts; caps per process and per
-//!   client address).
+//!   client address), TLS, request ids.
+//! - [`tls`]: [`tls::Tls`], the certificate and key (PEM) every listener
+//!   serves HTTPS with, reloadable; [`tls::bridge`] for WebSockets over TLS.
 
 pub mod auth;
 pub mod client;
@@ -19,6 +21,7 @@ pub mod error;
 pub mod json;
 pub mod observe;
 pub mod server;
+pub mod tls;
 
 pub use auth::{AuthUser, Authenticator, TokenKeys, TokenPair};
 pub use error::ApiError;

@@ -23,6 +23,17 @@
 //!   including after a WebSocket upgrade: each request carries the
 //!   connection's [`ConnectionPermit`], and the WebSocket handshake keeps it
 //!   for as long as the socket is open.
+//! - **TLS** (with a [`Tls`]): every connection is HTTPS (and its WebSockets
+//!   WSS). The handshake must complete within the header read timeout. A
+//!   plain HTTP request sent to the TLS port is answered `400 https_required`
+//!   in plain HTTP and the connection closed, rather than left to fail as a
+//!   malformed handshake. Each request carries `X-Forwarded-Proto: https`
+//!   (replacing a client's), so handlers see HTTPS as behind a proxy that
+//!   terminated TLS, and each response `Strict-Transport-Security`.
+//! - **Request ids**: each request gets one (the client's `X-Request-Id` if
+//!   it is 1–64 characters of `A-Za-z0-9._-`, else 16 random hex digits),
+//!   echoed in the response's `X-Request-Id` and recorded on the `request`
+//!   span, so every log line of the request names it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -36,6 +47,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -47,10 +59,34 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use tracing::{debug, error, warn};
+use tracing::{Instrument, debug, error, warn};
 
 use crate::ApiError;
 use crate::error::retry_after_secs;
+use crate::tls::Tls;
+
+/// `Strict-Transport-Security` of every response over TLS: a year, this
+/// host only (other services on subdomains are not ours to commit).
+const HSTS: &str = "max-age=31536000";
+
+/// A request's id (a request extension; see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub Arc<str>);
+
+impl RequestId {
+    /// The client's `X-Request-Id` if it is a sane token, else a new one.
+    fn of(headers: &hyper::http::HeaderMap) -> RequestId {
+        let given = headers.get("x-request-id").and_then(|v| v.to_str().ok()).filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        });
+        match given {
+            Some(id) => RequestId(Arc::from(id)),
+            None => RequestId(Arc::from(format!("{:016x}", rand::random::<u64>()))),
+        }
+    }
+}
 
 /// The limits every connection of a listener is held to.
 #[derive(Debug, Clone)]
@@ -190,6 +226,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<Tls>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Slots {
@@ -204,6 +241,7 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     let http = Arc::new(http);
+    let acceptor = tls.as_ref().map(Tls::acceptor);
     let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -228,6 +266,7 @@ pub async fn serve(
                     state: Arc::new(ConnState {
                         permit,
                         peer: peer.ip(),
+                        tls: acceptor.is_some(),
                         body_timeout: limits.body_timeout,
                         opened: Instant::now(),
                         in_flight: AtomicUsize::new(0),
@@ -235,7 +274,19 @@ pub async fn serve(
                     }),
                 };
                 let (http, stop, idle) = (Arc::clone(&http), shutdown.clone(), limits.idle_timeout);
-                connections.spawn(conn.serve(tcp, http, idle, stop));
+                match &acceptor {
+                    None => {
+                        connections.spawn(conn.serve(TokioIo::new(tcp), http, idle, stop));
+                    }
+                    Some(acceptor) => {
+                        let (acceptor, handshake) = (acceptor.clone(), limits.header_read_timeout);
+                        connections.spawn(async move {
+                            if let Some(tls) = accept_tls(tcp, peer, acceptor, handshake).await {
+                                conn.serve(TokioIo::new(tls), http, idle, stop).await;
+                            }
+                        });
+                    }
+                }
             }
             Err(refusal) => refuse(tcp, peer, refusal, limits.retry_after, &refusing),
         }
@@ -264,7 +315,7 @@ async fn accept_failed(e: std::io::Error) {
 /// Answers a connection a cap refused and closes it, without waiting for
 /// its request: `503 overloaded` (the process's cap) or `429 rate_limited`
 /// (the address's), with `Retry-After` and `Connection: close`.
-fn refuse(mut tcp: TcpStream, peer: SocketAddr, refusal: Refusal, retry_after: Duration, refusing: &Arc<AtomicUsize>) {
+fn refuse(tcp: TcpStream, peer: SocketAddr, refusal: Refusal, retry_after: Duration, refusing: &Arc<AtomicUsize>) {
     let (status, code, message, limit) = match refusal {
         Refusal::Process => (
             "503 Service Unavailable",
@@ -295,22 +346,85 @@ fn refuse(mut tcp: TcpStream, peer: SocketAddr, refusal: Refusal, retry_after: D
     }
     let refusing = Arc::clone(refusing);
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-            tcp.write_all(&answer).await?;
-            tcp.shutdown().await?;
-            let mut sink = [0u8; 4096];
-            let mut read = 0;
-            while read < 64 * 1024 {
-                match tcp.read(&mut sink).await? {
-                    0 => break,
-                    n => read += n,
-                }
-            }
-            std::io::Result::Ok(())
-        })
-        .await;
+        answer_and_close(tcp, &answer).await;
         refusing.fetch_sub(1, Ordering::AcqRel);
     });
+}
+
+/// Writes `answer`, closes the sending side, and reads (for at most
+/// [`REFUSAL_LINGER`]) what the client still sends before dropping the
+/// socket, so that its unread input does not reset the connection before
+/// the client has read the answer.
+async fn answer_and_close(mut tcp: TcpStream, answer: &[u8]) {
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        tcp.write_all(answer).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut read = 0;
+        while read < 64 * 1024 {
+            match tcp.read(&mut sink).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
+/// The TLS handshake of a connection, within `within` of its accept.
+/// A connection that opens with an HTTP request instead (a letter where a
+/// handshake record's type, 0x16, belongs) is answered `400
+/// https_required` in plain HTTP and closed; one that fails or does not
+/// finish the handshake in time is closed. Counted in
+/// `emosation_http_tls_refused_total{reason}`.
+async fn accept_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    within: Duration,
+) -> Option<crate::tls::TlsStream> {
+    let deadline = Instant::now() + within;
+    let refused = |reason: &'static str| {
+        metrics::counter!("emosation_http_tls_refused_total", "reason" => reason).increment(1);
+        debug!(%peer, reason, "TLS connection refused");
+    };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0].is_ascii_alphabetic() => {
+            refused("plain_http");
+            let body = serde_json::json!({"error": {
+                "code": "https_required",
+                "message": "this port speaks HTTPS only: use https:// (or wss://)",
+            }})
+            .to_string();
+            let answer = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n\
+                 content-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            answer_and_close(tcp, answer.as_bytes()).await;
+            return None;
+        }
+        Ok(Ok(1)) => {}
+        Ok(_) => return None,
+        Err(_) => {
+            refused("timeout");
+            return None;
+        }
+    }
+    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            refused("handshake");
+            debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            refused("timeout");
+            None
+        }
+    }
 }
 
 /// One accepted connection: the router, and what its requests share.
@@ -323,6 +437,8 @@ struct ConnState {
     permit: ConnectionPermit,
     /// The client's address, as accepted (see [`crate::client`]).
     peer: IpAddr,
+    /// The connection is TLS.
+    tls: bool,
     body_timeout: Duration,
     opened: Instant,
     /// Requests whose response has not been sent in full.
@@ -363,18 +479,23 @@ impl Drop for Busy {
 }
 
 impl Connection {
-    async fn serve(
+    /// Serves the connection's requests over `io`: the TCP stream as
+    /// accepted, or its TLS stream. Either is what an upgrade's handler gets
+    /// back (`TokioIo<TcpStream>` or `TokioIo<TlsStream>`).
+    async fn serve<I>(
         self,
-        tcp: TcpStream,
+        io: I,
         http: Arc<hyper::server::conn::http1::Builder>,
         idle: Duration,
         shutdown: CancellationToken,
-    ) {
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let service = RequestService {
             router: self.router,
             state: Arc::clone(&self.state),
         };
-        let conn = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
+        let conn = http.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);
         let check = tokio::time::sleep(idle);
         tokio::pin!(check);
@@ -434,24 +555,46 @@ impl hyper::service::Service<Request<Incoming>> for RequestService {
         });
         req.extensions_mut().insert(self.state.permit.clone());
         req.extensions_mut().insert(crate::client::ClientIp(self.state.peer));
+        let tls = self.state.tls;
+        if tls {
+            req.headers_mut()
+                .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        }
+        let id = RequestId::of(req.headers());
+        let span = tracing::info_span!("request", request_id = %id.0, method = %req.method(), path = req.uri().path());
+        req.extensions_mut().insert(id.clone());
         let router = self.router.clone();
-        Box::pin(async move {
-            let res = match router.oneshot(req).await {
-                Ok(res) => res,
-                Err(never) => match never {},
-            };
-            let res = if timed_out.load(Ordering::Acquire) {
-                ApiError::request_timeout("the request body did not arrive in time").into_response()
-            } else {
-                res
-            };
-            Ok(res.map(|body| {
-                Body::new(Tracked {
-                    inner: body,
-                    _busy: busy,
-                })
-            }))
-        })
+        let started = Instant::now();
+        Box::pin(
+            async move {
+                let res = match router.oneshot(req).await {
+                    Ok(res) => res,
+                    Err(never) => match never {},
+                };
+                let mut res = if timed_out.load(Ordering::Acquire) {
+                    ApiError::request_timeout("the request body did not arrive in time").into_response()
+                } else {
+                    res
+                };
+                let status = res.status().as_u16();
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                debug!(status, elapsed_ms, "request answered");
+                let headers = res.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&id.0) {
+                    headers.insert("x-request-id", v);
+                }
+                if tls {
+                    headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+                }
+                Ok(res.map(|body| {
+                    Body::new(Tracked {
+                        inner: body,
+                        _busy: busy,
+                    })
+                }))
+            }
+            .instrument(span),
+        )
     }
 }
 

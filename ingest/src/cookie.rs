@@ -37,8 +37,10 @@ pub fn read(headers: &HeaderMap) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// Whether the page is on HTTPS: its `Origin` says so, or a proxy in front
-/// terminated TLS (`X-Forwarded-Proto: https`). Either only ever adds
+/// Whether the page is on HTTPS: its `Origin` says so, or TLS was
+/// terminated in front of the handler (`X-Forwarded-Proto: https`): by a
+/// proxy, or by this server's own listener with `--tls-cert`, which sets
+/// the header on every request it decrypted. Either only ever adds
 /// `Secure`, which a forged header could only take away from its sender.
 fn over_tls(headers: &HeaderMap) -> bool {
     let has = |name: &str, prefix: &str| {

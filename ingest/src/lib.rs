@@ -198,6 +198,19 @@ impl std::fmt::Debug for Ingest {
     }
 }
 
+/// The `limit` label of `emosation_rate_limited_total` for an abuse
+/// limit's bucket (`KIND:KEY`): a closed set, never the key.
+fn limit_label(bucket: &str) -> &'static str {
+    match bucket.split_once(':').map_or(bucket, |(kind, _)| kind) {
+        "login" => "login",
+        "login-ip" => "login_ip",
+        "signup-ip" => "signup_ip",
+        "rooms" => "room",
+        "joins" => "join",
+        _ => "other",
+    }
+}
+
 fn hash_password(password: &str) -> Result<String, CommandError> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
@@ -247,6 +260,7 @@ impl Ingest {
         {
             Ok(())
         } else {
+            metrics::counter!("emosation_rate_limited_total", "limit" => "message").increment(1);
             Err(CommandError::RateLimited {
                 message: format!("more than {rate} messages per second"),
                 retry_after: Duration::from_secs(1),
@@ -260,6 +274,7 @@ impl Ingest {
         if self.take(&bucket, limit.rate(), limit.burst).await {
             Ok(())
         } else {
+            metrics::counter!("emosation_rate_limited_total", "limit" => limit_label(&bucket)).increment(1);
             Err(CommandError::RateLimited {
                 message: format!("too many {what}; at most {} a minute", limit.per_minute),
                 retry_after: limit.retry_after(),
@@ -357,8 +372,10 @@ impl Ingest {
             metrics::histogram!("emosation_ingest_append_seconds").record(durable.as_secs_f64());
             let decision = match tokio::time::timeout(timeout, decided).await {
                 Ok(Some(decision)) => {
-                    metrics::histogram!("emosation_ingest_decision_seconds")
-                        .record((started.elapsed() - durable).as_secs_f64());
+                    let answered = started.elapsed();
+                    metrics::histogram!("emosation_ingest_decision_seconds").record((answered - durable).as_secs_f64());
+                    // The whole wait a 2xx or an `ack` stands for: durable, then decided.
+                    metrics::histogram!("emosation_ingest_ack_seconds").record(answered.as_secs_f64());
                     decision
                 }
                 Ok(None) => {

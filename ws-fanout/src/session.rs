@@ -20,16 +20,15 @@ use emosation_http::AuthUser;
 use emosation_http::auth::{SessionEndCause, TokenKind};
 use emosation_ingest::CommandError;
 use futures_util::StreamExt;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
 use crate::node::{Fanout, Live};
 use crate::protocol::{self, ClientFrame, FrameError};
-use crate::socket::ConnHandle;
-use crate::socket::outbox::writer;
+use crate::socket::outbox::{count_close, writer};
 use crate::socket::reader::client_stream;
+use crate::socket::{ConnHandle, Socket};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -109,9 +108,9 @@ fn deadline(exp: i64) -> tokio::time::Instant {
 /// Serves one upgraded socket until it closes; `pre` is what the HTTP
 /// server read past the handshake; the access token it was opened with
 /// expires at `exp` (seconds since the epoch).
-pub async fn run(fanout: Arc<Fanout>, user: AuthUser, exp: i64, tcp: TcpStream, pre: Bytes) {
+pub async fn run(fanout: Arc<Fanout>, user: AuthUser, exp: i64, socket: Socket, pre: Bytes) {
     let cfg = fanout.cfg.clone();
-    let (read, write) = tcp.into_split();
+    let (read, write) = socket.into_split();
     let conn = Arc::new(ConnHandle::new(
         NEXT_CONN.fetch_add(1, Ordering::Relaxed),
         user.user_id.clone(),
@@ -201,7 +200,10 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, exp: i64, tcp: TcpStream, 
                 server_closed = true;
                 break;
             }
-            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(None) | Ok(Some(Err(_))) => {
+                count_close(1006, "client");
+                break;
+            }
             Ok(Some(Ok(m))) => m,
         };
         match msg {
@@ -234,7 +236,10 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, exp: i64, tcp: TcpStream, 
                     "binary frames are not supported; send JSON text frames",
                 )));
             }
-            Message::Close(_) => break,
+            Message::Close(frame) => {
+                count_close(frame.map_or(1005, |f| u16::from(f.code)), "client");
+                break;
+            }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }

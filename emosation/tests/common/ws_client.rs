@@ -4,20 +4,37 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-pub struct Client {
-    pub ws: Ws,
+/// A client on any stream: plain TCP by default, or a TLS stream the test
+/// opened itself (`Client::on`).
+pub struct Client<S = MaybeTlsStream<TcpStream>> {
+    pub ws: WebSocketStream<S>,
 }
 
 impl Client {
     pub async fn connect(base: &str, token: &str) -> Client {
         let url = format!("{}/v1/ws?access_token={token}", base.replace("http://", "ws://"));
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        Client::greeted(ws).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// The WebSocket handshake for `url` over `stream`, and its `hello`.
+    pub async fn on(stream: S, url: &str) -> Client<S> {
+        let (ws, _) = tokio_tungstenite::client_async(url, stream)
+            .await
+            .expect("ws handshake");
+        Client::greeted(ws).await
+    }
+
+    async fn greeted(ws: WebSocketStream<S>) -> Client<S> {
         let mut c = Client { ws };
         let hello = c.next().await;
         assert_eq!(hello["type"], "hello", "{hello}");

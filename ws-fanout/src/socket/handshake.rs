@@ -2,6 +2,8 @@
 //! checked, the `101 Switching Protocols` answer built, and once it has gone
 //! out the connection's own TCP stream is taken from the HTTP server, so that
 //! frames are written to it directly rather than through hyper's upgraded IO.
+//! A connection over TLS is bridged to a socket pair instead (see
+//! [`emosation_http::tls::bridge`]), which takes the same writes.
 //! The connection's [`ConnectionPermit`] goes with the stream: the socket
 //! counts against the server's connection caps for as long as it is open.
 
@@ -12,8 +14,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use emosation_http::ApiError;
 use emosation_http::server::ConnectionPermit;
+use emosation_http::tls::{TlsStream, bridge};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
+
+use super::Socket;
 
 /// A checked opening handshake; the connection is taken over with
 /// [`Handshake::accept`].
@@ -73,10 +78,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Handshake {
 
 impl Handshake {
     /// The `101` answer. Once it has gone out, `serve` gets the connection's
-    /// TCP stream and what the HTTP server read past the request.
+    /// socket and what the HTTP server read past the request.
     pub fn accept<F, Fut>(self, serve: F) -> Response
     where
-        F: FnOnce(TcpStream, Bytes) -> Fut + Send + 'static,
+        F: FnOnce(Socket, Bytes) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let Handshake {
@@ -97,12 +102,21 @@ impl Handshake {
             // through hyper-util's auto builder, which wraps the stream.
             type Io = hyper_util::rt::TokioIo<TcpStream>;
             let upgraded = match upgraded.downcast::<Io>() {
-                Ok(parts) => return serve(parts.io.into_inner(), parts.read_buf).await,
+                Ok(parts) => return serve(Socket::Tcp(parts.io.into_inner()), parts.read_buf).await,
+                Err(upgraded) => upgraded,
+            };
+            let upgraded = match upgraded.downcast::<hyper_util::rt::TokioIo<TlsStream>>() {
+                Ok(parts) => {
+                    return match bridge(parts.io.into_inner()) {
+                        Ok(plain) => serve(Socket::Tls(plain), parts.read_buf).await,
+                        Err(e) => warn!(error = %e, "cannot bridge a WebSocket over TLS; closing it"),
+                    };
+                }
                 Err(upgraded) => upgraded,
             };
             match hyper_util::server::conn::auto::upgrade::downcast::<Io>(upgraded) {
-                Ok(parts) => serve(parts.io.into_inner(), parts.read_buf).await,
-                Err(_) => warn!("an upgraded connection is not a TCP stream; closing it"),
+                Ok(parts) => serve(Socket::Tcp(parts.io.into_inner()), parts.read_buf).await,
+                Err(_) => warn!("an upgraded connection is neither a TCP nor a TLS stream; closing it"),
             }
         });
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());

@@ -27,12 +27,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Frame;
+use super::stream::WriteHalf;
 
 /// Frames written per (vectored) write at most.
 const COALESCE: usize = 64;
@@ -74,7 +74,7 @@ struct Outbox {
     closed: bool,
     /// The socket's write side; the writer task drops it at the end (which
     /// sends FIN). `None` before a socket is attached, and in unit tests.
-    sock: Option<Arc<OwnedWriteHalf>>,
+    sock: Option<Arc<WriteHalf>>,
 }
 
 impl Outbox {
@@ -102,7 +102,7 @@ impl Outbox {
 
 /// Writes as much of `frames` (up to [`COALESCE`] of them) as the socket
 /// takes without waiting.
-fn write_now<'a>(sock: &OwnedWriteHalf, frames: impl IntoIterator<Item = &'a Bytes>) -> io::Result<usize> {
+fn write_now<'a>(sock: &WriteHalf, frames: impl IntoIterator<Item = &'a Bytes>) -> io::Result<usize> {
     let mut slices = [IoSlice::new(&[]); COALESCE];
     let mut n = 0;
     for (slot, f) in slices.iter_mut().zip(frames) {
@@ -137,7 +137,7 @@ pub(crate) enum Queued {
 }
 
 impl ConnHandle {
-    pub(crate) fn new(id: u64, user_id: String, capacity: usize, sock: Option<OwnedWriteHalf>) -> ConnHandle {
+    pub(crate) fn new(id: u64, user_id: String, capacity: usize, sock: Option<WriteHalf>) -> ConnHandle {
         ConnHandle {
             id,
             user_id,
@@ -282,10 +282,19 @@ impl ConnHandle {
     }
 
     pub fn close(&self, code: u16, reason: &'static str) {
-        self.ending
-            .lock()
-            .expect("ending lock")
-            .get_or_insert((code, reason, None));
+        self.end((code, reason, None));
+    }
+
+    /// Records how the connection ends, unless it is ending already (the
+    /// first reason wins), and ends it.
+    fn end(&self, ending: (u16, &'static str, Option<Frame>)) {
+        {
+            let mut current = self.ending.lock().expect("ending lock");
+            if current.is_none() {
+                count_close(ending.0, "server");
+                *current = Some(ending);
+            }
+        }
         self.shut();
     }
 
@@ -298,11 +307,7 @@ impl ConnHandle {
 
     /// Ends this connection with `last` (a `kicked`) before the close frame.
     pub fn end_with(&self, code: u16, reason: &'static str, last: Frame) {
-        self.ending
-            .lock()
-            .expect("ending lock")
-            .get_or_insert((code, reason, Some(last)));
-        self.shut();
+        self.end((code, reason, Some(last)));
     }
 
     pub fn is_closed(&self) -> bool {
@@ -330,7 +335,7 @@ impl ConnHandle {
     /// The writer task's drain: writes the queue as the socket becomes
     /// writable, until it is empty (the socket goes back to inline writes)
     /// or the connection closes. Err if a write failed.
-    async fn drain(&self, sock: &OwnedWriteHalf, batch: &mut Vec<Bytes>) -> io::Result<()> {
+    async fn drain(&self, sock: &WriteHalf, batch: &mut Vec<Bytes>) -> io::Result<()> {
         loop {
             batch.clear();
             {
@@ -358,7 +363,7 @@ impl ConnHandle {
 
     /// The writer's last words: the rest of a frame partly written (so the
     /// stream stays well formed), a last frame (`kicked`), the close frame.
-    async fn finish(&self, sock: &OwnedWriteHalf) {
+    async fn finish(&self, sock: &WriteHalf) {
         let ending = self.ending.lock().expect("ending lock").take();
         let (code, reason, last) = ending.unwrap_or((1000, "", None));
         let rest = {
@@ -387,6 +392,31 @@ impl ConnHandle {
             debug!(conn = self.id, error = %e, "cannot write the close frame");
         }
     }
+}
+
+/// Counts a connection's end in `emosation_fanout_closes_total{code,by}`:
+/// `by` the server (its close frame's code) or the client (the code of its
+/// close frame; 1005 for one without a code, 1006 for a connection that
+/// ended without one). Codes outside RFC 6455's are counted as `other`.
+pub(crate) fn count_close(code: u16, by: &'static str) {
+    let code = match code {
+        1000 => "1000",
+        1001 => "1001",
+        1002 => "1002",
+        1003 => "1003",
+        1005 => "1005",
+        1006 => "1006",
+        1007 => "1007",
+        1008 => "1008",
+        1009 => "1009",
+        1010 => "1010",
+        1011 => "1011",
+        1012 => "1012",
+        1013 => "1013",
+        1014 => "1014",
+        _ => "other",
+    };
+    metrics::counter!("emosation_fanout_closes_total", "code" => code, "by" => by).increment(1);
 }
 
 /// The connection's writer task: drains the queue when the socket is its,
@@ -443,7 +473,7 @@ mod tests {
     /// A connected pair on loopback with small kernel buffers, so that a
     /// client that does not read fills them quickly: the server's write
     /// side, and the client.
-    async fn pair() -> (OwnedWriteHalf, OwnedReadHalf, TcpStream) {
+    async fn pair() -> (WriteHalf, OwnedReadHalf, TcpStream) {
         let listener = TcpSocket::new_v4().unwrap();
         listener.set_send_buffer_size(4096).unwrap();
         listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -453,7 +483,7 @@ mod tests {
         client.set_recv_buffer_size(4096).unwrap();
         let (client, accepted) = tokio::join!(client.connect(addr), listener.accept());
         let (read, write) = accepted.unwrap().0.into_split();
-        (write, read, client.unwrap())
+        (WriteHalf::from(write), read, client.unwrap())
     }
 
     fn text(i: usize, size: usize) -> Frame {

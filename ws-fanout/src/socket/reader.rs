@@ -9,11 +9,11 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::codec::without_close;
+use super::stream::ReadHalf;
 use super::{ConnHandle, Frame};
 
 /// A client's frames, read by tungstenite (masking, UTF-8, fragments,
@@ -23,7 +23,7 @@ pub type ClientStream = WebSocketStream<ReadSide>;
 /// Opens the client's side of the connection: frames from `read` (after
 /// `pre`, what the HTTP server read past the handshake), tungstenite's own
 /// writes (pongs) queued on `conn`.
-pub async fn client_stream(pre: Bytes, read: OwnedReadHalf, conn: Arc<ConnHandle>) -> ClientStream {
+pub async fn client_stream(pre: Bytes, read: ReadHalf, conn: Arc<ConnHandle>) -> ClientStream {
     // Small buffers: an idle socket should cost little memory. Frames up to
     // 1 MiB are read (and answered with an error if over the protocol limit);
     // larger ones end the connection with 1009.
@@ -46,7 +46,7 @@ pub async fn client_stream(pre: Bytes, read: OwnedReadHalf, conn: Arc<ConnHandle
 /// out: the writer task sends the connection's one close frame.
 pub struct ReadSide {
     pre: Bytes,
-    read: OwnedReadHalf,
+    read: ReadHalf,
     conn: Arc<ConnHandle>,
 }
 
