@@ -10,11 +10,17 @@ What `docker compose config` cannot know, and what went wrong before:
 - every named volume is declared, and no service relies on an anonymous one;
 - healthchecks have a start_period; the gateway mounts deploy/nginx, raises
   its open-file limit and publishes on a configurable (loopback) address;
-- the JWT secret comes from .env (scripts/compose-env), never a fixed value.
+- the JWT secret comes from .env (scripts/compose-env), never a fixed value;
+- TLS: the gateway mounts its certificate directory, made first by the
+  one-shot gateway-tls service, and publishes HTTPS beside HTTP;
+- Prometheus scrapes /metrics of every emosation service (and nothing
+  else), Grafana is provisioned from deploy/grafana, and neither publishes
+  on every interface.
 
 Usage: compose_lint.py docker-compose.yml path/to/emosation
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -41,6 +47,14 @@ def help_env_vars(binary, subcommand):
     return set(re.findall(r"\[env: (EMOSATION_[A-Z0-9_]+)", out.stdout))
 
 
+def source_of(vol):
+    """A volume's source, with ${VAR:-default} read as its default."""
+    if not isinstance(vol, str):
+        return vol.get("source", "")
+    m = re.match(r"\$\{[A-Z0-9_]+:-([^}]*)\}:", vol)
+    return m.group(1) if m else vol.split(":", 1)[0]
+
+
 def main():
     path, binary = sys.argv[1], sys.argv[2]
     with open(path) as f:
@@ -54,13 +68,14 @@ def main():
         if hc and "start_period" not in hc:
             problems.append(f"{name}: healthcheck without start_period")
         for vol in svc.get("volumes") or []:
-            source = vol.split(":", 1)[0] if isinstance(vol, str) else vol.get("source", "")
+            source = source_of(vol)
             if ":" not in str(vol) and isinstance(vol, str):
                 problems.append(f"{name}: anonymous volume {vol}")
             elif not source.startswith((".", "/")) and source not in declared_volumes:
                 problems.append(f"{name}: volume {source} is not declared")
 
-        if svc.get("image") == "emosation:local":
+        # A one-shot job on the image (its own entrypoint) is no service.
+        if svc.get("image") == "emosation:local" and not svc.get("entrypoint"):
             command = svc.get("command") or ["serve"]
             sub = command[0]
             known = help_env_vars(binary, sub) | {"EMOSATION_LOG_LEVEL"}
@@ -100,6 +115,44 @@ def main():
     for port in gw.get("ports") or []:
         if not str(port).startswith("${EMOSATION_GATEWAY_BIND"):
             problems.append(f"gateway: port {port} publishes on every interface")
+
+    tls_mounts = [v for v in gw.get("volumes") or [] if str(v).endswith(":/etc/nginx/tls:ro")]
+    if not tls_mounts:
+        problems.append("gateway: the TLS directory is not mounted at /etc/nginx/tls (read-only)")
+    if (gw.get("depends_on") or {}).get("gateway-tls", {}).get("condition") != "service_completed_successfully":
+        problems.append("gateway: must wait for gateway-tls to have its certificate")
+    maker = services.get("gateway-tls") or {}
+    made = {source_of(v) for v in maker.get("volumes") or []}
+    if not tls_mounts or source_of(tls_mounts[0]) not in made:
+        problems.append("gateway-tls: does not write the directory the gateway reads")
+    if not any(str(p).endswith(":8443") for p in gw.get("ports") or []):
+        problems.append("gateway: HTTPS (8443) is not published")
+
+    # Prometheus scrapes every emosation service's /metrics, and only those.
+    emosation = {n for n, s in services.items() if s.get("image") == "emosation:local" and not s.get("entrypoint")}
+    prom = services.get("prometheus") or fail("no prometheus service")
+    prom_dir = next((source_of(v) for v in prom.get("volumes") or [] if str(v).endswith(":/etc/prometheus:ro")), None)
+    if not prom_dir:
+        problems.append("prometheus: deploy/prometheus is not mounted at /etc/prometheus")
+    else:
+        with open(os.path.join(os.path.dirname(path) or ".", prom_dir, "prometheus.yml")) as f:
+            prom_cfg = yaml.safe_load(f)
+        scraped = set()
+        for job in prom_cfg.get("scrape_configs") or []:
+            if job.get("metrics_path", "/metrics") != "/metrics":
+                problems.append(f"prometheus: job {job.get('job_name')} scrapes {job.get('metrics_path')}")
+            for sc in job.get("static_configs") or []:
+                scraped |= {t.split(":")[0] for t in sc.get("targets") or []}
+        if scraped != emosation:
+            problems.append(f"prometheus scrapes {sorted(scraped)}, the emosation services are {sorted(emosation)}")
+    graf = services.get("grafana") or fail("no grafana service")
+    for want in ("./deploy/grafana/provisioning:", "./deploy/grafana/dashboards:"):
+        if not any(str(v).startswith(want) for v in graf.get("volumes") or []):
+            problems.append(f"grafana: {want[:-1]} is not mounted")
+    for name in ("prometheus", "grafana"):
+        for port in services[name].get("ports") or []:
+            if not str(port).startswith("${EMOSATION_"):
+                problems.append(f"{name}: port {port} publishes on every interface")
 
     if problems:
         fail("\n  " + "\n  ".join(problems))

@@ -13,7 +13,7 @@ use std::process::Command;
 
 #[test]
 fn compose_file_and_gateway_config_are_valid() {
-    let missing: Vec<&str> = ["docker-compose", "nginx", "python3"]
+    let missing: Vec<&str> = ["docker-compose", "nginx", "python3", "openssl"]
         .into_iter()
         .filter(|tool| {
             Command::new("sh")
