@@ -203,6 +203,11 @@ pub struct ServeArgs {
     /// Frames queued per WebSocket before the client is closed as too slow (1013).
     #[arg(long, env = "EMOSATION_WS_QUEUE_FRAMES", default_value_t = 1024)]
     pub ws_queue_frames: usize,
+    /// Milliseconds over which a busy room of 64 or more subscribers on a
+    /// node has its messages batched into one write per socket (0: a write
+    /// per delivery pass). Adds at most this much to such a room's latency.
+    #[arg(long, env = "EMOSATION_WS_BATCH_WINDOW_MS", default_value_t = 25)]
+    pub ws_batch_window_ms: u64,
     /// Run the emotion analyzer in this process (`false` when it runs as its own service).
     #[arg(long, env = "EMOSATION_ANALYZER", default_value_t = true, action = clap::ArgAction::Set)]
     pub analyzer: bool,
@@ -442,6 +447,7 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
             queue_frames: args.ws_queue_frames.max(1),
             idle_timeout: Duration::from_secs(args.ws_idle_timeout_secs.max(1)),
             ping_interval: Duration::from_secs((args.ws_idle_timeout_secs / 3).max(1)),
+            batch_window: Duration::from_millis(args.ws_batch_window_ms),
             ..FanoutConfig::default()
         },
         roles,

@@ -446,6 +446,7 @@ impl Server {
                 Arc::clone(&log),
                 Arc::clone(&views),
                 Arc::clone(&decisions),
+                cfg.fanout.batch_window,
                 shutdown.clone(),
             );
             let fanout = Fanout::start(feed, Arc::clone(&ingest), Arc::clone(&presence), cfg.fanout)

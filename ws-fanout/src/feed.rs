@@ -32,6 +32,7 @@ pub struct Feed {
     views: Arc<dyn ViewStore>,
     decisions: Arc<dyn Decisions>,
     hub: Hub,
+    batch_window: Duration,
     shutdown: CancellationToken,
 }
 
@@ -41,14 +42,27 @@ impl std::fmt::Debug for Feed {
     }
 }
 
+/// An event that went to at least this many subscribers here makes its
+/// partition's next delivery wait for the batch window (see [`Feed::new`]).
+const WIDE_EVENT: u64 = 64;
+
 /// How long a tailer waits for the projector before looking again.
 const APPLIED_WAIT: Duration = Duration::from_secs(1);
 
 impl Feed {
+    /// `batch_window`: after a delivery that reached a wide room (at least
+    /// [`WIDE_EVENT`] subscribers here), the partition's next delivery
+    /// starts no sooner than this after it began. A busy large room's
+    /// sockets then get each window's messages in one write instead of one
+    /// write per message or two: the kernel's cost per write (a loopback
+    /// TCP send here, with its wake-up of the reader) is most of a
+    /// delivery's. A quiet room is not delayed (its next message comes
+    /// after the window anyway), nor are small rooms. Zero turns it off.
     pub fn new(
         log: Arc<dyn Log>,
         views: Arc<dyn ViewStore>,
         decisions: Arc<dyn Decisions>,
+        batch_window: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Feed> {
         Arc::new(Feed {
@@ -56,6 +70,7 @@ impl Feed {
             views,
             decisions,
             hub: Hub::default(),
+            batch_window,
             shutdown,
         })
     }
@@ -256,12 +271,19 @@ impl Feed {
                 Self::candidates(p, records, |room, stream| interest.wants(room, stream))
             });
             let events = self.decide(candidates).await;
+            let mut wide = false;
             if !events.is_empty() {
-                self.hub.deliver(events, &mut flushes);
+                wide = self.hub.deliver(events, &mut flushes) >= WIDE_EVENT;
                 // The writes, outside the hub's lock: each subscriber's
                 // frames of the batch in one write.
                 flushes.run_fairly().await;
                 metrics::histogram!("emosation_fanout_read_to_queued_seconds").record(read_at.elapsed().as_secs_f64());
+            }
+            if wide && !self.batch_window.is_zero() {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until((read_at + self.batch_window).into()) => {}
+                }
             }
             next = last + 1;
             if self.hub.stop_if_unwanted(p) {
@@ -392,7 +414,7 @@ mod tests {
         let views: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("views")).unwrap());
         // No projector runs: a catch-up waits for it, holding its permit.
         let decisions = Arc::new(LocalDecisions::new());
-        let feed = Feed::new(log.clone(), views, decisions, CancellationToken::new());
+        let feed = Feed::new(log.clone(), views, decisions, Duration::ZERO, CancellationToken::new());
         let mut first = None;
         for i in 0..3 {
             let pos = log.append(Topic::Rooms, b"room-a", Bytes::from(vec![i])).await.unwrap();

@@ -354,12 +354,30 @@ impl Hub {
     }
 
     /// Queues `events` (in log order) for their rooms' subscribers; the
-    /// caller writes `flushes` after.
-    pub(crate) fn deliver(&self, events: Vec<Event>, flushes: &mut Flushes) {
-        let mut st = self.state();
+    /// caller writes `flushes` after. Each subscriber's frames of the batch
+    /// are queued at once (one lock of its queue, one write after). Returns
+    /// the most subscribers a room's events went to.
+    pub(crate) fn deliver(&self, events: Vec<Event>, flushes: &mut Flushes) -> u64 {
+        // Each room's events, in log order; rooms in order of first event.
+        let mut rooms: Vec<Vec<Event>> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         for ev in events {
-            deliver(&mut st, ev, flushes);
+            let i = *index.entry(ev.room_id.clone()).or_insert_with(|| {
+                rooms.push(Vec::new());
+                rooms.len() - 1
+            });
+            rooms[i].push(ev);
         }
+        let mut st = self.state();
+        let mut widest = 0;
+        let mut delivered = 0;
+        for evs in rooms {
+            let (reached, frames) = deliver(&mut st, &evs, flushes);
+            widest = widest.max(reached);
+            delivered += frames;
+        }
+        metrics::counter!("emosation_fanout_deliveries_total").increment(delivered);
+        widest
     }
 
     /// Stops partition `p`'s tailer (returns true) when none of its rooms
@@ -432,6 +450,19 @@ impl Flushes {
         }
     }
 
+    /// [`Flushes::queue`] for several frames of one socket, under one lock
+    /// of its queue.
+    fn queue_all(&mut self, conn: &Arc<ConnHandle>, frames: impl ExactSizeIterator<Item = Frame>) -> bool {
+        match conn.queue_all(frames) {
+            Queued::Flush => {
+                self.0.push(Arc::clone(conn));
+                true
+            }
+            Queued::Behind => true,
+            Queued::Dropped => false,
+        }
+    }
+
     fn run(&mut self) {
         for conn in self.0.drain(..) {
             conn.flush();
@@ -457,47 +488,57 @@ impl Flushes {
     }
 }
 
-/// Queues `ev` for the room's subscribers (the caller writes `flushes`
-/// after releasing the lock).
-fn deliver(st: &mut State, ev: Event, flushes: &mut Flushes) {
-    let Some(subs) = st.rooms.get_mut(&ev.room_id).map(|r| &mut r.subs) else {
-        return;
+/// Queues one room's events (in log order) for its subscribers, each
+/// subscriber's frames at once (the caller writes `flushes` after releasing
+/// the lock). Returns how many subscribers got frames, and how many frames.
+fn deliver(st: &mut State, evs: &[Event], flushes: &mut Flushes) -> (u64, u64) {
+    let Some(first) = evs.first() else {
+        return (0, 0);
     };
-    let mut delivered = 0u64;
-    for s in subs.values_mut() {
-        if ev.offset <= s.last {
-            continue;
-        }
-        if let Some(held) = &mut s.held {
-            // A catch-up that cannot keep up with the room ends like a slow
-            // client: closed, to resume later from its cursor.
-            if held.len() >= MAX_HELD {
-                s.conn.close(1013, "too slow: resume with since");
-                continue;
+    let room_id = first.room_id.as_str();
+    let Some(room) = st.rooms.get_mut(room_id) else {
+        return (0, 0);
+    };
+    let (mut reached, mut delivered) = (0u64, 0u64);
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut leaving: Vec<u64> = Vec::new();
+    for (conn_id, s) in room.subs.iter_mut() {
+        frames.clear();
+        let mut events = 0u64;
+        for ev in evs {
+            if ev.offset > s.last {
+                if let Some(held) = &mut s.held {
+                    // A catch-up that cannot keep up with the room ends like
+                    // a slow client: closed, to resume later from its cursor.
+                    if held.len() >= MAX_HELD {
+                        s.conn.close(1013, "too slow: resume with since");
+                        break;
+                    }
+                    held.push(ev.clone());
+                } else {
+                    s.last = ev.offset;
+                    if s.streams.wants(ev.stream) {
+                        frames.push(ev.frame.clone());
+                        events += 1;
+                    }
+                }
             }
-            held.push(ev.clone());
-            continue;
+            // A member who left no longer receives the room.
+            if ev.left.as_deref() == Some(s.conn.user_id.as_str()) {
+                frames.push(protocol::unsubscribed(room_id));
+                leaving.push(*conn_id);
+                break;
+            }
         }
-        s.last = ev.offset;
-        if s.streams.wants(ev.stream) && flushes.queue(&s.conn, ev.frame.clone()) {
-            delivered += 1;
-        }
-    }
-    metrics::counter!("emosation_fanout_deliveries_total").increment(delivered);
-    if let Some(user) = &ev.left {
-        // A member who left no longer receives the room.
-        let leaving: Vec<u64> = subs
-            .iter()
-            .filter(|(_, s)| s.conn.user_id == *user)
-            .map(|(conn_id, s)| {
-                flushes.queue(&s.conn, protocol::unsubscribed(&ev.room_id));
-                *conn_id
-            })
-            .collect();
-        for conn_id in leaving {
-            st.remove_sub(conn_id, &ev.room_id);
+        if !frames.is_empty() && flushes.queue_all(&s.conn, frames.drain(..)) {
+            reached += 1;
+            delivered += events;
         }
     }
+    for conn_id in leaving {
+        st.remove_sub(conn_id, room_id);
+    }
+    (reached, delivered)
 }
 
 #[cfg(test)]
@@ -518,6 +559,74 @@ mod tests {
         chat: true,
         emotion: false,
     };
+
+    /// A frame that says which event it is.
+    fn frame(name: &str) -> Frame {
+        Frame::json(&serde_json::json!({ "e": name }))
+    }
+
+    fn event(offset: u64, stream: Stream, name: &str, left: Option<&str>) -> Event {
+        Event {
+            offset,
+            room_id: "r".into(),
+            stream,
+            frame: frame(name),
+            left: left.map(str::to_owned),
+        }
+    }
+
+    /// What a connection was sent, after its `subscribed`.
+    fn sent(conn: &ConnHandle) -> Vec<String> {
+        conn.queued_bytes()
+            .iter()
+            .map(|b| String::from_utf8_lossy(&b[2..]).into_owned())
+            .filter(|t| !t.contains("\"subscribed\""))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_goes_to_each_subscriber_in_log_order_and_stops_where_a_member_left() {
+        let hub = Hub::default();
+        let conn = |id: u64, user: &str| Arc::new(ConnHandle::new(id, user.into(), 64, None));
+        let (a, b, c, d) = (conn(1, "a"), conn(2, "b"), conn(3, "c"), conn(4, "d"));
+        let emotions = Streams {
+            chat: false,
+            emotion: true,
+        };
+        // The tailer is at offset 10: live subscriptions start after 9.
+        hub.register(&a, "r", 0, 10, None, CHAT);
+        hub.register(&b, "r", 0, 10, None, CHAT);
+        hub.register(&c, "r", 0, 10, None, emotions);
+        // d resumes from 5: it catches up, and live events are held for it.
+        assert!(hub.register(&d, "r", 0, 10, Some(5), CHAT).catch_up);
+        let mut flushes = Flushes::default();
+        let widest = hub.deliver(
+            vec![
+                event(9, Stream::Chat, "seen already", None),
+                event(10, Stream::Chat, "m1", None),
+                event(11, Stream::Emotion, "e1", None),
+                event(12, Stream::Chat, "b left", Some("b")),
+                event(13, Stream::Chat, "m2", None),
+            ],
+            &mut flushes,
+        );
+        assert_eq!(widest, 3, "a, b and c got frames of the room");
+        let f = |names: &[&str]| -> Vec<String> { names.iter().map(|n| format!("{{\"e\":\"{n}\"}}")).collect() };
+        assert_eq!(sent(&a), f(&["m1", "b left", "m2"]));
+        let mut to_b = f(&["m1", "b left"]);
+        to_b.push(r#"{"room_id":"r","type":"unsubscribed"}"#.to_owned());
+        assert_eq!(sent(&b), to_b, "the leaver gets the leave, then nothing more");
+        assert!(!hub.is_subscribed(2, "r") && hub.is_subscribed(1, "r"));
+        assert_eq!(sent(&c), f(&["e1"]));
+        assert!(sent(&d).is_empty(), "held back while it catches up");
+        // Going live hands d what was held, from where its catch-up ended.
+        hub.go_live(4, hub_sub_id(&hub, 4), "r", 10);
+        assert_eq!(sent(&d), f(&["b left", "m2"]));
+    }
+
+    fn hub_sub_id(hub: &Hub, conn_id: u64) -> u64 {
+        hub.state().rooms["r"].subs[&conn_id].id
+    }
 
     #[test]
     fn a_room_knows_which_streams_its_subscribers_want() {

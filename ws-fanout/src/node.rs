@@ -31,6 +31,9 @@ pub struct FanoutConfig {
     pub idle_timeout: Duration,
     /// Largest client frame answered normally; larger ones get an error frame.
     pub max_frame_bytes: usize,
+    /// A busy wide room's deliveries are batched over this window (see
+    /// [`Feed::new`](crate::Feed::new)).
+    pub batch_window: Duration,
 }
 
 impl Default for FanoutConfig {
@@ -41,6 +44,7 @@ impl Default for FanoutConfig {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             max_frame_bytes: 64 * 1024,
+            batch_window: Duration::from_millis(25),
         }
     }
 }

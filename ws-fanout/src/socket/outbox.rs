@@ -39,8 +39,10 @@ const COALESCE: usize = 64;
 /// How long the writer tries to get the last frames (a `kicked`, the close
 /// frame) into a socket whose client does not read.
 const CLOSE_WRITE: Duration = Duration::from_secs(5);
-/// A drained queue whose buffer grew past this many frames gives it back.
-const KEEP_QUEUE: usize = 16;
+/// A drained queue whose buffer grew past this many frames gives it back
+/// (a socket of a busy room keeps its buffer from one batch to the next
+/// instead of growing it anew every time: 2 KiB).
+const KEEP_QUEUE: usize = 64;
 
 /// The shareable side of a connection: its outgoing queue and socket, and
 /// its way to be closed.
@@ -182,6 +184,32 @@ impl ConnHandle {
         let idle = q.frames.is_empty() && !q.draining;
         q.frames.push_back(frame.into_bytes());
         Ok(idle)
+    }
+
+    /// [`ConnHandle::queue`] for several frames, in order, under one lock:
+    /// all of them, or (a queue they would overflow) the connection closes
+    /// (1013) and none is queued.
+    pub(crate) fn queue_all(&self, frames: impl ExactSizeIterator<Item = Frame>) -> Queued {
+        let mut q = self.out();
+        if q.closed {
+            return Queued::Dropped;
+        }
+        if q.frames.len() + frames.len() > self.capacity {
+            drop(q);
+            metrics::counter!("emosation_fanout_slow_disconnects_total").increment(1);
+            self.close(1013, "too slow: resume with since");
+            return Queued::Dropped;
+        }
+        let idle = q.frames.is_empty() && !q.draining;
+        q.frames.extend(frames.map(Frame::into_bytes));
+        if idle { Queued::Flush } else { Queued::Behind }
+    }
+
+    /// The bytes queued and not yet written (tests look at deliveries to
+    /// connections without a socket).
+    #[cfg(test)]
+    pub(crate) fn queued_bytes(&self) -> Vec<Bytes> {
+        self.out().frames.iter().cloned().collect()
     }
 
     /// Queues a frame without writing it (a caller delivering to many
