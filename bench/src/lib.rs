@@ -4,6 +4,7 @@
 //! Run a scenario with `cargo run --release -p emosation-bench --bin NAME`;
 //! `bench/run` runs them all. Each prints one JSON line with its figures.
 
+pub mod c100k;
 pub mod raw_ws;
 pub mod small_rooms;
 

@@ -101,11 +101,19 @@ impl Feed {
         catch_ups: &Arc<tokio::sync::Semaphore>,
     ) -> Result<String, FrameError> {
         let p = self.partition_of(room_id);
-        let end = self
-            .log
-            .end_offset(Topic::Rooms, p)
-            .await
-            .map_err(|e| FrameError::new("unavailable", e.to_string()))?;
+        // A partition this node already follows has its tailer's position
+        // as the boundary: no question to the log (a broker round trip per
+        // subscribe on Kafka), unless a cursor must be checked beyond it.
+        let cursor = since.map(LogPosition::parse_id);
+        let end = match (self.hub.tailer_next(p), cursor) {
+            (Some(next), None) => next,
+            (Some(next), Some(Some(pos))) if pos.partition == p && pos.offset < next => next,
+            _ => self
+                .log
+                .end_offset(Topic::Rooms, p)
+                .await
+                .map_err(|e| FrameError::new("unavailable", e.to_string()))?,
+        };
         let since = match since {
             None => None,
             Some(c) => match LogPosition::parse_id(c) {

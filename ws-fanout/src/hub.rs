@@ -299,6 +299,11 @@ impl Hub {
         registered
     }
 
+    /// The next offset partition `p`'s tailer will process, if one runs.
+    pub(crate) fn tailer_next(&self, p: u32) -> Option<u64> {
+        self.state().tailers.get(&p).copied()
+    }
+
     pub fn unsubscribe(&self, conn_id: u64, room_id: &str) -> bool {
         self.state().remove_sub(conn_id, room_id)
     }
