@@ -82,6 +82,7 @@ pub async fn child() -> anyhow::Result<()> {
     let mut pending = futures_util::stream::FuturesUnordered::new();
     let mut opened = 0;
     let mut ready = 0usize;
+    let mut retried = 0u64;
     use futures_util::StreamExt;
     while opened < plan.conns || !pending.is_empty() {
         while opened < plan.conns && pending.len() < 256 {
@@ -90,11 +91,26 @@ pub async fn child() -> anyhow::Result<()> {
                 plan.rooms[opened % plan.rooms.len()].clone(),
                 plan.tokens[opened % plan.tokens.len()].clone(),
             );
-            pending.push(async move { raw_ws::subscribe(&addr, &token, &room, r#"["chat"]"#).await });
+            pending.push(async move {
+                // A refused or dropped handshake is tried again, as a
+                // client reconnecting would (counted), up to 20 times.
+                let mut retries = 0u32;
+                loop {
+                    match raw_ws::subscribe(&addr, &token, &room, r#"["chat"]"#).await {
+                        Ok(s) => return Ok((s, retries)),
+                        Err(e) if retries >= 20 => return Err(e),
+                        Err(_) => {
+                            retries += 1;
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(retries))).await;
+                        }
+                    }
+                }
+            });
             opened += 1;
         }
         if let Some(s) = pending.next().await {
-            let mut s = s?;
+            let (mut s, r): (tokio::net::TcpStream, u32) = s?;
+            retried += u64::from(r);
             ready += 1;
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -126,7 +142,7 @@ pub async fn child() -> anyhow::Result<()> {
         }
     }
     drop(tx);
-    println!("{}", json!({ "ready": ready }));
+    println!("{}", json!({ "ready": ready, "handshakes_retried": retried }));
     let mut latencies: Vec<u32> = Vec::new();
     loop {
         tokio::select! {
@@ -197,6 +213,11 @@ pub async fn run(core: &str, nodes: &[(String, u32)]) -> anyhow::Result<()> {
         }
     }
     let setup_secs = t.elapsed().as_secs_f64();
+    // Fresh access tokens: the joins take minutes at this scale.
+    for (i, token) in tokens.iter_mut().enumerate() {
+        let l = crate::login(&http, core, &format!("c100k_{i}")).await?;
+        *token = l["access_token"].as_str().unwrap_or_default().to_owned();
+    }
     // Each node's replica folds the joins before it accepts subscriptions:
     // wait until every node takes the last join (raw_ws::subscribe retries
     // `not_member`), so the connect phase measures connecting.
@@ -242,11 +263,12 @@ pub async fn run(core: &str, nodes: &[(String, u32)]) -> anyhow::Result<()> {
         children.push((child, stdin, stdout));
     }
     let t = Instant::now();
-    let mut ready = 0u64;
+    let (mut ready, mut retried) = (0u64, 0u64);
     for (_, _, out) in &mut children {
         let line = out.next_line().await?.context("child ended before ready")?;
         let v: Value = serde_json::from_str(&line)?;
         ready += v["ready"].as_u64().unwrap_or(0);
+        retried += v["handshakes_retried"].as_u64().unwrap_or(0);
     }
     let connect_secs = t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -270,11 +292,14 @@ pub async fn run(core: &str, nodes: &[(String, u32)]) -> anyhow::Result<()> {
                 .json(&json!({"client_msg_id": format!("c{i}"), "text": format!("t={now} c0 n{i} hello")}))
                 .send()
                 .await
-                .is_ok_and(|r| r.status().as_u16() == 202)
+                .map_or(0, |r| r.status().as_u16())
         }));
     }
+    let mut statuses: std::collections::BTreeMap<u16, u64> = Default::default();
     for p in posts {
-        posted += u64::from(p.await.unwrap_or(false));
+        let status = p.await.unwrap_or(0);
+        *statuses.entry(status).or_default() += 1;
+        posted += u64::from(status == 202);
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cpu_ms: Vec<u64> = nodes
@@ -311,7 +336,8 @@ pub async fn run(core: &str, nodes: &[(String, u32)]) -> anyhow::Result<()> {
                "rss_per_connection_kb": per_conn(&idle_rss, &busy_rss),
                "kernel_slab_per_connection_kb": (kernel_after.0.saturating_sub(kernel_before.0) as f64 / ready.max(1) as f64 * 100.0).round() / 100.0,
                "kernel_tcp_per_connection_kb": (kernel_after.1.saturating_sub(kernel_before.1) as f64 / ready.max(1) as f64 * 100.0).round() / 100.0,
-               "offered_msgs_per_sec": rate, "posted": posted, "deliveries_expected": expected, "deliveries": received,
+               "handshakes_retried": retried, "offered_msgs_per_sec": rate, "posted": posted,
+               "post_statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(), "deliveries_expected": expected, "deliveries": received,
                "lost": expected.saturating_sub(received), "latency": percentiles(latencies.into_iter().map(u64::from).collect()),
                "node_cpu_ms": cpu_ms, "seconds": secs})
     );

@@ -102,7 +102,8 @@ pub async fn send_text(s: &mut TcpStream, text: &str) -> anyhow::Result<()> {
 /// Connects and subscribes to `room` with `streams` (a JSON array), waiting
 /// for `subscribed` (the `hello` before it is skipped). While the node
 /// answers `not_member` (a fan-out node's replica of the views has not
-/// folded the join yet) it asks again, for up to 30 s.
+/// folded the join yet) or `unavailable` (its log did not answer in time)
+/// it asks again, as a client would, for up to 60 s.
 pub async fn subscribe(addr: &str, token: &str, room: &str, streams: &str) -> anyhow::Result<TcpStream> {
     let (mut s, mut buf) = handshake(addr, token).await?;
     let sub = format!("{{\"type\":\"subscribe\",\"room_id\":\"{room}\",\"streams\":{streams}}}");
@@ -117,7 +118,9 @@ pub async fn subscribe(addr: &str, token: &str, room: &str, streams: &str) -> an
                 anyhow::ensure!(buf.is_empty(), "frames after subscribed during set-up");
                 return Ok(s);
             }
-            if text.contains("not_member") && started.elapsed() < Duration::from_secs(30) {
+            if (text.contains("not_member") || text.contains("\"unavailable\""))
+                && started.elapsed() < Duration::from_secs(60)
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 send_text(&mut s, &sub).await?;
                 continue;

@@ -33,6 +33,13 @@ pub struct Feed {
     decisions: Arc<dyn Decisions>,
     hub: Hub,
     batch_window: Duration,
+    /// Per rooms partition: held by a subscribe that asks the log for the
+    /// partition's end because no tailer follows it yet, until it has
+    /// registered (and so started the tailer). The thousands of sockets
+    /// that subscribe to a node's rooms at once (a node restarting, a
+    /// gateway draining another node) then ask the broker once per
+    /// partition, not once each.
+    first_subscribe: Vec<tokio::sync::Mutex<()>>,
     shutdown: CancellationToken,
 }
 
@@ -65,12 +72,14 @@ impl Feed {
         batch_window: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Feed> {
+        let partitions = log.topology().rooms_partitions as usize;
         Arc::new(Feed {
             log,
             views,
             decisions,
             hub: Hub::default(),
             batch_window,
+            first_subscribe: (0..partitions).map(|_| tokio::sync::Mutex::new(())).collect(),
             shutdown,
         })
     }
@@ -105,10 +114,19 @@ impl Feed {
         // as the boundary: no question to the log (a broker round trip per
         // subscribe on Kafka), unless a cursor must be checked beyond it.
         let cursor = since.map(LogPosition::parse_id);
-        let end = match (self.hub.tailer_next(p), cursor) {
-            (Some(next), None) => next,
-            (Some(next), Some(Some(pos))) if pos.partition == p && pos.offset < next => next,
-            _ => self
+        let boundary = |next: Option<u64>| match (next, cursor) {
+            (Some(next), None) => Some(next),
+            (Some(next), Some(Some(pos))) if pos.partition == p && pos.offset < next => Some(next),
+            _ => None,
+        };
+        // Held until registered (the end of this function).
+        let _first = match self.first_subscribe.get(p as usize) {
+            Some(lock) if self.hub.tailer_next(p).is_none() => Some(lock.lock().await),
+            _ => None,
+        };
+        let end = match boundary(self.hub.tailer_next(p)) {
+            Some(end) => end,
+            None => self
                 .log
                 .end_offset(Topic::Rooms, p)
                 .await
