@@ -113,6 +113,9 @@ impl Feed {
         // A partition this node already follows has its tailer's position
         // as the boundary: no question to the log (a broker round trip per
         // subscribe on Kafka), unless a cursor must be checked beyond it.
+        // (Should that tailer stop before this registers, the new one starts
+        // from that position: the subscriber may get the few events just
+        // before it subscribed, in order, never a gap.)
         let cursor = since.map(LogPosition::parse_id);
         let boundary = |next: Option<u64>| match (next, cursor) {
             (Some(next), None) => Some(next),
