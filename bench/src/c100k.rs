@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::{create_room, env, join, now_us, percentiles, raw_ws, rss_kb, user};
 
@@ -114,30 +114,11 @@ pub async fn child() -> anyhow::Result<()> {
             ready += 1;
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut buf: Vec<u8> = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = s.read(&mut chunk).await {
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let now = now_us();
-                    let mut at = 0;
-                    let mut lat = Vec::new();
-                    while let Some((payload, used)) = raw_ws::frame(&buf[at..]) {
-                        at += used;
-                        if let Some((t, _, _)) = raw_ws::stamp(payload) {
-                            lat.push(now.saturating_sub(t) as u32);
-                        }
-                    }
-                    buf.drain(..at);
-                    if buf.capacity() > 8192 {
-                        buf.shrink_to(1024);
-                    }
-                    if !lat.is_empty() && tx.send(lat).is_err() {
-                        break;
-                    }
-                }
+                raw_ws::read_stamps(&mut s, 4096, |now, stamps| {
+                    let lat = stamps.iter().map(|(t, _, _)| now.saturating_sub(*t) as u32).collect();
+                    tx.send(lat).is_ok()
+                })
+                .await;
             });
         }
     }
@@ -349,7 +330,7 @@ pub async fn run(core: &str, nodes: &[(String, u32)]) -> anyhow::Result<()> {
                "kernel_tcp_per_connection_kb": (kernel_after.1.saturating_sub(kernel_before.1) as f64 / ready.max(1) as f64 * 100.0).round() / 100.0,
                "handshakes_retried": retried, "offered_msgs_per_sec": rate, "posted": posted,
                "post_statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(), "deliveries_expected": expected, "deliveries": received,
-               "lost": expected.saturating_sub(received), "latency": percentiles(latencies.into_iter().map(u64::from).collect()),
+               "lost": expected.saturating_sub(received), "latency": percentiles(latencies),
                "node_cpu_ms": cpu_ms, "seconds": secs})
     );
     Ok(())

@@ -165,3 +165,33 @@ pub fn stamp(payload: &[u8]) -> Option<(u64, u64, u64)> {
     };
     Some((next(None)?, next(Some(" c"))?, next(Some(" n"))?))
 }
+
+/// Reads server frames from `s` until it closes (or `on_batch` says stop),
+/// handing each read's stamped messages ([`stamp`]: send time, sender,
+/// sequence) to `on_batch` with the time they were read, in µs. One read
+/// takes every frame waiting; `chunk` bytes at most per read.
+pub async fn read_stamps(s: &mut TcpStream, chunk: usize, mut on_batch: impl FnMut(u64, &[(u64, u64, u64)]) -> bool) {
+    let mut buf: Vec<u8> = Vec::with_capacity(chunk);
+    let mut read = vec![0u8; chunk];
+    let mut stamps = Vec::new();
+    while let Ok(n) = s.read(&mut read).await {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&read[..n]);
+        let now = crate::now_us();
+        let mut at = 0;
+        while let Some((payload, used)) = frame(&buf[at..]) {
+            at += used;
+            stamps.extend(stamp(payload));
+        }
+        buf.drain(..at);
+        if buf.capacity() > 2 * chunk {
+            buf.shrink_to(chunk);
+        }
+        if !stamps.is_empty() && !on_batch(now, &stamps) {
+            break;
+        }
+        stamps.clear();
+    }
+}

@@ -105,35 +105,22 @@ async fn receivers(
             latencies.push(Arc::clone(&lat));
             let (received, out_of_order) = (Arc::clone(&received), Arc::clone(&out_of_order));
             tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
                 let mut last: std::collections::HashMap<u64, u64> = Default::default();
-                let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
-                let mut chunk = vec![0u8; 1 << 16];
                 let mut batch = Vec::new();
-                while let Ok(n) = s.read(&mut chunk).await {
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let now = now_us();
-                    let mut at = 0;
-                    while let Some((payload, used)) = raw::frame(&buf[at..]) {
-                        at += used;
-                        if let Some((t, c, n)) = raw::stamp(payload) {
-                            batch.push((message_key(c, n), t, now.saturating_sub(t) as u32));
-                            let seen = last.entry(c).or_insert(0);
-                            if n < *seen {
-                                out_of_order.fetch_add(1, Ordering::Relaxed);
-                            }
-                            *seen = n;
+                raw::read_stamps(&mut s, 1 << 16, |now, stamps| {
+                    for &(t, c, n) in stamps {
+                        batch.push((message_key(c, n), t, now.saturating_sub(t) as u32));
+                        let seen = last.entry(c).or_insert(0);
+                        if n < *seen {
+                            out_of_order.fetch_add(1, Ordering::Relaxed);
                         }
+                        *seen = n;
                     }
-                    buf.drain(..at);
-                    if !batch.is_empty() {
-                        received.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        lat.lock().unwrap().append(&mut batch);
-                    }
-                }
+                    received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    lat.lock().unwrap().append(&mut batch);
+                    true
+                })
+                .await;
             });
         }
     }
