@@ -17,14 +17,6 @@ use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_emosation");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn spawn_server(dir: &Path, port: u16) -> (Child, Api) {
     common::spawn_binary("serve", dir, port, &[]).await
 }
@@ -49,7 +41,7 @@ async fn cli(dir: &Path, args: &[&str]) -> String {
 async fn kill_9_during_a_send_storm_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (mut child, api) = spawn_server(dir, free_port()).await;
+    let (mut child, api) = spawn_server(dir, emosation_testkit::free_port()).await;
 
     let mut users = Vec::new();
     for i in 0..4 {
@@ -115,7 +107,7 @@ async fn kill_9_during_a_send_storm_loses_nothing_acknowledged() {
     assert!(acked.len() >= 400, "the storm produced only {} acks", acked.len());
 
     // Restart on the same data dir: every acknowledged message is there.
-    let (mut child, api) = spawn_server(dir, free_port()).await;
+    let (mut child, api) = spawn_server(dir, emosation_testkit::free_port()).await;
     let token = api.login("storm_0").await["access_token"].as_str().unwrap().to_owned();
     let history = api.all_messages(&token, &room).await;
     let stored: HashSet<&str> = history.iter().map(|m| m["message_id"].as_str().unwrap()).collect();
@@ -194,7 +186,7 @@ async fn kill_9_during_websocket_sends_then_resume_delivers_every_acked_message(
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (mut child, api) = spawn_server(dir, free_port()).await;
+    let (mut child, api) = spawn_server(dir, emosation_testkit::free_port()).await;
     let (_, token) = api.user("wsstorm").await;
     let room = api.create_room(&token, "wsstorm", None).await;
     let ws_url = |api: &Api| format!("{}/v1/ws?access_token={token}", api.base.replace("http://", "ws://"));
@@ -266,7 +258,7 @@ async fn kill_9_during_websocket_sends_then_resume_delivers_every_acked_message(
     sender.abort();
 
     // Restart and resume from the cursor: every acked message arrives, once.
-    let (mut child, api) = spawn_server(dir, free_port()).await;
+    let (mut child, api) = spawn_server(dir, emosation_testkit::free_port()).await;
     let (ws, _) = tokio_tungstenite::connect_async(ws_url(&api)).await.unwrap();
     let (mut tx, mut rx) = ws.split();
     let room_id = api.get("/v1/me/rooms", &token).await.expect(200)["rooms"][0]["room_id"]
@@ -324,7 +316,7 @@ async fn activity_with(api: &Api, token: &str, room: &str, total: u64) -> serde_
 async fn activity_survives_kill_9_and_rebuilds_from_offset_0() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (mut child, api) = spawn_server(dir, free_port()).await;
+    let (mut child, api) = spawn_server(dir, emosation_testkit::free_port()).await;
     let (_, alice) = api.user("alice").await;
     let room = api.create_room(&alice, "counted", None).await;
     // A storm cut short by kill -9: the activity consumer dies mid-stream too.
@@ -350,7 +342,7 @@ async fn activity_survives_kill_9_and_rebuilds_from_offset_0() {
     child.wait().await.unwrap();
     storm.await.unwrap();
 
-    let (mut child, api) = spawn_server(dir, free_port()).await;
+    let (mut child, api) = spawn_server(dir, emosation_testkit::free_port()).await;
     // Records appended before the kill but not yet folded are folded after
     // the restart; one more post, answered only once the fold decided it,
     // is behind all of them in the room's partition.
@@ -373,7 +365,7 @@ async fn activity_survives_kill_9_and_rebuilds_from_offset_0() {
     let out = cli(dir, &["replay", "--views", "activity"]).await;
     assert!(out.contains("activity view cleared"), "{out}");
     assert_eq!(cli(dir, &["views", "checksum"]).await, core);
-    let (mut child, api) = spawn_server(dir, free_port()).await;
+    let (mut child, api) = spawn_server(dir, emosation_testkit::free_port()).await;
     assert_eq!(activity_with(&api, &alice, &room, stored).await, live);
     child.start_kill().unwrap();
     child.wait().await.unwrap();
@@ -388,7 +380,7 @@ async fn the_data_directory_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let (mut child, api) = spawn_server(&dir, free_port()).await;
+    let (mut child, api) = spawn_server(&dir, emosation_testkit::free_port()).await;
     api.user("priv").await;
     child.kill().await.unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

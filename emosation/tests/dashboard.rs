@@ -19,14 +19,6 @@ fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Every `expr` of the dashboard's panels (rows' nested panels included).
 fn exprs(dashboard: &Value) -> Vec<String> {
     fn walk(panels: &Value, out: &mut Vec<String>) {
@@ -289,7 +281,7 @@ async fn every_metric_the_dashboard_queries_is_exported_under_load() {
     }
 
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = emosation_testkit::free_port();
     let (_child, api) = common::spawn_binary(
         "serve",
         tmp.path(),

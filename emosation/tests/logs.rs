@@ -12,19 +12,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_emosation");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs `serve` with `extra` flags, makes `requests` (path, X-Request-Id),
 /// stops it with SIGTERM and returns its stderr lines and the response ids.
 async fn run(extra: &[&str], requests: &[(&str, Option<&str>)]) -> (Vec<String>, Vec<String>) {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = emosation_testkit::free_port();
     let mut child = tokio::process::Command::new(BIN)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(tmp.path())

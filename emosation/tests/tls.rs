@@ -23,14 +23,6 @@ use tokio_rustls::client::TlsStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_emosation");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A self-signed certificate for `localhost` and 127.0.0.1, written to
 /// `cert.pem` and `key.pem` in `dir`; returns its DER (the root to trust).
 fn write_cert(dir: &Path) -> CertificateDer<'static> {
@@ -96,8 +88,8 @@ impl TlsServer {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
         let root = write_cert(&dir);
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let redirect: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", emosation_testkit::free_port()).parse().unwrap();
+        let redirect: SocketAddr = format!("127.0.0.1:{}", emosation_testkit::free_port()).parse().unwrap();
         let child = tokio::process::Command::new(BIN)
             .args(["serve", "--listen", &addr.to_string(), "--message-rate", "0"])
             .arg("--data-dir")
