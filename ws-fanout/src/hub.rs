@@ -364,10 +364,10 @@ impl Hub {
     /// the most subscribers a room's events went to.
     pub(crate) fn deliver(&self, events: Vec<Event>, flushes: &mut Flushes) -> u64 {
         // Each room's events, in log order; rooms in order of first event.
-        let mut rooms: Vec<Vec<Event>> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for ev in events {
-            let i = *index.entry(ev.room_id.clone()).or_insert_with(|| {
+        let mut rooms: Vec<Vec<&Event>> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for ev in &events {
+            let i = *index.entry(ev.room_id.as_str()).or_insert_with(|| {
                 rooms.push(Vec::new());
                 rooms.len() - 1
             });
@@ -496,7 +496,7 @@ impl Flushes {
 /// Queues one room's events (in log order) for its subscribers, each
 /// subscriber's frames at once (the caller writes `flushes` after releasing
 /// the lock). Returns how many subscribers got frames, and how many frames.
-fn deliver(st: &mut State, evs: &[Event], flushes: &mut Flushes) -> (u64, u64) {
+fn deliver(st: &mut State, evs: &[&Event], flushes: &mut Flushes) -> (u64, u64) {
     let Some(first) = evs.first() else {
         return (0, 0);
     };
@@ -519,7 +519,7 @@ fn deliver(st: &mut State, evs: &[Event], flushes: &mut Flushes) -> (u64, u64) {
                         s.conn.close(1013, "too slow: resume with since");
                         break;
                     }
-                    held.push(ev.clone());
+                    held.push((*ev).clone());
                 } else {
                     s.last = ev.offset;
                     if s.streams.wants(ev.stream) {
