@@ -1,5 +1,5 @@
-"""Sends that fail and are retried, live unread counts and read markers,
-access-token renewal, account deletion."""
+"""Live unread counts and read markers, access-token renewal, account
+deletion."""
 
 import re
 
@@ -7,34 +7,9 @@ from playwright.sync_api import expect
 
 from test_chat import create_room, send
 
-# One message per second (burst 2), so a quick third send is refused; access
+# One message per second (burst 2), so the tests space their sends; access
 # tokens that expire in 4 s, so the page must renew them to keep working.
 SERVER_ARGS = ["--message-rate", "1", "--access-ttl-secs", "4"]
-
-
-def test_a_refused_send_fails_and_its_retry_is_stored_once(people, server):
-    gus = people("gus")
-    gus.signup_via_ui()
-    room_id = create_room(gus.page, "Rate limits", 2)
-    p = gus.page
-    for i in range(4):
-        send(p, f"quick {i}")
-    failed = p.locator(".timeline .msg.failed")
-    expect(failed.first).to_be_visible()
-    expect(failed.first).to_contain_text("Not sent")
-    assert failed.count() >= 1
-    # Retry until none is left failed: a later send's refusal may render
-    # after the first one's (counting them once, at the first, raced it).
-    for _ in range(10):
-        p.wait_for_timeout(1100)
-        if failed.count() == 0:
-            break
-        failed.first.get_by_role("button", name="Retry").click()
-    expect(p.locator(".timeline .msg:not(.pending)")).to_have_count(4, timeout=15000)
-    expect(p.locator(".timeline .pending")).to_have_count(0)
-    token = server.login("gus")["access_token"]
-    _, page = server.call("GET", f"/v1/rooms/{room_id}/messages", token=token)
-    assert sorted(m["text"] for m in page["messages"]) == [f"quick {i}" for i in range(4)]
 
 
 def test_unread_counts_update_live_and_reading_clears_them(people, server):
