@@ -460,6 +460,22 @@ pub type KickSink = std::sync::Arc<dyn Fn(u64, KickReason) + Send + Sync>;
 ///   how a session is ended everywhere: kick each of its connections, then
 ///   wait until none is listed (a node unregisters a connection once it has
 ///   ended it).
+///
+/// Room presence (who has a room open now, distinct from who is a member):
+/// - `enter_room` records a connection's entry in a room for `ttl` (kept by
+///   `refresh_rooms`); it answers `true` only when the user had no live
+///   entry there and no departure pending — a second tab, or a reconnect
+///   within the grace period, is not an arrival.
+/// - `exit_room` removes the entry and answers `true` when it was the
+///   user's last: the departure is then pending until `settle_departure`,
+///   which answers `true` once (to one caller, on any node) if no entry of
+///   the user came back meanwhile; an `enter_room` meanwhile cancels it.
+/// - Entries whose node stopped refreshing them expire; `sweep_room`
+///   removes them and returns each user so left with nothing, once.
+/// - `here` lists the distinct users with a live entry.
+/// - `signal` reaches the [`SignalSink`] of every node, promptly and at
+///   most once while both are up (typing notices and presence changes are
+///   best effort by nature: a client resyncs with `GET …/presence`).
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
     async fn register(
@@ -476,7 +492,114 @@ pub trait Presence: Send + Sync + 'static {
     async fn kick(&self, conn: &ConnRef, reason: KickReason) -> Result<(), PresenceError>;
     /// Installs the sink for kick orders addressed to `node` (one per node).
     async fn on_kicks(&self, node: &str, sink: KickSink) -> Result<(), PresenceError>;
+
+    // --- Room presence: who has a room open right now (see the contract above). ---
+
+    /// `conn` (of `user_id`) has `room_id` open, for `ttl` unless refreshed.
+    /// `true` when the user was not there: no other live entry and no
+    /// departure pending (the caller announces the arrival).
+    async fn enter_room(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        conn: &ConnRef,
+        ttl: Duration,
+    ) -> Result<bool, PresenceError>;
+    /// Keeps `conn`'s entries in `rooms` alive for `ttl` more.
+    async fn refresh_rooms(
+        &self,
+        conn: &ConnRef,
+        user_id: &str,
+        rooms: &[String],
+        ttl: Duration,
+    ) -> Result<(), PresenceError>;
+    /// `conn` no longer has `room_id` open. `true` when the user has no other
+    /// live entry there: their departure is now pending, and the caller
+    /// settles it after the grace period.
+    async fn exit_room(&self, room_id: &str, user_id: &str, conn: &ConnRef) -> Result<bool, PresenceError>;
+    /// At the end of a grace period: `true` to exactly one caller when the
+    /// user's departure is still pending (they did not come back): the
+    /// caller announces it.
+    async fn settle_departure(&self, room_id: &str, user_id: &str) -> Result<bool, PresenceError>;
+    /// Removes entries that expired (their node stopped refreshing them) and
+    /// returns, once each, the users left with no live entry in the room.
+    async fn sweep_room(&self, room_id: &str) -> Result<Vec<String>, PresenceError>;
+    /// The distinct users with a live entry in the room, sorted.
+    async fn here(&self, room_id: &str) -> Result<Vec<String>, PresenceError>;
+    /// Relays `signal` to the sink of every node (the sender's included).
+    async fn signal(&self, signal: &RoomSignal) -> Result<(), PresenceError>;
+    /// Installs this node's sink for room signals (one per node).
+    async fn on_signals(&self, node: &str, sink: SignalSink) -> Result<(), PresenceError>;
 }
+
+/// An ephemeral notice about a room, relayed to every fan-out node so that
+/// each delivers it to its own subscribers of the room. Never logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSignal {
+    pub room_id: String,
+    pub user_id: String,
+    pub kind: SignalKind,
+    /// The connection it came from (a typing notice is not echoed to it).
+    pub origin: Option<ConnRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalKind {
+    /// The user is typing in the room.
+    Typing,
+    /// The user opened the room; `online` users have it open now.
+    Arrived { online: u32 },
+    /// The user closed the room (and did not come back within the grace
+    /// period); `online` users have it open now.
+    Left { online: u32 },
+}
+
+impl RoomSignal {
+    /// One line: `KIND ONLINE ROOM USER [NODE CONN SESSION]` (ids hold no spaces).
+    pub fn encode(&self) -> String {
+        let (kind, online) = match self.kind {
+            SignalKind::Typing => ("typing", 0),
+            SignalKind::Arrived { online } => ("arrived", online),
+            SignalKind::Left { online } => ("left", online),
+        };
+        let mut s = format!("{kind} {online} {} {}", self.room_id, self.user_id);
+        if let Some(o) = &self.origin {
+            s.push_str(&format!(" {} {} {}", o.conn, o.session, o.node));
+        }
+        s
+    }
+
+    pub fn decode(line: &str) -> Option<RoomSignal> {
+        let mut f = line.splitn(7, ' ');
+        let kind = f.next()?;
+        let online: u32 = f.next()?.parse().ok()?;
+        let kind = match kind {
+            "typing" => SignalKind::Typing,
+            "arrived" => SignalKind::Arrived { online },
+            "left" => SignalKind::Left { online },
+            _ => return None,
+        };
+        let (room_id, user_id) = (f.next()?.to_owned(), f.next()?.to_owned());
+        let origin = match (f.next(), f.next(), f.next()) {
+            (Some(conn), Some(session), Some(node)) => Some(ConnRef {
+                node: node.to_owned(),
+                conn: conn.parse().ok()?,
+                session: session.to_owned(),
+            }),
+            (None, _, _) => None,
+            _ => return None,
+        };
+        Some(RoomSignal {
+            room_id,
+            user_id,
+            kind,
+            origin,
+        })
+    }
+}
+
+/// Delivers room signals to one node.
+pub type SignalSink = std::sync::Arc<dyn Fn(RoomSignal) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RateLimitError {

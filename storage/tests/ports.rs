@@ -1004,6 +1004,153 @@ async fn presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
     assert!(a.connections("u1").await.unwrap().is_empty());
 }
 
+/// The room-presence contract (who has a room open, across nodes). `a` and
+/// `b` are two handles on one registry; for the in-process adapter they are
+/// the same value.
+async fn room_presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
+    use emosation_core::ports::{RoomSignal, SignalKind};
+    use std::sync::Mutex;
+    let ttl = Duration::from_secs(30);
+    let conn = |node: &str, conn: u64| ConnRef {
+        node: node.to_owned(),
+        conn,
+        session: format!("s{conn}"),
+    };
+    let (a1, a2, b1) = (conn("node-a", 1), conn("node-a", 2), conn("node-b", 1));
+
+    // An arrival is announced once per user, not per tab or node.
+    assert!(
+        a.enter_room("r1", "ann", &a1, ttl).await.unwrap(),
+        "first entry: arrived"
+    );
+    assert!(
+        !b.enter_room("r1", "ann", &b1, ttl).await.unwrap(),
+        "second tab: not an arrival"
+    );
+    assert!(b.enter_room("r1", "bob", &a2, ttl).await.unwrap());
+    assert_eq!(a.here("r1").await.unwrap(), vec!["ann".to_owned(), "bob".to_owned()]);
+    assert!(b.here("r2").await.unwrap().is_empty(), "rooms are apart");
+
+    // Closing one of two tabs is not a departure; closing the last is pending.
+    assert!(!a.exit_room("r1", "ann", &a1).await.unwrap());
+    assert!(
+        b.exit_room("r1", "ann", &b1).await.unwrap(),
+        "last entry: departure pending"
+    );
+    assert!(
+        !a.exit_room("r1", "ann", &b1).await.unwrap(),
+        "an unknown entry changes nothing"
+    );
+    assert_eq!(b.here("r1").await.unwrap(), vec!["bob".to_owned()]);
+
+    // Coming back within the grace period cancels the departure, silently.
+    assert!(
+        !a.enter_room("r1", "ann", &a1, ttl).await.unwrap(),
+        "a reconnect is not an arrival"
+    );
+    assert!(!b.settle_departure("r1", "ann").await.unwrap(), "she came back");
+    // A real departure is settled once, by one caller.
+    assert!(a.exit_room("r1", "ann", &a1).await.unwrap());
+    let settled = [
+        a.settle_departure("r1", "ann").await.unwrap(),
+        b.settle_departure("r1", "ann").await.unwrap(),
+    ];
+    assert_eq!(settled, [true, false], "announced exactly once");
+    assert!(
+        a.enter_room("r1", "ann", &a1, ttl).await.unwrap(),
+        "after a departure: an arrival again"
+    );
+
+    // Refreshed entries stay; an entry whose node stopped refreshing expires,
+    // and a sweep reports its user once.
+    let short = Duration::from_millis(300);
+    assert!(a.enter_room("r3", "cat", &conn("node-c", 9), short).await.unwrap());
+    assert!(a.enter_room("r3", "dan", &a1, short).await.unwrap());
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        a.refresh_rooms(&a1, "dan", &["r3".to_owned()], short).await.unwrap();
+    }
+    assert_eq!(
+        b.here("r3").await.unwrap(),
+        vec!["dan".to_owned()],
+        "cat's entry expired"
+    );
+    assert_eq!(b.sweep_room("r3").await.unwrap(), vec!["cat".to_owned()]);
+    assert!(a.sweep_room("r3").await.unwrap().is_empty(), "swept once");
+
+    // Concurrent enters and exits of one user over two nodes end consistent:
+    // every arrival announced is matched by at most one departure.
+    let mut tasks = Vec::new();
+    for i in 0..20u64 {
+        let p = if i % 2 == 0 { Arc::clone(&a) } else { Arc::clone(&b) };
+        tasks.push(tokio::spawn(async move {
+            let c = ConnRef {
+                node: "node-x".to_owned(),
+                conn: 1000 + i,
+                session: "s".to_owned(),
+            };
+            let arrived = p.enter_room("r4", "eve", &c, Duration::from_secs(30)).await.unwrap();
+            let last = p.exit_room("r4", "eve", &c).await.unwrap();
+            (arrived, last)
+        }));
+    }
+    let mut arrivals = 0;
+    for t in tasks {
+        arrivals += usize::from(t.await.unwrap().0);
+    }
+    assert!(arrivals >= 1, "the first enter is an arrival");
+    assert!(a.here("r4").await.unwrap().is_empty(), "every entry exited");
+    assert!(
+        a.settle_departure("r4", "eve").await.unwrap(),
+        "one departure pending at the end"
+    );
+
+    // Signals reach every node's sink, in their encoding's round trip.
+    let got_a = Arc::new(Mutex::new(Vec::new()));
+    let got_b = Arc::new(Mutex::new(Vec::new()));
+    let (ga, gb) = (Arc::clone(&got_a), Arc::clone(&got_b));
+    a.on_signals("node-a", Arc::new(move |s| ga.lock().unwrap().push(s)))
+        .await
+        .unwrap();
+    if !Arc::ptr_eq(&a, &b) {
+        b.on_signals("node-b", Arc::new(move |s| gb.lock().unwrap().push(s)))
+            .await
+            .unwrap();
+    } else {
+        drop(gb);
+    }
+    let typing = RoomSignal {
+        room_id: "r1".into(),
+        user_id: "ann".into(),
+        kind: SignalKind::Typing,
+        origin: Some(a1.clone()),
+    };
+    let left = RoomSignal {
+        room_id: "r1".into(),
+        user_id: "bob".into(),
+        kind: SignalKind::Left { online: 1 },
+        origin: None,
+    };
+    b.signal(&typing).await.unwrap();
+    b.signal(&left).await.unwrap();
+    let sinks = if Arc::ptr_eq(&a, &b) {
+        vec![got_a]
+    } else {
+        vec![got_a, got_b]
+    };
+    for got in sinks {
+        emosation_testkit::eventually("both signals arrived", Duration::from_secs(5), async || {
+            if got.lock().unwrap().len() < 2 {
+                Err(format!("{:?}", got.lock().unwrap()))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert_eq!(*got.lock().unwrap(), vec![typing.clone(), left.clone()]);
+    }
+}
+
 /// The rate-limiter contract. `a` and `b` are two handles on one store (two
 /// ingest nodes); for the in-process adapter they are the same value.
 async fn rate_limiter_contract(a: Arc<dyn RateLimiter>, b: Arc<dyn RateLimiter>) {
@@ -1046,6 +1193,21 @@ async fn redis_presence_meets_the_presence_contract() {
     let a = RedisPresence::connect(redis.url()).await.unwrap();
     let b = RedisPresence::connect(redis.url()).await.unwrap();
     presence_contract(Arc::new(a), Arc::new(b)).await;
+}
+
+#[tokio::test]
+async fn local_presence_meets_the_room_presence_contract() {
+    let p: Arc<dyn Presence> = Arc::new(LocalPresence::new());
+    room_presence_contract(Arc::clone(&p), p).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_presence_meets_the_room_presence_contract() {
+    let redis = emosation_testkit::RedisServer::start();
+    let a = RedisPresence::connect(redis.url()).await.unwrap();
+    let b = RedisPresence::connect(redis.url()).await.unwrap();
+    room_presence_contract(Arc::new(a), Arc::new(b)).await;
 }
 
 #[tokio::test]

@@ -6,6 +6,10 @@
 //! | `{NS}:c:NODE/CONN/SESSION` | string, expiring | the connection is alive (its owner refreshes it) |
 //! | `{NS}:seq` | counter | registration order |
 //! | channel `{NS}:kick:NODE` | pub/sub | `CONN REASON`: connections the node must close, and why |
+//! | `{NS}:r:ROOM` | zset | users with the room open, scored by their latest entry's expiry (ms) |
+//! | `{NS}:ru:ROOM:USER` | zset | that user's connections with the room open, scored by expiry (ms) |
+//! | `{NS}:rd:ROOM` | set | users whose departure from the room is pending (the grace period) |
+//! | channel `{NS}:signals` | pub/sub | [`RoomSignal`]s (typing, arrivals, departures) for every node |
 //!
 //! `register` is one Lua script (prune expired connections, add the new one,
 //! evict beyond `max`), so concurrent registrations of a user on any nodes
@@ -13,11 +17,21 @@
 //! caller. A connection whose node died simply expires. A node that missed a
 //! kick message (pub/sub is at-most-once) still learns it was evicted on its
 //! next `refresh`, which returns `false`.
+//!
+//! Room presence is four Lua scripts (enter, exit, settle, sweep), each
+//! atomic, so a user entering on one node while leaving on another gets one
+//! outcome. Expiries are scores (the caller's clock, in ms): nodes' clocks
+//! need only agree within a fraction of the entry TTL (a minute). Every key
+//! expires on its own a TTL after its last write, so a room nobody closes
+//! properly (all its nodes died) leaves nothing behind. Signals go over one
+//! channel that every node reads, each delivering those of the rooms it has
+//! subscribers in: a deployment with hundreds of nodes would shard it by
+//! room.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use emosation_core::ports::{ConnRef, KickReason, KickSink, Presence, PresenceError};
+use emosation_core::ports::{ConnRef, KickReason, KickSink, Presence, PresenceError, RoomSignal, SignalSink};
 use tracing::warn;
 
 use crate::OpenError;
@@ -98,6 +112,80 @@ end
 return out
 "#;
 
+const ENTER_ROOM: &str = r#"
+-- ARGV: prefix, room, user, member, now_ms, until_ms, key_ttl_ms
+local p, room, user, m, now, untl, kttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local r, ru, rd = p .. 'r:' .. room, p .. 'ru:' .. room .. ':' .. user, p .. 'rd:' .. room
+redis.call('ZREMRANGEBYSCORE', ru, '-inf', now)
+redis.call('ZREM', ru, m)
+local there = redis.call('ZCARD', ru) > 0
+if redis.call('SREM', rd, user) == 1 then there = true end
+redis.call('ZADD', ru, untl, m)
+redis.call('ZADD', r, 'GT', untl, user)
+for _, k in ipairs({r, ru, rd}) do redis.call('PEXPIRE', k, kttl) end
+if there then return 0 else return 1 end
+"#;
+
+const REFRESH_ROOMS: &str = r#"
+-- ARGV: prefix, user, member, until_ms, key_ttl_ms, rooms...
+local p, user, m, untl, kttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+for i = 6, #ARGV do
+  local r, ru = p .. 'r:' .. ARGV[i], p .. 'ru:' .. ARGV[i] .. ':' .. user
+  if redis.call('ZSCORE', ru, m) then
+    redis.call('ZADD', ru, untl, m)
+    redis.call('ZADD', r, 'GT', untl, user)
+    redis.call('PEXPIRE', ru, kttl)
+    redis.call('PEXPIRE', r, kttl)
+  end
+end
+return 1
+"#;
+
+const EXIT_ROOM: &str = r#"
+-- ARGV: prefix, room, user, member, now_ms, key_ttl_ms
+local p, room, user, m, now, kttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local r, ru, rd = p .. 'r:' .. room, p .. 'ru:' .. room .. ':' .. user, p .. 'rd:' .. room
+if redis.call('ZREM', ru, m) == 0 then return 0 end
+redis.call('ZREMRANGEBYSCORE', ru, '-inf', now)
+local top = redis.call('ZRANGE', ru, -1, -1, 'WITHSCORES')
+if #top > 0 then
+  redis.call('ZADD', r, top[2], user)
+  return 0
+end
+redis.call('ZREM', r, user)
+redis.call('SADD', rd, user)
+redis.call('PEXPIRE', rd, kttl)
+return 1
+"#;
+
+const SETTLE_DEPARTURE: &str = r#"
+-- ARGV: prefix, room, user, now_ms
+local p, room, user, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local ru, rd = p .. 'ru:' .. room .. ':' .. user, p .. 'rd:' .. room
+redis.call('ZREMRANGEBYSCORE', ru, '-inf', now)
+if redis.call('ZCARD', ru) > 0 then return 0 end
+return redis.call('SREM', rd, user)
+"#;
+
+const SWEEP_ROOM: &str = r#"
+-- ARGV: prefix, room, now_ms
+local p, room, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local r, rd = p .. 'r:' .. room, p .. 'rd:' .. room
+local out = {}
+for _, user in ipairs(redis.call('ZRANGEBYSCORE', r, '-inf', now)) do
+  local ru = p .. 'ru:' .. room .. ':' .. user
+  redis.call('ZREMRANGEBYSCORE', ru, '-inf', now)
+  local top = redis.call('ZRANGE', ru, -1, -1, 'WITHSCORES')
+  if #top > 0 then
+    redis.call('ZADD', r, top[2], user)
+  else
+    redis.call('ZREM', r, user)
+    if redis.call('SISMEMBER', rd, user) == 0 then out[#out + 1] = user end
+  end
+end
+return out
+"#;
+
 pub struct RedisPresence {
     client: redis::Client,
     pool: RedisPool,
@@ -106,6 +194,20 @@ pub struct RedisPresence {
     refresh: redis::Script,
     online: redis::Script,
     connections: redis::Script,
+    enter_room: redis::Script,
+    refresh_rooms: redis::Script,
+    exit_room: redis::Script,
+    settle_departure: redis::Script,
+    sweep_room: redis::Script,
+}
+
+/// Room keys outlive their last write by this much more than the entries'
+/// own TTL (which the scores carry): long enough for a pending departure to
+/// be settled, short enough to leave nothing behind.
+const ROOM_KEY_SLACK: Duration = Duration::from_secs(60);
+
+fn now_ms() -> u64 {
+    emosation_core::time::now_ms().max(0) as u64
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -132,11 +234,20 @@ impl RedisPresence {
             refresh: redis::Script::new(REFRESH),
             online: redis::Script::new(ONLINE),
             connections: redis::Script::new(CONNECTIONS),
+            enter_room: redis::Script::new(ENTER_ROOM),
+            refresh_rooms: redis::Script::new(REFRESH_ROOMS),
+            exit_room: redis::Script::new(EXIT_ROOM),
+            settle_departure: redis::Script::new(SETTLE_DEPARTURE),
+            sweep_room: redis::Script::new(SWEEP_ROOM),
         })
     }
 
     fn kick_channel(&self, node: &str) -> String {
         format!("{}kick:{node}", self.prefix)
+    }
+
+    fn signal_channel(&self) -> String {
+        format!("{}signals", self.prefix)
     }
 }
 
@@ -235,6 +346,124 @@ impl Presence for RedisPresence {
         };
         // A kick missed while Redis was away is caught by the next refresh.
         subscribe_forever(self.client.clone(), self.kick_channel(node), on_message, || async {})
+            .await
+            .map_err(err)
+    }
+
+    async fn enter_room(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        conn: &ConnRef,
+        ttl: Duration,
+    ) -> Result<bool, PresenceError> {
+        let now = now_ms();
+        let arrived: i64 = self
+            .enter_room
+            .arg(&self.prefix)
+            .arg(room_id)
+            .arg(user_id)
+            .arg(member(conn))
+            .arg(now)
+            .arg(now + ttl.as_millis() as u64)
+            .arg((ttl + ROOM_KEY_SLACK).as_millis() as u64)
+            .invoke_async(&mut self.pool.get())
+            .await
+            .map_err(err)?;
+        Ok(arrived == 1)
+    }
+
+    async fn refresh_rooms(
+        &self,
+        conn: &ConnRef,
+        user_id: &str,
+        rooms: &[String],
+        ttl: Duration,
+    ) -> Result<(), PresenceError> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.refresh_rooms.arg(&self.prefix);
+        inv.arg(user_id)
+            .arg(member(conn))
+            .arg(now_ms() + ttl.as_millis() as u64)
+            .arg((ttl + ROOM_KEY_SLACK).as_millis() as u64);
+        for r in rooms {
+            inv.arg(r);
+        }
+        let _: i64 = inv.invoke_async(&mut self.pool.get()).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn exit_room(&self, room_id: &str, user_id: &str, conn: &ConnRef) -> Result<bool, PresenceError> {
+        let last: i64 = self
+            .exit_room
+            .arg(&self.prefix)
+            .arg(room_id)
+            .arg(user_id)
+            .arg(member(conn))
+            .arg(now_ms())
+            .arg(ROOM_KEY_SLACK.as_millis() as u64)
+            .invoke_async(&mut self.pool.get())
+            .await
+            .map_err(err)?;
+        Ok(last == 1)
+    }
+
+    async fn settle_departure(&self, room_id: &str, user_id: &str) -> Result<bool, PresenceError> {
+        let gone: i64 = self
+            .settle_departure
+            .arg(&self.prefix)
+            .arg(room_id)
+            .arg(user_id)
+            .arg(now_ms())
+            .invoke_async(&mut self.pool.get())
+            .await
+            .map_err(err)?;
+        Ok(gone == 1)
+    }
+
+    async fn sweep_room(&self, room_id: &str) -> Result<Vec<String>, PresenceError> {
+        self.sweep_room
+            .arg(&self.prefix)
+            .arg(room_id)
+            .arg(now_ms())
+            .invoke_async(&mut self.pool.get())
+            .await
+            .map_err(err)
+    }
+
+    async fn here(&self, room_id: &str) -> Result<Vec<String>, PresenceError> {
+        let mut q = redis::cmd("ZRANGEBYSCORE");
+        q.arg(format!("{}r:{room_id}", self.prefix))
+            .arg(format!("({}", now_ms()))
+            .arg("+inf");
+        let mut users: Vec<String> = self.pool.read(&q).await.map_err(err)?;
+        users.sort();
+        Ok(users)
+    }
+
+    async fn signal(&self, signal: &RoomSignal) -> Result<(), PresenceError> {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(self.signal_channel())
+            .arg(signal.encode())
+            .query_async(&mut self.pool.get())
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn on_signals(&self, _node: &str, sink: SignalSink) -> Result<(), PresenceError> {
+        let on_message = move |msg: redis::Msg| {
+            let line = msg.get_payload::<String>().ok();
+            match line.as_deref().and_then(RoomSignal::decode) {
+                Some(signal) => sink(signal),
+                None => warn!(signal = ?line, "unreadable room signal"),
+            }
+        };
+        // Signals missed while Redis was away are lost (they are notices;
+        // clients resync presence with `GET …/presence`).
+        subscribe_forever(self.client.clone(), self.signal_channel(), on_message, || async {})
             .await
             .map_err(err)
     }
