@@ -136,16 +136,25 @@ pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 
 /// Opens `/v1/ws` at `base` with `token` and reads the `hello`: one
 /// attempt. Small client buffers: a generator holds thousands of sockets.
+/// On the Socket.IO peer ([`raw_ws::use_socket_io`]) it joins the default
+/// namespace first; send its frames through [`raw_ws::wrap`].
 pub async fn connect_ws(base: &str, token: &str) -> anyhow::Result<Ws> {
-    use futures_util::StreamExt;
-    let url = format!("{}/v1/ws?access_token={token}", base.replace("http://", "ws://"));
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("{}{}", base.replace("http://", "ws://"), raw_ws::ws_path(token));
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await?;
-    match ws.next().await {
-        Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) if t.as_str().contains("\"hello\"") => Ok(ws),
-        other => anyhow::bail!("no hello: {other:?}"),
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("\"hello\"") => return Ok(ws),
+            Some(Ok(Message::Text(t))) if raw_ws::socket_io() && t.as_str().starts_with("0{") => {
+                ws.send(Message::text("40")).await?
+            }
+            Some(Ok(Message::Text(t))) if raw_ws::socket_io() && t.as_str().starts_with("40") => {}
+            other => anyhow::bail!("no hello: {other:?}"),
+        }
     }
 }
 
@@ -255,30 +264,60 @@ impl ServerProcess {
         );
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let listen = format!("127.0.0.1:{port}");
+        let data_dir = dir.path().display().to_string();
+        let mut args = vec![
+            service,
+            "--listen",
+            &listen,
+            "--message-rate",
+            "0",
+            // Every load generator connects from 127.0.0.1, signing up
+            // and logging in thousands of users.
+            "--max-connections-per-ip",
+            "0",
+            "--no-abuse-limits",
+            "--data-dir",
+            &data_dir,
+        ];
+        args.extend(extra);
+        ServerProcess::spawn_program(&bin, &args, port, dir, cpu, service).await
+    }
+
+    /// A peer the scenarios compare emosation with (`bench/src/bin/broadcaster.rs`,
+    /// `bench/peers/socketio`): `program` with `args` (which make it listen
+    /// on `port`), pinned to `cpu` if given; returns once `/healthz` answers.
+    pub async fn spawn_peer(
+        program: &Path,
+        args: &[&str],
+        port: u16,
+        cpu: Option<&str>,
+    ) -> anyhow::Result<ServerProcess> {
+        let name = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        ServerProcess::spawn_program(program, args, port, tempfile::tempdir()?, cpu, &name).await
+    }
+
+    async fn spawn_program(
+        program: &Path,
+        args: &[&str],
+        port: u16,
+        dir: tempfile::TempDir,
+        cpu: Option<&str>,
+        name: &str,
+    ) -> anyhow::Result<ServerProcess> {
         let mut cmd = match cpu {
             Some(cpu) => {
                 let mut c = tokio::process::Command::new("taskset");
-                c.arg("-c").arg(cpu).arg(&bin);
+                c.arg("-c").arg(cpu).arg(program);
                 c
             }
-            None => tokio::process::Command::new(&bin),
+            None => tokio::process::Command::new(program),
         };
         let child = cmd
-            .args([
-                service,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--message-rate",
-                "0",
-                // Every load generator connects from 127.0.0.1, signing up
-                // and logging in thousands of users.
-                "--max-connections-per-ip",
-                "0",
-                "--no-abuse-limits",
-                "--data-dir",
-            ])
-            .arg(dir.path())
-            .args(extra)
+            .args(args)
             .env("EMOSATION_LOG_LEVEL", "warn")
             .env("EMOSATION_JWT_SECRET", JWT_SECRET)
             .stdout(Stdio::null())
@@ -293,7 +332,7 @@ impl ServerProcess {
             {
                 break;
             }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "{service} did not start");
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "{name} did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(ServerProcess { child, base, _dir: dir })
@@ -385,4 +424,64 @@ pub async fn join(client: &Client, base: &str, token: &str, room: &str) -> anyho
         .await?
         .error_for_status()?;
     Ok(())
+}
+
+/// A server emosation is compared with, side by side in the same run, on the
+/// same core, driven by the same clients (`SERVERS=emosation,broadcaster,socketio`
+/// in the `ws` benchmark). Neither has a log: an `ack` means "in memory", a
+/// restart loses everything, nothing can be replayed or resumed. They are the
+/// ceiling a chat server with no durability reaches on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// `bench/src/bin/broadcaster.rs`: Rust, axum's WebSocket, rooms in memory.
+    Broadcaster,
+    /// `bench/peers/socketio`: Node.js and Socket.IO 4, rooms in memory.
+    SocketIo,
+}
+
+impl Peer {
+    pub fn from_name(name: &str) -> anyhow::Result<Peer> {
+        match name {
+            "broadcaster" => Ok(Peer::Broadcaster),
+            "socketio" => Ok(Peer::SocketIo),
+            other => anyhow::bail!("unknown server {other:?} (emosation, broadcaster, socketio)"),
+        }
+    }
+
+    /// Starts the peer on a free port, pinned to `cpu` if given; with
+    /// `emotions` it classifies each message and sends an `emotion` frame.
+    pub async fn start(self, emotions: bool, cpu: Option<&str>) -> anyhow::Result<ServerProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["--listen", listen.as_str()];
+        if emotions {
+            args.push("--emotions");
+        }
+        match self {
+            Peer::Broadcaster => {
+                let bin = server_binary().with_file_name("broadcaster");
+                anyhow::ensure!(
+                    bin.exists(),
+                    "{} not found: cargo build --release -p emosation-bench",
+                    bin.display()
+                );
+                ServerProcess::spawn_peer(&bin, &args, port, cpu).await
+            }
+            Peer::SocketIo => {
+                let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/socketio");
+                if !dir.join("node_modules/socket.io").exists() {
+                    // Pinned by its package-lock.json; from the npm registry.
+                    let st = std::process::Command::new("npm")
+                        .args(["ci", "--silent", "--no-audit", "--no-fund"])
+                        .current_dir(&dir)
+                        .status()?;
+                    anyhow::ensure!(st.success(), "npm ci in {} failed", dir.display());
+                }
+                let script = dir.join("server.js").display().to_string();
+                let mut node_args = vec![script.as_str()];
+                node_args.extend(&args);
+                ServerProcess::spawn_peer(Path::new("node"), &node_args, port, cpu).await
+            }
+        }
+    }
 }

@@ -2,18 +2,61 @@
 //! and raw frames (no JSON parsing, no per-frame allocation beyond the read
 //! buffer), so that one core of load keeps ahead of the server's.
 
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Whether the server under test is the Socket.IO peer (`bench/peers/socketio`):
+/// then a socket opens at `/socket.io/` and joins the default namespace, and
+/// every client frame goes inside an event (`42["f",<frame>]`; see [`wrap`]).
+/// Server frames need no unwrapping: the generator finds what it reads in a
+/// payload by searching it (`"type":"ack"`, `"text":"t=…`), which Socket.IO's
+/// `42["f",{…}]` contains unchanged. One server is driven at a time, so this
+/// is set once per server by the `ws` benchmark.
+static SOCKET_IO: AtomicBool = AtomicBool::new(false);
+
+/// Drive the Socket.IO peer (true) or emosation's own protocol (false).
+pub fn use_socket_io(on: bool) {
+    SOCKET_IO.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`use_socket_io`] is on.
+pub fn socket_io() -> bool {
+    SOCKET_IO.load(Ordering::Relaxed)
+}
+
+/// A client frame as the server under test takes it: unchanged, or inside
+/// Socket.IO's event packet.
+pub fn wrap(frame: &str) -> Cow<'_, str> {
+    if socket_io() {
+        Cow::Owned(format!("42[\"f\",{frame}]"))
+    } else {
+        Cow::Borrowed(frame)
+    }
+}
+
+/// The upgrade request's path and query for `token`.
+pub fn ws_path(token: &str) -> String {
+    if socket_io() {
+        format!("/socket.io/?EIO=4&transport=websocket&token={token}")
+    } else {
+        format!("/v1/ws?access_token={token}")
+    }
+}
+
 /// Connects to `/v1/ws` with `token` and completes the upgrade; returns the
 /// stream and the bytes read past the handshake (the start of the `hello`).
+/// On the Socket.IO peer it also takes the Engine.IO `open` packet and joins
+/// the default namespace (`40` → `40{…}`).
 pub async fn handshake(addr: &str, token: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
+    let path = ws_path(token);
     let req = format!(
-        "GET /v1/ws?access_token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
@@ -29,8 +72,40 @@ pub async fn handshake(addr: &str, token: &str) -> anyhow::Result<(TcpStream, Ve
                 "upgrade refused: {}",
                 String::from_utf8_lossy(&buf)
             );
-            return Ok((s, buf.split_off(end + 4)));
+            let rest = buf.split_off(end + 4);
+            if socket_io() {
+                return join_namespace(s, rest).await;
+            }
+            return Ok((s, rest));
         }
+    }
+}
+
+/// Socket.IO: waits for Engine.IO's `open` (`0{…}`), joins the default
+/// namespace (`40`) and waits for its answer (`40{…}`); returns the bytes
+/// read past it.
+async fn join_namespace(mut s: TcpStream, mut buf: Vec<u8>) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let mut chunk = [0u8; 1024];
+    let mut joined = false;
+    loop {
+        while let Some((payload, used)) = frame(&buf) {
+            let (open, connected) = (payload.starts_with(b"0{"), payload.starts_with(b"40"));
+            anyhow::ensure!(
+                !payload.starts_with(b"44"),
+                "namespace refused: {}",
+                String::from_utf8_lossy(payload)
+            );
+            buf.drain(..used);
+            if open && !joined {
+                s.write_all(&masked(b"40")).await?;
+                joined = true;
+            } else if connected {
+                return Ok((s, buf));
+            }
+        }
+        let n = s.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "closed while joining the namespace");
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -93,9 +168,9 @@ pub fn masked(p: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Sends a client text frame.
+/// Sends a client text frame (wrapped for the server under test: [`wrap`]).
 pub async fn send_text(s: &mut TcpStream, text: &str) -> anyhow::Result<()> {
-    s.write_all(&masked(text.as_bytes())).await?;
+    s.write_all(&masked(wrap(text).as_bytes())).await?;
     Ok(())
 }
 

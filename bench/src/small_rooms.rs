@@ -79,9 +79,9 @@ struct Sock {
     room: String,
 }
 
-/// Runs the scenario against the server at `base` (process `pid`); prints
-/// one JSON line per step and a summary.
-pub async fn run(base: &str, pid: u32) -> anyhow::Result<()> {
+/// Runs the scenario against `server` (emosation or a peer's name) at
+/// `base` (process `pid`); prints one JSON line per step and a summary.
+pub async fn run(server: &str, base: &str, pid: u32) -> anyhow::Result<()> {
     let rooms_n: usize = env("SMALL_ROOMS", 5_000);
     let users_n: usize = env("SMALL_USERS", 200);
     let step_secs: u64 = env("SMALL_STEP_SECS", 20);
@@ -203,7 +203,7 @@ pub async fn run(base: &str, pid: u32) -> anyhow::Result<()> {
     let connect_secs = t.elapsed().as_secs_f64();
     println!(
         "{}",
-        json!({"bench": "ws", "scenario": "small_rooms", "setup": true, "rooms": rooms_n, "people": users_n,
+        json!({"bench": "ws", "scenario": "small_rooms", "server": server, "setup": true, "rooms": rooms_n, "people": users_n,
                "sockets": socks.len(), "setup_secs": setup_secs, "connect_secs": connect_secs, "window": window})
     );
 
@@ -222,21 +222,24 @@ pub async fn run(base: &str, pid: u32) -> anyhow::Result<()> {
             .interval_us
             .store((sockets * 1_000_000 / rate.max(1)).max(1), Ordering::Relaxed);
         let cpu0 = cpu_us(pid);
+        let gen0 = cpu_us(std::process::id());
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(step_secs)).await;
         let secs = t0.elapsed().as_secs_f64();
         let cpu = cpu_us(pid).saturating_sub(cpu0);
+        let generator = cpu_us(std::process::id()).saturating_sub(gen0);
         let s = std::mem::take(&mut *shared.stats[i].lock().unwrap());
         let ack = percentiles(s.ack_us);
         let delivery = percentiles(s.delivery_us);
         let p99_ms = ack["p99_us"].as_f64().unwrap_or(f64::MAX) / 1000.0;
         let acked_per_sec = (s.acks as f64 / secs).round();
-        let line = json!({"bench": "ws", "scenario": "small_rooms", "step": i, "offered_msgs_per_sec": rate,
+        let line = json!({"bench": "ws", "scenario": "small_rooms", "server": server, "step": i, "offered_msgs_per_sec": rate,
             "acked_per_sec": acked_per_sec, "deliveries_per_sec": (s.deliveries as f64 / secs).round(),
             "emotions_per_sec": (s.emotions as f64 / secs).round(), "ack_latency": ack, "delivery_latency": delivery,
             "held_by_window": s.held, "server_cpu_ms": cpu / 1000,
             "server_cpu_us_per_msg": ((cpu as f64 / s.acks.max(1) as f64) * 10.0).round() / 10.0,
-            "server_core_busy_pct": (cpu as f64 / (secs * 1e6) * 1000.0).round() / 10.0});
+            "server_core_busy_pct": (cpu as f64 / (secs * 1e6) * 1000.0).round() / 10.0,
+            "generator_core_busy_pct": (generator as f64 / (secs * 1e6) * 1000.0).round() / 10.0});
         println!("{line}");
         steps.push(line);
         if p99_ms > p99_limit_ms {
@@ -272,7 +275,7 @@ pub async fn run(base: &str, pid: u32) -> anyhow::Result<()> {
     );
     println!(
         "{}",
-        json!({"bench": "ws", "scenario": "small_rooms", "summary": true,
+        json!({"bench": "ws", "scenario": "small_rooms", "server": server, "summary": true,
                "highest_rate_held_msgs_per_sec": held_rate, "p99_limit_ms": p99_limit_ms,
                "acked": acked, "deliveries": delivered, "lost_deliveries": (2 * acked).saturating_sub(delivered),
                "emotions": emotions, "lost_emotions": (2 * acked).saturating_sub(emotions),
@@ -287,11 +290,15 @@ pub async fn run(base: &str, pid: u32) -> anyhow::Result<()> {
 async fn drive(stream: TcpStream, sock: Sock, shared: Arc<Shared>) {
     let (mut rd, mut wr) = stream.into_split();
     let in_flight: Arc<InFlight> = Arc::default();
+    // Aborted with this task too (when the run ends), so that the socket
+    // closes: the next server of the run needs the descriptors.
     let writer = {
         let (shared, in_flight) = (Arc::clone(&shared), Arc::clone(&in_flight));
         let room = sock.room.clone();
         let index = sock.index;
-        tokio::spawn(async move { send_loop(&mut wr, index, &room, &shared, &in_flight).await })
+        AbortOnDrop(tokio::spawn(async move {
+            send_loop(&mut wr, index, &room, &shared, &in_flight).await
+        }))
     };
     // The last sequence seen from each sender (this socket and the other).
     let mut last_seq: HashMap<u64, u64> = HashMap::with_capacity(2);
@@ -360,7 +367,16 @@ async fn drive(stream: TcpStream, sock: Sock, shared: Arc<Shared>) {
             }
         }
     }
-    writer.abort();
+    drop(writer);
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Sends `send` frames every `interval_us` (re-read each time), waiting
@@ -397,7 +413,11 @@ async fn send_loop(wr: &mut OwnedWriteHalf, index: usize, room: &str, shared: &S
             "{{\"type\":\"send\",\"room_id\":\"{room}\",\"client_msg_id\":\"q{seq}\",\"text\":\"t={now} c{index} n{seq} hello there\"}}"
         );
         in_flight.sent.lock().unwrap().insert(seq, now);
-        if wr.write_all(&raw_ws::masked(text.as_bytes())).await.is_err() {
+        if wr
+            .write_all(&raw_ws::masked(raw_ws::wrap(&text).as_bytes()))
+            .await
+            .is_err()
+        {
             return;
         }
         seq += 1;

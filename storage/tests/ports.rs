@@ -445,7 +445,7 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
         })
         .await
         .unwrap();
-    assert!(store.load(&[k.clone()]).await.unwrap()[0].is_none());
+    assert!(store.load(std::slice::from_ref(&k)).await.unwrap()[0].is_none());
     assert!(store.user_rooms("u2", None, usize::MAX).await.unwrap().is_empty());
     // A member joining again is listed again, and stays listed while its
     // row is rewritten (every post rewrites its author's read position),

@@ -9,6 +9,9 @@
 //! means the broker acknowledged the record (`acks=all`) *and* the projector
 //! fetched it back from the broker and folded it.
 //!
+//! `SERVERS=emosation,broadcaster,socketio` runs `post` on each (the peers
+//! are in-memory broadcasters with no log: `emosation_bench::Peer`).
+//!
 //! Env: POST_SECS (5), POST_CONNS (64), HISTORY_RATE (10000), HISTORY_SECS (5),
 //! HISTORY (`true`; `false` skips it), BENCH_LOG (`embedded` or `kafka`),
 //! KAFKA_OPTIONS (librdkafka properties added to the URL, `k=v&…`),
@@ -17,7 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emosation_bench::{ServerProcess, create_room, env, gather, join, percentiles, user};
+use emosation_bench::{Peer, ServerProcess, create_room, env, gather, join, percentiles, user};
 use serde_json::json;
 
 #[tokio::main(flavor = "multi_thread")]
@@ -34,7 +37,25 @@ async fn main() -> anyhow::Result<()> {
         other => anyhow::bail!("unknown BENCH_LOG {other} (embedded, kafka)"),
     };
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let server = ServerProcess::start(&extra).await?;
+    // `SERVERS=emosation,broadcaster,socketio`: `post` on emosation and on the
+    // in-memory peers it is compared with (`Peer`), one after the other on
+    // the same core (`BENCH_SERVER_CPU`); `history` on emosation only.
+    let servers: String = env("SERVERS", "emosation".to_owned());
+    for name in servers.split(',') {
+        let server = match name {
+            "emosation" => ServerProcess::start(&extra).await?,
+            peer => {
+                let cpu = std::env::var("BENCH_SERVER_CPU").ok();
+                Peer::from_name(peer)?.start(true, cpu.as_deref()).await?
+            }
+        };
+        run(name, server, &engine, history && name == "emosation").await?;
+    }
+    Ok(())
+}
+
+/// `post`, then (if `history`) `history`, against `server`.
+async fn run(name: &str, server: ServerProcess, engine: &str, history: bool) -> anyhow::Result<()> {
     let base = server.base.clone();
     let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
 
@@ -93,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
     let n = lat.len();
     println!(
         "{}",
-        json!({"bench": "http_post_messages", "log": engine, "connections": conns, "seconds": elapsed, "accepted": n, "errors": errors,
+        json!({"bench": "http_post_messages", "server": name, "log": engine, "connections": conns, "seconds": elapsed, "accepted": n, "errors": errors,
                "req_per_sec": (n as f64 / elapsed).round(), "latency": percentiles(lat)})
     );
 

@@ -46,7 +46,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use emosation_bench::raw_ws as raw;
-use emosation_bench::{ServerProcess, Ws, cpu_us, create_room, env, join, now_us, percentiles, rss_kb, sent_at, user};
+use emosation_bench::{
+    Peer, ServerProcess, Ws, cpu_us, create_room, env, join, now_us, percentiles, rss_kb, sent_at, user,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -176,7 +178,7 @@ async fn send_load(
                 let room = &rooms[(i as usize * senders + s) % rooms.len()];
                 let now = now_us();
                 let f = json!({"type": "send", "room_id": room, "client_msg_id": format!("s{s}-{i}-t{now}"), "text": format!("t={now} c{s} n{i} hello")});
-                if tx.send(Message::text(f.to_string())).await.is_err() {
+                if tx.send(Message::text(raw::wrap(&f.to_string()).into_owned())).await.is_err() {
                     break;
                 }
             }
@@ -208,6 +210,7 @@ struct Load {
 
 async fn scenario(
     name: &str,
+    server: &str,
     bases: &[String],
     (recv_token, send_token): (&str, &str),
     rooms: &[String],
@@ -277,7 +280,7 @@ async fn scenario(
     let spread: Vec<u64> = by_message.values().map(|(_, min, max)| max - min).collect();
     println!(
         "{}",
-        json!({"bench": "ws", "scenario": name, "nodes": bases.len(), "rooms": rooms.len(), "clients_per_room": per_room, "senders": senders,
+        json!({"bench": "ws", "scenario": name, "server": server, "nodes": bases.len(), "rooms": rooms.len(), "clients_per_room": per_room, "senders": senders,
                "offered_msgs_per_sec": rate, "acked": acked, "deliveries_expected": expected, "deliveries": received,
                "lost": expected.saturating_sub(received), "out_of_sender_order": r.out_of_order.load(Ordering::Relaxed), "deliveries_per_sec": (received as f64 / elapsed).round(),
                "latency": percentiles(all), "first_receiver_latency": percentiles(first), "delivery_spread": percentiles(spread),
@@ -338,6 +341,8 @@ async fn connections_gauge(http: &reqwest::Client, base: &str) -> Option<f64> {
 /// `serve` process on Kafka and Redis plus fan-out nodes. Fields drop in
 /// order: the processes before the broker.
 struct Deployment {
+    /// `serve`, or the peer's name.
+    core_name: String,
     core: ServerProcess,
     fanouts: Vec<ServerProcess>,
     engines: Option<(emosation_testkit::Tansu, emosation_testkit::RedisServer)>,
@@ -355,6 +360,19 @@ impl Deployment {
         ])
         .await?;
         Ok(Deployment {
+            core_name: "serve".to_owned(),
+            core,
+            fanouts: Vec::new(),
+            engines: None,
+        })
+    }
+
+    /// A peer (see [`Peer`]) on the server's core (`BENCH_SERVER_CPU`).
+    async fn peer(name: &str, emotions: bool) -> anyhow::Result<Deployment> {
+        let cpu = std::env::var("BENCH_SERVER_CPU").ok();
+        let core = Peer::from_name(name)?.start(emotions, cpu.as_deref()).await?;
+        Ok(Deployment {
+            core_name: name.to_owned(),
             core,
             fanouts: Vec::new(),
             engines: None,
@@ -396,6 +414,7 @@ impl Deployment {
             nodes.push(ServerProcess::spawn("fanout", &common, cpu).await?);
         }
         Ok(Deployment {
+            core_name: "serve".to_owned(),
             core,
             fanouts: nodes,
             engines: Some((broker, redis)),
@@ -404,7 +423,7 @@ impl Deployment {
 
     /// (name, pid) of every server process, for CPU accounting.
     fn pids(&self) -> Vec<(String, u32)> {
-        let mut pids = vec![("serve".to_owned(), self.core.child.id().unwrap_or(0))];
+        let mut pids = vec![(self.core_name.clone(), self.core.child.id().unwrap_or(0))];
         for (i, n) in self.fanouts.iter().enumerate() {
             pids.push((format!("fanout{i}"), n.child.id().unwrap_or(0)));
         }
@@ -432,7 +451,33 @@ async fn main() -> anyhow::Result<()> {
     }
     let scenarios: String = env("SCENARIOS", "light,rooms100,room1k,ramp".to_owned());
     let secs: u64 = env("SECS", 10);
+    // `SERVERS=emosation,broadcaster,socketio` runs each scenario on each, one
+    // after the other on the same core: emosation and the peers it is
+    // compared with (see `Peer`).
+    let servers: String = env("SERVERS", "emosation".to_owned());
     for name in scenarios.split(',') {
+        for server in servers.split(',') {
+            if server != "emosation" && !PEER_SCENARIOS.contains(&name) {
+                println!(
+                    "{}",
+                    json!({"bench": "ws", "scenario": name, "server": server, "skipped": "runs on emosation only"})
+                );
+                continue;
+            }
+            raw::use_socket_io(server == "socketio");
+            run(name, server, secs).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The scenarios the peers run too (the others need emosation's own
+/// deployment: fan-out nodes, a broker, a gateway).
+const PEER_SCENARIOS: [&str; 5] = ["light", "rooms100", "room1k", "ramp", "small_rooms"];
+
+/// Runs one scenario on one server (`emosation` or a peer's name).
+async fn run(name: &str, server_name: &str, secs: u64) -> anyhow::Result<()> {
+    {
         // Write back now what earlier work (a build, another benchmark) left
         // dirty in the page cache: the kernel writes it back 30 s after it
         // was written, and a write-back of hundreds of megabytes in the
@@ -442,22 +487,25 @@ async fn main() -> anyhow::Result<()> {
         // BENCH_ANALYZER=false runs the server without the in-process analyzer
         // (as when the analyzer runs as its own service).
         let analyzer: String = env("BENCH_ANALYZER", "true".to_owned());
-        let deployment = match name {
-            "room1k_2nodes" => Deployment::distributed(&analyzer, 2, &[]).await?,
-            // Raw clients answer no pings; a node holds ~16,700 sockets,
-            // more than ¾ of the descriptor limit (the default maximum).
-            "c100k" => {
-                let nodes = env("C100K_NODES", 6);
-                Deployment::distributed(
-                    &analyzer,
-                    nodes,
-                    &["--ws-idle-timeout-secs", "600", "--max-connections", "19500"],
-                )
-                .await?
-            }
-            // Raw clients answer no pings: a long idle timeout keeps them.
-            "gateway" => Deployment::distributed(&analyzer, 2, &["--ws-idle-timeout-secs", "600"]).await?,
-            _ => Deployment::single(&analyzer).await?,
+        let deployment = match (server_name, name) {
+            ("emosation", _) => match name {
+                "room1k_2nodes" => Deployment::distributed(&analyzer, 2, &[]).await?,
+                // Raw clients answer no pings; a node holds ~16,700 sockets,
+                // more than ¾ of the descriptor limit (the default maximum).
+                "c100k" => {
+                    let nodes = env("C100K_NODES", 6);
+                    Deployment::distributed(
+                        &analyzer,
+                        nodes,
+                        &["--ws-idle-timeout-secs", "600", "--max-connections", "19500"],
+                    )
+                    .await?
+                }
+                // Raw clients answer no pings: a long idle timeout keeps them.
+                "gateway" => Deployment::distributed(&analyzer, 2, &["--ws-idle-timeout-secs", "600"]).await?,
+                _ => Deployment::single(&analyzer).await?,
+            },
+            (peer, _) => Deployment::peer(peer, analyzer == "true").await?,
         };
         let server = &deployment.core;
         let base = server.base.clone();
@@ -468,11 +516,11 @@ async fn main() -> anyhow::Result<()> {
                 .map(|n| (n.base.clone(), n.child.id().unwrap_or(0)))
                 .collect();
             emosation_bench::c100k::run(&base, &nodes).await?;
-            continue;
+            return Ok(());
         }
         if name == "small_rooms" {
-            emosation_bench::small_rooms::run(&base, server.child.id().unwrap_or(0)).await?;
-            continue;
+            emosation_bench::small_rooms::run(server_name, &base, server.child.id().unwrap_or(0)).await?;
+            return Ok(());
         }
         let bases = deployment.ws_bases();
         let http = reqwest::Client::new();
@@ -493,7 +541,7 @@ async fn main() -> anyhow::Result<()> {
                     rate: 25,
                     secs,
                 };
-                scenario(name, &bases, (&rt, &st), &rooms, load, &deployment.pids()).await?
+                scenario(name, server_name, &bases, (&rt, &st), &rooms, load, &deployment.pids()).await?
             }
             "rooms100" => {
                 let load = Load {
@@ -502,7 +550,7 @@ async fn main() -> anyhow::Result<()> {
                     rate: 2000,
                     secs,
                 };
-                scenario(name, &bases, (&rt, &st), &rooms, load, &deployment.pids()).await?
+                scenario(name, server_name, &bases, (&rt, &st), &rooms, load, &deployment.pids()).await?
             }
             "room1k" | "room1k_2nodes" => {
                 let load = Load {
@@ -511,7 +559,7 @@ async fn main() -> anyhow::Result<()> {
                     rate: env("ROOM1K_RATE", 500),
                     secs,
                 };
-                scenario(name, &bases, (&rt, &st), &rooms, load, &deployment.pids()).await?
+                scenario(name, server_name, &bases, (&rt, &st), &rooms, load, &deployment.pids()).await?
             }
             "ramp" => {
                 let n: usize = env("RAMP_CONNS", 10_000);
@@ -541,7 +589,8 @@ async fn main() -> anyhow::Result<()> {
                 let t = Instant::now();
                 drop(std::mem::take(&mut conns));
                 let mut close_secs = None;
-                while t.elapsed() < Duration::from_secs(60) {
+                // (A peer has no gauge: not measured there.)
+                while server_name == "emosation" && t.elapsed() < Duration::from_secs(60) {
                     if connections_gauge(&http, &base).await == Some(0.0) {
                         close_secs = Some(t.elapsed().as_secs_f64());
                         break;
@@ -550,7 +599,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 println!(
                     "{}",
-                    json!({"bench": "ws", "scenario": "ramp", "connections": n, "warmup_connections": warmup, "connect_secs": connect_secs,
+                    json!({"bench": "ws", "scenario": "ramp", "server": server_name, "connections": n, "warmup_connections": warmup, "connect_secs": connect_secs,
                            "connections_per_sec": (n as f64 / connect_secs).round(), "rss_start_kb": start_rss, "rss_before_kb": before,
                            "rss_after_kb": after, "rss_per_connection_kb": ((after.saturating_sub(before)) as f64 / n as f64 * 10.0).round() / 10.0,
                            "server_cpu_us_per_connection": server_cpu_us / n as u64,
