@@ -208,6 +208,11 @@ pub struct ServeArgs {
     /// per delivery pass). Adds at most this much to such a room's latency.
     #[arg(long, env = "EMOSATION_WS_BATCH_WINDOW_MS", default_value_t = 25)]
     pub ws_batch_window_ms: u64,
+    /// Milliseconds a user who closed a room (every tab, on every node) has
+    /// to come back before the room's subscribers are told they left: a
+    /// reload or a reconnect is not a departure and an arrival.
+    #[arg(long, env = "EMOSATION_PRESENCE_GRACE_MS", default_value_t = 5000)]
+    pub presence_grace_ms: u64,
     /// Run the emotion analyzer in this process (`false` when it runs as its own service).
     #[arg(long, env = "EMOSATION_ANALYZER", default_value_t = true, action = clap::ArgAction::Set)]
     pub analyzer: bool,
@@ -448,6 +453,7 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(args.ws_idle_timeout_secs.max(1)),
             ping_interval: Duration::from_secs((args.ws_idle_timeout_secs / 3).max(1)),
             batch_window: Duration::from_millis(args.ws_batch_window_ms),
+            presence_grace: Duration::from_millis(args.presence_grace_ms),
             ..FanoutConfig::default()
         },
         roles,

@@ -438,6 +438,7 @@ impl Server {
                 Arc::clone(&views),
                 Arc::clone(&auth),
                 Arc::clone(&tails),
+                Arc::clone(&presence),
             ));
             app = app.merge(emosation_web::routes());
         }

@@ -228,6 +228,24 @@ async fn two_fanout_nodes_on_kafka_and_redis() {
     assert_eq!(emotion["message_id"], message_id.as_str());
     assert_eq!(emotion["label"], "joy", "{emotion}");
 
+    // Room presence and typing cross nodes through Redis: carol has the
+    // room open on node B; alice opening it on node A is announced there,
+    // with both counted, and her typing reaches carol.
+    let mut carol_p = connect(&node_b, &carol).await;
+    subscribe(&mut carol_p, &room, None, &["chat", "presence"]).await;
+    assert_eq!(carol_p.next_of(&["presence"]).await["online_count"], 2, "carol and bob");
+    subscribe(&mut alice_a, &room, None, &["chat"]).await;
+    let p = carol_p.next_of(&["presence"]).await;
+    assert_eq!(
+        (p["state"].as_str(), p["online_count"].as_u64()),
+        (Some("arrived"), Some(3)),
+        "{p}"
+    );
+    let here = api.get(&format!("/v1/rooms/{room}/presence"), &bob).await.expect(200);
+    assert_eq!(here["online_count"], 3, "{here}");
+    alice_a.send(json!({"type": "typing", "room_id": room})).await;
+    assert_eq!(carol_p.next_of(&["typing"]).await["room_id"], room.as_str());
+
     // A second connection of alice on node B kicks the first, on node A.
     let _alice_b = connect(&node_b, &alice).await;
     assert_eq!(

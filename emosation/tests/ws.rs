@@ -938,3 +938,93 @@ async fn an_oversized_frame_closes_with_1009() {
     let close = c.next_of(&["__close"]).await;
     assert_eq!(close["code"], 1009, "{close}");
 }
+
+/// Subscribes to `room` with the chat and presence streams.
+async fn subscribe_presence(c: &mut Client, room: &str) {
+    c.send(json!({"type": "subscribe", "room_id": room, "streams": ["chat", "presence"]}))
+        .await;
+    assert_eq!(c.next_of(&["subscribed", "error"]).await["type"], "subscribed");
+}
+
+/// Who has the room open: `presence` frames for arrivals and (after the
+/// grace period) departures, to subscribers of the `presence` stream only,
+/// with the online count; a reconnect within the grace period is neither;
+/// `GET /v1/rooms/{id}/presence` lists who is here, for members only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_presence_announces_arrivals_and_departures_but_not_reconnects() {
+    let grace = Duration::from_millis(600);
+    let s = TestServer::start_configured(|cfg| cfg.fanout.presence_grace = grace).await;
+    let api = s.client();
+    let (room, t) = room_with(&api, "alice", &["bob", "dave"]).await;
+    let (alice, bob, dave) = (&t[0], &t[1], &t[2]);
+    let (_, carol) = api.user("carol").await;
+    let alice_id = api.get("/v1/me", alice).await.expect(200)["user_id"].clone();
+    let bob_id = api.get("/v1/me", bob).await.expect(200)["user_id"].clone();
+
+    // Alice opens the room: her own arrival, one online.
+    let mut a = Client::connect(&s.base, alice).await;
+    subscribe_presence(&mut a, &room).await;
+    let p = a.next_of(&["presence"]).await;
+    assert_eq!(
+        (&p["user_id"], p["state"].as_str(), p["online_count"].as_u64()),
+        (&alice_id, Some("arrived"), Some(1)),
+        "{p}"
+    );
+
+    // Bob opens it (chat only: he asks for no presence frames).
+    let mut b = Client::connect(&s.base, bob).await;
+    assert_eq!(b.subscribe(&room, None).await["type"], "subscribed");
+    let p = a.next_of(&["presence"]).await;
+    assert_eq!(
+        (&p["user_id"], p["state"].as_str(), p["online_count"].as_u64()),
+        (&bob_id, Some("arrived"), Some(2)),
+        "{p}"
+    );
+    let here = api.get(&format!("/v1/rooms/{room}/presence"), dave).await.expect(200);
+    assert_eq!(here["online_count"], 2);
+    let mut names: Vec<&str> = here["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["alice", "bob"]);
+    api.get(&format!("/v1/rooms/{room}/presence"), &carol)
+        .await
+        .expect_error(403, "not_member");
+
+    // Bob's connection drops and he is back within the grace period: no
+    // departure, no arrival.
+    drop(b);
+    let mut b = Client::connect(&s.base, bob).await;
+    assert_eq!(b.subscribe(&room, None).await["type"], "subscribed");
+    assert!(
+        a.quiet(grace.as_millis() as u64 + 600).await,
+        "a reconnect is not announced"
+    );
+
+    // Dave arrives: Alice (presence stream) hears it, Bob (chat only) does not.
+    let mut d = Client::connect(&s.base, dave).await;
+    assert_eq!(d.subscribe(&room, None).await["type"], "subscribed");
+    assert_eq!(a.next_of(&["presence"]).await["online_count"], 3);
+    assert!(b.quiet(300).await, "no presence frames without the presence stream");
+
+    // Bob closes the room for good: announced once the grace period is over.
+    let closed = std::time::Instant::now();
+    b.send(json!({"type": "unsubscribe", "room_id": room})).await;
+    let p = a.next_of(&["presence"]).await;
+    assert!(closed.elapsed() >= grace, "not before the grace period ends");
+    assert_eq!(
+        (&p["user_id"], p["state"].as_str(), p["online_count"].as_u64()),
+        (&bob_id, Some("left"), Some(2)),
+        "{p}"
+    );
+    let here = api.get(&format!("/v1/rooms/{room}/presence"), alice).await.expect(200);
+    assert_eq!(here["online_count"], 2);
+
+    // A bad stream name is refused.
+    a.send(json!({"type": "subscribe", "room_id": room, "streams": ["presence", "gossip"]}))
+        .await;
+    assert_eq!(a.next_of(&["error"]).await["code"], "invalid_request");
+}

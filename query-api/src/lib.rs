@@ -23,7 +23,7 @@ use axum::routing::get;
 use emosation_core::access;
 use emosation_core::emotion::Label;
 use emosation_core::ids::LogPosition;
-use emosation_core::ports::ViewStore;
+use emosation_core::ports::{Presence, ViewStore};
 use emosation_core::time;
 use emosation_core::view::{EmotionView, ViewKey, ViewValue};
 use emosation_http::{ApiError, ApiPath, ApiQuery, AuthUser, Authenticator};
@@ -44,6 +44,8 @@ pub struct QueryState {
     pub views: Arc<dyn ViewStore>,
     pub auth: Arc<Authenticator>,
     pub tails: Arc<tail::TailCache>,
+    /// Who is connected, and who has which room open (every node's).
+    pub presence: Arc<dyn Presence>,
 }
 
 /// Rooms whose newest messages are kept rendered in memory.
@@ -65,7 +67,12 @@ pub fn tail_cache() -> Arc<tail::TailCache> {
 
 /// The read routes, ready to merge with other services' routes; `tails`
 /// (from [`tail_cache`]) is passed in so that its memory can be reported.
-pub fn routes(views: Arc<dyn ViewStore>, auth: Arc<Authenticator>, tails: Arc<tail::TailCache>) -> Router {
+pub fn routes(
+    views: Arc<dyn ViewStore>,
+    auth: Arc<Authenticator>,
+    tails: Arc<tail::TailCache>,
+    presence: Arc<dyn Presence>,
+) -> Router {
     Router::new()
         .route("/v1/me", get(me))
         .route("/v1/me/rooms", get(my_rooms))
@@ -75,7 +82,13 @@ pub fn routes(views: Arc<dyn ViewStore>, auth: Arc<Authenticator>, tails: Arc<ta
         .route("/v1/rooms/{room_id}/messages", get(history))
         .route("/v1/rooms/{room_id}/emotions", get(emotions))
         .route("/v1/rooms/{room_id}/activity", get(activity))
-        .with_state(QueryState { views, auth, tails })
+        .route("/v1/rooms/{room_id}/presence", get(room_presence))
+        .with_state(QueryState {
+            views,
+            auth,
+            tails,
+            presence,
+        })
 }
 
 /// The emotion of each message, where one has been recorded.
@@ -269,6 +282,41 @@ async fn members(
         "members": members.iter().map(|m| json!({"user_id": m.user_id, "username": m.username})).collect::<Vec<_>>(),
         "next_after": next_after(&members, limit, |m| &m.user_id),
     })))
+}
+
+/// Who has the room open right now, on any fan-out node (members only).
+async fn room_presence(
+    State(s): State<QueryState>,
+    user: AuthUser,
+    ApiPath(room_id): ApiPath<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    access::member_room(&*s.views, &room_id, &user.user_id).await?;
+    let here = s
+        .presence
+        .here(&room_id)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("presence is not available: {e}")))?;
+    let keys: Vec<ViewKey> = here
+        .iter()
+        .map(|u| ViewKey::Member {
+            room_id: room_id.clone(),
+            user_id: u.clone(),
+        })
+        .collect();
+    // Only members can open a room; one who left meanwhile is not listed.
+    let users: Vec<Value> = s
+        .views
+        .load(&keys)
+        .await?
+        .into_iter()
+        .filter_map(|v| match v {
+            Some(ViewValue::Member(m)) => Some(json!({"user_id": m.user_id, "username": m.username})),
+            _ => None,
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({"room_id": room_id, "online_count": users.len(), "users": users}),
+    ))
 }
 
 #[derive(Deserialize)]

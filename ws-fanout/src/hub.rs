@@ -131,8 +131,19 @@ impl Room {
     }
 }
 
+/// Told when a subscription starts and when it ends (unsubscribed, its
+/// socket closed, its member left the room), under the registry's lock, so
+/// in the order they happened: the node's room presence ([`crate::here`]).
+/// Must not block.
+pub(crate) trait Watcher: Send + Sync {
+    fn opened(&self, conn_id: u64, user_id: &str, room_id: &str);
+    fn closed(&self, conn_id: u64, user_id: &str, room_id: &str);
+}
+
 #[derive(Default)]
 struct State {
+    /// Told when subscriptions start and end.
+    watcher: Option<Arc<dyn Watcher>>,
     /// Room → its subscriptions.
     rooms: HashMap<String, Room>,
     /// Connection id → the rooms it is subscribed to (so closing a socket,
@@ -166,7 +177,9 @@ impl State {
     /// [`State::remove_sub`]; the caller updates `by_conn`).
     fn leave_room(&mut self, conn_id: u64, room_id: &str) {
         if let Some(room) = self.rooms.get_mut(room_id) {
-            room.remove(conn_id);
+            if let (Some(sub), Some(w)) = (room.remove(conn_id), &self.watcher) {
+                w.closed(conn_id, &sub.conn.user_id, room_id);
+            }
             if room.subs.is_empty() {
                 let p = room.partition;
                 self.rooms.remove(room_id);
@@ -257,8 +270,14 @@ impl Hub {
                     (end, true)
                 }
             };
-            // A connection has at most one subscription per room.
-            st.remove_sub(conn.id, room_id);
+            // A connection has at most one subscription per room; a new one
+            // replaces it (for the watcher, the room stays open).
+            let watcher = st.watcher.take();
+            let reopened = st.remove_sub(conn.id, room_id);
+            st.watcher = watcher;
+            if !reopened && let Some(w) = &st.watcher {
+                w.opened(conn.id, &conn.user_id, room_id);
+            }
             st.by_conn.entry(conn.id).or_default().push(room_id.to_owned());
             if !st.rooms.contains_key(room_id) {
                 *st.rooms_per_partition.entry(p).or_default() += 1;
@@ -324,22 +343,38 @@ impl Hub {
         }
     }
 
-    /// Relays a typing notice to the room's other subscribers (never logged).
-    pub fn typing(&self, from: u64, room_id: &str, user_id: &str) {
-        let frame = protocol::typing(room_id, user_id);
+    /// Installs the watcher told of subscriptions starting and ending.
+    pub(crate) fn watch(&self, watcher: Arc<dyn Watcher>) {
+        self.state().watcher = Some(watcher);
+    }
+
+    /// Queues `frame` (a notice, never logged: typing, presence) for the
+    /// room's live subscribers here whose streams it is for, except
+    /// connection `except`.
+    pub(crate) fn notify(&self, room_id: &str, frame: Frame, except: Option<u64>, for_streams: fn(&Streams) -> bool) {
         let mut flushes = Flushes::default();
         let st = self.state();
         if let Some(room) = st.rooms.get(room_id) {
             for (_, s) in room
                 .subs
                 .iter()
-                .filter(|(conn_id, s)| **conn_id != from && s.streams.chat && s.held.is_none())
+                .filter(|(conn_id, s)| Some(**conn_id) != except && for_streams(&s.streams) && s.held.is_none())
             {
                 flushes.queue(&s.conn, frame.clone());
             }
         }
         drop(st);
         flushes.run();
+    }
+
+    /// The rooms `conn_id` is subscribed to here.
+    pub(crate) fn rooms_of(&self, conn_id: u64) -> Vec<String> {
+        self.state().by_conn.get(&conn_id).cloned().unwrap_or_default()
+    }
+
+    /// The rooms with subscribers here.
+    pub(crate) fn rooms(&self) -> Vec<String> {
+        self.state().rooms.keys().cloned().collect()
     }
 
     /// For each entry (by its key), whether its room has subscribers here.
@@ -563,6 +598,7 @@ mod tests {
     const CHAT: Streams = Streams {
         chat: true,
         emotion: false,
+        presence: false,
     };
 
     /// A frame that says which event it is.
@@ -597,6 +633,7 @@ mod tests {
         let emotions = Streams {
             chat: false,
             emotion: true,
+            presence: false,
         };
         // The tailer is at offset 10: live subscriptions start after 9.
         hub.register(&a, "r", 0, 10, None, CHAT);

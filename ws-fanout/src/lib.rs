@@ -21,11 +21,14 @@
 //! - [`feed`]: [`Feed`], the log side — partition tailers, catch-up from a
 //!   cursor, what the fold decided.
 //! - [`hub`]: [`Hub`], the registry of rooms → subscriptions, and delivery.
+//! - [`here`]: room presence — who has a room open on any node — and the
+//!   room signals (typing, arrivals, departures) relayed between nodes.
 //! - [`protocol`]: the client's and the server's frames (JSON).
 //! - [`socket`]: bytes — handshake, frame codec, outbox and writer, reader.
 
 pub mod endpoint;
 pub mod feed;
+pub mod here;
 pub mod hub;
 pub mod node;
 pub mod protocol;

@@ -34,6 +34,9 @@ pub struct FanoutConfig {
     /// A busy wide room's deliveries are batched over this window (see
     /// [`Feed::new`](crate::Feed::new)).
     pub batch_window: Duration,
+    /// A user who closes a room is announced as gone only after this long
+    /// without coming back (see [`crate::here`]).
+    pub presence_grace: Duration,
 }
 
 impl Default for FanoutConfig {
@@ -45,6 +48,7 @@ impl Default for FanoutConfig {
             idle_timeout: Duration::from_secs(60),
             max_frame_bytes: 64 * 1024,
             batch_window: Duration::from_millis(25),
+            presence_grace: Duration::from_secs(5),
         }
     }
 }
@@ -138,6 +142,16 @@ impl Fanout {
                 }),
             )
             .await?;
+        let here = crate::here::start(
+            Arc::downgrade(&fanout.feed),
+            Arc::clone(&fanout.presence),
+            &fanout.node,
+            fanout.session_ttl(),
+            fanout.cfg.presence_grace,
+            fanout.cfg.ping_interval,
+        )
+        .await?;
+        fanout.feed.hub().watch(here);
         Ok(fanout)
     }
 

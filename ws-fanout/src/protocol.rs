@@ -20,17 +20,23 @@ pub enum Stream {
     Emotion,
 }
 
-/// Streams a subscription receives.
+/// Streams a subscription receives: the log's two (`chat`: messages,
+/// joins, leaves, typing; `emotion`), and `presence` — who opens and closes
+/// the room, never logged — which a client asks for by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Streams {
     pub chat: bool,
     pub emotion: bool,
+    pub presence: bool,
 }
 
 impl Streams {
+    /// What a `subscribe` without `streams` gets: both log streams (the
+    /// contract's default; `presence` is an extension, asked for by name).
     pub const ALL: Streams = Streams {
         chat: true,
         emotion: true,
+        presence: false,
     };
 
     pub fn wants(&self, s: Stream) -> bool {
@@ -149,15 +155,17 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                     let mut s = Streams {
                         chat: false,
                         emotion: false,
+                        presence: false,
                     };
                     for name in &list {
                         match name.as_str() {
                             "chat" => s.chat = true,
                             "emotion" => s.emotion = true,
+                            "presence" => s.presence = true,
                             other => {
                                 return Err(FrameError::new(
                                     "invalid_request",
-                                    format!("unknown stream {other:?}; streams are chat and emotion"),
+                                    format!("unknown stream {other:?}; streams are chat, emotion and presence"),
                                 ));
                             }
                         }
@@ -230,6 +238,14 @@ pub fn error(e: &FrameError) -> Frame {
 
 pub fn typing(room_id: &str, user_id: &str) -> Frame {
     text(json!({"type": "typing", "room_id": room_id, "user_id": user_id}))
+}
+
+/// Someone opened (`arrived`) or closed (`left`, after the grace period)
+/// the room; `online_count` users have it open now, on any node.
+pub fn presence(room_id: &str, user_id: &str, state: &str, online_count: u32) -> Frame {
+    text(
+        json!({"type": "presence", "room_id": room_id, "user_id": user_id, "state": state, "online_count": online_count}),
+    )
 }
 
 pub fn kicked(reason: &str) -> Frame {
@@ -306,7 +322,8 @@ mod tests {
                 since: None,
                 streams: Streams {
                     chat: true,
-                    emotion: false
+                    emotion: false,
+                    presence: false,
                 }
             }
         );

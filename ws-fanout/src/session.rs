@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
+use crate::here;
 use crate::node::{Fanout, Live};
 use crate::protocol::{self, ClientFrame, FrameError};
 use crate::socket::outbox::{count_close, writer};
@@ -144,6 +145,16 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, exp: i64, socket: Socket, 
                     live.end(KickReason::DuplicateSession);
                     return;
                 }
+                let rooms = fanout.feed.hub().rooms_of(live.handle.id);
+                here::refresh(
+                    &*fanout.presence,
+                    &fanout.node,
+                    live.handle.id,
+                    &live.user_id,
+                    &rooms,
+                    fanout.session_ttl(),
+                )
+                .await;
                 let ended = fanout
                     .ingest
                     .authenticator()
@@ -353,7 +364,8 @@ async fn handle(
                 // At most one relayed per second per connection and room;
                 // the others are dropped (a notice, not a message).
                 if limits.take_typing(&room_id) {
-                    hub.typing(conn.id, &room_id, &user.user_id);
+                    // To the room's subscribers on every node.
+                    here::typing(&*fanout.presence, &fanout.node, conn.id, &room_id, &user.user_id).await;
                 }
             } else {
                 conn.push(protocol::error(&FrameError::new(
