@@ -971,9 +971,9 @@ async fn room_presence_announces_arrivals_and_departures_but_not_reconnects() {
         "{p}"
     );
 
-    // Bob opens it (chat only: he asks for no presence frames).
+    // Bob opens it.
     let mut b = Client::connect(&s.base, bob).await;
-    assert_eq!(b.subscribe(&room, None).await["type"], "subscribed");
+    subscribe_presence(&mut b, &room).await;
     let p = a.next_of(&["presence"]).await;
     assert_eq!(
         (&p["user_id"], p["state"].as_str(), p["online_count"].as_u64()),
@@ -998,17 +998,30 @@ async fn room_presence_announces_arrivals_and_departures_but_not_reconnects() {
     // departure, no arrival.
     drop(b);
     let mut b = Client::connect(&s.base, bob).await;
-    assert_eq!(b.subscribe(&room, None).await["type"], "subscribed");
+    subscribe_presence(&mut b, &room).await;
     assert!(
         a.quiet(grace.as_millis() as u64 + 600).await,
         "a reconnect is not announced"
     );
 
-    // Dave arrives: Alice (presence stream) hears it, Bob (chat only) does not.
+    // Dave follows the room without the presence stream (as for an unread
+    // count): he does not have it open, and hears of no presence.
     let mut d = Client::connect(&s.base, dave).await;
     assert_eq!(d.subscribe(&room, None).await["type"], "subscribed");
+    assert!(a.quiet(300).await, "following without presence is not opening");
+    // Then he opens it: Alice hears it, and so does he.
+    subscribe_presence(&mut d, &room).await;
     assert_eq!(a.next_of(&["presence"]).await["online_count"], 3);
-    assert!(b.quiet(300).await, "no presence frames without the presence stream");
+    assert_eq!(d.next_of(&["presence"]).await["online_count"], 3);
+    // Following it again without presence closes it (after the grace period).
+    assert_eq!(d.subscribe(&room, None).await["type"], "subscribed");
+    let p = a.next_of(&["presence"]).await;
+    assert_eq!(
+        (p["state"].as_str(), p["online_count"].as_u64()),
+        (Some("left"), Some(2)),
+        "{p}"
+    );
+    assert!(d.quiet(300).await, "no presence frames without the presence stream");
 
     // Bob closes the room for good: announced once the grace period is over.
     let closed = std::time::Instant::now();
@@ -1017,11 +1030,11 @@ async fn room_presence_announces_arrivals_and_departures_but_not_reconnects() {
     assert!(closed.elapsed() >= grace, "not before the grace period ends");
     assert_eq!(
         (&p["user_id"], p["state"].as_str(), p["online_count"].as_u64()),
-        (&bob_id, Some("left"), Some(2)),
+        (&bob_id, Some("left"), Some(1)),
         "{p}"
     );
     let here = api.get(&format!("/v1/rooms/{room}/presence"), alice).await.expect(200);
-    assert_eq!(here["online_count"], 2);
+    assert_eq!(here["online_count"], 1);
 
     // A bad stream name is refused.
     a.send(json!({"type": "subscribe", "room_id": room, "streams": ["presence", "gossip"]}))

@@ -1,7 +1,10 @@
-//! Room presence, this node's side: who has a room open right now (a live
-//! subscription on any node), as distinct from who is a member. Ephemeral:
-//! nothing of it is logged; it lives in the `Presence` port (in process, or
-//! Redis shared by every node).
+//! Room presence, this node's side: who has a room open right now, as
+//! distinct from who is a member. A connection has a room open while it is
+//! subscribed to it with the `presence` stream — the client's statement that
+//! it shows the room (a client that follows many rooms for their unread
+//! counts subscribes to those without it). Ephemeral: nothing of it is
+//! logged; it lives in the `Presence` port (in process, or Redis shared by
+//! every node).
 //!
 //! The [`Hub`] tells [`Here`] of every subscription that starts or ends, in
 //! order, under its lock; `Here` queues them to one task per node, which

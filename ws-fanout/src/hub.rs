@@ -131,10 +131,11 @@ impl Room {
     }
 }
 
-/// Told when a subscription starts and when it ends (unsubscribed, its
-/// socket closed, its member left the room), under the registry's lock, so
-/// in the order they happened: the node's room presence ([`crate::here`]).
-/// Must not block.
+/// Told when a connection opens a room — subscribes to it with the
+/// `presence` stream — and when it closes it (unsubscribed, subscribed again
+/// without that stream, its socket closed, its member left the room), under
+/// the registry's lock, so in the order they happened: the node's room
+/// presence ([`crate::here`]). Must not block.
 pub(crate) trait Watcher: Send + Sync {
     fn opened(&self, conn_id: u64, user_id: &str, room_id: &str);
     fn closed(&self, conn_id: u64, user_id: &str, room_id: &str);
@@ -177,7 +178,9 @@ impl State {
     /// [`State::remove_sub`]; the caller updates `by_conn`).
     fn leave_room(&mut self, conn_id: u64, room_id: &str) {
         if let Some(room) = self.rooms.get_mut(room_id) {
-            if let (Some(sub), Some(w)) = (room.remove(conn_id), &self.watcher) {
+            if let (Some(sub), Some(w)) = (room.remove(conn_id), &self.watcher)
+                && sub.streams.presence
+            {
                 w.closed(conn_id, &sub.conn.user_id, room_id);
             }
             if room.subs.is_empty() {
@@ -271,12 +274,22 @@ impl Hub {
                 }
             };
             // A connection has at most one subscription per room; a new one
-            // replaces it (for the watcher, the room stays open).
+            // replaces it. The watcher hears of the room being opened or
+            // closed (subscribed with the `presence` stream, or no longer).
+            let was_open = st
+                .rooms
+                .get(room_id)
+                .and_then(|r| r.subs.get(&conn.id))
+                .is_some_and(|s| s.streams.presence);
             let watcher = st.watcher.take();
-            let reopened = st.remove_sub(conn.id, room_id);
+            st.remove_sub(conn.id, room_id);
             st.watcher = watcher;
-            if !reopened && let Some(w) = &st.watcher {
-                w.opened(conn.id, &conn.user_id, room_id);
+            if let Some(w) = &st.watcher {
+                match (was_open, streams.presence) {
+                    (false, true) => w.opened(conn.id, &conn.user_id, room_id),
+                    (true, false) => w.closed(conn.id, &conn.user_id, room_id),
+                    _ => {}
+                }
             }
             st.by_conn.entry(conn.id).or_default().push(room_id.to_owned());
             if !st.rooms.contains_key(room_id) {
