@@ -47,13 +47,18 @@ export class ChatRoom {
     this.pending = new Map(); // client_msg_id -> {text, li, state, timer}
     this.members = new Map(); // user_id -> username
     this.typers = new Map(); // user_id -> expiry ms
+    this.here = new Set(); // user_ids with the room open now (presence)
     this.nextBefore = undefined; // undefined: not loaded; null: start reached
     this.loadingOlder = false;
     this.lastTypingSent = 0;
     this.lastRead = '';
     this.destroyed = false;
     this.onFrame = (ev) => this.frame(ev.detail);
-    this.onOpen = () => this.resendPending();
+    this.onOpen = () => {
+      this.resendPending();
+      // Presence frames missed while disconnected: ask for the whole picture.
+      this.loadPresence();
+    };
     this.onReset = () => this.reloadHistory();
     this.onVisible = () => this.markRead();
     this.refreshMood = debounce(() => this.loadMood(), 700);
@@ -71,6 +76,10 @@ export class ChatRoom {
     this.live.removeEventListener('reset', this.onReset);
     document.removeEventListener('visibilitychange', this.onVisible);
     clearInterval(this.typingTimer);
+    // The room is closed: the sidebar follows it on for its unread count
+    // without `presence` (its setActive subscribes it again); a room the
+    // sidebar does not list is not followed any more.
+    if (!this.ctx.sidebar?.rooms?.has(this.roomId)) this.live.unwatch(this.roomId);
     if (this.langOff) this.langOff();
     for (const p of this.pending.values()) clearTimeout(p.timer);
   }
@@ -83,6 +92,7 @@ export class ChatRoom {
     });
     this.title = h('h1', { class: 'room-title', tabindex: '-1' }, '…');
     this.count = h('span', { class: 'room-count' });
+    this.online = h('span', { class: 'room-online', hidden: true });
     // A list (of messages and notices) inside a live log: the log announces
     // what is added, the list keeps its list semantics.
     this.timeline = h('ol', { class: 'timeline' });
@@ -131,7 +141,7 @@ export class ChatRoom {
     });
     this.root = h('section', { class: 'room', 'aria-labelledby': 'room-title' },
       h('header', { class: 'room-head' }, back,
-        h('div', { class: 'room-name' }, this.title, this.count),
+        h('div', { class: 'room-name' }, this.title, this.count, this.online),
         h('div', { class: 'room-tools' },
           h('label', { class: 'switch' }, toggle, h('span', { class: 'track', 'aria-hidden': 'true' }), tr('show_emotions')),
           detailsBtn, leave)),
@@ -174,9 +184,11 @@ export class ChatRoom {
     document.addEventListener('visibilitychange', this.onVisible);
     // Subscribe first, then read history: anything posted in between comes
     // both ways and is shown once.
-    this.live.watch(this.roomId, ['chat', 'emotion']);
+    // `presence`: this is the room shown, so this user has it open.
+    this.live.watch(this.roomId, ['chat', 'emotion', 'presence']);
     this.ctx.sidebar?.setActive(this.roomId);
     this.reloadHistory();
+    this.loadPresence();
     this.loadMood();
     this.loadActivity();
     this.input.focus({ preventScroll: true });
@@ -226,11 +238,48 @@ export class ChatRoom {
 
   renderMembers() {
     clear(this.memberList);
-    const sorted = [...this.members].sort((a, b) => a[1].localeCompare(b[1]));
+    // Who has the room open first, then by name.
+    const sorted = [...this.members].sort((a, b) =>
+      (this.here.has(b[0]) - this.here.has(a[0])) || a[1].localeCompare(b[1]));
     for (const [id, name] of sorted) {
-      this.memberList.append(h('li', { class: id === this.me.user_id ? 'me' : '' },
-        h('span', { class: 'avatar', 'aria-hidden': 'true', dataset: { hue: hue(name) } }, name.slice(0, 1).toUpperCase()), name));
+      const here = this.here.has(id);
+      const cls = [id === this.me.user_id ? 'me' : '', here ? 'here' : ''].filter(Boolean).join(' ');
+      this.memberList.append(h('li', { class: cls },
+        h('span', { class: 'avatar', 'aria-hidden': 'true', dataset: { hue: hue(name) } }, name.slice(0, 1).toUpperCase()), name,
+        here ? h('span', { class: 'here-dot', title: t('online') }, h('span', { class: 'visually-hidden' }, t('online'))) : ''));
     }
+  }
+
+  /** Who has the room open now (presence frames keep it current). */
+  async loadPresence() {
+    let p;
+    try {
+      p = await api('GET', `/v1/rooms/${encodeURIComponent(this.roomId)}/presence`);
+    } catch {
+      return; // a nicety: the room works without it
+    }
+    if (this.destroyed) return;
+    this.here = new Set(p.users.map((u) => u.user_id));
+    for (const u of p.users) if (!this.members.has(u.user_id)) this.members.set(u.user_id, u.username);
+    this.setOnline(p.online_count);
+    this.renderMembers();
+  }
+
+  setOnline(n) {
+    this.online.hidden = false;
+    setTr(this.online, 'online_n', { n });
+  }
+
+  /** "… is here" / "… stepped away": after the newest entry, no cursor of its own. */
+  addPresenceNotice(f) {
+    const last = [...this.timeline.children].reverse().find((li) => !li.classList.contains('pending'));
+    const key = `${last ? last.dataset.key : ''}~`;
+    const name = this.members.get(f.user_id) || '…';
+    const li = h('li', { class: 'presence-note', dataset: { key } },
+      tr(f.state === 'arrived' ? 'entered' : 'went_away', { user: name }));
+    const stick = this.nearEnd();
+    this.insert(li);
+    if (stick) this.scrollToEnd();
   }
 
   // ---- history ----
@@ -378,6 +427,13 @@ export class ChatRoom {
         else this.members.delete(f.user_id);
         this.setCount(f.member_count);
         this.renderMembers();
+        break;
+      case 'presence':
+        if (f.state === 'arrived') this.here.add(f.user_id);
+        else this.here.delete(f.user_id);
+        this.setOnline(f.online_count);
+        this.renderMembers();
+        if (f.user_id !== this.me.user_id) this.addPresenceNotice(f);
         break;
       case 'typing':
         if (f.user_id !== this.me.user_id) {
