@@ -80,9 +80,10 @@ pub async fn resume_from_log(log: &dyn Log, topic: Topic, partition: u32) -> Res
 /// Messages, and messages with an emotion, among a partition's records.
 #[derive(Default)]
 struct Scanned {
-    /// Offsets of routed `MessagePosted` records, ascending.
+    /// Offsets of routed `MessagePosted` and `MessageEdited` records (the
+    /// texts the analyzer classifies), ascending.
     messages: Vec<u64>,
-    /// Offsets (in this partition) of messages an `EmotionRecorded` names.
+    /// Offsets (in this partition) of messages and edits an `EmotionRecorded` names.
     classified: std::collections::HashSet<u64>,
 }
 
@@ -103,9 +104,11 @@ async fn scan(log: &dyn Log, topic: Topic, partition: u32, from: u64, end: u64) 
         next = last.offset + 1;
         for e in entries.iter().filter(|e| e.offset < end) {
             match emosation_schemas::decode_routed(topic, &e.key, &e.value) {
-                Some(Record::MessagePosted(_)) => out.messages.push(e.offset),
+                Some(Record::MessagePosted(_) | Record::MessageEdited(_)) => out.messages.push(e.offset),
                 Some(Record::EmotionRecorded(r)) => {
-                    if let Some(pos) = LogPosition::parse_id(&r.message_id)
+                    // An edit's emotion names the edit it classified.
+                    let described = r.edit_id.as_deref().unwrap_or(&r.message_id);
+                    if let Some(pos) = LogPosition::parse_id(described)
                         && pos.partition == partition
                     {
                         out.classified.insert(pos.offset);
@@ -116,6 +119,16 @@ async fn scan(log: &dyn Log, topic: Topic, partition: u32, from: u64, end: u64) 
         }
     }
     Ok(out)
+}
+
+/// A text to classify: a message as posted, or an edit of one.
+struct Text {
+    /// Where the record that carries the text is.
+    pos: LogPosition,
+    room_id: String,
+    message_id: String,
+    edit_id: Option<String>,
+    text: String,
 }
 
 /// The analyzer's consumer group.
@@ -190,18 +203,36 @@ impl AnalyticsConsumer for Analyzer {
     }
 
     async fn handle_batch(&self, _topic: Topic, p: u32, entries: &[LogEntry]) -> Result<(), ConsumerError> {
+        // Texts to classify: each message as posted, and each edit of one
+        // (whose emotion supersedes the message's; the fold ignores it if
+        // the edit was refused).
         let mut messages = Vec::new();
         for e in entries {
             // A misrouted message is never stored (the fold skips it): no
             // model call for it.
-            if let Some(Record::MessagePosted(m)) = emosation_schemas::decode_routed(Topic::Rooms, &e.key, &e.value) {
-                messages.push((LogPosition::new(p, e.offset), m));
+            let pos = LogPosition::new(p, e.offset);
+            match emosation_schemas::decode_routed(Topic::Rooms, &e.key, &e.value) {
+                Some(Record::MessagePosted(m)) => messages.push(Text {
+                    message_id: pos.to_id(),
+                    edit_id: None,
+                    room_id: m.room_id,
+                    text: m.text,
+                    pos,
+                }),
+                Some(Record::MessageEdited(m)) => messages.push(Text {
+                    message_id: m.message_id,
+                    edit_id: Some(pos.to_id()),
+                    room_id: m.room_id,
+                    text: m.text,
+                    pos,
+                }),
+                _ => {}
             }
         }
         if messages.is_empty() {
             return Ok(());
         }
-        let texts: Vec<&str> = messages.iter().map(|(_, m)| m.text.as_str()).collect();
+        let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
         // On failure nothing is appended nor committed: the runner backs off
         // and the batch is classified again.
         let classified = match self.classifier.classify(&texts).await {
@@ -219,18 +250,20 @@ impl AnalyticsConsumer for Analyzer {
         };
         let mut records = Vec::with_capacity(messages.len());
         let mut labels = Vec::with_capacity(messages.len());
-        for ((pos, m), c) in messages.into_iter().zip(classified) {
+        for (m, c) in messages.into_iter().zip(classified) {
             labels.push(c.label.as_str());
+            let pos = m.pos;
             let record = Record::EmotionRecorded(EmotionRecorded {
-                // Deterministic: the position of the message it describes.
+                // Deterministic: the position of the message (or edit) it describes.
                 request_id: ((pos.partition as i64) << 48) | pos.offset as i64,
                 at: emosation_core::time::now_ms(),
                 room_id: m.room_id,
-                message_id: pos.to_id(),
+                message_id: m.message_id,
                 label: c.label.as_str().to_owned(),
                 score: c.score,
                 scores: c.scores.to_vec(),
                 model: c.model,
+                edit_id: m.edit_id,
             });
             match emosation_schemas::encode(&record) {
                 Ok(value) => records.push((record.key(), Bytes::from(value))),

@@ -182,6 +182,7 @@ async fn resume_point_is_the_first_unclassified_message_of_the_last_batch() {
             score: 1.0,
             scores: vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
             model: "test".into(),
+            edit_id: None,
         });
         Bytes::from(emosation_schemas::encode(&r).unwrap())
     };

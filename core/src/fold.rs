@@ -13,8 +13,9 @@ use crate::emotion::Label;
 use crate::ids::{LogPosition, normalize_username};
 use crate::record::Record;
 use crate::view::{
-    EmotionView, FoldState, MemberView, MessageView, OpenedSessionView, RoomEventView, RoomView, SESSION_EPOCH_ID,
-    SessionEnd, SessionEndReason, SessionEpochView, SessionView, UserView, ViewKey, ViewValue,
+    EmotionView, FoldState, MemberView, MessageChangeView, MessageEditView, MessageView, OpenedSessionView,
+    RoomEditsView, RoomEventView, RoomView, SESSION_EPOCH_ID, SessionEnd, SessionEndReason, SessionEpochView,
+    SessionView, UserView, ViewKey, ViewValue,
 };
 
 /// What the fold decided about one record.
@@ -61,6 +62,18 @@ pub enum Accepted {
     /// A refresh presenting a generation already used (or never issued):
     /// the session is revoked. The refresh itself is refused.
     RefreshReused,
+    /// An edit of `message_id`'s text, at `edited_at`.
+    MessageEdited {
+        message_id: String,
+        edited_at: i64,
+    },
+    /// `duplicate` when the message was deleted already (nothing changed;
+    /// `deleted_at` is then the first delete's).
+    MessageDeleted {
+        message_id: String,
+        deleted_at: i64,
+        duplicate: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -85,6 +98,13 @@ pub enum Rejection {
     /// or opened before its account was deleted.
     #[error("the session has ended")]
     SessionEnded,
+    /// An edit by someone other than the message's author, or a delete by
+    /// someone who is neither its author nor the room's owner.
+    #[error("only the message's author (or, to delete it, the room's owner) may do that")]
+    NotAuthor,
+    /// An edit of a deleted message.
+    #[error("the message was deleted")]
+    MessageDeleted,
 }
 
 impl Rejection {
@@ -101,6 +121,8 @@ impl Rejection {
             Rejection::MessageNotFound => "message_not_found",
             Rejection::Malformed => "invalid_request",
             Rejection::SessionEnded => "invalid_token",
+            Rejection::NotAuthor => "not_author",
+            Rejection::MessageDeleted => "message_deleted",
         }
     }
 }
@@ -139,7 +161,23 @@ pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
         Record::MemberJoined(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
         Record::MemberQuit(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
         Record::MessagePosted(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.author_id)],
-        Record::EmotionRecorded(r) => vec![ViewKey::Room(r.room_id.clone())],
+        Record::EmotionRecorded(r) => vec![
+            ViewKey::Room(r.room_id.clone()),
+            ViewKey::message_edit(&r.room_id, &r.message_id),
+            ViewKey::room_edits(&r.room_id),
+        ],
+        Record::MessageEdited(r) => vec![
+            ViewKey::Room(r.room_id.clone()),
+            member(&r.room_id, &r.user_id),
+            ViewKey::message_edit(&r.room_id, &r.message_id),
+            ViewKey::room_edits(&r.room_id),
+        ],
+        Record::MessageDeleted(r) => vec![
+            ViewKey::Room(r.room_id.clone()),
+            member(&r.room_id, &r.user_id),
+            ViewKey::message_edit(&r.room_id, &r.message_id),
+            ViewKey::room_edits(&r.room_id),
+        ],
         Record::ReadMarkerSet(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
     };
     keys.extend(write_once_keys_read_by(record));
@@ -160,6 +198,11 @@ pub fn write_once_keys_read_by(record: &Record) -> Vec<ViewKey> {
             ViewKey::emotion(&r.room_id, &r.message_id),
         ],
         Record::ReadMarkerSet(r) => vec![ViewKey::message(&r.room_id, &r.message_id)],
+        Record::MessageEdited(r) => vec![ViewKey::message(&r.room_id, &r.message_id)],
+        Record::MessageDeleted(r) => vec![
+            ViewKey::message(&r.room_id, &r.message_id),
+            ViewKey::emotion(&r.room_id, &r.message_id),
+        ],
         _ => vec![],
     }
 }
@@ -259,6 +302,83 @@ fn put_room(s: &mut impl FoldState, room: RoomView) {
 
 fn put_member(s: &mut impl FoldState, m: MemberView) {
     s.put(member(&m.room_id, &m.user_id), ViewValue::Member(m));
+}
+
+fn label_slot(label: Label) -> usize {
+    Label::ALL.iter().position(|l| *l == label).unwrap_or(6)
+}
+
+/// The edits of a message so far (none yet: its text untouched).
+fn get_edit(s: &impl FoldState, room_id: &str, message_id: &str) -> MessageEditView {
+    match s.get(&ViewKey::message_edit(room_id, message_id)) {
+        Some(ViewValue::MessageEdit(e)) => e.clone(),
+        _ => MessageEditView {
+            room_id: room_id.to_owned(),
+            message_id: message_id.to_owned(),
+            text: String::new(),
+            edited_at: None,
+            edit_id: None,
+            edits: 0,
+            deleted_at: None,
+            deleted_by: None,
+            emotion: None,
+            emotion_edit_id: None,
+        },
+    }
+}
+
+/// The label slot of the emotion a message counts with in its room's mood:
+/// its latest edit's, else its first.
+fn effective_emotion_slot(s: &impl FoldState, edit: &MessageEditView, emotion_key: &ViewKey) -> Option<usize> {
+    let label = match (&edit.emotion, s.get(emotion_key)) {
+        (Some(e), _) => &e.label,
+        (None, Some(ViewValue::Emotion(e))) => &e.label,
+        _ => return None,
+    };
+    label.parse::<Label>().ok().map(label_slot)
+}
+
+/// One more change (edit, delete, re-classification) to the room's messages.
+fn count_room_change(s: &mut impl FoldState, room_id: &str) {
+    let key = ViewKey::room_edits(room_id);
+    let changes = match s.get(&key) {
+        Some(ViewValue::RoomEdits(e)) => e.changes + 1,
+        _ => 1,
+    };
+    s.put(
+        key,
+        ViewValue::RoomEdits(RoomEditsView {
+            room_id: room_id.to_owned(),
+            changes,
+        }),
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn put_message_change(
+    s: &mut impl FoldState,
+    position: String,
+    room_id: &str,
+    message_id: &str,
+    text: Option<String>,
+    user_id: &str,
+    username: &str,
+    at: i64,
+) {
+    s.put(
+        ViewKey::RoomEvent {
+            room_id: room_id.to_owned(),
+            position,
+        },
+        ViewValue::MessageChange(MessageChangeView {
+            room_id: room_id.to_owned(),
+            message_id: message_id.to_owned(),
+            text,
+            user_id: user_id.to_owned(),
+            username: username.to_owned(),
+            at,
+        }),
+    );
 }
 
 /// Folds one record into `state` and says what was decided. The record is
@@ -570,23 +690,18 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
                 return Err(Rejection::MessageNotFound);
             }
             let emotion_key = ViewKey::emotion(&r.room_id, &r.message_id);
-            if state.get(&emotion_key).is_some() {
-                return Ok(Accepted::EmotionRecorded { duplicate: true });
-            }
-            let label: Label = r.label.parse().map_err(|_| Rejection::Malformed)?;
-            let scores: [f32; 7] = r.scores.as_slice().try_into().map_err(|_| Rejection::Malformed)?;
-            if !r.score.is_finite() || scores.iter().any(|s| !s.is_finite()) {
-                return Err(Rejection::Malformed);
-            }
-            let slot = Label::ALL.iter().position(|l| *l == label).unwrap_or(6);
-            state.update(&room_key, |v| {
-                if let ViewValue::Room(room) = v {
-                    room.emotion_counts[slot] += 1;
+            let edit_key = ViewKey::message_edit(&r.room_id, &r.message_id);
+            let edit = match state.get(&edit_key) {
+                Some(ViewValue::MessageEdit(e)) => Some(e.clone()),
+                _ => None,
+            };
+            let emotion = |r: &crate::record::EmotionRecorded| -> Result<(usize, EmotionView), Rejection> {
+                let label: Label = r.label.parse().map_err(|_| Rejection::Malformed)?;
+                let scores: [f32; 7] = r.scores.as_slice().try_into().map_err(|_| Rejection::Malformed)?;
+                if !r.score.is_finite() || scores.iter().any(|s| !s.is_finite()) {
+                    return Err(Rejection::Malformed);
                 }
-            });
-            state.put(
-                emotion_key,
-                ViewValue::Emotion(EmotionView {
+                let view = EmotionView {
                     room_id: r.room_id.clone(),
                     message_id: r.message_id.clone(),
                     label: label.as_str().to_owned(),
@@ -595,9 +710,144 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
                     model: r.model.clone(),
                     created_at: r.at,
                     position: pos.to_id(),
-                }),
-            );
+                };
+                Ok((label_slot(label), view))
+            };
+            let Some(edit_id) = r.edit_id.clone() else {
+                // The message as posted: its first emotion wins.
+                if state.get(&emotion_key).is_some() {
+                    return Ok(Accepted::EmotionRecorded { duplicate: true });
+                }
+                // A deleted message takes no emotion.
+                if edit.as_ref().is_some_and(|e| e.deleted_at.is_some()) {
+                    return Ok(Accepted::EmotionRecorded { duplicate: true });
+                }
+                let (slot, view) = emotion(&r)?;
+                // Counted unless an edit's emotion already superseded it.
+                if edit.as_ref().is_none_or(|e| e.emotion.is_none()) {
+                    state.update(&room_key, |v| {
+                        if let ViewValue::Room(room) = v {
+                            room.emotion_counts[slot] += 1;
+                        }
+                    });
+                }
+                state.put(emotion_key, ViewValue::Emotion(view));
+                return Ok(Accepted::EmotionRecorded { duplicate: false });
+            };
+            // An edit's emotion: only for the message's latest edit, once.
+            let Some(mut edit) = edit else {
+                return Ok(Accepted::EmotionRecorded { duplicate: true });
+            };
+            if edit.deleted_at.is_some()
+                || edit.edit_id.as_deref() != Some(edit_id.as_str())
+                || edit.emotion_edit_id.as_deref() == Some(edit_id.as_str())
+            {
+                return Ok(Accepted::EmotionRecorded { duplicate: true });
+            }
+            let (slot, view) = emotion(&r)?;
+            let before = effective_emotion_slot(state, &edit, &emotion_key);
+            state.update(&room_key, |v| {
+                if let ViewValue::Room(room) = v {
+                    if let Some(b) = before {
+                        room.emotion_counts[b] = room.emotion_counts[b].saturating_sub(1);
+                    }
+                    room.emotion_counts[slot] += 1;
+                }
+            });
+            edit.emotion = Some(view);
+            edit.emotion_edit_id = Some(edit_id);
+            state.put(edit_key, ViewValue::MessageEdit(edit));
+            count_room_change(state, &r.room_id);
             Ok(Accepted::EmotionRecorded { duplicate: false })
+        }
+        Record::MessageEdited(r) => {
+            if get_room(state, &r.room_id).is_none() {
+                return Err(Rejection::RoomNotFound);
+            }
+            if get_member(state, &r.room_id, &r.user_id).is_none() {
+                return Err(Rejection::NotMember);
+            }
+            match state.get(&ViewKey::message(&r.room_id, &r.message_id)) {
+                Some(ViewValue::Message(m)) if m.author_id == r.user_id => {}
+                Some(ViewValue::Message(_)) => return Err(Rejection::NotAuthor),
+                _ => return Err(Rejection::MessageNotFound),
+            }
+            let edit_key = ViewKey::message_edit(&r.room_id, &r.message_id);
+            let mut edit = get_edit(state, &r.room_id, &r.message_id);
+            if edit.deleted_at.is_some() {
+                return Err(Rejection::MessageDeleted);
+            }
+            let edit_id = pos.to_id();
+            edit.text = r.text.clone();
+            edit.edited_at = Some(r.at);
+            edit.edit_id = Some(edit_id.clone());
+            edit.edits += 1;
+            state.put(edit_key, ViewValue::MessageEdit(edit));
+            put_message_change(
+                state,
+                edit_id,
+                &r.room_id,
+                &r.message_id,
+                Some(r.text),
+                &r.user_id,
+                &r.username,
+                r.at,
+            );
+            count_room_change(state, &r.room_id);
+            Ok(Accepted::MessageEdited {
+                message_id: r.message_id,
+                edited_at: r.at,
+            })
+        }
+        Record::MessageDeleted(r) => {
+            let room = get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
+            if get_member(state, &r.room_id, &r.user_id).is_none() {
+                return Err(Rejection::NotMember);
+            }
+            match state.get(&ViewKey::message(&r.room_id, &r.message_id)) {
+                Some(ViewValue::Message(m)) if m.author_id == r.user_id || room.owner_id == r.user_id => {}
+                Some(ViewValue::Message(_)) => return Err(Rejection::NotAuthor),
+                _ => return Err(Rejection::MessageNotFound),
+            }
+            let edit_key = ViewKey::message_edit(&r.room_id, &r.message_id);
+            let mut edit = get_edit(state, &r.room_id, &r.message_id);
+            if let Some(deleted_at) = edit.deleted_at {
+                return Ok(Accepted::MessageDeleted {
+                    message_id: r.message_id,
+                    deleted_at,
+                    duplicate: true,
+                });
+            }
+            // Its emotion stops counting in the room's mood.
+            let emotion_key = ViewKey::emotion(&r.room_id, &r.message_id);
+            if let Some(slot) = effective_emotion_slot(state, &edit, &emotion_key) {
+                state.update(&ViewKey::Room(r.room_id.clone()), |v| {
+                    if let ViewValue::Room(room) = v {
+                        room.emotion_counts[slot] = room.emotion_counts[slot].saturating_sub(1);
+                    }
+                });
+            }
+            edit.text.clear();
+            edit.deleted_at = Some(r.at);
+            edit.deleted_by = Some(r.user_id.clone());
+            edit.emotion = None;
+            state.put(edit_key, ViewValue::MessageEdit(edit));
+            put_message_change(
+                state,
+                pos.to_id(),
+                &r.room_id,
+                &r.message_id,
+                None,
+                &r.user_id,
+                &r.username,
+                r.at,
+            );
+            count_room_change(state, &r.room_id);
+            Ok(Accepted::MessageDeleted {
+                message_id: r.message_id,
+                deleted_at: r.at,
+                duplicate: false,
+            })
         }
         Record::ReadMarkerSet(r) => {
             get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
@@ -705,15 +955,38 @@ mod tests {
                 user_id: uid(u),
                 message_id: LogPosition::new(partition_for(ROOMS[r].as_bytes(), 8), off).to_id(),
             })),
-            (r.clone(), 0..40u64, 0..7usize).prop_map(|(r, off, l)| Record::EmotionRecorded(EmotionRecorded {
-                request_id: 9,
-                at: 18,
+            (r.clone(), 0..40u64, 0..7usize, proptest::option::of(0..40u64)).prop_map(|(r, off, l, edit)| {
+                let at = |off| LogPosition::new(partition_for(ROOMS[r].as_bytes(), 8), off).to_id();
+                Record::EmotionRecorded(EmotionRecorded {
+                    request_id: 9,
+                    at: 18,
+                    room_id: ROOMS[r].into(),
+                    message_id: at(off),
+                    label: crate::emotion::Label::ALL[l].as_str().into(),
+                    score: 0.5,
+                    scores: vec![0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05],
+                    model: "m".into(),
+                    edit_id: edit.map(at),
+                })
+            }),
+            (r.clone(), u.clone(), 0..40u64, "[a-z]{1,8}").prop_map(|(r, u, off, text)| Record::MessageEdited(
+                MessageEdited {
+                    request_id: 12,
+                    at: 21,
+                    room_id: ROOMS[r].into(),
+                    message_id: LogPosition::new(partition_for(ROOMS[r].as_bytes(), 8), off).to_id(),
+                    user_id: uid(u),
+                    username: USERS[u].into(),
+                    text,
+                }
+            )),
+            (r.clone(), u.clone(), 0..40u64).prop_map(|(r, u, off)| Record::MessageDeleted(MessageDeleted {
+                request_id: 13,
+                at: 22,
                 room_id: ROOMS[r].into(),
                 message_id: LogPosition::new(partition_for(ROOMS[r].as_bytes(), 8), off).to_id(),
-                label: crate::emotion::Label::ALL[l].as_str().into(),
-                score: 0.5,
-                scores: vec![0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05],
-                model: "m".into(),
+                user_id: uid(u),
+                username: USERS[u].into(),
             })),
             (u.clone(), 0..3u8).prop_map(|(u, s)| Record::SessionRevoked(SessionRevoked {
                 request_id: 8,
@@ -840,6 +1113,40 @@ mod tests {
             }
         }
 
+        /// A room's mood counts each message that is not deleted once, with
+        /// its latest edit's emotion if that was classified, else its first.
+        #[test]
+        fn the_mood_counts_each_live_message_once(records in proptest::collection::vec(arb_record(), 0..300)) {
+            let (s, _) = fold_all(&place(&records));
+            let mut want: HashMap<String, [u32; 7]> = HashMap::new();
+            for (k, v) in &s.entries {
+                if let (ViewKey::Message { room_id, message_id }, ViewValue::Message(_)) = (k, v) {
+                    let edit = match s.get(&ViewKey::message_edit(room_id, message_id)) {
+                        Some(ViewValue::MessageEdit(e)) => Some(e.clone()),
+                        _ => None,
+                    };
+                    if edit.as_ref().is_some_and(|e| e.deleted_at.is_some()) {
+                        prop_assert!(edit.as_ref().is_some_and(|e| e.text.is_empty() && e.emotion.is_none()));
+                        continue;
+                    }
+                    let label = match (edit.and_then(|e| e.emotion), s.get(&ViewKey::emotion(room_id, message_id))) {
+                        (Some(e), _) => Some(e.label),
+                        (None, Some(ViewValue::Emotion(e))) => Some(e.label.clone()),
+                        _ => None,
+                    };
+                    if let Some(l) = label {
+                        let slot = label_slot(l.parse().unwrap());
+                        want.entry(room_id.clone()).or_default()[slot] += 1;
+                    }
+                }
+            }
+            for v in s.entries.values() {
+                if let ViewValue::Room(room) = v {
+                    prop_assert_eq!(room.emotion_counts, want.get(&room.room_id).copied().unwrap_or_default(), "{}", room.room_id);
+                }
+            }
+        }
+
         /// Capacity holds whatever the order: a room never has more members than it admits.
         #[test]
         fn capacity_is_never_exceeded(records in proptest::collection::vec(arb_record(), 0..200)) {
@@ -914,6 +1221,168 @@ mod tests {
             .count();
         assert_eq!(messages, 1);
     }
+    #[test]
+    fn edits_and_deletes_are_decided_by_author_and_owner() {
+        let room = "00000000000000aa".to_string();
+        let (alice, bob) = (uid(0), uid(1));
+        let p = |o| LogPosition::new(1, o);
+        let mut s = MemState::default();
+        let rec = |r: Record| r;
+        let join = |u: &str, name: &str| {
+            Record::MemberJoined(MemberJoined {
+                request_id: 0,
+                at: 1,
+                room_id: room.clone(),
+                user_id: u.into(),
+                username: name.into(),
+            })
+        };
+        let edit = |u: &str, text: &str| {
+            Record::MessageEdited(MessageEdited {
+                request_id: 0,
+                at: 50,
+                room_id: room.clone(),
+                message_id: p(2).to_id(),
+                user_id: u.into(),
+                username: "x".into(),
+                text: text.into(),
+            })
+        };
+        let delete = |u: &str| {
+            Record::MessageDeleted(MessageDeleted {
+                request_id: 0,
+                at: 60,
+                room_id: room.clone(),
+                message_id: p(2).to_id(),
+                user_id: u.into(),
+                username: "x".into(),
+            })
+        };
+        let emotion = |label: &str, edit_id: Option<String>| {
+            Record::EmotionRecorded(EmotionRecorded {
+                request_id: 0,
+                at: 40,
+                room_id: room.clone(),
+                message_id: p(2).to_id(),
+                label: label.into(),
+                score: 0.9,
+                scores: vec![0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1],
+                model: "m".into(),
+                edit_id,
+            })
+        };
+        let log = vec![
+            rec(Record::RoomCreated(RoomCreated {
+                request_id: 0,
+                at: 1,
+                room_id: room.clone(),
+                name: "r".into(),
+                capacity: 5,
+                owner_id: alice.clone(),
+                owner_name: "alice".into(),
+            })),
+            join(&bob, "bob"),
+            Record::MessagePosted(MessagePosted {
+                request_id: 0,
+                at: 30,
+                room_id: room.clone(),
+                author_id: bob.clone(),
+                author: "bob".into(),
+                client_msg_id: "c".into(),
+                text: "I am happy".into(),
+            }),
+            emotion("joy", None),
+            edit(&alice, "not hers"),
+            edit(&bob, "I am sad"),
+            // An emotion of an edit that is not the latest is ignored.
+            emotion("anger", Some(p(1).to_id())),
+            emotion("sadness", Some(p(5).to_id())),
+            emotion("fear", Some(p(5).to_id())),
+        ];
+        let out: Vec<Outcome> = log
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| fold(&mut s, p(i as u64), r))
+            .collect();
+        assert_eq!(out[4], Err(Rejection::NotAuthor));
+        assert_eq!(
+            out[5],
+            Ok(Accepted::MessageEdited {
+                message_id: p(2).to_id(),
+                edited_at: 50
+            })
+        );
+        assert_eq!(out[6], Ok(Accepted::EmotionRecorded { duplicate: true }));
+        assert_eq!(out[7], Ok(Accepted::EmotionRecorded { duplicate: false }));
+        assert_eq!(out[8], Ok(Accepted::EmotionRecorded { duplicate: true }));
+        let mood = |s: &MemState| match s.get(&ViewKey::Room(room.clone())) {
+            Some(ViewValue::Room(r)) => r.emotion_counts,
+            other => panic!("{other:?}"),
+        };
+        // The edit's sadness superseded the first joy.
+        assert_eq!(mood(&s), [0, 1, 0, 0, 0, 0, 0]);
+        let edited = match s.get(&ViewKey::message_edit(&room, &p(2).to_id())) {
+            Some(ViewValue::MessageEdit(e)) => e.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            (edited.text.as_str(), edited.edited_at, edited.edits),
+            ("I am sad", Some(50), 1)
+        );
+        assert!(matches!(
+            s.get(&ViewKey::RoomEvent { room_id: room.clone(), position: p(5).to_id() }),
+            Some(ViewValue::MessageChange(MessageChangeView { text: Some(t), .. })) if t == "I am sad"
+        ));
+        // The room's owner deletes bob's message; a second delete changes
+        // nothing, and the deleted message is edited no more.
+        let out: Vec<Outcome> = vec![delete(&alice), delete(&bob), edit(&bob, "again")]
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| fold(&mut s, p(20 + i as u64), r))
+            .collect();
+        assert_eq!(
+            out,
+            vec![
+                Ok(Accepted::MessageDeleted {
+                    message_id: p(2).to_id(),
+                    deleted_at: 60,
+                    duplicate: false
+                }),
+                Ok(Accepted::MessageDeleted {
+                    message_id: p(2).to_id(),
+                    deleted_at: 60,
+                    duplicate: true
+                }),
+                Err(Rejection::MessageDeleted),
+            ]
+        );
+        assert_eq!(mood(&s), [0; 7], "a deleted message leaves the mood");
+        let deleted = match s.get(&ViewKey::message_edit(&room, &p(2).to_id())) {
+            Some(ViewValue::MessageEdit(e)) => e.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            (deleted.text.as_str(), deleted.deleted_at, deleted.deleted_by),
+            ("", Some(60), Some(alice.clone()))
+        );
+        assert!(matches!(
+            s.get(&ViewKey::room_edits(&room)),
+            Some(ViewValue::RoomEdits(RoomEditsView { changes: 3, .. }))
+        ));
+        // Someone who is neither author nor owner may not delete.
+        let carol = uid(2);
+        fold(&mut s, p(30), join(&carol, "carol")).unwrap();
+        let other = Record::MessageDeleted(MessageDeleted {
+            request_id: 0,
+            at: 70,
+            room_id: room.clone(),
+            message_id: p(2).to_id(),
+            user_id: carol,
+            username: "carol".into(),
+        });
+        assert_eq!(fold(&mut s, p(31), other), Err(Rejection::NotAuthor));
+    }
+
     /// Alice signed up at accounts position (0, 0), as `place` would id her.
     fn alice() -> MemState {
         let mut s = MemState::default();

@@ -67,7 +67,16 @@ impl Record {
                     && r.label.len() <= MAX_LABEL_BYTES
                     && r.model.len() <= MAX_MODEL_BYTES
                     && r.scores.len() <= 16
+                    && r.edit_id.as_deref().is_none_or(id)
             }
+            Record::MessageEdited(r) => {
+                id(&r.room_id)
+                    && id(&r.message_id)
+                    && id(&r.user_id)
+                    && name(&r.username)
+                    && chars(&r.text, MAX_TEXT_CHARS)
+            }
+            Record::MessageDeleted(r) => id(&r.room_id) && id(&r.message_id) && id(&r.user_id) && name(&r.username),
         }
     }
 }

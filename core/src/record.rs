@@ -135,6 +135,34 @@ pub struct EmotionRecorded {
     /// One score per label, in `Label::ALL` order.
     pub scores: Vec<f32>,
     pub model: String,
+    /// The `MessageEdited` record (its position) whose text was classified;
+    /// `None` for the message as posted. An emotion of the message's latest
+    /// edit supersedes the emotion it had before.
+    pub edit_id: Option<String>,
+}
+
+/// The author of `message_id` replaces its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageEdited {
+    pub request_id: i64,
+    pub at: i64,
+    pub room_id: String,
+    pub message_id: String,
+    pub user_id: String,
+    pub username: String,
+    pub text: String,
+}
+
+/// The author of `message_id`, or the room's owner, deletes it: history
+/// keeps a tombstone without its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDeleted {
+    pub request_id: i64,
+    pub at: i64,
+    pub room_id: String,
+    pub message_id: String,
+    pub user_id: String,
+    pub username: String,
 }
 
 /// A record on the log.
@@ -152,6 +180,8 @@ pub enum Record {
     EmotionRecorded(EmotionRecorded),
     SessionOpened(SessionOpened),
     SessionRefreshed(SessionRefreshed),
+    MessageEdited(MessageEdited),
+    MessageDeleted(MessageDeleted),
 }
 
 impl Record {
@@ -169,7 +199,9 @@ impl Record {
             | Record::MemberQuit(_)
             | Record::MessagePosted(_)
             | Record::ReadMarkerSet(_)
-            | Record::EmotionRecorded(_) => Topic::Rooms,
+            | Record::EmotionRecorded(_)
+            | Record::MessageEdited(_)
+            | Record::MessageDeleted(_) => Topic::Rooms,
         }
     }
 
@@ -188,6 +220,8 @@ impl Record {
             Record::MessagePosted(r) => Some(&r.room_id),
             Record::ReadMarkerSet(r) => Some(&r.room_id),
             Record::EmotionRecorded(r) => Some(&r.room_id),
+            Record::MessageEdited(r) => Some(&r.room_id),
+            Record::MessageDeleted(r) => Some(&r.room_id),
         }
     }
 
@@ -235,6 +269,8 @@ impl Record {
             Record::EmotionRecorded(r) => r.request_id,
             Record::SessionOpened(r) => r.request_id,
             Record::SessionRefreshed(r) => r.request_id,
+            Record::MessageEdited(r) => r.request_id,
+            Record::MessageDeleted(r) => r.request_id,
         }
     }
 
@@ -253,6 +289,8 @@ impl Record {
             Record::EmotionRecorded(_) => "emotion_recorded",
             Record::SessionOpened(_) => "session_opened",
             Record::SessionRefreshed(_) => "session_refreshed",
+            Record::MessageEdited(_) => "message_edited",
+            Record::MessageDeleted(_) => "message_deleted",
         }
     }
 }

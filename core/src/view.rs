@@ -88,6 +88,55 @@ pub struct RoomEventView {
     pub at: i64,
 }
 
+/// What edits and deletes did to one message ([`ViewKey::MessageEdit`]):
+/// its latest text, whether it is deleted, and the emotion of its latest
+/// classified edit. The message's own entity stays as posted (write-once);
+/// readers lay this over it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageEditView {
+    pub room_id: String,
+    pub message_id: String,
+    /// The latest text (empty once deleted).
+    pub text: String,
+    /// When the text was last edited.
+    pub edited_at: Option<i64>,
+    /// Position of the latest accepted `MessageEdited` record: the version an
+    /// emotion must name to supersede the message's emotion.
+    pub edit_id: Option<String>,
+    /// Accepted edits so far.
+    pub edits: u32,
+    /// Set once deleted (a tombstone: no text, no emotion).
+    pub deleted_at: Option<i64>,
+    pub deleted_by: Option<String>,
+    /// The emotion of an edit, which supersedes the message's first emotion,
+    /// and the edit it classified.
+    pub emotion: Option<EmotionView>,
+    pub emotion_edit_id: Option<String>,
+}
+
+/// Edits, deletes and re-classifications of a room's messages so far (kept
+/// under the reserved id [`ROOM_EDITS_ID`]): readers that cache a room's
+/// rendered messages compare it to know when a change made them stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomEditsView {
+    pub room_id: String,
+    pub changes: u64,
+}
+
+/// An accepted edit or delete at its log position (kept in the room events
+/// table, [`ViewKey::RoomEvent`]): what a fan-out node tells subscribers
+/// (`message_edited` / `message_deleted`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageChangeView {
+    pub room_id: String,
+    pub message_id: String,
+    /// The new text; `None` for a delete.
+    pub text: Option<String>,
+    pub user_id: String,
+    pub username: String,
+    pub at: i64,
+}
+
 /// One room's activity in one UTC hour: the `activity` consumer's view, not
 /// the fold's (see [`ACTIVITY_VIEWS`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,11 +276,17 @@ pub enum ViewKey {
         room_id: String,
         hour: i64,
     },
+    /// The edits of a message ([`MessageEditView`]); the reserved id
+    /// [`ROOM_EDITS_ID`] holds the room's [`RoomEditsView`].
+    MessageEdit {
+        room_id: String,
+        message_id: String,
+    },
 }
 
 /// Tables of the view model, in the order checksums visit them. New tables
 /// go at the end: adapters store a table's index (Scylla's redo records).
-pub const TABLES: [&str; 10] = [
+pub const TABLES: [&str; 11] = [
     "users",
     "usernames",
     "rooms",
@@ -242,6 +297,7 @@ pub const TABLES: [&str; 10] = [
     "room_events",
     "emotions",
     "activity",
+    "message_edits",
 ];
 
 /// The consumer whose views the `activity` table holds: per-room activity by
@@ -268,6 +324,10 @@ pub fn tables_of(consumer: &str) -> impl Iterator<Item = &'static str> + '_ {
 /// [`SessionEpochView`]. Session ids that ingest makes are 16 hex digits, and
 /// the fold refuses session records naming this one.
 pub const SESSION_EPOCH_ID: &str = "*";
+
+/// The message id under which the message edits table holds a room's
+/// [`RoomEditsView`] (message ids are 16 hex digits).
+pub const ROOM_EDITS_ID: &str = "*";
 
 impl ViewKey {
     /// A session of `username` (normalized).
@@ -302,6 +362,19 @@ impl ViewKey {
         }
     }
 
+    /// The edits of a room's message.
+    pub fn message_edit(room_id: &str, message_id: &str) -> ViewKey {
+        ViewKey::MessageEdit {
+            room_id: room_id.to_owned(),
+            message_id: message_id.to_owned(),
+        }
+    }
+
+    /// Where a room keeps its [`RoomEditsView`].
+    pub fn room_edits(room_id: &str) -> ViewKey {
+        ViewKey::message_edit(room_id, ROOM_EDITS_ID)
+    }
+
     /// The table this key belongs to (one of [`TABLES`]).
     pub fn table(&self) -> &'static str {
         match self {
@@ -315,6 +388,7 @@ impl ViewKey {
             ViewKey::RoomEvent { .. } => "room_events",
             ViewKey::Emotion { .. } => "emotions",
             ViewKey::Activity { .. } => "activity",
+            ViewKey::MessageEdit { .. } => "message_edits",
         }
     }
 
@@ -353,7 +427,9 @@ impl ViewKey {
             ViewKey::Member { room_id, user_id } => join(out, &[room_id, user_id]),
             ViewKey::RoomEvent { room_id, position } => join(out, &[room_id, position]),
             ViewKey::Emotion { room_id, message_id } => join(out, &[room_id, message_id]),
-            ViewKey::Message { room_id, message_id } => join(out, &[room_id, message_id]),
+            ViewKey::Message { room_id, message_id } | ViewKey::MessageEdit { room_id, message_id } => {
+                join(out, &[room_id, message_id])
+            }
             ViewKey::Activity { room_id, hour } => join(out, &[room_id, &hour_field(*hour)]),
             ViewKey::ClientMsg {
                 room_id,
@@ -376,6 +452,7 @@ impl ViewKey {
             ViewKey::RoomEvent { .. } => 7,
             ViewKey::Emotion { .. } => 8,
             ViewKey::Activity { .. } => 9,
+            ViewKey::MessageEdit { .. } => 10,
         }
     }
 
@@ -428,6 +505,9 @@ pub enum ViewValue {
     Activity(ActivityView),
     OpenedSession(OpenedSessionView),
     SessionEpoch(SessionEpochView),
+    MessageEdit(MessageEditView),
+    RoomEdits(RoomEditsView),
+    MessageChange(MessageChangeView),
 }
 
 impl ViewValue {

@@ -908,6 +908,150 @@ async fn activity_counts_stored_messages_per_hour_for_members(s: TestServer) {
     }
 }
 
+/// Waits (bounded) until `check` holds for the room's `/emotions` answer.
+async fn emotions_until(api: &common::Api, t: &str, room: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    emosation_testkit::eventually(what, std::time::Duration::from_secs(15), async || {
+        let body = api.get(&format!("/v1/rooms/{room}/emotions"), t).await.expect(200);
+        if check(&body) { Ok(body) } else { Err(body.to_string()) }
+    })
+    .await
+}
+
+async fn edits_and_deletes_change_history_emotions_and_the_mood(s: TestServer) {
+    let api = s.client();
+    let (_, alice) = api.user("alice").await;
+    let (bob_id, bob) = api.user("bob").await;
+    let (_, carol) = api.user("carol").await;
+    let room = api.create_room(&alice, "edits", None).await;
+    api.post(&format!("/v1/rooms/{room}/join"), Some(&bob), json!({}))
+        .await
+        .expect(200);
+    let m1 = api.send(&bob, &room, "b1", "I am so happy today!").await.expect(202)["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let m2 = api.send(&alice, &room, "a1", "The meeting is at 3pm").await.expect(202)["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    emotions_until(&api, &bob, &room, "both classified", |b| {
+        b["emotions"].as_array().unwrap().len() == 2 && b["summary"]["joy"] == 1
+    })
+    .await;
+    // Prime the history cache: an edit must make it stale.
+    let before = api.get(&format!("/v1/rooms/{room}/messages"), &bob).await.expect(200);
+    assert!(before["messages"][0].get("edited_at").is_none(), "{before}");
+
+    // The author edits.
+    let path = |m: &str| format!("/v1/rooms/{room}/messages/{m}");
+    let edited = api
+        .call(
+            Method::PATCH,
+            &path(&m1),
+            Some(&bob),
+            Some(json!({"text": "I miss you so much, I cried all night"})),
+        )
+        .await
+        .expect(200);
+    assert_eq!(edited["message_id"], m1.as_str());
+    assert_eq!(edited["room_id"], room.as_str());
+    let edit_cursor = edited["cursor"].as_str().unwrap().to_owned();
+    assert!(edit_cursor > m2, "the edit is after both messages in the room's log");
+    assert!(edited["edited_at"].as_str().unwrap().ends_with('Z'));
+
+    // Refusals, in the contract's shape.
+    let patch = async |m: &str, t: &str, body: Value| api.call(Method::PATCH, &path(m), Some(t), Some(body)).await;
+    patch(&m1, &alice, json!({"text": "not mine"}))
+        .await
+        .expect_error(403, "not_author");
+    patch(&m1, &carol, json!({"text": "not a member"}))
+        .await
+        .expect_error(403, "not_member");
+    patch(&m1, &bob, json!({"text": ""}))
+        .await
+        .expect_error(400, "invalid_request");
+    patch(&m1, &bob, json!({"text": 5}))
+        .await
+        .expect_error(400, "invalid_request");
+    patch(&m1, &bob, json!({"text": "x".repeat(4001)}))
+        .await
+        .expect_error(400, "invalid_request");
+    patch("0000000000000999", &bob, json!({"text": "no such"}))
+        .await
+        .expect_error(404, "message_not_found");
+    patch("not-an-id", &bob, json!({"text": "no such"}))
+        .await
+        .expect_error(404, "message_not_found");
+    api.call(
+        Method::PATCH,
+        &format!("/v1/rooms/00000000000000ff/messages/{m1}"),
+        Some(&bob),
+        Some(json!({"text": "x"})),
+    )
+    .await
+    .expect_error(404, "room_not_found");
+
+    // History shows the latest text with edited_at; the edit's emotion supersedes the first.
+    let history = api.get(&format!("/v1/rooms/{room}/messages"), &bob).await.expect(200);
+    let first = &history["messages"][0];
+    assert_eq!(first["text"], "I miss you so much, I cried all night", "{history}");
+    assert_eq!(first["edited_at"], edited["edited_at"]);
+    assert_eq!(first["author_id"], bob_id.as_str());
+    assert!(first.get("deleted").is_none());
+    let mood = emotions_until(&api, &bob, &room, "the edit classified", |b| {
+        b["summary"]["sadness"] == 1
+    })
+    .await;
+    assert_eq!(mood["summary"]["joy"], 0, "superseded: {mood}");
+    assert_eq!(
+        mood["emotions"].as_array().unwrap().len(),
+        2,
+        "one emotion per message: {mood}"
+    );
+    assert_eq!(mood["emotions"][0]["label"], "sadness");
+    let history = api.get(&format!("/v1/rooms/{room}/messages"), &bob).await.expect(200);
+    assert_eq!(history["messages"][0]["emotion"]["label"], "sadness", "{history}");
+
+    // Deletes: not by a member who is neither author nor owner; by the owner, yes.
+    api.call(Method::DELETE, &path(&m2), Some(&bob), None)
+        .await
+        .expect_error(403, "not_author");
+    api.call(Method::DELETE, &path(&m2), Some(&carol), None)
+        .await
+        .expect_error(403, "not_member");
+    let deleted = api
+        .call(Method::DELETE, &path(&m1), Some(&alice), None)
+        .await
+        .expect(200);
+    assert!(deleted["cursor"].as_str().unwrap() > edit_cursor.as_str());
+    let again = api.call(Method::DELETE, &path(&m1), Some(&bob), None).await.expect(200);
+    assert_eq!(
+        again["deleted_at"], deleted["deleted_at"],
+        "a second delete changes nothing"
+    );
+    patch(&m1, &bob, json!({"text": "too late"}))
+        .await
+        .expect_error(409, "message_deleted");
+    // The author deletes their own too.
+    api.call(Method::DELETE, &path(&m2), Some(&alice), None)
+        .await
+        .expect(200);
+
+    // Tombstones: no text, no emotion; the mood forgets them.
+    let history = api.get(&format!("/v1/rooms/{room}/messages"), &bob).await.expect(200);
+    let msgs = history["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "tombstones keep their place: {history}");
+    for m in msgs {
+        assert_eq!(m["deleted"], true, "{m}");
+        assert_eq!(m["text"], "");
+        assert!(m.get("emotion").is_none());
+        assert!(m["deleted_at"].is_string());
+    }
+    let mood = api.get(&format!("/v1/rooms/{room}/emotions"), &bob).await.expect(200);
+    assert_eq!(mood["emotions"], json!([]), "{mood}");
+    assert!(mood["summary"].as_object().unwrap().values().all(|n| n == 0), "{mood}");
+}
+
 /// Each body above runs on the embedded views and on Redis views (with Redis
 /// presence): everything above the view-store port behaves the same on both.
 macro_rules! on_every_store {
@@ -945,6 +1089,7 @@ on_every_store!(
     bad_input_gets_contract_errors,
     every_message_gets_exactly_one_emotion,
     activity_counts_stored_messages_per_hour_for_members,
+    edits_and_deletes_change_history_emotions_and_the_mood,
 );
 
 /// Text people read is stored NFC-normalised; bidirectional controls and

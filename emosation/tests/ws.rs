@@ -716,6 +716,99 @@ async fn emotions_arrive_on_their_own_stream_only() {
     assert!(kinds.contains(&("emotion".to_owned(), id.clone())), "{kinds:?}");
 }
 
+/// Edits and deletes over WebSocket: `edit` / `delete` frames answered
+/// `edited` / `deleted` (or an error naming the message), subscribers get
+/// `message_edited` / `message_deleted` live with the change's cursor, and a
+/// resume replays the message and its changes in log order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletes_arrive_live_and_on_resume() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (room, t) = room_with(&api, "ann", &["ben"]).await;
+    let mut a = Client::connect(&s.base, &t[0]).await;
+    a.subscribe(&room, None).await;
+    let mut b = Client::connect(&s.base, &t[1]).await;
+    b.send(json!({"type": "subscribe", "room_id": room, "streams": ["chat"]}))
+        .await;
+    b.next_of(&["subscribed"]).await;
+    let m = api.send(&t[0], &room, "m", "first words").await.expect(202)["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(b.next_of(&["message"]).await["message_id"], m.as_str());
+
+    a.send(json!({"type": "edit", "room_id": room, "message_id": m, "text": "second thoughts"}))
+        .await;
+    let edited = a.next_of(&["edited", "error"]).await;
+    assert_eq!(edited["type"], "edited", "{edited}");
+    assert_eq!(edited["message_id"], m.as_str());
+    let live = b.next_of(&["message_edited"]).await;
+    assert_eq!(live["text"], "second thoughts");
+    assert_eq!(live["room_id"], room.as_str());
+    assert_eq!(live["cursor"], edited["cursor"]);
+    assert_eq!(live["edited_at"], edited["edited_at"]);
+
+    // Refusals name the message; the connection stays open.
+    b.send(json!({"type": "edit", "room_id": room, "message_id": m, "text": "mine now"}))
+        .await;
+    let e = b.next_of(&["error"]).await;
+    assert_eq!(
+        (e["code"].as_str(), e["message_id"].as_str()),
+        (Some("not_author"), Some(m.as_str()))
+    );
+    b.send(json!({"type": "delete", "room_id": room, "message_id": m}))
+        .await;
+    assert_eq!(b.next_of(&["error"]).await["code"], "not_author");
+    b.send(json!({"type": "edit", "room_id": room, "message_id": m})).await;
+    assert_eq!(b.next_of(&["error"]).await["code"], "invalid_request");
+    b.send(json!({"type": "delete", "room_id": room, "message_id": "0000000000000fff"}))
+        .await;
+    assert_eq!(b.next_of(&["error"]).await["code"], "message_not_found");
+
+    a.send(json!({"type": "delete", "room_id": room, "message_id": m}))
+        .await;
+    let deleted = a.next_of(&["deleted", "error"]).await;
+    assert_eq!(deleted["type"], "deleted", "{deleted}");
+    let gone = b.next_of(&["message_deleted"]).await;
+    assert_eq!(gone["message_id"], m.as_str());
+    assert_eq!(gone["cursor"], deleted["cursor"]);
+    assert_eq!(gone["deleted_at"], deleted["deleted_at"]);
+    assert!(gone.get("text").is_none(), "a delete carries no text: {gone}");
+    a.send(json!({"type": "edit", "room_id": room, "message_id": m, "text": "too late"}))
+        .await;
+    assert_eq!(a.next_of(&["error"]).await["code"], "message_deleted");
+    drop(b);
+
+    // Resume from before the message: the message, its edit, its delete, in order.
+    let mut again = Client::connect(&s.base, &t[1]).await;
+    again
+        .send(json!({"type": "subscribe", "room_id": room, "since": LogCursor::before(&m), "streams": ["chat"]}))
+        .await;
+    again.next_of(&["subscribed"]).await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let f = again.next_of(&["message", "message_edited", "message_deleted"]).await;
+        seen.push((
+            f["type"].as_str().unwrap().to_owned(),
+            f["cursor"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("message".to_owned(), m.clone()),
+            (
+                "message_edited".to_owned(),
+                edited["cursor"].as_str().unwrap().to_owned()
+            ),
+            (
+                "message_deleted".to_owned(),
+                deleted["cursor"].as_str().unwrap().to_owned()
+            ),
+        ]
+    );
+}
+
 /// Cursors are 16 hex digits: partition (4) and offset (12).
 struct LogCursor;
 

@@ -55,7 +55,7 @@ impl LogBuilder {
     pub fn record(&self, u: &mut Unstructured<'_>) -> Result<Record> {
         let request_id = i64::arbitrary(u)?;
         let at = small_or_any(u)?;
-        Ok(match u.int_in_range(0..=11u8)? {
+        Ok(match u.int_in_range(0..=13u8)? {
             0 => Record::UserSignedUp(UserSignedUp {
                 request_id,
                 at,
@@ -184,6 +184,11 @@ impl LogBuilder {
                 } else {
                     (0..Label::ALL.len()).map(|_| score(u)).collect::<Result<_>>()?
                 };
+                let edit_id = if u.ratio(1, 4)? {
+                    Some(self.message_id(u, &room_id)?)
+                } else {
+                    None
+                };
                 Record::EmotionRecorded(EmotionRecorded {
                     request_id,
                     at,
@@ -193,6 +198,32 @@ impl LogBuilder {
                     score: score(u)?,
                     scores,
                     model: String::arbitrary(u)?,
+                    edit_id,
+                })
+            }
+            12 => {
+                let (username, user_id) = self.member(u)?;
+                let room_id = pick(u, &ROOMS)?;
+                Record::MessageEdited(MessageEdited {
+                    request_id,
+                    at,
+                    message_id: self.message_id(u, &room_id)?,
+                    room_id,
+                    user_id,
+                    username,
+                    text: String::arbitrary(u)?,
+                })
+            }
+            13 => {
+                let (username, user_id) = self.member(u)?;
+                let room_id = pick(u, &ROOMS)?;
+                Record::MessageDeleted(MessageDeleted {
+                    request_id,
+                    at,
+                    message_id: self.message_id(u, &room_id)?,
+                    room_id,
+                    user_id,
+                    username,
                 })
             }
             _ => unreachable!("a record type out of range"),

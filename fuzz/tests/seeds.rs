@@ -130,6 +130,7 @@ fn records() -> Vec<Record> {
             score: 0.5,
             scores: vec![0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05],
             model: "offline".into(),
+            edit_id: None,
         }),
     ]
 }

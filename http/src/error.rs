@@ -140,7 +140,8 @@ impl From<Rejection> for ApiError {
         let status = match r {
             Rejection::UsernameTaken | Rejection::RoomExists | Rejection::RoomFull => StatusCode::CONFLICT,
             Rejection::UnknownUser | Rejection::RoomNotFound | Rejection::MessageNotFound => StatusCode::NOT_FOUND,
-            Rejection::NotMember => StatusCode::FORBIDDEN,
+            Rejection::NotMember | Rejection::NotAuthor => StatusCode::FORBIDDEN,
+            Rejection::MessageDeleted => StatusCode::CONFLICT,
             Rejection::Malformed => StatusCode::BAD_REQUEST,
             Rejection::SessionEnded => StatusCode::UNAUTHORIZED,
         };

@@ -6,7 +6,7 @@ use axum::Router;
 use axum::extract::{FromRef, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
+use axum::routing::{delete, patch, post};
 use emosation_http::auth::TokenKind;
 use emosation_http::client::ClientAddr;
 use emosation_http::{ApiError, ApiJson, ApiPath, AuthUser, Authenticator, TokenPair};
@@ -39,6 +39,10 @@ pub fn routes(ingest: Arc<Ingest>) -> Router {
         .route("/v1/rooms/{room_id}/quit", post(quit))
         .route("/v1/rooms/{room_id}/messages", post(post_message))
         .route("/v1/rooms/{room_id}/read", post(mark_read))
+        .route(
+            "/v1/rooms/{room_id}/messages/{message_id}",
+            patch(edit_message).delete(delete_message),
+        )
         .route("/v1/admin/users/{user_id}/restore", post(restore))
         .with_state(IngestState { ingest })
 }
@@ -303,4 +307,41 @@ async fn mark_read(
 ) -> Result<StatusCode, ApiError> {
     s.ingest.mark_read(&user, &room_id, &b.message_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body of `PATCH /v1/rooms/{room_id}/messages/{message_id}`.
+#[derive(Deserialize)]
+pub struct EditMessage {
+    pub text: String,
+}
+
+async fn edit_message(
+    State(s): State<IngestState>,
+    user: AuthUser,
+    ApiPath((room_id, message_id)): ApiPath<(String, String)>,
+    ApiJson(b): ApiJson<EditMessage>,
+) -> Result<Response, ApiError> {
+    let c = s.ingest.edit_message(&user, &room_id, &message_id, &b.text).await?;
+    Ok(axum::Json(json!({
+        "room_id": room_id,
+        "message_id": c.message_id,
+        "edited_at": emosation_core::time::rfc3339_millis(c.at),
+        "cursor": c.cursor,
+    }))
+    .into_response())
+}
+
+async fn delete_message(
+    State(s): State<IngestState>,
+    user: AuthUser,
+    ApiPath((room_id, message_id)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let c = s.ingest.delete_message(&user, &room_id, &message_id).await?;
+    Ok(axum::Json(json!({
+        "room_id": room_id,
+        "message_id": c.message_id,
+        "deleted_at": emosation_core::time::rfc3339_millis(c.at),
+        "cursor": c.cursor,
+    }))
+    .into_response())
 }

@@ -33,7 +33,7 @@ use emosation_core::access;
 use emosation_core::ids::{LogPosition, normalize_username, random_id};
 use emosation_core::ports::{ConnRef, Decisions, KickReason, Log, Presence, RateLimiter, ViewStore};
 use emosation_core::record::*;
-use emosation_core::view::RoomView;
+use emosation_core::view::{RoomView, ViewKey, ViewValue};
 use emosation_core::{Accepted, Record, Rejection};
 use emosation_http::auth::TokenKind;
 use emosation_http::{AuthUser, Authenticator, TokenPair};
@@ -347,6 +347,17 @@ impl Ingest {
         self.begin(what, make, answer)?.await
     }
 
+    /// [`Ingest::command`] whose answer also takes the record's log position
+    /// (a cursor on its room's stream).
+    async fn command_at<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        make: impl FnOnce(i64, i64) -> Record,
+        answer: impl FnOnce(Accepted, String) -> Option<T> + Send + 'static,
+    ) -> Result<T, CommandError> {
+        self.begin_at(what, make, answer)?.await
+    }
+
     /// [`Ingest::command`] in two steps: the record is appended when this
     /// returns (its place in the log taken: commands begun one after another
     /// are stored in that order), and the returned future gives the answer.
@@ -355,6 +366,16 @@ impl Ingest {
         what: &'static str,
         make: impl FnOnce(i64, i64) -> Record,
         answer: impl FnOnce(Accepted) -> Option<T> + Send + 'static,
+    ) -> Result<Answer<T>, CommandError> {
+        self.begin_at(what, make, |a, _| answer(a))
+    }
+
+    /// [`Ingest::begin`] whose answer also takes the record's log position.
+    fn begin_at<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        make: impl FnOnce(i64, i64) -> Record,
+        answer: impl FnOnce(Accepted, String) -> Option<T> + Send + 'static,
     ) -> Result<Answer<T>, CommandError> {
         let request_id = rand::random::<i64>();
         let record = make(request_id, emosation_core::time::now_ms());
@@ -387,7 +408,7 @@ impl Ingest {
             };
             let accepted = decision.outcome?;
             let unexpected = format!("unexpected outcome {accepted:?}");
-            answer(accepted).ok_or_else(|| CommandError::internal(what, unexpected))
+            answer(accepted, pos.to_id()).ok_or_else(|| CommandError::internal(what, unexpected))
         }))
     }
 
@@ -790,4 +811,112 @@ impl Ingest {
         };
         self.command("mark read", make, |_| Some(())).await
     }
+
+    /// The checks an edit or delete of `message_id` in `room_id` makes
+    /// before appending (the fold decides again, in log order): the room
+    /// exists, the user is a member, the message is one of the room's, and
+    /// the user may change it (its author; for a delete, also the room's
+    /// owner). Returns the message's author.
+    async fn check_change(
+        &self,
+        user: &AuthUser,
+        room_id: &str,
+        message_id: &str,
+        owner_may: bool,
+    ) -> Result<(), CommandError> {
+        let room = access::member_room(&*self.views, room_id, &user.user_id).await?;
+        if LogPosition::parse_id(message_id).is_none() {
+            return Err(Rejection::MessageNotFound.into());
+        }
+        let keys = [
+            ViewKey::message(room_id, message_id),
+            ViewKey::message_edit(room_id, message_id),
+        ];
+        let mut found = self.views.load(&keys).await?.into_iter();
+        let Some(Some(ViewValue::Message(m))) = found.next() else {
+            return Err(Rejection::MessageNotFound.into());
+        };
+        if m.author_id != user.user_id && !(owner_may && room.owner_id == user.user_id) {
+            return Err(Rejection::NotAuthor.into());
+        }
+        if !owner_may && matches!(found.next(), Some(Some(ViewValue::MessageEdit(e))) if e.deleted_at.is_some()) {
+            return Err(Rejection::MessageDeleted.into());
+        }
+        Ok(())
+    }
+
+    /// Replaces the text of one's own message. The analyzer classifies the
+    /// new text, and its emotion supersedes the message's.
+    pub async fn edit_message(
+        &self,
+        user: &AuthUser,
+        room_id: &str,
+        message_id: &str,
+        text: &str,
+    ) -> Result<Changed, CommandError> {
+        let text = validate::text(text)?;
+        self.check_change(user, room_id, message_id, false).await?;
+        self.allow_message(&user.user_id).await?;
+        let make = |request_id, at| {
+            Record::MessageEdited(MessageEdited {
+                request_id,
+                at,
+                room_id: room_id.to_owned(),
+                message_id: message_id.to_owned(),
+                user_id: user.user_id.clone(),
+                username: user.username.clone(),
+                text,
+            })
+        };
+        self.command_at("edit message", make, |a, cursor| match a {
+            Accepted::MessageEdited { message_id, edited_at } => Some(Changed {
+                message_id,
+                cursor,
+                at: edited_at,
+            }),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Deletes a message: one's own, or any in a room one owns. Deleting a
+    /// deleted message answers as the first delete did.
+    pub async fn delete_message(
+        &self,
+        user: &AuthUser,
+        room_id: &str,
+        message_id: &str,
+    ) -> Result<Changed, CommandError> {
+        self.check_change(user, room_id, message_id, true).await?;
+        let make = |request_id, at| {
+            Record::MessageDeleted(MessageDeleted {
+                request_id,
+                at,
+                room_id: room_id.to_owned(),
+                message_id: message_id.to_owned(),
+                user_id: user.user_id.clone(),
+                username: user.username.clone(),
+            })
+        };
+        self.command_at("delete message", make, |a, cursor| match a {
+            Accepted::MessageDeleted {
+                message_id, deleted_at, ..
+            } => Some(Changed {
+                message_id,
+                cursor,
+                at: deleted_at,
+            }),
+            _ => None,
+        })
+        .await
+    }
+}
+
+/// An accepted edit or delete: the message, the change's log position (its
+/// cursor on the room's stream) and when it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub message_id: String,
+    pub cursor: String,
+    pub at: i64,
 }

@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use emosation_core::emotion::Label;
 use emosation_core::time::rfc3339_millis;
-use emosation_core::view::{EmotionView, MemberView, MessageView, RoomView, UserView};
+use emosation_core::view::{EmotionView, MemberView, MessageEditView, MessageView, RoomView, UserView};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -67,11 +67,22 @@ pub struct Message<'a> {
     pub cursor: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emotion: Option<Emotion<'a>>,
+    /// When the text was last edited (absent: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<Timestamp>,
+    /// A deleted message is a tombstone: `deleted: true`, `deleted_at`, an
+    /// empty text and no emotion (both absent: not deleted).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Timestamp>,
 }
 
 impl<'a> Message<'a> {
-    pub fn new(m: &'a MessageView, emotion: Option<&'a EmotionView>) -> Self {
-        Message {
+    /// The message as posted, with its emotion and what edits and deletes
+    /// made of it since.
+    pub fn new(m: &'a MessageView, emotion: Option<&'a EmotionView>, edit: Option<&'a MessageEditView>) -> Self {
+        let mut out = Message {
             message_id: &m.message_id,
             room_id: &m.room_id,
             author_id: &m.author_id,
@@ -80,7 +91,25 @@ impl<'a> Message<'a> {
             created_at: Timestamp(m.created_at),
             cursor: &m.message_id,
             emotion: emotion.map(Emotion::from),
+            edited_at: None,
+            deleted: false,
+            deleted_at: None,
+        };
+        if let Some(e) = edit {
+            if let Some(deleted_at) = e.deleted_at {
+                out.text = "";
+                out.emotion = None;
+                out.deleted = true;
+                out.deleted_at = Some(Timestamp(deleted_at));
+            } else if let Some(edited_at) = e.edited_at {
+                out.text = &e.text;
+                out.edited_at = Some(Timestamp(edited_at));
+            }
+            if let (None, Some(em)) = (e.deleted_at, &e.emotion) {
+                out.emotion = Some(Emotion::from(em));
+            }
         }
+        out
     }
 }
 

@@ -25,7 +25,7 @@ use emosation_core::emotion::Label;
 use emosation_core::ids::LogPosition;
 use emosation_core::ports::{Presence, ViewStore};
 use emosation_core::time;
-use emosation_core::view::{EmotionView, ViewKey, ViewValue};
+use emosation_core::view::{ViewKey, ViewValue};
 use emosation_http::{ApiError, ApiPath, ApiQuery, AuthUser, Authenticator};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -91,28 +91,50 @@ pub fn routes(
         })
 }
 
-/// The emotion of each message, where one has been recorded.
-async fn emotions_of(
+/// The room's changes to its messages so far (edits, deletes,
+/// re-classifications of edits): 0 for a room none was made in.
+async fn room_changes(views: &dyn ViewStore, room_id: &str) -> Result<u64, ApiError> {
+    Ok(
+        match views.load(&[ViewKey::room_edits(room_id)]).await?.pop().flatten() {
+            Some(ViewValue::RoomEdits(e)) => e.changes,
+            _ => 0,
+        },
+    )
+}
+
+/// The emotion of each message, where one has been recorded, and (in a
+/// room with `changes`) its edits: one lookup.
+async fn overlays_of(
     views: &dyn ViewStore,
     room_id: &str,
     messages: &[emosation_core::view::MessageView],
-) -> Result<Vec<Option<EmotionView>>, ApiError> {
-    let keys: Vec<ViewKey> = messages
+    changes: u64,
+) -> Result<Vec<tail::Overlay>, ApiError> {
+    let mut keys: Vec<ViewKey> = messages
         .iter()
-        .map(|m| ViewKey::Emotion {
-            room_id: room_id.to_owned(),
-            message_id: m.message_id.clone(),
+        .map(|m| ViewKey::emotion(room_id, &m.message_id))
+        .collect();
+    if changes > 0 {
+        keys.extend(messages.iter().map(|m| ViewKey::message_edit(room_id, &m.message_id)));
+    }
+    let mut values = views.load(&keys).await?.into_iter();
+    let mut out: Vec<tail::Overlay> = values
+        .by_ref()
+        .take(messages.len())
+        .map(|v| tail::Overlay {
+            emotion: match v {
+                Some(ViewValue::Emotion(e)) => Some(e),
+                _ => None,
+            },
+            edit: None,
         })
         .collect();
-    Ok(views
-        .load(&keys)
-        .await?
-        .into_iter()
-        .map(|v| match v {
-            Some(ViewValue::Emotion(e)) => Some(e),
-            _ => None,
-        })
-        .collect())
+    for (o, v) in out.iter_mut().zip(values) {
+        if let Some(ViewValue::MessageEdit(e)) = v {
+            o.edit = Some(e);
+        }
+    }
+    Ok(out)
 }
 
 fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
@@ -338,12 +360,13 @@ async fn history(
         Some(b) if LogPosition::parse_id(b).is_some() => Some(b),
         Some(_) => return Err(ApiError::invalid_request("before must be a message id or cursor")),
     };
-    let tail = match s.tails.get(&room) {
+    let changes = room_changes(&*s.views, &room_id).await?;
+    let tail = match s.tails.get(&room, changes) {
         Some(t) => t,
         None => {
             let newest = s.views.history(&room_id, None, tail::TAIL_LEN).await?;
-            let emotions = emotions_of(&*s.views, &room_id, &newest).await?;
-            s.tails.put(&room, &newest, &emotions)
+            let overlays = overlays_of(&*s.views, &room_id, &newest, changes).await?;
+            s.tails.put(&room, changes, &newest, &overlays)
         }
     };
     if let Some(page) = tail.page(before, limit) {
@@ -354,15 +377,15 @@ async fn history(
             .into_response());
     }
     let messages = s.views.history(&room_id, before, limit).await?;
-    let emotions = emotions_of(&*s.views, &room_id, &messages).await?;
+    let overlays = overlays_of(&*s.views, &room_id, &messages, changes).await?;
     // Messages of a room have seq 1, 2, 3, …: the page reaches the start of
     // the room exactly when its oldest message is seq 1.
     let page = json::HistoryPage {
         next_before: messages.first().filter(|m| m.seq > 1).map(|m| m.message_id.as_str()),
         messages: messages
             .iter()
-            .zip(&emotions)
-            .map(|(m, e)| json::Message::new(m, e.as_ref()))
+            .zip(&overlays)
+            .map(|(m, o)| json::Message::new(m, o.emotion.as_ref(), o.edit.as_ref()))
             .collect(),
     };
     let size_hint = 64 + messages.iter().map(|m| 200 + m.text.len()).sum::<usize>();
@@ -382,7 +405,25 @@ async fn emotions(
 ) -> Result<axum::response::Response, ApiError> {
     access::member_room(&*s.views, &room_id, &user.user_id).await?;
     let limit = parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
-    let emotions = s.views.emotions(&room_id, limit).await?;
+    let mut emotions = s.views.emotions(&room_id, limit).await?;
+    // An edit's emotion supersedes the message's first; a deleted message
+    // has none.
+    if room_changes(&*s.views, &room_id).await? > 0 {
+        let keys: Vec<ViewKey> = emotions
+            .iter()
+            .map(|e| ViewKey::message_edit(&room_id, &e.message_id))
+            .collect();
+        let edits = s.views.load(&keys).await?;
+        emotions = emotions
+            .into_iter()
+            .zip(edits)
+            .filter_map(|(first, edit)| match edit {
+                Some(ViewValue::MessageEdit(e)) if e.deleted_at.is_some() => None,
+                Some(ViewValue::MessageEdit(e)) => Some(e.emotion.unwrap_or(first)),
+                _ => Some(first),
+            })
+            .collect();
+    }
     // The summary counts every emotion of the room, not only this page. Read
     // after the page: the views only grow, so it counts at least what the
     // page shows (read before it, a batch of emotions folded in between

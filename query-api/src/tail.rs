@@ -5,19 +5,32 @@
 //! room's `last_message_id`, which every history request reads from the views
 //! anyway (for the 404/403 checks). A cached tail is used only while it was
 //! built for exactly that `last_message_id`; any new message makes the next
-//! reader rebuild it from the views. Entries hold each message already
+//! reader rebuild it from the views. Edits and deletes change messages in
+//! place: each counts in the room's changes ([`RoomEditsView`]), which the
+//! history request reads beside the room, and a tail is valid only for the
+//! count it was built at. Entries hold each message already
 //! rendered as JSON, so a hit costs no store scan, no decoding, no serializing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use emosation_core::view::{EmotionView, MessageView, RoomView};
+use emosation_core::view::{EmotionView, MessageEditView, MessageView, RoomView};
+
+#[cfg(doc)]
+use emosation_core::view::RoomEditsView;
 
 use crate::json;
 
 /// Messages kept per room: the largest page a client may ask for.
 pub const TAIL_LEN: usize = crate::MAX_HISTORY_LIMIT;
+
+/// What the views hold beside a message: its emotion and its edits.
+#[derive(Debug, Clone, Default)]
+pub struct Overlay {
+    pub emotion: Option<EmotionView>,
+    pub edit: Option<MessageEditView>,
+}
 
 /// One message, rendered.
 #[derive(Debug, Clone)]
@@ -28,11 +41,11 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    pub fn new(m: &MessageView, emotion: Option<&EmotionView>) -> Self {
+    pub fn new(m: &MessageView, emotion: Option<&EmotionView>, edit: Option<&MessageEditView>) -> Self {
         Rendered {
             message_id: m.message_id.clone(),
             seq: m.seq,
-            json: Bytes::from(serde_json::to_vec(&json::Message::new(m, emotion)).unwrap_or_default()),
+            json: Bytes::from(serde_json::to_vec(&json::Message::new(m, emotion, edit)).unwrap_or_default()),
         }
     }
 }
@@ -44,6 +57,8 @@ pub struct RoomTail {
     /// Emotions recorded in the room when the tail was built: an emotion
     /// arriving for a cached message makes the tail stale too.
     pub emotions: u32,
+    /// The room's changes (edits, deletes, re-classifications) when built.
+    pub changes: u64,
     pub entries: Vec<Rendered>,
 }
 
@@ -153,25 +168,30 @@ impl TailCache {
         &self.shards[h % self.shards.len()]
     }
 
-    /// The cached tail of `room`, if it is current.
-    pub fn get(&self, room: &RoomView) -> Option<Arc<RoomTail>> {
+    /// The cached tail of `room`, if it is current (`changes`: the room's
+    /// changes to its messages so far).
+    pub fn get(&self, room: &RoomView, changes: u64) -> Option<Arc<RoomTail>> {
         let shard = self.shard(&room.room_id).lock().ok()?;
         shard
             .rooms
             .get(&room.room_id)
-            .filter(|t| t.last_message_id == room.last_message_id && t.emotions == emotion_total(room))
+            .filter(|t| {
+                t.last_message_id == room.last_message_id && t.emotions == emotion_total(room) && t.changes == changes
+            })
             .cloned()
     }
 
     /// Stores a tail built from the views for `room`'s current state.
-    pub fn put(&self, room: &RoomView, messages: &[MessageView], emotions: &[Option<EmotionView>]) -> Arc<RoomTail> {
+    pub fn put(&self, room: &RoomView, changes: u64, messages: &[MessageView], overlays: &[Overlay]) -> Arc<RoomTail> {
+        let none = Overlay::default();
         let tail = Arc::new(RoomTail {
             last_message_id: room.last_message_id.clone(),
             emotions: emotion_total(room),
+            changes,
             entries: messages
                 .iter()
-                .zip(emotions.iter().map(Option::as_ref).chain(std::iter::repeat(None)))
-                .map(|(m, e)| Rendered::new(m, e))
+                .zip(overlays.iter().chain(std::iter::repeat(&none)))
+                .map(|(m, o)| Rendered::new(m, o.emotion.as_ref(), o.edit.as_ref()))
                 .collect(),
         });
         let bytes = tail.bytes();
@@ -201,6 +221,7 @@ mod tests {
         RoomTail {
             last_message_id: None,
             emotions: 0,
+            changes: 0,
             entries: seqs
                 .map(|s| Rendered {
                     message_id: format!("{s:016x}"),
@@ -231,6 +252,7 @@ mod tests {
         let empty = RoomTail {
             last_message_id: None,
             emotions: 0,
+            changes: 0,
             entries: vec![],
         };
         assert!(empty.page(None, 50).unwrap().is_empty(), "an empty room");
@@ -284,7 +306,7 @@ mod tests {
         for r in 0..200 {
             let id = format!("room{r}");
             let msgs: Vec<MessageView> = (1..=20).map(|s| message(&id, s, 1000)).collect();
-            cache.put(&room(&id, 20), &msgs, &[]);
+            cache.put(&room(&id, 20), 0, &msgs, &[]);
         }
         let (mut rooms, mut bytes) = (0, 0);
         for shard in &cache.shards {
@@ -299,7 +321,9 @@ mod tests {
             "{rooms} rooms, {bytes} bytes held"
         );
         // The newest put is held.
-        assert!(cache.get(&room("room199", 20)).is_some());
+        assert!(cache.get(&room("room199", 20), 0).is_some());
+        // A change to the room's messages makes it stale.
+        assert!(cache.get(&room("room199", 20), 1).is_none());
     }
 
     #[test]

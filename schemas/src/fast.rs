@@ -83,6 +83,17 @@ impl<'a> Reader<'a> {
     }
 }
 
+impl Reader<'_> {
+    /// A `["null", "string"]` union: the branch index, then the string.
+    fn optional_string(&mut self) -> Result<Option<String>, SchemaError> {
+        match self.long()? {
+            0 => Ok(None),
+            1 => self.string().map(Some),
+            _ => Err(malformed("union branch out of range")),
+        }
+    }
+}
+
 /// Decodes the datum of a record written under the current schema of `kind`.
 pub(crate) fn decode_current(kind: RecordType, body: &[u8]) -> Result<Record, SchemaError> {
     let mut r = Reader { buf: body };
@@ -156,6 +167,7 @@ pub(crate) fn decode_current(kind: RecordType, body: &[u8]) -> Result<Record, Sc
             score: r.float()?,
             scores: r.floats()?,
             model: r.string()?,
+            edit_id: r.optional_string()?,
         }),
         RecordType::ReadMarkerSet => Record::ReadMarkerSet(ReadMarkerSet {
             request_id,
@@ -179,6 +191,23 @@ pub(crate) fn decode_current(kind: RecordType, body: &[u8]) -> Result<Record, Sc
             username: r.string()?,
             session_id: r.string()?,
             generation: r.long()?,
+        }),
+        RecordType::MessageEdited => Record::MessageEdited(MessageEdited {
+            request_id,
+            at,
+            room_id: r.string()?,
+            message_id: r.string()?,
+            user_id: r.string()?,
+            username: r.string()?,
+            text: r.string()?,
+        }),
+        RecordType::MessageDeleted => Record::MessageDeleted(MessageDeleted {
+            request_id,
+            at,
+            room_id: r.string()?,
+            message_id: r.string()?,
+            user_id: r.string()?,
+            username: r.string()?,
         }),
     };
     if !r.buf.is_empty() {

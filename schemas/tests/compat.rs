@@ -83,6 +83,7 @@ fn samples() -> Vec<Record> {
             score: 0.7,
             scores: vec![0.7, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025],
             model: "offline-lexicon-v1".into(),
+            edit_id: Some("0003000000000009".into()),
         }),
         Record::SessionOpened(SessionOpened {
             request_id: 1,
@@ -100,7 +101,57 @@ fn samples() -> Vec<Record> {
             session_id: "s".into(),
             generation: 7,
         }),
+        Record::MessageEdited(MessageEdited {
+            request_id: 4,
+            at: 5,
+            room_id: "r".into(),
+            message_id: "m".into(),
+            user_id: "u".into(),
+            username: "alice".into(),
+            text: "고쳤어요 ✏️".into(),
+        }),
+        Record::MessageDeleted(MessageDeleted {
+            request_id: 4,
+            at: 6,
+            room_id: "r".into(),
+            message_id: "m".into(),
+            user_id: "u".into(),
+            username: "alice".into(),
+        }),
     ]
+}
+
+/// Emotions written before edits existed (v1, no `edit_id`) decode as
+/// emotions of the message as posted, through both decoders; a v1 writer
+/// and today's produce the same record from the same fields.
+#[test]
+fn emotions_of_v1_decode_as_emotions_of_the_message_as_posted() {
+    let mut emotion = samples()
+        .into_iter()
+        .find(|r| matches!(r, Record::EmotionRecorded(_)))
+        .unwrap();
+    if let Record::EmotionRecorded(e) = &mut emotion {
+        e.edit_id = None;
+    }
+    let v1 = emosation_schemas::encode_released(&emotion, 1).unwrap().unwrap();
+    let today = encode(&emotion).unwrap();
+    assert_ne!(v1[2..10], today[2..10], "v1 names its own schema");
+    assert_eq!(
+        &v1[10..],
+        &today[10..today.len() - 1],
+        "v2 only appends the null branch"
+    );
+    assert_eq!(decode(&v1).unwrap(), emotion);
+    assert_eq!(emosation_schemas::decode_with_apache_avro(&v1).unwrap(), emotion);
+    // Every other type's v1 is its current schema: encoded alike.
+    for rec in samples() {
+        if !matches!(rec, Record::EmotionRecorded(_)) {
+            assert_eq!(
+                emosation_schemas::encode_released(&rec, 1).unwrap().unwrap(),
+                encode(&rec).unwrap()
+            );
+        }
+    }
 }
 
 #[test]
@@ -177,7 +228,7 @@ proptest! {
 
     /// A valid header followed by arbitrary bytes exercises the datum decoder.
     #[test]
-    fn arbitrary_bodies_never_panic(which in 0usize..12, body in proptest::collection::vec(any::<u8>(), 0..256)) {
+    fn arbitrary_bodies_never_panic(which in 0usize..14, body in proptest::collection::vec(any::<u8>(), 0..256)) {
         let mut bytes = encode(&samples()[which]).unwrap()[..10].to_vec();
         bytes.extend_from_slice(&body);
         let _ = decode(&bytes);
@@ -288,20 +339,49 @@ fn arb_record() -> impl Strategy<Value = Record> {
             t(),
             -1.0f32..2.0,
             proptest::collection::vec(0.0f32..1.0, 0..9),
-            t()
+            t(),
+            proptest::option::of(t())
         )
-            .prop_map(|(request_id, at, room_id, message_id, label, score, scores, model)| {
-                Record::EmotionRecorded(EmotionRecorded {
+            .prop_map(
+                |(request_id, at, room_id, message_id, label, score, scores, model, edit_id)| {
+                    Record::EmotionRecorded(EmotionRecorded {
+                        request_id,
+                        at,
+                        room_id,
+                        message_id,
+                        label,
+                        score,
+                        scores,
+                        model,
+                        edit_id,
+                    })
+                }
+            ),
+        (any::<i64>(), any::<i64>(), t(), t(), t(), t(), t()).prop_map(
+            |(request_id, at, room_id, message_id, user_id, username, text)| {
+                Record::MessageEdited(MessageEdited {
                     request_id,
                     at,
                     room_id,
                     message_id,
-                    label,
-                    score,
-                    scores,
-                    model,
+                    user_id,
+                    username,
+                    text,
                 })
-            }),
+            }
+        ),
+        (any::<i64>(), any::<i64>(), t(), t(), t(), t()).prop_map(
+            |(request_id, at, room_id, message_id, user_id, username)| {
+                Record::MessageDeleted(MessageDeleted {
+                    request_id,
+                    at,
+                    room_id,
+                    message_id,
+                    user_id,
+                    username,
+                })
+            }
+        ),
         (any::<i64>(), any::<i64>(), t(), t(), t(), any::<i64>()).prop_map(
             |(request_id, at, user_id, username, session_id, expires_at)| {
                 Record::SessionOpened(SessionOpened {

@@ -13,7 +13,8 @@ use emosation_core::ports::{
     CORE_VIEWS, ConnRef, KickReason, Log, LogError, Presence, RateLimiter, ViewBatch, ViewQueries, ViewStore,
 };
 use emosation_core::view::{
-    ACTIVITY_VIEWS, ActivityView, MemberView, MessageView, RoomView, UserView, ViewKey, ViewValue,
+    ACTIVITY_VIEWS, ActivityView, MemberView, MessageChangeView, MessageEditView, MessageView, RoomEditsView, RoomView,
+    UserView, ViewKey, ViewValue,
 };
 use emosation_storage::{EmbeddedLog, EmbeddedViewStore, LocalPresence, LocalRateLimiter};
 #[cfg(feature = "redis")]
@@ -430,6 +431,89 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
         (1..=10).collect::<Vec<_>>()
     );
     assert!(store.history("r2", None, 50).await.unwrap().is_empty());
+
+    // Edits and deletes: a message's edits are rewritten in place, beside
+    // the room's count of changes, and each change is a room event.
+    let edit_key = ViewKey::message_edit("r1", &page[0].message_id);
+    let mut edit = MessageEditView {
+        room_id: "r1".into(),
+        message_id: page[0].message_id.clone(),
+        text: "edited".into(),
+        edited_at: Some(5),
+        edit_id: Some("0003000000000070".into()),
+        edits: 1,
+        deleted_at: None,
+        deleted_by: None,
+        emotion: None,
+        emotion_edit_id: None,
+    };
+    let change_key = ViewKey::RoomEvent {
+        room_id: "r1".into(),
+        position: "0003000000000070".into(),
+    };
+    let change = ViewValue::MessageChange(MessageChangeView {
+        room_id: "r1".into(),
+        message_id: page[0].message_id.clone(),
+        text: Some("edited".into()),
+        user_id: "u1".into(),
+        username: "alice".into(),
+        at: 5,
+    });
+    for (i, deleted) in [false, true].into_iter().enumerate() {
+        if deleted {
+            edit.text.clear();
+            edit.deleted_at = Some(6);
+        }
+        let rooms_edits = ViewValue::RoomEdits(RoomEditsView {
+            room_id: "r1".into(),
+            changes: i as u64 + 1,
+        });
+        store
+            .apply(ViewBatch {
+                consumer: CORE_VIEWS.into(),
+                changes: vec![
+                    (edit_key.clone(), Some(ViewValue::MessageEdit(edit.clone()))),
+                    (ViewKey::room_edits("r1"), Some(rooms_edits.clone())),
+                    (change_key.clone(), Some(change.clone())),
+                ],
+                positions: vec![],
+            })
+            .await
+            .unwrap();
+        let got = store
+            .load(&[
+                edit_key.clone(),
+                ViewKey::room_edits("r1"),
+                change_key.clone(),
+                ViewKey::room_edits("r2"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Some(ViewValue::MessageEdit(edit.clone())),
+                Some(rooms_edits),
+                Some(change.clone()),
+                None
+            ]
+        );
+    }
+    // The history itself is the messages as posted.
+    assert_eq!(store.history("r1", None, 50).await.unwrap(), page);
+    store
+        .apply(ViewBatch {
+            consumer: CORE_VIEWS.into(),
+            changes: vec![
+                (edit_key.clone(), None),
+                (ViewKey::room_edits("r1"), None),
+                (change_key.clone(), None),
+            ],
+            positions: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.load(&[edit_key, change_key]).await.unwrap(), vec![None, None]);
 
     // Loads see exactly what was written; deletions remove both directions.
     let k = ViewKey::Member {

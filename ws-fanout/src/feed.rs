@@ -4,8 +4,9 @@
 //!
 //! A tailer reads its partition in order. For each batch it waits until the
 //! projector has applied it, asks the views what the fold decided (a message
-//! is delivered iff its `Message` entity exists, a membership change iff its
-//! `RoomEvent` exists, an emotion iff it is the one the fold kept), encodes
+//! is delivered iff its `Message` entity exists, a membership change, edit
+//! or delete iff its `RoomEvent` exists, an emotion iff it is the one the
+//! fold kept), encodes
 //! each event's frame once, and hands it to the [`Hub`] for delivery.
 //!
 //! Subscribing with `since` first reads the missed events from the log up to
@@ -202,6 +203,8 @@ impl Feed {
                 Record::MemberJoined(r) => (&r.room_id, Stream::Chat),
                 Record::MemberQuit(r) => (&r.room_id, Stream::Chat),
                 Record::EmotionRecorded(r) => (&r.room_id, Stream::Emotion),
+                Record::MessageEdited(r) => (&r.room_id, Stream::Chat),
+                Record::MessageDeleted(r) => (&r.room_id, Stream::Chat),
                 _ => continue,
             };
             // No view lookups for events nobody on this node wants.
@@ -212,9 +215,11 @@ impl Feed {
             let key = match &record {
                 // A message was accepted iff its entity exists.
                 Record::MessagePosted(r) => ViewKey::message(&r.room_id, &position),
-                // An emotion is delivered iff it is the one the fold kept.
+                // An emotion is delivered iff it is the one the fold kept:
+                // the message's first, or its latest edit's.
+                Record::EmotionRecorded(r) if r.edit_id.is_some() => ViewKey::message_edit(&r.room_id, &r.message_id),
                 Record::EmotionRecorded(r) => ViewKey::emotion(&r.room_id, &r.message_id),
-                // A membership change iff its room event exists.
+                // A membership change, edit or delete iff its room event exists.
                 _ => ViewKey::RoomEvent {
                     room_id: room_id.clone(),
                     position: position.clone(),
@@ -412,6 +417,23 @@ impl Candidate {
                 frame: protocol::emotion(&em),
                 room_id: em.room_id,
                 stream: Stream::Emotion,
+                left: None,
+            }),
+            (Record::EmotionRecorded(_), Some(ViewValue::MessageEdit(edit))) => {
+                let em = edit.emotion.filter(|em| em.position == position)?;
+                Some(Event {
+                    offset,
+                    frame: protocol::emotion(&em),
+                    room_id: em.room_id,
+                    stream: Stream::Emotion,
+                    left: None,
+                })
+            }
+            (Record::MessageEdited(_) | Record::MessageDeleted(_), Some(ViewValue::MessageChange(c))) => Some(Event {
+                offset,
+                frame: protocol::message_change(&c, &position),
+                room_id: c.room_id,
+                stream: Stream::Chat,
                 left: None,
             }),
             (Record::MemberJoined(_) | Record::MemberQuit(_), Some(ViewValue::RoomEvent(ev))) => Some(Event {

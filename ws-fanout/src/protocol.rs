@@ -6,7 +6,7 @@
 use emosation_core::access::AccessError;
 use emosation_core::emotion::Label;
 use emosation_core::time::rfc3339_millis;
-use emosation_core::view::{EmotionView, RoomEventView};
+use emosation_core::view::{EmotionView, MessageChangeView, RoomEventView};
 use emosation_ingest::CommandError;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -71,14 +71,27 @@ pub enum ClientFrame {
     Auth {
         access_token: String,
     },
+    /// Replaces the text of one's own message.
+    Edit {
+        room_id: String,
+        message_id: String,
+        text: String,
+    },
+    /// Deletes one's own message, or any in a room one owns.
+    Delete {
+        room_id: String,
+        message_id: String,
+    },
 }
 
-/// Why a client frame was refused: `(code, message, client_msg_id)`.
+/// Why a client frame was refused: `(code, message, client_msg_id)`, and
+/// for an `edit` or `delete`, the message it named.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
     pub code: &'static str,
     pub message: String,
     pub client_msg_id: Option<String>,
+    pub message_id: Option<String>,
 }
 
 impl FrameError {
@@ -87,7 +100,14 @@ impl FrameError {
             code,
             message: message.into(),
             client_msg_id: None,
+            message_id: None,
         }
+    }
+
+    /// The error answering the `edit` or `delete` of this message.
+    pub fn for_message(mut self, message_id: &str) -> Self {
+        self.message_id = Some(message_id.to_owned());
+        self
     }
 
     /// The error answering the `send` with this `client_msg_id`.
@@ -129,6 +149,19 @@ struct AuthBody {
 }
 
 #[derive(Deserialize)]
+struct EditBody {
+    room_id: String,
+    message_id: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct DeleteBody {
+    room_id: String,
+    message_id: String,
+}
+
+#[derive(Deserialize)]
 struct SendBody {
     room_id: String,
     client_msg_id: String,
@@ -144,6 +177,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     let bad = |e: serde_json::Error| {
         let mut err = FrameError::new("invalid_request", format!("{kind}: {e}"));
         err.client_msg_id = v.get("client_msg_id").and_then(Value::as_str).map(str::to_owned);
+        err.message_id = v.get("message_id").and_then(Value::as_str).map(str::to_owned);
         err
     };
     match kind {
@@ -204,6 +238,21 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 access_token: b.access_token,
             })
         }
+        "edit" => {
+            let b: EditBody = serde_json::from_value(v.clone()).map_err(bad)?;
+            Ok(ClientFrame::Edit {
+                room_id: b.room_id,
+                message_id: b.message_id,
+                text: b.text,
+            })
+        }
+        "delete" => {
+            let b: DeleteBody = serde_json::from_value(v.clone()).map_err(bad)?;
+            Ok(ClientFrame::Delete {
+                room_id: b.room_id,
+                message_id: b.message_id,
+            })
+        }
         other => Err(FrameError::new("unknown_type", format!("unknown frame type {other:?}"))),
     }
 }
@@ -233,7 +282,50 @@ pub fn error(e: &FrameError) -> Frame {
     if let Some(c) = &e.client_msg_id {
         v["client_msg_id"] = json!(c);
     }
+    if let Some(m) = &e.message_id {
+        v["message_id"] = json!(m);
+    }
     text(v)
+}
+
+/// The answer to an `edit` (`edited`) or `delete` (`deleted`): the change is
+/// durable and decided; `cursor` is its position on the room's stream.
+pub fn changed(edit: bool, room_id: &str, c: &emosation_ingest::Changed) -> Frame {
+    let (kind, at) = if edit {
+        ("edited", "edited_at")
+    } else {
+        ("deleted", "deleted_at")
+    };
+    text(json!({
+        "type": kind,
+        "room_id": room_id,
+        "message_id": c.message_id,
+        at: rfc3339_millis(c.at),
+        "cursor": c.cursor,
+    }))
+}
+
+/// A `message_edited` / `message_deleted` frame, at the change's position.
+pub fn message_change(c: &MessageChangeView, cursor: &str) -> Frame {
+    match &c.text {
+        Some(t) => text(json!({
+            "type": "message_edited",
+            "room_id": c.room_id,
+            "message_id": c.message_id,
+            "text": t,
+            "edited_at": rfc3339_millis(c.at),
+            "user_id": c.user_id,
+            "cursor": cursor,
+        })),
+        None => text(json!({
+            "type": "message_deleted",
+            "room_id": c.room_id,
+            "message_id": c.message_id,
+            "deleted_at": rfc3339_millis(c.at),
+            "deleted_by": c.user_id,
+            "cursor": cursor,
+        })),
+    }
 }
 
 pub fn typing(room_id: &str, user_id: &str) -> Frame {
@@ -347,5 +439,26 @@ mod tests {
             }
         );
         assert_eq!(parse(r#"{"type":"auth"}"#).unwrap_err().code, "invalid_request");
+        assert_eq!(
+            parse(r#"{"type":"edit","room_id":"r","message_id":"m","text":"t"}"#).unwrap(),
+            ClientFrame::Edit {
+                room_id: "r".into(),
+                message_id: "m".into(),
+                text: "t".into()
+            }
+        );
+        let e = parse(r#"{"type":"edit","room_id":"r","message_id":"m"}"#).unwrap_err();
+        assert_eq!((e.code, e.message_id.as_deref()), ("invalid_request", Some("m")));
+        assert_eq!(
+            parse(r#"{"type":"delete","room_id":"r","message_id":"m"}"#).unwrap(),
+            ClientFrame::Delete {
+                room_id: "r".into(),
+                message_id: "m".into()
+            }
+        );
+        assert_eq!(
+            parse(r#"{"type":"delete","room_id":"r"}"#).unwrap_err().code,
+            "invalid_request"
+        );
     }
 }

@@ -374,6 +374,14 @@ async fn handle(
                 )));
             }
         }
+        ClientFrame::Edit {
+            room_id,
+            message_id,
+            text,
+        } => change(fanout, live, user, sends, room_id, message_id, Some(text)).await,
+        ClientFrame::Delete { room_id, message_id } => {
+            change(fanout, live, user, sends, room_id, message_id, None).await
+        }
         ClientFrame::Send {
             room_id,
             client_msg_id,
@@ -413,4 +421,35 @@ async fn handle(
             });
         }
     }
+}
+
+/// An `edit` (`text`) or `delete` (`None`) frame: carried out by ingest's
+/// command path like an HTTP `PATCH`/`DELETE`, answered `edited` / `deleted`
+/// or with an error frame naming the message. Awaited in a task of its own,
+/// bounded with the connection's sends, so the reader goes on meanwhile.
+async fn change(
+    fanout: &Arc<Fanout>,
+    live: &Live,
+    user: &AuthUser,
+    sends: &Arc<Semaphore>,
+    room_id: String,
+    message_id: String,
+    text: Option<String>,
+) {
+    let Ok(permit) = Arc::clone(sends).acquire_owned().await else {
+        return;
+    };
+    let (fanout, conn, user) = (Arc::clone(fanout), Arc::clone(&live.handle), user.clone());
+    tokio::spawn(async move {
+        let _permit = permit;
+        let ingest = &fanout.ingest;
+        let done = match &text {
+            Some(t) => ingest.edit_message(&user, &room_id, &message_id, t).await,
+            None => ingest.delete_message(&user, &room_id, &message_id).await,
+        };
+        conn.push(match done {
+            Ok(c) => protocol::changed(text.is_some(), &room_id, &c),
+            Err(e) => protocol::error(&FrameError::from(e).for_message(&message_id)),
+        });
+    });
 }

@@ -225,6 +225,7 @@ statements! {
     get_room_event = "SELECT entity FROM {ks}.room_events WHERE room_id = ? AND position = ?";
     get_emotion = "SELECT entity FROM {ks}.emotions WHERE room_id = ? AND bucket = ? AND message_id = ?";
     get_activity = "SELECT entity FROM {ks}.activity WHERE room_id = ? AND hour = ?";
+    get_message_edit = "SELECT entity FROM {ks}.message_edits WHERE room_id = ? AND message_id = ?";
 
     // Entity writes and deletions, timestamped by log position.
     put_user = "INSERT INTO {ks}.users (user_id, entity) VALUES (?, ?) USING TIMESTAMP ?";
@@ -247,6 +248,8 @@ statements! {
     del_emotion = "DELETE FROM {ks}.emotions USING TIMESTAMP ? WHERE room_id = ? AND bucket = ? AND message_id = ?";
     put_activity = "INSERT INTO {ks}.activity (room_id, hour, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
     del_activity = "DELETE FROM {ks}.activity USING TIMESTAMP ? WHERE room_id = ? AND hour = ?";
+    put_message_edit = "INSERT INTO {ks}.message_edits (room_id, message_id, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
+    del_message_edit = "DELETE FROM {ks}.message_edits USING TIMESTAMP ? WHERE room_id = ? AND message_id = ?";
 
     // Index rows, timestamped like the entity they index.
     put_room_index = "INSERT INTO {ks}.rooms_by_id (shard, room_id) VALUES (?, ?) USING TIMESTAMP ?";
@@ -304,6 +307,7 @@ statements! {
     scan_room_events = "SELECT room_id, position, entity FROM {ks}.room_events";
     scan_emotions = "SELECT room_id, message_id, entity FROM {ks}.emotions";
     scan_activity = "SELECT room_id, hour, entity FROM {ks}.activity";
+    scan_message_edits = "SELECT room_id, message_id, entity FROM {ks}.message_edits";
     scan_consumers = "SELECT consumer, generation, rebuilding FROM {ks}.consumers";
 }
 
@@ -608,6 +612,9 @@ impl ScyllaViewStore {
                     .await?
             }
             ViewKey::Activity { room_id, hour } => self.one(&q.get_activity, (room_id, hour)).await?,
+            ViewKey::MessageEdit { room_id, message_id } => {
+                self.one(&q.get_message_edit, (room_id, message_id)).await?
+            }
         };
         raw.map(|(v,)| decode(key.table(), &v)).transpose()
     }
@@ -643,6 +650,9 @@ impl ScyllaViewStore {
                         .await
                 }
                 ViewKey::Activity { room_id, hour } => self.exec(&q.put_activity, (room_id, hour, v, ts)).await,
+                ViewKey::MessageEdit { room_id, message_id } => {
+                    self.exec(&q.put_message_edit, (room_id, message_id, v, ts)).await
+                }
             },
             Op::Delete(key) => match key {
                 ViewKey::User(id) => self.exec(&q.del_user, (ts, id)).await,
@@ -670,6 +680,9 @@ impl ScyllaViewStore {
                         .await
                 }
                 ViewKey::Activity { room_id, hour } => self.exec(&q.del_activity, (ts, room_id, hour)).await,
+                ViewKey::MessageEdit { room_id, message_id } => {
+                    self.exec(&q.del_message_edit, (ts, room_id, message_id)).await
+                }
             },
             Op::RoomIndex { room_id, on: true } => {
                 let shard = room_shard(room_id);
@@ -1159,6 +1172,12 @@ impl ScyllaViewStore {
             "activity" => {
                 self.each_row(&q.scan_activity, |(room_id, hour, v): (String, i64, Vec<u8>)| {
                     out.push(ViewKey::Activity { room_id, hour }.encode(), v)
+                })
+                .await
+            }
+            "message_edits" => {
+                self.each_row(&q.scan_message_edits, |(room_id, message_id, v): Three| {
+                    out.push(ViewKey::MessageEdit { room_id, message_id }.encode(), v)
                 })
                 .await
             }

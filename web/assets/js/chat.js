@@ -43,6 +43,7 @@ export class ChatRoom {
     this.me = currentUser() || {};
     this.msgs = new Map(); // message_id -> li
     this.emotions = new Map(); // message_id -> emotion
+    this.changes = new Map(); // message_id -> newest message_edited/_deleted frame
     this.notices = new Set(); // cursors of member events shown
     this.pending = new Map(); // client_msg_id -> {text, li, state, timer}
     this.members = new Map(); // user_id -> username
@@ -373,11 +374,21 @@ export class ChatRoom {
       h('div', { class: 'bubble' }, h('p', { class: 'text' }, m.text)),
       foot);
     if (mine) foot.append(h('span', { class: 'delivery ok' }, '✓ ', tr('delivered')));
+    li.dataset.author = m.author_id;
     this.msgs.set(m.message_id, li);
     const stick = this.nearEnd();
     this.insert(li);
     const e = m.emotion || this.emotions.get(m.message_id);
-    if (e) this.setEmotion(e, false);
+    // A change seen live before the message itself (replay after a reconnect
+    // delivers in log order, history may lag a frame) is applied on arrival.
+    const change = this.changes.get(m.message_id);
+    if (m.deleted || change?.type === 'message_deleted') this.showDeleted(li);
+    else {
+      if (e) this.setEmotion(e, false);
+      if (change) this.showEdited(li, change.text, change.edited_at);
+      else if (m.edited_at) this.showEdited(li, m.text, m.edited_at);
+      this.addActions(li);
+    }
     this.typers.delete(m.author_id);
     if (live) {
       this.renderTyping();
@@ -388,9 +399,127 @@ export class ChatRoom {
     }
   }
 
+  // ---- edits and deletes ----
+
+  /** Edit (own messages) and Delete (own, or any in a room one owns). */
+  addActions(li) {
+    const mine = li.dataset.author === this.me.user_id;
+    const owner = this.room && this.room.owner_id === this.me.user_id;
+    if (!mine && !owner) return;
+    li.querySelector('.actions')?.remove();
+    const bar = h('span', { class: 'actions', role: 'group' });
+    trAttrs(bar, { 'aria-label': 'msg_actions' });
+    if (mine) bar.append(h('button', { type: 'button', class: 'link edit', onclick: () => this.startEdit(li) }, tr('edit')));
+    bar.append(h('button', { type: 'button', class: 'link delete', onclick: () => this.confirmDelete(li) }, tr('delete')));
+    li.querySelector('.foot').append(bar);
+  }
+
+  showEdited(li, text, editedAt) {
+    li.querySelector('.bubble .text').textContent = text;
+    let mark = li.querySelector('.edited');
+    if (!mark) {
+      mark = tr('edited', null, 'span');
+      mark.className = 'edited';
+      li.querySelector('.meta').append(mark);
+    }
+    if (editedAt) mark.title = fmtTime(editedAt);
+  }
+
+  showDeleted(li) {
+    li.classList.add('deleted');
+    li.querySelector('.edit-form')?.remove();
+    const bubble = li.querySelector('.bubble');
+    bubble.hidden = false;
+    clear(bubble).append(tr('deleted_msg', null, 'p'));
+    bubble.firstChild.className = 'text tombstone';
+    li.querySelector('.edited')?.remove();
+    li.querySelector('.badge')?.remove();
+    li.querySelector('.actions')?.remove();
+  }
+
+  applyChange(f) {
+    const prev = this.changes.get(f.message_id);
+    if (prev && prev.cursor >= f.cursor) return;
+    this.changes.set(f.message_id, f);
+    const li = this.msgs.get(f.message_id);
+    if (!li) return;
+    if (f.type === 'message_deleted') {
+      this.showDeleted(li);
+      this.emotions.delete(f.message_id);
+      this.refreshMood();
+    } else if (!li.classList.contains('deleted')) {
+      this.showEdited(li, f.text, f.edited_at);
+    }
+  }
+
+  startEdit(li) {
+    if (li.querySelector('.edit-form') || li.classList.contains('deleted')) return;
+    const bubble = li.querySelector('.bubble');
+    const old = bubble.querySelector('.text').textContent;
+    const area = h('textarea', { class: 'edit-text', rows: 2, maxlength: 4000 });
+    area.value = old;
+    trAttrs(area, { 'aria-label': 'edit_label' });
+    const err = h('p', { class: 'error', role: 'alert' });
+    const done = () => {
+      form.remove();
+      bubble.hidden = false;
+      li.querySelector('.actions .edit')?.focus();
+    };
+    const form = h('form', { class: 'edit-form' }, area,
+      h('div', { class: 'edit-buttons' },
+        h('button', { type: 'submit', class: 'primary small' }, tr('save')),
+        h('button', { type: 'button', class: 'ghost small', onclick: done }, tr('cancel'))),
+      err);
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const text = area.value.trim();
+      if (!text || text === old) return done();
+      try {
+        const res = await api('PATCH', `/v1/rooms/${encodeURIComponent(this.roomId)}/messages/${encodeURIComponent(li.dataset.id)}`, { text });
+        this.applyChange({ type: 'message_edited', message_id: res.message_id, text, edited_at: res.edited_at, cursor: res.cursor });
+        done();
+      } catch (x) {
+        setTr(err, x.code === 'not_author' ? 'err_not_author' : 'err_generic', { message: x.message });
+      }
+    });
+    area.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape') done();
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    bubble.hidden = true;
+    bubble.after(form);
+    area.focus();
+  }
+
+  confirmDelete(li) {
+    if (li.querySelector('.delete-confirm')) return;
+    const err = h('span', { class: 'error', role: 'alert' });
+    const box = h('span', { class: 'delete-confirm', role: 'group' }, tr('delete_confirm_msg'), ' ');
+    const yes = h('button', { type: 'button', class: 'danger small' }, tr('delete'));
+    const no = h('button', { type: 'button', class: 'ghost small', onclick: () => box.remove() }, tr('cancel'));
+    yes.addEventListener('click', async () => {
+      yes.disabled = true;
+      try {
+        const res = await api('DELETE', `/v1/rooms/${encodeURIComponent(this.roomId)}/messages/${encodeURIComponent(li.dataset.id)}`);
+        box.remove();
+        this.applyChange({ type: 'message_deleted', message_id: res.message_id, deleted_at: res.deleted_at, cursor: res.cursor });
+      } catch (x) {
+        yes.disabled = false;
+        setTr(err, x.code === 'not_author' ? 'err_not_author' : 'err_generic', { message: x.message });
+      }
+    });
+    box.append(yes, ' ', no, err);
+    li.querySelector('.foot').append(box);
+    no.focus();
+  }
+
   setEmotion(e, live) {
     this.emotions.set(e.message_id, e);
     const li = this.msgs.get(e.message_id);
+    if (li && li.classList.contains('deleted')) return;
     if (li) {
       const foot = li.querySelector('.foot');
       foot.querySelector('.badge')?.remove();
@@ -419,6 +548,10 @@ export class ChatRoom {
         break;
       case 'emotion':
         this.setEmotion(f, true);
+        break;
+      case 'message_edited':
+      case 'message_deleted':
+        this.applyChange(f);
         break;
       case 'member_joined':
       case 'member_left':

@@ -44,6 +44,9 @@ const en = {
   delete_yes: 'Yes, delete it', cancel: 'Cancel', back: 'Back',
   joy: 'joy', sadness: 'sadness', anger: 'anger', fear: 'fear', surprise: 'surprise', disgust: 'disgust', neutral: 'neutral',
   emotion_of: 'Emotion: {label}, {pct}% confident', mood_empty: 'No emotions yet.',
+  edit: 'Edit', delete: 'Delete', save: 'Save', edited: 'edited', deleted_msg: 'This message was deleted.',
+  edit_label: 'Edit your message', delete_confirm_msg: 'Delete this message for everyone?',
+  msg_actions: 'Message actions', err_not_author: 'Only its author can change this message.',
 };
 
 const ko = {
@@ -88,6 +91,9 @@ const ko = {
   delete_yes: '삭제합니다', cancel: '취소', back: '뒤로',
   joy: '기쁨', sadness: '슬픔', anger: '분노', fear: '두려움', surprise: '놀람', disgust: '혐오', neutral: '중립',
   emotion_of: '감정: {label}, 확신도 {pct}%', mood_empty: '아직 감정이 없습니다.',
+  edit: '수정', delete: '삭제', save: '저장', edited: '수정됨', deleted_msg: '삭제된 메시지입니다.',
+  edit_label: '메시지 수정', delete_confirm_msg: '모든 사람에게서 이 메시지를 삭제할까요?',
+  msg_actions: '메시지 메뉴', err_not_author: '작성자만 이 메시지를 바꿀 수 있습니다.',
 };
 
 const DICTS = { en, ko };

@@ -23,7 +23,7 @@
 import { accessToken, refresh } from './api.js';
 
 const TERMINAL = new Set(['kicked', 'ended', 'stopped']);
-const CURSOR_FRAMES = new Set(['message', 'member_joined', 'member_left', 'emotion', 'subscribed']);
+const CURSOR_FRAMES = new Set(['message', 'member_joined', 'member_left', 'emotion', 'subscribed', 'message_edited', 'message_deleted']);
 const SUB_BURST = 16;
 const SUB_RATE = 8; // per second
 

@@ -218,6 +218,10 @@ pub(crate) fn decode_key(table: &str, raw: &[u8]) -> Option<ViewKey> {
             let (room_id, message_id) = two()?;
             ViewKey::Emotion { room_id, message_id }
         }
+        "message_edits" => {
+            let (room_id, message_id) = two()?;
+            ViewKey::MessageEdit { room_id, message_id }
+        }
         "activity" => {
             let (room_id, hour) = two()?;
             let hour = i64::from_str_radix(&hour, 16).ok().filter(|h| hour_field(*h) == hour)?;
@@ -258,7 +262,7 @@ pub(crate) fn decode_redo(raw: &[u8]) -> Result<Vec<Change>, String> {
 }
 
 fn table_index(table: &str) -> u8 {
-    // TABLES has 10 entries and `table` comes from `ViewKey::table`.
+    // TABLES has 11 entries and `table` comes from `ViewKey::table`.
     TABLES.iter().position(|t| *t == table).unwrap_or(usize::MAX) as u8
 }
 
@@ -648,6 +652,10 @@ mod tests {
             ViewKey::Activity {
                 room_id: "r1".into(),
                 hour: 1_795_305_600_000,
+            },
+            ViewKey::MessageEdit {
+                room_id: "r1".into(),
+                message_id: "0003000000000010".into(),
             },
         ]
     }

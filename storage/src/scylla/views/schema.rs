@@ -86,8 +86,16 @@ const MIGRATION_4: &[&str] = &[
      WITH CLUSTERING ORDER BY (shard ASC)",
 ];
 
+/// Migration 5: what edits and deletes did to a room's messages, one
+/// partition per room clustered by message id (the reserved id `*` holds
+/// the room's count of changes), read by point reads.
+const MIGRATION_5: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.message_edits (room_id text, message_id text, entity blob, \
+     PRIMARY KEY (room_id, message_id)) WITH CLUSTERING ORDER BY (message_id ASC)",
+];
+
 /// All migrations, in order; the position in this list + 1 is the version.
-const MIGRATIONS: &[&[&str]] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4];
+const MIGRATIONS: &[&[&str]] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5];
 
 /// Whether a schema statement failed only because it had been applied
 /// already (`ALTER TABLE … ADD` has no `IF NOT EXISTS`): nodes migrating
@@ -107,7 +115,7 @@ pub(crate) fn tables_of(consumer: &str) -> &'static [&'static str] {
 }
 
 /// The core views' tables, truncated by `clear(CORE_VIEWS)`.
-const CORE_TABLES: [&str; 13] = [
+const CORE_TABLES: [&str; 14] = [
     "users",
     "usernames",
     "rooms",
@@ -121,6 +129,7 @@ const CORE_TABLES: [&str; 13] = [
     "client_msgs",
     "sessions",
     "room_events",
+    "message_edits",
 ];
 
 /// The component name under which `schema_version` records this store's migrations.
