@@ -632,3 +632,61 @@ pub enum RateLimitError {
 pub trait RateLimiter: Send + Sync + 'static {
     async fn take(&self, bucket: &str, rate: f64, burst: u32) -> Result<bool, RateLimitError>;
 }
+
+/// A stream of bytes (an upload's body, a blob being read).
+pub type ByteStream = std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The body went past the caller's limit; nothing was kept.
+    #[error("the file is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("no such blob")]
+    NotFound,
+    /// The range asked for is not within the blob.
+    #[error("range not satisfiable (the blob has {size} bytes)")]
+    BadRange { size: u64 },
+    /// The body's own stream failed (the client went away); nothing was kept.
+    #[error("the upload broke off: {0}")]
+    Body(String),
+    /// The store could not be asked, or failed.
+    #[error("blob store error: {0}")]
+    Storage(String),
+}
+
+/// A blob as [`BlobStore::put`] stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlob {
+    /// Where it can be read: opaque, ASCII `[A-Za-z0-9/_.-]`, at most 200 bytes.
+    pub key: String,
+    pub size: u64,
+    /// SHA-256 of the content, lowercase hex.
+    pub sha256: String,
+}
+
+/// Files (attachments) kept outside the log: the log carries their
+/// metadata and keys, the blob store their bytes.
+///
+/// Contract (the generic blob-store test body checks each point):
+/// - `put(body, max)` reads `body` to its end and stores it **durably**
+///   before answering `Ok` (a crash after `Ok` keeps it); it never holds
+///   the whole body in memory (it streams, in bounded chunks). A body of
+///   more than `max` bytes is refused with `TooLarge` as soon as it passes
+///   `max`, and a body whose stream fails with `Body`: in both cases nothing
+///   is readable afterwards under any key, and no temporary data is left
+///   behind for longer than the call.
+/// - The returned key reads back exactly the bytes stored, through any
+///   handle on the same store; `size` and `sha256` describe them. Two puts
+///   of the same content may or may not share a key.
+/// - `get(key, range)` streams the blob, or `range` (`start..end`, end
+///   exclusive) of it, with the blob's total size; `start >= end` or
+///   `end > size` is `BadRange`; an unknown key is `NotFound`.
+/// - `size(key)` is `Some(size)` for a stored blob, `None` otherwise.
+/// - `delete(key)` removes it; deleting what is not there is `Ok`.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    async fn put(&self, body: ByteStream, max: u64) -> Result<StoredBlob, BlobError>;
+    async fn get(&self, key: &str, range: Option<std::ops::Range<u64>>) -> Result<(ByteStream, u64), BlobError>;
+    async fn size(&self, key: &str) -> Result<Option<u64>, BlobError>;
+    async fn delete(&self, key: &str) -> Result<(), BlobError>;
+}

@@ -10,6 +10,7 @@
 //! | presence | [`local::presence`]: [`LocalPresence`], in process | [`redis::presence`]: [`RedisPresence`] (`redis://`) |
 //! | rate limits | [`local::rate_limiter`]: [`LocalRateLimiter`], in process | [`redis::rate_limiter`]: [`RedisRateLimiter`] (`redis://`) |
 //! | decisions | [`local::decisions`]: [`LocalDecisions`], in process | [`redis::decisions`]: [`RedisDecisions`], pub/sub (`redis://`) |
+//! | blobs (attachments) | [`embedded::blobs`]: [`FsBlobStore`], files under the data dir | [`s3`]: [`S3BlobStore`], `object_store` (`s3://`) |
 //!
 //! [`redis::conn`] is the connection layer the Redis adapters share.
 //! [`open_log`], [`open_views`], [`open_presence`], [`open_rate_limiter`]
@@ -17,7 +18,7 @@
 //!
 //! # Features
 //! The heavy clients sit behind default-on features: `kafka` (rdkafka),
-//! `redis` and `scylla` (with rustls). The embedded and in-process engines
+//! `redis`, `scylla` (with rustls) and `s3` (object_store). The embedded and in-process engines
 //! are always built, so `--no-default-features` compiles only them (all a
 //! single-process deployment needs). A URL naming an engine the build left
 //! out opens as [`OpenError::Unsupported`] ("built without the kafka
@@ -29,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use emosation_core::ids::Topology;
-use emosation_core::ports::{Decisions, Log, Presence, RateLimiter, ViewStore};
+use emosation_core::ports::{BlobStore, Decisions, Log, Presence, RateLimiter, ViewStore};
 
 pub mod embedded;
 #[cfg(feature = "kafka")]
@@ -37,15 +38,19 @@ pub mod kafka;
 pub mod local;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "s3")]
+pub mod s3;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 
-pub use embedded::{EmbeddedLog, EmbeddedViewStore};
+pub use embedded::{EmbeddedLog, EmbeddedViewStore, FsBlobStore};
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaLog;
 pub use local::{LocalDecisions, LocalPresence, LocalRateLimiter};
 #[cfg(feature = "redis")]
 pub use redis::{RedisDecisions, RedisPresence, RedisRateLimiter, RedisViewStore};
+#[cfg(feature = "s3")]
+pub use s3::S3BlobStore;
 #[cfg(feature = "scylla")]
 pub use scylla::{ScyllaConfig, ScyllaViewStore};
 
@@ -150,6 +155,38 @@ fn cache_engine<'a>(what: &'static str, url: Option<&'a str>) -> Result<Option<&
             u,
             "expected redis://HOST:PORT (or no URL for the in-process one)",
         )),
+    }
+}
+
+/// Opens the blob store (attachments) named by `url`: files under `dir`
+/// when `None` (or `embedded://PATH`), or `s3://BUCKET?endpoint=…` (see
+/// [`s3`]).
+pub fn open_blobs(url: Option<&str>, dir: &std::path::Path) -> Result<Arc<dyn BlobStore>, OpenError> {
+    let fs = |path: &std::path::Path| {
+        FsBlobStore::open(path)
+            .map(|b| Arc::new(b) as Arc<dyn BlobStore>)
+            .map_err(|e| OpenError::Open {
+                what: "blob store",
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+    };
+    match url {
+        None => fs(dir),
+        Some(u) if u.starts_with("s3://") => {
+            #[cfg(feature = "s3")]
+            return Ok(Arc::new(S3BlobStore::connect(u)?));
+            #[cfg(not(feature = "s3"))]
+            return Err(left_out("blob store", u, "built without the s3 feature"));
+        }
+        Some(u) => match embedded_path(u) {
+            Some(p) => fs(&p),
+            None => Err(left_out(
+                "blob store",
+                u,
+                "expected s3://BUCKET?endpoint=… or embedded://PATH",
+            )),
+        },
     }
 }
 

@@ -281,3 +281,51 @@ impl Tansu {
         }
     }
 }
+
+/// An S3-compatible server for the blob store's tests: moto's server
+/// (`moto_server`, PyPI `moto[server]`, installed by scripts/test), in
+/// memory, with one empty bucket.
+#[derive(Debug)]
+pub struct S3Server {
+    _server: Supervised,
+    url: String,
+}
+
+impl S3Server {
+    /// Starts a fresh server and creates its bucket.
+    pub fn start() -> Self {
+        let bin = find_binary("moto_server", &[PathBuf::from("/usr/local/bin")]);
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args: Vec<String> = ["-H", "127.0.0.1", "-p", &port.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut server = Supervised::spawn(&bin, &args, dir, "moto.log");
+        server.wait_listening(port, "moto_server");
+        let bucket = "emosation-test";
+        // Moto takes requests without checking their signature: a bare PUT
+        // creates the bucket.
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to moto");
+        write!(
+            s,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .expect("create the bucket");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "bucket not created: {answer}");
+        S3Server {
+            _server: server,
+            url: format!(
+                "s3://{bucket}?endpoint=http://127.0.0.1:{port}&region=us-east-1&access_key_id=test&secret_access_key=test"
+            ),
+        }
+    }
+
+    /// `s3://BUCKET?endpoint=…` with the server's (test) credentials.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
