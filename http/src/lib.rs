@@ -12,12 +12,16 @@
 //! - [`server`]: [`server::serve`], a router on a listener with connection
 //!   hygiene (header, body and idle timeouts; caps per process and per
 //!   client address), TLS, request ids.
+//! - [`files`]: uploads (file names, declared types, image sizes) and
+//!   downloads (`Range`, `Content-Disposition`, the headers that keep a
+//!   stored file from running as a page).
 //! - [`tls`]: [`tls::Tls`], the certificate and key (PEM) every listener
 //!   serves HTTPS with, reloadable; [`tls::bridge`] for WebSockets over TLS.
 
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod files;
 pub mod json;
 pub mod observe;
 pub mod server;
