@@ -10,12 +10,12 @@
 //! so partitions can be folded in any interleaving with the same result.
 
 use crate::emotion::Label;
-use crate::ids::{LogPosition, normalize_username};
-use crate::record::Record;
+use crate::ids::{LogPosition, normalize_username, pair_room_id};
+use crate::record::{Record, RelationshipChanged};
 use crate::view::{
-    EmotionView, FoldState, MemberView, MessageChangeView, MessageEditView, MessageView, OpenedSessionView,
-    RoomEditsView, RoomEventView, RoomView, SESSION_EPOCH_ID, SessionEnd, SessionEndReason, SessionEpochView,
-    SessionView, UserView, ViewKey, ViewValue,
+    EmotionView, FoldState, FriendStatus, FriendView, MemberView, MessageChangeView, MessageEditView, MessageView,
+    OpenedSessionView, RoomEditsView, RoomEventView, RoomView, SESSION_EPOCH_ID, SessionEnd, SessionEndReason,
+    SessionEpochView, SessionView, UserView, ViewKey, ViewValue,
 };
 
 /// What the fold decided about one record.
@@ -67,6 +67,12 @@ pub enum Accepted {
         message_id: String,
         edited_at: i64,
     },
+    /// A relationship action: where the actor stands with the other user
+    /// afterwards, and (for `open`) their direct-message room.
+    Relationship {
+        status: FriendStatus,
+        room_id: Option<String>,
+    },
     /// `duplicate` when the message was deleted already (nothing changed;
     /// `deleted_at` is then the first delete's).
     MessageDeleted {
@@ -105,6 +111,15 @@ pub enum Rejection {
     /// An edit of a deleted message.
     #[error("the message was deleted")]
     MessageDeleted,
+    /// A friend request or direct message between users one of whom blocks the other.
+    #[error("one of you blocks the other")]
+    Blocked,
+    /// An accept, decline or cancel with no such pending request.
+    #[error("there is no such friend request")]
+    NoRequest,
+    /// A direct message (or a friend removal) between users who are not friends.
+    #[error("you are not friends")]
+    NotFriends,
 }
 
 impl Rejection {
@@ -123,6 +138,9 @@ impl Rejection {
             Rejection::SessionEnded => "invalid_token",
             Rejection::NotAuthor => "not_author",
             Rejection::MessageDeleted => "message_deleted",
+            Rejection::Blocked => "blocked",
+            Rejection::NoRequest => "no_request",
+            Rejection::NotFriends => "not_friends",
         }
     }
 }
@@ -179,6 +197,13 @@ pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
             ViewKey::room_edits(&r.room_id),
         ],
         Record::ReadMarkerSet(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
+        Record::RelationshipChanged(r) => vec![
+            ViewKey::friend(&r.user_id, &r.other_id),
+            ViewKey::friend(&r.other_id, &r.user_id),
+            ViewKey::Room(r.room_id.clone()),
+            member(&r.room_id, &r.user_id),
+            member(&r.room_id, &r.other_id),
+        ],
     };
     keys.extend(write_once_keys_read_by(record));
     keys
@@ -381,6 +406,161 @@ fn put_message_change(
     );
 }
 
+/// A [`RelationshipChanged`]: decided from the pair's two rows (and, to
+/// open or close their direct messages, the pair's room), all keyed under
+/// the pair's room id.
+fn relationship(state: &mut impl FoldState, r: RelationshipChanged) -> Outcome {
+    if r.user_id == r.other_id || r.room_id != pair_room_id(&r.user_id, &r.other_id) {
+        return Err(Rejection::Malformed);
+    }
+    let row = |s: &mut dyn FnMut(&ViewKey) -> Option<FriendView>, user: &str, other: &str, other_name: &str| {
+        s(&ViewKey::friend(user, other)).unwrap_or(FriendView {
+            user_id: user.to_owned(),
+            other_id: other.to_owned(),
+            other_name: other_name.to_owned(),
+            status: FriendStatus::None,
+            blocking: false,
+            blocked_by: false,
+            since: 0,
+            room_id: r.room_id.clone(),
+        })
+    };
+    let mut get = |k: &ViewKey| match state.get(k) {
+        Some(ViewValue::Friend(f)) => Some(f.clone()),
+        _ => None,
+    };
+    let mut me = row(&mut get, &r.user_id, &r.other_id, &r.other_name);
+    let mut them = row(&mut get, &r.other_id, &r.user_id, &r.username);
+    // Names follow the newest record that carries them.
+    me.other_name = r.other_name.clone();
+    them.other_name = r.username.clone();
+    let blocked = me.blocking || me.blocked_by;
+    let set = |me: &mut FriendView, them: &mut FriendView, mine: FriendStatus, theirs: FriendStatus| {
+        me.status = mine;
+        them.status = theirs;
+        me.since = r.at;
+        them.since = r.at;
+    };
+    let mut room_id = None;
+    match r.action.as_str() {
+        "request" => {
+            if blocked {
+                return Err(Rejection::Blocked);
+            }
+            match me.status {
+                FriendStatus::Friends | FriendStatus::RequestOut => {}
+                // Both asked: they are friends.
+                FriendStatus::RequestIn => set(&mut me, &mut them, FriendStatus::Friends, FriendStatus::Friends),
+                FriendStatus::None => set(&mut me, &mut them, FriendStatus::RequestOut, FriendStatus::RequestIn),
+            }
+        }
+        "accept" => match me.status {
+            FriendStatus::RequestIn => set(&mut me, &mut them, FriendStatus::Friends, FriendStatus::Friends),
+            FriendStatus::Friends => {}
+            _ => return Err(Rejection::NoRequest),
+        },
+        "decline" | "cancel" => {
+            let pending = if r.action == "decline" {
+                FriendStatus::RequestIn
+            } else {
+                FriendStatus::RequestOut
+            };
+            if me.status != pending {
+                return Err(Rejection::NoRequest);
+            }
+            set(&mut me, &mut them, FriendStatus::None, FriendStatus::None);
+        }
+        "remove" => {
+            if me.status != FriendStatus::Friends {
+                return Err(Rejection::NotFriends);
+            }
+            set(&mut me, &mut them, FriendStatus::None, FriendStatus::None);
+            close_direct(state, &r);
+        }
+        "block" => {
+            me.blocking = true;
+            them.blocked_by = true;
+            set(&mut me, &mut them, FriendStatus::None, FriendStatus::None);
+            close_direct(state, &r);
+        }
+        "unblock" => {
+            me.blocking = false;
+            them.blocked_by = false;
+            me.since = r.at;
+            them.since = r.at;
+        }
+        "open" => {
+            if blocked {
+                return Err(Rejection::Blocked);
+            }
+            if me.status != FriendStatus::Friends {
+                return Err(Rejection::NotFriends);
+            }
+            open_direct(state, &r);
+            room_id = Some(r.room_id.clone());
+        }
+        _ => return Err(Rejection::Malformed),
+    }
+    let status = me.status;
+    for row in [me, them] {
+        let key = ViewKey::friend(&row.user_id, &row.other_id);
+        if row.status == FriendStatus::None && !row.blocking && !row.blocked_by {
+            state.delete(&key);
+        } else {
+            state.put(key, ViewValue::Friend(row));
+        }
+    }
+    Ok(Accepted::Relationship { status, room_id })
+}
+
+/// Creates the pair's direct-message room, or lets both back into it: a room
+/// of two with no owner, which nobody else can join.
+fn open_direct(state: &mut impl FoldState, r: &RelationshipChanged) {
+    let mut room = get_room(state, &r.room_id).unwrap_or(RoomView {
+        room_id: r.room_id.clone(),
+        name: String::new(),
+        capacity: 2,
+        owner_id: String::new(),
+        created_at: r.at,
+        member_count: 0,
+        message_count: 0,
+        last_message_id: None,
+        emotion_counts: [0; 7],
+    });
+    for (user_id, username) in [(&r.user_id, &r.username), (&r.other_id, &r.other_name)] {
+        if get_member(state, &r.room_id, user_id).is_none() {
+            room.member_count += 1;
+            put_member(
+                state,
+                MemberView {
+                    room_id: r.room_id.clone(),
+                    user_id: user_id.clone(),
+                    username: username.clone(),
+                    joined_at: r.at,
+                    read_seq: room.message_count,
+                    last_read_message_id: room.last_message_id.clone(),
+                },
+            );
+        }
+    }
+    put_room(state, room);
+}
+
+/// Takes both out of the pair's direct-message room (its history stays, for
+/// when they are friends again).
+fn close_direct(state: &mut impl FoldState, r: &RelationshipChanged) {
+    let Some(mut room) = get_room(state, &r.room_id) else {
+        return;
+    };
+    for user_id in [&r.user_id, &r.other_id] {
+        if get_member(state, &r.room_id, user_id).is_some() {
+            state.delete(&member(&r.room_id, user_id));
+            room.member_count = room.member_count.saturating_sub(1);
+        }
+    }
+    put_room(state, room);
+}
+
 /// Folds one record into `state` and says what was decided. The record is
 /// consumed: its strings move into the views instead of being copied.
 pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Outcome {
@@ -557,6 +737,10 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
         }
         Record::MemberJoined(r) => {
             let mut room = get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
+            // A direct-message room is joined only by its pair's `open`.
+            if room.is_direct() {
+                return Err(Rejection::RoomNotFound);
+            }
             if get_member(state, &r.room_id, &r.user_id).is_some() {
                 return Ok(Accepted::Joined {
                     member_count: room.member_count,
@@ -849,6 +1033,7 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
                 duplicate: false,
             })
         }
+        Record::RelationshipChanged(r) => relationship(state, r),
         Record::ReadMarkerSet(r) => {
             get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
             let mut m = get_member(state, &r.room_id, &r.user_id).ok_or(Rejection::NotMember)?;
@@ -980,6 +1165,19 @@ mod tests {
                     text,
                 }
             )),
+            (u.clone(), u.clone(), 0..8usize).prop_map(|(a, b, action)| {
+                let (a, b) = (uid(a), uid(b));
+                Record::RelationshipChanged(RelationshipChanged {
+                    request_id: 14,
+                    at: 23,
+                    room_id: pair_room_id(&a, &b),
+                    user_id: a,
+                    username: "x".into(),
+                    other_id: b,
+                    other_name: "y".into(),
+                    action: crate::record::RELATIONSHIP_ACTIONS[action].into(),
+                })
+            }),
             (r.clone(), u.clone(), 0..40u64).prop_map(|(r, u, off)| Record::MessageDeleted(MessageDeleted {
                 request_id: 13,
                 at: 22,
@@ -1381,6 +1579,93 @@ mod tests {
             username: "carol".into(),
         });
         assert_eq!(fold(&mut s, p(31), other), Err(Rejection::NotAuthor));
+    }
+
+    #[test]
+    fn friends_decide_requests_blocks_and_their_direct_room_in_one_partition() {
+        let (a, b) = (uid(0), uid(1));
+        let room = pair_room_id(&a, &b);
+        assert_eq!(room, pair_room_id(&b, &a), "one room per pair, whoever asks");
+        let act = |from: &str, to: &str, action: &str| {
+            let name = |id: &str| if id == a { "alice" } else { "bob" };
+            Record::RelationshipChanged(RelationshipChanged {
+                request_id: 0,
+                at: 5,
+                room_id: room.clone(),
+                user_id: from.into(),
+                username: name(from).into(),
+                other_id: to.into(),
+                other_name: name(to).into(),
+                action: action.into(),
+            })
+        };
+        let mut s = MemState::default();
+        let mut n = 0;
+        let mut fold_one = |s: &mut MemState, r: Record| {
+            n += 1;
+            fold(s, LogPosition::new(2, n), r)
+        };
+        let status = |s: &MemState, u: &str, o: &str| match s.get(&ViewKey::friend(u, o)) {
+            Some(ViewValue::Friend(f)) => f.status,
+            _ => FriendStatus::None,
+        };
+        assert_eq!(fold_one(&mut s, act(&a, &b, "open")), Err(Rejection::NotFriends));
+        assert_eq!(fold_one(&mut s, act(&b, &a, "accept")), Err(Rejection::NoRequest));
+        fold_one(&mut s, act(&a, &b, "request")).unwrap();
+        assert_eq!(
+            (status(&s, &a, &b), status(&s, &b, &a)),
+            (FriendStatus::RequestOut, FriendStatus::RequestIn)
+        );
+        assert_eq!(
+            fold_one(&mut s, act(&a, &b, "accept")),
+            Err(Rejection::NoRequest),
+            "not one's own"
+        );
+        fold_one(&mut s, act(&b, &a, "accept")).unwrap();
+        assert_eq!(
+            (status(&s, &a, &b), status(&s, &b, &a)),
+            (FriendStatus::Friends, FriendStatus::Friends)
+        );
+        assert_eq!(
+            fold_one(&mut s, act(&b, &a, "open")),
+            Ok(Accepted::Relationship {
+                status: FriendStatus::Friends,
+                room_id: Some(room.clone())
+            })
+        );
+        let dm = get_room(&s, &room).unwrap();
+        assert!(dm.is_direct());
+        assert_eq!(dm.member_count, 2);
+        // Nobody else joins it.
+        let join = Record::MemberJoined(MemberJoined {
+            request_id: 0,
+            at: 6,
+            room_id: room.clone(),
+            user_id: uid(2),
+            username: "carol".into(),
+        });
+        assert_eq!(fold_one(&mut s, join), Err(Rejection::RoomNotFound));
+        // A block ends the friendship and the direct messages; the blocked
+        // cannot ask again; unblocking leaves them strangers.
+        fold_one(&mut s, act(&b, &a, "block")).unwrap();
+        assert_eq!(get_room(&s, &room).unwrap().member_count, 0);
+        assert!(get_member(&s, &room, &a).is_none());
+        assert_eq!(fold_one(&mut s, act(&a, &b, "request")), Err(Rejection::Blocked));
+        assert_eq!(fold_one(&mut s, act(&b, &a, "request")), Err(Rejection::Blocked));
+        fold_one(&mut s, act(&b, &a, "unblock")).unwrap();
+        assert!(s.get(&ViewKey::friend(&a, &b)).is_none(), "strangers keep no rows");
+        // Both asking makes friends; opening again lets both back in.
+        fold_one(&mut s, act(&a, &b, "request")).unwrap();
+        fold_one(&mut s, act(&b, &a, "request")).unwrap();
+        assert_eq!(status(&s, &a, &b), FriendStatus::Friends);
+        fold_one(&mut s, act(&a, &b, "open")).unwrap();
+        assert_eq!(get_room(&s, &room).unwrap().member_count, 2);
+        // A record naming another pair's room is refused.
+        let mut wrong = act(&a, &b, "request");
+        if let Record::RelationshipChanged(r) = &mut wrong {
+            r.room_id = "00000000000000aa".into();
+        }
+        assert_eq!(fold_one(&mut s, wrong), Err(Rejection::Malformed));
     }
 
     /// Alice signed up at accounts position (0, 0), as `place` would id her.

@@ -159,6 +159,20 @@ pub fn is_id(s: &str) -> bool {
     s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The id of the direct-message room of two users, whichever of them asks:
+/// 16 hex digits of the FNV-1a hash of the ordered pair. It is also the key
+/// of every record about the pair (friend requests, blocks), so the pair's
+/// relationship and its room are decided in one partition, in log order.
+pub fn pair_room_id(a: &str, b: &str) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in b"dm\0".iter().chain(lo.as_bytes()).chain(b"\0").chain(hi.as_bytes()) {
+        h ^= u64::from(*byte);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// Usernames are matched case-insensitively: `Alice` and `alice` are one account.
 pub fn normalize_username(name: &str) -> String {
     name.to_ascii_lowercase()

@@ -77,6 +77,14 @@ impl Record {
                     && chars(&r.text, MAX_TEXT_CHARS)
             }
             Record::MessageDeleted(r) => id(&r.room_id) && id(&r.message_id) && id(&r.user_id) && name(&r.username),
+            Record::RelationshipChanged(r) => {
+                id(&r.room_id)
+                    && id(&r.user_id)
+                    && name(&r.username)
+                    && id(&r.other_id)
+                    && name(&r.other_name)
+                    && r.action.len() <= 16
+            }
         }
     }
 }

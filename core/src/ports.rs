@@ -185,6 +185,15 @@ pub trait ViewQueries: Send + Sync + 'static {
     /// `after`, at most `limit`.
     async fn user_rooms(&self, user_id: &str, after: Option<&str>, limit: usize)
     -> Result<Vec<MemberView>, StoreError>;
+    /// Where `user_id` stands with other users (friends, requests both ways,
+    /// blocks both ways), in other-user-id order, starting after the user id
+    /// `after`, at most `limit`.
+    async fn friends(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::view::FriendView>, StoreError>;
     async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError>;
     /// The emotions of a room's newest `limit` classified messages, oldest first.
     async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<crate::view::EmotionView>, StoreError>;

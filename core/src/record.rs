@@ -165,6 +165,28 @@ pub struct MessageDeleted {
     pub username: String,
 }
 
+/// `user_id` acts on their relationship with `other_id`: `action` is one of
+/// [`RELATIONSHIP_ACTIONS`]. Keyed by the pair's room id
+/// ([`crate::ids::pair_room_id`]), which is also their direct-message room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelationshipChanged {
+    pub request_id: i64,
+    pub at: i64,
+    pub room_id: String,
+    pub user_id: String,
+    pub username: String,
+    pub other_id: String,
+    pub other_name: String,
+    pub action: String,
+}
+
+/// What a [`RelationshipChanged`] may do: send, accept, decline or cancel a
+/// friend request, remove a friend, block or unblock, and open the pair's
+/// direct-message room.
+pub const RELATIONSHIP_ACTIONS: [&str; 8] = [
+    "request", "accept", "decline", "cancel", "remove", "block", "unblock", "open",
+];
+
 /// A record on the log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -182,6 +204,7 @@ pub enum Record {
     SessionRefreshed(SessionRefreshed),
     MessageEdited(MessageEdited),
     MessageDeleted(MessageDeleted),
+    RelationshipChanged(RelationshipChanged),
 }
 
 impl Record {
@@ -201,7 +224,8 @@ impl Record {
             | Record::ReadMarkerSet(_)
             | Record::EmotionRecorded(_)
             | Record::MessageEdited(_)
-            | Record::MessageDeleted(_) => Topic::Rooms,
+            | Record::MessageDeleted(_)
+            | Record::RelationshipChanged(_) => Topic::Rooms,
         }
     }
 
@@ -222,6 +246,7 @@ impl Record {
             Record::EmotionRecorded(r) => Some(&r.room_id),
             Record::MessageEdited(r) => Some(&r.room_id),
             Record::MessageDeleted(r) => Some(&r.room_id),
+            Record::RelationshipChanged(r) => Some(&r.room_id),
         }
     }
 
@@ -271,6 +296,7 @@ impl Record {
             Record::SessionRefreshed(r) => r.request_id,
             Record::MessageEdited(r) => r.request_id,
             Record::MessageDeleted(r) => r.request_id,
+            Record::RelationshipChanged(r) => r.request_id,
         }
     }
 
@@ -291,6 +317,7 @@ impl Record {
             Record::SessionRefreshed(_) => "session_refreshed",
             Record::MessageEdited(_) => "message_edited",
             Record::MessageDeleted(_) => "message_deleted",
+            Record::RelationshipChanged(_) => "relationship_changed",
         }
     }
 }

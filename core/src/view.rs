@@ -37,6 +37,14 @@ pub struct RoomView {
     pub emotion_counts: [u32; 7],
 }
 
+impl RoomView {
+    /// A direct-message room: two friends' room, with no owner (every room
+    /// a user creates has one).
+    pub fn is_direct(&self) -> bool {
+        self.owner_id.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberView {
     pub room_id: String,
@@ -135,6 +143,45 @@ pub struct MessageChangeView {
     pub user_id: String,
     pub username: String,
     pub at: i64,
+}
+
+/// Where one user stands with another: one row per direction
+/// ([`ViewKey::Friend`]), both written only by the pair's records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendView {
+    pub user_id: String,
+    pub other_id: String,
+    pub other_name: String,
+    pub status: FriendStatus,
+    /// `user_id` blocks `other_id`.
+    pub blocking: bool,
+    /// `other_id` blocks `user_id`.
+    pub blocked_by: bool,
+    /// When the status last changed.
+    pub since: i64,
+    /// The pair's direct-message room ([`crate::ids::pair_room_id`]).
+    pub room_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FriendStatus {
+    None,
+    /// `user_id` asked `other_id` to be friends.
+    RequestOut,
+    /// `other_id` asked `user_id`.
+    RequestIn,
+    Friends,
+}
+
+impl FriendStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FriendStatus::None => "none",
+            FriendStatus::RequestOut => "request_out",
+            FriendStatus::RequestIn => "request_in",
+            FriendStatus::Friends => "friends",
+        }
+    }
 }
 
 /// One room's activity in one UTC hour: the `activity` consumer's view, not
@@ -282,11 +329,17 @@ pub enum ViewKey {
         room_id: String,
         message_id: String,
     },
+    /// Where `user_id` stands with `other_id` ([`FriendView`]); a user's rows
+    /// are listed in `other_id` order.
+    Friend {
+        user_id: String,
+        other_id: String,
+    },
 }
 
 /// Tables of the view model, in the order checksums visit them. New tables
 /// go at the end: adapters store a table's index (Scylla's redo records).
-pub const TABLES: [&str; 11] = [
+pub const TABLES: [&str; 12] = [
     "users",
     "usernames",
     "rooms",
@@ -298,6 +351,7 @@ pub const TABLES: [&str; 11] = [
     "emotions",
     "activity",
     "message_edits",
+    "friends",
 ];
 
 /// The consumer whose views the `activity` table holds: per-room activity by
@@ -370,6 +424,14 @@ impl ViewKey {
         }
     }
 
+    /// Where `user_id` stands with `other_id`.
+    pub fn friend(user_id: &str, other_id: &str) -> ViewKey {
+        ViewKey::Friend {
+            user_id: user_id.to_owned(),
+            other_id: other_id.to_owned(),
+        }
+    }
+
     /// Where a room keeps its [`RoomEditsView`].
     pub fn room_edits(room_id: &str) -> ViewKey {
         ViewKey::message_edit(room_id, ROOM_EDITS_ID)
@@ -389,6 +451,7 @@ impl ViewKey {
             ViewKey::Emotion { .. } => "emotions",
             ViewKey::Activity { .. } => "activity",
             ViewKey::MessageEdit { .. } => "message_edits",
+            ViewKey::Friend { .. } => "friends",
         }
     }
 
@@ -425,6 +488,7 @@ impl ViewKey {
             ViewKey::User(id) | ViewKey::Username(id) | ViewKey::Room(id) => out.extend_from_slice(id.as_bytes()),
             ViewKey::Session { username, session_id } => join(out, &[username, session_id]),
             ViewKey::Member { room_id, user_id } => join(out, &[room_id, user_id]),
+            ViewKey::Friend { user_id, other_id } => join(out, &[user_id, other_id]),
             ViewKey::RoomEvent { room_id, position } => join(out, &[room_id, position]),
             ViewKey::Emotion { room_id, message_id } => join(out, &[room_id, message_id]),
             ViewKey::Message { room_id, message_id } | ViewKey::MessageEdit { room_id, message_id } => {
@@ -453,6 +517,7 @@ impl ViewKey {
             ViewKey::Emotion { .. } => 8,
             ViewKey::Activity { .. } => 9,
             ViewKey::MessageEdit { .. } => 10,
+            ViewKey::Friend { .. } => 11,
         }
     }
 
@@ -508,6 +573,7 @@ pub enum ViewValue {
     MessageEdit(MessageEditView),
     RoomEdits(RoomEditsView),
     MessageChange(MessageChangeView),
+    Friend(FriendView),
 }
 
 impl ViewValue {

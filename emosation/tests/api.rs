@@ -1052,6 +1052,242 @@ async fn edits_and_deletes_change_history_emotions_and_the_mood(s: TestServer) {
     assert!(mood["summary"].as_object().unwrap().values().all(|n| n == 0), "{mood}");
 }
 
+async fn friends_blocks_and_direct_messages(s: TestServer) {
+    let api = s.client();
+    let (alice_id, alice) = api.user("alice").await;
+    let (bob_id, bob) = api.user("bob").await;
+    let (carol_id, carol) = api.user("carol").await;
+    let call = async |m: Method, path: &str, t: &str, body: Option<Value>| api.call(m, path, Some(t), body).await;
+
+    // A request by username; both sides see it pending.
+    let asked = call(
+        Method::POST,
+        "/v1/friends/requests",
+        &alice,
+        Some(json!({"username": "Bob"})),
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        (asked["user_id"].as_str(), asked["status"].as_str()),
+        (Some(bob_id.as_str()), Some("request_out"))
+    );
+    let theirs = api.get("/v1/friends", &bob).await.expect(200);
+    assert_eq!(theirs["incoming"][0]["username"], "alice", "{theirs}");
+    assert_eq!(
+        api.get("/v1/friends", &alice).await.expect(200)["outgoing"][0]["user_id"],
+        bob_id.as_str()
+    );
+    // Not one's own request to accept; no DM before they are friends.
+    call(
+        Method::POST,
+        &format!("/v1/friends/requests/{bob_id}/accept"),
+        &alice,
+        None,
+    )
+    .await
+    .expect_error(404, "no_request");
+    call(Method::POST, &format!("/v1/dms/{bob_id}"), &alice, None)
+        .await
+        .expect_error(403, "not_friends");
+    let accepted = call(
+        Method::POST,
+        &format!("/v1/friends/requests/{alice_id}/accept"),
+        &bob,
+        None,
+    )
+    .await
+    .expect(200);
+    assert_eq!(accepted["status"], "friends");
+
+    // Friends, with whether each is online now (bob has a socket open).
+    let _socket = common::ws_client::Client::connect(&s.base, &bob).await;
+    let mine = api.get("/v1/friends", &alice).await.expect(200);
+    assert_eq!(mine["friends"][0]["username"], "bob", "{mine}");
+    assert_eq!(mine["friends"][0]["online"], true, "{mine}");
+    assert_eq!(mine["outgoing"], json!([]));
+    assert_eq!(
+        api.get("/v1/friends", &bob).await.expect(200)["friends"][0]["online"],
+        false
+    );
+
+    // The direct-message room: created on first use, the same from both sides.
+    let dm = call(Method::POST, &format!("/v1/dms/{bob_id}"), &alice, None)
+        .await
+        .expect(200);
+    let room = dm["room_id"].as_str().unwrap().to_owned();
+    assert_eq!(dm["name"], "bob");
+    assert_eq!(
+        call(Method::POST, &format!("/v1/dms/{alice_id}"), &bob, None)
+            .await
+            .expect(200)["room_id"],
+        room.as_str()
+    );
+    assert_eq!(mine["friends"][0]["room_id"], room.as_str());
+    api.send(&alice, &room, "d1", "I am so happy to see you!")
+        .await
+        .expect(202);
+    let history = api.get(&format!("/v1/rooms/{room}/messages"), &bob).await.expect(200);
+    assert_eq!(history["messages"][0]["text"], "I am so happy to see you!");
+    // Listed among bob's rooms under alice's name, with the unread message.
+    let rooms = api.get("/v1/me/rooms", &bob).await.expect(200);
+    let listed = rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room_id"] == room.as_str())
+        .unwrap();
+    assert_eq!(
+        (listed["name"].as_str(), listed["direct"].as_bool()),
+        (Some("alice"), Some(true))
+    );
+    assert_eq!(listed["unread_count"], 1);
+    // Emotions like any room.
+    emotions_until(&api, &bob, &room, "the direct message classified", |b| {
+        b["summary"]["joy"] == 1
+    })
+    .await;
+    // Private: not in the directory, not to others, nobody else joins.
+    let directory = api.call(Method::GET, "/v1/rooms", None, None).await.expect(200);
+    assert!(
+        !directory["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["room_id"] == room.as_str())
+    );
+    api.call(Method::GET, &format!("/v1/rooms/{room}"), None, None)
+        .await
+        .expect_error(404, "room_not_found");
+    api.get(&format!("/v1/rooms/{room}"), &carol)
+        .await
+        .expect_error(404, "room_not_found");
+    assert_eq!(
+        api.get(&format!("/v1/rooms/{room}"), &bob).await.expect(200)["name"],
+        "alice"
+    );
+    call(Method::POST, &format!("/v1/rooms/{room}/join"), &carol, Some(json!({})))
+        .await
+        .expect_error(404, "room_not_found");
+    api.send(&carol, &room, "c1", "let me in")
+        .await
+        .expect_error(403, "not_member");
+
+    // A block ends the friendship and the messages; the blocked cannot ask again.
+    let blocked = call(Method::PUT, &format!("/v1/blocks/{alice_id}"), &bob, None)
+        .await
+        .expect(200);
+    assert_eq!(blocked["status"], "none");
+    api.send(&alice, &room, "d2", "hello?")
+        .await
+        .expect_error(403, "not_member");
+    call(
+        Method::POST,
+        "/v1/friends/requests",
+        &alice,
+        Some(json!({"user_id": bob_id})),
+    )
+    .await
+    .expect_error(403, "blocked");
+    call(Method::POST, &format!("/v1/dms/{bob_id}"), &alice, None)
+        .await
+        .expect_error(403, "blocked");
+    let bobs = api.get("/v1/friends", &bob).await.expect(200);
+    assert_eq!(
+        (bobs["friends"].clone(), bobs["blocked"][0]["user_id"].clone()),
+        (json!([]), json!(alice_id))
+    );
+    call(Method::DELETE, &format!("/v1/blocks/{alice_id}"), &bob, None)
+        .await
+        .expect(200);
+    let none = api.get("/v1/friends", &alice).await.expect(200);
+    assert_eq!(
+        none,
+        json!({"friends": [], "incoming": [], "outgoing": [], "blocked": []})
+    );
+
+    // Cancel and decline; then nothing is pending.
+    call(
+        Method::POST,
+        "/v1/friends/requests",
+        &carol,
+        Some(json!({"username": "alice"})),
+    )
+    .await
+    .expect(200);
+    call(
+        Method::DELETE,
+        &format!("/v1/friends/requests/{alice_id}"),
+        &carol,
+        None,
+    )
+    .await
+    .expect(200);
+    assert_eq!(api.get("/v1/friends", &alice).await.expect(200)["incoming"], json!([]));
+    call(
+        Method::POST,
+        "/v1/friends/requests",
+        &carol,
+        Some(json!({"username": "alice"})),
+    )
+    .await
+    .expect(200);
+    call(
+        Method::POST,
+        &format!("/v1/friends/requests/{carol_id}/decline"),
+        &alice,
+        None,
+    )
+    .await
+    .expect(200);
+    call(
+        Method::POST,
+        &format!("/v1/friends/requests/{carol_id}/accept"),
+        &alice,
+        None,
+    )
+    .await
+    .expect_error(404, "no_request");
+    call(Method::DELETE, &format!("/v1/friends/{carol_id}"), &alice, None)
+        .await
+        .expect_error(403, "not_friends");
+
+    // Bad input.
+    call(
+        Method::POST,
+        "/v1/friends/requests",
+        &alice,
+        Some(json!({"username": "alice"})),
+    )
+    .await
+    .expect_error(400, "invalid_request");
+    call(
+        Method::POST,
+        "/v1/friends/requests",
+        &alice,
+        Some(json!({"username": "nobody_here"})),
+    )
+    .await
+    .expect_error(404, "user_not_found");
+    call(Method::POST, "/v1/friends/requests", &alice, Some(json!({})))
+        .await
+        .expect_error(400, "invalid_request");
+    call(
+        Method::POST,
+        "/v1/friends/requests",
+        &alice,
+        Some(json!({"username": 7})),
+    )
+    .await
+    .expect_error(400, "invalid_request");
+    call(Method::PUT, "/v1/blocks/not-an-id", &alice, None)
+        .await
+        .expect_error(404, "user_not_found");
+    api.call(Method::GET, "/v1/friends", None, None)
+        .await
+        .expect_error(401, "unauthorized");
+}
+
 /// Each body above runs on the embedded views and on Redis views (with Redis
 /// presence): everything above the view-store port behaves the same on both.
 macro_rules! on_every_store {
@@ -1090,6 +1326,7 @@ on_every_store!(
     every_message_gets_exactly_one_emotion,
     activity_counts_stored_messages_per_hour_for_members,
     edits_and_deletes_change_history_emotions_and_the_mood,
+    friends_blocks_and_direct_messages,
 );
 
 /// Text people read is stored NFC-normalised; bidirectional controls and

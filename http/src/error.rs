@@ -140,7 +140,10 @@ impl From<Rejection> for ApiError {
         let status = match r {
             Rejection::UsernameTaken | Rejection::RoomExists | Rejection::RoomFull => StatusCode::CONFLICT,
             Rejection::UnknownUser | Rejection::RoomNotFound | Rejection::MessageNotFound => StatusCode::NOT_FOUND,
-            Rejection::NotMember | Rejection::NotAuthor => StatusCode::FORBIDDEN,
+            Rejection::NotMember | Rejection::NotAuthor | Rejection::Blocked | Rejection::NotFriends => {
+                StatusCode::FORBIDDEN
+            }
+            Rejection::NoRequest => StatusCode::NOT_FOUND,
             Rejection::MessageDeleted => StatusCode::CONFLICT,
             Rejection::Malformed => StatusCode::BAD_REQUEST,
             Rejection::SessionEnded => StatusCode::UNAUTHORIZED,

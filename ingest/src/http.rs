@@ -6,7 +6,7 @@ use axum::Router;
 use axum::extract::{FromRef, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, patch, post};
+use axum::routing::{delete, patch, post, put};
 use emosation_http::auth::TokenKind;
 use emosation_http::client::ClientAddr;
 use emosation_http::{ApiError, ApiJson, ApiPath, AuthUser, Authenticator, TokenPair};
@@ -43,6 +43,13 @@ pub fn routes(ingest: Arc<Ingest>) -> Router {
             "/v1/rooms/{room_id}/messages/{message_id}",
             patch(edit_message).delete(delete_message),
         )
+        .route("/v1/friends/requests", post(friend_request))
+        .route("/v1/friends/requests/{user_id}", delete(friend_cancel))
+        .route("/v1/friends/requests/{user_id}/accept", post(friend_accept))
+        .route("/v1/friends/requests/{user_id}/decline", post(friend_decline))
+        .route("/v1/friends/{user_id}", delete(friend_remove))
+        .route("/v1/blocks/{user_id}", put(block).delete(unblock))
+        .route("/v1/dms/{user_id}", post(open_dm))
         .route("/v1/admin/users/{user_id}/restore", post(restore))
         .with_state(IngestState { ingest })
 }
@@ -342,6 +349,100 @@ async fn delete_message(
         "message_id": c.message_id,
         "deleted_at": emosation_core::time::rfc3339_millis(c.at),
         "cursor": c.cursor,
+    }))
+    .into_response())
+}
+
+/// The body of `POST /v1/friends/requests`: whom to ask, by username or id.
+#[derive(Deserialize)]
+pub struct FriendRequest {
+    pub username: Option<String>,
+    pub user_id: Option<String>,
+}
+
+fn related(r: crate::Related) -> Response {
+    axum::Json(json!({
+        "user_id": r.other_id,
+        "username": r.other_name,
+        "status": r.status,
+    }))
+    .into_response()
+}
+
+async fn friend_request(
+    State(s): State<IngestState>,
+    user: AuthUser,
+    ApiJson(b): ApiJson<FriendRequest>,
+) -> Result<Response, ApiError> {
+    let other_id = match (b.user_id, b.username) {
+        (Some(id), _) => id,
+        (None, Some(name)) => s.ingest.user_named(&name).await?.user_id,
+        (None, None) => return Err(ApiError::invalid_request("give the username (or user_id) to ask")),
+    };
+    Ok(related(s.ingest.relate(&user, &other_id, "request").await?))
+}
+
+async fn friend_accept(
+    State(s): State<IngestState>,
+    user: AuthUser,
+    ApiPath(other): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    Ok(related(s.ingest.relate(&user, &other, "accept").await?))
+}
+
+async fn friend_decline(
+    State(s): State<IngestState>,
+    user: AuthUser,
+    ApiPath(other): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    Ok(related(s.ingest.relate(&user, &other, "decline").await?))
+}
+
+async fn friend_cancel(
+    State(s): State<IngestState>,
+    user: AuthUser,
+    ApiPath(other): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    Ok(related(s.ingest.relate(&user, &other, "cancel").await?))
+}
+
+async fn friend_remove(
+    State(s): State<IngestState>,
+    user: AuthUser,
+    ApiPath(other): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    Ok(related(s.ingest.relate(&user, &other, "remove").await?))
+}
+
+async fn block(
+    State(s): State<IngestState>,
+    user: AuthUser,
+    ApiPath(other): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    Ok(related(s.ingest.relate(&user, &other, "block").await?))
+}
+
+async fn unblock(
+    State(s): State<IngestState>,
+    user: AuthUser,
+    ApiPath(other): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    Ok(related(s.ingest.relate(&user, &other, "unblock").await?))
+}
+
+/// Opens (creating on first use) the direct-message room with a friend.
+async fn open_dm(
+    State(s): State<IngestState>,
+    user: AuthUser,
+    ApiPath(other): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let r = s.ingest.relate(&user, &other, "open").await?;
+    Ok(axum::Json(json!({
+        "room_id": r.room_id,
+        "user_id": r.other_id,
+        "username": r.other_name,
+        "name": r.other_name,
+        "direct": true,
     }))
     .into_response())
 }

@@ -912,6 +912,76 @@ impl Ingest {
     }
 }
 
+impl Ingest {
+    /// The live account named `username`, for a friend request or block by name.
+    pub async fn user_named(&self, username: &str) -> Result<emosation_core::view::UserView, CommandError> {
+        self.views
+            .user_by_name(&normalize_username(username))
+            .await?
+            .filter(|u| u.deleted_at.is_none())
+            .ok_or_else(|| Rejection::UnknownUser.into())
+    }
+
+    /// Acts on the relationship with user `other_id` (`action` is one of
+    /// `emosation_core::record::RELATIONSHIP_ACTIONS`), decided by the fold in the
+    /// pair's partition. `open` answers the pair's direct-message room.
+    pub async fn relate(&self, user: &AuthUser, other_id: &str, action: &str) -> Result<Related, CommandError> {
+        if other_id == user.user_id {
+            return Err(CommandError::Invalid("that is your own account".into()));
+        }
+        if !emosation_core::ids::is_id(other_id) {
+            return Err(Rejection::UnknownUser.into());
+        }
+        let other = self
+            .views
+            .user(other_id)
+            .await?
+            .filter(|u| u.deleted_at.is_none())
+            .ok_or(Rejection::UnknownUser)?;
+        self.limit(
+            format!("friends:{}", user.user_id),
+            self.cfg.abuse.joins_per_user,
+            "friend and block actions",
+        )
+        .await?;
+        let room_id = emosation_core::ids::pair_room_id(&user.user_id, &other.user_id);
+        let make = |request_id, at| {
+            Record::RelationshipChanged(RelationshipChanged {
+                request_id,
+                at,
+                room_id,
+                user_id: user.user_id.clone(),
+                username: user.username.clone(),
+                other_id: other.user_id.clone(),
+                other_name: other.username.clone(),
+                action: action.to_owned(),
+            })
+        };
+        let (other_id, other_name) = (other.user_id.clone(), other.username.clone());
+        self.command("relationship", make, move |a| match a {
+            Accepted::Relationship { status, room_id } => Some(Related {
+                other_id,
+                other_name,
+                status: status.as_str(),
+                room_id,
+            }),
+            _ => None,
+        })
+        .await
+    }
+}
+
+/// Where the user stands with another after a relationship action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Related {
+    pub other_id: String,
+    pub other_name: String,
+    /// `none`, `request_out`, `request_in` or `friends`.
+    pub status: &'static str,
+    /// The pair's direct-message room, for `open`.
+    pub room_id: Option<String>,
+}
+
 /// An accepted edit or delete: the message, the change's log position (its
 /// cursor on the room's stream) and when it was made.
 #[derive(Debug, Clone, PartialEq, Eq)]

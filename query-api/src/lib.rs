@@ -76,6 +76,7 @@ pub fn routes(
     Router::new()
         .route("/v1/me", get(me))
         .route("/v1/me/rooms", get(my_rooms))
+        .route("/v1/friends", get(friends))
         .route("/v1/rooms", get(list_rooms))
         .route("/v1/rooms/{room_id}", get(get_room))
         .route("/v1/rooms/{room_id}/members", get(members))
@@ -189,7 +190,16 @@ async fn my_rooms(
     let mut rooms = Vec::with_capacity(memberships.len());
     for m in &memberships {
         if let Some(room) = s.views.room(&m.room_id).await? {
-            rooms.push(json::my_room(&room, m));
+            let mut item = json::my_room(&room, m);
+            // A direct-message room is named after the other person.
+            if room.is_direct()
+                && let Some((id, name)) = other_member(&*s.views, &room.room_id, &user.user_id).await?
+            {
+                item["name"] = json!(name);
+                item["direct"] = json!(true);
+                item["user_id"] = json!(id);
+            }
+            rooms.push(item);
         }
     }
     Ok(axum::Json(json!({
@@ -222,7 +232,8 @@ async fn list_rooms(
         Some(needle) => rooms_named(&*s.views, &needle, after, limit).await?,
     };
     Ok(axum::Json(json!({
-        "rooms": rooms.iter().map(json::room).collect::<Vec<_>>(),
+        // Direct-message rooms are not in the directory.
+        "rooms": rooms.iter().filter(|r| !r.is_direct()).map(json::room).collect::<Vec<_>>(),
         "next_after": next,
     })))
 }
@@ -284,11 +295,92 @@ async fn rooms_named(
     }
 }
 
+/// The other member of a direct-message room: `(user_id, username)`.
+async fn other_member(views: &dyn ViewStore, room_id: &str, me: &str) -> Result<Option<(String, String)>, ApiError> {
+    Ok(views
+        .members(room_id, None, 2)
+        .await?
+        .into_iter()
+        .find(|m| m.user_id != me)
+        .map(|m| (m.user_id, m.username)))
+}
+
+/// A room by id; a direct-message room only to its members (with a token),
+/// named after the other person: to anyone else it does not exist.
 async fn get_room(
     State(s): State<QueryState>,
+    user: Result<AuthUser, ApiError>,
     ApiPath(room_id): ApiPath<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(json::room(&access::room(&*s.views, &room_id).await?)))
+    let room = access::room(&*s.views, &room_id).await?;
+    if !room.is_direct() {
+        return Ok(axum::Json(json::room(&room)));
+    }
+    let me = user.map_err(|_| ApiError::from(emosation_core::Rejection::RoomNotFound))?;
+    if s.views.member(&room_id, &me.user_id).await?.is_none() {
+        return Err(emosation_core::Rejection::RoomNotFound.into());
+    }
+    let mut body = json::room(&room);
+    if let Some((id, name)) = other_member(&*s.views, &room_id, &me.user_id).await? {
+        body["name"] = json!(name);
+        body["user_id"] = json!(id);
+    }
+    body["direct"] = json!(true);
+    Ok(axum::Json(body))
+}
+
+/// Rows of a user's relationships read per request at most.
+const MAX_FRIENDS: usize = 5000;
+
+/// `GET /v1/friends`: friends (with whether each is online now), friend
+/// requests in and out, and the users one blocks.
+async fn friends(State(s): State<QueryState>, user: AuthUser) -> Result<axum::Json<Value>, ApiError> {
+    let rows = s.views.friends(&user.user_id, None, MAX_FRIENDS).await?;
+    let friend_ids: Vec<String> = rows
+        .iter()
+        .filter(|f| f.status == emosation_core::view::FriendStatus::Friends)
+        .map(|f| f.other_id.clone())
+        .collect();
+    // Presence is an accelerator here: without it, nobody shows online.
+    let online = s
+        .presence
+        .online(&friend_ids)
+        .await
+        .unwrap_or_else(|_| vec![false; friend_ids.len()]);
+    let online: std::collections::HashMap<&str, bool> = friend_ids
+        .iter()
+        .map(String::as_str)
+        .zip(online.iter().copied())
+        .collect();
+    let (mut friends, mut incoming, mut outgoing, mut blocked) = (vec![], vec![], vec![], vec![]);
+    for f in &rows {
+        let item = json!({
+            "user_id": f.other_id,
+            "username": f.other_name,
+            "since": time::rfc3339_millis(f.since),
+        });
+        use emosation_core::view::FriendStatus as S;
+        match f.status {
+            S::Friends => {
+                let mut item = item.clone();
+                item["online"] = json!(online.get(f.other_id.as_str()).copied().unwrap_or(false));
+                item["room_id"] = json!(f.room_id);
+                friends.push(item);
+            }
+            S::RequestIn => incoming.push(item.clone()),
+            S::RequestOut => outgoing.push(item.clone()),
+            S::None => {}
+        }
+        if f.blocking {
+            blocked.push(item);
+        }
+    }
+    Ok(axum::Json(json!({
+        "friends": friends,
+        "incoming": incoming,
+        "outgoing": outgoing,
+        "blocked": blocked,
+    })))
 }
 
 async fn members(

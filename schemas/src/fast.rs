@@ -201,6 +201,16 @@ pub(crate) fn decode_current(kind: RecordType, body: &[u8]) -> Result<Record, Sc
             username: r.string()?,
             text: r.string()?,
         }),
+        RecordType::RelationshipChanged => Record::RelationshipChanged(RelationshipChanged {
+            request_id,
+            at,
+            room_id: r.string()?,
+            user_id: r.string()?,
+            username: r.string()?,
+            other_id: r.string()?,
+            other_name: r.string()?,
+            action: r.string()?,
+        }),
         RecordType::MessageDeleted => Record::MessageDeleted(MessageDeleted {
             request_id,
             at,

@@ -52,10 +52,11 @@ pub enum RecordType {
     SessionRefreshed,
     MessageEdited,
     MessageDeleted,
+    RelationshipChanged,
 }
 
 /// Each record type, its file stem and its current schema.
-pub const CURRENT: [(RecordType, &str, &str); 14] = [
+pub const CURRENT: [(RecordType, &str, &str); 15] = [
     (
         RecordType::UserSignedUp,
         "user_signed_up",
@@ -126,11 +127,16 @@ pub const CURRENT: [(RecordType, &str, &str); 14] = [
         "message_deleted",
         include_str!("../avro/message_deleted.avsc"),
     ),
+    (
+        RecordType::RelationshipChanged,
+        "relationship_changed",
+        include_str!("../avro/relationship_changed.avsc"),
+    ),
 ];
 
 /// Every released version `(type, version, schema)`; the newest of each type
 /// must equal the current schema.
-pub const HISTORY: [(RecordType, u32, &str); 15] = [
+pub const HISTORY: [(RecordType, u32, &str); 16] = [
     (
         RecordType::UserSignedUp,
         1,
@@ -205,6 +211,11 @@ pub const HISTORY: [(RecordType, u32, &str); 15] = [
         RecordType::MessageDeleted,
         1,
         include_str!("../avro/history/message_deleted.v1.avsc"),
+    ),
+    (
+        RecordType::RelationshipChanged,
+        1,
+        include_str!("../avro/history/relationship_changed.v1.avsc"),
     ),
 ];
 
@@ -337,6 +348,7 @@ pub fn record_type(record: &Record) -> RecordType {
         Record::SessionRefreshed(_) => RecordType::SessionRefreshed,
         Record::MessageEdited(_) => RecordType::MessageEdited,
         Record::MessageDeleted(_) => RecordType::MessageDeleted,
+        Record::RelationshipChanged(_) => RecordType::RelationshipChanged,
     }
 }
 
@@ -366,6 +378,7 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, SchemaError> {
         Record::SessionRefreshed(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
         Record::MessageEdited(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
         Record::MessageDeleted(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::RelationshipChanged(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
     };
     res.map_err(|e| SchemaError::Encode(e.to_string()))?;
     Ok(out)
@@ -434,6 +447,7 @@ fn decode_resolved(known: &Known, mut body: &[u8]) -> Result<Record, SchemaError
         RecordType::SessionRefreshed => Record::SessionRefreshed(typed::<r::SessionRefreshed>(&value)?),
         RecordType::MessageEdited => Record::MessageEdited(typed::<r::MessageEdited>(&value)?),
         RecordType::MessageDeleted => Record::MessageDeleted(typed::<r::MessageDeleted>(&value)?),
+        RecordType::RelationshipChanged => Record::RelationshipChanged(typed::<r::RelationshipChanged>(&value)?),
     })
 }
 
@@ -461,6 +475,7 @@ pub fn encode_released(record: &Record, version: u32) -> Option<Result<Vec<u8>, 
             Record::SessionRefreshed(x) => apache_avro::to_value(x),
             Record::MessageEdited(x) => apache_avro::to_value(x),
             Record::MessageDeleted(x) => apache_avro::to_value(x),
+            Record::RelationshipChanged(x) => apache_avro::to_value(x),
         }
         .map_err(|e| SchemaError::Encode(e.to_string()))?;
         let Schema::Record(shape) = &schema else {

@@ -118,6 +118,16 @@ fn samples() -> Vec<Record> {
             user_id: "u".into(),
             username: "alice".into(),
         }),
+        Record::RelationshipChanged(RelationshipChanged {
+            request_id: 5,
+            at: 7,
+            room_id: "p".into(),
+            user_id: "u".into(),
+            username: "alice".into(),
+            other_id: "v".into(),
+            other_name: "bob".into(),
+            action: "request".into(),
+        }),
     ]
 }
 
@@ -228,7 +238,7 @@ proptest! {
 
     /// A valid header followed by arbitrary bytes exercises the datum decoder.
     #[test]
-    fn arbitrary_bodies_never_panic(which in 0usize..14, body in proptest::collection::vec(any::<u8>(), 0..256)) {
+    fn arbitrary_bodies_never_panic(which in 0usize..15, body in proptest::collection::vec(any::<u8>(), 0..256)) {
         let mut bytes = encode(&samples()[which]).unwrap()[..10].to_vec();
         bytes.extend_from_slice(&body);
         let _ = decode(&bytes);
@@ -367,6 +377,20 @@ fn arb_record() -> impl Strategy<Value = Record> {
                     user_id,
                     username,
                     text,
+                })
+            }
+        ),
+        (any::<i64>(), any::<i64>(), t(), t(), t(), t(), t(), t()).prop_map(
+            |(request_id, at, room_id, user_id, username, other_id, other_name, action)| {
+                Record::RelationshipChanged(RelationshipChanged {
+                    request_id,
+                    at,
+                    room_id,
+                    user_id,
+                    username,
+                    other_id,
+                    other_name,
+                    action,
                 })
             }
         ),

@@ -13,8 +13,8 @@ use emosation_core::ports::{
     CORE_VIEWS, ConnRef, KickReason, Log, LogError, Presence, RateLimiter, ViewBatch, ViewQueries, ViewStore,
 };
 use emosation_core::view::{
-    ACTIVITY_VIEWS, ActivityView, MemberView, MessageChangeView, MessageEditView, MessageView, RoomEditsView, RoomView,
-    UserView, ViewKey, ViewValue,
+    ACTIVITY_VIEWS, ActivityView, FriendStatus, FriendView, MemberView, MessageChangeView, MessageEditView,
+    MessageView, RoomEditsView, RoomView, UserView, ViewKey, ViewValue,
 };
 use emosation_storage::{EmbeddedLog, EmbeddedViewStore, LocalPresence, LocalRateLimiter};
 #[cfg(feature = "redis")]
@@ -514,6 +514,56 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
         .await
         .unwrap();
     assert_eq!(store.load(&[edit_key, change_key]).await.unwrap(), vec![None, None]);
+
+    // A user's relationships, listed in the other user's id order, paged.
+    let friend = |user: &str, other: &str| FriendView {
+        user_id: user.into(),
+        other_id: other.into(),
+        other_name: format!("name of {other}"),
+        status: FriendStatus::Friends,
+        blocking: false,
+        blocked_by: false,
+        since: 1,
+        room_id: "p1".into(),
+    };
+    let rows = [friend("u1", "u3"), friend("u1", "u2"), friend("u2", "u1")];
+    store
+        .apply(ViewBatch {
+            consumer: CORE_VIEWS.into(),
+            changes: rows
+                .iter()
+                .map(|f| {
+                    (
+                        ViewKey::friend(&f.user_id, &f.other_id),
+                        Some(ViewValue::Friend(f.clone())),
+                    )
+                })
+                .collect(),
+            positions: vec![],
+        })
+        .await
+        .unwrap();
+    let others = |v: Vec<FriendView>| v.into_iter().map(|f| f.other_id).collect::<Vec<_>>();
+    assert_eq!(others(store.friends("u1", None, 10).await.unwrap()), ["u2", "u3"]);
+    assert_eq!(others(store.friends("u1", None, 1).await.unwrap()), ["u2"]);
+    assert_eq!(others(store.friends("u1", Some("u2"), 10).await.unwrap()), ["u3"]);
+    assert_eq!(others(store.friends("u2", None, 10).await.unwrap()), ["u1"]);
+    assert!(store.friends("u9", None, 10).await.unwrap().is_empty());
+    store
+        .apply(ViewBatch {
+            consumer: CORE_VIEWS.into(),
+            changes: rows
+                .iter()
+                .map(|f| (ViewKey::friend(&f.user_id, &f.other_id), None))
+                .collect(),
+            positions: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(
+        store.friends("u1", None, 10).await.unwrap().is_empty(),
+        "deletions leave the index"
+    );
 
     // Loads see exactly what was written; deletions remove both directions.
     let k = ViewKey::Member {

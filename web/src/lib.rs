@@ -63,6 +63,7 @@ pub static ASSETS: &[Asset] = assets![
     "js/rooms.js" => JS,
     "js/chat.js" => JS,
     "js/chart.js" => JS,
+    "js/friends.js" => JS,
 ];
 
 /// What is served for one asset: its ETag, and its gzip form with its own

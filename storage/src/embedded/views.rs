@@ -335,6 +335,24 @@ impl ViewQueries for EmbeddedViewStore {
         )
     }
 
+    async fn friends(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<emosation_core::view::FriendView>, StoreError> {
+        let (start, end) = page_of(user_id, after);
+        self.scan(
+            "friends",
+            self.handles().table("friends").range(start..end),
+            |v| match v {
+                ViewValue::Friend(f) => Some(f),
+                _ => None,
+            },
+            limit,
+        )
+    }
+
     async fn user_rooms(
         &self,
         user_id: &str,

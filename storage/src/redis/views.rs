@@ -15,6 +15,7 @@
 //! | `{NS}:m:ROOM` / `{NS}:ur:USER` | zset (lex) | members of a room / rooms of a user |
 //! | `{NS}:h:ROOM` | zset (lex) | message ids of a room (fixed-width hex, so lex order is log order) |
 //! | `{NS}:e:ROOM` | zset (lex) | message ids with an emotion |
+//! | `{NS}:f:USER` | zset (lex) | the other users a user has a relationship row with |
 //! | `{NS}:a:ROOM` | zset (lex) | hours of the room with an activity entity (16 hex digits, so lex order is time order) |
 //! | `{NS}:positions` | hash | `consumer\0topic\0partition` → next offset (8 bytes BE); `consumer\x01rebuilding` |
 //!
@@ -158,6 +159,7 @@ impl RedisViewStore {
             ViewKey::Message { room_id, message_id } => vec![(self.index_key("h", room_id), message_id.clone())],
             ViewKey::Emotion { room_id, message_id } => vec![(self.index_key("e", room_id), message_id.clone())],
             ViewKey::Activity { room_id, hour } => vec![(self.index_key("a", room_id), hour_field(*hour))],
+            ViewKey::Friend { user_id, other_id } => vec![(self.index_key("f", user_id), other_id.clone())],
             _ => Vec::new(),
         }
     }
@@ -278,6 +280,22 @@ impl ViewQueries for RedisViewStore {
             })
             .collect();
         Ok(Self::values_of(self.get_many(&keys).await?, as_member))
+    }
+
+    async fn friends(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<emosation_core::view::FriendView>, StoreError> {
+        let ids = self
+            .range(self.index_key("f", user_id), after, None, false, limit)
+            .await?;
+        let keys: Vec<ViewKey> = ids.into_iter().map(|other| ViewKey::friend(user_id, &other)).collect();
+        Ok(Self::values_of(self.get_many(&keys).await?, |v| match v {
+            ViewValue::Friend(f) => Some(f),
+            _ => None,
+        }))
     }
 
     async fn user_rooms(

@@ -226,6 +226,7 @@ statements! {
     get_emotion = "SELECT entity FROM {ks}.emotions WHERE room_id = ? AND bucket = ? AND message_id = ?";
     get_activity = "SELECT entity FROM {ks}.activity WHERE room_id = ? AND hour = ?";
     get_message_edit = "SELECT entity FROM {ks}.message_edits WHERE room_id = ? AND message_id = ?";
+    get_friend = "SELECT entity FROM {ks}.friends WHERE user_id = ? AND other_id = ?";
 
     // Entity writes and deletions, timestamped by log position.
     put_user = "INSERT INTO {ks}.users (user_id, entity) VALUES (?, ?) USING TIMESTAMP ?";
@@ -250,6 +251,8 @@ statements! {
     del_activity = "DELETE FROM {ks}.activity USING TIMESTAMP ? WHERE room_id = ? AND hour = ?";
     put_message_edit = "INSERT INTO {ks}.message_edits (room_id, message_id, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
     del_message_edit = "DELETE FROM {ks}.message_edits USING TIMESTAMP ? WHERE room_id = ? AND message_id = ?";
+    put_friend = "INSERT INTO {ks}.friends (user_id, other_id, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
+    del_friend = "DELETE FROM {ks}.friends USING TIMESTAMP ? WHERE user_id = ? AND other_id = ?";
 
     // Index rows, timestamped like the entity they index.
     put_room_index = "INSERT INTO {ks}.rooms_by_id (shard, room_id) VALUES (?, ?) USING TIMESTAMP ?";
@@ -265,6 +268,8 @@ statements! {
     rooms_after = "SELECT room_id FROM {ks}.rooms_by_id WHERE shard = ? AND room_id > ? LIMIT ?";
     members_first = "SELECT entity FROM {ks}.members WHERE room_id = ? LIMIT ?";
     members_after = "SELECT entity FROM {ks}.members WHERE room_id = ? AND user_id > ? LIMIT ?";
+    friends_first = "SELECT entity FROM {ks}.friends WHERE user_id = ? LIMIT ?";
+    friends_after = "SELECT entity FROM {ks}.friends WHERE user_id = ? AND other_id > ? LIMIT ?";
     rooms_of_first = "SELECT room_id FROM {ks}.user_rooms WHERE user_id = ? LIMIT ?";
     rooms_of_after = "SELECT room_id FROM {ks}.user_rooms WHERE user_id = ? AND room_id > ? LIMIT ?";
     buckets_down = "SELECT bucket FROM {ks}.room_buckets WHERE room_id = ? AND kind = ? AND bucket <= ?";
@@ -308,6 +313,7 @@ statements! {
     scan_emotions = "SELECT room_id, message_id, entity FROM {ks}.emotions";
     scan_activity = "SELECT room_id, hour, entity FROM {ks}.activity";
     scan_message_edits = "SELECT room_id, message_id, entity FROM {ks}.message_edits";
+    scan_friends = "SELECT user_id, other_id, entity FROM {ks}.friends";
     scan_consumers = "SELECT consumer, generation, rebuilding FROM {ks}.consumers";
 }
 
@@ -615,6 +621,7 @@ impl ScyllaViewStore {
             ViewKey::MessageEdit { room_id, message_id } => {
                 self.one(&q.get_message_edit, (room_id, message_id)).await?
             }
+            ViewKey::Friend { user_id, other_id } => self.one(&q.get_friend, (user_id, other_id)).await?,
         };
         raw.map(|(v,)| decode(key.table(), &v)).transpose()
     }
@@ -653,6 +660,7 @@ impl ScyllaViewStore {
                 ViewKey::MessageEdit { room_id, message_id } => {
                     self.exec(&q.put_message_edit, (room_id, message_id, v, ts)).await
                 }
+                ViewKey::Friend { user_id, other_id } => self.exec(&q.put_friend, (user_id, other_id, v, ts)).await,
             },
             Op::Delete(key) => match key {
                 ViewKey::User(id) => self.exec(&q.del_user, (ts, id)).await,
@@ -683,6 +691,7 @@ impl ScyllaViewStore {
                 ViewKey::MessageEdit { room_id, message_id } => {
                     self.exec(&q.del_message_edit, (ts, room_id, message_id)).await
                 }
+                ViewKey::Friend { user_id, other_id } => self.exec(&q.del_friend, (ts, user_id, other_id)).await,
             },
             Op::RoomIndex { room_id, on: true } => {
                 let shard = room_shard(room_id);
@@ -1181,6 +1190,12 @@ impl ScyllaViewStore {
                 })
                 .await
             }
+            "friends" => {
+                self.each_row(&q.scan_friends, |(user_id, other_id, v): Three| {
+                    out.push(ViewKey::Friend { user_id, other_id }.encode(), v)
+                })
+                .await
+            }
             other => Err(StoreError::Storage(format!("no scan for table {other}"))),
         }
     }
@@ -1233,6 +1248,29 @@ impl ViewQueries for ScyllaViewStore {
         for (raw,) in rows {
             if let ViewValue::Member(m) = decode("members", &raw)? {
                 out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn friends(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<emosation_core::view::FriendView>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let n = limit_of(limit);
+        let rows: Vec<(Vec<u8>,)> = match after {
+            Some(a) => self.all(&self.q.friends_after, (user_id, a, n)).await?,
+            None => self.all(&self.q.friends_first, (user_id, n)).await?,
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (raw,) in rows {
+            if let ViewValue::Friend(f) = decode("friends", &raw)? {
+                out.push(f);
             }
         }
         Ok(out)

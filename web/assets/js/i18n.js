@@ -47,6 +47,14 @@ const en = {
   edit: 'Edit', delete: 'Delete', save: 'Save', edited: 'edited', deleted_msg: 'This message was deleted.',
   edit_label: 'Edit your message', delete_confirm_msg: 'Delete this message for everyone?',
   msg_actions: 'Message actions', err_not_author: 'Only its author can change this message.',
+  friends: 'Friends', add_friend: 'Add a friend', friend_placeholder: 'Their username',
+  requests_in: 'Friend requests', requests_out: 'Sent requests', blocked_users: 'Blocked',
+  none_incoming: 'No requests.', none_friends: 'No friends yet.', none_outgoing: 'No pending requests.', none_blocked: 'Nobody.',
+  accept: 'Accept', decline: 'Decline', cancel_request: 'Cancel request', message_friend: 'Message',
+  remove_friend: 'Remove', block: 'Block', unblock: 'Unblock', online_now: 'online', offline_now: 'offline',
+  request_sent: 'Request sent to {user}.', now_friends: 'You and {user} are friends now.',
+  err_user_not_found: 'No such user.', err_blocked: 'One of you blocks the other.',
+  err_friend_self: 'You cannot add yourself.', err_not_friends: 'You are not friends.',
 };
 
 const ko = {
@@ -94,6 +102,14 @@ const ko = {
   edit: '수정', delete: '삭제', save: '저장', edited: '수정됨', deleted_msg: '삭제된 메시지입니다.',
   edit_label: '메시지 수정', delete_confirm_msg: '모든 사람에게서 이 메시지를 삭제할까요?',
   msg_actions: '메시지 메뉴', err_not_author: '작성자만 이 메시지를 바꿀 수 있습니다.',
+  friends: '친구', add_friend: '친구 추가', friend_placeholder: '상대의 아이디',
+  requests_in: '받은 친구 요청', requests_out: '보낸 요청', blocked_users: '차단한 사용자',
+  none_incoming: '요청이 없습니다.', none_friends: '아직 친구가 없습니다.', none_outgoing: '대기 중인 요청이 없습니다.', none_blocked: '없음.',
+  accept: '수락', decline: '거절', cancel_request: '요청 취소', message_friend: '메시지',
+  remove_friend: '친구 삭제', block: '차단', unblock: '차단 해제', online_now: '접속 중', offline_now: '오프라인',
+  request_sent: '{user}님에게 요청을 보냈습니다.', now_friends: '{user}님과 친구가 되었습니다.',
+  err_user_not_found: '그런 사용자가 없습니다.', err_blocked: '한쪽이 상대를 차단했습니다.',
+  err_friend_self: '자기 자신은 추가할 수 없습니다.', err_not_friends: '친구가 아닙니다.',
 };
 
 const DICTS = { en, ko };

@@ -1,4 +1,4 @@
-// The page: routes (#/login, #/signup, #/rooms, #/room/<id>, #/account),
+// The page: routes (#/login, #/signup, #/rooms, #/room/<id>, #/friends, #/account),
 // the app shell, the connection status line and the session banners.
 
 import { h, clear, $, go } from './dom.js';
@@ -8,6 +8,7 @@ import { Live } from './socket.js';
 import { authView } from './auth.js';
 import { Sidebar, directoryView, accountView } from './rooms.js';
 import { ChatRoom } from './chat.js';
+import { friendsView } from './friends.js';
 
 const live = new Live();
 const app = $('#app');
@@ -75,7 +76,7 @@ function route() {
     view = new ChatRoom(ctx, decodeURIComponent(arg), content);
   } else {
     ctx.sidebar.setActive(null);
-    view = name === 'account' ? accountView(ctx, content) : directoryView(ctx, content);
+    view = name === 'account' ? accountView(ctx, content) : name === 'friends' ? friendsView(ctx, content) : directoryView(ctx, content);
     content.querySelector('h1')?.focus({ preventScroll: true });
   }
 }

@@ -31,7 +31,10 @@ export class Sidebar {
     this.empty = tr('no_rooms', null, 'p');
     this.empty.className = 'muted small-note';
     this.el = h('nav', { class: 'sidebar', 'aria-labelledby': 'my-rooms-h' },
-      h('div', { class: 'side-head' }, tr('my_rooms', null, 'h2'), h('a', { href: '#/rooms', class: 'ghost small', onclick: refreshIfHere }, tr('find_rooms'))),
+      h('div', { class: 'side-head' }, tr('my_rooms', null, 'h2'),
+        h('span', { class: 'side-links' },
+          h('a', { href: '#/friends', class: 'ghost small friends-link' }, tr('friends')),
+          h('a', { href: '#/rooms', class: 'ghost small', onclick: refreshIfHere }, tr('find_rooms')))),
       this.list, this.empty);
     this.el.querySelector('h2').id = 'my-rooms-h';
     mount.append(this.el);

@@ -222,6 +222,10 @@ pub(crate) fn decode_key(table: &str, raw: &[u8]) -> Option<ViewKey> {
             let (room_id, message_id) = two()?;
             ViewKey::MessageEdit { room_id, message_id }
         }
+        "friends" => {
+            let (user_id, other_id) = two()?;
+            ViewKey::Friend { user_id, other_id }
+        }
         "activity" => {
             let (room_id, hour) = two()?;
             let hour = i64::from_str_radix(&hour, 16).ok().filter(|h| hour_field(*h) == hour)?;
@@ -262,7 +266,7 @@ pub(crate) fn decode_redo(raw: &[u8]) -> Result<Vec<Change>, String> {
 }
 
 fn table_index(table: &str) -> u8 {
-    // TABLES has 11 entries and `table` comes from `ViewKey::table`.
+    // TABLES has 12 entries and `table` comes from `ViewKey::table`.
     TABLES.iter().position(|t| *t == table).unwrap_or(usize::MAX) as u8
 }
 
@@ -656,6 +660,10 @@ mod tests {
             ViewKey::MessageEdit {
                 room_id: "r1".into(),
                 message_id: "0003000000000010".into(),
+            },
+            ViewKey::Friend {
+                user_id: "u1".into(),
+                other_id: "u2".into(),
             },
         ]
     }

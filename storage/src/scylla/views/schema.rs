@@ -94,8 +94,23 @@ const MIGRATION_5: &[&str] = &[
      PRIMARY KEY (room_id, message_id)) WITH CLUSTERING ORDER BY (message_id ASC)",
 ];
 
+/// Migration 6: where each user stands with others (friends, requests,
+/// blocks), one partition per user clustered by the other's id, so a
+/// user's list is one slice.
+const MIGRATION_6: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.friends (user_id text, other_id text, entity blob, \
+     PRIMARY KEY (user_id, other_id)) WITH CLUSTERING ORDER BY (other_id ASC)",
+];
+
 /// All migrations, in order; the position in this list + 1 is the version.
-const MIGRATIONS: &[&[&str]] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5];
+const MIGRATIONS: &[&[&str]] = &[
+    MIGRATION_1,
+    MIGRATION_2,
+    MIGRATION_3,
+    MIGRATION_4,
+    MIGRATION_5,
+    MIGRATION_6,
+];
 
 /// Whether a schema statement failed only because it had been applied
 /// already (`ALTER TABLE … ADD` has no `IF NOT EXISTS`): nodes migrating
@@ -115,7 +130,7 @@ pub(crate) fn tables_of(consumer: &str) -> &'static [&'static str] {
 }
 
 /// The core views' tables, truncated by `clear(CORE_VIEWS)`.
-const CORE_TABLES: [&str; 14] = [
+const CORE_TABLES: [&str; 15] = [
     "users",
     "usernames",
     "rooms",
@@ -130,6 +145,7 @@ const CORE_TABLES: [&str; 14] = [
     "sessions",
     "room_events",
     "message_edits",
+    "friends",
 ];
 
 /// The component name under which `schema_version` records this store's migrations.
