@@ -142,21 +142,22 @@ pub async fn run(server: &str, base: &str, pid: u32) -> anyhow::Result<()> {
                     return anyhow::Ok(());
                 }
                 let (a, b) = members[i];
-                let r: serde_json::Value = http
-                    .post(format!("{base}/v1/rooms"))
-                    .bearer_auth(&tokens[a])
-                    .json(&json!({"name": format!("pair{i}"), "capacity": 2}))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
+                let create = || {
+                    http.post(format!("{base}/v1/rooms"))
+                        .bearer_auth(&tokens[a])
+                        .json(&json!({"name": format!("pair{i}"), "capacity": 2}))
+                };
+                let r: serde_json::Value = with_retries(create).await?.error_for_status()?.json().await?;
                 let room = r["room_id"].as_str().unwrap_or_default().to_owned();
-                http.post(format!("{base}/v1/rooms/{room}/join"))
-                    .bearer_auth(&tokens[b])
-                    .send()
-                    .await?
-                    .error_for_status()?;
+                let join = || {
+                    http.post(format!("{base}/v1/rooms/{room}/join"))
+                        .bearer_auth(&tokens[b])
+                };
+                let joined = with_retries(join).await?;
+                // 409: a join answered 503 had been decided after all.
+                if joined.status().as_u16() != 409 {
+                    joined.error_for_status()?;
+                }
                 room_ids.lock().unwrap()[i] = room;
             }
         }));
@@ -283,6 +284,24 @@ pub async fn run(server: &str, base: &str, pid: u32) -> anyhow::Result<()> {
                "errors": shared.errors.load(Ordering::Relaxed), "steps": steps.len()})
     );
     Ok(())
+}
+
+/// Sends the request `make` builds; a `503` (the server's decision did not
+/// come in time: on a slow broker) or a `429` is asked again after a pause,
+/// as a client would, up to 20 times. A create answered `503` may have been
+/// decided meanwhile: the set-up then has a spare room, which is harmless.
+async fn with_retries(make: impl Fn() -> reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    let mut tries = 0;
+    loop {
+        let r = make().send().await?;
+        let status = r.status().as_u16();
+        if (status == 503 || status == 429) && tries < 20 {
+            tries += 1;
+            tokio::time::sleep(Duration::from_millis(250 * tries)).await;
+            continue;
+        }
+        return Ok(r);
+    }
 }
 
 /// One socket: sends on its schedule within the window, reads acks,

@@ -29,7 +29,9 @@
 //! `small_rooms` (issue 21: 5,000 rooms of two, 10,000 sockets all sending,
 //! the rate stepped up until the ack p99 passes 50 ms) is described in
 //! `bench/src/small_rooms.rs`; it is not in the default set (it takes a few
-//! minutes).
+//! minutes). `small_rooms_kafka` is the same against `serve` with its log
+//! on tansu and its cache on Redis (the lines say `"server":
+//! "emosation-kafka"`; the CPU per message is `serve`'s alone).
 //!
 //! `gateway` is the docker-compose gateway carrying sockets: Debian's nginx
 //! with the deployment's own `deploy/nginx/nginx.conf` (its backends.conf
@@ -490,6 +492,9 @@ async fn run(name: &str, server_name: &str, secs: u64) -> anyhow::Result<()> {
         let deployment = match (server_name, name) {
             ("emosation", _) => match name {
                 "room1k_2nodes" => Deployment::distributed(&analyzer, 2, &[]).await?,
+                // `small_rooms` with the log on tansu and the cache on Redis (one
+                // `serve`, no separate fan-out nodes), all on the server's core.
+                "small_rooms_kafka" => Deployment::distributed(&analyzer, 0, &[]).await?,
                 // Raw clients answer no pings; a node holds ~16,700 sockets,
                 // more than ¾ of the descriptor limit (the default maximum).
                 "c100k" => {
@@ -518,8 +523,13 @@ async fn run(name: &str, server_name: &str, secs: u64) -> anyhow::Result<()> {
             emosation_bench::c100k::run(&base, &nodes).await?;
             return Ok(());
         }
-        if name == "small_rooms" {
-            emosation_bench::small_rooms::run(server_name, &base, server.child.id().unwrap_or(0)).await?;
+        if name == "small_rooms" || name == "small_rooms_kafka" {
+            let label = if name == "small_rooms" {
+                server_name
+            } else {
+                "emosation-kafka"
+            };
+            emosation_bench::small_rooms::run(label, &base, server.child.id().unwrap_or(0)).await?;
             return Ok(());
         }
         let bases = deployment.ws_bases();
