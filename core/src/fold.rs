@@ -13,9 +13,9 @@ use crate::emotion::Label;
 use crate::ids::{LogPosition, normalize_username, pair_room_id};
 use crate::record::{Record, RelationshipChanged};
 use crate::view::{
-    EmotionView, FoldState, FriendStatus, FriendView, MemberView, MessageChangeView, MessageEditView, MessageView,
-    OpenedSessionView, RoomEditsView, RoomEventView, RoomView, SESSION_EPOCH_ID, SessionEnd, SessionEndReason,
-    SessionEpochView, SessionView, UserView, ViewKey, ViewValue,
+    AdminRoleView, EmotionView, FoldState, FriendStatus, FriendView, MemberView, MessageChangeView, MessageEditView,
+    MessageView, OpenedSessionView, RoomEditsView, RoomEventView, RoomView, SessionEnd, SessionEndReason,
+    SessionEpochView, SessionView, UserView, ViewKey, ViewValue, is_reserved_session_id,
 };
 
 /// What the fold decided about one record.
@@ -62,6 +62,10 @@ pub enum Accepted {
     /// A refresh presenting a generation already used (or never issued):
     /// the session is revoked. The refresh itself is refused.
     RefreshReused,
+    /// The account's admin role is now `granted` (or not).
+    AdminRole {
+        granted: bool,
+    },
     /// An edit of `message_id`'s text, at `edited_at`.
     MessageEdited {
         message_id: String,
@@ -174,6 +178,11 @@ pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
                 ViewKey::session(&username, &r.session_id),
                 ViewKey::session_epoch(&username),
             ]
+        }
+        Record::AdminRoleChanged(r) => {
+            let mut keys = account_keys(&r.username, &r.user_id);
+            keys.push(ViewKey::admin_role(&normalize_username(&r.username)));
+            keys
         }
         Record::RoomCreated(r) => vec![ViewKey::Room(r.room_id.clone())],
         Record::MemberJoined(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
@@ -617,7 +626,7 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
             Ok(Accepted::AccountRestored)
         }
         Record::SessionRevoked(r) => {
-            if r.session_id == SESSION_EPOCH_ID {
+            if is_reserved_session_id(&r.session_id) {
                 return Err(Rejection::Malformed);
             }
             let key = ViewKey::session(&normalize_username(&r.username), &r.session_id);
@@ -652,7 +661,7 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
             }
             let key = ViewKey::session(&user.username, &r.session_id);
             // A session id is opened once: opening it again would revive it.
-            if r.session_id == SESSION_EPOCH_ID || state.get(&key).is_some() {
+            if is_reserved_session_id(&r.session_id) || state.get(&key).is_some() {
                 return Err(Rejection::Malformed);
             }
             let account_epoch = session_epoch(state, &user.username);
@@ -1034,6 +1043,19 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
             })
         }
         Record::RelationshipChanged(r) => relationship(state, r),
+        Record::AdminRoleChanged(r) => {
+            let user = account_user(state, &r.username, &r.user_id).ok_or(Rejection::UnknownUser)?;
+            state.put(
+                ViewKey::admin_role(&user.username),
+                ViewValue::AdminRole(AdminRoleView {
+                    user_id: user.user_id,
+                    granted: r.granted,
+                    at: r.at,
+                    by: r.by,
+                }),
+            );
+            Ok(Accepted::AdminRole { granted: r.granted })
+        }
         Record::ReadMarkerSet(r) => {
             get_room(state, &r.room_id).ok_or(Rejection::RoomNotFound)?;
             let mut m = get_member(state, &r.room_id, &r.user_id).ok_or(Rejection::NotMember)?;
@@ -1059,7 +1081,7 @@ mod tests {
     use super::*;
     use crate::ids::{Topic, Topology, partition_for};
     use crate::record::*;
-    use crate::view::{MemState, Overlay};
+    use crate::view::{ADMIN_ROLE_ID, MemState, Overlay, SESSION_EPOCH_ID};
     use proptest::prelude::*;
     use std::collections::HashMap;
 
@@ -1165,6 +1187,14 @@ mod tests {
                     text,
                 }
             )),
+            (u.clone(), any::<bool>()).prop_map(|(u, granted)| Record::AdminRoleChanged(AdminRoleChanged {
+                request_id: 15,
+                at: 24,
+                user_id: uid(u),
+                username: USERS[u].into(),
+                granted,
+                by: "cli".into(),
+            })),
             (u.clone(), u.clone(), 0..8usize).prop_map(|(a, b, action)| {
                 let (a, b) = (uid(a), uid(b));
                 Record::RelationshipChanged(RelationshipChanged {
@@ -1666,6 +1696,43 @@ mod tests {
             r.room_id = "00000000000000aa".into();
         }
         assert_eq!(fold_one(&mut s, wrong), Err(Rejection::Malformed));
+    }
+
+    #[test]
+    fn the_admin_role_is_granted_and_revoked_on_the_accounts_own_key() {
+        let mut s = alice();
+        let role = |granted: bool, user_id: String| {
+            Record::AdminRoleChanged(AdminRoleChanged {
+                request_id: 0,
+                at: 9,
+                user_id,
+                username: "Alice".into(),
+                granted,
+                by: "cli".into(),
+            })
+        };
+        let out = fold_from(
+            &mut s,
+            vec![
+                role(true, alice_id()),
+                role(true, "00000000000000ff".into()),
+                open(ADMIN_ROLE_ID, 10, 1_000),
+            ],
+        );
+        assert_eq!(out[0], Ok(Accepted::AdminRole { granted: true }));
+        assert_eq!(
+            out[1],
+            Err(Rejection::UnknownUser),
+            "a user id the username does not name"
+        );
+        assert_eq!(out[2], Err(Rejection::Malformed), "the reserved id is not a session");
+        let granted = |s: &MemState| match s.get(&ViewKey::admin_role("alice")) {
+            Some(ViewValue::AdminRole(r)) => r.granted,
+            other => panic!("{other:?}"),
+        };
+        assert!(granted(&s));
+        fold_from(&mut s, vec![role(false, alice_id())]);
+        assert!(!granted(&s));
     }
 
     /// Alice signed up at accounts position (0, 0), as `place` would id her.

@@ -77,6 +77,7 @@ impl Record {
                     && chars(&r.text, MAX_TEXT_CHARS)
             }
             Record::MessageDeleted(r) => id(&r.room_id) && id(&r.message_id) && id(&r.user_id) && name(&r.username),
+            Record::AdminRoleChanged(r) => id(&r.user_id) && name(&r.username) && chars(&r.by, MAX_ID_BYTES),
             Record::RelationshipChanged(r) => {
                 id(&r.room_id)
                     && id(&r.user_id)

@@ -187,6 +187,20 @@ pub const RELATIONSHIP_ACTIONS: [&str; 8] = [
     "request", "accept", "decline", "cancel", "remove", "block", "unblock", "open",
 ];
 
+/// The admin role of `user_id` is granted (`granted`) or revoked: the
+/// `emosation admin grant|revoke` command, or an admin. Keyed by username.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRoleChanged {
+    pub request_id: i64,
+    pub at: i64,
+    pub user_id: String,
+    pub username: String,
+    pub granted: bool,
+    /// Who did it: an admin's user id, or `cli` / `token` for the command
+    /// line and the shared admin token.
+    pub by: String,
+}
+
 /// A record on the log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -205,6 +219,7 @@ pub enum Record {
     MessageEdited(MessageEdited),
     MessageDeleted(MessageDeleted),
     RelationshipChanged(RelationshipChanged),
+    AdminRoleChanged(AdminRoleChanged),
 }
 
 impl Record {
@@ -216,7 +231,8 @@ impl Record {
             | Record::AccountRestored(_)
             | Record::SessionRevoked(_)
             | Record::SessionOpened(_)
-            | Record::SessionRefreshed(_) => Topic::Accounts,
+            | Record::SessionRefreshed(_)
+            | Record::AdminRoleChanged(_) => Topic::Accounts,
             Record::RoomCreated(_)
             | Record::MemberJoined(_)
             | Record::MemberQuit(_)
@@ -237,7 +253,8 @@ impl Record {
             | Record::AccountRestored(_)
             | Record::SessionRevoked(_)
             | Record::SessionOpened(_)
-            | Record::SessionRefreshed(_) => None,
+            | Record::SessionRefreshed(_)
+            | Record::AdminRoleChanged(_) => None,
             Record::RoomCreated(r) => Some(&r.room_id),
             Record::MemberJoined(r) => Some(&r.room_id),
             Record::MemberQuit(r) => Some(&r.room_id),
@@ -262,6 +279,7 @@ impl Record {
             Record::SessionRevoked(r) => normalize_username(&r.username),
             Record::SessionOpened(r) => normalize_username(&r.username),
             Record::SessionRefreshed(r) => normalize_username(&r.username),
+            Record::AdminRoleChanged(r) => normalize_username(&r.username),
             _ => self.room_id().unwrap_or_default().to_owned(),
         }
     }
@@ -297,6 +315,7 @@ impl Record {
             Record::MessageEdited(r) => r.request_id,
             Record::MessageDeleted(r) => r.request_id,
             Record::RelationshipChanged(r) => r.request_id,
+            Record::AdminRoleChanged(r) => r.request_id,
         }
     }
 
@@ -318,6 +337,7 @@ impl Record {
             Record::MessageEdited(_) => "message_edited",
             Record::MessageDeleted(_) => "message_deleted",
             Record::RelationshipChanged(_) => "relationship_changed",
+            Record::AdminRoleChanged(_) => "admin_role_changed",
         }
     }
 }

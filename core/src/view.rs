@@ -96,6 +96,17 @@ pub struct RoomEventView {
     pub at: i64,
 }
 
+/// Whether an account has the admin role: kept beside its sessions under the
+/// reserved id [`ADMIN_ROLE_ID`], so the authenticator reads it in the same
+/// partition as the session. None means never granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRoleView {
+    pub user_id: String,
+    pub granted: bool,
+    pub at: i64,
+    pub by: String,
+}
+
 /// What edits and deletes did to one message ([`ViewKey::MessageEdit`]):
 /// its latest text, whether it is deleted, and the emotion of its latest
 /// classified edit. The message's own entity stays as posted (write-once);
@@ -379,6 +390,15 @@ pub fn tables_of(consumer: &str) -> impl Iterator<Item = &'static str> + '_ {
 /// the fold refuses session records naming this one.
 pub const SESSION_EPOCH_ID: &str = "*";
 
+/// The session id under which the sessions table holds an account's
+/// [`AdminRoleView`]; the fold refuses session records naming it.
+pub const ADMIN_ROLE_ID: &str = "@admin";
+
+/// Whether a session id is one of the reserved ids of the sessions table.
+pub fn is_reserved_session_id(id: &str) -> bool {
+    id == SESSION_EPOCH_ID || id == ADMIN_ROLE_ID
+}
+
 /// The message id under which the message edits table holds a room's
 /// [`RoomEditsView`] (message ids are 16 hex digits).
 pub const ROOM_EDITS_ID: &str = "*";
@@ -422,6 +442,11 @@ impl ViewKey {
             room_id: room_id.to_owned(),
             message_id: message_id.to_owned(),
         }
+    }
+
+    /// Where the account of `username` (normalized) keeps its [`AdminRoleView`].
+    pub fn admin_role(username: &str) -> ViewKey {
+        ViewKey::session(username, ADMIN_ROLE_ID)
     }
 
     /// Where `user_id` stands with `other_id`.
@@ -574,6 +599,7 @@ pub enum ViewValue {
     RoomEdits(RoomEditsView),
     MessageChange(MessageChangeView),
     Friend(FriendView),
+    AdminRole(AdminRoleView),
 }
 
 impl ViewValue {

@@ -56,6 +56,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ViewsCommand,
     },
+    /// Grant or revoke the admin role: appends a record to the log, so the
+    /// role replays like everything else.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Run the ingest service alone (distributed deployment).
     Ingest(ServeArgs),
     /// Run the projector alone (distributed deployment).
@@ -72,6 +78,22 @@ pub enum Command {
 pub enum ViewsCommand {
     /// Print one deterministic digest of every view's content.
     Checksum(ChecksumArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Make USERNAME an admin.
+    Grant(AdminArgs),
+    /// Take the admin role from USERNAME.
+    Revoke(AdminArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The account's username.
+    pub username: String,
+    #[command(flatten)]
+    pub engines: EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -389,6 +411,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Views {
             command: ViewsCommand::Checksum(args),
         } => return checksum(args).await,
+        Command::Admin {
+            command: AdminCommand::Grant(args),
+        } => return admin_role(args, true).await,
+        Command::Admin {
+            command: AdminCommand::Revoke(args),
+        } => return admin_role(args, false).await,
     };
     serve(args, roles).await
 }
@@ -583,6 +611,33 @@ async fn checksum(args: ChecksumArgs) -> anyhow::Result<()> {
         }
     }
     println!("{}", views.checksum().await?);
+    Ok(())
+}
+
+/// `emosation admin grant|revoke USERNAME`: appends an `AdminRoleChanged`
+/// to the log. On the embedded engines (which a running server holds, so the
+/// server is stopped) the record is folded at once, as `views checksum
+/// --catch-up` folds; on a shared log the running projector folds it.
+async fn admin_role(args: AdminArgs, granted: bool) -> anyhow::Result<()> {
+    let engines = args.engines.engines()?;
+    let views = engines
+        .open_views()
+        .await
+        .context("open the views (on the embedded engines, stop the server first)")?;
+    let log = engines.open_log().await?;
+    let (user_id, username, pos) = emosation_ingest::append_admin_role(&*log, &*views, &args.username, granted, "cli")
+        .await
+        .with_context(|| format!("grant or revoke the admin role of {:?}", args.username))?;
+    let what = if granted { "granted to" } else { "revoked from" };
+    if args.engines.log.as_deref().is_none_or(|l| l.starts_with("embedded://")) {
+        emosation_projector::catch_up(&*log, &*views).await?;
+        println!("admin role {what} {username} ({user_id}), at {}", pos.to_id());
+    } else {
+        println!(
+            "admin role {what} {username} ({user_id}): appended at {}; the projector folds it",
+            pos.to_id()
+        );
+    }
     Ok(())
 }
 

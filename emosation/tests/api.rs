@@ -1288,6 +1288,133 @@ async fn friends_blocks_and_direct_messages(s: TestServer) {
         .expect_error(401, "unauthorized");
 }
 
+async fn admins_are_granted_on_the_log_and_restore_without_the_token(s: TestServer) {
+    let api = s.client();
+    let (alice_id, alice) = api.user("alice").await;
+    let (bob_id, bob) = api.user("bob").await;
+    let (carol_id, carol) = api.user("carol").await;
+    api.call(Method::DELETE, "/v1/me", Some(&carol), None).await;
+    let restore = format!("/v1/admin/users/{carol_id}/restore");
+    let role = |id: &str| format!("/v1/admin/users/{id}/admin");
+    // Not an admin yet: refused, with or without a token of one's own.
+    api.call(Method::POST, &restore, Some(&alice), None)
+        .await
+        .expect_error(403, "forbidden");
+    api.call(Method::PUT, &role(&alice_id), Some(&alice), None)
+        .await
+        .expect_error(403, "forbidden");
+    // The shared token bootstraps the first admin.
+    let granted = api
+        .http
+        .put(format!("{}{}", api.base, role(&alice_id)))
+        .header("x-admin-token", "admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(granted.status().as_u16(), 200);
+    assert_eq!(granted.json::<Value>().await.unwrap()["admin"], true);
+    // An admin restores with her own token, and makes another admin.
+    api.call(Method::POST, &restore, Some(&alice), None).await.expect(204);
+    api.login("carol").await;
+    assert_eq!(
+        api.call(Method::PUT, &role(&bob_id), Some(&alice), None)
+            .await
+            .expect(200)["admin"],
+        true
+    );
+    api.call(Method::PUT, "/v1/admin/users/00000000000000ff/admin", Some(&bob), None)
+        .await
+        .expect_error(404, "user_not_found");
+    // Revoked, she is refused again.
+    assert_eq!(
+        api.call(Method::DELETE, &role(&alice_id), Some(&bob), None)
+            .await
+            .expect(200)["admin"],
+        false
+    );
+    api.call(Method::POST, &restore, Some(&alice), None)
+        .await
+        .expect_error(403, "forbidden");
+}
+
+/// `emosation admin grant` appends the role to the log of a stopped server;
+/// the restarted server honours it, and a replay rebuilds the same views.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_command_grants_on_the_log_and_the_role_replays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut cfg = common::config(tmp.path());
+        cfg.roles.analyzer = false;
+        cfg.ingest.admin_token = None;
+        cfg
+    };
+    let mut s = TestServer::start_with(config()).await;
+    let api = s.client();
+    let (_, root) = api.user("root").await;
+    let (dora_id, dora) = api.user("dora").await;
+    api.call(Method::DELETE, "/v1/me", Some(&dora), None).await;
+    s.stop().await;
+    let _ = root;
+
+    let admin = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_emosation"))
+            .arg("admin")
+            .args(args)
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .output()
+            .unwrap()
+    };
+    let out = admin(&["grant", "Root"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("admin role granted to root"));
+    let out = admin(&["grant", "nobody_here"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such user"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let engines = emosation::system::Engines::embedded(tmp.path());
+    let live = engines.open_views().await.unwrap().checksum().await.unwrap();
+    drop(engines);
+    let mut s = TestServer::start_with(config()).await;
+    let api = s.client();
+    let root = api.login("root").await["access_token"].as_str().unwrap().to_owned();
+    api.call(
+        Method::POST,
+        &format!("/v1/admin/users/{dora_id}/restore"),
+        Some(&root),
+        None,
+    )
+    .await
+    .expect(204);
+    s.stop().await;
+
+    // Replayed from the log, the role is there again: the same digest as
+    // the views the live projector built (before the restore), and after it.
+    let engines = emosation::system::Engines::embedded(tmp.path());
+    let log = engines.open_log().await.unwrap();
+    let views = engines.open_views().await.unwrap();
+    let after = views.checksum().await.unwrap();
+    assert_ne!(after, live);
+    emosation_projector::replay(log, Arc::clone(&views), Arc::new(|_, _| {}))
+        .await
+        .unwrap();
+    assert_eq!(views.checksum().await.unwrap(), after);
+    let role = views
+        .load(&[emosation_core::view::ViewKey::admin_role("root")])
+        .await
+        .unwrap()
+        .pop()
+        .flatten();
+    assert!(
+        matches!(&role, Some(emosation_core::view::ViewValue::AdminRole(r)) if r.granted && r.by == "cli"),
+        "{role:?}"
+    );
+}
+
 /// Each body above runs on the embedded views and on Redis views (with Redis
 /// presence): everything above the view-store port behaves the same on both.
 macro_rules! on_every_store {
@@ -1327,6 +1454,7 @@ on_every_store!(
     activity_counts_stored_messages_per_hour_for_members,
     edits_and_deletes_change_history_emotions_and_the_mood,
     friends_blocks_and_direct_messages,
+    admins_are_granted_on_the_log_and_restore_without_the_token,
 );
 
 /// Text people read is stored NFC-normalised; bidirectional controls and

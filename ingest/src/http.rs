@@ -51,6 +51,7 @@ pub fn routes(ingest: Arc<Ingest>) -> Router {
         .route("/v1/blocks/{user_id}", put(block).delete(unblock))
         .route("/v1/dms/{user_id}", post(open_dm))
         .route("/v1/admin/users/{user_id}/restore", post(restore))
+        .route("/v1/admin/users/{user_id}/admin", put(grant_admin).delete(revoke_admin))
         .with_state(IngestState { ingest })
 }
 
@@ -204,31 +205,60 @@ async fn delete_me(State(s): State<IngestState>, user: AuthUser) -> Result<Statu
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Who may call an admin endpoint: the holder of the shared admin token
+/// (`X-Admin-Token`, the bootstrap: `token`), or a signed-in user with the
+/// admin role (their user id). Anyone else is refused `403 forbidden`.
+async fn admin(s: &IngestState, headers: &HeaderMap, user: Result<AuthUser, ApiError>) -> Result<String, ApiError> {
+    if let (Some(expected), Some(given)) = (
+        s.ingest.config().admin_token.as_deref(),
+        headers.get("x-admin-token").and_then(|v| v.to_str().ok()),
+    ) && constant_time_eq(given.as_bytes(), expected.as_bytes())
+    {
+        return Ok("token".into());
+    }
+    if let Ok(user) = user
+        && s.ingest.is_admin(&user).await?
+    {
+        return Ok(user.user_id);
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "the admin role or the admin token is required",
+    ))
+}
+
 async fn restore(
     State(s): State<IngestState>,
     headers: HeaderMap,
+    user: Result<AuthUser, ApiError>,
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let Some(expected) = s.ingest.config().admin_token.as_deref() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "admin endpoints are disabled",
-        ));
-    };
-    let given = headers
-        .get("x-admin-token")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "admin token required",
-        ));
-    }
+    admin(&s, &headers, user).await?;
     s.ingest.restore_account(&user_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn grant_admin(
+    State(s): State<IngestState>,
+    headers: HeaderMap,
+    user: Result<AuthUser, ApiError>,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let by = admin(&s, &headers, user).await?;
+    let granted = s.ingest.set_admin(&user_id, true, &by).await?;
+    Ok(axum::Json(json!({"user_id": user_id, "admin": granted})).into_response())
+}
+
+async fn revoke_admin(
+    State(s): State<IngestState>,
+    headers: HeaderMap,
+    user: Result<AuthUser, ApiError>,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let by = admin(&s, &headers, user).await?;
+    let granted = s.ingest.set_admin(&user_id, false, &by).await?;
+    Ok(axum::Json(json!({"user_id": user_id, "admin": granted})).into_response())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

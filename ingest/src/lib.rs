@@ -971,6 +971,71 @@ impl Ingest {
     }
 }
 
+impl Ingest {
+    /// Whether `user` holds the admin role (granted on the log, not revoked since).
+    pub async fn is_admin(&self, user: &AuthUser) -> Result<bool, CommandError> {
+        let key = emosation_core::view::ViewKey::admin_role(&normalize_username(&user.username));
+        Ok(matches!(
+            self.views.load(&[key]).await?.pop().flatten(),
+            Some(ViewValue::AdminRole(r)) if r.granted && r.user_id == user.user_id
+        ))
+    }
+
+    /// Grants or revokes the admin role of `user_id`; `by` is recorded
+    /// (an admin's user id, or `token`). Answers whether it is granted now.
+    pub async fn set_admin(&self, user_id: &str, granted: bool, by: &str) -> Result<bool, CommandError> {
+        if !emosation_core::ids::is_id(user_id) {
+            return Err(Rejection::UnknownUser.into());
+        }
+        let user = self.views.user(user_id).await?.ok_or(Rejection::UnknownUser)?;
+        let make = |request_id, at| {
+            Record::AdminRoleChanged(AdminRoleChanged {
+                request_id,
+                at,
+                user_id: user.user_id.clone(),
+                username: user.username.clone(),
+                granted,
+                by: by.to_owned(),
+            })
+        };
+        self.command("admin role", make, |a| match a {
+            Accepted::AdminRole { granted } => Some(granted),
+            _ => None,
+        })
+        .await
+    }
+}
+
+/// Appends an `AdminRoleChanged` for the account named `username` to `log`
+/// without waiting for the fold (the command line's `emosation admin
+/// grant|revoke`, which may run while no projector does). Returns the
+/// account's `(user_id, username)` and the record's position.
+pub async fn append_admin_role(
+    log: &dyn Log,
+    views: &dyn ViewStore,
+    username: &str,
+    granted: bool,
+    by: &str,
+) -> Result<(String, String, LogPosition), CommandError> {
+    let user = views
+        .user_by_name(&normalize_username(username))
+        .await?
+        .ok_or(Rejection::UnknownUser)?;
+    let record = Record::AdminRoleChanged(AdminRoleChanged {
+        request_id: rand::random(),
+        at: emosation_core::time::now_ms(),
+        user_id: user.user_id.clone(),
+        username: user.username.clone(),
+        granted,
+        by: by.to_owned(),
+    });
+    let bytes = emosation_schemas::encode(&record).map_err(|e| CommandError::internal("encode record", e))?;
+    let pos = log
+        .append(record.topic(), record.key().as_bytes(), bytes.into())
+        .await?;
+    Ok((user.user_id, user.username, pos))
+}
+
 /// Where the user stands with another after a relationship action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Related {

@@ -84,6 +84,17 @@ impl<'a> Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// A boolean: one byte, 0 or 1.
+    fn boolean(&mut self) -> Result<bool, SchemaError> {
+        let (&b, rest) = self.buf.split_first().ok_or_else(|| malformed("truncated boolean"))?;
+        self.buf = rest;
+        match b {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(malformed("boolean is neither 0 nor 1")),
+        }
+    }
+
     /// A `["null", "string"]` union: the branch index, then the string.
     fn optional_string(&mut self) -> Result<Option<String>, SchemaError> {
         match self.long()? {
@@ -200,6 +211,14 @@ pub(crate) fn decode_current(kind: RecordType, body: &[u8]) -> Result<Record, Sc
             user_id: r.string()?,
             username: r.string()?,
             text: r.string()?,
+        }),
+        RecordType::AdminRoleChanged => Record::AdminRoleChanged(AdminRoleChanged {
+            request_id,
+            at,
+            user_id: r.string()?,
+            username: r.string()?,
+            granted: r.boolean()?,
+            by: r.string()?,
         }),
         RecordType::RelationshipChanged => Record::RelationshipChanged(RelationshipChanged {
             request_id,

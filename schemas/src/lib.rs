@@ -53,10 +53,11 @@ pub enum RecordType {
     MessageEdited,
     MessageDeleted,
     RelationshipChanged,
+    AdminRoleChanged,
 }
 
 /// Each record type, its file stem and its current schema.
-pub const CURRENT: [(RecordType, &str, &str); 15] = [
+pub const CURRENT: [(RecordType, &str, &str); 16] = [
     (
         RecordType::UserSignedUp,
         "user_signed_up",
@@ -132,11 +133,16 @@ pub const CURRENT: [(RecordType, &str, &str); 15] = [
         "relationship_changed",
         include_str!("../avro/relationship_changed.avsc"),
     ),
+    (
+        RecordType::AdminRoleChanged,
+        "admin_role_changed",
+        include_str!("../avro/admin_role_changed.avsc"),
+    ),
 ];
 
 /// Every released version `(type, version, schema)`; the newest of each type
 /// must equal the current schema.
-pub const HISTORY: [(RecordType, u32, &str); 16] = [
+pub const HISTORY: [(RecordType, u32, &str); 17] = [
     (
         RecordType::UserSignedUp,
         1,
@@ -216,6 +222,11 @@ pub const HISTORY: [(RecordType, u32, &str); 16] = [
         RecordType::RelationshipChanged,
         1,
         include_str!("../avro/history/relationship_changed.v1.avsc"),
+    ),
+    (
+        RecordType::AdminRoleChanged,
+        1,
+        include_str!("../avro/history/admin_role_changed.v1.avsc"),
     ),
 ];
 
@@ -349,6 +360,7 @@ pub fn record_type(record: &Record) -> RecordType {
         Record::MessageEdited(_) => RecordType::MessageEdited,
         Record::MessageDeleted(_) => RecordType::MessageDeleted,
         Record::RelationshipChanged(_) => RecordType::RelationshipChanged,
+        Record::AdminRoleChanged(_) => RecordType::AdminRoleChanged,
     }
 }
 
@@ -379,6 +391,7 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, SchemaError> {
         Record::MessageEdited(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
         Record::MessageDeleted(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
         Record::RelationshipChanged(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::AdminRoleChanged(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
     };
     res.map_err(|e| SchemaError::Encode(e.to_string()))?;
     Ok(out)
@@ -448,6 +461,7 @@ fn decode_resolved(known: &Known, mut body: &[u8]) -> Result<Record, SchemaError
         RecordType::MessageEdited => Record::MessageEdited(typed::<r::MessageEdited>(&value)?),
         RecordType::MessageDeleted => Record::MessageDeleted(typed::<r::MessageDeleted>(&value)?),
         RecordType::RelationshipChanged => Record::RelationshipChanged(typed::<r::RelationshipChanged>(&value)?),
+        RecordType::AdminRoleChanged => Record::AdminRoleChanged(typed::<r::AdminRoleChanged>(&value)?),
     })
 }
 
@@ -476,6 +490,7 @@ pub fn encode_released(record: &Record, version: u32) -> Option<Result<Vec<u8>, 
             Record::MessageEdited(x) => apache_avro::to_value(x),
             Record::MessageDeleted(x) => apache_avro::to_value(x),
             Record::RelationshipChanged(x) => apache_avro::to_value(x),
+            Record::AdminRoleChanged(x) => apache_avro::to_value(x),
         }
         .map_err(|e| SchemaError::Encode(e.to_string()))?;
         let Schema::Record(shape) = &schema else {

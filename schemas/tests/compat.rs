@@ -128,6 +128,14 @@ fn samples() -> Vec<Record> {
             other_name: "bob".into(),
             action: "request".into(),
         }),
+        Record::AdminRoleChanged(AdminRoleChanged {
+            request_id: 6,
+            at: 8,
+            user_id: "u".into(),
+            username: "alice".into(),
+            granted: true,
+            by: "cli".into(),
+        }),
     ]
 }
 
@@ -238,7 +246,7 @@ proptest! {
 
     /// A valid header followed by arbitrary bytes exercises the datum decoder.
     #[test]
-    fn arbitrary_bodies_never_panic(which in 0usize..15, body in proptest::collection::vec(any::<u8>(), 0..256)) {
+    fn arbitrary_bodies_never_panic(which in 0usize..16, body in proptest::collection::vec(any::<u8>(), 0..256)) {
         let mut bytes = encode(&samples()[which]).unwrap()[..10].to_vec();
         bytes.extend_from_slice(&body);
         let _ = decode(&bytes);
@@ -377,6 +385,18 @@ fn arb_record() -> impl Strategy<Value = Record> {
                     user_id,
                     username,
                     text,
+                })
+            }
+        ),
+        (any::<i64>(), any::<i64>(), t(), t(), any::<bool>(), t()).prop_map(
+            |(request_id, at, user_id, username, granted, by)| {
+                Record::AdminRoleChanged(AdminRoleChanged {
+                    request_id,
+                    at,
+                    user_id,
+                    username,
+                    granted,
+                    by,
                 })
             }
         ),
