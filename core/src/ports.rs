@@ -699,3 +699,45 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn size(&self, key: &str) -> Result<Option<u64>, BlobError>;
     async fn delete(&self, key: &str) -> Result<(), BlobError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id() -> impl Strategy<Value = String> {
+        "[0-9a-f]{1,16}"
+    }
+
+    fn signal() -> impl Strategy<Value = RoomSignal> {
+        let kind = prop_oneof![
+            Just(SignalKind::Typing),
+            any::<u32>().prop_map(|online| SignalKind::Arrived { online }),
+            any::<u32>().prop_map(|online| SignalKind::Left { online }),
+        ];
+        // Node names may hold anything but a newline; they go last.
+        let origin = proptest::option::of((any::<u64>(), id(), "[^\n]{1,40}").prop_map(|(conn, session, node)| {
+            ConnRef { node, conn, session }
+        }));
+        (id(), id(), kind, origin).prop_map(|(room_id, user_id, kind, origin)| RoomSignal {
+            room_id,
+            user_id,
+            kind,
+            origin,
+        })
+    }
+
+    proptest! {
+        /// A room signal reads back as it was sent, whatever its node is called.
+        #[test]
+        fn room_signals_round_trip(s in signal()) {
+            prop_assert_eq!(RoomSignal::decode(&s.encode()), Some(s));
+        }
+
+        /// Any line a node reads decodes or is refused; it never panics.
+        #[test]
+        fn any_line_decodes_or_is_refused(line in "\\PC{0,80}") {
+            let _ = RoomSignal::decode(&line);
+        }
+    }
+}
