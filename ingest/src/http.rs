@@ -50,6 +50,7 @@ pub fn routes(ingest: Arc<Ingest>) -> Router {
         .route("/v1/friends/{user_id}", delete(friend_remove))
         .route("/v1/blocks/{user_id}", put(block).delete(unblock))
         .route("/v1/dms/{user_id}", post(open_dm))
+        .route("/v1/admin/users/{user_id}", delete(admin_delete))
         .route("/v1/admin/users/{user_id}/restore", post(restore))
         .route("/v1/admin/users/{user_id}/admin", put(grant_admin).delete(revoke_admin))
         .with_state(IngestState { ingest })
@@ -236,6 +237,17 @@ async fn restore(
 ) -> Result<StatusCode, ApiError> {
     admin(&s, &headers, user).await?;
     s.ingest.restore_account(&user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn admin_delete(
+    State(s): State<IngestState>,
+    headers: HeaderMap,
+    user: Result<AuthUser, ApiError>,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    admin(&s, &headers, user).await?;
+    s.ingest.delete_user(&user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

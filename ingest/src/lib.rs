@@ -641,6 +641,26 @@ impl Ingest {
         Ok(())
     }
 
+    /// Soft-deletes the account `user_id` (admin): like the user's own
+    /// `DELETE /v1/me`, its sessions end everywhere and an admin can restore it.
+    pub async fn delete_user(&self, user_id: &str) -> Result<(), CommandError> {
+        if !emosation_core::ids::is_id(user_id) {
+            return Err(Rejection::UnknownUser.into());
+        }
+        let user = self.views.user(user_id).await?.ok_or(Rejection::UnknownUser)?;
+        let make = |request_id, at| {
+            Record::AccountDeleted(AccountDeleted {
+                request_id,
+                at,
+                user_id: user.user_id.clone(),
+                username: user.username.clone(),
+            })
+        };
+        self.command("delete account", make, |_| Some(())).await?;
+        self.end_sessions(&user.user_id, None, KickReason::AccountDeleted).await;
+        Ok(())
+    }
+
     /// Restores a soft-deleted account (admin).
     pub async fn restore_account(&self, user_id: &str) -> Result<(), CommandError> {
         let user = self.views.user(user_id).await?.ok_or(Rejection::UnknownUser)?;
