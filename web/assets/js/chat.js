@@ -251,19 +251,34 @@ export class ChatRoom {
     }
   }
 
-  /** Who has the room open now (presence frames keep it current). */
+  /**
+   * Who has the room open now (presence frames keep it current). Frames
+   * that arrive while the snapshot is in flight may be newer than it: they
+   * are applied again on top of it.
+   */
   async loadPresence() {
+    this.presenceMeanwhile = this.presenceMeanwhile || [];
     let p;
     try {
       p = await api('GET', `/v1/rooms/${encodeURIComponent(this.roomId)}/presence`);
     } catch {
+      this.presenceMeanwhile = null;
       return; // a nicety: the room works without it
     }
+    const meanwhile = this.presenceMeanwhile || [];
+    this.presenceMeanwhile = null;
     if (this.destroyed) return;
     this.here = new Set(p.users.map((u) => u.user_id));
     for (const u of p.users) if (!this.members.has(u.user_id)) this.members.set(u.user_id, u.username);
     this.setOnline(p.online_count);
+    for (const f of meanwhile) this.applyPresence(f);
     this.renderMembers();
+  }
+
+  applyPresence(f) {
+    if (f.state === 'arrived') this.here.add(f.user_id);
+    else this.here.delete(f.user_id);
+    this.setOnline(f.online_count);
   }
 
   setOnline(n) {
@@ -562,9 +577,8 @@ export class ChatRoom {
         this.renderMembers();
         break;
       case 'presence':
-        if (f.state === 'arrived') this.here.add(f.user_id);
-        else this.here.delete(f.user_id);
-        this.setOnline(f.online_count);
+        if (this.presenceMeanwhile) this.presenceMeanwhile.push(f);
+        this.applyPresence(f);
         this.renderMembers();
         if (f.user_id !== this.me.user_id) this.addPresenceNotice(f);
         break;
