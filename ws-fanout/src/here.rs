@@ -244,6 +244,9 @@ pub(crate) async fn refresh(
     rooms: &[String],
     ttl: Duration,
 ) {
+    if rooms.is_empty() {
+        return;
+    }
     if let Err(e) = presence.refresh_rooms(&conn_ref(node, conn), user_id, rooms, ttl).await {
         debug!(error = %e, "cannot refresh room presence; next ping");
     }

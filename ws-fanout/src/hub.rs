@@ -380,9 +380,22 @@ impl Hub {
         flushes.run();
     }
 
-    /// The rooms `conn_id` is subscribed to here.
-    pub(crate) fn rooms_of(&self, conn_id: u64) -> Vec<String> {
-        self.state().by_conn.get(&conn_id).cloned().unwrap_or_default()
+    /// The rooms `conn_id` has open here (subscribed with the `presence` stream).
+    pub(crate) fn open_rooms_of(&self, conn_id: u64) -> Vec<String> {
+        let st = self.state();
+        let Some(rooms) = st.by_conn.get(&conn_id) else {
+            return Vec::new();
+        };
+        rooms
+            .iter()
+            .filter(|r| {
+                st.rooms
+                    .get(r.as_str())
+                    .and_then(|room| room.subs.get(&conn_id))
+                    .is_some_and(|s| s.streams.presence)
+            })
+            .cloned()
+            .collect()
     }
 
     /// The rooms with subscribers here.

@@ -145,7 +145,9 @@ pub async fn run(fanout: Arc<Fanout>, user: AuthUser, exp: i64, socket: Socket, 
                     live.end(KickReason::DuplicateSession);
                     return;
                 }
-                let rooms = fanout.feed.hub().rooms_of(live.handle.id);
+                // Only rooms it has open: a socket following rooms for
+                // unread counts costs the presence store nothing.
+                let rooms = fanout.feed.hub().open_rooms_of(live.handle.id);
                 here::refresh(
                     &*fanout.presence,
                     &fanout.node,
