@@ -1129,6 +1129,27 @@ async fn room_presence_announces_arrivals_and_departures_but_not_reconnects() {
     let here = api.get(&format!("/v1/rooms/{room}/presence"), alice).await.expect(200);
     assert_eq!(here["online_count"], 1);
 
+    // The node counts what it announced.
+    let metrics = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |state: &str| -> f64 {
+        let prefix = format!("emosation_presence_announcements_total{{state=\"{state}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        (count("arrived"), count("left")),
+        (3.0, 2.0),
+        "alice, bob, dave; dave, bob"
+    );
+
     // A bad stream name is refused.
     a.send(json!({"type": "subscribe", "room_id": room, "streams": ["presence", "gossip"]}))
         .await;

@@ -88,6 +88,7 @@ impl Ctx {
         let online = match self.presence.here(room).await {
             Ok(users) => users.len() as u32,
             Err(e) => {
+                store_error("here");
                 debug!(error = %e, room, "cannot count who is here; not announced");
                 return;
             }
@@ -103,10 +104,22 @@ impl Ctx {
             kind,
             origin: None,
         };
-        if let Err(e) = self.presence.signal(&signal).await {
-            debug!(error = %e, room, "cannot announce presence");
+        let state = if arrived { "arrived" } else { "left" };
+        match self.presence.signal(&signal).await {
+            Ok(()) => metrics::counter!("emosation_presence_announcements_total", "state" => state).increment(1),
+            Err(e) => {
+                store_error("signal");
+                debug!(error = %e, room, "cannot announce presence");
+            }
         }
     }
+}
+
+/// A presence store call that failed (`op`: `enter`, `exit`, `settle`,
+/// `sweep`, `here`, `refresh`, `signal`): presence is best effort, so the
+/// failure is counted and logged at debug level, never shown to a client.
+fn store_error(op: &'static str) {
+    metrics::counter!("emosation_presence_store_errors_total", "op" => op).increment(1);
 }
 
 fn conn_ref(node: &str, conn: u64) -> ConnRef {
@@ -167,7 +180,10 @@ pub(crate) async fn start(
                                     ctx.announce(&room, &user, false).await;
                                 }
                             }
-                            Err(e) => debug!(error = %e, room, "cannot sweep presence"),
+                            Err(e) => {
+                                store_error("sweep");
+                                debug!(error = %e, room, "cannot sweep presence");
+                            }
                         }
                     }
                 }
@@ -184,7 +200,10 @@ async fn record(ctx: &Ctx, change: Change) {
             match ctx.presence.enter_room(&room, &user, &ctx.conn(conn), ctx.ttl).await {
                 Ok(true) => ctx.announce(&room, &user, true).await,
                 Ok(false) => {}
-                Err(e) => debug!(error = %e, room, "cannot record presence; the next refresh will"),
+                Err(e) => {
+                    store_error("enter");
+                    debug!(error = %e, room, "cannot record presence; the next refresh will");
+                }
             }
         }
         Change::Closed { conn, user, room } => match ctx.presence.exit_room(&room, &user, &ctx.conn(conn)).await {
@@ -197,12 +216,18 @@ async fn record(ctx: &Ctx, change: Change) {
                     match ctx.presence.settle_departure(&room, &user).await {
                         Ok(true) => ctx.announce(&room, &user, false).await,
                         Ok(false) => {}
-                        Err(e) => debug!(error = %e, room, "cannot settle a departure; it will expire"),
+                        Err(e) => {
+                            store_error("settle");
+                            debug!(error = %e, room, "cannot settle a departure; it will expire");
+                        }
                     }
                 });
             }
             Ok(false) => {}
-            Err(e) => debug!(error = %e, room, "cannot record a departure; the entry will expire"),
+            Err(e) => {
+                store_error("exit");
+                debug!(error = %e, room, "cannot record a departure; the entry will expire");
+            }
         },
     }
 }
@@ -248,6 +273,7 @@ pub(crate) async fn refresh(
         return;
     }
     if let Err(e) = presence.refresh_rooms(&conn_ref(node, conn), user_id, rooms, ttl).await {
+        store_error("refresh");
         debug!(error = %e, "cannot refresh room presence; next ping");
     }
 }
@@ -261,6 +287,7 @@ pub(crate) async fn typing(presence: &dyn Presence, node: &str, conn: u64, room_
         origin: Some(conn_ref(node, conn)),
     };
     if let Err(e) = presence.signal(&signal).await {
+        store_error("signal");
         debug!(error = %e, "cannot relay a typing notice");
     }
 }
