@@ -552,7 +552,7 @@ pub struct RoomSignal {
     pub origin: Option<ConnRef>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignalKind {
     /// The user is typing in the room.
     Typing,
@@ -561,15 +561,58 @@ pub enum SignalKind {
     /// The user closed the room (and did not come back within the grace
     /// period); `online` users have it open now.
     Left { online: u32 },
+    /// A notice for the signal's user (on every connection they have,
+    /// subscribed or not), from `from_id` (`from_name`), about the pair
+    /// whose room is the signal's room.
+    Notice {
+        what: NoticeKind,
+        from_id: String,
+        from_name: String,
+    },
+}
+
+/// What a user notice says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// `from` asked to be friends.
+    FriendRequest,
+    /// `from` accepted (or both asked): now friends.
+    FriendAccepted,
+}
+
+impl NoticeKind {
+    pub const ALL: [NoticeKind; 2] = [NoticeKind::FriendRequest, NoticeKind::FriendAccepted];
+
+    /// As the `notification` frame names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::FriendRequest => "friend_request",
+            NoticeKind::FriendAccepted => "friend_accepted",
+        }
+    }
 }
 
 impl RoomSignal {
-    /// One line: `KIND ONLINE ROOM USER [NODE CONN SESSION]` (ids hold no spaces).
+    /// One line: `KIND ONLINE ROOM USER [CONN SESSION NODE]`, or for a
+    /// notice `notice:WHAT ROOM USER FROM_ID FROM_NAME` (ids and usernames
+    /// hold no spaces; a node name may, and comes last).
     pub fn encode(&self) -> String {
-        let (kind, online) = match self.kind {
+        let (kind, online) = match &self.kind {
             SignalKind::Typing => ("typing", 0),
-            SignalKind::Arrived { online } => ("arrived", online),
-            SignalKind::Left { online } => ("left", online),
+            SignalKind::Arrived { online } => ("arrived", *online),
+            SignalKind::Left { online } => ("left", *online),
+            SignalKind::Notice {
+                what,
+                from_id,
+                from_name,
+            } => {
+                return format!(
+                    "notice:{} {} {} {from_id} {from_name}",
+                    what.as_str(),
+                    self.room_id,
+                    self.user_id
+                );
+            }
         };
         let mut s = format!("{kind} {online} {} {}", self.room_id, self.user_id);
         if let Some(o) = &self.origin {
@@ -579,6 +622,25 @@ impl RoomSignal {
     }
 
     pub fn decode(line: &str) -> Option<RoomSignal> {
+        if let Some(rest) = line.strip_prefix("notice:") {
+            let mut f = rest.split(' ');
+            let what = f.next()?;
+            let what = NoticeKind::ALL.into_iter().find(|k| k.as_str() == what)?;
+            let (room_id, user_id, from_id, from_name) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            if f.next().is_some() || [room_id, user_id, from_id, from_name].iter().any(|s| s.is_empty()) {
+                return None;
+            }
+            return Some(RoomSignal {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+                kind: SignalKind::Notice {
+                    what,
+                    from_id: from_id.to_owned(),
+                    from_name: from_name.to_owned(),
+                },
+                origin: None,
+            });
+        }
         let mut f = line.splitn(7, ' ');
         let kind = f.next()?;
         let online: u32 = f.next()?.parse().ok()?;
@@ -714,16 +776,26 @@ mod tests {
             Just(SignalKind::Typing),
             any::<u32>().prop_map(|online| SignalKind::Arrived { online }),
             any::<u32>().prop_map(|online| SignalKind::Left { online }),
+            (0..2usize, id(), "[a-z0-9_]{3,32}").prop_map(|(k, from_id, from_name)| SignalKind::Notice {
+                what: NoticeKind::ALL[k],
+                from_id,
+                from_name,
+            }),
         ];
         // Node names may hold anything but a newline; they go last.
-        let origin = proptest::option::of((any::<u64>(), id(), "[^\n]{1,40}").prop_map(|(conn, session, node)| {
-            ConnRef { node, conn, session }
-        }));
+        let origin = proptest::option::of(
+            (any::<u64>(), id(), "[^\n]{1,40}").prop_map(|(conn, session, node)| ConnRef { node, conn, session }),
+        );
         (id(), id(), kind, origin).prop_map(|(room_id, user_id, kind, origin)| RoomSignal {
             room_id,
             user_id,
+            // A notice has no origin connection.
+            origin: if matches!(kind, SignalKind::Notice { .. }) {
+                None
+            } else {
+                origin
+            },
             kind,
-            origin,
         })
     }
 

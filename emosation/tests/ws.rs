@@ -1155,3 +1155,48 @@ async fn room_presence_announces_arrivals_and_departures_but_not_reconnects() {
         .await;
     assert_eq!(a.next_of(&["error"]).await["code"], "invalid_request");
 }
+
+/// Friend notices reach every connection of the person concerned, without
+/// subscribing to anything: a request, then its acceptance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friend_requests_and_acceptances_are_notified_over_the_socket() {
+    let s = TestServer::start().await;
+    let api = s.client();
+    let (alice_id, alice) = api.user("alice").await;
+    let (bob_id, bob) = api.user("bob").await;
+    let mut a = Client::connect(&s.base, &alice).await;
+    let mut b = Client::connect(&s.base, &bob).await;
+
+    api.post("/v1/friends/requests", Some(&bob), json!({"username": "alice"}))
+        .await
+        .expect(200);
+    let n = a.next_of(&["notification"]).await;
+    assert_eq!(
+        (n["kind"].as_str(), n["user_id"].as_str(), n["username"].as_str()),
+        (Some("friend_request"), Some(bob_id.as_str()), Some("bob")),
+        "{n}"
+    );
+    assert_eq!(n["room_id"].as_str().map(str::len), Some(16), "the pair's room: {n}");
+    assert!(b.quiet(300).await, "the one who asked hears nothing");
+
+    api.post(&format!("/v1/friends/requests/{bob_id}/accept"), Some(&alice), json!({}))
+        .await
+        .expect(200);
+    let n = b.next_of(&["notification"]).await;
+    assert_eq!(
+        (n["kind"].as_str(), n["user_id"].as_str(), n["username"].as_str()),
+        (Some("friend_accepted"), Some(alice_id.as_str()), Some("alice")),
+        "{n}"
+    );
+    // A decline or a cancel is not announced.
+    let (_, carol) = api.user("carol").await;
+    api.post("/v1/friends/requests", Some(&carol), json!({"username": "alice"}))
+        .await
+        .expect(200);
+    assert_eq!(a.next_of(&["notification"]).await["username"], "carol");
+    let carol_id = api.get("/v1/me", &carol).await.expect(200)["user_id"].as_str().unwrap().to_owned();
+    api.post(&format!("/v1/friends/requests/{carol_id}/decline"), Some(&alice), json!({}))
+        .await
+        .expect(200);
+    assert!(a.quiet(300).await);
+}

@@ -31,7 +31,9 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use emosation_core::access;
 use emosation_core::ids::{LogPosition, normalize_username, random_id};
-use emosation_core::ports::{ConnRef, Decisions, KickReason, Log, Presence, RateLimiter, ViewStore};
+use emosation_core::ports::{
+    ConnRef, Decisions, KickReason, Log, NoticeKind, Presence, RateLimiter, RoomSignal, SignalKind, ViewStore,
+};
 use emosation_core::record::*;
 use emosation_core::view::{RoomView, ViewKey, ViewValue};
 use emosation_core::{Accepted, Record, Rejection};
@@ -978,16 +980,41 @@ impl Ingest {
             })
         };
         let (other_id, other_name) = (other.user_id.clone(), other.username.clone());
-        self.command("relationship", make, move |a| match a {
-            Accepted::Relationship { status, room_id } => Some(Related {
-                other_id,
-                other_name,
-                status: status.as_str(),
-                room_id,
-            }),
+        let related = self
+            .command("relationship", make, move |a| match a {
+                Accepted::Relationship { status, room_id } => Some(Related {
+                    other_id,
+                    other_name,
+                    status: status.as_str(),
+                    room_id,
+                }),
+                _ => None,
+            })
+            .await?;
+        // The other person hears of a request, or of being accepted, on
+        // every connection they have (best effort: `GET /v1/friends` has
+        // the whole picture).
+        let notice = match (action, related.status) {
+            ("request", "request_out") => Some(NoticeKind::FriendRequest),
+            ("request" | "accept", "friends") => Some(NoticeKind::FriendAccepted),
             _ => None,
-        })
-        .await
+        };
+        if let Some(what) = notice {
+            let signal = RoomSignal {
+                room_id: emosation_core::ids::pair_room_id(&user.user_id, &related.other_id),
+                user_id: related.other_id.clone(),
+                kind: SignalKind::Notice {
+                    what,
+                    from_id: user.user_id.clone(),
+                    from_name: user.username.clone(),
+                },
+                origin: None,
+            };
+            if let Err(e) = self.presence.signal(&signal).await {
+                tracing::debug!(error = %e, "cannot send a friend notice; the friends list has it");
+            }
+        }
+        Ok(related)
     }
 }
 

@@ -35,6 +35,7 @@ use tracing::debug;
 
 use crate::feed::Feed;
 use crate::hub::{Hub, Watcher};
+use crate::node::Fanout;
 use crate::protocol;
 
 /// A subscription started or ended.
@@ -134,6 +135,7 @@ fn conn_ref(node: &str, conn: u64) -> ConnRef {
 /// changes, the sweep, and the sink delivering every node's signals to the
 /// hub's subscribers here.
 pub(crate) async fn start(
+    node_ref: Weak<Fanout>,
     feed: Weak<Feed>,
     presence: Arc<dyn Presence>,
     node: &str,
@@ -147,14 +149,13 @@ pub(crate) async fn start(
         ttl,
         grace,
     };
-    let sink_feed = feed.clone();
     let me = node.to_owned();
     presence
         .on_signals(
             node,
             Arc::new(move |signal: RoomSignal| {
-                if let Some(feed) = sink_feed.upgrade() {
-                    deliver(feed.hub(), &me, &signal);
+                if let Some(fanout) = node_ref.upgrade() {
+                    deliver(&fanout, &me, &signal);
                 }
             }),
         )
@@ -232,30 +233,32 @@ async fn record(ctx: &Ctx, change: Change) {
     }
 }
 
-/// Delivers a signal to the room's subscribers on this node.
-fn deliver(hub: &Hub, node: &str, signal: &RoomSignal) {
+/// Delivers a signal to the room's subscribers on this node (a notice: to
+/// its user's connections here).
+fn deliver(fanout: &Fanout, node: &str, signal: &RoomSignal) {
+    let hub: &Hub = fanout.feed.hub();
     let room = signal.room_id.as_str();
-    match signal.kind {
+    match &signal.kind {
         SignalKind::Typing => {
             // Not echoed to the connection it came from.
             let except = signal.origin.as_ref().filter(|o| o.node == node).map(|o| o.conn);
             hub.notify(room, protocol::typing(room, &signal.user_id), except, |s| s.chat);
         }
         SignalKind::Arrived { online } => {
-            hub.notify(
-                room,
-                protocol::presence(room, &signal.user_id, "arrived", online),
-                None,
-                |s| s.presence,
-            );
+            let frame = protocol::presence(room, &signal.user_id, "arrived", *online);
+            hub.notify(room, frame, None, |s| s.presence);
         }
         SignalKind::Left { online } => {
-            hub.notify(
-                room,
-                protocol::presence(room, &signal.user_id, "left", online),
-                None,
-                |s| s.presence,
-            );
+            let frame = protocol::presence(room, &signal.user_id, "left", *online);
+            hub.notify(room, frame, None, |s| s.presence);
+        }
+        SignalKind::Notice {
+            what,
+            from_id,
+            from_name,
+        } => {
+            let frame = protocol::notification(what.as_str(), from_id, from_name, room);
+            fanout.push_to_user(&signal.user_id, frame);
         }
     }
 }

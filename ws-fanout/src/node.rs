@@ -143,6 +143,7 @@ impl Fanout {
             )
             .await?;
         let here = crate::here::start(
+            Arc::downgrade(&fanout),
             Arc::downgrade(&fanout.feed),
             Arc::clone(&fanout.presence),
             &fanout.node,
@@ -159,6 +160,23 @@ impl Fanout {
         let conn = self.conns.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
         if let Some(c) = conn {
             c.end(reason);
+        }
+    }
+
+    /// Queues `frame` on every connection of `user_id` on this node (a
+    /// notice: few and far between, so the node's connections are scanned
+    /// rather than indexed by user).
+    pub(crate) fn push_to_user(&self, user_id: &str, frame: crate::socket::Frame) {
+        let conns: Vec<Arc<Live>> = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|c| c.user_id == user_id)
+            .cloned()
+            .collect();
+        for c in conns {
+            c.handle.push(frame.clone());
         }
     }
 

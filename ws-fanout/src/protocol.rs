@@ -340,6 +340,13 @@ pub fn presence(room_id: &str, user_id: &str, state: &str, online_count: u32) ->
     )
 }
 
+/// A notice for this user, on every connection they have, subscribed or
+/// not: `kind` `friend_request` or `friend_accepted`, from `user_id`
+/// (`username`); `room_id` is the pair's direct-message room.
+pub fn notification(kind: &str, user_id: &str, username: &str, room_id: &str) -> Frame {
+    text(json!({"type": "notification", "kind": kind, "user_id": user_id, "username": username, "room_id": room_id}))
+}
+
 pub fn kicked(reason: &str) -> Frame {
     text(json!({"type": "kicked", "reason": reason}))
 }
