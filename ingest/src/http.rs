@@ -44,11 +44,11 @@ pub fn routes(ingest: Arc<Ingest>) -> Router {
             patch(edit_message).delete(delete_message),
         )
         .route("/v1/friends/requests", post(friend_request))
-        .route("/v1/friends/requests/{user_id}", delete(friend_cancel))
-        .route("/v1/friends/requests/{user_id}/accept", post(friend_accept))
-        .route("/v1/friends/requests/{user_id}/decline", post(friend_decline))
-        .route("/v1/friends/{user_id}", delete(friend_remove))
-        .route("/v1/blocks/{user_id}", put(block).delete(unblock))
+        .route("/v1/friends/requests/{user_id}", delete(relate("cancel")))
+        .route("/v1/friends/requests/{user_id}/accept", post(relate("accept")))
+        .route("/v1/friends/requests/{user_id}/decline", post(relate("decline")))
+        .route("/v1/friends/{user_id}", delete(relate("remove")))
+        .route("/v1/blocks/{user_id}", put(relate("block")).delete(relate("unblock")))
         .route("/v1/dms/{user_id}", post(open_dm))
         .route("/v1/admin/users/{user_id}", delete(admin_delete))
         .route("/v1/admin/users/{user_id}/restore", post(restore))
@@ -402,6 +402,19 @@ pub struct FriendRequest {
     pub user_id: Option<String>,
 }
 
+/// What a relationship handler returns.
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, ApiError>> + Send>>;
+
+/// The handler of a relationship action on `/…/{user_id}` (accept,
+/// decline, cancel, remove, block, unblock): one record, one answer shape.
+fn relate(
+    action: &'static str,
+) -> impl Fn(State<IngestState>, AuthUser, ApiPath<String>) -> Answer + Clone + Send + Sync + 'static {
+    move |State(s): State<IngestState>, user: AuthUser, ApiPath(other): ApiPath<String>| {
+        Box::pin(async move { Ok(related(s.ingest.relate(&user, &other, action).await?)) })
+    }
+}
+
 fn related(r: crate::Related) -> Response {
     axum::Json(json!({
         "user_id": r.other_id,
@@ -422,54 +435,6 @@ async fn friend_request(
         (None, None) => return Err(ApiError::invalid_request("give the username (or user_id) to ask")),
     };
     Ok(related(s.ingest.relate(&user, &other_id, "request").await?))
-}
-
-async fn friend_accept(
-    State(s): State<IngestState>,
-    user: AuthUser,
-    ApiPath(other): ApiPath<String>,
-) -> Result<Response, ApiError> {
-    Ok(related(s.ingest.relate(&user, &other, "accept").await?))
-}
-
-async fn friend_decline(
-    State(s): State<IngestState>,
-    user: AuthUser,
-    ApiPath(other): ApiPath<String>,
-) -> Result<Response, ApiError> {
-    Ok(related(s.ingest.relate(&user, &other, "decline").await?))
-}
-
-async fn friend_cancel(
-    State(s): State<IngestState>,
-    user: AuthUser,
-    ApiPath(other): ApiPath<String>,
-) -> Result<Response, ApiError> {
-    Ok(related(s.ingest.relate(&user, &other, "cancel").await?))
-}
-
-async fn friend_remove(
-    State(s): State<IngestState>,
-    user: AuthUser,
-    ApiPath(other): ApiPath<String>,
-) -> Result<Response, ApiError> {
-    Ok(related(s.ingest.relate(&user, &other, "remove").await?))
-}
-
-async fn block(
-    State(s): State<IngestState>,
-    user: AuthUser,
-    ApiPath(other): ApiPath<String>,
-) -> Result<Response, ApiError> {
-    Ok(related(s.ingest.relate(&user, &other, "block").await?))
-}
-
-async fn unblock(
-    State(s): State<IngestState>,
-    user: AuthUser,
-    ApiPath(other): ApiPath<String>,
-) -> Result<Response, ApiError> {
-    Ok(related(s.ingest.relate(&user, &other, "unblock").await?))
 }
 
 /// Opens (creating on first use) the direct-message room with a friend.
