@@ -194,6 +194,15 @@ pub trait ViewQueries: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<crate::view::FriendView>, StoreError>;
+    /// The user ids of the usernames (normalized) that start with `prefix`,
+    /// in username order, after the username `after`, at most `limit`:
+    /// `(username, user_id)`. An admin's search.
+    async fn usernames(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     async fn history(&self, room_id: &str, before: Option<&str>, limit: usize) -> Result<Vec<MessageView>, StoreError>;
     /// The emotions of a room's newest `limit` classified messages, oldest first.
     async fn emotions(&self, room_id: &str, limit: usize) -> Result<Vec<crate::view::EmotionView>, StoreError>;

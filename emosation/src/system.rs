@@ -440,6 +440,12 @@ impl Server {
                 Arc::clone(&tails),
                 Arc::clone(&presence),
             ));
+            app = app.merge(emosation_query_api::admin::routes(
+                Arc::clone(&views),
+                Arc::clone(&auth),
+                Arc::clone(&presence),
+                ingest.config().admin_token.clone(),
+            ));
             app = app.merge(emosation_web::routes());
         }
         if roles.fanout {

@@ -11,6 +11,7 @@
 //! # Layout
 //! - [`routes`]: the router; [`json`]: how view entities are rendered.
 
+pub mod admin;
 pub mod json;
 pub mod tail;
 
@@ -138,7 +139,7 @@ async fn overlays_of(
     Ok(out)
 }
 
-fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+pub(crate) fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
     match raw {
         None | Some("") => Ok(default),
         Some(s) => match s.parse::<usize>() {

@@ -385,6 +385,13 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
     assert_eq!(store.user("u1").await.unwrap().unwrap().username, "alice");
     assert_eq!(store.user_by_name("alice").await.unwrap().unwrap().user_id, "u1");
     assert!(store.user_by_name("bob").await.unwrap().is_none());
+    // An admin's search by username prefix.
+    let alice = vec![("alice".to_owned(), "u1".to_owned())];
+    assert_eq!(store.usernames("al", None, 10).await.unwrap(), alice);
+    assert_eq!(store.usernames("", None, 10).await.unwrap(), alice);
+    assert!(store.usernames("alicex", None, 10).await.unwrap().is_empty());
+    assert!(store.usernames("b", None, 10).await.unwrap().is_empty());
+    assert!(store.usernames("", Some("alice"), 10).await.unwrap().is_empty());
     assert_eq!(store.room("r1").await.unwrap().unwrap().member_count, 2);
     assert!(store.room("nope").await.unwrap().is_none());
     let rooms = store.rooms(None, 10).await.unwrap();

@@ -335,6 +335,38 @@ impl ViewQueries for EmbeddedViewStore {
         )
     }
 
+    async fn usernames(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let h = self.handles();
+        let mut from = prefix.as_bytes().to_vec();
+        if let Some(a) = after.filter(|a| a.as_bytes() >= prefix.as_bytes()) {
+            from = a.as_bytes().to_vec();
+            from.push(0);
+        }
+        let mut out = Vec::new();
+        for g in h.table("usernames").range(from..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = g.into_inner().map_err(storage)?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let name = String::from_utf8(k.to_vec()).map_err(storage)?;
+            if let ViewValue::Username(id) = ViewValue::decode(&v).map_err(|e| StoreError::Corrupt {
+                table: "usernames",
+                reason: e.to_string(),
+            })? {
+                out.push((name, id));
+            }
+        }
+        Ok(out)
+    }
+
     async fn friends(
         &self,
         user_id: &str,

@@ -15,6 +15,7 @@
 //! | `{NS}:m:ROOM` / `{NS}:ur:USER` | zset (lex) | members of a room / rooms of a user |
 //! | `{NS}:h:ROOM` | zset (lex) | message ids of a room (fixed-width hex, so lex order is log order) |
 //! | `{NS}:e:ROOM` | zset (lex) | message ids with an emotion |
+//! | `{NS}:usernames` | zset (lex) | usernames, for an admin's search by prefix |
 //! | `{NS}:f:USER` | zset (lex) | the other users a user has a relationship row with |
 //! | `{NS}:a:ROOM` | zset (lex) | hours of the room with an activity entity (16 hex digits, so lex order is time order) |
 //! | `{NS}:positions` | hash | `consumer\0topic\0partition` → next offset (8 bytes BE); `consumer\x01rebuilding` |
@@ -152,6 +153,7 @@ impl RedisViewStore {
     fn indexes(&self, key: &ViewKey) -> Vec<(Vec<u8>, String)> {
         match key {
             ViewKey::Room(id) => vec![(self.key("rooms"), id.clone())],
+            ViewKey::Username(name) => vec![(self.key("usernames"), name.clone())],
             ViewKey::Member { room_id, user_id } => vec![
                 (self.index_key("m", room_id), user_id.clone()),
                 (self.index_key("ur", user_id), room_id.clone()),
@@ -280,6 +282,38 @@ impl ViewQueries for RedisViewStore {
             })
             .collect();
         Ok(Self::values_of(self.get_many(&keys).await?, as_member))
+    }
+
+    async fn usernames(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let min = match after.filter(|a| *a >= prefix) {
+            Some(a) => format!("({a}"),
+            None => format!("[{prefix}"),
+        };
+        // Usernames are printable ASCII: every one with the prefix sorts
+        // below the prefix followed by 0x7f.
+        let mut cmd = redis::cmd("ZRANGEBYLEX");
+        cmd.arg(self.key("usernames"))
+            .arg(min)
+            .arg(format!("[{prefix}\u{7f}"))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit.min(i64::MAX as usize) as i64);
+        let names: Vec<String> = self.pool.read(&cmd).await.map_err(storage)?;
+        let keys: Vec<ViewKey> = names.iter().map(|n| ViewKey::Username(n.clone())).collect();
+        let ids = self.get_many(&keys).await?;
+        Ok(names
+            .into_iter()
+            .zip(ids)
+            .filter_map(|(n, v)| match v {
+                Some(ViewValue::Username(id)) => Some((n, id)),
+                _ => None,
+            })
+            .collect())
     }
 
     async fn friends(

@@ -1253,6 +1253,36 @@ impl ViewQueries for ScyllaViewStore {
         Ok(out)
     }
 
+    /// Answered by scanning the `usernames` table (its partitions are
+    /// usernames: no prefix slice exists), in pages, sorted here: an
+    /// admin's occasional search, bounded by the number of accounts.
+    async fn usernames(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut found: Vec<(String, String)> = Vec::new();
+        let mut bad = None;
+        self.each_row(&self.q.scan_usernames, |(name, v): (String, Vec<u8>)| {
+            if name.starts_with(prefix) && after.is_none_or(|a| name.as_str() > a) {
+                match decode("usernames", &v) {
+                    Ok(ViewValue::Username(id)) => found.push((name, id)),
+                    Ok(_) => {}
+                    Err(e) => bad = Some(e),
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        found.sort();
+        found.truncate(limit);
+        Ok(found)
+    }
+
     async fn friends(
         &self,
         user_id: &str,
