@@ -1325,6 +1325,63 @@ async fn admins_are_granted_on_the_log_and_restore_without_the_token(s: TestServ
     api.call(Method::PUT, "/v1/admin/users/00000000000000ff/admin", Some(&bob), None)
         .await
         .expect_error(404, "user_not_found");
+    // An admin deletes an account: its sessions end, its login is refused;
+    // a restore brings it back.
+    let delete = format!("/v1/admin/users/{carol_id}");
+    let carol = api.login("carol").await["access_token"].as_str().unwrap().to_owned();
+    api.call(Method::DELETE, &delete, Some(&carol), None)
+        .await
+        .expect_error(403, "forbidden");
+    api.call(Method::DELETE, &delete, Some(&bob), None).await.expect(204);
+    api.get("/v1/me", &carol).await.expect_error(401, "invalid_token");
+    api.call(Method::DELETE, "/v1/admin/users/not-an-id", Some(&bob), None)
+        .await
+        .expect_error(404, "user_not_found");
+    // The users list: by username prefix, paged, with status and role.
+    let all = api.get("/v1/admin/users", &bob).await.expect(200);
+    let rows: Vec<(String, String, bool)> = all["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["username"].as_str().unwrap().to_owned(),
+                u["status"].as_str().unwrap().to_owned(),
+                u["admin"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("alice".to_owned(), "active".to_owned(), true),
+            ("bob".to_owned(), "active".to_owned(), true),
+            ("carol".to_owned(), "deleted".to_owned(), false),
+        ],
+        "{all}"
+    );
+    assert!(all["users"][2]["deleted_at"].is_string());
+    assert_eq!(all["next_after"], Value::Null);
+    let page = api.get("/v1/admin/users?limit=1", &bob).await.expect(200);
+    assert_eq!(
+        (page["users"][0]["username"].as_str(), page["next_after"].as_str()),
+        (Some("alice"), Some("alice"))
+    );
+    let next = api.get("/v1/admin/users?limit=1&after=alice", &bob).await.expect(200);
+    assert_eq!(next["users"][0]["username"], "bob");
+    let named = api.get("/v1/admin/users?q=Ca", &bob).await.expect(200);
+    assert_eq!(named["users"].as_array().unwrap().len(), 1, "{named}");
+    assert_eq!(named["users"][0]["user_id"], carol_id.as_str());
+    let none = api.get("/v1/admin/users?q=zzz", &bob).await.expect(200);
+    assert_eq!(none["users"], json!([]));
+    api.get(&format!("/v1/admin/users?q={}", "a".repeat(40)), &bob)
+        .await
+        .expect_error(400, "invalid_request");
+    api.get("/v1/admin/users?limit=0", &bob)
+        .await
+        .expect_error(400, "invalid_request");
+    api.call(Method::POST, &restore, Some(&bob), None).await.expect(204);
+    api.login("carol").await;
     // Revoked, she is refused again.
     assert_eq!(
         api.call(Method::DELETE, &role(&alice_id), Some(&bob), None)
@@ -1335,6 +1392,7 @@ async fn admins_are_granted_on_the_log_and_restore_without_the_token(s: TestServ
     api.call(Method::POST, &restore, Some(&alice), None)
         .await
         .expect_error(403, "forbidden");
+    api.get("/v1/admin/users", &alice).await.expect_error(403, "forbidden");
 }
 
 /// `emosation admin grant` appends the role to the log of a stopped server;
