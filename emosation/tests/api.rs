@@ -1313,6 +1313,8 @@ async fn admins_are_granted_on_the_log_and_restore_without_the_token(s: TestServ
         .unwrap();
     assert_eq!(granted.status().as_u16(), 200);
     assert_eq!(granted.json::<Value>().await.unwrap()["admin"], true);
+    assert_eq!(api.get("/v1/me", &alice).await.expect(200)["admin"], true);
+    assert_eq!(api.get("/v1/me", &bob).await.expect(200)["admin"], false);
     // An admin restores with her own token, and makes another admin.
     api.call(Method::POST, &restore, Some(&alice), None).await.expect(204);
     api.login("carol").await;

@@ -151,13 +151,17 @@ pub(crate) fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Resu
     }
 }
 
+/// `GET /v1/me`, with (extension) `admin`: whether the account holds the admin role.
 async fn me(State(s): State<QueryState>, user: AuthUser) -> Result<axum::Json<Value>, ApiError> {
     let u = s
         .views
         .user(&user.user_id)
         .await?
         .ok_or_else(|| ApiError::invalid_token("account does not exist"))?;
-    Ok(axum::Json(json::user(&u)))
+    let role = s.views.load(&[ViewKey::admin_role(&u.username)]).await?.pop().flatten();
+    let mut body = json::user(&u);
+    body["admin"] = json!(matches!(role, Some(ViewValue::AdminRole(r)) if r.granted && r.user_id == u.user_id));
+    Ok(axum::Json(body))
 }
 
 /// A page of an id-ordered list: `?after=<id>&limit=` (default 100, at

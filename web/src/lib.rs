@@ -64,6 +64,7 @@ pub static ASSETS: &[Asset] = assets![
     "js/chat.js" => JS,
     "js/chart.js" => JS,
     "js/friends.js" => JS,
+    "js/admin.js" => JS,
 ];
 
 /// What is served for one asset: its ETag, and its gzip form with its own

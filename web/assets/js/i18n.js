@@ -55,6 +55,9 @@ const en = {
   request_sent: 'Request sent to {user}.', now_friends: 'You and {user} are friends now.',
   err_user_not_found: 'No such user.', err_blocked: 'One of you blocks the other.',
   err_friend_self: 'You cannot add yourself.', err_not_friends: 'You are not friends.',
+  admin_console: 'Admin console', users: 'Users', search_users: 'Search by username', not_admin: 'Only admins can see this page.',
+  st_active: 'active', st_deleted: 'deleted', is_admin: 'admin', make_admin: 'Make admin', remove_admin: 'Remove admin',
+  delete_user: 'Delete', restore_user: 'Restore', no_users: 'No user matches.',
 };
 
 const ko = {
@@ -110,6 +113,9 @@ const ko = {
   request_sent: '{user}님에게 요청을 보냈습니다.', now_friends: '{user}님과 친구가 되었습니다.',
   err_user_not_found: '그런 사용자가 없습니다.', err_blocked: '한쪽이 상대를 차단했습니다.',
   err_friend_self: '자기 자신은 추가할 수 없습니다.', err_not_friends: '친구가 아닙니다.',
+  admin_console: '관리자 콘솔', users: '사용자', search_users: '아이디로 찾기', not_admin: '관리자만 볼 수 있는 페이지입니다.',
+  st_active: '활성', st_deleted: '삭제됨', is_admin: '관리자', make_admin: '관리자로 지정', remove_admin: '관리자 해제',
+  delete_user: '삭제', restore_user: '복구', no_users: '일치하는 사용자가 없습니다.',
 };
 
 const DICTS = { en, ko };

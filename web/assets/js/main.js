@@ -1,4 +1,4 @@
-// The page: routes (#/login, #/signup, #/rooms, #/room/<id>, #/friends, #/account),
+// The page: routes (#/login, #/signup, #/rooms, #/room/<id>, #/friends, #/admin, #/account),
 // the app shell, the connection status line and the session banners.
 
 import { h, clear, $, go } from './dom.js';
@@ -9,6 +9,7 @@ import { authView } from './auth.js';
 import { Sidebar, directoryView, accountView } from './rooms.js';
 import { ChatRoom } from './chat.js';
 import { friendsView } from './friends.js';
+import { adminView } from './admin.js';
 
 const live = new Live();
 const app = $('#app');
@@ -76,7 +77,8 @@ function route() {
     view = new ChatRoom(ctx, decodeURIComponent(arg), content);
   } else {
     ctx.sidebar.setActive(null);
-    view = name === 'account' ? accountView(ctx, content) : name === 'friends' ? friendsView(ctx, content) : directoryView(ctx, content);
+    view = name === 'account' ? accountView(ctx, content) : name === 'friends' ? friendsView(ctx, content)
+      : name === 'admin' ? adminView(ctx, content) : directoryView(ctx, content);
     content.querySelector('h1')?.focus({ preventScroll: true });
   }
 }

@@ -277,7 +277,11 @@ export function directoryView(ctx, mount) {
 export function accountView(ctx, mount) {
   const me = currentUser() || {};
   const since = h('p', { class: 'muted' });
-  api('GET', '/v1/me').then((u) => setTr(since, 'member_since', { date: fmtDate(u.created_at) }), () => {});
+  const adminLink = h('a', { href: '#/admin', class: 'button ghost admin-link', hidden: true }, tr('admin_console'));
+  api('GET', '/v1/me').then((u) => {
+    setTr(since, 'member_since', { date: fmtDate(u.created_at) });
+    adminLink.hidden = !u.admin;
+  }, () => {});
   const out = h('button', { type: 'button', class: 'primary', id: 'logout' }, tr('logout'));
   out.addEventListener('click', async () => {
     ctx.live.stop('stopped');
@@ -297,6 +301,6 @@ export function accountView(ctx, mount) {
   } }, tr('delete_account'));
   clear(mount).append(h('section', { class: 'page' },
     tr('account', null, 'h1'),
-    h('div', { class: 'card' }, tr('signed_in_as', { user: me.username }, 'p'), since, h('div', { class: 'row' }, out, del), confirmBox)));
+    h('div', { class: 'card' }, tr('signed_in_as', { user: me.username }, 'p'), since, h('div', { class: 'row' }, out, del, adminLink), confirmBox)));
   return { destroy() {} };
 }
