@@ -1,14 +1,15 @@
 // Friends (#/friends): ask someone by username, answer requests, open a
 // direct-message room with a friend, remove or block, unblock. The lists
-// come from `GET /v1/friends` and are read again every few seconds while
-// the page is open (and after each action).
+// come from `GET /v1/friends`, read again at once when the socket brings a
+// `notification` (a request, an acceptance), after each action, and every
+// few seconds while the page is open (notices are best effort).
 
 import { h, clear } from './dom.js';
 import { tr, setTr, trAttrs } from './i18n.js';
 import { api } from './api.js';
 import { hue } from './chat.js';
 
-const POLL_MS = 4000;
+const POLL_MS = 10000;
 
 const ERRORS = {
   user_not_found: 'err_user_not_found',
@@ -38,6 +39,10 @@ export function friendsView(ctx, mount) {
   };
   let destroyed = false;
   let timer = null;
+  const onFrame = (ev) => {
+    if (ev.detail.type === 'notification') load();
+  };
+  ctx.live.addEventListener('frame', onFrame);
 
   const fail = (e) => setTr(msg, ERRORS[e.code] || 'err_generic', { message: e.message });
   const act = async (method, path, body, then) => {
@@ -121,5 +126,11 @@ export function friendsView(ctx, mount) {
   trAttrs(name, { placeholder: 'friend_placeholder' });
   document.title = 'emosation';
   load();
-  return { destroy() { destroyed = true; clearTimeout(timer); } };
+  return {
+    destroy() {
+      destroyed = true;
+      clearTimeout(timer);
+      ctx.live.removeEventListener('frame', onFrame);
+    },
+  };
 }
