@@ -7,8 +7,8 @@
 //!
 //! Asserts: no panic; every failure is a `FrameError` with one of the
 //! contract's codes (`invalid_json`, `invalid_request`, `unknown_type`) and
-//! a message, and renders as an `error` frame carrying that code, message and
-//! `client_msg_id`; every frame parsed, written back as JSON, parses to
+//! a message, and renders as an `error` frame carrying that code, message,
+//! `client_msg_id` and `message_id`; every frame parsed, written back as JSON, parses to
 //! itself; a subscription wants at least one stream.
 
 #![no_main]
@@ -19,8 +19,16 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
 
 const CODES: [&str; 3] = ["invalid_json", "invalid_request", "unknown_type"];
-const TYPES: [&str; 5] = ["subscribe", "unsubscribe", "send", "typing", "auth"];
-const FIELDS: [&str; 6] = ["room_id", "since", "streams", "client_msg_id", "text", "access_token"];
+const TYPES: [&str; 7] = ["subscribe", "unsubscribe", "send", "typing", "auth", "edit", "delete"];
+const FIELDS: [&str; 7] = [
+    "room_id",
+    "since",
+    "streams",
+    "client_msg_id",
+    "text",
+    "access_token",
+    "message_id",
+];
 
 /// Any JSON value, mostly a string (the type every field wants).
 fn value(u: &mut Unstructured<'_>, depth: u8) -> Result<Value> {
@@ -97,6 +105,14 @@ fn to_json(f: &ClientFrame) -> Value {
         } => json!({"type": "send", "room_id": room_id, "client_msg_id": client_msg_id, "text": text}),
         ClientFrame::Typing { room_id } => json!({"type": "typing", "room_id": room_id}),
         ClientFrame::Auth { access_token } => json!({"type": "auth", "access_token": access_token}),
+        ClientFrame::Edit {
+            room_id,
+            message_id,
+            text,
+        } => json!({"type": "edit", "room_id": room_id, "message_id": message_id, "text": text}),
+        ClientFrame::Delete { room_id, message_id } => {
+            json!({"type": "delete", "room_id": room_id, "message_id": message_id})
+        }
     }
 }
 
@@ -131,6 +147,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(
                 answer.get("client_msg_id").and_then(Value::as_str),
                 e.client_msg_id.as_deref()
+            );
+            assert_eq!(
+                answer.get("message_id").and_then(Value::as_str),
+                e.message_id.as_deref()
             );
         }
     }

@@ -55,7 +55,7 @@ impl LogBuilder {
     pub fn record(&self, u: &mut Unstructured<'_>) -> Result<Record> {
         let request_id = i64::arbitrary(u)?;
         let at = small_or_any(u)?;
-        Ok(match u.int_in_range(0..=13u8)? {
+        Ok(match u.int_in_range(0..=15u8)? {
             0 => Record::UserSignedUp(UserSignedUp {
                 request_id,
                 at,
@@ -224,6 +224,42 @@ impl LogBuilder {
                     room_id,
                     user_id,
                     username,
+                })
+            }
+            14 => {
+                let (username, user_id) = self.member(u)?;
+                let (other_name, other_id) = self.member(u)?;
+                // Mostly the pair's own room id; sometimes any room's.
+                let room_id = if u.ratio(7, 8)? {
+                    emosation_core::ids::pair_room_id(&user_id, &other_id)
+                } else {
+                    pick(u, &ROOMS)?
+                };
+                let action = if u.ratio(1, 8)? {
+                    String::arbitrary(u)?
+                } else {
+                    (*u.choose(&emosation_core::record::RELATIONSHIP_ACTIONS)?).to_owned()
+                };
+                Record::RelationshipChanged(RelationshipChanged {
+                    request_id,
+                    at,
+                    room_id,
+                    user_id,
+                    username,
+                    other_id,
+                    other_name,
+                    action,
+                })
+            }
+            15 => {
+                let (username, user_id) = self.account(u)?;
+                Record::AdminRoleChanged(AdminRoleChanged {
+                    request_id,
+                    at,
+                    user_id,
+                    username,
+                    granted: bool::arbitrary(u)?,
+                    by: "cli".into(),
                 })
             }
             _ => unreachable!("a record type out of range"),

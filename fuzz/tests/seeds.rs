@@ -132,6 +132,41 @@ fn records() -> Vec<Record> {
             model: "offline".into(),
             edit_id: None,
         }),
+        Record::MessageEdited(MessageEdited {
+            request_id: 14,
+            at: 15,
+            room_id: "00000000000000a1".into(),
+            message_id: "0003000000000002".into(),
+            user_id: "0000000000000001".into(),
+            username: "alice".into(),
+            text: "hello again".into(),
+        }),
+        Record::MessageDeleted(MessageDeleted {
+            request_id: 15,
+            at: 16,
+            room_id: "00000000000000a1".into(),
+            message_id: "0003000000000002".into(),
+            user_id: "0000000000000001".into(),
+            username: "alice".into(),
+        }),
+        Record::RelationshipChanged(RelationshipChanged {
+            request_id: 16,
+            at: 17,
+            room_id: emosation_core::ids::pair_room_id("0000000000000001", "0000000000000002"),
+            user_id: "0000000000000001".into(),
+            username: "alice".into(),
+            other_id: "0000000000000002".into(),
+            other_name: "bob".into(),
+            action: "request".into(),
+        }),
+        Record::AdminRoleChanged(AdminRoleChanged {
+            request_id: 17,
+            at: 18,
+            user_id: "0000000000000001".into(),
+            username: "alice".into(),
+            granted: true,
+            by: "cli".into(),
+        }),
     ]
 }
 
@@ -166,6 +201,14 @@ fn client_frame() {
         (
             "auth",
             r#"{"type":"auth","access_token":"eyJhbGciOiJIUzI1NiJ9.e30.c2ln"}"#,
+        ),
+        (
+            "edit",
+            r#"{"type":"edit","room_id":"00000000000000a1","message_id":"0003000000000001","text":"hello again"}"#,
+        ),
+        (
+            "delete",
+            r#"{"type":"delete","room_id":"00000000000000a1","message_id":"0003000000000001"}"#,
         ),
     ];
     let seeds: Vec<(String, Vec<u8>)> = frames
