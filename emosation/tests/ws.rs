@@ -1179,9 +1179,13 @@ async fn friend_requests_and_acceptances_are_notified_over_the_socket() {
     assert_eq!(n["room_id"].as_str().map(str::len), Some(16), "the pair's room: {n}");
     assert!(b.quiet(300).await, "the one who asked hears nothing");
 
-    api.post(&format!("/v1/friends/requests/{bob_id}/accept"), Some(&alice), json!({}))
-        .await
-        .expect(200);
+    api.post(
+        &format!("/v1/friends/requests/{bob_id}/accept"),
+        Some(&alice),
+        json!({}),
+    )
+    .await
+    .expect(200);
     let n = b.next_of(&["notification"]).await;
     assert_eq!(
         (n["kind"].as_str(), n["user_id"].as_str(), n["username"].as_str()),
@@ -1194,9 +1198,16 @@ async fn friend_requests_and_acceptances_are_notified_over_the_socket() {
         .await
         .expect(200);
     assert_eq!(a.next_of(&["notification"]).await["username"], "carol");
-    let carol_id = api.get("/v1/me", &carol).await.expect(200)["user_id"].as_str().unwrap().to_owned();
-    api.post(&format!("/v1/friends/requests/{carol_id}/decline"), Some(&alice), json!({}))
-        .await
-        .expect(200);
+    let carol_id = api.get("/v1/me", &carol).await.expect(200)["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.post(
+        &format!("/v1/friends/requests/{carol_id}/decline"),
+        Some(&alice),
+        json!({}),
+    )
+    .await
+    .expect(200);
     assert!(a.quiet(300).await);
 }
