@@ -172,7 +172,7 @@ pub(crate) async fn start(
                 },
                 _ = sweep.tick() => {
                     let Some(feed) = feed.upgrade() else { return };
-                    let rooms = feed.hub().rooms();
+                    let rooms = feed.hub().open_rooms();
                     drop(feed);
                     for room in rooms {
                         match ctx.presence.sweep_room(&room).await {

@@ -398,9 +398,15 @@ impl Hub {
             .collect()
     }
 
-    /// The rooms with subscribers here.
-    pub(crate) fn rooms(&self) -> Vec<String> {
-        self.state().rooms.keys().cloned().collect()
+    /// The rooms some connection here has open (subscribed with the
+    /// `presence` stream): the ones whose presence this node sweeps.
+    pub(crate) fn open_rooms(&self) -> Vec<String> {
+        self.state()
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.subs.values().any(|s| s.streams.presence))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// For each entry (by its key), whether its room has subscribers here.
