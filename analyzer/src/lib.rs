@@ -39,12 +39,14 @@ use std::sync::Arc;
 use emosation_core::ports::Classifier;
 
 pub mod activity;
+pub mod admin;
 pub mod consumer;
 pub mod eval;
 pub mod offline;
 pub mod openai;
 
 pub use activity::ActivityConsumer;
+pub use admin::AdminConsumer;
 pub use consumer::Analyzer;
 pub use emosation_runner::Consumer as AnalyticsConsumer;
 pub use emosation_runner::{Checkpoint, ConsumerError, run_consumer};

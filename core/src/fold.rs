@@ -1114,12 +1114,14 @@ mod tests {
                 at: 11,
                 user_id: uid(u),
                 username: USERS[u].into(),
+                by: None,
             })),
             u.clone().prop_map(|u| Record::AccountRestored(AccountRestored {
                 request_id: 2,
                 at: 11,
                 user_id: uid(u),
                 username: USERS[u].into(),
+                by: None,
             })),
             (r.clone(), u.clone(), 1..4i32).prop_map(|(r, u, cap)| Record::RoomCreated(RoomCreated {
                 request_id: 3,
@@ -1785,6 +1787,7 @@ mod tests {
                 at,
                 user_id,
                 username,
+                by: None,
             })
         } else {
             Record::AccountRestored(AccountRestored {
@@ -1792,6 +1795,7 @@ mod tests {
                 at,
                 user_id,
                 username,
+                by: None,
             })
         }
     }

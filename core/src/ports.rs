@@ -506,6 +506,10 @@ pub trait Presence: Send + Sync + 'static {
     async fn refresh(&self, user_id: &str, conn: &ConnRef, ttl: Duration) -> Result<bool, PresenceError>;
     async fn unregister(&self, user_id: &str, conn: &ConnRef) -> Result<(), PresenceError>;
     async fn online(&self, user_ids: &[String]) -> Result<Vec<bool>, PresenceError>;
+    /// How many users have a live connection now, on any node (the admin
+    /// console's "online now"); a connection whose node died stops counting
+    /// when its liveness expires, as for [`Presence::online`].
+    async fn online_count(&self) -> Result<u64, PresenceError>;
     async fn connections(&self, user_id: &str) -> Result<Vec<ConnRef>, PresenceError>;
     async fn kick(&self, conn: &ConnRef, reason: KickReason) -> Result<(), PresenceError>;
     /// Installs the sink for kick orders addressed to `node` (one per node).

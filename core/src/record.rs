@@ -26,6 +26,10 @@ pub struct AccountDeleted {
     pub at: i64,
     pub user_id: String,
     pub username: String,
+    /// Who deleted it: `None` for the account's owner, else an admin's user
+    /// id, `token` or `cli` (v2; `None` in older records).
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +38,10 @@ pub struct AccountRestored {
     pub at: i64,
     pub user_id: String,
     pub username: String,
+    /// Who restored it: an admin's user id, `token` or `cli` (v2; `None` in
+    /// older records).
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -34,6 +34,13 @@ pub fn hour_start(ms: i64) -> i64 {
     ms - ms.rem_euclid(HOUR_MS)
 }
 
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// The start of the UTC day holding `ms` (milliseconds since the epoch).
+pub fn day_start(ms: i64) -> i64 {
+    ms - ms.rem_euclid(DAY_MS)
+}
+
 /// Formats milliseconds since the epoch as RFC 3339 UTC with whole seconds,
 /// e.g. `2026-11-22T10:00:00Z` (hours of activity).
 pub fn rfc3339_seconds(ms: i64) -> String {

@@ -10,6 +10,7 @@ use std::hash::BuildHasherDefault;
 
 use rustc_hash::FxHasher;
 
+use crate::ids::Topic;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +228,58 @@ impl ActivityView {
     }
 }
 
+/// One partition's counts for the admin console, in one UTC day (scope
+/// `days/TOPIC/PARTITION`, bucket the day's start in ms) or in all
+/// (scope `totals/TOPIC/PARTITION`, bucket 0): what the fold accepted, by
+/// the records' own `at`. A partition's counters are written only by that
+/// partition's batches, so partitions never race; a reader sums them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCountsView {
+    /// Start of the UTC day in ms (0 for totals).
+    pub day: i64,
+    /// Accounts signed up (a taken username is not counted).
+    pub signups: u64,
+    /// Rooms created (direct-message rooms included).
+    pub rooms: u64,
+    /// Messages the fold stored.
+    pub messages: u64,
+    /// First emotions of messages, per label in `Label::ALL` order.
+    pub emotions: [u64; 7],
+}
+
+/// How many audit entries one accounts partition holds (scope
+/// `audit/PARTITION`, bucket 0): entry `n` is on page `n / AUDIT_PAGE`,
+/// stored at bucket `1 + n / AUDIT_PAGE`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHeadView {
+    pub count: u64,
+}
+
+/// Audit entries per [`AuditPageView`].
+pub const AUDIT_PAGE: u64 = 64;
+
+/// Up to [`AUDIT_PAGE`] admin actions of one accounts partition, in log order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPageView {
+    pub entries: Vec<AuditEntryView>,
+}
+
+/// One admin action, as its record on the log decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntryView {
+    /// The record's `at`.
+    pub at: i64,
+    /// The record's log position (16-hex id).
+    pub position: String,
+    /// `admin_granted`, `admin_revoked`, `account_deleted`, `account_restored`.
+    pub action: String,
+    /// Who: an admin's user id, `token` (the shared admin token) or `cli`.
+    pub by: String,
+    /// The account acted on.
+    pub user_id: String,
+    pub username: String,
+}
+
 /// A logout of a session that no `SessionOpened` record opened (logs from
 /// before sessions were records): all the fold knows of such a session is
 /// that it ended.
@@ -346,11 +399,19 @@ pub enum ViewKey {
         user_id: String,
         other_id: String,
     },
+    /// The admin console's views, written by the `admin` consumer
+    /// ([`ADMIN_VIEWS`]): under `scope` (one partition's counters or audit)
+    /// the entity `bucket` (a UTC day, or an audit page). See
+    /// [`AdminCountsView`] and [`AuditPageView`] for the scopes.
+    Admin {
+        scope: String,
+        bucket: i64,
+    },
 }
 
 /// Tables of the view model, in the order checksums visit them. New tables
 /// go at the end: adapters store a table's index (Scylla's redo records).
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 13] = [
     "users",
     "usernames",
     "rooms",
@@ -363,6 +424,7 @@ pub const TABLES: [&str; 12] = [
     "activity",
     "message_edits",
     "friends",
+    "admin",
 ];
 
 /// The consumer whose views the `activity` table holds: per-room activity by
@@ -370,11 +432,17 @@ pub const TABLES: [&str; 12] = [
 /// not rebuilt by a core replay).
 pub const ACTIVITY_VIEWS: &str = "activity";
 
+/// The consumer whose views the `admin` table holds: the admin console's
+/// daily counters and audit of admin actions, folded from both topics by its
+/// own consumer (`emosation_analyzer::admin`), rebuilt by backfilling it.
+pub const ADMIN_VIEWS: &str = "admin";
+
 /// The consumer whose views a table holds: `clear(consumer)` drops exactly
 /// its tables, and `checksum_of(consumer)` digests exactly them.
 pub fn table_owner(table: &str) -> &'static str {
     match table {
         "activity" => ACTIVITY_VIEWS,
+        "admin" => ADMIN_VIEWS,
         _ => crate::ports::CORE_VIEWS,
     }
 }
@@ -457,6 +525,31 @@ impl ViewKey {
         }
     }
 
+    /// One partition's [`AdminCountsView`] of the UTC day starting at `day`.
+    pub fn admin_day(topic: Topic, partition: u32, day: i64) -> ViewKey {
+        ViewKey::Admin {
+            scope: format!("days/{}/{partition}", topic.name()),
+            bucket: day.max(0),
+        }
+    }
+
+    /// One partition's all-time [`AdminCountsView`].
+    pub fn admin_totals(topic: Topic, partition: u32) -> ViewKey {
+        ViewKey::Admin {
+            scope: format!("totals/{}/{partition}", topic.name()),
+            bucket: 0,
+        }
+    }
+
+    /// An accounts partition's [`AuditHeadView`] (`page: None`) or its
+    /// [`AuditPageView`] number `page`.
+    pub fn audit(partition: u32, page: Option<u64>) -> ViewKey {
+        ViewKey::Admin {
+            scope: format!("audit/{partition}"),
+            bucket: page.map_or(0, |p| p as i64 + 1),
+        }
+    }
+
     /// Where a room keeps its [`RoomEditsView`].
     pub fn room_edits(room_id: &str) -> ViewKey {
         ViewKey::message_edit(room_id, ROOM_EDITS_ID)
@@ -477,6 +570,7 @@ impl ViewKey {
             ViewKey::Activity { .. } => "activity",
             ViewKey::MessageEdit { .. } => "message_edits",
             ViewKey::Friend { .. } => "friends",
+            ViewKey::Admin { .. } => "admin",
         }
     }
 
@@ -520,6 +614,7 @@ impl ViewKey {
                 join(out, &[room_id, message_id])
             }
             ViewKey::Activity { room_id, hour } => join(out, &[room_id, &hour_field(*hour)]),
+            ViewKey::Admin { scope, bucket } => join(out, &[scope, &hour_field(*bucket)]),
             ViewKey::ClientMsg {
                 room_id,
                 user_id,
@@ -543,6 +638,7 @@ impl ViewKey {
             ViewKey::Activity { .. } => 9,
             ViewKey::MessageEdit { .. } => 10,
             ViewKey::Friend { .. } => 11,
+            ViewKey::Admin { .. } => 12,
         }
     }
 
@@ -600,6 +696,9 @@ pub enum ViewValue {
     MessageChange(MessageChangeView),
     Friend(FriendView),
     AdminRole(AdminRoleView),
+    AdminCounts(AdminCountsView),
+    AuditHead(AuditHeadView),
+    AuditPage(AuditPageView),
 }
 
 impl ViewValue {

@@ -345,8 +345,8 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub engines: EngineArgs,
     /// Views to rebuild (comma-separated): `core` (every view the fold writes, rebuilt together since
-    /// they share its decisions) and/or `activity` (cleared here and rebuilt from offset 0 by its
-    /// consumer when the server next runs).
+    /// they share its decisions) and/or `activity`, `admin` (analytics views: cleared here and rebuilt
+    /// from offset 0 by their consumers when the server next runs).
     #[arg(long, env = "EMOSATION_VIEWS", value_delimiter = ',', default_value = "core")]
     pub views: Vec<String>,
 }
@@ -643,21 +643,25 @@ async fn admin_role(args: AdminArgs, granted: bool) -> anyhow::Result<()> {
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     use emosation_core::ports::CORE_VIEWS;
-    use emosation_core::view::ACTIVITY_VIEWS;
+    use emosation_core::view::{ACTIVITY_VIEWS, ADMIN_VIEWS};
     for v in &args.views {
         anyhow::ensure!(
-            v == CORE_VIEWS || v == ACTIVITY_VIEWS,
+            v == CORE_VIEWS || v == ACTIVITY_VIEWS || v == ADMIN_VIEWS,
             "unknown view {v:?}; known views: {CORE_VIEWS} (every view the fold writes: users, rooms, members, \
-             messages, sessions, emotions), {ACTIVITY_VIEWS}"
+             messages, sessions, emotions), {ACTIVITY_VIEWS}, {ADMIN_VIEWS}"
         );
     }
     let engines = args.engines.engines()?;
     let views = engines.open_views().await?;
-    if args.views.iter().any(|v| v == ACTIVITY_VIEWS) {
-        // An analytics view is its own consumer's: dropping it (and its
-        // positions) makes the consumer backfill it from offset 0.
-        views.clear(ACTIVITY_VIEWS).await?;
-        println!("activity view cleared: the activity consumer rebuilds it from offset 0 when the server next runs");
+    for analytics in [ACTIVITY_VIEWS, ADMIN_VIEWS] {
+        if args.views.iter().any(|v| v == analytics) {
+            // An analytics view is its own consumer's: dropping it (and its
+            // positions) makes the consumer backfill it from offset 0.
+            views.clear(analytics).await?;
+            println!(
+                "{analytics} views cleared: the {analytics} consumer rebuilds them from offset 0 when the server next runs"
+            );
+        }
     }
     if !args.views.iter().any(|v| v == CORE_VIEWS) {
         return Ok(());

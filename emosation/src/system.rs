@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use emosation_analyzer::{ActivityConsumer, Analyzer, run_consumer};
+use emosation_analyzer::{ActivityConsumer, AdminConsumer, Analyzer, run_consumer};
 use emosation_core::ids::Topology;
 use emosation_core::ports::{Log, Presence, RateLimiter, ViewStore};
 use emosation_http::server::ConnectionLimits;
@@ -445,6 +445,7 @@ impl Server {
                 Arc::clone(&auth),
                 Arc::clone(&presence),
                 ingest.config().admin_token.clone(),
+                log.topology(),
             ));
             app = app.merge(emosation_web::routes());
         }
@@ -478,9 +479,18 @@ impl Server {
         }
         if plan.activity {
             let activity = Arc::new(ActivityConsumer::new(Arc::clone(&views), Arc::clone(&decisions)));
-            let (log, stop) = (Arc::clone(&log), shutdown.clone());
+            let (activity_log, stop) = (Arc::clone(&log), shutdown.clone());
             Analytics::spawn(analytics.as_ref(), &mut tasks, async move {
-                run_consumer(activity, log, stop).await.context("activity consumer")
+                run_consumer(activity, activity_log, stop)
+                    .await
+                    .context("activity consumer")
+            });
+            // The admin console's counters and audit, beside the activity
+            // consumer wherever it runs (a consumer of views of its own).
+            let admin = Arc::new(AdminConsumer::new(Arc::clone(&views), Arc::clone(&decisions)));
+            let (admin_log, stop) = (Arc::clone(&log), shutdown.clone());
+            Analytics::spawn(analytics.as_ref(), &mut tasks, async move {
+                run_consumer(admin, admin_log, stop).await.context("admin consumer")
             });
         }
         if plan.projector {

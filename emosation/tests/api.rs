@@ -1397,6 +1397,169 @@ async fn admins_are_granted_on_the_log_and_restore_without_the_token(s: TestServ
     api.get("/v1/admin/users", &alice).await.expect_error(403, "forbidden");
 }
 
+/// The admin console's figures and audit: sign-ups, rooms, messages and the
+/// emotion mix per day (only what the fold accepted), users online now, and
+/// every admin action with who did it, newest first, paged.
+async fn admin_stats_and_audit_follow_the_log(s: TestServer) {
+    let api = s.client();
+    let (alice_id, alice) = api.user("alice").await;
+    let (bob_id, bob) = api.user("bob").await;
+    let (carol_id, carol) = api.user("carol").await;
+    // A taken name is refused by the fold: not a sign-up.
+    api.signup("alice").await.expect_error(409, "username_taken");
+    let room = api.create_room(&alice, "stats", None).await;
+    for (i, text) in ["what a wonderful day", "this is awful and I hate it"]
+        .iter()
+        .enumerate()
+    {
+        api.send(&alice, &room, &format!("c{i}"), text).await.expect(202);
+    }
+    // A repeated client_msg_id stores one message.
+    api.send(&alice, &room, "c0", "what a wonderful day").await.expect(202);
+    // The owner deletes her own account: not an admin action.
+    api.call(Method::DELETE, "/v1/me", Some(&carol), None).await.expect(204);
+    let token_put = |path: String| {
+        api.http
+            .put(format!("{}{}", api.base, path))
+            .header("x-admin-token", "admin-token")
+            .send()
+    };
+    assert_eq!(
+        token_put(format!("/v1/admin/users/{alice_id}/admin"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let role = |id: &str| format!("/v1/admin/users/{id}/admin");
+    api.call(
+        Method::POST,
+        &format!("/v1/admin/users/{carol_id}/restore"),
+        Some(&alice),
+        None,
+    )
+    .await
+    .expect(204);
+    api.call(Method::PUT, &role(&bob_id), Some(&alice), None)
+        .await
+        .expect(200);
+    api.call(Method::DELETE, &format!("/v1/admin/users/{carol_id}"), Some(&bob), None)
+        .await
+        .expect(204);
+    api.call(Method::DELETE, &role(&alice_id), Some(&bob), None)
+        .await
+        .expect(200);
+
+    // Admins only.
+    api.get("/v1/admin/stats", &alice).await.expect_error(403, "forbidden");
+    api.get("/v1/admin/audit", &alice).await.expect_error(403, "forbidden");
+
+    let _socket = common::ws_client::Client::connect(&s.base, &bob).await;
+    let stats = emosation_testkit::eventually(
+        "the admin views caught up",
+        std::time::Duration::from_secs(20),
+        async || {
+            let v = api.get("/v1/admin/stats", &bob).await.expect(200);
+            let mix: u64 = v["week"]["emotions"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|n| n.as_u64().unwrap())
+                .sum();
+            if v["totals"]["users"] == 3 && v["totals"]["messages"] == 2 && mix == 2 && v["online_now"] == 1 {
+                Ok(v)
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
+    let days = stats["days"].as_array().unwrap();
+    assert_eq!(days.len(), 7, "{stats}");
+    let today = &days[6];
+    assert_eq!(today["day"].as_str().unwrap().len(), 10, "a date: {stats}");
+    assert!(
+        days.windows(2).all(|w| w[0]["day"].as_str() < w[1]["day"].as_str()),
+        "oldest first: {stats}"
+    );
+    assert_eq!(
+        (
+            today["signups"].as_u64(),
+            today["rooms"].as_u64(),
+            today["messages"].as_u64()
+        ),
+        (Some(3), Some(1), Some(2)),
+        "{stats}"
+    );
+    assert!(
+        days[..6].iter().all(|d| d["signups"] == 0 && d["messages"] == 0),
+        "{stats}"
+    );
+    assert_eq!(stats["totals"]["rooms"], 1, "{stats}");
+    assert_eq!(today["emotions"], stats["week"]["emotions"], "{stats}");
+    assert_eq!(stats["week"]["emotions"]["joy"], 1, "{stats}");
+
+    // The audit: five admin actions (carol's own deletion is not one).
+    let audit = api.get("/v1/admin/audit", &bob).await.expect(200);
+    let entries = audit["entries"].as_array().unwrap();
+    let mut actions: Vec<(String, String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["by"].as_str().unwrap().to_owned(),
+                e["username"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    actions.sort();
+    let mut expected = vec![
+        ("admin_granted".to_owned(), "token".to_owned(), "alice".to_owned()),
+        ("account_restored".to_owned(), alice_id.clone(), "carol".to_owned()),
+        ("admin_granted".to_owned(), alice_id.clone(), "bob".to_owned()),
+        ("account_deleted".to_owned(), bob_id.clone(), "carol".to_owned()),
+        ("admin_revoked".to_owned(), bob_id.clone(), "alice".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(actions, expected, "{audit}");
+    assert!(
+        entries.windows(2).all(|w| w[0]["at"].as_str() >= w[1]["at"].as_str()),
+        "newest first: {audit}"
+    );
+    let by_bob = entries.iter().find(|e| e["by"] == bob_id.as_str()).unwrap();
+    assert_eq!(by_bob["by_name"], "bob");
+    assert_eq!(audit["next_before"], Value::Null);
+    // Paged: two at a time, every entry once.
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    for _ in 0..5 {
+        let path = match &before {
+            None => "/v1/admin/audit?limit=2".to_owned(),
+            Some(b) => format!("/v1/admin/audit?limit=2&before={b}"),
+        };
+        let page = api.get(&path, &bob).await.expect(200);
+        seen.extend(
+            page["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["position"].clone()),
+        );
+        match page["next_before"].as_str() {
+            Some(b) => before = Some(b.to_owned()),
+            None => break,
+        }
+    }
+    let all: Vec<Value> = entries.iter().map(|e| e["position"].clone()).collect();
+    assert_eq!(seen, all, "pages in order, none twice");
+    api.get("/v1/admin/audit?before=garbage", &bob)
+        .await
+        .expect_error(400, "invalid_request");
+    api.get("/v1/admin/audit?limit=500", &bob)
+        .await
+        .expect_error(400, "invalid_request");
+}
+
 /// `emosation admin grant` appends the role to the log of a stopped server;
 /// the restarted server honours it, and a replay rebuilds the same views.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1515,6 +1678,7 @@ on_every_store!(
     edits_and_deletes_change_history_emotions_and_the_mood,
     friends_blocks_and_direct_messages,
     admins_are_granted_on_the_log_and_restore_without_the_token,
+    admin_stats_and_audit_follow_the_log,
 );
 
 /// Text people read is stored NFC-normalised; bidirectional controls and

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::Api;
 use emosation_testkit::eventually;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_emosation");
@@ -312,11 +312,47 @@ async fn activity_with(api: &Api, token: &str, room: &str, total: u64) -> serde_
     .await
 }
 
+/// A server of the crash tests with the admin token `admin-token`.
+async fn spawn_admin(dir: &Path) -> (Child, Api) {
+    common::spawn_binary(
+        "serve",
+        dir,
+        emosation_testkit::free_port(),
+        &["--admin-token", "admin-token"],
+    )
+    .await
+}
+
+/// `GET /v1/admin/stats` once the admin consumer counted `messages`
+/// messages: its days and totals (never more than stored).
+async fn admin_counts(api: &Api, messages: u64) -> Value {
+    eventually("the admin counts caught up", Duration::from_secs(30), async || {
+        let body: Value = api
+            .http
+            .get(format!("{}/v1/admin/stats", api.base))
+            .header("x-admin-token", "admin-token")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let counted = body["totals"]["messages"].as_u64().unwrap_or(0);
+        if counted < messages {
+            return Err(format!("{counted}/{messages}"));
+        }
+        assert_eq!(counted, messages, "never counted twice: {body}");
+        assert_eq!(body["totals"]["users"], 1, "{body}");
+        Ok(json!({"days": body["days"], "totals": body["totals"]}))
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn activity_survives_kill_9_and_rebuilds_from_offset_0() {
+async fn activity_and_admin_views_survive_kill_9_and_rebuild_from_offset_0() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (mut child, api) = spawn_server(dir, emosation_testkit::free_port()).await;
+    let (mut child, api) = spawn_admin(dir).await;
     let (_, alice) = api.user("alice").await;
     let room = api.create_room(&alice, "counted", None).await;
     // A storm cut short by kill -9: the activity consumer dies mid-stream too.
@@ -342,7 +378,7 @@ async fn activity_survives_kill_9_and_rebuilds_from_offset_0() {
     child.wait().await.unwrap();
     storm.await.unwrap();
 
-    let (mut child, api) = spawn_server(dir, emosation_testkit::free_port()).await;
+    let (mut child, api) = spawn_admin(dir).await;
     // Records appended before the kill but not yet folded are folded after
     // the restart; one more post, answered only once the fold decided it,
     // is behind all of them in the room's partition.
@@ -356,17 +392,20 @@ async fn activity_survives_kill_9_and_rebuilds_from_offset_0() {
     let stored = api.all_messages(&alice, &room).await.len() as u64;
     assert!(stored > 0);
     let live = activity_with(&api, &alice, &room, stored).await;
+    let live_admin = admin_counts(&api, stored).await;
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 
     // Cleared through the CLI, the core views untouched, then rebuilt by the
     // consumer from offset 0 to the same counts.
     let core = cli(dir, &["views", "checksum"]).await;
-    let out = cli(dir, &["replay", "--views", "activity"]).await;
-    assert!(out.contains("activity view cleared"), "{out}");
+    let out = cli(dir, &["replay", "--views", "activity,admin"]).await;
+    assert!(out.contains("activity views cleared"), "{out}");
+    assert!(out.contains("admin views cleared"), "{out}");
     assert_eq!(cli(dir, &["views", "checksum"]).await, core);
-    let (mut child, api) = spawn_server(dir, emosation_testkit::free_port()).await;
+    let (mut child, api) = spawn_admin(dir).await;
     assert_eq!(activity_with(&api, &alice, &room, stored).await, live);
+    assert_eq!(admin_counts(&api, stored).await, live_admin);
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }

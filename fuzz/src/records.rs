@@ -69,6 +69,7 @@ impl LogBuilder {
                     at,
                     user_id,
                     username,
+                    by: None,
                 })
             }
             2 => {
@@ -78,6 +79,7 @@ impl LogBuilder {
                     at,
                     user_id,
                     username,
+                    by: None,
                 })
             }
             3 => {

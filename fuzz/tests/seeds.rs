@@ -51,12 +51,14 @@ fn records() -> Vec<Record> {
             at: 11,
             user_id: user.into(),
             username: "alice".into(),
+            by: None,
         }),
         Record::AccountRestored(AccountRestored {
             request_id: 3,
             at: 12,
             user_id: user.into(),
             username: "alice".into(),
+            by: None,
         }),
         Record::SessionOpened(SessionOpened {
             request_id: 4,

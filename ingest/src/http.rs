@@ -235,8 +235,8 @@ async fn restore(
     user: Result<AuthUser, ApiError>,
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin(&s, &headers, user).await?;
-    s.ingest.restore_account(&user_id).await?;
+    let by = admin(&s, &headers, user).await?;
+    s.ingest.restore_account(&user_id, &by).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -246,8 +246,8 @@ async fn admin_delete(
     user: Result<AuthUser, ApiError>,
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin(&s, &headers, user).await?;
-    s.ingest.delete_user(&user_id).await?;
+    let by = admin(&s, &headers, user).await?;
+    s.ingest.delete_user(&user_id, &by).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -630,41 +630,44 @@ impl Ingest {
     }
 
     pub async fn delete_account(&self, user: &AuthUser) -> Result<(), CommandError> {
-        let make = |request_id, at| {
-            Record::AccountDeleted(AccountDeleted {
-                request_id,
-                at,
-                user_id: user.user_id.clone(),
-                username: user.username.clone(),
-            })
-        };
-        self.command("delete account", make, |_| Some(())).await?;
-        self.end_sessions(&user.user_id, None, KickReason::AccountDeleted).await;
-        Ok(())
+        self.soft_delete(&user.user_id, &user.username, None).await
     }
 
-    /// Soft-deletes the account `user_id` (admin): like the user's own
-    /// `DELETE /v1/me`, its sessions end everywhere and an admin can restore it.
-    pub async fn delete_user(&self, user_id: &str) -> Result<(), CommandError> {
+    /// Soft-deletes the account `user_id` for an admin (`by`: the admin's
+    /// user id, `token` or `cli`, recorded for the audit): like the user's
+    /// own `DELETE /v1/me`, its sessions end everywhere and an admin can
+    /// restore it.
+    pub async fn delete_user(&self, user_id: &str, by: &str) -> Result<(), CommandError> {
         if !emosation_core::ids::is_id(user_id) {
             return Err(Rejection::UnknownUser.into());
         }
         let user = self.views.user(user_id).await?.ok_or(Rejection::UnknownUser)?;
+        self.soft_delete(&user.user_id, &user.username, Some(by)).await
+    }
+
+    /// Appends the deletion (`by`: `None` for the owner) and ends the
+    /// account's sessions on every node.
+    async fn soft_delete(&self, user_id: &str, username: &str, by: Option<&str>) -> Result<(), CommandError> {
         let make = |request_id, at| {
             Record::AccountDeleted(AccountDeleted {
                 request_id,
                 at,
-                user_id: user.user_id.clone(),
-                username: user.username.clone(),
+                user_id: user_id.to_owned(),
+                username: username.to_owned(),
+                by: by.map(str::to_owned),
             })
         };
         self.command("delete account", make, |_| Some(())).await?;
-        self.end_sessions(&user.user_id, None, KickReason::AccountDeleted).await;
+        self.end_sessions(user_id, None, KickReason::AccountDeleted).await;
         Ok(())
     }
 
-    /// Restores a soft-deleted account (admin).
-    pub async fn restore_account(&self, user_id: &str) -> Result<(), CommandError> {
+    /// Restores a soft-deleted account for an admin (`by`, as for
+    /// [`Ingest::delete_user`]).
+    pub async fn restore_account(&self, user_id: &str, by: &str) -> Result<(), CommandError> {
+        if !emosation_core::ids::is_id(user_id) {
+            return Err(Rejection::UnknownUser.into());
+        }
         let user = self.views.user(user_id).await?.ok_or(Rejection::UnknownUser)?;
         let make = |request_id, at| {
             Record::AccountRestored(AccountRestored {
@@ -672,6 +675,7 @@ impl Ingest {
                 at,
                 user_id: user.user_id.clone(),
                 username: user.username.clone(),
+                by: Some(by.to_owned()),
             })
         };
         self.command("restore account", make, |_| Some(())).await

@@ -78,12 +78,14 @@ fn commands(n: usize, topo: Topology) -> Vec<Record> {
                 at,
                 user_id,
                 username: name(u),
+                by: None,
             }),
             (true, _) => Record::AccountRestored(AccountRestored {
                 request_id: i as i64,
                 at,
                 user_id,
                 username: name(u),
+                by: None,
             }),
         };
         let p = partition_for(rec.key().as_bytes(), topo.accounts_partitions);

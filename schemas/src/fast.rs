@@ -122,12 +122,14 @@ pub(crate) fn decode_current(kind: RecordType, body: &[u8]) -> Result<Record, Sc
             at,
             user_id: r.string()?,
             username: r.string()?,
+            by: r.optional_string()?,
         }),
         RecordType::AccountRestored => Record::AccountRestored(AccountRestored {
             request_id,
             at,
             user_id: r.string()?,
             username: r.string()?,
+            by: r.optional_string()?,
         }),
         RecordType::SessionRevoked => Record::SessionRevoked(SessionRevoked {
             request_id,

@@ -142,7 +142,7 @@ pub const CURRENT: [(RecordType, &str, &str); 16] = [
 
 /// Every released version `(type, version, schema)`; the newest of each type
 /// must equal the current schema.
-pub const HISTORY: [(RecordType, u32, &str); 17] = [
+pub const HISTORY: [(RecordType, u32, &str); 19] = [
     (
         RecordType::UserSignedUp,
         1,
@@ -227,6 +227,16 @@ pub const HISTORY: [(RecordType, u32, &str); 17] = [
         RecordType::AdminRoleChanged,
         1,
         include_str!("../avro/history/admin_role_changed.v1.avsc"),
+    ),
+    (
+        RecordType::AccountDeleted,
+        2,
+        include_str!("../avro/history/account_deleted.v2.avsc"),
+    ),
+    (
+        RecordType::AccountRestored,
+        2,
+        include_str!("../avro/history/account_restored.v2.avsc"),
     ),
 ];
 

@@ -20,12 +20,14 @@ fn samples() -> Vec<Record> {
             at: 2,
             user_id: "u".into(),
             username: "alice".into(),
+            by: Some("0000000000000003".into()),
         }),
         Record::AccountRestored(AccountRestored {
             request_id: 1,
             at: 2,
             user_id: "u".into(),
             username: "alice".into(),
+            by: None,
         }),
         Record::SessionRevoked(SessionRevoked {
             request_id: 1,
@@ -161,14 +163,44 @@ fn emotions_of_v1_decode_as_emotions_of_the_message_as_posted() {
     );
     assert_eq!(decode(&v1).unwrap(), emotion);
     assert_eq!(emosation_schemas::decode_with_apache_avro(&v1).unwrap(), emotion);
-    // Every other type's v1 is its current schema: encoded alike.
+    // Every type still at v1 is encoded alike by its v1 and today's writer.
     for rec in samples() {
-        if !matches!(rec, Record::EmotionRecorded(_)) {
+        if !matches!(
+            rec,
+            Record::EmotionRecorded(_) | Record::AccountDeleted(_) | Record::AccountRestored(_)
+        ) {
             assert_eq!(
                 emosation_schemas::encode_released(&rec, 1).unwrap().unwrap(),
                 encode(&rec).unwrap()
             );
         }
+    }
+}
+
+/// Deletions and restores written before the audit (v1, no `by`) decode
+/// with `by: None` through both decoders (an account deleted by its owner,
+/// a restore by an unknown admin); v2 only appends the union's branch.
+#[test]
+fn account_records_of_v1_decode_without_who_did_it() {
+    for mut rec in samples()
+        .into_iter()
+        .filter(|r| matches!(r, Record::AccountDeleted(_) | Record::AccountRestored(_)))
+    {
+        match &mut rec {
+            Record::AccountDeleted(r) => r.by = None,
+            Record::AccountRestored(r) => r.by = None,
+            _ => unreachable!(),
+        }
+        let v1 = emosation_schemas::encode_released(&rec, 1).unwrap().unwrap();
+        let today = encode(&rec).unwrap();
+        assert_ne!(v1[2..10], today[2..10], "v1 names its own schema");
+        assert_eq!(
+            &v1[10..],
+            &today[10..today.len() - 1],
+            "v2 only appends the null branch"
+        );
+        assert_eq!(decode(&v1).unwrap(), rec);
+        assert_eq!(emosation_schemas::decode_with_apache_avro(&v1).unwrap(), rec);
     }
 }
 
@@ -268,22 +300,28 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 password_hash,
             })
         }),
-        (any::<i64>(), any::<i64>(), t(), t()).prop_map(|(request_id, at, user_id, username)| {
-            Record::AccountDeleted(AccountDeleted {
-                request_id,
-                at,
-                user_id,
-                username,
-            })
-        }),
-        (any::<i64>(), any::<i64>(), t(), t()).prop_map(|(request_id, at, user_id, username)| {
-            Record::AccountRestored(AccountRestored {
-                request_id,
-                at,
-                user_id,
-                username,
-            })
-        }),
+        (any::<i64>(), any::<i64>(), t(), t(), proptest::option::of(t())).prop_map(
+            |(request_id, at, user_id, username, by)| {
+                Record::AccountDeleted(AccountDeleted {
+                    request_id,
+                    at,
+                    user_id,
+                    username,
+                    by,
+                })
+            }
+        ),
+        (any::<i64>(), any::<i64>(), t(), t(), proptest::option::of(t())).prop_map(
+            |(request_id, at, user_id, username, by)| {
+                Record::AccountRestored(AccountRestored {
+                    request_id,
+                    at,
+                    user_id,
+                    username,
+                    by,
+                })
+            }
+        ),
         (any::<i64>(), any::<i64>(), t(), t(), t(), any::<i64>()).prop_map(
             |(request_id, at, user_id, username, session_id, expires_at)| {
                 Record::SessionRevoked(SessionRevoked {

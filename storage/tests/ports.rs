@@ -1137,12 +1137,18 @@ async fn presence_contract(a: Arc<dyn Presence>, b: Arc<dyn Presence>) {
     listed.sort();
     assert_eq!(listed, vec![conn("node-a", 2), conn("node-a", 3)]);
 
-    // Unregister: offline.
-    for c in [conn("node-a", 2), conn("node-a", 3)] {
-        a.unregister("u1", &c).await.unwrap();
-    }
+    // Online now, counted on any node: u1 and u9.
+    assert_eq!(a.online_count().await.unwrap(), 2);
+    assert_eq!(b.online_count().await.unwrap(), 2);
+
+    // Unregister: offline, once the user's last connection goes.
+    a.unregister("u1", &conn("node-a", 2)).await.unwrap();
+    assert_eq!(b.online(&["u1".into()]).await.unwrap(), vec![true]);
+    assert_eq!(b.online_count().await.unwrap(), 2, "u1 still has a connection");
+    a.unregister("u1", &conn("node-a", 3)).await.unwrap();
     assert_eq!(b.online(&["u1".into()]).await.unwrap(), vec![false]);
     assert!(a.connections("u1").await.unwrap().is_empty());
+    assert_eq!(b.online_count().await.unwrap(), 1, "only u9 now");
 }
 
 /// The room-presence contract (who has a room open, across nodes). `a` and

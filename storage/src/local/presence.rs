@@ -137,6 +137,10 @@ impl Presence for LocalPresence {
         Ok(user_ids.iter().map(|u| users.contains_key(u)).collect())
     }
 
+    async fn online_count(&self) -> Result<u64, PresenceError> {
+        Ok(self.users.lock().unwrap_or_else(|e| e.into_inner()).len() as u64)
+    }
+
     async fn connections(&self, user_id: &str) -> Result<Vec<ConnRef>, PresenceError> {
         let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         Ok(users

@@ -5,6 +5,7 @@
 //! | `{NS}:s:USER` | zset | the user's connections `NODE/CONN/SESSION`, scored by registration order |
 //! | `{NS}:c:NODE/CONN/SESSION` | string, expiring | the connection is alive (its owner refreshes it) |
 //! | `{NS}:seq` | counter | registration order |
+//! | `{NS}:online` | zset | users with a connection, scored by when its liveness expires (ms, Redis's clock): `online_count` |
 //! | channel `{NS}:kick:NODE` | pub/sub | `CONN REASON`: connections the node must close, and why |
 //! | `{NS}:r:ROOM` | zset | users with the room open, scored by their latest entry's expiry (ms) |
 //! | `{NS}:ru:ROOM:USER` | zset | that user's connections with the room open, scored by expiry (ms) |
@@ -48,6 +49,8 @@ local seq = redis.call('INCR', p .. 'seq')
 redis.call('ZADD', z, seq, member)
 redis.call('SET', p .. 'c:' .. member, user, 'PX', ttl)
 redis.call('PEXPIRE', z, ttl)
+local t = redis.call('TIME')
+redis.call('ZADD', p .. 'online', 'GT', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl, user)
 local n = redis.call('ZCARD', z)
 local evicted = {}
 if n > max then
@@ -65,7 +68,31 @@ local z = p .. 's:' .. user
 if redis.call('ZSCORE', z, member) == false then return 0 end
 redis.call('SET', p .. 'c:' .. member, user, 'PX', ttl)
 redis.call('PEXPIRE', z, ttl)
+local t = redis.call('TIME')
+local untl = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl
+redis.call('ZADD', p .. 'online', 'GT', untl, user)
 return 1
+"#;
+
+const UNREGISTER: &str = r#"
+-- ARGV: prefix, user, member
+local p, user, member = ARGV[1], ARGV[2], ARGV[3]
+local z = p .. 's:' .. user
+redis.call('ZREM', z, member)
+redis.call('DEL', p .. 'c:' .. member)
+for _, m in ipairs(redis.call('ZRANGE', z, 0, -1)) do
+  if redis.call('EXISTS', p .. 'c:' .. m) == 1 then return 0 end
+end
+redis.call('ZREM', p .. 'online', user)
+return 1
+"#;
+
+const ONLINE_COUNT: &str = r#"
+-- ARGV: prefix
+local p = ARGV[1]
+local t = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', p .. 'online', '-inf', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+return redis.call('ZCARD', p .. 'online')
 "#;
 
 const ONLINE: &str = r#"
@@ -193,6 +220,8 @@ pub struct RedisPresence {
     register: redis::Script,
     refresh: redis::Script,
     online: redis::Script,
+    unregister: redis::Script,
+    online_count: redis::Script,
     connections: redis::Script,
     enter_room: redis::Script,
     refresh_rooms: redis::Script,
@@ -233,6 +262,8 @@ impl RedisPresence {
             register: redis::Script::new(REGISTER),
             refresh: redis::Script::new(REFRESH),
             online: redis::Script::new(ONLINE),
+            unregister: redis::Script::new(UNREGISTER),
+            online_count: redis::Script::new(ONLINE_COUNT),
             connections: redis::Script::new(CONNECTIONS),
             enter_room: redis::Script::new(ENTER_ROOM),
             refresh_rooms: redis::Script::new(REFRESH_ROOMS),
@@ -287,20 +318,25 @@ impl Presence for RedisPresence {
     }
 
     async fn unregister(&self, user_id: &str, conn: &ConnRef) -> Result<(), PresenceError> {
-        let m = member(conn);
-        let () = redis::pipe()
-            .atomic()
-            .cmd("ZREM")
-            .arg(format!("{}s:{user_id}", self.prefix))
-            .arg(&m)
-            .ignore()
-            .cmd("DEL")
-            .arg(format!("{}c:{m}", self.prefix))
-            .ignore()
-            .query_async(&mut self.pool.get())
+        let _: i64 = self
+            .unregister
+            .arg(&self.prefix)
+            .arg(user_id)
+            .arg(member(conn))
+            .invoke_async(&mut self.pool.get())
             .await
             .map_err(err)?;
         Ok(())
+    }
+
+    async fn online_count(&self) -> Result<u64, PresenceError> {
+        let n: u64 = self
+            .online_count
+            .arg(&self.prefix)
+            .invoke_async(&mut self.pool.get())
+            .await
+            .map_err(err)?;
+        Ok(n)
     }
 
     async fn online(&self, user_ids: &[String]) -> Result<Vec<bool>, PresenceError> {

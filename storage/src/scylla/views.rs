@@ -249,6 +249,9 @@ statements! {
     del_emotion = "DELETE FROM {ks}.emotions USING TIMESTAMP ? WHERE room_id = ? AND bucket = ? AND message_id = ?";
     put_activity = "INSERT INTO {ks}.activity (room_id, hour, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
     del_activity = "DELETE FROM {ks}.activity USING TIMESTAMP ? WHERE room_id = ? AND hour = ?";
+    get_admin = "SELECT entity FROM {ks}.admin WHERE scope = ? AND bucket = ?";
+    put_admin = "INSERT INTO {ks}.admin (scope, bucket, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
+    del_admin = "DELETE FROM {ks}.admin USING TIMESTAMP ? WHERE scope = ? AND bucket = ?";
     put_message_edit = "INSERT INTO {ks}.message_edits (room_id, message_id, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
     del_message_edit = "DELETE FROM {ks}.message_edits USING TIMESTAMP ? WHERE room_id = ? AND message_id = ?";
     put_friend = "INSERT INTO {ks}.friends (user_id, other_id, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
@@ -314,6 +317,7 @@ statements! {
     scan_activity = "SELECT room_id, hour, entity FROM {ks}.activity";
     scan_message_edits = "SELECT room_id, message_id, entity FROM {ks}.message_edits";
     scan_friends = "SELECT user_id, other_id, entity FROM {ks}.friends";
+    scan_admin = "SELECT scope, bucket, entity FROM {ks}.admin";
     scan_consumers = "SELECT consumer, generation, rebuilding FROM {ks}.consumers";
 }
 
@@ -618,6 +622,7 @@ impl ScyllaViewStore {
                     .await?
             }
             ViewKey::Activity { room_id, hour } => self.one(&q.get_activity, (room_id, hour)).await?,
+            ViewKey::Admin { scope, bucket } => self.one(&q.get_admin, (scope, bucket)).await?,
             ViewKey::MessageEdit { room_id, message_id } => {
                 self.one(&q.get_message_edit, (room_id, message_id)).await?
             }
@@ -657,6 +662,7 @@ impl ScyllaViewStore {
                         .await
                 }
                 ViewKey::Activity { room_id, hour } => self.exec(&q.put_activity, (room_id, hour, v, ts)).await,
+                ViewKey::Admin { scope, bucket } => self.exec(&q.put_admin, (scope, bucket, v, ts)).await,
                 ViewKey::MessageEdit { room_id, message_id } => {
                     self.exec(&q.put_message_edit, (room_id, message_id, v, ts)).await
                 }
@@ -688,6 +694,7 @@ impl ScyllaViewStore {
                         .await
                 }
                 ViewKey::Activity { room_id, hour } => self.exec(&q.del_activity, (ts, room_id, hour)).await,
+                ViewKey::Admin { scope, bucket } => self.exec(&q.del_admin, (ts, scope, bucket)).await,
                 ViewKey::MessageEdit { room_id, message_id } => {
                     self.exec(&q.del_message_edit, (ts, room_id, message_id)).await
                 }
@@ -1181,6 +1188,12 @@ impl ScyllaViewStore {
             "activity" => {
                 self.each_row(&q.scan_activity, |(room_id, hour, v): (String, i64, Vec<u8>)| {
                     out.push(ViewKey::Activity { room_id, hour }.encode(), v)
+                })
+                .await
+            }
+            "admin" => {
+                self.each_row(&q.scan_admin, |(scope, bucket, v): (String, i64, Vec<u8>)| {
+                    out.push(ViewKey::Admin { scope, bucket }.encode(), v)
                 })
                 .await
             }

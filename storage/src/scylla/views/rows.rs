@@ -231,6 +231,13 @@ pub(crate) fn decode_key(table: &str, raw: &[u8]) -> Option<ViewKey> {
             let hour = i64::from_str_radix(&hour, 16).ok().filter(|h| hour_field(*h) == hour)?;
             ViewKey::Activity { room_id, hour }
         }
+        "admin" => {
+            let (scope, bucket) = two()?;
+            let bucket = i64::from_str_radix(&bucket, 16)
+                .ok()
+                .filter(|b| hour_field(*b) == bucket)?;
+            ViewKey::Admin { scope, bucket }
+        }
         _ => return None,
     })
 }

@@ -13,7 +13,7 @@ use tracing::info;
 use super::config::ScyllaConfig;
 use super::{now_micros, storage};
 use emosation_core::ports::{CORE_VIEWS, StoreError};
-use emosation_core::view::ACTIVITY_VIEWS;
+use emosation_core::view::{ACTIVITY_VIEWS, ADMIN_VIEWS};
 
 /// Tables of migration 1; `{ks}` is replaced by the keyspace. See
 /// docs/architecture.md ("The Scylla data model") for the query each serves.
@@ -102,6 +102,14 @@ const MIGRATION_6: &[&str] = &[
      PRIMARY KEY (user_id, other_id)) WITH CLUSTERING ORDER BY (other_id ASC)",
 ];
 
+/// Migration 7: the admin consumer's counters and audit pages, one small
+/// partition per scope (a partition's days, totals or audit) clustered by
+/// bucket, read by point reads.
+const MIGRATION_7: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.admin (scope text, bucket bigint, entity blob, \
+     PRIMARY KEY (scope, bucket)) WITH CLUSTERING ORDER BY (bucket ASC)",
+];
+
 /// All migrations, in order; the position in this list + 1 is the version.
 const MIGRATIONS: &[&[&str]] = &[
     MIGRATION_1,
@@ -110,6 +118,7 @@ const MIGRATIONS: &[&[&str]] = &[
     MIGRATION_4,
     MIGRATION_5,
     MIGRATION_6,
+    MIGRATION_7,
 ];
 
 /// Whether a schema statement failed only because it had been applied
@@ -125,6 +134,7 @@ pub(crate) fn tables_of(consumer: &str) -> &'static [&'static str] {
     match consumer {
         CORE_VIEWS => &CORE_TABLES,
         ACTIVITY_VIEWS => &["activity"],
+        ADMIN_VIEWS => &["admin"],
         _ => &[],
     }
 }

@@ -1,0 +1,297 @@
+//! [`AdminConsumer`]: the admin console's figures and audit, folded from both
+//! topics into the `admin` views ([`ADMIN_VIEWS`]).
+//!
+//! What it keeps, per partition (a partition's entities are written only by
+//! that partition's batches, so two partitions never race on one entity; a
+//! reader sums the partitions):
+//! - `days/TOPIC/P` × UTC day: an [`AdminCountsView`] of sign-ups (accounts),
+//!   rooms created, messages stored and first emotions by label (rooms), the
+//!   day taken from each record's own `at`;
+//! - `totals/TOPIC/P`: the same counts over all time;
+//! - `audit/P` (accounts): every admin action — the admin role granted or
+//!   revoked, an account deleted by someone other than its owner, an account
+//!   restored — as an [`AuditEntryView`], in log order, on pages of
+//!   [`AUDIT_PAGE`] entries with an [`AuditHeadView`] counting them.
+//!
+//! Only what the fold accepted counts, learned from the core views as the
+//! activity consumer does ([`crate::activity`]): it waits until the core
+//! projector has folded the batch, then checks each record's effect on
+//! entities that, once written, never change the answer — a sign-up's user
+//! (its id is the record's position), a message at its position, a first
+//! emotion at its position, a room with the record's owner and `at`, an
+//! account whose username maps to the record's user id. The answer is
+//! therefore the same however far the projector has run ahead, and a
+//! backfill from offset 0 (after `clear("admin")`) rebuilds the same views.
+//! An edit's emotion is not in the mix: whether it stands depends on later
+//! edits, so the mix is of messages as first classified.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use emosation_core::Record;
+use emosation_core::emotion::Label;
+use emosation_core::ids::{LogPosition, Topic, normalize_username};
+use emosation_core::ports::{Decisions, LogEntry, ViewBatch, ViewStore};
+use emosation_core::time::day_start;
+use emosation_core::view::{
+    ADMIN_VIEWS, AUDIT_PAGE, AdminCountsView, AuditEntryView, AuditHeadView, AuditPageView, ViewKey, ViewValue,
+};
+
+use crate::{AnalyticsConsumer, Checkpoint, ConsumerError};
+
+const CORE_WAIT: Duration = Duration::from_secs(5);
+/// Dashboards read these; nobody waits on them (see the activity consumer).
+const LINGER: Duration = Duration::from_millis(250);
+
+/// The `admin` consumer: daily counts and the audit of admin actions.
+pub struct AdminConsumer {
+    views: Arc<dyn ViewStore>,
+    decisions: Arc<dyn Decisions>,
+}
+
+impl std::fmt::Debug for AdminConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConsumer").finish_non_exhaustive()
+    }
+}
+
+/// What one record would count, if the fold accepted it; `check` is the
+/// core entity that tells (see the module's notes).
+enum Effect {
+    Signup,
+    Room { owner_id: String, at: i64 },
+    Message,
+    Emotion { slot: usize, position: String },
+    Audit(AuditEntryView),
+}
+
+struct Candidate {
+    at: i64,
+    check: ViewKey,
+    effect: Effect,
+}
+
+impl AdminConsumer {
+    /// `views` holds the core views it reads and the `admin` views it
+    /// writes; `decisions` tells when the core projector has applied a record.
+    pub fn new(views: Arc<dyn ViewStore>, decisions: Arc<dyn Decisions>) -> Self {
+        AdminConsumer { views, decisions }
+    }
+
+    fn candidate(topic: Topic, pos: LogPosition, record: Record) -> Option<Candidate> {
+        let audit = |at: i64, action: &str, by: String, user_id: String, username: String| Candidate {
+            at,
+            check: ViewKey::Username(normalize_username(&username)),
+            effect: Effect::Audit(AuditEntryView {
+                at,
+                position: pos.to_id(),
+                action: action.to_owned(),
+                by,
+                user_id,
+                username: normalize_username(&username),
+            }),
+        };
+        match (topic, record) {
+            (Topic::Accounts, Record::UserSignedUp(r)) => Some(Candidate {
+                at: r.at,
+                check: ViewKey::User(pos.to_id()),
+                effect: Effect::Signup,
+            }),
+            (Topic::Accounts, Record::AdminRoleChanged(r)) => {
+                let action = if r.granted { "admin_granted" } else { "admin_revoked" };
+                Some(audit(r.at, action, r.by, r.user_id, r.username))
+            }
+            // A deletion by the account's owner is not an admin action.
+            (Topic::Accounts, Record::AccountDeleted(r)) => match r.by {
+                Some(by) if by != r.user_id => Some(audit(r.at, "account_deleted", by, r.user_id, r.username)),
+                _ => None,
+            },
+            // Only admins restore; records from before `by` name no one.
+            (Topic::Accounts, Record::AccountRestored(r)) => {
+                let by = r.by.unwrap_or_else(|| "unknown".to_owned());
+                Some(audit(r.at, "account_restored", by, r.user_id, r.username))
+            }
+            (Topic::Rooms, Record::RoomCreated(r)) => Some(Candidate {
+                at: r.at,
+                check: ViewKey::Room(r.room_id),
+                effect: Effect::Room {
+                    owner_id: r.owner_id,
+                    at: r.at,
+                },
+            }),
+            (Topic::Rooms, Record::MessagePosted(r)) => Some(Candidate {
+                at: r.at,
+                check: ViewKey::message(&r.room_id, &pos.to_id()),
+                effect: Effect::Message,
+            }),
+            (Topic::Rooms, Record::EmotionRecorded(r)) if r.edit_id.is_none() => {
+                let label: Label = r.label.parse().ok()?;
+                Some(Candidate {
+                    at: r.at,
+                    check: ViewKey::emotion(&r.room_id, &r.message_id),
+                    effect: Effect::Emotion {
+                        slot: Label::ALL.iter().position(|l| *l == label).unwrap_or(6),
+                        position: pos.to_id(),
+                    },
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the fold accepted the candidate, given its check entity.
+    fn accepted(c: &Candidate, found: Option<&ViewValue>) -> bool {
+        match (&c.effect, found) {
+            (Effect::Signup | Effect::Message, Some(_)) => true,
+            (Effect::Room { owner_id, at }, Some(ViewValue::Room(r))) => r.owner_id == *owner_id && r.created_at == *at,
+            (Effect::Emotion { position, .. }, Some(ViewValue::Emotion(e))) => e.position == *position,
+            (Effect::Audit(a), Some(ViewValue::Username(id))) => *id == a.user_id,
+            _ => false,
+        }
+    }
+}
+
+#[async_trait]
+impl AnalyticsConsumer for AdminConsumer {
+    fn group(&self) -> &'static str {
+        ADMIN_VIEWS
+    }
+
+    fn topics(&self) -> Vec<Topic> {
+        vec![Topic::Accounts, Topic::Rooms]
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint::Views(Arc::clone(&self.views))
+    }
+
+    fn linger(&self) -> Duration {
+        LINGER
+    }
+
+    async fn handle_batch(&self, topic: Topic, partition: u32, entries: &[LogEntry]) -> Result<(), ConsumerError> {
+        let Some(last) = entries.last().map(|e| e.offset) else {
+            return Ok(());
+        };
+        let candidates: Vec<Candidate> = entries
+            .iter()
+            .filter_map(|e| {
+                let record = emosation_schemas::decode(&e.value).ok()?;
+                Self::candidate(topic, LogPosition::new(partition, e.offset), record)
+            })
+            .collect();
+        // Never ahead of the core views (see the activity consumer).
+        let core = self.decisions.wait_applied(topic, partition, last, CORE_WAIT).await;
+        if core <= last {
+            return Err(ConsumerError::Retry(format!(
+                "the core views of {}/{partition} are at {core}, not yet past {last}",
+                topic.name()
+            )));
+        }
+        let mut changes: Vec<(ViewKey, Option<ViewValue>)> = Vec::new();
+        if !candidates.is_empty() {
+            let checks: Vec<ViewKey> = candidates.iter().map(|c| c.check.clone()).collect();
+            let found = self.views.load(&checks).await?;
+            let accepted: Vec<&Candidate> = candidates
+                .iter()
+                .zip(&found)
+                .filter(|(c, f)| Self::accepted(c, f.as_ref()))
+                .map(|(c, _)| c)
+                .collect();
+            // The counters this batch touches, as stored.
+            let mut counters: BTreeMap<ViewKey, AdminCountsView> = BTreeMap::new();
+            let totals = ViewKey::admin_totals(topic, partition);
+            let mut keys: Vec<ViewKey> = accepted
+                .iter()
+                .filter(|c| !matches!(c.effect, Effect::Audit(_)))
+                .map(|c| ViewKey::admin_day(topic, partition, day_start(c.at)))
+                .collect();
+            let audits: Vec<AuditEntryView> = accepted
+                .iter()
+                .filter_map(|c| match &c.effect {
+                    Effect::Audit(a) => Some(a.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !keys.is_empty() {
+                keys.push(totals.clone());
+            }
+            keys.sort();
+            keys.dedup();
+            for (k, v) in keys.iter().zip(self.views.load(&keys).await?) {
+                let view = match v {
+                    Some(ViewValue::AdminCounts(c)) => c,
+                    // A day's bucket is its start; the totals' is 0.
+                    _ => AdminCountsView {
+                        day: match k {
+                            ViewKey::Admin { bucket, .. } => *bucket,
+                            _ => 0,
+                        },
+                        ..AdminCountsView::default()
+                    },
+                };
+                counters.insert(k.clone(), view);
+            }
+            for c in &accepted {
+                let day = ViewKey::admin_day(topic, partition, day_start(c.at));
+                for key in [&day, &totals] {
+                    let Some(v) = counters.get_mut(key) else { continue };
+                    match &c.effect {
+                        Effect::Signup => v.signups += 1,
+                        Effect::Room { .. } => v.rooms += 1,
+                        Effect::Message => v.messages += 1,
+                        Effect::Emotion { slot, .. } => v.emotions[*slot] += 1,
+                        Effect::Audit(_) => {}
+                    }
+                }
+            }
+            changes.extend(counters.into_iter().map(|(k, v)| (k, Some(ViewValue::AdminCounts(v)))));
+            if !audits.is_empty() {
+                changes.extend(self.append_audit(partition, audits).await?);
+            }
+        }
+        self.views
+            .apply(ViewBatch {
+                consumer: ADMIN_VIEWS.to_owned(),
+                changes,
+                positions: vec![(topic, partition, last + 1)],
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+impl AdminConsumer {
+    /// The head and pages that appending `entries` to partition's audit writes.
+    async fn append_audit(
+        &self,
+        partition: u32,
+        entries: Vec<AuditEntryView>,
+    ) -> Result<Vec<(ViewKey, Option<ViewValue>)>, ConsumerError> {
+        let head_key = ViewKey::audit(partition, None);
+        let mut head = match self.views.load(std::slice::from_ref(&head_key)).await?.pop().flatten() {
+            Some(ViewValue::AuditHead(h)) => h,
+            _ => AuditHeadView::default(),
+        };
+        let mut pages: BTreeMap<u64, AuditPageView> = BTreeMap::new();
+        let last_page = head.count / AUDIT_PAGE;
+        if head.count % AUDIT_PAGE != 0 {
+            let key = ViewKey::audit(partition, Some(last_page));
+            if let Some(ViewValue::AuditPage(p)) = self.views.load(std::slice::from_ref(&key)).await?.pop().flatten() {
+                pages.insert(last_page, p);
+            }
+        }
+        for e in entries {
+            pages.entry(head.count / AUDIT_PAGE).or_default().entries.push(e);
+            head.count += 1;
+        }
+        let mut out: Vec<(ViewKey, Option<ViewValue>)> = pages
+            .into_iter()
+            .map(|(n, p)| (ViewKey::audit(partition, Some(n)), Some(ViewValue::AuditPage(p))))
+            .collect();
+        out.push((head_key, Some(ViewValue::AuditHead(head))));
+        Ok(out)
+    }
+}
