@@ -1,5 +1,7 @@
 """The admin console: an account made admin with the shared token (the
-bootstrap) finds users by prefix, deletes and restores one, makes another
+bootstrap) sees the week's figures (sign-ups and messages per day as
+charts, the emotion mix, totals, online now) and the audit of admin
+actions, finds users by prefix, deletes and restores one, makes another
 admin; a non-admin is told the page is not for them."""
 
 import json
@@ -26,6 +28,13 @@ def test_an_admin_finds_deletes_restores_and_grants(people, server):
     root.signup_via_ui()
     for name in ("tom", "tina", "zed"):
         server.signup(name)
+    # Three messages today, one of them joyful.
+    status, tom = server.call("POST", "/v1/auth/login", {"username": "tom", "password": PASSWORD})
+    status, room = server.call("POST", "/v1/rooms", {"name": "busy"}, token=tom["access_token"])
+    for i, text in enumerate(["what a wonderful day", "ok", "fine"]):
+        sent = server.call("POST", f"/v1/rooms/{room['room_id']}/messages",
+                           {"client_msg_id": f"m{i}", "text": text}, token=tom["access_token"])
+        assert sent[0] == 202, sent
     p = root.page
 
     # Not an admin yet: the page says so, the account page has no link.
@@ -55,6 +64,28 @@ def test_an_admin_finds_deletes_restores_and_grants(people, server):
     p.fill("#user-search", "")
     expect(users).to_have_count(4)
     expect(users.filter(has_text="root").locator(".online")).to_be_visible()
+
+    # The week's figures: four accounts signed up today, three messages, the
+    # emotion mix of those messages, root online now.
+    stats = p.locator(".admin-stats")
+    expect(stats.locator(".tile.users .tile-n")).to_have_text("4")
+    expect(stats.locator(".tile.online .tile-n")).to_have_text("1")
+    signups = stats.locator("[data-chart=signups_per_day] svg")
+    expect(signups).to_have_attribute("data-total", "4")
+    expect(signups.locator("rect.bar")).to_have_count(7)
+    expect(signups.locator("rect.bar").last).to_have_attribute("data-n", "4")
+    messages = stats.locator("[data-chart=messages_per_day] svg")
+    expect(messages).to_have_attribute("data-total", "3", timeout=15000)
+    expect(stats.locator(".emotion-mix li[data-label=joy]")).to_have_attribute("data-count", "1", timeout=15000)
+
+    # The audit: what root did, newest first, in words.
+    audit_rows = p.locator(".admin-audit .audit li")
+    expect(audit_rows).to_have_count(4, timeout=15000)
+    expect(audit_rows.nth(0)).to_have_attribute("data-action", "admin_granted")
+    expect(audit_rows.nth(0)).to_contain_text("root made tina an admin")
+    expect(audit_rows.filter(has_text="root deleted tom")).to_have_count(1)
+    expect(audit_rows.filter(has_text="root restored tom")).to_have_count(1)
+    expect(audit_rows.nth(3)).to_contain_text("the admin token made root an admin")
     p.screenshot(path=str(DOCS / "web-admin.png"))
     found = audit(p, "admin console")
     assert not found, "axe-core found serious or critical violations:\n" + "\n".join(found)

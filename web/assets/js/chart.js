@@ -46,3 +46,33 @@ export function activityChart(hours, to = Date.now()) {
   svg.append(h('svg:text', { x: 0, y: top - 3, class: 'tick' }, String(max)));
   return svg;
 }
+
+/**
+ * A week as a bar chart: `days` is [{day: "YYYY-MM-DD", …}] oldest first
+ * (GET /v1/admin/stats), `key` the count drawn, `label` the chart's name.
+ * Each bar has a <title> ("{n} on {day}") and the chart a summary label.
+ */
+export function dailyChart(days, key, label) {
+  const locale = lang === 'ko' ? 'ko-KR' : 'en-GB';
+  const dayLabel = (d) => new Date(`${d}T00:00:00Z`).toLocaleDateString(locale, { weekday: 'short', timeZone: 'UTC' });
+  const total = days.reduce((n, d) => n + (d[key] || 0), 0);
+  const max = Math.max(1, ...days.map((d) => d[key] || 0));
+  const W = 240, H = 90, top = 12, base = 72, bw = W / days.length;
+  const svg = h('svg:svg', {
+    viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img',
+    'aria-label': `${label}: ${total}`, dataset: { total: String(total) },
+  });
+  svg.append(h('svg:line', { x1: 0, x2: W, y1: base + 0.5, y2: base + 0.5, class: 'axis' }));
+  days.forEach((d, i) => {
+    const n = d[key] || 0;
+    const bh = n ? Math.max(2, ((base - top) * n) / max) : 0;
+    svg.append(h('svg:rect', {
+      x: (i * bw + 4).toFixed(1), y: (base - bh).toFixed(1), width: (bw - 8).toFixed(1), height: bh.toFixed(1),
+      rx: 2, class: 'bar', dataset: { day: d.day, n: String(n) },
+    }, h('svg:title', {}, t('n_on_day', { n, day: d.day }))));
+    svg.append(h('svg:text', { x: (i * bw + bw / 2).toFixed(1), y: H - 4, class: 'tick', 'text-anchor': 'middle' }, dayLabel(d.day)));
+  });
+  svg.append(h('svg:line', { x1: 0, x2: W, y1: top + 0.5, y2: top + 0.5, class: 'guide' }));
+  svg.append(h('svg:text', { x: 0, y: top - 3, class: 'tick' }, String(max)));
+  return svg;
+}

@@ -751,7 +751,7 @@ export class ChatRoom {
 }
 
 // Widths through the CSSOM: the CSP allows no inline style attributes.
-function fill(pct) {
+export function fill(pct) {
   const el = h('span', { class: 'fill' });
   el.style.width = `${pct}%`;
   return el;

@@ -58,6 +58,12 @@ const en = {
   admin_console: 'Admin console', users: 'Users', search_users: 'Search by username', not_admin: 'Only admins can see this page.',
   st_active: 'active', st_deleted: 'deleted', is_admin: 'admin', make_admin: 'Make admin', remove_admin: 'Remove admin',
   delete_user: 'Delete', restore_user: 'Restore', no_users: 'No user matches.',
+  stats: 'Overview', total_users: 'Accounts', total_rooms: 'Rooms', total_messages: 'Messages', online_users: 'Online now',
+  signups_per_day: 'Sign-ups per day', messages_per_day: 'Messages per day', emotion_mix: 'Emotion mix (7 days)',
+  n_on_day: '{n} on {day}', audit: 'Audit', no_audit: 'No admin actions yet.',
+  a_admin_granted: '{by} made {user} an admin', a_admin_revoked: '{by} removed {user} from admins',
+  a_account_deleted: '{by} deleted {user}', a_account_restored: '{by} restored {user}',
+  by_token: 'the admin token', by_cli: 'the command line', by_unknown: 'an admin',
 };
 
 const ko = {
@@ -116,6 +122,12 @@ const ko = {
   admin_console: '관리자 콘솔', users: '사용자', search_users: '아이디로 찾기', not_admin: '관리자만 볼 수 있는 페이지입니다.',
   st_active: '활성', st_deleted: '삭제됨', is_admin: '관리자', make_admin: '관리자로 지정', remove_admin: '관리자 해제',
   delete_user: '삭제', restore_user: '복구', no_users: '일치하는 사용자가 없습니다.',
+  stats: '현황', total_users: '계정', total_rooms: '방', total_messages: '메시지', online_users: '지금 접속 중',
+  signups_per_day: '일별 가입', messages_per_day: '일별 메시지', emotion_mix: '감정 분포 (7일)',
+  n_on_day: '{day}: {n}', audit: '감사 기록', no_audit: '아직 관리자 작업이 없습니다.',
+  a_admin_granted: '{by}님이 {user}님을 관리자로 지정', a_admin_revoked: '{by}님이 {user}님의 관리자 권한을 해제',
+  a_account_deleted: '{by}님이 {user}님을 삭제', a_account_restored: '{by}님이 {user}님을 복구',
+  by_token: '관리자 토큰', by_cli: '명령줄', by_unknown: '관리자',
 };
 
 const DICTS = { en, ko };
