@@ -174,8 +174,9 @@ pub struct Plan {
     /// Decisions cross processes through Redis (shared views and a
     /// `redis://` cache); otherwise they stay in the process.
     pub redis_decisions: bool,
-    /// The activity consumer runs here: where `/activity` is served on
-    /// per-process views, in the analyzer service on shared ones.
+    /// The activity and admin consumers run here: where `/activity` and
+    /// `/v1/admin/stats` are served on per-process views, in the analyzer
+    /// service on shared ones.
     pub activity: bool,
     /// Analytics share the process with the chat path, so they get a
     /// low-priority runtime of their own.

@@ -46,6 +46,7 @@ impl Cluster {
             .args(["--log", &self.kafka, "--cache", &self.redis, "--message-rate", "0"])
             .args(self.store.iter().flat_map(|s| ["--store", s.as_str()]))
             .env("EMOSATION_JWT_SECRET", SECRET)
+            .env("EMOSATION_ADMIN_TOKEN", "admin-token")
             // EMOSATION_TEST_LOG=debug shows what the processes do.
             .env(
                 "EMOSATION_LOG_LEVEL",
@@ -450,6 +451,40 @@ async fn one_service_per_process_on_shared_redis_views() {
     }
     assert_eq!(delivered, sent, "fan-out delivered every message in order");
     emotions_settle(&read, &alice, &room, 20).await;
+    // The admin console's figures: folded by the analyzer service's admin
+    // consumer into the shared views, served by query-api, with who is
+    // online from the shared presence store (bob, on the fan-out node).
+    let stats = eventually("the admin figures", Duration::from_secs(30), async || {
+        let v: Value = read
+            .http
+            .get(format!("{}/v1/admin/stats", read.base))
+            .header("x-admin-token", "admin-token")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mix: u64 = v["week"]["emotions"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        if v["totals"]["messages"] == 20 && mix == 20 {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        (
+            &stats["totals"]["users"],
+            &stats["totals"]["rooms"],
+            &stats["online_now"]
+        ),
+        (&json!(2), &json!(1), &json!(1)),
+        "{stats}"
+    );
     let before = cluster.cli(&["views", "checksum"], &dir("cli")).await;
 
     // Redis restarts with nothing: the projector notices and refolds the log.
