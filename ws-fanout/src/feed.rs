@@ -230,6 +230,7 @@ impl Feed {
                 offset,
                 record,
                 position,
+                deleted_at: None,
             });
         }
         out
@@ -255,6 +256,51 @@ impl Feed {
             .zip(values)
             .filter_map(|(c, v)| c.decided(v))
             .collect()
+    }
+
+    /// What a catch-up must not replay: the text, edits and emotion of a
+    /// message deleted since (live subscribers saw them before the delete;
+    /// a client resuming from before it gets the message as the tombstone
+    /// history shows, then the `message_deleted` event). One view lookup
+    /// for the batch's messages.
+    async fn redact_deleted(&self, c: &mut Candidates) -> Result<(), emosation_core::ports::StoreError> {
+        let message_of = |cand: &Candidate| -> Option<(String, String)> {
+            match &cand.record {
+                Record::MessagePosted(r) => Some((r.room_id.clone(), cand.position.clone())),
+                Record::MessageEdited(r) => Some((r.room_id.clone(), r.message_id.clone())),
+                Record::EmotionRecorded(r) => Some((r.room_id.clone(), r.message_id.clone())),
+                _ => None,
+            }
+        };
+        let mut ids: Vec<(String, String)> = c.records.iter().filter_map(message_of).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort();
+        ids.dedup();
+        let keys: Vec<ViewKey> = ids.iter().map(|(room, id)| ViewKey::message_edit(room, id)).collect();
+        let deleted: std::collections::HashMap<(String, String), i64> = ids
+            .into_iter()
+            .zip(self.views.load(&keys).await?)
+            .filter_map(|(id, v)| match v {
+                Some(ViewValue::MessageEdit(e)) => e.deleted_at.map(|at| (id, at)),
+                _ => None,
+            })
+            .collect();
+        if deleted.is_empty() {
+            return Ok(());
+        }
+        let (keys, records) = (std::mem::take(&mut c.keys), std::mem::take(&mut c.records));
+        for (key, mut cand) in keys.into_iter().zip(records) {
+            match message_of(&cand).and_then(|id| deleted.get(&id)) {
+                Some(at) if matches!(cand.record, Record::MessagePosted(_)) => cand.deleted_at = Some(*at),
+                Some(_) => continue,
+                None => {}
+            }
+            c.keys.push(key);
+            c.records.push(cand);
+        }
+        Ok(())
     }
 
     /// Reads a partition from `next` on, delivering to live subscribers,
@@ -350,7 +396,12 @@ impl Feed {
                 return;
             }
             let records = decode_where(batch, |_, e| e.key == room.as_bytes());
-            let candidates = Self::candidates(p, records, |r, _| r == room);
+            let mut candidates = Self::candidates(p, records, |r, _| r == room);
+            if let Err(err) = self.redact_deleted(&mut candidates).await {
+                warn!(partition = p, error = %err, "catch-up lookup of deletes failed");
+                conn.close(1011, "catch-up failed");
+                return;
+            }
             for ev in self.decide(candidates).await {
                 if self.hub.wants(conn.id, sub_id, &room, ev.stream) && !conn.push_waiting(ev.frame).await {
                     return;
@@ -394,6 +445,9 @@ struct Candidate {
     record: Record,
     /// The record's log position as an id (a message's id, an event's cursor).
     position: String,
+    /// A catch-up's message deleted since (see [`Feed::redact_deleted`]):
+    /// delivered as a tombstone.
+    deleted_at: Option<i64>,
 }
 
 impl Candidate {
@@ -403,11 +457,15 @@ impl Candidate {
             offset,
             record,
             position,
+            deleted_at,
         } = self;
         match (record, value) {
             (Record::MessagePosted(r), Some(_)) => Some(Event {
                 offset,
-                frame: protocol::message(&r, &position),
+                frame: match deleted_at {
+                    Some(at) => protocol::tombstone(&r, &position, at),
+                    None => protocol::message(&r, &position),
+                },
                 room_id: r.room_id,
                 stream: Stream::Chat,
                 left: None,

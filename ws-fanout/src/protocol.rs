@@ -376,6 +376,23 @@ pub fn message(m: &emosation_core::record::MessagePosted, message_id: &str) -> F
     }))
 }
 
+/// A `message` frame of a message deleted since (a catch-up's): the
+/// tombstone history shows — no text, `deleted`, `deleted_at`.
+pub fn tombstone(m: &emosation_core::record::MessagePosted, message_id: &str, deleted_at: i64) -> Frame {
+    text(json!({
+        "type": "message",
+        "message_id": message_id,
+        "room_id": m.room_id,
+        "author_id": m.author_id,
+        "author": m.author,
+        "text": "",
+        "created_at": rfc3339_millis(m.at),
+        "deleted": true,
+        "deleted_at": rfc3339_millis(deleted_at),
+        "cursor": message_id,
+    }))
+}
+
 /// An `emotion` frame; its cursor is the emotion record's position.
 pub fn emotion(e: &EmotionView) -> Frame {
     let scores: serde_json::Map<String, Value> = Label::ALL
