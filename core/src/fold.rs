@@ -188,11 +188,18 @@ pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
         Record::MemberJoined(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
         Record::MemberQuit(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
         Record::MessagePosted(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.author_id)],
-        Record::EmotionRecorded(r) => vec![
-            ViewKey::Room(r.room_id.clone()),
-            ViewKey::message_edit(&r.room_id, &r.message_id),
-            ViewKey::room_edits(&r.room_id),
-        ],
+        Record::EmotionRecorded(r) => {
+            let mut keys = vec![
+                ViewKey::Room(r.room_id.clone()),
+                ViewKey::message_edit(&r.room_id, &r.message_id),
+            ];
+            // Only an edit's emotion counts as a change of the room (a
+            // message's first emotion, nearly every one, reads one key less).
+            if r.edit_id.is_some() {
+                keys.push(ViewKey::room_edits(&r.room_id));
+            }
+            keys
+        }
         Record::MessageEdited(r) => vec![
             ViewKey::Room(r.room_id.clone()),
             member(&r.room_id, &r.user_id),
