@@ -17,7 +17,8 @@
 //! activity consumer does ([`crate::activity`]): it waits until the core
 //! projector has folded the batch, then checks each record's effect on
 //! entities that, once written, never change the answer — a sign-up's user
-//! (its id is the record's position), a message at its position, a first
+//! (its id is the record's position), a post's idempotency key naming its
+//! position, a first
 //! emotion at its position, a room with the record's owner and `at`, an
 //! account whose username maps to the record's user id. The answer is
 //! therefore the same however far the projector has run ahead, and a
@@ -62,7 +63,7 @@ impl std::fmt::Debug for AdminConsumer {
 enum Effect {
     Signup,
     Room { owner_id: String, at: i64 },
-    Message,
+    Message { position: String },
     Emotion { slot: usize, position: String },
     Audit(AuditEntryView),
 }
@@ -121,10 +122,17 @@ impl AdminConsumer {
                     at: r.at,
                 },
             }),
+            // Stored iff its idempotency key names this position (a refused
+            // post has none, a repeat names the first): a 16-byte value to
+            // read where the message itself would be a whole copy.
             (Topic::Rooms, Record::MessagePosted(r)) => Some(Candidate {
                 at: r.at,
-                check: ViewKey::message(&r.room_id, &pos.to_id()),
-                effect: Effect::Message,
+                check: ViewKey::ClientMsg {
+                    room_id: r.room_id,
+                    user_id: r.author_id,
+                    client_msg_id: r.client_msg_id,
+                },
+                effect: Effect::Message { position: pos.to_id() },
             }),
             (Topic::Rooms, Record::EmotionRecorded(r)) if r.edit_id.is_none() => {
                 let label: Label = r.label.parse().ok()?;
@@ -144,7 +152,8 @@ impl AdminConsumer {
     /// Whether the fold accepted the candidate, given its check entity.
     fn accepted(c: &Candidate, found: Option<&ViewValue>) -> bool {
         match (&c.effect, found) {
-            (Effect::Signup | Effect::Message, Some(_)) => true,
+            (Effect::Signup, Some(_)) => true,
+            (Effect::Message { position }, Some(ViewValue::ClientMsg(id))) => id == position,
             (Effect::Room { owner_id, at }, Some(ViewValue::Room(r))) => r.owner_id == *owner_id && r.created_at == *at,
             (Effect::Emotion { position, .. }, Some(ViewValue::Emotion(e))) => e.position == *position,
             (Effect::Audit(a), Some(ViewValue::Username(id))) => *id == a.user_id,
@@ -241,7 +250,7 @@ impl AnalyticsConsumer for AdminConsumer {
                     match &c.effect {
                         Effect::Signup => v.signups += 1,
                         Effect::Room { .. } => v.rooms += 1,
-                        Effect::Message => v.messages += 1,
+                        Effect::Message { .. } => v.messages += 1,
                         Effect::Emotion { slot, .. } => v.emotions[*slot] += 1,
                         Effect::Audit(_) => {}
                     }
