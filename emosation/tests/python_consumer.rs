@@ -17,6 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use emosation_testkit::{Tansu, eventually, free_port};
+use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -63,7 +64,7 @@ async fn a_python_consumer_decodes_the_log_and_agrees_with_the_views() {
     let (mut server, api) = common::spawn_binary("serve", dir.path(), free_port(), &["--log", &log_url]).await;
 
     let (_, ann) = api.user("ann").await;
-    let (_, bob) = api.user("bob").await;
+    let (bob_id, bob) = api.user("bob").await;
     let (_, cid) = api.user("cid").await;
     let lounge = api.create_room(&ann, "lounge", None).await;
     let pair = api.create_room(&bob, "pair", Some(2)).await;
@@ -111,8 +112,54 @@ async fn a_python_consumer_decodes_the_log_and_agrees_with_the_views() {
         .await
         .expect_error(403, "not_member");
 
-    // The server's views, once every stored message has its emotion.
-    let rooms = [(&lounge, &ann), (&pair, &bob)];
+    // Edits and deletes: ann rewrites her first message (its new emotion
+    // supersedes the first), and as the lounge's owner deletes bob's (its
+    // emotion stops counting). A direct-message room, opened once ann and
+    // bob are friends, holds two more.
+    let ids: Vec<String> = api
+        .all_messages(&ann, &lounge)
+        .await
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    let (anns, bobs) = (ids[0].clone(), ids[1].clone());
+    api.call(
+        Method::PATCH,
+        &format!("/v1/rooms/{lounge}/messages/{anns}"),
+        Some(&ann),
+        Some(json!({"text": "this makes me furious, I hate it"})),
+    )
+    .await
+    .expect(200);
+    api.call(
+        Method::DELETE,
+        &format!("/v1/rooms/{lounge}/messages/{bobs}"),
+        Some(&ann),
+        None,
+    )
+    .await
+    .expect(200);
+    api.post("/v1/friends/requests", Some(&ann), json!({"username": "bob"}))
+        .await
+        .expect(200);
+    api.post("/v1/friends/requests", Some(&bob), json!({"username": "ann"}))
+        .await
+        .expect(200);
+    let dm = api
+        .post(&format!("/v1/dms/{bob_id}"), Some(&ann), json!({}))
+        .await
+        .expect(200)["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (i, text) in ["see you at noon", "I am so happy you came"].iter().enumerate() {
+        api.send(&ann, &dm, &format!("d{i}"), text).await.expect(202);
+        sent += 1;
+    }
+
+    // The server's views, once every stored message has its emotion (the
+    // edited one its edit's, the deleted one none).
+    let rooms = [(&lounge, &ann), (&pair, &bob), (&dm, &ann)];
     let expected = eventually(
         "every stored message has its emotion and its hour",
         Duration::from_secs(30),
@@ -136,8 +183,22 @@ async fn a_python_consumer_decodes_the_log_and_agrees_with_the_views() {
                     .map(|h| h["messages"].as_u64().unwrap())
                     .sum();
                 let n = history.len() as u64;
-                complete &= summary.values().sum::<u64>() == n && counted == n;
-                expected.insert(room.clone(), (history.len(), summary, activity["hours"].clone()));
+                let deleted = history.iter().filter(|m| m["deleted"] == true).count() as u64;
+                let edit_classified = history
+                    .iter()
+                    .filter(|m| m["edited_at"].is_string())
+                    .all(|m| m["emotion"]["created_at"].as_str() >= m["edited_at"].as_str());
+                complete &= summary.values().sum::<u64>() == n - deleted && counted == n && edit_classified;
+                // The deleted messages' hours (`2026-12-02T06:00:00Z`).
+                let mut deleted_hours: BTreeMap<String, u64> = BTreeMap::new();
+                for m in history.iter().filter(|m| m["deleted"] == true) {
+                    let at = m["created_at"].as_str().unwrap();
+                    *deleted_hours.entry(format!("{}:00:00Z", &at[..13])).or_default() += 1;
+                }
+                expected.insert(
+                    room.clone(),
+                    (history.len(), summary, activity["hours"].clone(), deleted_hours),
+                );
             }
             if complete {
                 Ok(expected)
@@ -147,7 +208,7 @@ async fn a_python_consumer_decodes_the_log_and_agrees_with_the_views() {
         },
     )
     .await;
-    assert_eq!(expected.values().map(|(n, _, _)| n).sum::<usize>(), sent);
+    assert_eq!(expected.values().map(|(n, ..)| n).sum::<usize>(), sent);
 
     // The Python consumer, its own group, from offset 0.
     let out = tokio::time::timeout(
@@ -173,7 +234,7 @@ async fn a_python_consumer_decodes_the_log_and_agrees_with_the_views() {
     assert_eq!(report["refused"]["duplicate"], 1, "{report:#}");
     assert_eq!(report["refused"]["room_full"], 1, "{report:#}");
 
-    for (room, (n, summary, hours)) in &expected {
+    for (room, (n, summary, hours, deleted_hours)) in &expected {
         let mine = &report["rooms"][room.as_str()];
         assert_eq!(mine["messages"].as_u64(), Some(*n as u64), "{room}: {mine:#}");
         let mix: BTreeMap<String, u64> = serde_json::from_value(mine["emotions"].clone()).unwrap();
@@ -202,7 +263,9 @@ async fn a_python_consumer_decodes_the_log_and_agrees_with_the_views() {
                     .values()
                     .map(|v| v.as_u64().unwrap())
                     .sum();
-                assert_eq!(Some(emotions), h["messages"].as_u64(), "{room} {hour}");
+                // Every message's emotion in its hour, but a deleted one's.
+                let deleted = deleted_hours.get(hour).copied().unwrap_or(0);
+                assert_eq!(Some(emotions + deleted), h["messages"].as_u64(), "{room} {hour}");
                 (
                     hour.clone(),
                     (h["messages"].as_u64().unwrap(), h["authors"].as_u64().unwrap()),

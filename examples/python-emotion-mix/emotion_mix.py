@@ -18,8 +18,10 @@ the beginning, folds the records the way the projector does (docs/log.md,
 
 `messages` counts stored messages (a repeated client_msg_id or a post by a
 non-member is refused by the fold, exactly as in the server's views), in the
-hour of their `at`; `emotions` counts, per message, the first emotion the
-log holds for it. So the answer equals the server's own views: the room's
+hour of their `at`; `emotions` counts, per message, the emotion that stands:
+the first the log holds for it, superseded by its latest edit's, none once it
+is deleted. Direct-message rooms count like any room (they exist once a pair
+of friends opens one). So the answer equals the server's own views: the room's
 `GET /v1/rooms/{id}/emotions` summary and its `GET /v1/rooms/{id}/activity`
 hours (the project's test command checks exactly that).
 
@@ -135,21 +137,117 @@ def hour_of(at_ms):
     return at.replace(minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def pair_room_id(a, b):
+    """The direct-message room of two users (and the key of their
+    relationship's records): FNV-1a of "dm\0" + the lower id + "\0" + the
+    higher, as 16 hex digits (core/src/ids.rs)."""
+    lo, hi = sorted((a, b))
+    h = 0xCBF29CE484222325
+    for byte in b"dm\0" + lo.encode() + b"\0" + hi.encode():
+        h ^= byte
+        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
 class RoomsFold:
     """The projector's rules for emosation.rooms, as far as messages and
-    emotions need them: rooms and their capacity, membership, idempotent
-    posts, the first emotion of a stored message."""
+    emotions need them (docs/log.md, "What the fold decides"): rooms and
+    their capacity, membership (direct-message rooms too, opened and closed
+    by a pair's relationship), idempotent posts, edits and deletes, and each
+    stored message's emotion — its first, superseded by its latest edit's,
+    dropped when it is deleted."""
 
     def __init__(self):
-        self.rooms = {}  # room_id -> {"name", "capacity", "members": set}
+        self.rooms = {}  # room_id -> {"name", "capacity", "owner", "members": set}
         self.client_msgs = set()  # (room_id, author_id, client_msg_id)
-        self.messages = {}  # (room_id, message_id) -> (hour, author_id)
-        self.emotions = set()  # (room_id, message_id) with an emotion
+        # (room_id, message_id) -> {"hour", "author", "deleted", "edit_id",
+        #  "label": the counted label or None, "first": a first emotion came,
+        #  "edit_emotion": the edit whose emotion counts, or None}
+        self.messages = {}
+        self.pairs = {}  # (user_id, other_id) -> {"status", "blocking", "blocked_by"}
         self.mix = defaultdict(lambda: {"hours": defaultdict(lambda: {"messages": 0, "authors": set(), "emotions": defaultdict(int)})})
         self.refused = defaultdict(int)
 
     def refuse(self, why):
         self.refused[why] += 1
+
+    def _count(self, room_id, m, label):
+        """Moves the message's counted emotion to `label` (None: uncounted)."""
+        emotions = self.mix[room_id]["hours"][m["hour"]]["emotions"]
+        if m["label"] is not None:
+            emotions[m["label"]] -= 1
+            if emotions[m["label"]] == 0:
+                del emotions[m["label"]]
+        if label is not None:
+            emotions[label] += 1
+        m["label"] = label
+
+    @staticmethod
+    def _well_formed(r):
+        scores = r["scores"]
+        return (
+            r["label"] in LABELS
+            and len(scores) == len(LABELS)
+            and math.isfinite(r["score"])
+            and all(math.isfinite(s) for s in scores)
+        )
+
+    def _relationship(self, r):
+        """A friend request, answer, block or `open` of the pair's room."""
+        me_id, other_id = r["user_id"], r["other_id"]
+        if me_id == other_id or r["room_id"] != pair_room_id(me_id, other_id):
+            return self.refuse("malformed")
+        new = lambda: {"status": "none", "blocking": False, "blocked_by": False}  # noqa: E731
+        me = dict(self.pairs.get((me_id, other_id)) or new())
+        them = dict(self.pairs.get((other_id, me_id)) or new())
+        blocked = me["blocking"] or me["blocked_by"]
+        action = r["action"]
+
+        def both(mine, theirs):
+            me["status"], them["status"] = mine, theirs
+
+        if action == "request":
+            if blocked:
+                return self.refuse("blocked")
+            if me["status"] == "request_in":
+                both("friends", "friends")
+            elif me["status"] == "none":
+                both("request_out", "request_in")
+        elif action == "accept":
+            if me["status"] == "request_in":
+                both("friends", "friends")
+            elif me["status"] != "friends":
+                return self.refuse("no_request")
+        elif action in ("decline", "cancel"):
+            if me["status"] != ("request_in" if action == "decline" else "request_out"):
+                return self.refuse("no_request")
+            both("none", "none")
+        elif action == "remove":
+            if me["status"] != "friends":
+                return self.refuse("not_friends")
+            both("none", "none")
+            self._close_direct(r)
+        elif action == "block":
+            me["blocking"], them["blocked_by"] = True, True
+            both("none", "none")
+            self._close_direct(r)
+        elif action == "unblock":
+            me["blocking"], them["blocked_by"] = False, False
+        elif action == "open":
+            if blocked:
+                return self.refuse("blocked")
+            if me["status"] != "friends":
+                return self.refuse("not_friends")
+            room = self.rooms.setdefault(r["room_id"], {"name": "", "capacity": 2, "owner": "", "members": set()})
+            room["members"].update((me_id, other_id))
+        else:
+            return self.refuse("malformed")
+        self.pairs[(me_id, other_id)], self.pairs[(other_id, me_id)] = me, them
+
+    def _close_direct(self, r):
+        room = self.rooms.get(r["room_id"])
+        if room is not None:
+            room["members"].difference_update((r["user_id"], r["other_id"]))
 
     def apply(self, kind, r, partition, offset):
         if kind == "RoomCreated":
@@ -158,13 +256,18 @@ class RoomsFold:
             self.rooms[r["room_id"]] = {
                 "name": r["name"],
                 "capacity": max(1, r["capacity"]),
+                "owner": r["owner_id"],
                 "members": {r["owner_id"]},
             }
             self.mix[r["room_id"]]["name"] = r["name"]
+        elif kind == "RelationshipChanged":
+            self._relationship(r)
         elif kind == "MemberJoined":
             room = self.rooms.get(r["room_id"])
             if room is None:
                 return self.refuse("room_not_found")
+            if not room["owner"]:
+                return self.refuse("room_not_found")  # direct messages: only the pair's `open`
             if r["user_id"] in room["members"]:
                 return  # joining twice is a no-op
             if len(room["members"]) >= room["capacity"]:
@@ -188,29 +291,59 @@ class RoomsFold:
                 return self.refuse("duplicate")
             self.client_msgs.add(idem)
             hour = hour_of(r["at"])
-            self.messages[(r["room_id"], position_id(partition, offset))] = hour
+            self.messages[(r["room_id"], position_id(partition, offset))] = {
+                "hour": hour, "author": r["author_id"], "deleted": False, "edit_id": None,
+                "label": None, "first": False, "edit_emotion": None,
+            }
             h = self.mix[r["room_id"]]["hours"][hour]
             h["messages"] += 1
             h["authors"].add(r["author_id"])
+        elif kind in ("MessageEdited", "MessageDeleted"):
+            room = self.rooms.get(r["room_id"])
+            if room is None:
+                return self.refuse("room_not_found")
+            if r["user_id"] not in room["members"]:
+                return self.refuse("not_member")
+            m = self.messages.get((r["room_id"], r["message_id"]))
+            if m is None:
+                return self.refuse("message_not_found")
+            if kind == "MessageEdited":
+                if m["author"] != r["user_id"]:
+                    return self.refuse("not_author")
+                if m["deleted"]:
+                    return self.refuse("message_deleted")
+                m["edit_id"] = position_id(partition, offset)
+            else:
+                if r["user_id"] not in (m["author"], room["owner"]):
+                    return self.refuse("not_author")
+                if not m["deleted"]:
+                    m["deleted"] = True
+                    m["edit_emotion"] = None
+                    self._count(r["room_id"], m, None)  # its emotion stops counting
         elif kind == "EmotionRecorded":
-            key = (r["room_id"], r["message_id"])
             if r["room_id"] not in self.rooms:
                 return self.refuse("room_not_found")
-            hour = self.messages.get(key)
-            if hour is None:
+            m = self.messages.get((r["room_id"], r["message_id"]))
+            if m is None:
                 return self.refuse("message_not_found")
-            if key in self.emotions:
-                return  # the first emotion of a message wins
-            scores = r["scores"]
-            if (
-                r["label"] not in LABELS
-                or len(scores) != len(LABELS)
-                or not math.isfinite(r["score"])
-                or not all(math.isfinite(s) for s in scores)
-            ):
-                return self.refuse("malformed")
-            self.emotions.add(key)
-            self.mix[r["room_id"]]["hours"][hour]["emotions"][r["label"]] += 1
+            edit_id = r.get("edit_id")
+            if edit_id is None:
+                # The message as posted: its first emotion wins, none once deleted.
+                if m["first"] or m["deleted"]:
+                    return
+                if not self._well_formed(r):
+                    return self.refuse("malformed")
+                m["first"] = True
+                if m["edit_emotion"] is None:  # unless an edit's already superseded it
+                    self._count(r["room_id"], m, r["label"])
+            else:
+                # An edit's emotion: only for the latest edit, once; it supersedes.
+                if m["deleted"] or m["edit_id"] != edit_id or m["edit_emotion"] == edit_id:
+                    return
+                if not self._well_formed(r):
+                    return self.refuse("malformed")
+                m["edit_emotion"] = edit_id
+                self._count(r["room_id"], m, r["label"])
         # ReadMarkerSet and anything newer change no message or emotion.
 
     def report(self):
