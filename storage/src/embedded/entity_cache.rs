@@ -22,9 +22,10 @@
 //! those read or written since the hand last passed them (CLOCK), instead of
 //! sweeping the map when it is full.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use emosation_core::view::{ViewKey, ViewValue};
 use rustc_hash::FxHasher;
@@ -63,10 +64,12 @@ struct Inner {
     max_bytes: usize,
     /// Sum of the slots' `bytes`.
     bytes: usize,
-    map: HashMap<ViewKey, Slot, BuildHasherDefault<FxHasher>>,
+    /// Keys are shared with `order` (one allocation per entity, not a copy
+    /// of its strings for each).
+    map: HashMap<Arc<ViewKey>, Slot, BuildHasherDefault<FxHasher>>,
     /// Keys in the order they entered the map; the front is the clock hand.
     /// May hold keys removed since (skipped when the hand reaches them).
-    order: VecDeque<ViewKey>,
+    order: VecDeque<Arc<ViewKey>>,
     /// Advanced by every write-through; fills from older reads are dropped.
     epoch: u64,
 }
@@ -115,19 +118,19 @@ impl EntityCache {
     pub(crate) fn fill(&self, key: &ViewKey, value: &ViewValue, bytes: usize, epoch: u64) {
         let mut inner = self.lock();
         if inner.epoch == epoch {
-            inner.insert(key, value, bytes);
+            inner.insert(Cow::Borrowed(key), Cow::Borrowed(value), bytes);
         }
     }
 
     /// Writes committed changes through (`None`: deleted), each with its
-    /// size as stored.
-    pub(crate) fn write<'a>(&self, changes: impl IntoIterator<Item = (&'a ViewKey, &'a Option<ViewValue>, usize)>) {
+    /// size as stored; the changes move in (the batch is spent).
+    pub(crate) fn write(&self, changes: impl IntoIterator<Item = (ViewKey, Option<ViewValue>, usize)>) {
         let mut inner = self.lock();
         inner.epoch += 1;
         for (k, v, bytes) in changes {
             match v {
-                Some(v) => inner.insert(k, v, bytes),
-                None => inner.remove(k),
+                Some(v) => inner.insert(Cow::Owned(k), Cow::Owned(v), bytes),
+                None => inner.remove(&k),
             }
         }
     }
@@ -156,11 +159,11 @@ impl EntityCache {
 /// table of 131,072 slots takes minutes to fill). Filling it with as many
 /// entries as it holds writes every page (each holds dozens of slots); a
 /// clear keeps the allocation.
-fn touch_every_page(map: &mut HashMap<ViewKey, Slot, BuildHasherDefault<FxHasher>>) {
+fn touch_every_page(map: &mut HashMap<Arc<ViewKey>, Slot, BuildHasherDefault<FxHasher>>) {
     let value = Box::new(ViewValue::Username(String::new()));
     for i in 0..map.capacity() {
         map.insert(
-            ViewKey::Room(i.to_string()),
+            Arc::new(ViewKey::Room(i.to_string())),
             Slot {
                 value: value.clone(),
                 used: false,
@@ -172,14 +175,14 @@ fn touch_every_page(map: &mut HashMap<ViewKey, Slot, BuildHasherDefault<FxHasher
 }
 
 impl Inner {
-    fn insert(&mut self, key: &ViewKey, value: &ViewValue, bytes: usize) {
+    fn insert(&mut self, key: Cow<'_, ViewKey>, value: Cow<'_, ViewValue>, bytes: usize) {
         if bytes > self.max_bytes {
             // Never cached: it would evict everything else.
-            self.remove(key);
+            self.remove(&key);
             return;
         }
-        if let Some(slot) = self.map.get_mut(key) {
-            *slot.value = value.clone();
+        if let Some(slot) = self.map.get_mut(key.as_ref()) {
+            *slot.value = value.into_owned();
             slot.used = true;
             self.bytes = self.bytes - slot.bytes + bytes;
             slot.bytes = bytes;
@@ -188,20 +191,21 @@ impl Inner {
         }
         while (self.map.len() >= self.capacity || self.bytes + bytes > self.max_bytes) && self.evict_one() {}
         self.bytes += bytes;
+        let key = Arc::new(key.into_owned());
         self.map.insert(
-            key.clone(),
+            Arc::clone(&key),
             Slot {
-                value: Box::new(value.clone()),
+                value: Box::new(value.into_owned()),
                 used: false,
                 bytes,
             },
         );
-        self.order.push_back(key.clone());
+        self.order.push_back(key);
         if self.order.len() > 2 * self.capacity {
             // Only deletes leave keys behind in `order` (rare: a quit, a
             // deleted account); drop them all at once, as seldom as that.
             let map = &self.map;
-            self.order.retain(|k| map.contains_key(k));
+            self.order.retain(|k| map.contains_key(k.as_ref()));
         }
     }
 
@@ -216,7 +220,7 @@ impl Inner {
     fn evict_one(&mut self) -> bool {
         let mut chances = 0;
         while let Some(key) = self.order.pop_front() {
-            let Some(slot) = self.map.get_mut(&key) else {
+            let Some(slot) = self.map.get_mut(key.as_ref()) else {
                 continue; // removed since it entered
             };
             if slot.used && chances < MAX_SECOND_CHANCES {
@@ -225,7 +229,7 @@ impl Inner {
                 self.order.push_back(key);
                 continue;
             }
-            self.remove(&key);
+            self.remove(key.as_ref());
             return true;
         }
         false
@@ -260,11 +264,11 @@ mod tests {
         let cache = EntityCache::default();
         let epoch = cache.get(&key(1)).unwrap_err();
         // A write lands between the miss's read from the store and its fill.
-        cache.write([(&key(1), &Some(value("new")), 10)]);
+        cache.write([(key(1), Some(value("new")), 10)]);
         cache.fill(&key(1), &value("old"), 10, epoch);
         assert_eq!(cache.get(&key(1)).unwrap(), value("new"));
         // Deleted: no longer answered.
-        cache.write([(&key(1), &None, 10)]);
+        cache.write([(key(1), None, 10)]);
         let epoch = cache.get(&key(1)).unwrap_err();
         cache.fill(&key(2), &value("two"), 10, epoch);
         assert_eq!(cache.get(&key(2)).unwrap(), value("two"));
@@ -276,7 +280,7 @@ mod tests {
     fn it_stays_bounded() {
         let cache = EntityCache::default();
         for n in 0..(CAPACITY as u64 * 3) {
-            cache.write([(&key(n), &Some(value("v")), 10)]);
+            cache.write([(key(n), Some(value("v")), 10)]);
         }
         let len = cache.lock().map.len();
         assert!(len <= CAPACITY, "{len} entities held");
@@ -288,11 +292,11 @@ mod tests {
     fn eviction_keeps_what_is_used_and_drops_the_oldest_of_the_rest() {
         let cache = EntityCache::with_limits(4, MAX_BYTES);
         for n in 0..4 {
-            cache.write([(&key(n), &Some(value("v")), 10)]);
+            cache.write([(key(n), Some(value("v")), 10)]);
         }
         // r0 is read (a hot room); r1..r3 are not.
         assert!(cache.get(&key(0)).is_ok());
-        cache.write([(&key(4), &Some(value("v")), 10)]);
+        cache.write([(key(4), Some(value("v")), 10)]);
         assert!(cache.get(&key(0)).is_ok(), "a used entity gets a second chance");
         assert!(cache.get(&key(1)).is_err(), "the oldest unused one goes");
         for n in 2..=4 {
@@ -305,8 +309,8 @@ mod tests {
     fn deleted_keys_do_not_pile_up_in_the_clock() {
         let cache = EntityCache::with_limits(8, MAX_BYTES);
         for n in 0..1000 {
-            cache.write([(&key(n), &Some(value("v")), 10)]);
-            cache.write([(&key(n), &None, 10)]);
+            cache.write([(key(n), Some(value("v")), 10)]);
+            cache.write([(key(n), None, 10)]);
         }
         let inner = cache.lock();
         assert!(inner.map.is_empty());
@@ -317,7 +321,7 @@ mod tests {
     fn it_stays_within_its_bytes() {
         let cache = EntityCache::with_limits(1000, 10_000);
         for n in 0..500 {
-            cache.write([(&key(n), &Some(value("big")), 1_000)]);
+            cache.write([(key(n), Some(value("big")), 1_000)]);
             cache.fill(
                 &key(10_000 + n),
                 &value("small"),
@@ -331,7 +335,7 @@ mod tests {
         drop(inner);
         assert!(cache.get(&key(499)).is_ok(), "the newest write is held");
         // An entity bigger than the whole cache is never held (and evicts nothing).
-        cache.write([(&key(7_000), &Some(value("huge")), 20_000)]);
+        cache.write([(key(7_000), Some(value("huge")), 20_000)]);
         assert!(cache.get(&key(7_000)).is_err());
         assert!(cache.get(&key(499)).is_ok());
     }
@@ -339,8 +343,8 @@ mod tests {
     #[test]
     fn an_entity_written_again_is_updated_in_place() {
         let cache = EntityCache::with_limits(2, MAX_BYTES);
-        cache.write([(&key(1), &Some(value("a")), 10)]);
-        cache.write([(&key(1), &Some(value("b")), 10)]);
+        cache.write([(key(1), Some(value("a")), 10)]);
+        cache.write([(key(1), Some(value("b")), 10)]);
         assert_eq!(cache.get(&key(1)).unwrap(), value("b"));
         let inner = cache.lock();
         assert_eq!((inner.map.len(), inner.order.len()), (1, 1));

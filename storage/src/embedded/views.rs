@@ -503,8 +503,13 @@ impl ViewStore for EmbeddedViewStore {
             );
         }
         self.committed(b.commit())?;
-        self.cache
-            .write(batch.changes.iter().zip(sizes).map(|((k, v), bytes)| (k, v, bytes)));
+        self.cache.write(
+            batch
+                .changes
+                .into_iter()
+                .zip(sizes)
+                .map(|((k, v), bytes)| (k, v, bytes)),
+        );
         Ok(())
     }
 
