@@ -325,6 +325,7 @@ mod tests {
                 text: format!("text of {id}"),
                 created_at: 7,
                 client_msg_id: String::new(),
+                attachments: vec![],
             }),
         )
     }

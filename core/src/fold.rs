@@ -10,12 +10,13 @@
 //! so partitions can be folded in any interleaving with the same result.
 
 use crate::emotion::Label;
-use crate::ids::{LogPosition, normalize_username, pair_room_id};
+use crate::ids::{LogPosition, attachment_id, normalize_username, pair_room_id};
 use crate::record::{Record, RelationshipChanged};
 use crate::view::{
-    AdminRoleView, EmotionView, FoldState, FriendStatus, FriendView, MemberView, MessageChangeView, MessageEditView,
-    MessageView, OpenedSessionView, RoomEditsView, RoomEventView, RoomView, SessionEnd, SessionEndReason,
-    SessionEpochView, SessionView, UserView, ViewKey, ViewValue, is_reserved_session_id,
+    AdminRoleView, AttachmentView, EmotionView, FoldState, FriendStatus, FriendView, MemberView, MessageChangeView,
+    MessageEditView, MessageView, OpenedSessionView, ROOM_ATTACHMENTS_ID, RoomAttachmentsView, RoomEditsView,
+    RoomEventView, RoomView, SessionEnd, SessionEndReason, SessionEpochView, SessionView, UserView, ViewKey, ViewValue,
+    is_reserved_session_id,
 };
 
 /// What the fold decided about one record.
@@ -84,6 +85,15 @@ pub enum Accepted {
         deleted_at: i64,
         duplicate: bool,
     },
+    /// A file stored as `attachment_id` in its room.
+    AttachmentUploaded {
+        attachment_id: String,
+    },
+    /// An attachment nobody referenced is forgotten: its blob (`blob_key`)
+    /// may be deleted now.
+    AttachmentExpired {
+        blob_key: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -124,6 +134,11 @@ pub enum Rejection {
     /// A direct message (or a friend removal) between users who are not friends.
     #[error("you are not friends")]
     NotFriends,
+    /// A message naming an attachment that is not an upload of its sender
+    /// in its room, is carried by another message already, or is named
+    /// twice; or the expiry of an attachment that a message carries.
+    #[error("an attachment is unknown, not yours, not in this room, or already sent")]
+    InvalidAttachment,
 }
 
 impl Rejection {
@@ -145,6 +160,7 @@ impl Rejection {
             Rejection::Blocked => "blocked",
             Rejection::NoRequest => "no_request",
             Rejection::NotFriends => "not_friends",
+            Rejection::InvalidAttachment => "invalid_attachment",
         }
     }
 }
@@ -187,7 +203,25 @@ pub fn keys_read_by(record: &Record) -> Vec<ViewKey> {
         Record::RoomCreated(r) => vec![ViewKey::Room(r.room_id.clone())],
         Record::MemberJoined(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
         Record::MemberQuit(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.user_id)],
-        Record::MessagePosted(r) => vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.author_id)],
+        Record::MessagePosted(r) => {
+            let mut keys = vec![ViewKey::Room(r.room_id.clone()), member(&r.room_id, &r.author_id)];
+            if !r.attachments.is_empty() {
+                keys.push(ViewKey::room_attachments(&r.room_id));
+                // Keyed under this room: another room's attachment is simply
+                // not found here.
+                keys.extend(r.attachments.iter().map(|a| ViewKey::attachment(&r.room_id, a)));
+            }
+            keys
+        }
+        Record::AttachmentUploaded(r) => vec![
+            ViewKey::Room(r.room_id.clone()),
+            member(&r.room_id, &r.uploader_id),
+            ViewKey::room_attachments(&r.room_id),
+        ],
+        Record::AttachmentExpired(r) => vec![
+            ViewKey::attachment(&r.room_id, &r.attachment_id),
+            ViewKey::room_attachments(&r.room_id),
+        ],
         Record::EmotionRecorded(r) => {
             let mut keys = vec![
                 ViewKey::Room(r.room_id.clone()),
@@ -835,7 +869,33 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
                     duplicate: true,
                 });
             }
+            let mut attachments = Vec::with_capacity(r.attachments.len());
+            for (i, a) in r.attachments.iter().enumerate() {
+                if a == ROOM_ATTACHMENTS_ID || r.attachments[..i].contains(a) {
+                    return Err(Rejection::InvalidAttachment);
+                }
+                match state.get(&ViewKey::attachment(&r.room_id, a)) {
+                    Some(ViewValue::Attachment(v)) if v.uploader_id == r.author_id && v.message_id.is_none() => {
+                        attachments.push(v.to_ref())
+                    }
+                    _ => return Err(Rejection::InvalidAttachment),
+                }
+            }
             let message_id = pos.to_id();
+            if !attachments.is_empty() {
+                for a in &r.attachments {
+                    state.update(&ViewKey::attachment(&r.room_id, a), |v| {
+                        if let ViewValue::Attachment(v) = v {
+                            v.message_id = Some(message_id.clone());
+                        }
+                    });
+                }
+                state.update(&ViewKey::room_attachments(&r.room_id), |v| {
+                    if let ViewValue::RoomAttachments(p) = v {
+                        p.pending.retain(|(id, _)| !r.attachments.contains(id));
+                    }
+                });
+            }
             state.update(&room_key, |v| {
                 if let ViewValue::Room(room) = v {
                     room.message_count = seq;
@@ -873,6 +933,7 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
                     text,
                     created_at: at,
                     client_msg_id,
+                    attachments,
                 }),
             );
             Ok(Accepted::Posted {
@@ -1050,6 +1111,60 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
             })
         }
         Record::RelationshipChanged(r) => relationship(state, r),
+        Record::AttachmentUploaded(r) => {
+            if get_room(state, &r.room_id).is_none() {
+                return Err(Rejection::RoomNotFound);
+            }
+            if get_member(state, &r.room_id, &r.uploader_id).is_none() {
+                return Err(Rejection::NotMember);
+            }
+            let attachment_id = attachment_id(&r.room_id, pos);
+            let pending_key = ViewKey::room_attachments(&r.room_id);
+            let mut pending = match state.get(&pending_key) {
+                Some(ViewValue::RoomAttachments(p)) => p.clone(),
+                _ => RoomAttachmentsView {
+                    room_id: r.room_id.clone(),
+                    pending: Vec::new(),
+                },
+            };
+            pending.pending.push((attachment_id.clone(), r.at));
+            state.put(pending_key, ViewValue::RoomAttachments(pending));
+            state.put(
+                ViewKey::attachment(&r.room_id, &attachment_id),
+                ViewValue::Attachment(AttachmentView {
+                    attachment_id: attachment_id.clone(),
+                    room_id: r.room_id,
+                    uploader_id: r.uploader_id,
+                    file_name: r.file_name,
+                    size: r.size as u64,
+                    content_type: r.content_type,
+                    width: r.width.map(|w| w as u32),
+                    height: r.height.map(|h| h as u32),
+                    blob_key: r.blob_key,
+                    sha256: r.sha256,
+                    uploaded_at: r.at,
+                    message_id: None,
+                }),
+            );
+            Ok(Accepted::AttachmentUploaded { attachment_id })
+        }
+        Record::AttachmentExpired(r) => {
+            if r.attachment_id == ROOM_ATTACHMENTS_ID {
+                return Err(Rejection::Malformed);
+            }
+            let key = ViewKey::attachment(&r.room_id, &r.attachment_id);
+            let blob_key = match state.get(&key) {
+                Some(ViewValue::Attachment(a)) if a.message_id.is_none() => a.blob_key.clone(),
+                _ => return Err(Rejection::InvalidAttachment),
+            };
+            state.delete(&key);
+            state.update(&ViewKey::room_attachments(&r.room_id), |v| {
+                if let ViewValue::RoomAttachments(p) = v {
+                    p.pending.retain(|(id, _)| *id != r.attachment_id);
+                }
+            });
+            Ok(Accepted::AttachmentExpired { blob_key })
+        }
         Record::AdminRoleChanged(r) => {
             let user = account_user(state, &r.username, &r.user_id).ok_or(Rejection::UnknownUser)?;
             state.put(
@@ -1153,8 +1268,14 @@ mod tests {
                 user_id: uid(u),
                 username: USERS[u].into(),
             })),
-            (r.clone(), u.clone(), 0..3u8, "[a-z]{0,8}").prop_map(|(r, u, c, text)| Record::MessagePosted(
-                MessagePosted {
+            (
+                r.clone(),
+                u.clone(),
+                0..3u8,
+                "[a-z]{0,8}",
+                proptest::collection::vec(0..40u64, 0..3)
+            )
+                .prop_map(|(r, u, c, text, files)| Record::MessagePosted(MessagePosted {
                     request_id: 6,
                     at: 15,
                     room_id: ROOMS[r].into(),
@@ -1162,8 +1283,41 @@ mod tests {
                     author: USERS[u].into(),
                     client_msg_id: format!("c{c}"),
                     text,
-                }
-            )),
+                    attachments: files
+                        .into_iter()
+                        .map(|off| {
+                            crate::ids::attachment_id(
+                                ROOMS[r],
+                                LogPosition::new(partition_for(ROOMS[r].as_bytes(), 8), off),
+                            )
+                        })
+                        .collect(),
+                })),
+            (r.clone(), u.clone(), proptest::option::of(1..64i32)).prop_map(|(r, u, w)| {
+                Record::AttachmentUploaded(AttachmentUploaded {
+                    request_id: 12,
+                    at: 21,
+                    room_id: ROOMS[r].into(),
+                    uploader_id: uid(u),
+                    uploader: USERS[u].into(),
+                    file_name: "a.png".into(),
+                    size: 3,
+                    content_type: "image/png".into(),
+                    width: w,
+                    height: w,
+                    blob_key: "sha256/ab".into(),
+                    sha256: "ab".into(),
+                })
+            }),
+            (r.clone(), 0..40u64).prop_map(|(r, off)| Record::AttachmentExpired(AttachmentExpired {
+                request_id: 13,
+                at: 22,
+                room_id: ROOMS[r].into(),
+                attachment_id: crate::ids::attachment_id(
+                    ROOMS[r],
+                    LogPosition::new(partition_for(ROOMS[r].as_bytes(), 8), off),
+                ),
+            })),
             (r.clone(), u.clone(), 0..40u64).prop_map(|(r, u, off)| Record::ReadMarkerSet(ReadMarkerSet {
                 request_id: 7,
                 at: 16,
@@ -1434,6 +1588,7 @@ mod tests {
             author: "alice".into(),
             client_msg_id: "k".into(),
             text: "hi".into(),
+            attachments: vec![],
         });
         let first = fold(&mut s, LogPosition::new(1, 1), post.clone()).unwrap();
         let again = fold(&mut s, LogPosition::new(1, 2), post).unwrap();
@@ -1458,6 +1613,131 @@ mod tests {
             .count();
         assert_eq!(messages, 1);
     }
+    /// A message may carry only its sender's unsent uploads to its own
+    /// room, each once; an expiry forgets only what no message carries.
+    #[test]
+    fn attachments_are_carried_once_by_their_uploaders_messages_in_their_room() {
+        let mut s = MemState::default();
+        let (room, other_room) = ("00000000000000aa".to_string(), "00000000000000bb".to_string());
+        let (alice, bob) = ("0000000000000001".to_string(), "0000000000000002".to_string());
+        for (i, r) in [&room, &other_room].into_iter().enumerate() {
+            let created = Record::RoomCreated(RoomCreated {
+                request_id: 0,
+                at: 1,
+                room_id: r.clone(),
+                name: "r".into(),
+                capacity: 5,
+                owner_id: alice.clone(),
+                owner_name: "alice".into(),
+            });
+            fold(&mut s, LogPosition::new(i as u32, 0), created).unwrap();
+        }
+        let join = Record::MemberJoined(MemberJoined {
+            request_id: 0,
+            at: 1,
+            room_id: room.clone(),
+            user_id: bob.clone(),
+            username: "bob".into(),
+        });
+        fold(&mut s, LogPosition::new(0, 1), join).unwrap();
+        let upload = |room: &str, who: &str| {
+            Record::AttachmentUploaded(AttachmentUploaded {
+                request_id: 0,
+                at: 2,
+                room_id: room.into(),
+                uploader_id: who.into(),
+                uploader: "x".into(),
+                file_name: "cat.png".into(),
+                size: 10,
+                content_type: "image/png".into(),
+                width: Some(4),
+                height: Some(3),
+                blob_key: "sha256/00".into(),
+                sha256: "00".into(),
+            })
+        };
+        let id = |r: Outcome| match r {
+            Ok(Accepted::AttachmentUploaded { attachment_id }) => attachment_id,
+            other => panic!("{other:?}"),
+        };
+        let a1 = id(fold(&mut s, LogPosition::new(0, 2), upload(&room, &alice)));
+        let a2 = id(fold(&mut s, LogPosition::new(0, 3), upload(&room, &alice)));
+        let b1 = id(fold(&mut s, LogPosition::new(0, 4), upload(&room, &bob)));
+        let foreign = id(fold(&mut s, LogPosition::new(1, 1), upload(&other_room, &alice)));
+        assert_eq!(crate::ids::attachment_room(&a1), Some(room.as_str()));
+        assert_eq!(
+            fold(&mut s, LogPosition::new(1, 2), upload(&other_room, &bob)),
+            Err(Rejection::NotMember)
+        );
+        let post = |k: &str, files: &[&String]| {
+            Record::MessagePosted(MessagePosted {
+                request_id: 0,
+                at: 3,
+                room_id: room.clone(),
+                author_id: alice.clone(),
+                author: "alice".into(),
+                client_msg_id: k.into(),
+                text: String::new(),
+                attachments: files.iter().map(|f| f.to_string()).collect(),
+            })
+        };
+        let bad = Err(Rejection::InvalidAttachment);
+        assert_eq!(fold(&mut s, LogPosition::new(0, 5), post("1", &[&b1])), bad, "bob's");
+        assert_eq!(
+            fold(&mut s, LogPosition::new(0, 6), post("2", &[&foreign])),
+            bad,
+            "another room's"
+        );
+        assert_eq!(
+            fold(&mut s, LogPosition::new(0, 7), post("3", &[&a1, &a1])),
+            bad,
+            "twice"
+        );
+        let sent = fold(&mut s, LogPosition::new(0, 8), post("4", &[&a2, &a1])).unwrap();
+        assert!(matches!(sent, Accepted::Posted { duplicate: false, .. }));
+        let Some(ViewValue::Message(m)) = s.get(&ViewKey::message(&room, &LogPosition::new(0, 8).to_id())) else {
+            panic!("stored");
+        };
+        let names: Vec<_> = m
+            .attachments
+            .iter()
+            .map(|a| (a.attachment_id.clone(), a.width))
+            .collect();
+        assert_eq!(names, vec![(a2.clone(), Some(4)), (a1.clone(), Some(4))]);
+        // A retry of the same post answers the first message; a new one may not reuse them.
+        let again = fold(&mut s, LogPosition::new(0, 9), post("4", &[&a2, &a1])).unwrap();
+        assert!(matches!(again, Accepted::Posted { duplicate: true, .. }));
+        assert_eq!(
+            fold(&mut s, LogPosition::new(0, 10), post("5", &[&a1])),
+            bad,
+            "already sent"
+        );
+        let expire = |a: &String| {
+            Record::AttachmentExpired(AttachmentExpired {
+                request_id: 0,
+                at: 9,
+                room_id: room.clone(),
+                attachment_id: a.clone(),
+            })
+        };
+        assert_eq!(
+            fold(&mut s, LogPosition::new(0, 11), expire(&a1)),
+            bad,
+            "sent ones stay"
+        );
+        assert_eq!(
+            fold(&mut s, LogPosition::new(0, 12), expire(&b1)),
+            Ok(Accepted::AttachmentExpired {
+                blob_key: "sha256/00".into()
+            })
+        );
+        assert_eq!(fold(&mut s, LogPosition::new(0, 13), expire(&b1)), bad, "once");
+        let Some(ViewValue::RoomAttachments(p)) = s.get(&ViewKey::room_attachments(&room)) else {
+            panic!("pending list");
+        };
+        assert!(p.pending.is_empty(), "{p:?}");
+    }
+
     #[test]
     fn edits_and_deletes_are_decided_by_author_and_owner() {
         let room = "00000000000000aa".to_string();
@@ -1527,6 +1807,7 @@ mod tests {
                 author: "bob".into(),
                 client_msg_id: "c".into(),
                 text: "I am happy".into(),
+                attachments: vec![],
             }),
             emotion("joy", None),
             edit(&alice, "not hers"),

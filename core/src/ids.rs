@@ -159,6 +159,24 @@ pub fn is_id(s: &str) -> bool {
     s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The id of the attachment uploaded to `room_id` by the record at `pos`:
+/// the room id followed by the position's 16 hex digits, so that a download
+/// finds the room (whose members may read it) from the id alone.
+pub fn attachment_id(room_id: &str, pos: LogPosition) -> String {
+    let mut id = String::with_capacity(room_id.len() + 16);
+    id.push_str(room_id);
+    id.push_str(&pos.to_id());
+    id
+}
+
+/// The room of an attachment id made by [`attachment_id`]; `None` for a
+/// string that is not one.
+pub fn attachment_room(id: &str) -> Option<&str> {
+    let split = id.len().checked_sub(16)?;
+    let (room, pos) = (id.get(..split)?, id.get(split..)?);
+    (!room.is_empty() && LogPosition::parse_id(pos).is_some()).then_some(room)
+}
+
 /// The id of the direct-message room of two users, whichever of them asks:
 /// 16 hex digits of the FNV-1a hash of the ordered pair. It is also the key
 /// of every record about the pair (friend requests, blocks), so the pair's

@@ -23,6 +23,16 @@ pub const MAX_PASSWORD_HASH_BYTES: usize = 1024;
 /// An emotion's label and model name, in bytes.
 pub const MAX_LABEL_BYTES: usize = 64;
 pub const MAX_MODEL_BYTES: usize = 256;
+/// Attachments on one message.
+pub const MAX_ATTACHMENTS: usize = 10;
+/// An attachment's file name, in characters.
+pub const MAX_FILE_NAME_CHARS: usize = 255;
+/// A content type (`type/subtype`, parameters included), in bytes.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 255;
+/// A blob store key ([`crate::ports::StoredBlob::key`]), in bytes.
+pub const MAX_BLOB_KEY_BYTES: usize = 200;
+/// An attachment id: a room id and a log position's 16 hex digits.
+pub const MAX_ATTACHMENT_ID_BYTES: usize = MAX_ID_BYTES + 16;
 
 fn id(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_ID_BYTES
@@ -59,6 +69,10 @@ impl Record {
                     && name(&r.author)
                     && chars(&r.client_msg_id, MAX_CLIENT_MSG_ID_CHARS)
                     && chars(&r.text, MAX_TEXT_CHARS)
+                    && r.attachments.len() <= MAX_ATTACHMENTS
+                    && r.attachments
+                        .iter()
+                        .all(|a| !a.is_empty() && a.len() <= MAX_ATTACHMENT_ID_BYTES)
             }
             Record::ReadMarkerSet(r) => id(&r.room_id) && id(&r.user_id) && id(&r.message_id),
             Record::EmotionRecorded(r) => {
@@ -86,6 +100,23 @@ impl Record {
                     && name(&r.other_name)
                     && r.action.len() <= 16
             }
+            Record::AttachmentUploaded(r) => {
+                id(&r.room_id)
+                    && id(&r.uploader_id)
+                    && name(&r.uploader)
+                    && !r.file_name.is_empty()
+                    && chars(&r.file_name, MAX_FILE_NAME_CHARS)
+                    && r.size >= 0
+                    && r.content_type.len() <= MAX_CONTENT_TYPE_BYTES
+                    && r.width.is_none_or(|w| w > 0)
+                    && r.height.is_none_or(|h| h > 0)
+                    && !r.blob_key.is_empty()
+                    && r.blob_key.len() <= MAX_BLOB_KEY_BYTES
+                    && r.sha256.len() <= 64
+            }
+            Record::AttachmentExpired(r) => {
+                id(&r.room_id) && !r.attachment_id.is_empty() && r.attachment_id.len() <= MAX_ATTACHMENT_ID_BYTES
+            }
         }
     }
 }
@@ -104,6 +135,7 @@ mod tests {
             author: "alice".into(),
             client_msg_id: "c1".into(),
             text: text.into(),
+            attachments: vec![],
         })
     }
 

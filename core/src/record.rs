@@ -120,6 +120,9 @@ pub struct MessagePosted {
     pub author: String,
     pub client_msg_id: String,
     pub text: String,
+    /// Attachment ids ([`AttachmentUploaded`]) this message carries, in the
+    /// order shown; empty for a text-only message. Added in v2.
+    pub attachments: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +212,39 @@ pub struct AdminRoleChanged {
     pub by: String,
 }
 
+/// A file uploaded to a room, appended once its bytes are durable in the
+/// blob store. Its id is `room_id` followed by this record's log position
+/// (16 hex digits): nobody chooses it, and the room can be read from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentUploaded {
+    pub request_id: i64,
+    pub at: i64,
+    pub room_id: String,
+    pub uploader_id: String,
+    pub uploader: String,
+    pub file_name: String,
+    pub size: i64,
+    pub content_type: String,
+    /// An image's pixel size, when the upload is an image the server could read.
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    /// Where the bytes are ([`crate::ports::BlobStore`]).
+    pub blob_key: String,
+    /// SHA-256 of the content, lowercase hex.
+    pub sha256: String,
+}
+
+/// An attachment no message referenced within the garbage-collection
+/// delay: the fold forgets it (if it is still unreferenced at this point of
+/// the log), and its blob is deleted once the decision is known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentExpired {
+    pub request_id: i64,
+    pub at: i64,
+    pub room_id: String,
+    pub attachment_id: String,
+}
+
 /// A record on the log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -228,6 +264,8 @@ pub enum Record {
     MessageDeleted(MessageDeleted),
     RelationshipChanged(RelationshipChanged),
     AdminRoleChanged(AdminRoleChanged),
+    AttachmentUploaded(AttachmentUploaded),
+    AttachmentExpired(AttachmentExpired),
 }
 
 impl Record {
@@ -249,7 +287,9 @@ impl Record {
             | Record::EmotionRecorded(_)
             | Record::MessageEdited(_)
             | Record::MessageDeleted(_)
-            | Record::RelationshipChanged(_) => Topic::Rooms,
+            | Record::RelationshipChanged(_)
+            | Record::AttachmentUploaded(_)
+            | Record::AttachmentExpired(_) => Topic::Rooms,
         }
     }
 
@@ -272,6 +312,8 @@ impl Record {
             Record::MessageEdited(r) => Some(&r.room_id),
             Record::MessageDeleted(r) => Some(&r.room_id),
             Record::RelationshipChanged(r) => Some(&r.room_id),
+            Record::AttachmentUploaded(r) => Some(&r.room_id),
+            Record::AttachmentExpired(r) => Some(&r.room_id),
         }
     }
 
@@ -324,6 +366,8 @@ impl Record {
             Record::MessageDeleted(r) => r.request_id,
             Record::RelationshipChanged(r) => r.request_id,
             Record::AdminRoleChanged(r) => r.request_id,
+            Record::AttachmentUploaded(r) => r.request_id,
+            Record::AttachmentExpired(r) => r.request_id,
         }
     }
 
@@ -346,6 +390,8 @@ impl Record {
             Record::MessageDeleted(_) => "message_deleted",
             Record::RelationshipChanged(_) => "relationship_changed",
             Record::AdminRoleChanged(_) => "admin_role_changed",
+            Record::AttachmentUploaded(_) => "attachment_uploaded",
+            Record::AttachmentExpired(_) => "attachment_expired",
         }
     }
 }

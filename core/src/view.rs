@@ -69,6 +69,59 @@ pub struct MessageView {
     pub text: String,
     pub created_at: i64,
     pub client_msg_id: String,
+    /// The files the message carries, in the order the sender listed them.
+    pub attachments: Vec<AttachmentRef>,
+}
+
+/// What a message shows of one of its attachments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRef {
+    pub attachment_id: String,
+    pub file_name: String,
+    pub size: u64,
+    pub content_type: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+}
+
+/// An uploaded file ([`ViewKey::Attachment`]), as the fold decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentView {
+    pub attachment_id: String,
+    pub room_id: String,
+    pub uploader_id: String,
+    pub file_name: String,
+    pub size: u64,
+    pub content_type: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub blob_key: String,
+    pub sha256: String,
+    pub uploaded_at: i64,
+    /// The message that carries it, once one does (at most one).
+    pub message_id: Option<String>,
+}
+
+impl AttachmentView {
+    pub fn to_ref(&self) -> AttachmentRef {
+        AttachmentRef {
+            attachment_id: self.attachment_id.clone(),
+            file_name: self.file_name.clone(),
+            size: self.size,
+            content_type: self.content_type.clone(),
+            width: self.width,
+            height: self.height,
+        }
+    }
+}
+
+/// A room's attachments that no message carries yet, oldest first, with
+/// when each was uploaded (kept under the reserved id [`ROOM_ATTACHMENTS_ID`]):
+/// what the garbage collector visits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomAttachmentsView {
+    pub room_id: String,
+    pub pending: Vec<(String, i64)>,
 }
 
 /// The emotion of one message (the analyzer's first classification of it).
@@ -407,11 +460,17 @@ pub enum ViewKey {
         scope: String,
         bucket: i64,
     },
+    /// An attachment of a room ([`AttachmentView`]); the reserved id
+    /// [`ROOM_ATTACHMENTS_ID`] holds the room's [`RoomAttachmentsView`].
+    Attachment {
+        room_id: String,
+        attachment_id: String,
+    },
 }
 
 /// Tables of the view model, in the order checksums visit them. New tables
 /// go at the end: adapters store a table's index (Scylla's redo records).
-pub const TABLES: [&str; 13] = [
+pub const TABLES: [&str; 14] = [
     "users",
     "usernames",
     "rooms",
@@ -425,6 +484,7 @@ pub const TABLES: [&str; 13] = [
     "message_edits",
     "friends",
     "admin",
+    "attachments",
 ];
 
 /// The consumer whose views the `activity` table holds: per-room activity by
@@ -466,6 +526,10 @@ pub const ADMIN_ROLE_ID: &str = "@admin";
 pub fn is_reserved_session_id(id: &str) -> bool {
     id == SESSION_EPOCH_ID || id == ADMIN_ROLE_ID
 }
+
+/// The attachment id under which the attachments table holds a room's
+/// [`RoomAttachmentsView`] (attachment ids are hex digits).
+pub const ROOM_ATTACHMENTS_ID: &str = "*";
 
 /// The message id under which the message edits table holds a room's
 /// [`RoomEditsView`] (message ids are 16 hex digits).
@@ -550,6 +614,19 @@ impl ViewKey {
         }
     }
 
+    /// An attachment of a room.
+    pub fn attachment(room_id: &str, attachment_id: &str) -> ViewKey {
+        ViewKey::Attachment {
+            room_id: room_id.to_owned(),
+            attachment_id: attachment_id.to_owned(),
+        }
+    }
+
+    /// Where a room keeps its [`RoomAttachmentsView`].
+    pub fn room_attachments(room_id: &str) -> ViewKey {
+        ViewKey::attachment(room_id, ROOM_ATTACHMENTS_ID)
+    }
+
     /// Where a room keeps its [`RoomEditsView`].
     pub fn room_edits(room_id: &str) -> ViewKey {
         ViewKey::message_edit(room_id, ROOM_EDITS_ID)
@@ -571,6 +648,7 @@ impl ViewKey {
             ViewKey::MessageEdit { .. } => "message_edits",
             ViewKey::Friend { .. } => "friends",
             ViewKey::Admin { .. } => "admin",
+            ViewKey::Attachment { .. } => "attachments",
         }
     }
 
@@ -608,6 +686,7 @@ impl ViewKey {
             ViewKey::Session { username, session_id } => join(out, &[username, session_id]),
             ViewKey::Member { room_id, user_id } => join(out, &[room_id, user_id]),
             ViewKey::Friend { user_id, other_id } => join(out, &[user_id, other_id]),
+            ViewKey::Attachment { room_id, attachment_id } => join(out, &[room_id, attachment_id]),
             ViewKey::RoomEvent { room_id, position } => join(out, &[room_id, position]),
             ViewKey::Emotion { room_id, message_id } => join(out, &[room_id, message_id]),
             ViewKey::Message { room_id, message_id } | ViewKey::MessageEdit { room_id, message_id } => {
@@ -639,6 +718,7 @@ impl ViewKey {
             ViewKey::MessageEdit { .. } => 10,
             ViewKey::Friend { .. } => 11,
             ViewKey::Admin { .. } => 12,
+            ViewKey::Attachment { .. } => 13,
         }
     }
 
@@ -699,6 +779,8 @@ pub enum ViewValue {
     AdminCounts(AdminCountsView),
     AuditHead(AuditHeadView),
     AuditPage(AuditPageView),
+    Attachment(AttachmentView),
+    RoomAttachments(RoomAttachmentsView),
 }
 
 impl ViewValue {
