@@ -95,6 +95,37 @@ impl Reader<'_> {
         }
     }
 
+    /// An array of strings, in blocks like [`Reader::floats`].
+    fn strings(&mut self) -> Result<Vec<String>, SchemaError> {
+        let mut out = Vec::new();
+        loop {
+            let count = self.long()?;
+            if count == 0 {
+                return Ok(out);
+            }
+            if count < 0 {
+                self.long()?;
+            }
+            // Every string takes at least its length's byte.
+            let n = count.unsigned_abs();
+            if n > self.buf.len() as u64 {
+                return Err(malformed("array longer than the record"));
+            }
+            for _ in 0..n {
+                out.push(self.string()?);
+            }
+        }
+    }
+
+    /// A `["null", "int"]` union: the branch index, then the int.
+    fn optional_int(&mut self) -> Result<Option<i32>, SchemaError> {
+        match self.long()? {
+            0 => Ok(None),
+            1 => self.int().map(Some),
+            _ => Err(malformed("union branch out of range")),
+        }
+    }
+
     /// A `["null", "string"]` union: the branch index, then the string.
     fn optional_string(&mut self) -> Result<Option<String>, SchemaError> {
         match self.long()? {
@@ -170,6 +201,27 @@ pub(crate) fn decode_current(kind: RecordType, body: &[u8]) -> Result<Record, Sc
             author: r.string()?,
             client_msg_id: r.string()?,
             text: r.string()?,
+            attachments: r.strings()?,
+        }),
+        RecordType::AttachmentUploaded => Record::AttachmentUploaded(AttachmentUploaded {
+            request_id,
+            at,
+            room_id: r.string()?,
+            uploader_id: r.string()?,
+            uploader: r.string()?,
+            file_name: r.string()?,
+            size: r.long()?,
+            content_type: r.string()?,
+            width: r.optional_int()?,
+            height: r.optional_int()?,
+            blob_key: r.string()?,
+            sha256: r.string()?,
+        }),
+        RecordType::AttachmentExpired => Record::AttachmentExpired(AttachmentExpired {
+            request_id,
+            at,
+            room_id: r.string()?,
+            attachment_id: r.string()?,
         }),
         RecordType::EmotionRecorded => Record::EmotionRecorded(EmotionRecorded {
             request_id,

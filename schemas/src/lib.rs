@@ -54,10 +54,12 @@ pub enum RecordType {
     MessageDeleted,
     RelationshipChanged,
     AdminRoleChanged,
+    AttachmentUploaded,
+    AttachmentExpired,
 }
 
 /// Each record type, its file stem and its current schema.
-pub const CURRENT: [(RecordType, &str, &str); 16] = [
+pub const CURRENT: [(RecordType, &str, &str); 18] = [
     (
         RecordType::UserSignedUp,
         "user_signed_up",
@@ -138,11 +140,21 @@ pub const CURRENT: [(RecordType, &str, &str); 16] = [
         "admin_role_changed",
         include_str!("../avro/admin_role_changed.avsc"),
     ),
+    (
+        RecordType::AttachmentUploaded,
+        "attachment_uploaded",
+        include_str!("../avro/attachment_uploaded.avsc"),
+    ),
+    (
+        RecordType::AttachmentExpired,
+        "attachment_expired",
+        include_str!("../avro/attachment_expired.avsc"),
+    ),
 ];
 
 /// Every released version `(type, version, schema)`; the newest of each type
 /// must equal the current schema.
-pub const HISTORY: [(RecordType, u32, &str); 19] = [
+pub const HISTORY: [(RecordType, u32, &str); 22] = [
     (
         RecordType::UserSignedUp,
         1,
@@ -237,6 +249,21 @@ pub const HISTORY: [(RecordType, u32, &str); 19] = [
         RecordType::AccountRestored,
         2,
         include_str!("../avro/history/account_restored.v2.avsc"),
+    ),
+    (
+        RecordType::MessagePosted,
+        2,
+        include_str!("../avro/history/message_posted.v2.avsc"),
+    ),
+    (
+        RecordType::AttachmentUploaded,
+        1,
+        include_str!("../avro/history/attachment_uploaded.v1.avsc"),
+    ),
+    (
+        RecordType::AttachmentExpired,
+        1,
+        include_str!("../avro/history/attachment_expired.v1.avsc"),
     ),
 ];
 
@@ -371,6 +398,8 @@ pub fn record_type(record: &Record) -> RecordType {
         Record::MessageDeleted(_) => RecordType::MessageDeleted,
         Record::RelationshipChanged(_) => RecordType::RelationshipChanged,
         Record::AdminRoleChanged(_) => RecordType::AdminRoleChanged,
+        Record::AttachmentUploaded(_) => RecordType::AttachmentUploaded,
+        Record::AttachmentExpired(_) => RecordType::AttachmentExpired,
     }
 }
 
@@ -402,6 +431,8 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, SchemaError> {
         Record::MessageDeleted(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
         Record::RelationshipChanged(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
         Record::AdminRoleChanged(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::AttachmentUploaded(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
+        Record::AttachmentExpired(x) => apache_avro::write_avro_datum_ref(&w.schema, x, &mut out),
     };
     res.map_err(|e| SchemaError::Encode(e.to_string()))?;
     Ok(out)
@@ -472,6 +503,8 @@ fn decode_resolved(known: &Known, mut body: &[u8]) -> Result<Record, SchemaError
         RecordType::MessageDeleted => Record::MessageDeleted(typed::<r::MessageDeleted>(&value)?),
         RecordType::RelationshipChanged => Record::RelationshipChanged(typed::<r::RelationshipChanged>(&value)?),
         RecordType::AdminRoleChanged => Record::AdminRoleChanged(typed::<r::AdminRoleChanged>(&value)?),
+        RecordType::AttachmentUploaded => Record::AttachmentUploaded(typed::<r::AttachmentUploaded>(&value)?),
+        RecordType::AttachmentExpired => Record::AttachmentExpired(typed::<r::AttachmentExpired>(&value)?),
     })
 }
 
@@ -501,6 +534,8 @@ pub fn encode_released(record: &Record, version: u32) -> Option<Result<Vec<u8>, 
             Record::MessageDeleted(x) => apache_avro::to_value(x),
             Record::RelationshipChanged(x) => apache_avro::to_value(x),
             Record::AdminRoleChanged(x) => apache_avro::to_value(x),
+            Record::AttachmentUploaded(x) => apache_avro::to_value(x),
+            Record::AttachmentExpired(x) => apache_avro::to_value(x),
         }
         .map_err(|e| SchemaError::Encode(e.to_string()))?;
         let Schema::Record(shape) = &schema else {

@@ -68,6 +68,7 @@ fn samples() -> Vec<Record> {
             author: "a".into(),
             client_msg_id: "c-1".into(),
             text: "안녕하세요 :)".into(),
+            attachments: vec!["r0001000000000001".into(), "r0001000000000002".into()],
         }),
         Record::ReadMarkerSet(ReadMarkerSet {
             request_id: 1,
@@ -138,7 +139,47 @@ fn samples() -> Vec<Record> {
             granted: true,
             by: "cli".into(),
         }),
+        Record::AttachmentUploaded(AttachmentUploaded {
+            request_id: 7,
+            at: 9,
+            room_id: "r".into(),
+            uploader_id: "u".into(),
+            uploader: "alice".into(),
+            file_name: "고양이.png".into(),
+            size: 1234,
+            content_type: "image/png".into(),
+            width: Some(640),
+            height: Some(480),
+            blob_key: "sha256/ab.cd".into(),
+            sha256: "ab".into(),
+        }),
+        Record::AttachmentExpired(AttachmentExpired {
+            request_id: 8,
+            at: 10,
+            room_id: "r".into(),
+            attachment_id: "r0001000000000003".into(),
+        }),
     ]
+}
+
+/// Messages written before attachments existed (v1) decode as messages
+/// without attachments, through both decoders; v2 only appends the empty
+/// array's zero count.
+#[test]
+fn messages_of_v1_decode_as_messages_without_attachments() {
+    let mut message = samples()
+        .into_iter()
+        .find(|r| matches!(r, Record::MessagePosted(_)))
+        .unwrap();
+    if let Record::MessagePosted(m) = &mut message {
+        m.attachments.clear();
+    }
+    let v1 = emosation_schemas::encode_released(&message, 1).unwrap().unwrap();
+    let today = encode(&message).unwrap();
+    assert_ne!(v1[2..10], today[2..10], "v1 names its own schema");
+    assert_eq!(&v1[10..], &today[10..today.len() - 1]);
+    assert_eq!(decode(&v1).unwrap(), message);
+    assert_eq!(emosation_schemas::decode_with_apache_avro(&v1).unwrap(), message);
 }
 
 /// Emotions written before edits existed (v1, no `edit_id`) decode as
@@ -167,7 +208,10 @@ fn emotions_of_v1_decode_as_emotions_of_the_message_as_posted() {
     for rec in samples() {
         if !matches!(
             rec,
-            Record::EmotionRecorded(_) | Record::AccountDeleted(_) | Record::AccountRestored(_)
+            Record::EmotionRecorded(_)
+                | Record::AccountDeleted(_)
+                | Record::AccountRestored(_)
+                | Record::MessagePosted(_)
         ) {
             assert_eq!(
                 emosation_schemas::encode_released(&rec, 1).unwrap().unwrap(),
@@ -365,19 +409,63 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 username,
             })
         }),
-        (any::<i64>(), any::<i64>(), t(), t(), t(), t(), t()).prop_map(
-            |(request_id, at, room_id, author_id, author, client_msg_id, text)| {
-                Record::MessagePosted(MessagePosted {
-                    request_id,
-                    at,
-                    room_id,
-                    author_id,
-                    author,
-                    client_msg_id,
-                    text,
-                })
-            }
-        ),
+        (
+            (any::<i64>(), any::<i64>(), t(), t(), t(), t(), t()),
+            proptest::collection::vec(t(), 0..4)
+        )
+            .prop_map(
+                |((request_id, at, room_id, author_id, author, client_msg_id, text), attachments)| {
+                    Record::MessagePosted(MessagePosted {
+                        request_id,
+                        at,
+                        room_id,
+                        author_id,
+                        author,
+                        client_msg_id,
+                        text,
+                        attachments,
+                    })
+                }
+            ),
+        (
+            (any::<i64>(), any::<i64>(), t(), t(), t(), t(), any::<i64>()),
+            (
+                t(),
+                proptest::option::of(any::<i32>()),
+                proptest::option::of(any::<i32>()),
+                t(),
+                t()
+            )
+        )
+            .prop_map(
+                |(
+                    (request_id, at, room_id, uploader_id, uploader, file_name, size),
+                    (content_type, width, height, blob_key, sha256),
+                )| {
+                    Record::AttachmentUploaded(AttachmentUploaded {
+                        request_id,
+                        at,
+                        room_id,
+                        uploader_id,
+                        uploader,
+                        file_name,
+                        size,
+                        content_type,
+                        width,
+                        height,
+                        blob_key,
+                        sha256,
+                    })
+                }
+            ),
+        (any::<i64>(), any::<i64>(), t(), t()).prop_map(|(request_id, at, room_id, attachment_id)| {
+            Record::AttachmentExpired(AttachmentExpired {
+                request_id,
+                at,
+                room_id,
+                attachment_id,
+            })
+        }),
         (any::<i64>(), any::<i64>(), t(), t(), t()).prop_map(|(request_id, at, room_id, user_id, message_id)| {
             Record::ReadMarkerSet(ReadMarkerSet {
                 request_id,
