@@ -60,6 +60,7 @@ impl World {
             author: format!("name-{author}"),
             client_msg_id: format!("c{at}"),
             text: "hello".into(),
+            attachments: vec![],
         };
         let pos = self.append(Record::MessagePosted(m)).await;
         let changes = if accepted {
@@ -77,6 +78,7 @@ impl World {
                     text: "hello".into(),
                     created_at: at,
                     client_msg_id: format!("c{at}"),
+                    attachments: vec![],
                 })),
             )]
         } else {
@@ -213,6 +215,7 @@ async fn waits_for_the_core_views_before_counting() {
         author: "name-u2".into(),
         client_msg_id: "late".into(),
         text: "hi".into(),
+        attachments: vec![],
     };
     let pos = w.append(Record::MessagePosted(m.clone())).await;
     let (stop, task) = w.start();
@@ -242,6 +245,7 @@ async fn waits_for_the_core_views_before_counting() {
                     text: "hi".into(),
                     created_at: m.at,
                     client_msg_id: "late".into(),
+                    attachments: vec![],
                 })),
             )],
             positions: vec![(Topic::Rooms, pos.partition, pos.offset + 1)],

@@ -42,6 +42,7 @@ async fn post(log: &dyn Log, i: usize) {
         } else {
             "I hate this".into()
         },
+        attachments: vec![],
     });
     log.append(
         Topic::Rooms,

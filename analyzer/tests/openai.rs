@@ -496,6 +496,7 @@ fn message(i: usize) -> Record {
         author: "alice".into(),
         client_msg_id: format!("c{i}"),
         text: format!("message {i} {}", Label::ALL[i % 7]),
+        attachments: vec![],
     })
 }
 

@@ -222,6 +222,7 @@ pub fn synthetic_log(total: u64, users: u64, rooms: u64) -> impl Iterator<Item =
                 author: format!("user_{u}"),
                 client_msg_id: format!("c{m}"),
                 text: format!("message number {m}: how are you feeling today? 🙂"),
+                attachments: vec![],
             })
         }
     })

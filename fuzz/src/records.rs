@@ -161,6 +161,7 @@ impl LogBuilder {
                     author,
                     client_msg_id: pick(u, &CLIENT_MSG_IDS)?,
                     text: String::arbitrary(u)?,
+                    attachments: vec![],
                 })
             }
             8 => {

@@ -115,6 +115,7 @@ fn records() -> Vec<Record> {
             author: "alice".into(),
             client_msg_id: "c1".into(),
             text: "hello 세계".into(),
+            attachments: vec![],
         }),
         Record::ReadMarkerSet(ReadMarkerSet {
             request_id: 11,

@@ -808,6 +808,7 @@ impl Ingest {
                 author: user.username.clone(),
                 client_msg_id: client_msg_id.to_owned(),
                 text: text.to_owned(),
+                attachments: vec![],
             })
         };
         self.begin("post", make, |a| match a {

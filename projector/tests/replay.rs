@@ -180,6 +180,7 @@ fn commands(n: usize, topo: Topology) -> Vec<Record> {
                 author: format!("user{u}"),
                 client_msg_id: format!("c{}", next(40)),
                 text: format!("text {i}"),
+                attachments: vec![],
             }),
         };
         let p = partition_for(rec.key().as_bytes(), topo.partitions(rec.topic()));
@@ -287,6 +288,7 @@ async fn live_projection_and_replay_agree_byte_for_byte() {
             author: author.clone(),
             client_msg_id: client_msg_id.into(),
             text: client_msg_id.into(),
+            attachments: vec![],
         })
     };
     let encode = |r: &Record| Bytes::from(emosation_schemas::encode(r).unwrap());

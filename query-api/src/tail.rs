@@ -297,6 +297,7 @@ mod tests {
             text: "x".repeat(text_len),
             created_at: 0,
             client_msg_id: format!("c{seq}"),
+            attachments: vec![],
         }
     }
 

@@ -127,11 +127,33 @@ async fn fs_blob_store_meets_the_blob_contract() {
     blob_contract(a, b, 3 * 1024 * 1024).await;
     // Refused and broken puts left no temporary file behind.
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-    // Content-addressed: the same content is one file.
+    // Content-addressed: the same content is one file under two keys, and
+    // deleting one key leaves the other readable.
     let s = FsBlobStore::open(dir.path()).unwrap();
     let x = s.put(body(b"same", 2), 10).await.unwrap();
     let y = s.put(body(b"same", 3), 10).await.unwrap();
-    assert_eq!(x.key, y.key);
+    assert_ne!(x.key, y.key);
+    assert!(x.key.starts_with(&format!("sha256/{}.", x.sha256)), "{}", x.key);
+    let file = |k: &str| {
+        dir.path()
+            .join("sha256")
+            .join(&x.sha256[..2])
+            .join(k.strip_prefix("sha256/").unwrap())
+    };
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(file(&x.key)).unwrap().ino(),
+        std::fs::metadata(file(&y.key)).unwrap().ino()
+    );
+    s.delete(&x.key).await.unwrap();
+    assert_eq!(read_all(s.get(&y.key, None).await.unwrap().0).await, b"same");
+    s.delete(&y.key).await.unwrap();
+    let z = s.put(body(b"same", 4), 10).await.unwrap();
+    assert_eq!(read_all(s.get(&z.key, None).await.unwrap().0).await, b"same");
+    // Keys of the older form (no tag) are still read.
+    let legacy = dir.path().join("sha256").join(&z.sha256[..2]).join(&z.sha256);
+    std::fs::write(&legacy, b"same").unwrap();
+    assert_eq!(s.size(&format!("sha256/{}", z.sha256)).await.unwrap(), Some(4));
 }
 
 #[cfg(feature = "s3")]

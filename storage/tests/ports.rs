@@ -174,6 +174,7 @@ fn message(room_id: &str, seq: u64) -> MessageView {
         text: format!("text {seq}"),
         created_at: seq as i64,
         client_msg_id: format!("c{seq}"),
+        attachments: vec![],
     }
 }
 

@@ -96,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
                 author: format!("user_{}", sent % 97),
                 client_msg_id: format!("c{sent}"),
                 text: TEXTS[(sent % TEXTS.len() as u64) as usize].to_owned(),
+                attachments: vec![],
             });
             let value = Bytes::from(emosation_schemas::encode(&record)?);
             let (log, times) = (Arc::clone(&log), Arc::clone(&times));

@@ -1,12 +1,18 @@
 //! [`FsBlobStore`]: the blob store under the data directory (the default).
 //!
-//! Content-addressed: a blob's key is `sha256/<hex>`, its file
-//! `DIR/sha256/<2 hex>/<hex>`. A put streams the body into a temporary file
-//! (`DIR/tmp/`), hashing it on the way, fsyncs it, renames it to its
-//! content's name and fsyncs the directory, so a blob is either whole under
-//! its name or not there at all; the same content stored twice is one
-//! file. A put that fails (too large, the body broke off) removes its
-//! temporary file; ones left by a crash are removed when the store opens.
+//! Content-addressed: a blob's file is `DIR/sha256/<2 hex>/<hex>.<tag>`,
+//! named by the SHA-256 of its content, and its key `sha256/<hex>.<tag>`,
+//! where `tag` (16 random hex digits) makes each put's key its own. A put
+//! streams the body into a temporary file (`DIR/tmp/`), hashing it on the
+//! way, and fsyncs it; if the same content is stored already, the new key is
+//! a hard link to that file (one copy on disk), otherwise the temporary file
+//! is renamed to it; then the directory is fsynced, so a blob is either
+//! whole under its name or not there at all. `delete` removes one key's
+//! link: the content goes when its last key does, so deleting one
+//! attachment's blob never takes another's that has the same bytes. Keys of
+//! the older form `sha256/<hex>` are still read. A put that fails (too
+//! large, the body broke off) removes its temporary file; ones left by a
+//! crash are removed when the store opens.
 
 use std::io::SeekFrom;
 use std::ops::Range;
@@ -49,9 +55,30 @@ impl FsBlobStore {
 
     /// The file of `key`, if `key` is one this store makes.
     fn path(&self, key: &str) -> Option<PathBuf> {
-        let hex = key.strip_prefix("sha256/")?;
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| self.dir.join("sha256").join(&hex[..2]).join(hex))
+        let name = key.strip_prefix("sha256/")?;
+        let (hex, tag) = match name.split_once('.') {
+            Some((hex, tag)) => (hex, Some(tag)),
+            None => (name, None),
+        };
+        let lower_hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (hex.len() == 64 && lower_hex(hex) && tag.is_none_or(|t| t.len() == 16 && lower_hex(t)))
+            .then(|| self.dir.join("sha256").join(&hex[..2]).join(name))
+    }
+
+    /// A file already holding the content of `hex` in `dir`, if any.
+    async fn existing(dir: &Path, hex: &str) -> Option<PathBuf> {
+        let mut entries = tokio::fs::read_dir(dir).await.ok()?;
+        while let Ok(Some(e)) = entries.next_entry().await {
+            let name = e.file_name();
+            let name = name.to_str()?;
+            if name
+                .strip_prefix(hex)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            {
+                return Some(e.path());
+            }
+        }
+        None
     }
 
     async fn write_body(&self, tmp: &Path, mut body: ByteStream, max: u64) -> Result<(u64, String), BlobError> {
@@ -94,13 +121,23 @@ impl BlobStore for FsBlobStore {
                 return Err(e);
             }
         };
-        let key = format!("sha256/{hex}");
+        let key = format!("sha256/{hex}.{:016x}", rand::random::<u64>());
         let path = self.path(&key).expect("a key this store makes");
         let parent = path.parent().expect("a blob file has a directory");
         tokio::fs::create_dir_all(parent).await.map_err(io)?;
-        // The same content may be there already (stored before, or by a
-        // concurrent put): the rename replaces it with identical bytes.
-        tokio::fs::rename(&tmp, &path).await.map_err(io)?;
+        // The same content stored before: one more name for that file. If
+        // its last other name is deleted meanwhile, the link fails and the
+        // new file takes its place.
+        let linked = match Self::existing(parent, &hex).await {
+            Some(other) => tokio::fs::hard_link(&other, &path).await.is_ok(),
+            None => false,
+        };
+        if linked {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        } else if let Err(e) = tokio::fs::rename(&tmp, &path).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(io(e));
+        }
         sync_dir(parent).await?;
         Ok(StoredBlob { key, size, sha256: hex })
     }

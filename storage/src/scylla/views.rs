@@ -226,6 +226,7 @@ statements! {
     get_emotion = "SELECT entity FROM {ks}.emotions WHERE room_id = ? AND bucket = ? AND message_id = ?";
     get_activity = "SELECT entity FROM {ks}.activity WHERE room_id = ? AND hour = ?";
     get_message_edit = "SELECT entity FROM {ks}.message_edits WHERE room_id = ? AND message_id = ?";
+    get_attachment = "SELECT entity FROM {ks}.attachments WHERE room_id = ? AND attachment_id = ?";
     get_friend = "SELECT entity FROM {ks}.friends WHERE user_id = ? AND other_id = ?";
 
     // Entity writes and deletions, timestamped by log position.
@@ -254,6 +255,8 @@ statements! {
     del_admin = "DELETE FROM {ks}.admin USING TIMESTAMP ? WHERE scope = ? AND bucket = ?";
     put_message_edit = "INSERT INTO {ks}.message_edits (room_id, message_id, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
     del_message_edit = "DELETE FROM {ks}.message_edits USING TIMESTAMP ? WHERE room_id = ? AND message_id = ?";
+    put_attachment = "INSERT INTO {ks}.attachments (room_id, attachment_id, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
+    del_attachment = "DELETE FROM {ks}.attachments USING TIMESTAMP ? WHERE room_id = ? AND attachment_id = ?";
     put_friend = "INSERT INTO {ks}.friends (user_id, other_id, entity) VALUES (?, ?, ?) USING TIMESTAMP ?";
     del_friend = "DELETE FROM {ks}.friends USING TIMESTAMP ? WHERE user_id = ? AND other_id = ?";
 
@@ -316,6 +319,7 @@ statements! {
     scan_emotions = "SELECT room_id, message_id, entity FROM {ks}.emotions";
     scan_activity = "SELECT room_id, hour, entity FROM {ks}.activity";
     scan_message_edits = "SELECT room_id, message_id, entity FROM {ks}.message_edits";
+    scan_attachments = "SELECT room_id, attachment_id, entity FROM {ks}.attachments";
     scan_friends = "SELECT user_id, other_id, entity FROM {ks}.friends";
     scan_admin = "SELECT scope, bucket, entity FROM {ks}.admin";
     scan_consumers = "SELECT consumer, generation, rebuilding FROM {ks}.consumers";
@@ -627,6 +631,9 @@ impl ScyllaViewStore {
                 self.one(&q.get_message_edit, (room_id, message_id)).await?
             }
             ViewKey::Friend { user_id, other_id } => self.one(&q.get_friend, (user_id, other_id)).await?,
+            ViewKey::Attachment { room_id, attachment_id } => {
+                self.one(&q.get_attachment, (room_id, attachment_id)).await?
+            }
         };
         raw.map(|(v,)| decode(key.table(), &v)).transpose()
     }
@@ -667,6 +674,9 @@ impl ScyllaViewStore {
                     self.exec(&q.put_message_edit, (room_id, message_id, v, ts)).await
                 }
                 ViewKey::Friend { user_id, other_id } => self.exec(&q.put_friend, (user_id, other_id, v, ts)).await,
+                ViewKey::Attachment { room_id, attachment_id } => {
+                    self.exec(&q.put_attachment, (room_id, attachment_id, v, ts)).await
+                }
             },
             Op::Delete(key) => match key {
                 ViewKey::User(id) => self.exec(&q.del_user, (ts, id)).await,
@@ -699,6 +709,9 @@ impl ScyllaViewStore {
                     self.exec(&q.del_message_edit, (ts, room_id, message_id)).await
                 }
                 ViewKey::Friend { user_id, other_id } => self.exec(&q.del_friend, (ts, user_id, other_id)).await,
+                ViewKey::Attachment { room_id, attachment_id } => {
+                    self.exec(&q.del_attachment, (ts, room_id, attachment_id)).await
+                }
             },
             Op::RoomIndex { room_id, on: true } => {
                 let shard = room_shard(room_id);
@@ -1209,6 +1222,12 @@ impl ScyllaViewStore {
                 })
                 .await
             }
+            "attachments" => {
+                self.each_row(&q.scan_attachments, |(room_id, attachment_id, v): Three| {
+                    out.push(ViewKey::Attachment { room_id, attachment_id }.encode(), v)
+                })
+                .await
+            }
             other => Err(StoreError::Storage(format!("no scan for table {other}"))),
         }
     }
@@ -1584,6 +1603,7 @@ mod tests {
             text: "hi".into(),
             created_at: 2,
             client_msg_id: "c1".into(),
+            attachments: vec![],
         };
         vec![
             (

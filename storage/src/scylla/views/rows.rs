@@ -226,6 +226,10 @@ pub(crate) fn decode_key(table: &str, raw: &[u8]) -> Option<ViewKey> {
             let (user_id, other_id) = two()?;
             ViewKey::Friend { user_id, other_id }
         }
+        "attachments" => {
+            let (room_id, attachment_id) = two()?;
+            ViewKey::Attachment { room_id, attachment_id }
+        }
         "activity" => {
             let (room_id, hour) = two()?;
             let hour = i64::from_str_radix(&hour, 16).ok().filter(|h| hour_field(*h) == hour)?;
@@ -671,6 +675,10 @@ mod tests {
             ViewKey::Friend {
                 user_id: "u1".into(),
                 other_id: "u2".into(),
+            },
+            ViewKey::Attachment {
+                room_id: "r1".into(),
+                attachment_id: "r10003000000000011".into(),
             },
         ]
     }

@@ -110,6 +110,14 @@ const MIGRATION_7: &[&str] = &[
      PRIMARY KEY (scope, bucket)) WITH CLUSTERING ORDER BY (bucket ASC)",
 ];
 
+/// Migration 8: attachments, one partition per room clustered by
+/// attachment id (the reserved id `*` holds the room's unsent uploads),
+/// read by point reads.
+const MIGRATION_8: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.attachments (room_id text, attachment_id text, entity blob, \
+     PRIMARY KEY (room_id, attachment_id)) WITH CLUSTERING ORDER BY (attachment_id ASC)",
+];
+
 /// All migrations, in order; the position in this list + 1 is the version.
 const MIGRATIONS: &[&[&str]] = &[
     MIGRATION_1,
@@ -119,6 +127,7 @@ const MIGRATIONS: &[&[&str]] = &[
     MIGRATION_5,
     MIGRATION_6,
     MIGRATION_7,
+    MIGRATION_8,
 ];
 
 /// Whether a schema statement failed only because it had been applied
@@ -140,7 +149,7 @@ pub(crate) fn tables_of(consumer: &str) -> &'static [&'static str] {
 }
 
 /// The core views' tables, truncated by `clear(CORE_VIEWS)`.
-const CORE_TABLES: [&str; 15] = [
+const CORE_TABLES: [&str; 16] = [
     "users",
     "usernames",
     "rooms",
@@ -156,6 +165,7 @@ const CORE_TABLES: [&str; 15] = [
     "room_events",
     "message_edits",
     "friends",
+    "attachments",
 ];
 
 /// The component name under which `schema_version` records this store's migrations.
