@@ -145,7 +145,7 @@ impl From<Rejection> for ApiError {
             }
             Rejection::NoRequest => StatusCode::NOT_FOUND,
             Rejection::MessageDeleted => StatusCode::CONFLICT,
-            Rejection::Malformed => StatusCode::BAD_REQUEST,
+            Rejection::Malformed | Rejection::InvalidAttachment => StatusCode::BAD_REQUEST,
             Rejection::SessionEnded => StatusCode::UNAUTHORIZED,
         };
         ApiError::new(status, r.code(), r.to_string())

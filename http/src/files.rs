@@ -1,7 +1,8 @@
 //! Files over HTTP (attachments).
 //!
 //! Uploads: [`clean_name`] (a file name a client sent, made safe to store
-//! and show), [`content_type`] (the type a client declared, checked), and
+//! and show), [`content_type`] (the type a client declared, checked),
+//! [`sniff`] (the type of a file whose first bytes say so), and
 //! [`image_size`] (an image's width and height from its first bytes, which
 //! [`Head`] keeps while the body streams on to the blob store).
 //!
@@ -83,6 +84,51 @@ pub fn content_type(declared: Option<&str>) -> String {
     match essence.split_once('/') {
         Some((t, sub)) if token(t) && token(sub) && essence.len() <= 127 => essence,
         _ => "application/octet-stream".to_owned(),
+    }
+}
+
+/// A message's attachments as the API shows them (history, `message`
+/// frames): id, file name, size, content type, an image's width and height,
+/// and where to download it.
+pub fn attachments_json(refs: &[emosation_core::view::AttachmentRef]) -> serde_json::Value {
+    serde_json::Value::Array(
+        refs.iter()
+            .map(|a| {
+                serde_json::json!({
+                    "attachment_id": a.attachment_id,
+                    "file_name": a.file_name,
+                    "size": a.size,
+                    "content_type": a.content_type,
+                    "width": a.width,
+                    "height": a.height,
+                    "url": format!("/v1/attachments/{}", a.attachment_id),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The type of a file whose first bytes say what it is (the image types
+/// shown inline, PDF, ZIP); `None` when they do not. Used when the client
+/// declared no type, or only `application/octet-stream`.
+pub fn sniff(head: &[u8]) -> Option<&'static str> {
+    let starts = |magic: &[u8]| head.starts_with(magic);
+    if starts(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if starts(&[0xFF, 0xD8, 0xFF]) {
+        Some("image/jpeg")
+    } else if starts(b"GIF87a") || starts(b"GIF89a") {
+        Some("image/gif")
+    } else if head.len() >= 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
+        Some("image/webp")
+    } else if head.len() >= 12 && &head[4..8] == b"ftyp" && matches!(&head[8..12], b"avif" | b"avis") {
+        Some("image/avif")
+    } else if starts(b"%PDF-") {
+        Some("application/pdf")
+    } else if starts(b"PK\x03\x04") {
+        Some("application/zip")
+    } else {
+        None
     }
 }
 
@@ -232,6 +278,17 @@ pub fn disposition(name: &str, content_type: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_files_are_sniffed() {
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), Some("image/png"));
+        assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0]), Some("image/jpeg"));
+        assert_eq!(sniff(b"GIF89a.."), Some("image/gif"));
+        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some("image/webp"));
+        assert_eq!(sniff(b"%PDF-1.7"), Some("application/pdf"));
+        assert_eq!(sniff(b"<html><script>"), None, "never a type a browser runs");
+        assert_eq!(sniff(b""), None);
+    }
 
     #[test]
     fn names_are_cleaned() {

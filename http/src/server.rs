@@ -546,12 +546,16 @@ impl hyper::service::Service<Request<Incoming>> for RequestService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let busy = Busy::begin(&self.state);
         let timed_out = Arc::new(AtomicBool::new(false));
+        // An upload may take longer than the timeout as a whole: its body
+        // must only keep arriving, a chunk at least every timeout.
+        let idle = req.method() == hyper::Method::POST && req.uri().path().ends_with("/attachments");
         let mut req = req.map(|body| TimedBody {
             inner: body,
             timeout: self.state.body_timeout,
             started: Instant::now(),
             deadline: None,
             timed_out: Arc::clone(&timed_out),
+            idle,
         });
         req.extensions_mut().insert(self.state.permit.clone());
         req.extensions_mut().insert(crate::client::ClientIp(self.state.peer));
@@ -606,6 +610,9 @@ struct TimedBody {
     /// Armed the first time the body is waited for.
     deadline: Option<Pin<Box<Sleep>>>,
     timed_out: Arc<AtomicBool>,
+    /// The timeout runs from the last chunk received, not from the head
+    /// (uploads).
+    idle: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -619,7 +626,13 @@ impl hyper::body::Body for TimedBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Ready(frame) => {
+                if this.idle {
+                    this.started = Instant::now();
+                    this.deadline = None;
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
             Poll::Pending => {
                 let at = this.started + this.timeout;
                 let deadline = this

@@ -43,6 +43,9 @@ pub enum CommandError {
     /// A dependency is down or shutting down; the client may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// An upload over the limit (`payload_too_large`).
+    #[error("the file is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
     /// A failure of ours: logged in full where it is made, told to the
     /// client as "internal error".
     #[error("internal error")]
@@ -61,6 +64,7 @@ impl CommandError {
             CommandError::Overloaded { .. } => "overloaded",
             CommandError::DecisionPending { .. } => "decision_pending",
             CommandError::Unavailable(_) => "unavailable",
+            CommandError::TooLarge { .. } => "payload_too_large",
             CommandError::Internal => "internal",
         }
     }
@@ -126,6 +130,7 @@ impl From<CommandError> for ApiError {
             CommandError::DecisionPending { .. } | CommandError::Unavailable(_) | CommandError::Overloaded { .. } => {
                 S::SERVICE_UNAVAILABLE
             }
+            CommandError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
             CommandError::Internal => S::INTERNAL_SERVER_ERROR,
         };
         let api = ApiError::new(status, e.code(), e.to_string());

@@ -39,6 +39,7 @@ pub fn routes(ingest: Arc<Ingest>) -> Router {
         .route("/v1/rooms/{room_id}/quit", post(quit))
         .route("/v1/rooms/{room_id}/messages", post(post_message))
         .route("/v1/rooms/{room_id}/read", post(mark_read))
+        .route("/v1/rooms/{room_id}/attachments", post(upload))
         .route(
             "/v1/rooms/{room_id}/messages/{message_id}",
             patch(edit_message).delete(delete_message),
@@ -321,11 +322,16 @@ async fn quit(
     Ok(axum::Json(json!({"room_id": room_id, "member_count": member_count})).into_response())
 }
 
-/// The body of `POST /v1/rooms/{room_id}/messages`.
+/// The body of `POST /v1/rooms/{room_id}/messages`: `text` may be empty
+/// (or left out) only when the message carries attachments.
 #[derive(Deserialize)]
 pub struct PostMessage {
     pub client_msg_id: String,
+    #[serde(default)]
     pub text: String,
+    /// Ids of the sender's uploads to this room.
+    #[serde(default)]
+    pub attachments: Vec<String>,
 }
 
 async fn post_message(
@@ -334,12 +340,109 @@ async fn post_message(
     ApiPath(room_id): ApiPath<String>,
     ApiJson(b): ApiJson<PostMessage>,
 ) -> Result<Response, ApiError> {
-    let posted = s.ingest.post(&user, &room_id, &b.client_msg_id, &b.text).await?;
+    let posted = s
+        .ingest
+        .post(&user, &room_id, &b.client_msg_id, &b.text, &b.attachments)
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"message_id": posted.message_id, "cursor": posted.cursor})),
     )
         .into_response())
+}
+
+/// The query of `POST /v1/rooms/{room_id}/attachments`.
+#[derive(Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+}
+
+/// `POST /v1/rooms/{room_id}/attachments`: the request body is the file,
+/// streamed to the blob store; its name is `?name=` (else the
+/// `X-File-Name` header, percent-encoded UTF-8, else `file`), its type the
+/// `Content-Type` (sniffed from the first bytes when absent or
+/// `application/octet-stream`).
+async fn upload(
+    State(s): State<IngestState>,
+    user: AuthUser,
+    ApiPath(room_id): ApiPath<String>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    use futures_util::TryStreamExt;
+    let query: UploadQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
+    let name = query.name.or_else(|| {
+        let raw = headers.get("x-file-name")?.to_str().ok()?;
+        Some(percent_decode(raw))
+    });
+    let declared = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let stored = s
+        .ingest
+        .upload(
+            &user,
+            &room_id,
+            name.as_deref().unwrap_or("file"),
+            declared,
+            length,
+            Box::pin(stream),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(attachment_json(&stored))).into_response())
+}
+
+/// An attachment as the API shows it (the upload's answer; messages carry
+/// the same fields but `room_id`, `sha256` and `uploaded_at`).
+pub fn attachment_json(a: &emosation_core::view::AttachmentView) -> serde_json::Value {
+    json!({
+        "attachment_id": a.attachment_id,
+        "room_id": a.room_id,
+        "file_name": a.file_name,
+        "size": a.size,
+        "content_type": a.content_type,
+        "width": a.width,
+        "height": a.height,
+        "sha256": a.sha256,
+        "uploaded_at": emosation_core::time::rfc3339_millis(a.uploaded_at),
+        "url": format!("/v1/attachments/{}", a.attachment_id),
+    })
+}
+
+fn serde_urlencoded_query(q: &str) -> Result<UploadQuery, ApiError> {
+    let mut name = None;
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "name" {
+            name = Some(percent_decode(&v.replace('+', " ")));
+        }
+    }
+    Ok(UploadQuery { name })
+}
+
+/// `%XX` escapes decoded as UTF-8 (invalid sequences replaced).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The body of `POST /v1/rooms/{room_id}/read`.

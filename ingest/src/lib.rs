@@ -13,8 +13,10 @@
 //! - [`error`]: [`CommandError`], transport-neutral; converted to the HTTP
 //!   error here and to an error frame in ws-fanout.
 //! - [`validate`]: the contract's input rules.
+//! - [`attachments`]: uploads, messages' attachments, garbage collection.
 //! - [`http`]: the command endpoints.
 
+pub mod attachments;
 pub mod cookie;
 pub mod error;
 pub mod http;
@@ -32,7 +34,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use emosation_core::access;
 use emosation_core::ids::{LogPosition, normalize_username, random_id};
 use emosation_core::ports::{
-    ConnRef, Decisions, KickReason, Log, NoticeKind, Presence, RateLimiter, RoomSignal, SignalKind, ViewStore,
+    BlobStore, ConnRef, Decisions, KickReason, Log, NoticeKind, Presence, RateLimiter, RoomSignal, SignalKind,
+    ViewStore,
 };
 use emosation_core::record::*;
 use emosation_core::view::{RoomView, ViewKey, ViewValue};
@@ -55,6 +58,8 @@ pub struct IngestConfig {
     /// A session's absolute lifetime from its login: refreshes rotate its
     /// tokens but never extend it.
     pub session_lifetime: Duration,
+    /// The largest upload, in bytes.
+    pub attachment_max_bytes: u64,
 }
 
 /// An abuse limit: `burst` actions at once, then `per_minute` a minute.
@@ -151,6 +156,7 @@ impl Default for IngestConfig {
             decision_timeout: Duration::from_secs(10),
             admin_token: None,
             session_lifetime: Duration::from_secs(30 * 24 * 3600),
+            attachment_max_bytes: attachments::DEFAULT_ATTACHMENT_MAX_BYTES,
         }
     }
 }
@@ -192,6 +198,8 @@ pub struct Ingest {
     hashing_queue: Semaphore,
     dummy_hash: String,
     cfg: IngestConfig,
+    /// Where uploads go; `None` on a node that takes no files.
+    blobs: Option<Arc<dyn BlobStore>>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -228,6 +236,13 @@ fn verify_password(password: &str, phc: &str) -> bool {
 }
 
 impl Ingest {
+    /// Takes uploads into `blobs` (`POST /v1/rooms/{id}/attachments`) and
+    /// deletes the blobs of expired ones.
+    pub fn with_blobs(mut self, blobs: Arc<dyn BlobStore>) -> Self {
+        self.blobs = Some(blobs);
+        self
+    }
+
     pub fn new(
         log: Arc<dyn Log>,
         views: Arc<dyn ViewStore>,
@@ -249,6 +264,7 @@ impl Ingest {
             hashing_queue: Semaphore::new(workers * 2 + HASHES_WAITING),
             dummy_hash: hash_password("not-a-real-password")?,
             cfg,
+            blobs: None,
         })
     }
 
@@ -767,37 +783,44 @@ impl Ingest {
         room_id: &str,
         client_msg_id: &str,
         text: &str,
+        attachments: &[String],
     ) -> Result<Posted, CommandError> {
-        let text = self.check_post(user, room_id, client_msg_id, text).await?;
-        self.begin_post(user, room_id, client_msg_id, &text)?.await
+        let text = self.check_post(user, room_id, client_msg_id, text, attachments).await?;
+        self.begin_post(user, room_id, client_msg_id, &text, attachments)?.await
     }
 
     /// The checks of a post that may wait (input rules, membership, the
-    /// message rate); returns the text as it is stored (NFC-normalised),
-    /// which [`Ingest::begin_post`] then takes.
+    /// attachments, the message rate); returns the text as it is stored
+    /// (NFC-normalised), which [`Ingest::begin_post`] then takes.
     pub async fn check_post(
         &self,
         user: &AuthUser,
         room_id: &str,
         client_msg_id: &str,
         text: &str,
+        attachments: &[String],
     ) -> Result<String, CommandError> {
         validate::client_msg_id(client_msg_id)?;
-        let text = validate::text(text)?;
+        let text = if attachments.is_empty() || !text.is_empty() {
+            validate::text(text)?
+        } else {
+            String::new()
+        };
         access::member_room(&*self.views, room_id, &user.user_id).await?;
+        self.check_attachments(user, room_id, attachments).await?;
         self.allow_message(&user.user_id).await?;
         Ok(text)
     }
 
-    /// Appends a checked post now, without waiting: posts begun one after
-    /// another are stored in that order (a connection's pipelined sends).
-    /// The returned future gives the answer once the fold has decided.
+    /// Appends a post that passed [`Ingest::check_post`]; the returned
+    /// future answers once the fold has decided it.
     pub fn begin_post(
         &self,
         user: &AuthUser,
         room_id: &str,
         client_msg_id: &str,
         text: &str,
+        attachments: &[String],
     ) -> Result<Answer<Posted>, CommandError> {
         let make = |request_id, at| {
             Record::MessagePosted(MessagePosted {
@@ -808,7 +831,7 @@ impl Ingest {
                 author: user.username.clone(),
                 client_msg_id: client_msg_id.to_owned(),
                 text: text.to_owned(),
-                attachments: vec![],
+                attachments: attachments.to_vec(),
             })
         };
         self.begin("post", make, |a| match a {

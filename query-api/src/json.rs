@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use emosation_core::emotion::Label;
 use emosation_core::time::rfc3339_millis;
-use emosation_core::view::{EmotionView, MemberView, MessageEditView, MessageView, RoomView, UserView};
+use emosation_core::view::{AttachmentRef, EmotionView, MemberView, MessageEditView, MessageView, RoomView, UserView};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -76,6 +76,36 @@ pub struct Message<'a> {
     pub deleted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<Timestamp>,
+    /// The files the message carries (absent: none; a tombstone shows none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment<'a>>,
+}
+
+/// One of a message's attachments.
+#[derive(Debug, Serialize)]
+pub struct Attachment<'a> {
+    pub attachment_id: &'a str,
+    pub file_name: &'a str,
+    pub size: u64,
+    pub content_type: &'a str,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Where members download it.
+    pub url: String,
+}
+
+impl<'a> From<&'a AttachmentRef> for Attachment<'a> {
+    fn from(a: &'a AttachmentRef) -> Self {
+        Attachment {
+            attachment_id: &a.attachment_id,
+            file_name: &a.file_name,
+            size: a.size,
+            content_type: &a.content_type,
+            width: a.width,
+            height: a.height,
+            url: format!("/v1/attachments/{}", a.attachment_id),
+        }
+    }
 }
 
 impl<'a> Message<'a> {
@@ -94,6 +124,7 @@ impl<'a> Message<'a> {
             edited_at: None,
             deleted: false,
             deleted_at: None,
+            attachments: m.attachments.iter().map(Attachment::from).collect(),
         };
         if let Some(e) = edit {
             if let Some(deleted_at) = e.deleted_at {
@@ -101,6 +132,7 @@ impl<'a> Message<'a> {
                 out.emotion = None;
                 out.deleted = true;
                 out.deleted_at = Some(Timestamp(deleted_at));
+                out.attachments.clear();
             } else if let Some(edited_at) = e.edited_at {
                 out.text = &e.text;
                 out.edited_at = Some(Timestamp(edited_at));

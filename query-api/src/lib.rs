@@ -10,8 +10,10 @@
 //!
 //! # Layout
 //! - [`routes`]: the router; [`json`]: how view entities are rendered.
+//! - [`attachments`]: downloads of rooms' files.
 
 pub mod admin;
+pub mod attachments;
 pub mod json;
 pub mod tail;
 

@@ -460,11 +460,18 @@ impl Candidate {
             deleted_at,
         } = self;
         match (record, value) {
-            (Record::MessagePosted(r), Some(_)) => Some(Event {
+            (Record::MessagePosted(r), Some(value)) => Some(Event {
                 offset,
                 frame: match deleted_at {
                     Some(at) => protocol::tombstone(&r, &position, at),
-                    None => protocol::message(&r, &position),
+                    None => protocol::message(
+                        &r,
+                        &position,
+                        match &value {
+                            ViewValue::Message(m) => &m.attachments,
+                            _ => &[],
+                        },
+                    ),
                 },
                 room_id: r.room_id,
                 stream: Stream::Chat,

@@ -62,6 +62,8 @@ pub enum ClientFrame {
         room_id: String,
         client_msg_id: String,
         text: String,
+        /// Ids of the sender's uploads to the room.
+        attachments: Vec<String>,
     },
     Typing {
         room_id: String,
@@ -165,7 +167,10 @@ struct DeleteBody {
 struct SendBody {
     room_id: String,
     client_msg_id: String,
+    #[serde(default)]
     text: String,
+    #[serde(default)]
+    attachments: Vec<String>,
 }
 
 /// Parses a client frame; every failure is a frame error, never a panic.
@@ -226,6 +231,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 room_id: b.room_id,
                 client_msg_id: b.client_msg_id,
                 text: b.text,
+                attachments: b.attachments,
             })
         }
         "typing" => {
@@ -362,9 +368,14 @@ pub fn authenticated(expires_at_ms: i64) -> Frame {
     text(json!({"type": "authenticated", "expires_at": rfc3339_millis(expires_at_ms)}))
 }
 
-/// A `message` frame, from the record and the id its position gives it.
-pub fn message(m: &emosation_core::record::MessagePosted, message_id: &str) -> Frame {
-    text(json!({
+/// A `message` frame, from the record, the id its position gives it, and
+/// the attachments the fold found for it (`attachments` only when there are).
+pub fn message(
+    m: &emosation_core::record::MessagePosted,
+    message_id: &str,
+    attachments: &[emosation_core::view::AttachmentRef],
+) -> Frame {
+    let mut v = json!({
         "type": "message",
         "message_id": message_id,
         "room_id": m.room_id,
@@ -373,7 +384,11 @@ pub fn message(m: &emosation_core::record::MessagePosted, message_id: &str) -> F
         "text": m.text,
         "created_at": rfc3339_millis(m.at),
         "cursor": message_id,
-    }))
+    });
+    if !attachments.is_empty() {
+        v["attachments"] = emosation_http::files::attachments_json(attachments);
+    }
+    text(v)
 }
 
 /// A `message` frame of a message deleted since (a catch-up's): the

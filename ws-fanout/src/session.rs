@@ -388,6 +388,7 @@ async fn handle(
             room_id,
             client_msg_id,
             text,
+            attachments,
         } => {
             // Checked and appended here, in the order the frames arrived, so
             // a connection's sends are stored in the order sent; their answers
@@ -400,8 +401,11 @@ async fn handle(
             // gate before its `session_ended` frame is queued, so no send
             // after it is stored or acknowledged.
             let ingest = &fanout.ingest;
-            let begun = match ingest.check_post(user, &room_id, &client_msg_id, &text).await {
-                Ok(text) => live.while_open(|| ingest.begin_post(user, &room_id, &client_msg_id, &text)),
+            let begun = match ingest
+                .check_post(user, &room_id, &client_msg_id, &text, &attachments)
+                .await
+            {
+                Ok(text) => live.while_open(|| ingest.begin_post(user, &room_id, &client_msg_id, &text, &attachments)),
                 Err(e) => Some(Err(e)),
             };
             let answer = match begun {

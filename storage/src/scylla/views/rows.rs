@@ -277,7 +277,7 @@ pub(crate) fn decode_redo(raw: &[u8]) -> Result<Vec<Change>, String> {
 }
 
 fn table_index(table: &str) -> u8 {
-    // TABLES has 12 entries and `table` comes from `ViewKey::table`.
+    // TABLES has 14 entries and `table` comes from `ViewKey::table`.
     TABLES.iter().position(|t| *t == table).unwrap_or(usize::MAX) as u8
 }
 
