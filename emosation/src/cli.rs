@@ -124,6 +124,11 @@ pub struct EngineArgs {
     /// Cache and presence URL: in-process by default, or `redis://HOST:PORT`.
     #[arg(long, env = "EMOSATION_CACHE")]
     pub cache: Option<String>,
+    /// Blob store URL for attachments' bytes: `embedded://PATH` (default:
+    /// DATA_DIR/blobs) or `s3://BUCKET?endpoint=URL&region=…` (credentials
+    /// from `access_key_id=`/`secret_access_key=` or the AWS environment).
+    #[arg(long, env = "EMOSATION_BLOBS")]
+    pub blobs: Option<String>,
     /// Partitions of the accounts topic, used when the log is created.
     #[arg(long, env = "EMOSATION_ACCOUNTS_PARTITIONS", default_value_t = 4)]
     pub accounts_partitions: u32,
@@ -146,6 +151,7 @@ impl EngineArgs {
             log: self.log.clone(),
             store: self.store.clone(),
             cache: self.cache.clone(),
+            blobs: self.blobs.clone(),
             inject_log_fault_after: None,
             topology: Topology {
                 accounts_partitions: self.accounts_partitions,
@@ -192,6 +198,14 @@ pub struct ServeArgs {
     /// Joins per account, as BURST/PER_MINUTE, or off.
     #[arg(long, env = "EMOSATION_JOIN_LIMIT", default_value = "60/60")]
     pub join_limit: Limit,
+    /// The largest file one upload may hold, in bytes (beyond it: 413).
+    #[arg(long, env = "EMOSATION_ATTACHMENT_MAX_BYTES", default_value_t = emosation_ingest::attachments::DEFAULT_ATTACHMENT_MAX_BYTES)]
+    pub attachment_max_bytes: u64,
+    /// How long an upload may wait for a message to carry it before it is
+    /// expired and its bytes deleted: seconds, or a number with `s`, `m`,
+    /// `h` or `d`.
+    #[arg(long, env = "EMOSATION_ATTACHMENT_GC_AFTER", default_value = "24h", value_parser = parse_duration)]
+    pub attachment_gc_after: Duration,
     /// Turns every abuse limit above off (load tests from one address).
     #[arg(long, env = "EMOSATION_NO_ABUSE_LIMITS")]
     pub no_abuse_limits: bool,
@@ -351,6 +365,30 @@ pub struct ReplayArgs {
     pub views: Vec<String>,
 }
 
+/// A duration: whole seconds (`90`), or a number and a unit (`90s`, `30m`,
+/// `24h`, `7d`); at least one second.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected e.g. 90, 90s, 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("{s:?}: the unit is one of s, m, h, d")),
+    };
+    if secs == 0 {
+        return Err(format!("{s:?}: at least one second"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 /// Connections the kernel completes and queues for `accept` (capped by
 /// `net.core.somaxconn`). A burst of reconnecting clients (a fan-out node
 /// restarted, a network blip) overflows a short queue, and every dropped
@@ -470,7 +508,9 @@ async fn serve(args: ServeArgs, roles: Roles) -> anyhow::Result<()> {
             decision_timeout: Duration::from_secs(args.decision_timeout_secs.max(1)),
             admin_token: args.admin_token.filter(|t| !t.is_empty()),
             session_lifetime: Duration::from_secs(args.session_lifetime_secs.max(1)),
+            attachment_max_bytes: args.attachment_max_bytes,
         },
+        attachment_gc_after: args.attachment_gc_after,
         jwt_secret: args.jwt_secret,
         trusted_proxies: args.trusted_proxies,
         access_ttl: Duration::from_secs(args.access_ttl_secs.max(1)),

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use emosation_analyzer::{ActivityConsumer, AdminConsumer, Analyzer, run_consumer};
 use emosation_core::ids::Topology;
-use emosation_core::ports::{Log, Presence, RateLimiter, ViewStore};
+use emosation_core::ports::{BlobStore, Log, Presence, RateLimiter, ViewStore};
 use emosation_http::server::ConnectionLimits;
 use emosation_http::{Authenticator, TokenKeys};
 use emosation_ingest::{Ingest, IngestConfig};
@@ -34,6 +34,8 @@ pub struct Engines {
     pub store: Option<String>,
     /// Cache URL (presence, rate limits); `None` → in process.
     pub cache: Option<String>,
+    /// Blob store URL (attachments' bytes); `None` → `DATA_DIR/blobs`.
+    pub blobs: Option<String>,
     pub topology: Topology,
     /// Testing only: the embedded log's writer fails, as on a full disk,
     /// once this many more records have been appended.
@@ -48,9 +50,18 @@ impl Engines {
             log: None,
             store: None,
             cache: None,
+            blobs: None,
             topology: Topology::default(),
             inject_log_fault_after: None,
         }
+    }
+
+    /// The blob store (attachments): `embedded://PATH`, `s3://BUCKET?…`, or
+    /// `DATA_DIR/blobs`.
+    pub fn open_blobs(&self) -> anyhow::Result<Arc<dyn BlobStore>> {
+        crate::process::private_dir(&self.data_dir)
+            .with_context(|| format!("create data dir {}", self.data_dir.display()))?;
+        emosation_storage::open_blobs(self.blobs.as_deref(), &self.data_dir.join("blobs")).context("open blob store")
     }
 
     fn log_url(&self) -> String {
@@ -119,6 +130,18 @@ pub struct ServeConfig {
     pub trusted_proxies: emosation_http::client::TrustedProxies,
     /// Serve HTTPS and WSS with this certificate; plain HTTP when `None`.
     pub tls: Option<emosation_http::tls::Tls>,
+    /// Uploads no message carried within this long are expired and their
+    /// blobs deleted (by the processes that run ingest).
+    pub attachment_gc_after: Duration,
+}
+
+/// How long an upload may wait for a message to carry it, by default.
+pub const DEFAULT_ATTACHMENT_GC_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// How often the attachment collector runs for a given delay: a quarter of
+/// it, between a second and ten minutes.
+pub fn attachment_gc_every(after: Duration) -> Duration {
+    (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(600))
 }
 
 /// The services of one process: all of them for `serve`, one for
@@ -224,6 +247,7 @@ impl ServeConfig {
             fail_grace: Duration::from_secs(5),
             trusted_proxies: Default::default(),
             tls: None,
+            attachment_gc_after: DEFAULT_ATTACHMENT_GC_AFTER,
         }
     }
 }
@@ -414,18 +438,26 @@ impl Server {
         let keys = TokenKeys::new(&secret, cfg.access_ttl, cfg.refresh_ttl);
         let auth = Arc::new(Authenticator::new(keys, Arc::clone(&views)));
         let presence = cfg.engines.open_presence().await?;
-        let ingest = Arc::new(
-            Ingest::new(
-                Arc::clone(&log),
-                Arc::clone(&views),
-                Arc::clone(&decisions),
-                Arc::clone(&auth),
-                cfg.engines.open_rate_limiter().await?,
-                Arc::clone(&presence),
-                cfg.ingest,
-            )
-            .context("start ingest")?,
-        );
+        // Files: uploads at ingest, downloads at the query API.
+        let blobs = if roles.ingest || roles.query_api {
+            Some(cfg.engines.open_blobs()?)
+        } else {
+            None
+        };
+        let mut ingest = Ingest::new(
+            Arc::clone(&log),
+            Arc::clone(&views),
+            Arc::clone(&decisions),
+            Arc::clone(&auth),
+            cfg.engines.open_rate_limiter().await?,
+            Arc::clone(&presence),
+            cfg.ingest,
+        )
+        .context("start ingest")?;
+        if let (true, Some(blobs)) = (roles.ingest, &blobs) {
+            ingest = ingest.with_blobs(Arc::clone(blobs));
+        }
+        let ingest = Arc::new(ingest);
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -433,6 +465,17 @@ impl Server {
         let tails = emosation_query_api::tail_cache();
         if roles.ingest {
             app = app.merge(emosation_ingest::http::routes(Arc::clone(&ingest)));
+            let (ingest, after, stop) = (Arc::clone(&ingest), cfg.attachment_gc_after, shutdown.clone());
+            tasks.spawn(async move {
+                emosation_ingest::attachments::run_attachment_gc(
+                    ingest,
+                    after,
+                    attachment_gc_every(after),
+                    stop.cancelled_owned(),
+                )
+                .await;
+                Ok(())
+            });
         }
         if roles.query_api {
             app = app.merge(emosation_query_api::routes(
@@ -448,6 +491,13 @@ impl Server {
                 ingest.config().admin_token.clone(),
                 log.topology(),
             ));
+            if let Some(blobs) = &blobs {
+                app = app.merge(emosation_query_api::attachments::routes(
+                    Arc::clone(&views),
+                    Arc::clone(&auth),
+                    Arc::clone(blobs),
+                ));
+            }
             app = app.merge(emosation_web::routes());
         }
         if roles.fanout {
