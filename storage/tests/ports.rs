@@ -13,8 +13,8 @@ use emosation_core::ports::{
     CORE_VIEWS, ConnRef, KickReason, Log, LogError, Presence, RateLimiter, ViewBatch, ViewQueries, ViewStore,
 };
 use emosation_core::view::{
-    ACTIVITY_VIEWS, ActivityView, FriendStatus, FriendView, MemberView, MessageChangeView, MessageEditView,
-    MessageView, RoomEditsView, RoomView, UserView, ViewKey, ViewValue,
+    ACTIVITY_VIEWS, ActivityView, AttachmentView, FriendStatus, FriendView, MemberView, MessageChangeView,
+    MessageEditView, MessageView, RoomAttachmentsView, RoomEditsView, RoomView, UserView, ViewKey, ViewValue,
 };
 use emosation_storage::{EmbeddedLog, EmbeddedViewStore, LocalPresence, LocalRateLimiter};
 #[cfg(feature = "redis")]
@@ -522,6 +522,69 @@ async fn view_store_contract(store: Arc<dyn ViewStore>, other: Arc<dyn ViewStore
         .await
         .unwrap();
     assert_eq!(store.load(&[edit_key, change_key]).await.unwrap(), vec![None, None]);
+
+    // Attachments: each written beside the room's unsent uploads, rewritten
+    // when a message carries it, deleted when it expires.
+    let attachment_id = "r1".to_owned() + "0003000000000080";
+    let mut attachment = AttachmentView {
+        attachment_id: attachment_id.clone(),
+        room_id: "r1".into(),
+        uploader_id: "u1".into(),
+        file_name: "고양이.png".into(),
+        size: 1234,
+        content_type: "image/png".into(),
+        width: Some(640),
+        height: Some(480),
+        blob_key: "sha256/ab.cd".into(),
+        sha256: "ab".into(),
+        uploaded_at: 7,
+        message_id: None,
+    };
+    let pending = |ids: Vec<(String, i64)>| {
+        ViewValue::RoomAttachments(RoomAttachmentsView {
+            room_id: "r1".into(),
+            pending: ids,
+        })
+    };
+    let attachment_key = ViewKey::attachment("r1", &attachment_id);
+    for (sent, list) in [(false, vec![(attachment_id.clone(), 7)]), (true, vec![])] {
+        if sent {
+            attachment.message_id = Some("0003000000000081".into());
+        }
+        store
+            .apply(ViewBatch {
+                consumer: CORE_VIEWS.into(),
+                changes: vec![
+                    (attachment_key.clone(), Some(ViewValue::Attachment(attachment.clone()))),
+                    (ViewKey::room_attachments("r1"), Some(pending(list.clone()))),
+                ],
+                positions: vec![],
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .load(&[attachment_key.clone(), ViewKey::room_attachments("r1")])
+                .await
+                .unwrap(),
+            vec![Some(ViewValue::Attachment(attachment.clone())), Some(pending(list))]
+        );
+    }
+    store
+        .apply(ViewBatch {
+            consumer: CORE_VIEWS.into(),
+            changes: vec![(attachment_key.clone(), None), (ViewKey::room_attachments("r1"), None)],
+            positions: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        other
+            .load(&[attachment_key, ViewKey::room_attachments("r1")])
+            .await
+            .unwrap(),
+        vec![None, None]
+    );
 
     // A user's relationships, listed in the other user's id order, paged.
     let friend = |user: &str, other: &str| FriendView {
