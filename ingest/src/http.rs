@@ -10,6 +10,7 @@ use axum::routing::{delete, patch, post, put};
 use emosation_http::auth::TokenKind;
 use emosation_http::client::ClientAddr;
 use emosation_http::{ApiError, ApiJson, ApiPath, AuthUser, Authenticator, TokenPair};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -370,7 +371,6 @@ async fn upload(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    use futures_util::TryStreamExt;
     let query: UploadQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
     let name = query.name.or_else(|| {
         let raw = headers.get("x-file-name")?.to_str().ok()?;
@@ -381,7 +381,13 @@ async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    // The body stays reachable after the upload gave up on it, so that a
+    // refusal can read (and drop) what the client is still sending.
+    let body = Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
+    let stream = futures_util::stream::unfold(Arc::clone(&body), |b| async move {
+        let next = b.lock().await.next().await;
+        next.map(|chunk| (chunk.map_err(std::io::Error::other), b))
+    });
     let stored = s
         .ingest
         .upload(
@@ -392,8 +398,33 @@ async fn upload(
             length,
             Box::pin(stream),
         )
-        .await?;
-    Ok((StatusCode::CREATED, axum::Json(attachment_json(&stored))).into_response())
+        .await;
+    match stored {
+        Ok(stored) => Ok((StatusCode::CREATED, axum::Json(attachment_json(&stored))).into_response()),
+        Err(e) => {
+            if matches!(e, crate::CommandError::TooLarge { .. }) {
+                drain(&body).await;
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Bytes of a refused upload read and dropped so that the client, still
+/// sending, reads the 413 instead of a reset connection (a socket closed
+/// with unread input is reset, and the reset can destroy the answer).
+const DRAIN_BYTES: usize = 8 * 1024 * 1024;
+
+async fn drain(body: &tokio::sync::Mutex<axum::body::BodyDataStream>) {
+    let mut body = body.lock().await;
+    let mut left = DRAIN_BYTES;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => left = left.saturating_sub(chunk.len()),
+            _ => return,
+        }
+    }
 }
 
 /// An attachment as the API shows it (the upload's answer; messages carry

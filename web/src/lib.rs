@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 /// The policy every answer of this crate carries. `connect-src 'self'`
 /// covers `ws://` / `wss://` to the same host (CSP level 3).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; connect-src 'self'; manifest-src 'self'; base-uri 'none'; \
+     img-src 'self' data: blob:; connect-src 'self'; manifest-src 'self'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
 
 /// One compiled-in file.

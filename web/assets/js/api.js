@@ -160,3 +160,58 @@ window.addEventListener('storage', (e) => {
     emit('ended', 'logout');
   }
 });
+
+/**
+ * Uploads `file` to `path` (the request body is the file), reporting
+ * progress (0–1) through `onProgress`; `onStart(xhr)` gets the request, to
+ * abort it. fetch() cannot report upload progress, XMLHttpRequest can.
+ * Renews the access token once on 401, like api().
+ */
+export async function uploadFile(path, file, onProgress, onStart) {
+  const attempt = (token) =>
+    new Promise((resolve, reject) => {
+      const x = new XMLHttpRequest();
+      x.open('POST', path);
+      if (token) x.setRequestHeader('authorization', `Bearer ${token}`);
+      x.setRequestHeader('content-type', file.type || 'application/octet-stream');
+      x.upload.onprogress = (e) => e.lengthComputable && onProgress && onProgress(e.loaded / e.total);
+      x.onload = () => {
+        let data = null;
+        try {
+          data = x.responseText ? JSON.parse(x.responseText) : null;
+        } catch {
+          data = null;
+        }
+        if (x.status >= 200 && x.status < 300) return resolve(data);
+        const e = data && data.error;
+        reject(new ApiError(x.status, e ? e.code : 'http_' + x.status, e ? e.message : x.statusText));
+      };
+      x.onerror = () => reject(new ApiError(0, 'network', 'network error'));
+      x.onabort = () => reject(new ApiError(0, 'aborted', 'upload cancelled'));
+      if (onStart) onStart(x);
+      x.send(file);
+    });
+  if (!access && hasSession()) await refresh();
+  try {
+    return await attempt(access);
+  } catch (e) {
+    if (e.status === 401 && hasSession()) {
+      await refresh();
+      return attempt(access);
+    }
+    throw e;
+  }
+}
+
+/** A file the API serves (an attachment), as a Blob, with the access token. */
+export async function fetchFile(path) {
+  const get = () => fetch(path, { headers: access ? { authorization: `Bearer ${access}` } : {} });
+  if (!access && hasSession()) await refresh();
+  let res = await get();
+  if (res.status === 401 && hasSession()) {
+    await refresh();
+    res = await get();
+  }
+  if (!res.ok) throw new ApiError(res.status, 'http_' + res.status, res.statusText);
+  return res.blob();
+}

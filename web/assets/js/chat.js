@@ -1,6 +1,8 @@
 // One chat room: history on scroll, live messages, sends with pending →
 // delivered → failed/retry, typing, members, read markers, emotions, mood
-// and activity.
+// and activity, and attachments (a file picker and drag-and-drop, upload
+// progress, images inline in a box of their own size, other files as
+// download links).
 //
 // The timeline is keyed by log position (message ids and cursors are
 // 16-hex-digit strings in log order), so a message reaches the screen once
@@ -9,7 +11,7 @@
 
 import { h, clear, debounce } from './dom.js';
 import { t, tr, setTr, trAttrs, fmtTime, onLangChange } from './i18n.js';
-import { api, currentUser, ApiError } from './api.js';
+import { api, currentUser, ApiError, uploadFile, fetchFile } from './api.js';
 import { activityChart } from './chart.js';
 
 export const LABELS = ['joy', 'sadness', 'anger', 'fear', 'surprise', 'disgust', 'neutral'];
@@ -46,6 +48,7 @@ export class ChatRoom {
     this.changes = new Map(); // message_id -> newest message_edited/_deleted frame
     this.notices = new Set(); // cursors of member events shown
     this.pending = new Map(); // client_msg_id -> {text, li, state, timer}
+    this.uploads = []; // files being uploaded or ready to send: {file, li, state, att, xhr}
     this.members = new Map(); // user_id -> username
     this.typers = new Map(); // user_id -> expiry ms
     this.here = new Set(); // user_ids with the room open now (presence)
@@ -83,6 +86,7 @@ export class ChatRoom {
     if (!this.ctx.sidebar?.rooms?.has(this.roomId)) this.live.unwatch(this.roomId);
     if (this.langOff) this.langOff();
     for (const p of this.pending.values()) clearTimeout(p.timer);
+    for (const u of this.uploads) u.xhr?.abort();
   }
 
   render() {
@@ -121,7 +125,24 @@ export class ChatRoom {
       this.sendTyping();
     });
     const sendBtn = h('button', { type: 'submit', class: 'primary send' }, tr('send'));
-    this.form = h('form', { class: 'composer', onsubmit: (e) => (e.preventDefault(), this.submit()) }, this.input, sendBtn);
+    // The picker: a real file input (keyboard and screen readers know it),
+    // shown as a paper-clip button.
+    this.fileInput = h('input', { type: 'file', multiple: true, id: 'attach-input', class: 'visually-hidden', tabindex: '-1', 'aria-hidden': 'true' });
+    this.fileInput.addEventListener('change', () => {
+      this.addFiles(this.fileInput.files);
+      this.fileInput.value = '';
+    });
+    const attachBtn = h('button', { type: 'button', class: 'attach', onclick: () => this.fileInput.click() },
+      h('span', { 'aria-hidden': 'true' }, '📎'), h('span', { class: 'visually-hidden' }, tr('attach')));
+    trAttrs(attachBtn, { title: 'attach' });
+    this.tray = h('ul', { class: 'tray', hidden: true });
+    trAttrs(this.tray, { 'aria-label': 'attachments_label' });
+    this.trayNote = h('p', { class: 'tray-note error', role: 'status' });
+    this.dropHint = tr('drop_files', null, 'div');
+    this.dropHint.className = 'drop-hint';
+    this.dropHint.setAttribute('aria-hidden', 'true');
+    this.form = h('form', { class: 'composer', onsubmit: (e) => (e.preventDefault(), this.submit()) },
+      this.fileInput, attachBtn, this.input, sendBtn);
     this.memberList = h('ul', { class: 'members' });
     this.mood = h('div', { class: 'mood' });
     this.activity = h('div', { class: 'activity' });
@@ -147,9 +168,28 @@ export class ChatRoom {
           h('label', { class: 'switch' }, toggle, h('span', { class: 'track', 'aria-hidden': 'true' }), tr('show_emotions')),
           detailsBtn, leave)),
       h('div', { class: 'room-body' },
-        h('div', { class: 'room-main' }, this.notice, this.scroller, this.newPill, this.typingLine, this.form),
+        h('div', { class: 'room-main' }, this.notice, this.scroller, this.newPill, this.typingLine, this.tray, this.trayNote, this.form,
+          this.dropHint),
         this.aside));
     this.title.id = 'room-title';
+    // Files dropped anywhere on the room are attached.
+    const main = this.root.querySelector('.room-main');
+    const hasFiles = (e) => [...(e.dataTransfer?.types || [])].includes('Files');
+    main.addEventListener('dragover', (e) => {
+      if (!hasFiles(e) || this.form.hidden) return;
+      e.preventDefault();
+      e.dataTransfer.dropEffect = 'copy';
+      main.classList.add('dropping');
+    });
+    main.addEventListener('dragleave', (e) => {
+      if (!main.contains(e.relatedTarget)) main.classList.remove('dropping');
+    });
+    main.addEventListener('drop', (e) => {
+      main.classList.remove('dropping');
+      if (!hasFiles(e) || this.form.hidden) return;
+      e.preventDefault();
+      this.addFiles(e.dataTransfer.files);
+    });
     document.body.classList.toggle('no-emotions', !emotionsOn());
     clear(this.mount).append(this.root);
     this.langOff = onLangChange(() => this.renderTyping());
@@ -386,7 +426,7 @@ export class ChatRoom {
         h('span', { class: 'avatar', 'aria-hidden': 'true', dataset: { hue: hue(m.author) } }, m.author.slice(0, 1).toUpperCase()),
         h('span', { class: 'author' }, m.author),
         h('time', { datetime: m.created_at }, fmtTime(m.created_at))),
-      h('div', { class: 'bubble' }, h('p', { class: 'text' }, m.text)),
+      h('div', { class: 'bubble' }, h('p', { class: 'text' }, m.text), attachmentsOf(m.attachments)),
       foot);
     if (mine) foot.append(h('span', { class: 'delivery ok' }, '✓ ', tr('delivered')));
     li.dataset.author = m.author_id;
@@ -630,7 +670,15 @@ export class ChatRoom {
 
   submit() {
     const text = this.input.value.trim();
-    if (!text) return;
+    if (this.uploads.some((u) => u.state === 'uploading')) {
+      setTr(this.trayNote, 'wait_uploads');
+      return;
+    }
+    const ready = this.uploads.filter((u) => u.state === 'ready');
+    if (!text && !ready.length) return;
+    const atts = ready.map((u) => u.att);
+    for (const u of ready) this.removeUpload(u);
+    clear(this.trayNote);
     this.input.value = '';
     this.autosize();
     // Others drop our typing mark when this message arrives: typing again
@@ -640,9 +688,9 @@ export class ChatRoom {
     const status = h('span', { class: 'delivery' });
     const li = h('li', { class: 'msg mine pending', dataset: { cmid: id } },
       h('div', { class: 'meta' }, h('span', { class: 'author' }, this.me.username || '')),
-      h('div', { class: 'bubble' }, h('p', { class: 'text' }, text)),
+      h('div', { class: 'bubble' }, h('p', { class: 'text' }, text), attachmentsOf(atts)),
       h('div', { class: 'foot' }, status));
-    const p = { id, text, li, status, state: 'pending', timer: null };
+    const p = { id, text, atts, li, status, state: 'pending', timer: null };
     this.pending.set(id, p);
     this.timeline.append(li);
     this.scrollToEnd();
@@ -655,7 +703,9 @@ export class ChatRoom {
     clear(p.status).append(h('span', { class: 'spinner', 'aria-hidden': 'true' }), tr('pending'));
     clearTimeout(p.timer);
     // Offline: it goes out (same client_msg_id) when the socket is back.
-    if (this.live.send({ type: 'send', room_id: this.roomId, client_msg_id: p.id, text: p.text })) {
+    const frame = { type: 'send', room_id: this.roomId, client_msg_id: p.id, text: p.text };
+    if (p.atts.length) frame.attachments = p.atts.map((a) => a.attachment_id);
+    if (this.live.send(frame)) {
       p.timer = setTimeout(() => p.state === 'pending' && this.live.isLive() && this.markFailed(p), SEND_TIMEOUT_MS);
     }
   }
@@ -682,8 +732,58 @@ export class ChatRoom {
     // first puts it on screen, keyed by its id.
     this.addMessage({
       message_id: f.message_id, room_id: this.roomId, author_id: this.me.user_id, author: this.me.username,
-      text: p.text, created_at: new Date().toISOString(), cursor: f.cursor,
+      text: p.text, created_at: new Date().toISOString(), cursor: f.cursor, attachments: p.atts,
     }, true);
+  }
+
+  // ---- attachments ----
+
+  /** Starts uploading each file; they are sent with the next message. */
+  addFiles(files) {
+    clear(this.trayNote);
+    for (const file of files) {
+      const bar = h('progress', { max: '100', value: '0' });
+      const state = h('span', { class: 'tray-state' }, tr('uploading', { pct: 0 }));
+      const remove = h('button', { type: 'button', class: 'link remove-file' }, '×');
+      remove.setAttribute('aria-label', t('remove_file', { name: file.name }));
+      const li = h('li', { class: 'tray-item uploading' },
+        h('span', { class: 'tray-name' }, file.name), h('span', { class: 'muted' }, ` ${fmtSize(file.size)}`), bar, state, remove);
+      const u = { file, li, state: 'uploading', att: null, xhr: null };
+      remove.addEventListener('click', () => {
+        u.xhr?.abort();
+        this.removeUpload(u);
+      });
+      this.uploads.push(u);
+      this.tray.append(li);
+      this.tray.hidden = false;
+      const path = `/v1/rooms/${encodeURIComponent(this.roomId)}/attachments?name=${encodeURIComponent(file.name)}`;
+      uploadFile(path, file, (f) => {
+        const pct = Math.round(f * 100);
+        bar.value = pct;
+        setTr(state, 'uploading', { pct });
+      }, (x) => (u.xhr = x))
+        .then((att) => {
+          u.state = 'ready';
+          u.att = att;
+          u.xhr = null;
+          bar.value = 100;
+          li.classList.replace('uploading', 'ready');
+          li.dataset.attachmentId = att.attachment_id;
+          setTr(state, 'upload_ready');
+        })
+        .catch((e) => {
+          if (e.code === 'aborted') return;
+          u.state = 'failed';
+          li.classList.replace('uploading', 'failed');
+          setTr(state, e.code === 'payload_too_large' ? 'too_large' : 'upload_failed', { message: e.message });
+        });
+    }
+  }
+
+  removeUpload(u) {
+    this.uploads = this.uploads.filter((x) => x !== u);
+    u.li.remove();
+    this.tray.hidden = !this.uploads.length;
   }
 
   // ---- read markers, mood, activity ----
@@ -748,6 +848,57 @@ export class ChatRoom {
     this.ctx.sidebar?.load();
     location.hash = '#/rooms';
   }
+}
+
+/** `1.2 MB`, `340 KB`, `12 B`. */
+export function fmtSize(n) {
+  if (n >= 1024 * 1024) return `${(n / (1024 * 1024)).toFixed(1)} MB`;
+  if (n >= 1024) return `${Math.round(n / 1024)} KB`;
+  return `${n} B`;
+}
+
+// Shown inline: the image types the server serves inline (never run).
+const INLINE = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp', 'image/avif']);
+
+/**
+ * A message's files: images inline, their box reserved by width and height
+ * before the bytes arrive (no jump in the timeline), other files as download
+ * links. An <img> cannot send the access token, so the bytes are fetched
+ * with it and shown from a blob: URL.
+ */
+function attachmentsOf(list) {
+  if (!list || !list.length) return null;
+  const box = h('div', { class: 'attachments' });
+  for (const a of list) {
+    const url = a.url || `/v1/attachments/${encodeURIComponent(a.attachment_id)}`;
+    if (INLINE.has(a.content_type) && a.width && a.height) {
+      const img = h('img', { class: 'att-img', width: a.width, height: a.height, alt: a.file_name, dataset: { attachmentId: a.attachment_id } });
+      box.append(img);
+      fetchFile(url)
+        .then((blob) => (img.src = URL.createObjectURL(blob)))
+        .catch(() => img.classList.add('gone'));
+    } else {
+      const link = h('a', { class: 'att-file', href: url, download: a.file_name, dataset: { attachmentId: a.attachment_id } },
+        h('span', { 'aria-hidden': 'true' }, '📄 '), a.file_name, h('span', { class: 'muted' }, ` ${fmtSize(a.size)}`));
+      link.setAttribute('aria-label', t('download_file', { name: a.file_name, size: fmtSize(a.size) }));
+      link.addEventListener('click', async (e) => {
+        e.preventDefault();
+        try {
+          const blob = await fetchFile(url);
+          const tmp = h('a', { href: URL.createObjectURL(blob), download: a.file_name });
+          document.body.append(tmp);
+          tmp.click();
+          tmp.remove();
+          setTimeout(() => URL.revokeObjectURL(tmp.href), 60_000);
+        } catch {
+          link.title = t('file_gone');
+          link.classList.add('gone');
+        }
+      });
+      box.append(link);
+    }
+  }
+  return box;
 }
 
 // Widths through the CSSOM: the CSP allows no inline style attributes.
