@@ -102,7 +102,10 @@ fn to_json(f: &ClientFrame) -> Value {
             room_id,
             client_msg_id,
             text,
-        } => json!({"type": "send", "room_id": room_id, "client_msg_id": client_msg_id, "text": text}),
+            attachments,
+        } => {
+            json!({"type": "send", "room_id": room_id, "client_msg_id": client_msg_id, "text": text, "attachments": attachments})
+        }
         ClientFrame::Typing { room_id } => json!({"type": "typing", "room_id": room_id}),
         ClientFrame::Auth { access_token } => json!({"type": "auth", "access_token": access_token}),
         ClientFrame::Edit {

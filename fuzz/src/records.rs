@@ -28,6 +28,8 @@ pub struct LogBuilder {
     user_ids: HashMap<String, String>,
     /// Room id → ids of messages posted to it.
     message_ids: HashMap<String, Vec<String>>,
+    /// Room id → ids of attachments uploaded to it.
+    attachment_ids: HashMap<String, Vec<String>>,
     pub log: Vec<(LogPosition, Record)>,
 }
 
@@ -46,6 +48,11 @@ impl LogBuilder {
                     .or_insert_with(|| pos.to_id());
             }
             Record::MessagePosted(r) => self.message_ids.entry(r.room_id.clone()).or_default().push(pos.to_id()),
+            Record::AttachmentUploaded(r) => self
+                .attachment_ids
+                .entry(r.room_id.clone())
+                .or_default()
+                .push(emosation_core::ids::attachment_id(&r.room_id, pos)),
             _ => {}
         }
         self.log.push((pos, record));
@@ -55,7 +62,7 @@ impl LogBuilder {
     pub fn record(&self, u: &mut Unstructured<'_>) -> Result<Record> {
         let request_id = i64::arbitrary(u)?;
         let at = small_or_any(u)?;
-        Ok(match u.int_in_range(0..=15u8)? {
+        Ok(match u.int_in_range(0..=17u8)? {
             0 => Record::UserSignedUp(UserSignedUp {
                 request_id,
                 at,
@@ -153,15 +160,20 @@ impl LogBuilder {
             }
             7 => {
                 let (author, author_id) = self.member(u)?;
+                let room_id = pick(u, &ROOMS)?;
+                let mut attachments = Vec::new();
+                for _ in 0..u.int_in_range(0..=2u8)? {
+                    attachments.push(self.attachment_id(u, &room_id)?);
+                }
                 Record::MessagePosted(MessagePosted {
                     request_id,
                     at,
-                    room_id: pick(u, &ROOMS)?,
+                    room_id,
                     author_id,
                     author,
                     client_msg_id: pick(u, &CLIENT_MSG_IDS)?,
                     text: String::arbitrary(u)?,
-                    attachments: vec![],
+                    attachments,
                 })
             }
             8 => {
@@ -265,6 +277,32 @@ impl LogBuilder {
                     by: "cli".into(),
                 })
             }
+            16 => {
+                let (uploader, uploader_id) = self.member(u)?;
+                Record::AttachmentUploaded(AttachmentUploaded {
+                    request_id,
+                    at,
+                    room_id: pick(u, &ROOMS)?,
+                    uploader_id,
+                    uploader,
+                    file_name: String::arbitrary(u)?,
+                    size: small_or_any(u)?,
+                    content_type: "image/png".into(),
+                    width: Option::<i32>::arbitrary(u)?,
+                    height: Option::<i32>::arbitrary(u)?,
+                    blob_key: String::arbitrary(u)?,
+                    sha256: String::arbitrary(u)?,
+                })
+            }
+            17 => {
+                let room_id = pick(u, &ROOMS)?;
+                Record::AttachmentExpired(AttachmentExpired {
+                    request_id,
+                    at,
+                    attachment_id: self.attachment_id(u, &room_id)?,
+                    room_id,
+                })
+            }
             _ => unreachable!("a record type out of range"),
         })
     }
@@ -294,6 +332,24 @@ impl LogBuilder {
             return String::arbitrary(u);
         }
         Ok((*u.choose(&ids)?).clone())
+    }
+
+    /// An attachment id for `room_id`: one uploaded there, one of another
+    /// room, or any string.
+    fn attachment_id(&self, u: &mut Unstructured<'_>, room_id: &str) -> Result<String> {
+        let here = self.attachment_ids.get(room_id).map(Vec::as_slice).unwrap_or_default();
+        match u.int_in_range(0..=7u8)? {
+            0..=5 if !here.is_empty() => Ok(u.choose(here)?.clone()),
+            6 => {
+                let mut all: Vec<&String> = self.attachment_ids.values().flatten().collect();
+                all.sort();
+                match all.is_empty() {
+                    true => String::arbitrary(u),
+                    false => Ok((*u.choose(&all)?).clone()),
+                }
+            }
+            _ => String::arbitrary(u),
+        }
     }
 
     /// A message id for `room_id`: one posted there, one that could be (a

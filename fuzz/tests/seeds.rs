@@ -170,6 +170,26 @@ fn records() -> Vec<Record> {
             granted: true,
             by: "cli".into(),
         }),
+        Record::AttachmentUploaded(AttachmentUploaded {
+            request_id: 18,
+            at: 19,
+            room_id: room.into(),
+            uploader_id: user.into(),
+            uploader: "alice".into(),
+            file_name: "cat.png".into(),
+            size: 1234,
+            content_type: "image/png".into(),
+            width: Some(640),
+            height: Some(480),
+            blob_key: "sha256/ab".into(),
+            sha256: "ab".into(),
+        }),
+        Record::AttachmentExpired(AttachmentExpired {
+            request_id: 19,
+            at: 20,
+            room_id: room.into(),
+            attachment_id: format!("{room}0003000000000009"),
+        }),
     ]
 }
 
@@ -199,6 +219,10 @@ fn client_frame() {
         (
             "send",
             r#"{"type":"send","room_id":"00000000000000a1","client_msg_id":"c1","text":"hello"}"#,
+        ),
+        (
+            "send_attachments",
+            r#"{"type":"send","room_id":"00000000000000a1","client_msg_id":"c2","attachments":["00000000000000a10003000000000001"]}"#,
         ),
         ("typing", r#"{"type":"typing","room_id":"00000000000000a1"}"#),
         (

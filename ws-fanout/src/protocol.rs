@@ -167,8 +167,8 @@ struct DeleteBody {
 struct SendBody {
     room_id: String,
     client_msg_id: String,
-    #[serde(default)]
-    text: String,
+    /// Required, except beside attachments.
+    text: Option<String>,
     #[serde(default)]
     attachments: Vec<String>,
 }
@@ -227,10 +227,15 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         }
         "send" => {
             let b: SendBody = serde_json::from_value(v.clone()).map_err(bad)?;
+            let text = match b.text {
+                Some(t) => t,
+                None if !b.attachments.is_empty() => String::new(),
+                None => return Err(bad(serde::de::Error::missing_field("text"))),
+            };
             Ok(ClientFrame::Send {
                 room_id: b.room_id,
                 client_msg_id: b.client_msg_id,
-                text: b.text,
+                text,
                 attachments: b.attachments,
             })
         }
@@ -470,6 +475,16 @@ mod tests {
         );
         let e = parse(r#"{"type":"send","room_id":"r","client_msg_id":"c9"}"#).unwrap_err();
         assert_eq!((e.code, e.client_msg_id.as_deref()), ("invalid_request", Some("c9")));
+        // Beside attachments, text may be left out.
+        assert_eq!(
+            parse(r#"{"type":"send","room_id":"r","client_msg_id":"c9","attachments":["a"]}"#).unwrap(),
+            ClientFrame::Send {
+                room_id: "r".into(),
+                client_msg_id: "c9".into(),
+                text: String::new(),
+                attachments: vec!["a".into()],
+            }
+        );
         assert_eq!(parse(r#"[1,2]"#).unwrap_err().code, "invalid_request");
         assert_eq!(
             parse(r#"{"type":"auth","access_token":"t"}"#).unwrap(),
