@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 
 const CODES: [&str; 3] = ["invalid_json", "invalid_request", "unknown_type"];
 const TYPES: [&str; 7] = ["subscribe", "unsubscribe", "send", "typing", "auth", "edit", "delete"];
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 8] = [
     "room_id",
     "since",
     "streams",
@@ -28,6 +28,7 @@ const FIELDS: [&str; 7] = [
     "text",
     "access_token",
     "message_id",
+    "attachments",
 ];
 
 /// Any JSON value, mostly a string (the type every field wants).
