@@ -29,6 +29,8 @@ struct Cluster {
     redis: String,
     /// `--store` for every process (`None`: embedded views per process).
     store: Option<String>,
+    /// `--blobs` for every process (`None`: each its own data directory's).
+    blobs: Option<String>,
 }
 
 struct Proc {
@@ -45,6 +47,7 @@ impl Cluster {
             .arg(dir)
             .args(["--log", &self.kafka, "--cache", &self.redis, "--message-rate", "0"])
             .args(self.store.iter().flat_map(|s| ["--store", s.as_str()]))
+            .args(self.blobs.iter().flat_map(|b| ["--blobs", b.as_str()]))
             .env("EMOSATION_JWT_SECRET", SECRET)
             .env("EMOSATION_ADMIN_TOKEN", "admin-token")
             // EMOSATION_TEST_LOG=debug shows what the processes do.
@@ -194,6 +197,7 @@ async fn two_fanout_nodes_on_kafka_and_redis() {
         kafka: tansu.isolated_url(),
         redis: redis.url().to_owned(),
         store: None,
+        blobs: None,
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = |name: &str| -> PathBuf { tmp.path().join(name) };
@@ -399,10 +403,13 @@ async fn emotions_settle(api: &Api, token: &str, room: &str, n: u64) {
 async fn one_service_per_process_on_shared_redis_views() {
     let tansu = Tansu::start();
     let mut redis = RedisServer::start();
+    // One blob store, as ingest and the query API share a bucket.
+    let blobs = tempfile::tempdir().unwrap();
     let cluster = Cluster {
         kafka: tansu.isolated_url(),
         redis: redis.url().to_owned(),
         store: Some(redis.url().to_owned()),
+        blobs: Some(format!("embedded://{}", blobs.path().display())),
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = |name: &str| -> PathBuf { tmp.path().join(name) };
@@ -514,4 +521,43 @@ async fn one_service_per_process_on_shared_redis_views() {
     let history = read.all_messages(&alice, &room).await;
     assert_eq!(history.last().unwrap()["message_id"], after.as_str());
     assert_eq!(history.len(), 21);
+
+    // A file uploaded through ingest, sent, delivered by the fan-out node,
+    // and downloaded through the query API: processes that share the log,
+    // the views and the blob store.
+    let up = cmd
+        .raw(
+            reqwest::Method::POST,
+            &format!("/v1/rooms/{room}/attachments?name=shared.txt"),
+            Some(&alice),
+            Some("text/plain"),
+            b"shared bytes".to_vec(),
+        )
+        .await
+        .expect(201);
+    let file = up["attachment_id"].as_str().unwrap().to_owned();
+    let posted = cmd
+        .post(
+            &format!("/v1/rooms/{room}/messages"),
+            Some(&alice),
+            json!({"client_msg_id": "with-file", "text": "", "attachments": [file]}),
+        )
+        .await
+        .expect(202);
+    let frame = loop {
+        let f = bob_ws.next_of(&["message"]).await;
+        if f["message_id"] == posted["message_id"] {
+            break f;
+        }
+    };
+    assert_eq!(frame["attachments"][0]["attachment_id"], file.as_str(), "{frame}");
+    let got = read
+        .http
+        .get(format!("{}/v1/attachments/{file}", read.base))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), b"shared bytes");
 }
