@@ -117,12 +117,12 @@ def test_pick_drop_upload_send_and_download_files(people):
 
     # An image alone, without text.
     a.locator("#attach-input").set_input_files(
-        files=[{"name": "sunset.png", "mimeType": "image/png", "buffer": png(240, 320)}]
+        files=[{"name": "sunset.png", "mimeType": "image/png", "buffer": png(300, 180)}]
     )
     expect(a.locator(".tray-item.ready")).to_have_count(1)
     a.locator("#composer").focus()
     a.keyboard.press("Enter")
-    expect(b.locator("img.att-img[alt='sunset.png']")).to_have_attribute("height", "320")
+    expect(b.locator("img.att-img[alt='sunset.png']")).to_have_attribute("height", "180")
     b.wait_for_function(
         "() => [...document.querySelectorAll('img.att-img')].every((i) => i.complete && i.naturalWidth > 0)"
     )

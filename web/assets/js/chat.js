@@ -133,7 +133,7 @@ export class ChatRoom {
       this.fileInput.value = '';
     });
     const attachBtn = h('button', { type: 'button', class: 'attach', onclick: () => this.fileInput.click() },
-      h('span', { 'aria-hidden': 'true' }, '📎'), h('span', { class: 'visually-hidden' }, tr('attach')));
+      icon(CLIP), h('span', { class: 'visually-hidden' }, tr('attach')));
     trAttrs(attachBtn, { title: 'attach' });
     this.tray = h('ul', { class: 'tray', hidden: true });
     trAttrs(this.tray, { 'aria-label': 'attachments_label' });
@@ -850,6 +850,16 @@ export class ChatRoom {
   }
 }
 
+// Icons as SVG paths (no emoji font is needed to see them).
+const CLIP = ['M21.4 11.1l-9.2 9.2a6 6 0 0 1-8.5-8.5l9.2-9.2a4 4 0 0 1 5.7 5.7l-9.2 9.2a2 2 0 0 1-2.8-2.8l8.5-8.5'];
+const FILE = ['M13 2H6a2 2 0 0 0-2 2v16a2 2 0 0 0 2 2h12a2 2 0 0 0 2-2V9z', 'M13 2v7h7'];
+
+function icon(paths) {
+  return h('svg:svg', { class: 'icon', viewBox: '0 0 24 24', width: '18', height: '18', 'aria-hidden': 'true', focusable: 'false',
+    fill: 'none', stroke: 'currentColor', 'stroke-width': '2', 'stroke-linecap': 'round', 'stroke-linejoin': 'round' },
+  paths.map((d) => h('svg:path', { d })));
+}
+
 /** `1.2 MB`, `340 KB`, `12 B`. */
 export function fmtSize(n) {
   if (n >= 1024 * 1024) return `${(n / (1024 * 1024)).toFixed(1)} MB`;
@@ -879,7 +889,7 @@ function attachmentsOf(list) {
         .catch(() => img.classList.add('gone'));
     } else {
       const link = h('a', { class: 'att-file', href: url, download: a.file_name, dataset: { attachmentId: a.attachment_id } },
-        h('span', { 'aria-hidden': 'true' }, '📄 '), a.file_name, h('span', { class: 'muted' }, ` ${fmtSize(a.size)}`));
+        icon(FILE), h('span', { class: 'att-name' }, a.file_name), h('span', { class: 'muted att-size' }, fmtSize(a.size)));
       link.setAttribute('aria-label', t('download_file', { name: a.file_name, size: fmtSize(a.size) }));
       link.addEventListener('click', async (e) => {
         e.preventDefault();
