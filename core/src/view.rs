@@ -59,7 +59,7 @@ pub struct MemberView {
     pub last_read_message_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MessageView {
     pub message_id: String,
     pub room_id: String,
@@ -70,7 +70,83 @@ pub struct MessageView {
     pub created_at: i64,
     pub client_msg_id: String,
     /// The files the message carries, in the order the sender listed them.
+    /// Stored last, and read as none when absent: a message stored before
+    /// attachments existed ends where this field would begin, so views
+    /// written by an older build still read.
     pub attachments: Vec<AttachmentRef>,
+}
+
+impl<'de> Deserialize<'de> for MessageView {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// The same fields, for self-describing formats (a map).
+        #[derive(Deserialize)]
+        struct Fields {
+            message_id: String,
+            room_id: String,
+            seq: u64,
+            author_id: String,
+            author: String,
+            text: String,
+            created_at: i64,
+            client_msg_id: String,
+            #[serde(default)]
+            attachments: Vec<AttachmentRef>,
+        }
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = MessageView;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a message view")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<MessageView, A::Error> {
+                fn next<'de, T: Deserialize<'de>, A: serde::de::SeqAccess<'de>>(
+                    seq: &mut A,
+                    i: usize,
+                ) -> Result<T, A::Error> {
+                    seq.next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(i, &"a message view's fields"))
+                }
+                Ok(MessageView {
+                    message_id: next(&mut seq, 0)?,
+                    room_id: next(&mut seq, 1)?,
+                    seq: next(&mut seq, 2)?,
+                    author_id: next(&mut seq, 3)?,
+                    author: next(&mut seq, 4)?,
+                    text: next(&mut seq, 5)?,
+                    created_at: next(&mut seq, 6)?,
+                    client_msg_id: next(&mut seq, 7)?,
+                    // Absent (the input ends here) in views stored before attachments.
+                    attachments: seq.next_element().ok().flatten().unwrap_or_default(),
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<MessageView, A::Error> {
+                let f = Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(MessageView {
+                    message_id: f.message_id,
+                    room_id: f.room_id,
+                    seq: f.seq,
+                    author_id: f.author_id,
+                    author: f.author,
+                    text: f.text,
+                    created_at: f.created_at,
+                    client_msg_id: f.client_msg_id,
+                    attachments: f.attachments,
+                })
+            }
+        }
+        const FIELDS: &[&str] = &[
+            "message_id",
+            "room_id",
+            "seq",
+            "author_id",
+            "author",
+            "text",
+            "created_at",
+            "client_msg_id",
+            "attachments",
+        ];
+        d.deserialize_struct("MessageView", FIELDS, Visit)
+    }
 }
 
 /// What a message shows of one of its attachments.
@@ -921,5 +997,46 @@ impl FoldState for Overlay {
             f(v);
             *dirty = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(attachments: Vec<AttachmentRef>) -> ViewValue {
+        ViewValue::Message(MessageView {
+            message_id: "0003000000000001".into(),
+            room_id: "00000000000000aa".into(),
+            seq: 1,
+            author_id: "0001000000000000".into(),
+            author: "alice".into(),
+            text: "hello".into(),
+            created_at: 7,
+            client_msg_id: "c1".into(),
+            attachments,
+        })
+    }
+
+    /// A message stored by a build from before attachments (its bytes end
+    /// where the field begins) reads as a message without attachments; one
+    /// with attachments reads back whole.
+    #[test]
+    fn messages_stored_before_attachments_still_read() {
+        let today = message(vec![]).encode().unwrap();
+        assert_eq!(today.last(), Some(&0), "an empty list is its zero length");
+        let before = &today[..today.len() - 1];
+        assert_eq!(ViewValue::decode(before).unwrap(), message(vec![]));
+        let with = message(vec![AttachmentRef {
+            attachment_id: "00000000000000aa0003000000000002".into(),
+            file_name: "cat.png".into(),
+            size: 10,
+            content_type: "image/png".into(),
+            width: Some(4),
+            height: Some(3),
+        }]);
+        assert_eq!(ViewValue::decode(&with.encode().unwrap()).unwrap(), with);
+        // A message cut short anywhere else is still refused.
+        assert!(ViewValue::decode(&today[..today.len() - 3]).is_err());
     }
 }
