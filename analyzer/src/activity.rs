@@ -37,12 +37,6 @@ use emosation_core::view::{ACTIVITY_VIEWS, ActivityView, ViewKey, ViewValue};
 
 use crate::{AnalyticsConsumer, Checkpoint, ConsumerError};
 
-/// How long a batch waits for the core projector before the runner backs
-/// off and tries again.
-const CORE_WAIT: Duration = Duration::from_secs(5);
-/// How long records accumulate between batches ([`AnalyticsConsumer::linger`]).
-const LINGER: Duration = Duration::from_millis(250);
-
 /// Per-room message counts (and distinct authors) by UTC hour, in the
 /// `activity` view ([`ViewStore::activity`]).
 pub struct ActivityConsumer {
@@ -63,19 +57,6 @@ impl ActivityConsumer {
     /// is seen too).
     pub fn new(views: Arc<dyn ViewStore>, decisions: Arc<dyn Decisions>) -> Self {
         ActivityConsumer { views, decisions }
-    }
-
-    /// Waits until the core views include every record of the partition up
-    /// to `last`.
-    async fn core_caught_up(&self, topic: Topic, partition: u32, last: u64) -> Result<(), ConsumerError> {
-        let core = self.decisions.wait_applied(topic, partition, last, CORE_WAIT).await;
-        if core > last {
-            return Ok(());
-        }
-        Err(ConsumerError::Retry(format!(
-            "the core views of {}/{partition} are at {core}, not yet past {last}",
-            topic.name()
-        )))
     }
 
     /// Which of `posts` the fold stored (a `Message` entity at its position).
@@ -106,7 +87,7 @@ impl AnalyticsConsumer for ActivityConsumer {
     /// message: a quarter of a second of batching turns one activity write
     /// per message into one per room and batch.
     fn linger(&self) -> Duration {
-        LINGER
+        crate::DASHBOARD_LINGER
     }
 
     async fn handle_batch(&self, topic: Topic, partition: u32, entries: &[LogEntry]) -> Result<(), ConsumerError> {
@@ -123,7 +104,7 @@ impl AnalyticsConsumer for ActivityConsumer {
         // Never ahead of the core views, even over batches without posts:
         // an activity position then tells that the core views have folded
         // at least that far too.
-        self.core_caught_up(topic, partition, last).await?;
+        crate::core_caught_up(&*self.decisions, topic, partition, last).await?;
         let mut hours: BTreeMap<ViewKey, ActivityView> = BTreeMap::new();
         if !posts.is_empty() {
             let stored = self.stored(&posts).await?;

@@ -42,10 +42,6 @@ use emosation_core::view::{
 
 use crate::{AnalyticsConsumer, Checkpoint, ConsumerError};
 
-const CORE_WAIT: Duration = Duration::from_secs(5);
-/// Dashboards read these; nobody waits on them (see the activity consumer).
-const LINGER: Duration = Duration::from_millis(250);
-
 /// The `admin` consumer: daily counts and the audit of admin actions.
 pub struct AdminConsumer {
     views: Arc<dyn ViewStore>,
@@ -177,7 +173,7 @@ impl AnalyticsConsumer for AdminConsumer {
     }
 
     fn linger(&self) -> Duration {
-        LINGER
+        crate::DASHBOARD_LINGER
     }
 
     async fn handle_batch(&self, topic: Topic, partition: u32, entries: &[LogEntry]) -> Result<(), ConsumerError> {
@@ -192,13 +188,7 @@ impl AnalyticsConsumer for AdminConsumer {
             })
             .collect();
         // Never ahead of the core views (see the activity consumer).
-        let core = self.decisions.wait_applied(topic, partition, last, CORE_WAIT).await;
-        if core <= last {
-            return Err(ConsumerError::Retry(format!(
-                "the core views of {}/{partition} are at {core}, not yet past {last}",
-                topic.name()
-            )));
-        }
+        crate::core_caught_up(&*self.decisions, topic, partition, last).await?;
         let mut changes: Vec<(ViewKey, Option<ViewValue>)> = Vec::new();
         if !candidates.is_empty() {
             let checks: Vec<ViewKey> = candidates.iter().map(|c| c.check.clone()).collect();

@@ -51,6 +51,34 @@ pub use consumer::Analyzer;
 pub use emosation_runner::Consumer as AnalyticsConsumer;
 pub use emosation_runner::{Checkpoint, ConsumerError, run_consumer};
 
+/// How long records accumulate between batches of a consumer whose results
+/// only dashboards read ([`AnalyticsConsumer::linger`]): a quarter of a
+/// second turns a view write per message into one per entity and batch.
+pub(crate) const DASHBOARD_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long a batch of a consumer that reads the core views waits for the
+/// core projector before the runner backs off and tries again.
+const CORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until the core views include every record of the partition up to
+/// `last` (a consumer that learns the fold's decisions from them is never
+/// ahead of them); `Retry` if they do not within [`CORE_WAIT`].
+pub(crate) async fn core_caught_up(
+    decisions: &dyn emosation_core::ports::Decisions,
+    topic: emosation_core::ids::Topic,
+    partition: u32,
+    last: u64,
+) -> Result<(), ConsumerError> {
+    let core = decisions.wait_applied(topic, partition, last, CORE_WAIT).await;
+    if core > last {
+        return Ok(());
+    }
+    Err(ConsumerError::Retry(format!(
+        "the core views of {}/{partition} are at {core}, not yet past {last}",
+        topic.name()
+    )))
+}
+
 /// Which classifier the analyzer uses.
 #[derive(Debug, Clone, Default)]
 pub enum ClassifierSettings {

@@ -1,5 +1,6 @@
 //! The HTTP contract against a real server on 127.0.0.1:0.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashSet;
@@ -1636,31 +1637,6 @@ async fn the_admin_command_grants_on_the_log_and_the_role_replays() {
         matches!(&role, Some(emosation_core::view::ViewValue::AdminRole(r)) if r.granted && r.by == "cli"),
         "{role:?}"
     );
-}
-
-/// Each body above runs on the embedded views and on Redis views (with Redis
-/// presence): everything above the view-store port behaves the same on both.
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            use super::TestServer;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(TestServer::start().await).await
-                }
-            )*
-        }
-        mod redis {
-            use super::TestServer;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(TestServer::start_on_redis().await).await
-                }
-            )*
-        }
-    };
 }
 
 on_every_store!(

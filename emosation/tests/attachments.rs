@@ -3,6 +3,7 @@
 //! that carry them over HTTP and WebSocket (history, live frames, resume),
 //! the size limit, and the garbage collection of uploads never sent.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -372,30 +373,6 @@ async fn unsent_uploads_are_collected_after_the_delay() {
         .await
         .unwrap();
     assert_eq!(views.checksum().await.unwrap(), live);
-}
-
-/// Each body above runs on the embedded views and on Redis views.
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            use super::TestServer;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(TestServer::start().await).await
-                }
-            )*
-        }
-        mod redis {
-            use super::TestServer;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(TestServer::start_on_redis().await).await
-                }
-            )*
-        }
-    };
 }
 
 on_every_store!(uploads_downloads_and_messages_that_carry_them);

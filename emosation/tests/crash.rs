@@ -318,7 +318,7 @@ async fn spawn_admin(dir: &Path) -> (Child, Api) {
         "serve",
         dir,
         emosation_testkit::free_port(),
-        &["--admin-token", "admin-token"],
+        &["--admin-token", common::ADMIN_TOKEN],
     )
     .await
 }
@@ -327,16 +327,7 @@ async fn spawn_admin(dir: &Path) -> (Child, Api) {
 /// messages: its days and totals (never more than stored).
 async fn admin_counts(api: &Api, messages: u64) -> Value {
     eventually("the admin counts caught up", Duration::from_secs(30), async || {
-        let body: Value = api
-            .http
-            .get(format!("{}/v1/admin/stats", api.base))
-            .header("x-admin-token", "admin-token")
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let body = api.admin_get("/v1/admin/stats").await?;
         let counted = body["totals"]["messages"].as_u64().unwrap_or(0);
         if counted < messages {
             return Err(format!("{counted}/{messages}"));

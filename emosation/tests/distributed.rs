@@ -49,7 +49,7 @@ impl Cluster {
             .args(self.store.iter().flat_map(|s| ["--store", s.as_str()]))
             .args(self.blobs.iter().flat_map(|b| ["--blobs", b.as_str()]))
             .env("EMOSATION_JWT_SECRET", SECRET)
-            .env("EMOSATION_ADMIN_TOKEN", "admin-token")
+            .env("EMOSATION_ADMIN_TOKEN", common::ADMIN_TOKEN)
             // EMOSATION_TEST_LOG=debug shows what the processes do.
             .env(
                 "EMOSATION_LOG_LEVEL",
@@ -462,16 +462,7 @@ async fn one_service_per_process_on_shared_redis_views() {
     // consumer into the shared views, served by query-api, with who is
     // online from the shared presence store (bob, on the fan-out node).
     let stats = eventually("the admin figures", Duration::from_secs(30), async || {
-        let v: Value = read
-            .http
-            .get(format!("{}/v1/admin/stats", read.base))
-            .header("x-admin-token", "admin-token")
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let v = read.admin_get("/v1/admin/stats").await?;
         let mix: u64 = v["week"]["emotions"]
             .as_object()
             .map(|m| m.values().filter_map(Value::as_u64).sum())

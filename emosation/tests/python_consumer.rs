@@ -139,6 +139,35 @@ async fn a_python_consumer_decodes_the_log_and_agrees_with_the_views() {
     )
     .await
     .expect(200);
+    // A file: ann uploads one and sends it (the consumer must see it is
+    // hers, unsent, in that room); bob may not send ann's upload (ingest
+    // refuses it before the log).
+    let upload = api
+        .http
+        .post(format!("{}/v1/rooms/{lounge}/attachments?name=note.txt", api.base))
+        .bearer_auth(&ann)
+        .body("a note")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status().as_u16(), 201);
+    let file: Value = upload.json().await.unwrap();
+    let file = file["attachment_id"].as_str().unwrap().to_owned();
+    api.post(
+        &format!("/v1/rooms/{lounge}/messages"),
+        Some(&bob),
+        json!({"client_msg_id": "f0", "text": "mine now", "attachments": [file]}),
+    )
+    .await
+    .expect_error(400, "invalid_attachment");
+    api.post(
+        &format!("/v1/rooms/{lounge}/messages"),
+        Some(&ann),
+        json!({"client_msg_id": "f1", "text": "here is the file, I love it", "attachments": [file]}),
+    )
+    .await
+    .expect(202);
+    sent += 1;
     api.post("/v1/friends/requests", Some(&ann), json!({"username": "bob"}))
         .await
         .expect(200);

@@ -2,6 +2,7 @@
 //! reuse detection, the absolute lifetime, a restore that revives no old
 //! token, and the JWT's `iss`, `aud` and `nbf`.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -236,29 +237,6 @@ async fn a_wrong_or_missing_iss_aud_or_nbf_is_refused(s: TestServer) {
         .await
         .expect_error(401, "invalid_token");
     refresh(&api, &refresh_token).await.expect(200);
-}
-
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            use super::TestServer;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(TestServer::start().await).await
-                }
-            )*
-        }
-        mod redis {
-            use super::TestServer;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(TestServer::start_on_redis().await).await
-                }
-            )*
-        }
-    };
 }
 
 on_every_store!(

@@ -21,7 +21,8 @@ non-member is refused by the fold, exactly as in the server's views), in the
 hour of their `at`; `emotions` counts, per message, the emotion that stands:
 the first the log holds for it, superseded by its latest edit's, none once it
 is deleted. Direct-message rooms count like any room (they exist once a pair
-of friends opens one). So the answer equals the server's own views: the room's
+of friends opens one); a post carrying files the fold refuses (not the
+author's own uploads to that room, or already sent) is not a message. So the answer equals the server's own views: the room's
 `GET /v1/rooms/{id}/emotions` summary and its `GET /v1/rooms/{id}/activity`
 hours (the project's test command checks exactly that).
 
@@ -165,6 +166,7 @@ class RoomsFold:
         #  "edit_emotion": the edit whose emotion counts, or None}
         self.messages = {}
         self.pairs = {}  # (user_id, other_id) -> {"status", "blocking", "blocked_by"}
+        self.attachments = {}  # (room_id, attachment_id) -> {"uploader", "sent": bool}
         self.mix = defaultdict(lambda: {"hours": defaultdict(lambda: {"messages": 0, "authors": set(), "emotions": defaultdict(int)})})
         self.refused = defaultdict(int)
 
@@ -289,6 +291,17 @@ class RoomsFold:
             idem = (r["room_id"], r["author_id"], r["client_msg_id"])
             if idem in self.client_msgs:
                 return self.refuse("duplicate")
+            # Files (v2): the author's own uploads to this room that no
+            # message carries yet, each once, at most 10; else refused whole.
+            files = r.get("attachments") or []
+            if len(files) > 10:
+                return self.refuse("malformed")
+            for i, a in enumerate(files):
+                att = self.attachments.get((r["room_id"], a))
+                if a == "*" or a in files[:i] or att is None or att["uploader"] != r["author_id"] or att["sent"]:
+                    return self.refuse("invalid_attachment")
+            for a in files:
+                self.attachments[(r["room_id"], a)]["sent"] = True
             self.client_msgs.add(idem)
             hour = hour_of(r["at"])
             self.messages[(r["room_id"], position_id(partition, offset))] = {
@@ -298,6 +311,21 @@ class RoomsFold:
             h = self.mix[r["room_id"]]["hours"][hour]
             h["messages"] += 1
             h["authors"].add(r["author_id"])
+        elif kind == "AttachmentUploaded":
+            room = self.rooms.get(r["room_id"])
+            if room is None:
+                return self.refuse("room_not_found")
+            if r["uploader_id"] not in room["members"]:
+                return self.refuse("not_member")
+            # Its id: the room id, then the record's position.
+            self.attachments[(r["room_id"], r["room_id"] + position_id(partition, offset))] = {
+                "uploader": r["uploader_id"], "sent": False,
+            }
+        elif kind == "AttachmentExpired":
+            att = self.attachments.get((r["room_id"], r["attachment_id"]))
+            if r["attachment_id"] == "*" or att is None or att["sent"]:
+                return self.refuse("invalid_attachment")
+            del self.attachments[(r["room_id"], r["attachment_id"])]
         elif kind in ("MessageEdited", "MessageDeleted"):
             room = self.rooms.get(r["room_id"])
             if room is None:

@@ -13,7 +13,37 @@ use tokio::net::TcpListener;
 
 pub mod ws_client;
 
+/// `on_every_store!(body, …)`: a test per body on the embedded views and one
+/// on Redis views (with Redis presence), each body an `async fn(TestServer)`
+/// of the test file: everything above the view-store port behaves the same
+/// on both.
+#[allow(unused_macros)]
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            use super::TestServer;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(TestServer::start().await).await
+                }
+            )*
+        }
+        mod redis {
+            use super::TestServer;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(TestServer::start_on_redis().await).await
+                }
+            )*
+        }
+    };
+}
+
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+/// The shared admin token of the test servers (`--admin-token`).
+pub const ADMIN_TOKEN: &str = "admin-token";
 
 pub struct TestServer {
     pub server: Option<Server>,
@@ -32,7 +62,7 @@ pub fn config(dir: &Path) -> ServeConfig {
     // (emosation/tests/abuse.rs, the message-rate tests).
     cfg.ingest.message_rate = 0;
     cfg.ingest.abuse = emosation_ingest::AbuseLimits::off();
-    cfg.ingest.admin_token = Some("admin-token".into());
+    cfg.ingest.admin_token = Some(ADMIN_TOKEN.into());
     cfg
 }
 
@@ -165,6 +195,20 @@ impl Api {
         let text = res.text().await.unwrap();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Resp { status, body }
+    }
+
+    /// `GET path` with the shared admin token ([`ADMIN_TOKEN`]): its JSON
+    /// body, or why there is none (for `eventually`).
+    pub async fn admin_get(&self, path: &str) -> Result<Value, String> {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header("x-admin-token", ADMIN_TOKEN)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Resp {
