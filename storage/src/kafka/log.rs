@@ -13,6 +13,17 @@
 //!   A call takes the idle reader already positioned at `from` (the common
 //!   case: a projector or consumer reading on), else re-assigns one; readers
 //!   prefetch, so a sequential reader is served from memory.
+//! - **A shared tail per partition.** The consumers of one process read the
+//!   same partitions close behind each other (the projector, the fan-out,
+//!   the analyzer and the dashboards' consumers). Each partition keeps the
+//!   records last read at its head ([`Tail`], up to [`TAIL_RECORDS`] /
+//!   [`TAIL_BYTES`]): one caller at a time reads on from the broker (the
+//!   leader) and appends what it read; a fetch inside the tail is answered
+//!   from memory, and one at its end waits for the leader instead of
+//!   polling the broker with a reader of its own. So a process holds about
+//!   one reader per partition, not one per consumer and partition; a fetch
+//!   outside the tail (a backfill, a catch-up from far back) reads with a
+//!   reader of its own as before.
 //! - **Consumer groups** commit explicit offsets with no group membership
 //!   (Kafka's "simple consumer" commits): one client per group name stores
 //!   and fetches them. Each commit exports the group's lag.
@@ -57,6 +68,86 @@ const GROUP_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_READERS_PER_PARTITION: usize = 4;
 /// How long a fetch waits for records it knows the broker holds.
 const EXISTING_RECORD_WAIT: Duration = Duration::from_secs(5);
+/// Records a partition's shared tail keeps at most, and their bytes.
+const TAIL_RECORDS: usize = 4096;
+const TAIL_BYTES: usize = 8 * 1024 * 1024;
+
+/// The records last read at a partition's head, in offset order, shared by
+/// the process's readers of the partition (see the module's notes).
+#[derive(Default)]
+struct Tail {
+    entries: std::collections::VecDeque<LogEntry>,
+    /// The offset after the last record appended: where the leader reads
+    /// on. `None` until a first leader reads.
+    end: Option<u64>,
+    /// Bytes of `entries` (keys and values).
+    bytes: usize,
+    /// A caller is reading at `end` from the broker.
+    leading: bool,
+}
+
+impl Tail {
+    /// Up to `max` records from `from` on, if the tail holds `from`.
+    fn serve(&self, from: u64, max: usize) -> Option<Vec<LogEntry>> {
+        let first = self.entries.front()?.offset;
+        if from < first || self.end.is_none_or(|end| from >= end) {
+            return None;
+        }
+        let i = self.entries.partition_point(|e| e.offset < from);
+        Some(self.entries.range(i..).take(max.max(1)).cloned().collect())
+    }
+
+    /// Appends what a leader read from `from`, if the tail still ends there.
+    fn append(&mut self, from: u64, read: &[LogEntry]) {
+        if self.end != Some(from) {
+            return;
+        }
+        for e in read {
+            self.bytes += e.key.len() + e.value.len();
+            self.entries.push_back(e.clone());
+        }
+        if let Some(last) = read.last() {
+            self.end = Some(last.offset + 1);
+        }
+        while self.entries.len() > TAIL_RECORDS || (self.bytes > TAIL_BYTES && self.entries.len() > 1) {
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= e.key.len() + e.value.len();
+            }
+        }
+    }
+
+    /// Starts the tail over at `from` (nothing kept).
+    fn restart(&mut self, from: u64) {
+        self.entries.clear();
+        self.bytes = 0;
+        self.end = Some(from);
+    }
+}
+
+/// A partition's [`Tail`] and the callers waiting at its end.
+#[derive(Default)]
+struct SharedTail {
+    tail: Mutex<Tail>,
+    grown: tokio::sync::Notify,
+}
+
+/// The lead of a [`SharedTail`]: given up, and the waiters woken, however
+/// the leader's fetch ends (a caller may drop its fetch midway).
+struct Lead<'a>(&'a SharedTail);
+
+impl Lead<'_> {
+    /// Appends what the leader read from `from`.
+    fn read(self, from: u64, read: &[LogEntry]) {
+        self.0.tail.lock().unwrap_or_else(|e| e.into_inner()).append(from, read);
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.0.tail.lock().unwrap_or_else(|e| e.into_inner()).leading = false;
+        self.0.grown.notify_waiters();
+    }
+}
 
 /// Parsed `kafka://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +217,8 @@ pub struct KafkaLog {
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     /// Last known high watermark of each partition (for lag).
     high: HashMap<(Topic, u32), AtomicI64>,
+    /// Each partition's shared tail.
+    tails: HashMap<(Topic, u32), SharedTail>,
     /// Topic names with the URL's prefix, by `Topic` (built once: every
     /// append and fetch names its topic).
     names: HashMap<Topic, String>,
@@ -223,6 +316,10 @@ impl KafkaLog {
             .iter()
             .flat_map(|t| (0..actual.partitions(*t)).map(move |p| ((*t, p), AtomicI64::new(-1))))
             .collect();
+        let tails = Topic::ALL
+            .iter()
+            .flat_map(|t| (0..actual.partitions(*t)).map(move |p| ((*t, p), SharedTail::default())))
+            .collect();
         info!(brokers = %url.brokers, prefix = %url.prefix, topology = ?actual, "kafka log connected");
         let names = Topic::ALL.iter().map(|t| (*t, url.topic_name(*t))).collect();
         Ok(KafkaLog {
@@ -233,6 +330,7 @@ impl KafkaLog {
             readers: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             high,
+            tails,
         })
     }
 
@@ -298,6 +396,95 @@ impl KafkaLog {
                 Ok(reader)
             }
             None => self.new_reader(topic, partition, from),
+        }
+    }
+
+    /// Reads from the broker with a reader of the partition's pool (see
+    /// [`KafkaLog::take_reader`]).
+    async fn read_broker(
+        &self,
+        topic: Topic,
+        partition: u32,
+        from: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<LogEntry>, LogError> {
+        let mut reader = self.take_reader(topic, partition, from)?;
+        if let Err(e) = self.out_of_range_check(topic, partition, from).await {
+            self.return_reader(topic, partition, reader);
+            return Err(e);
+        }
+        // Records below the known high watermark exist on the broker: wait
+        // for them even when the caller would not wait for new ones.
+        let known_high = self.high[&(topic, partition)].load(Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        let result = loop {
+            if out.len() >= max.max(1) {
+                break Ok(());
+            }
+            let wait_for = if (reader.next as i64) < known_high {
+                EXISTING_RECORD_WAIT.max(wait)
+            } else if out.is_empty() {
+                wait
+            } else {
+                Duration::ZERO
+            };
+            let msg = if wait_for.is_zero() {
+                match reader.consumer.recv().now_or_never() {
+                    Some(m) => m,
+                    None => break Ok(()),
+                }
+            } else {
+                match tokio::time::timeout_at(started + wait_for, reader.consumer.recv()).await {
+                    Ok(m) => m,
+                    Err(_) => break Ok(()),
+                }
+            };
+            match msg {
+                Ok(m) => {
+                    let offset = m.offset() as u64;
+                    if m.partition() as u32 != partition || offset < reader.next {
+                        continue; // left over from an earlier assignment
+                    }
+                    out.push(LogEntry {
+                        offset,
+                        key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+                        value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+                    });
+                    reader.next = offset + 1;
+                }
+                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))
+                | Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
+                    let end = self.end_offset(topic, partition).await.unwrap_or(0);
+                    reader.next = u64::MAX; // its assignment is dead; re-position on next use
+                    break Err(LogError::OffsetOutOfRange {
+                        topic: topic.name().to_owned(),
+                        partition,
+                        offset: from,
+                        end,
+                    });
+                }
+                Err(e) => {
+                    reader.next = u64::MAX;
+                    break Err(kafka_err(e));
+                }
+            }
+        };
+        if reader.next != u64::MAX {
+            self.high[&(topic, partition)].fetch_max(reader.next as i64, Ordering::Relaxed);
+        }
+        if reader.next != u64::MAX {
+            self.return_reader(topic, partition, reader);
+        }
+        match result {
+            Ok(()) => Ok(out),
+            Err(e) if !out.is_empty() => {
+                debug!(error = %e, "returning the records read before an error");
+                Ok(out)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -402,82 +589,61 @@ impl Log for KafkaLog {
         wait: Duration,
     ) -> Result<Vec<LogEntry>, LogError> {
         self.check(topic, partition)?;
-        let mut reader = self.take_reader(topic, partition, from)?;
-        if let Err(e) = self.out_of_range_check(topic, partition, from).await {
-            self.return_reader(topic, partition, reader);
-            return Err(e);
-        }
+        let shared = &self.tails[&(topic, partition)];
         // Records below the known high watermark exist on the broker: wait
         // for them even when the caller would not wait for new ones.
         let known_high = self.high[&(topic, partition)].load(Ordering::Relaxed);
-        let started = tokio::time::Instant::now();
-        let mut out = Vec::new();
-        let result = loop {
-            if out.len() >= max.max(1) {
-                break Ok(());
-            }
-            let wait_for = if (reader.next as i64) < known_high {
-                EXISTING_RECORD_WAIT.max(wait)
-            } else if out.is_empty() {
-                wait
-            } else {
-                Duration::ZERO
-            };
-            let msg = if wait_for.is_zero() {
-                match reader.consumer.recv().now_or_never() {
-                    Some(m) => m,
-                    None => break Ok(()),
-                }
-            } else {
-                match tokio::time::timeout_at(started + wait_for, reader.consumer.recv()).await {
-                    Ok(m) => m,
-                    Err(_) => break Ok(()),
-                }
-            };
-            match msg {
-                Ok(m) => {
-                    let offset = m.offset() as u64;
-                    if m.partition() as u32 != partition || offset < reader.next {
-                        continue; // left over from an earlier assignment
-                    }
-                    out.push(LogEntry {
-                        offset,
-                        key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
-                        value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-                        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-                    });
-                    reader.next = offset + 1;
-                }
-                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))
-                | Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
-                    let end = self.end_offset(topic, partition).await.unwrap_or(0);
-                    reader.next = u64::MAX; // its assignment is dead; re-position on next use
-                    break Err(LogError::OffsetOutOfRange {
-                        topic: topic.name().to_owned(),
-                        partition,
-                        offset: from,
-                        end,
-                    });
-                }
-                Err(e) => {
-                    reader.next = u64::MAX;
-                    break Err(kafka_err(e));
-                }
-            }
+        let patience = if (from as i64) < known_high {
+            EXISTING_RECORD_WAIT.max(wait)
+        } else {
+            wait
         };
-        if reader.next != u64::MAX {
-            self.high[&(topic, partition)].fetch_max(reader.next as i64, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + patience;
+        /// What a fetch does, decided under the tail's lock.
+        enum Step<'a> {
+            Wait(tokio::sync::futures::Notified<'a>),
+            Lead,
+            Alone,
         }
-        if reader.next != u64::MAX {
-            self.return_reader(topic, partition, reader);
-        }
-        match result {
-            Ok(()) => Ok(out),
-            Err(e) if !out.is_empty() => {
-                debug!(error = %e, "returning the records read before an error");
-                Ok(out)
+        loop {
+            let step = {
+                let mut tail = shared.tail.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(out) = tail.serve(from, max) {
+                    return Ok(out);
+                }
+                match tail.end {
+                    // Another caller reads on from here: wait for it.
+                    Some(end) if end == from && tail.leading => Step::Wait(shared.grown.notified()),
+                    // Lead: at the tail's end, or ahead of an idle (or
+                    // empty) tail, which moves up to here.
+                    end if !tail.leading && end.is_none_or(|end| from >= end) => {
+                        if end != Some(from) {
+                            tail.restart(from);
+                        }
+                        tail.leading = true; // given up by `Lead`'s drop
+                        Step::Lead
+                    }
+                    // Behind the tail, or ahead of a leader: a reader of its own.
+                    _ => Step::Alone,
+                }
+            };
+            match step {
+                Step::Wait(grown) => {
+                    if tokio::time::timeout_at(deadline, grown).await.is_err() {
+                        return Ok(Vec::new());
+                    }
+                }
+                Step::Alone => return self.read_broker(topic, partition, from, max, wait).await,
+                Step::Lead => {
+                    let lead = Lead(shared);
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let read = self.read_broker(topic, partition, from, max, left).await;
+                    if let Ok(entries) = &read {
+                        lead.read(from, entries);
+                    }
+                    return read;
+                }
             }
-            Err(e) => Err(e),
         }
     }
 
@@ -551,6 +717,41 @@ impl Drop for KafkaLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(offset: u64, bytes: usize) -> LogEntry {
+        LogEntry {
+            offset,
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(vec![0u8; bytes]),
+            timestamp_ms: 0,
+        }
+    }
+
+    /// The shared tail answers only what it holds, grows only at its end,
+    /// and keeps the newest records within its bounds.
+    #[test]
+    fn a_tail_serves_what_it_holds_and_grows_only_at_its_end() {
+        let mut t = Tail::default();
+        assert_eq!(t.serve(0, 10), None, "empty");
+        t.restart(100);
+        t.append(100, &(100..110).map(|o| entry(o, 1)).collect::<Vec<_>>());
+        assert_eq!(t.end, Some(110));
+        let got: Vec<u64> = t.serve(105, 3).unwrap().iter().map(|e| e.offset).collect();
+        assert_eq!(got, vec![105, 106, 107]);
+        assert_eq!(t.serve(110, 3), None, "its end: the leader's to read");
+        assert_eq!(t.serve(99, 3), None, "behind it: a reader of one's own");
+        // A read that no longer starts at the end (the tail moved) is not kept.
+        t.append(105, &[entry(105, 1)]);
+        assert_eq!(t.entries.len(), 10);
+        // Bounded: the oldest go first.
+        let many: Vec<LogEntry> = (110..110 + TAIL_RECORDS as u64).map(|o| entry(o, 1)).collect();
+        t.append(110, &many);
+        assert_eq!(t.entries.len(), TAIL_RECORDS);
+        assert_eq!(t.entries.front().unwrap().offset, 110);
+        t.append(t.end.unwrap(), &[entry(t.end.unwrap(), TAIL_BYTES)]);
+        assert_eq!(t.entries.len(), 1, "the byte bound keeps at least the newest");
+        assert_eq!(t.bytes, TAIL_BYTES + 1);
+    }
 
     #[test]
     fn parses_urls() {
