@@ -10,6 +10,8 @@
 //! awaiting their `ack` (a send due while the window is full waits: the
 //! generator offers what the server takes, never a queue without end). The
 //! rate steps through `SMALL_RATES` (messages/s), `SMALL_STEP_SECS` (20)
+//! (after the last step it waits up to `SMALL_DRAIN_SECS`, 30, for what is
+//! still on its way)
 //! each, and stops after the first step whose ack p99 passes `SMALL_P99_MS`
 //! (50).
 //!
@@ -87,6 +89,7 @@ pub async fn run(server: &str, base: &str, pid: u32) -> anyhow::Result<()> {
     let step_secs: u64 = env("SMALL_STEP_SECS", 20);
     let p99_limit_ms: f64 = env("SMALL_P99_MS", 50.0);
     let window: usize = env("SMALL_WINDOW", 16);
+    let drain_secs: u64 = env("SMALL_DRAIN_SECS", 30);
     let rates: Vec<u64> = env(
         "SMALL_RATES",
         "10000,20000,30000,40000,50000,60000,70000,80000".to_owned(),
@@ -261,7 +264,7 @@ pub async fn run(server: &str, base: &str, pid: u32) -> anyhow::Result<()> {
             shared.emotions.load(Ordering::Relaxed),
         );
         let done = now.1 >= 2 * now.0 && now.2 >= 2 * now.0;
-        if done && now == last || drain.elapsed() > Duration::from_secs(30) {
+        if done && now == last || drain.elapsed() > Duration::from_secs(drain_secs) {
             break;
         }
         last = now;
@@ -281,7 +284,8 @@ pub async fn run(server: &str, base: &str, pid: u32) -> anyhow::Result<()> {
                "acked": acked, "deliveries": delivered, "lost_deliveries": (2 * acked).saturating_sub(delivered),
                "emotions": emotions, "lost_emotions": (2 * acked).saturating_sub(emotions),
                "out_of_sender_order": shared.out_of_order.load(Ordering::Relaxed),
-               "errors": shared.errors.load(Ordering::Relaxed), "steps": steps.len()})
+               "errors": shared.errors.load(Ordering::Relaxed), "steps": steps.len(),
+               "drained_secs": drain.elapsed().as_secs_f64()})
     );
     Ok(())
 }
