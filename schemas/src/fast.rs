@@ -50,9 +50,15 @@ impl<'a> Reader<'a> {
         Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    /// An array of floats: blocks of `count` items (a negative count is
-    /// followed by the block's size in bytes), ended by a zero count.
-    fn floats(&mut self) -> Result<Vec<f32>, SchemaError> {
+    /// An array: blocks of `count` items (a negative count is followed by
+    /// the block's size in bytes), ended by a zero count. Each item takes at
+    /// least `min_bytes`, so a count the rest of the record cannot hold is
+    /// refused before anything is allocated for it.
+    fn array<T>(
+        &mut self,
+        min_bytes: usize,
+        mut item: impl FnMut(&mut Self) -> Result<T, SchemaError>,
+    ) -> Result<Vec<T>, SchemaError> {
         let mut out = Vec::new();
         loop {
             let count = self.long()?;
@@ -63,13 +69,18 @@ impl<'a> Reader<'a> {
                 self.long()?;
             }
             let n = count.unsigned_abs();
-            if n > (self.buf.len() / 4) as u64 {
+            if n > (self.buf.len() / min_bytes) as u64 {
                 return Err(malformed("array longer than the record"));
             }
             for _ in 0..n {
-                out.push(self.float()?);
+                out.push(item(self)?);
             }
         }
+    }
+
+    /// An array of floats (four bytes each).
+    fn floats(&mut self) -> Result<Vec<f32>, SchemaError> {
+        self.array(4, Self::float)
     }
 
     fn string(&mut self) -> Result<String, SchemaError> {
@@ -95,26 +106,9 @@ impl Reader<'_> {
         }
     }
 
-    /// An array of strings, in blocks like [`Reader::floats`].
+    /// An array of strings (each at least its length's byte).
     fn strings(&mut self) -> Result<Vec<String>, SchemaError> {
-        let mut out = Vec::new();
-        loop {
-            let count = self.long()?;
-            if count == 0 {
-                return Ok(out);
-            }
-            if count < 0 {
-                self.long()?;
-            }
-            // Every string takes at least its length's byte.
-            let n = count.unsigned_abs();
-            if n > self.buf.len() as u64 {
-                return Err(malformed("array longer than the record"));
-            }
-            for _ in 0..n {
-                out.push(self.string()?);
-            }
-        }
+        self.array(1, Self::string)
     }
 
     /// A `["null", "int"]` union: the branch index, then the int.
