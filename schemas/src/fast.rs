@@ -92,9 +92,7 @@ impl<'a> Reader<'a> {
         self.buf = rest;
         String::from_utf8(s.to_vec()).map_err(|_| malformed("string is not UTF-8"))
     }
-}
 
-impl Reader<'_> {
     /// A boolean: one byte, 0 or 1.
     fn boolean(&mut self) -> Result<bool, SchemaError> {
         let (&b, rest) = self.buf.split_first().ok_or_else(|| malformed("truncated boolean"))?;
