@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, patch, post, put};
 use emosation_http::auth::TokenKind;
 use emosation_http::client::ClientAddr;
-use emosation_http::{ApiError, ApiJson, ApiPath, AuthUser, Authenticator, TokenPair};
+use emosation_http::{ApiError, ApiJson, ApiPath, ApiQuery, AuthUser, Authenticator, TokenPair};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -368,13 +368,16 @@ async fn upload(
     user: AuthUser,
     ApiPath(room_id): ApiPath<String>,
     headers: HeaderMap,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let query: UploadQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
     let name = query.name.or_else(|| {
         let raw = headers.get("x-file-name")?.to_str().ok()?;
-        Some(percent_decode(raw))
+        Some(
+            percent_encoding::percent_decode_str(raw)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
     });
     let declared = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let length = headers
@@ -442,38 +445,6 @@ pub fn attachment_json(a: &emosation_core::view::AttachmentView) -> serde_json::
         "uploaded_at": emosation_core::time::rfc3339_millis(a.uploaded_at),
         "url": format!("/v1/attachments/{}", a.attachment_id),
     })
-}
-
-fn serde_urlencoded_query(q: &str) -> Result<UploadQuery, ApiError> {
-    let mut name = None;
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k == "name" {
-            name = Some(percent_decode(&v.replace('+', " ")));
-        }
-    }
-    Ok(UploadQuery { name })
-}
-
-/// `%XX` escapes decoded as UTF-8 (invalid sequences replaced).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The body of `POST /v1/rooms/{room_id}/read`.
