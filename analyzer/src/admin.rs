@@ -199,54 +199,46 @@ impl AnalyticsConsumer for AdminConsumer {
                 .filter(|(c, f)| Self::accepted(c, f.as_ref()))
                 .map(|(c, _)| c)
                 .collect();
-            // The counters this batch touches, as stored.
-            let mut counters: BTreeMap<ViewKey, AdminCountsView> = BTreeMap::new();
-            let totals = ViewKey::admin_totals(topic, partition);
-            let mut keys: Vec<ViewKey> = accepted
-                .iter()
-                .filter(|c| !matches!(c.effect, Effect::Audit(_)))
-                .map(|c| ViewKey::admin_day(topic, partition, day_start(c.at)))
-                .collect();
-            let audits: Vec<AuditEntryView> = accepted
-                .iter()
-                .filter_map(|c| match &c.effect {
-                    Effect::Audit(a) => Some(a.clone()),
-                    _ => None,
-                })
-                .collect();
-            if !keys.is_empty() {
-                keys.push(totals.clone());
-            }
-            keys.sort();
-            keys.dedup();
-            for (k, v) in keys.iter().zip(self.views.load(&keys).await?) {
-                let view = match v {
-                    Some(ViewValue::AdminCounts(c)) => c,
-                    // A day's bucket is its start; the totals' is 0.
-                    _ => AdminCountsView {
-                        day: match k {
-                            ViewKey::Admin { bucket, .. } => *bucket,
-                            _ => 0,
-                        },
-                        ..AdminCountsView::default()
-                    },
-                };
-                counters.insert(k.clone(), view);
-            }
+            // This batch's counts by UTC day (the totals are their sum),
+            // then added to what is stored.
+            let mut days: BTreeMap<i64, AdminCountsView> = BTreeMap::new();
+            let mut audits: Vec<AuditEntryView> = Vec::new();
             for c in &accepted {
-                let day = ViewKey::admin_day(topic, partition, day_start(c.at));
-                for key in [&day, &totals] {
-                    let Some(v) = counters.get_mut(key) else { continue };
-                    match &c.effect {
-                        Effect::Signup => v.signups += 1,
-                        Effect::Room { .. } => v.rooms += 1,
-                        Effect::Message { .. } => v.messages += 1,
-                        Effect::Emotion { slot, .. } => v.emotions[*slot] += 1,
-                        Effect::Audit(_) => {}
-                    }
+                if let Effect::Audit(a) = &c.effect {
+                    audits.push(a.clone());
+                    continue;
+                }
+                let day = day_start(c.at).max(0);
+                let v = days.entry(day).or_insert_with(|| AdminCountsView {
+                    day,
+                    ..AdminCountsView::default()
+                });
+                match &c.effect {
+                    Effect::Signup => v.signups += 1,
+                    Effect::Room { .. } => v.rooms += 1,
+                    Effect::Message { .. } => v.messages += 1,
+                    Effect::Emotion { slot, .. } => v.emotions[*slot] += 1,
+                    Effect::Audit(_) => {}
                 }
             }
-            changes.extend(counters.into_iter().map(|(k, v)| (k, Some(ViewValue::AdminCounts(v)))));
+            if !days.is_empty() {
+                let mut totals = AdminCountsView::default();
+                for v in days.values() {
+                    totals.add(v);
+                }
+                let mut batch: Vec<(ViewKey, AdminCountsView)> = days
+                    .into_iter()
+                    .map(|(day, v)| (ViewKey::admin_day(topic, partition, day), v))
+                    .collect();
+                batch.push((ViewKey::admin_totals(topic, partition), totals));
+                let keys: Vec<ViewKey> = batch.iter().map(|(k, _)| k.clone()).collect();
+                for ((key, mut counts), stored) in batch.into_iter().zip(self.views.load(&keys).await?) {
+                    if let Some(ViewValue::AdminCounts(stored)) = stored {
+                        counts.add(&stored);
+                    }
+                    changes.push((key, Some(ViewValue::AdminCounts(counts))));
+                }
+            }
             if !audits.is_empty() {
                 changes.extend(self.append_audit(partition, audits).await?);
             }

@@ -376,6 +376,18 @@ pub struct AdminCountsView {
     pub emotions: [u64; 7],
 }
 
+impl AdminCountsView {
+    /// Adds `other`'s counts to these (the day stays).
+    pub fn add(&mut self, other: &AdminCountsView) {
+        self.signups += other.signups;
+        self.rooms += other.rooms;
+        self.messages += other.messages;
+        for (a, b) in self.emotions.iter_mut().zip(other.emotions) {
+            *a += b;
+        }
+    }
+}
+
 /// How many audit entries one accounts partition holds (scope
 /// `audit/PARTITION`, bucket 0): entry `n` is on page `n / AUDIT_PAGE`,
 /// stored at bucket `1 + n / AUDIT_PAGE`.

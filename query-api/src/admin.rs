@@ -170,15 +170,6 @@ fn emotions_json(counts: &[u64; 7]) -> Value {
     )
 }
 
-fn add(into: &mut AdminCountsView, c: &AdminCountsView) {
-    into.signups += c.signups;
-    into.rooms += c.rooms;
-    into.messages += c.messages;
-    for (a, b) in into.emotions.iter_mut().zip(c.emotions) {
-        *a += b;
-    }
-}
-
 /// `GET /v1/admin/stats`: per UTC day over the last seven (oldest first,
 /// today last) sign-ups, rooms created, messages stored and the emotion mix
 /// of those messages; the same over all time; and the users with a
@@ -204,17 +195,17 @@ async fn stats(
     let mut per_day: Vec<AdminCountsView> = days.iter().map(|_| AdminCountsView::default()).collect();
     for chunk in values.chunks(days.len() + 1) {
         if let Some(Some(ViewValue::AdminCounts(c))) = chunk.first() {
-            add(&mut totals, c);
+            totals.add(c);
         }
         for (day, v) in per_day.iter_mut().zip(&chunk[1..]) {
             if let Some(ViewValue::AdminCounts(c)) = v {
-                add(day, c);
+                day.add(c);
             }
         }
     }
     let mut week = AdminCountsView::default();
     for d in &per_day {
-        add(&mut week, d);
+        week.add(d);
     }
     let online = s.presence.online_count().await.ok();
     let days_json: Vec<Value> = days
