@@ -64,12 +64,20 @@ pub fn percentiles(mut us: Vec<u64>) -> Value {
 /// the observations, and all of them, fall (upper bounds: the histograms
 /// are bucketed).
 pub async fn server_stages(http: &Client, base: &str, names: &[&str]) -> Value {
+    stages_between(&Histograms::default(), &server_histograms(http, base, names).await)
+}
+
+/// Cumulative bucket counts `(le, count)` of a server's histograms, by name.
+pub type Histograms = std::collections::BTreeMap<String, Vec<(f64, f64)>>;
+
+/// The buckets of the named histograms (`name` or `name{label="value"}`) from
+/// the server's `/metrics`; none if it does not answer.
+pub async fn server_histograms(http: &Client, base: &str, names: &[&str]) -> Histograms {
     let Ok(text) = async { http.get(format!("{base}/metrics")).send().await?.text().await }.await else {
-        return json!({});
+        return Histograms::default();
     };
-    let mut out = serde_json::Map::new();
+    let mut out = Histograms::new();
     for name in names {
-        // `name` or `name{label="value"}`: the buckets of that series.
         let prefix = match name.split_once('{') {
             Some((base, labels)) => format!("{base}_bucket{{{},le=\"", labels.trim_end_matches('}')),
             None => format!("{name}_bucket{{le=\""),
@@ -82,7 +90,32 @@ pub async fn server_stages(http: &Client, base: &str, names: &[&str]) -> Value {
                 Some((le.parse().unwrap_or(f64::INFINITY), count.trim().parse().ok()?))
             })
             .collect();
+        if !buckets.is_empty() {
+            out.insert((*name).to_owned(), buckets);
+        }
+    }
+    out
+}
+
+/// Per histogram, what was observed between two scrapes: count, and the
+/// bucket bounds (µs) holding its median, 99th percentile and maximum.
+pub fn stages_between(before: &Histograms, after: &Histograms) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, buckets) in after {
+        let earlier = before.get(name);
+        let buckets: Vec<(f64, f64)> = buckets
+            .iter()
+            .map(|&(le, c)| {
+                let b = earlier
+                    .and_then(|e| e.iter().find(|(l, _)| *l == le))
+                    .map_or(0.0, |(_, c)| *c);
+                (le, c - b)
+            })
+            .collect();
         let Some(&(_, total)) = buckets.last() else { continue };
+        if total <= 0.0 {
+            continue;
+        }
         let bound = |q: f64| {
             buckets.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| {
                 if le.is_finite() {
@@ -93,7 +126,7 @@ pub async fn server_stages(http: &Client, base: &str, names: &[&str]) -> Value {
             })
         };
         out.insert(
-            (*name).to_owned(),
+            name.clone(),
             json!({"n": total, "p50_le_us": bound(0.5), "p99_le_us": bound(0.99), "max_le_us": bound(1.0)}),
         );
     }

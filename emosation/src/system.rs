@@ -204,6 +204,9 @@ pub struct Plan {
     /// Analytics share the process with the chat path, so they get a
     /// low-priority runtime of their own.
     pub analytics_runtime: bool,
+    /// The projector shares the process with sockets (ingest, fan-out), so
+    /// it gets a thread and runtime of its own (see [`SideRuntime`]).
+    pub projector_runtime: bool,
 }
 
 impl Plan {
@@ -228,6 +231,7 @@ impl Plan {
             redis_decisions,
             activity,
             analytics_runtime: chat_path && (roles.analyzer || activity),
+            projector_runtime: projector && (roles.ingest || roles.fanout),
         })
     }
 }
@@ -365,23 +369,38 @@ pub struct Server {
     /// The listener's connection limits, for the redirect listener too.
     limits: ConnectionLimits,
     /// Where the analytics consumers run beside the chat path (if they do).
-    _analytics: Option<Analytics>,
+    _analytics: Option<SideRuntime>,
+    /// Where the projector runs beside the sockets (if it does).
+    _projector: Option<SideRuntime>,
 }
 
-/// The analytics consumers' own runtime, used when they share the process
-/// with the chat path (`serve`): its threads run at the lowest CPU priority
-/// (nice 19), so classifying a message's emotion and folding activity happen
-/// in the time the chat path leaves. On a core shared with the fan-out, an
-/// analyzer woken by the same group commit as a message's socket writes
-/// would run between them and add ~0.1 ms to its last receivers; at the
-/// lowest priority it waits for them, and still progresses, with a small
-/// share, on a saturated machine.
-struct Analytics {
+/// A runtime of its own for work that shares the process with the sockets,
+/// so that the OS scheduler, not the sockets' run queue, decides when it
+/// runs.
+///
+/// - **The analytics consumers** (analyzer, activity, admin) beside the chat
+///   path (`serve`): their threads run at the lowest CPU priority (nice 19),
+///   so classifying a message's emotion and folding activity happen in the
+///   time the chat path leaves. On a core shared with the fan-out, an
+///   analyzer woken by the same group commit as a message's socket writes
+///   would run between them and add ~0.1 ms to its last receivers; at the
+///   lowest priority it waits for them, and still progresses, with a small
+///   share, on a saturated machine.
+/// - **The projector** beside ingest and the fan-out: its decisions gate
+///   every acknowledgement, and on the server's runtime it was one task
+///   among thousands of sockets woken by the same burst (a group commit's
+///   acks, a batch's deliveries), so a decision waited its turn behind all
+///   of them — tens of milliseconds at a few thousand messages a second,
+///   the tail that set `small_rooms`' highest rate held (bench/README.md).
+///   On a thread of its own, at normal priority, it runs when it wakes: the
+///   kernel's scheduler favours a thread that slept. One worker thread: the
+///   projector is one task.
+struct SideRuntime {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-impl Analytics {
-    fn start() -> std::io::Result<Analytics> {
+impl SideRuntime {
+    fn analytics() -> std::io::Result<SideRuntime> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("analytics")
             .on_thread_start(|| {
@@ -391,20 +410,33 @@ impl Analytics {
             })
             .enable_all()
             .build()?;
-        Ok(Analytics { runtime: Some(runtime) })
+        Ok(SideRuntime { runtime: Some(runtime) })
     }
 
-    /// Spawns `task` into the server's task set: on the analytics runtime if
-    /// there is one (the task set then holds a future that ends with it),
-    /// else where the server runs.
-    fn spawn<F>(analytics: Option<&Analytics>, tasks: &mut JoinSet<anyhow::Result<()>>, task: F)
+    fn projector() -> std::io::Result<SideRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("projector")
+            .enable_all()
+            .build()?;
+        Ok(SideRuntime { runtime: Some(runtime) })
+    }
+
+    /// Spawns `task` into the server's task set: on `side` if there is one
+    /// (the task set then holds a future that ends with it), else where the
+    /// server runs.
+    fn spawn<F>(side: Option<&SideRuntime>, tasks: &mut JoinSet<anyhow::Result<()>>, task: F)
     where
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        match analytics.and_then(|a| a.runtime.as_ref()) {
+        match side.and_then(|a| a.runtime.as_ref()) {
             Some(rt) => {
                 let handle = rt.spawn(task);
-                tasks.spawn(async move { handle.await.map_err(|e| anyhow::anyhow!("analytics task: {e}"))? });
+                tasks.spawn(async move {
+                    handle
+                        .await
+                        .map_err(|e| anyhow::anyhow!("task on a side runtime: {e}"))?
+                });
             }
             None => {
                 tasks.spawn(task);
@@ -413,7 +445,7 @@ impl Analytics {
     }
 }
 
-impl Drop for Analytics {
+impl Drop for SideRuntime {
     fn drop(&mut self) {
         // Never blocks (the server may be dropped inside the main runtime).
         if let Some(rt) = self.runtime.take() {
@@ -514,7 +546,7 @@ impl Server {
             app = app.merge(emosation_ws_fanout::routes(fanout));
         }
         let analytics = if plan.analytics_runtime {
-            Some(Analytics::start().context("start the analytics runtime")?)
+            Some(SideRuntime::analytics().context("start the analytics runtime")?)
         } else {
             None
         };
@@ -524,14 +556,14 @@ impl Server {
                 emosation_analyzer::classifier_from_settings(&cfg.classifier),
             );
             let stop = shutdown.clone();
-            Analytics::spawn(analytics.as_ref(), &mut tasks, async move {
+            SideRuntime::spawn(analytics.as_ref(), &mut tasks, async move {
                 analyzer.run(stop).await.context("analyzer")
             });
         }
         if plan.activity {
             let activity = Arc::new(ActivityConsumer::new(Arc::clone(&views), Arc::clone(&decisions)));
             let (activity_log, stop) = (Arc::clone(&log), shutdown.clone());
-            Analytics::spawn(analytics.as_ref(), &mut tasks, async move {
+            SideRuntime::spawn(analytics.as_ref(), &mut tasks, async move {
                 run_consumer(activity, activity_log, stop)
                     .await
                     .context("activity consumer")
@@ -540,14 +572,21 @@ impl Server {
             // consumer wherever it runs (a consumer of views of its own).
             let admin = Arc::new(AdminConsumer::new(Arc::clone(&views), Arc::clone(&decisions)));
             let (admin_log, stop) = (Arc::clone(&log), shutdown.clone());
-            Analytics::spawn(analytics.as_ref(), &mut tasks, async move {
+            SideRuntime::spawn(analytics.as_ref(), &mut tasks, async move {
                 run_consumer(admin, admin_log, stop).await.context("admin consumer")
             });
         }
+        let projector_runtime = if plan.projector_runtime {
+            Some(SideRuntime::projector().context("start the projector's runtime")?)
+        } else {
+            None
+        };
         if plan.projector {
             let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions);
             let stop = shutdown.clone();
-            tasks.spawn(async move { projector.run(stop).await.context("projector") });
+            SideRuntime::spawn(projector_runtime.as_ref(), &mut tasks, async move {
+                projector.run(stop).await.context("projector")
+            });
             let (log, views, stop) = (Arc::clone(&log), Arc::clone(&views), shutdown.clone());
             tasks.spawn(async move {
                 export_projector_lag(&*log, &*views, stop).await;
@@ -606,6 +645,7 @@ impl Server {
             tasks,
             limits: cfg.connections,
             _analytics: analytics,
+            _projector: projector_runtime,
         })
     }
 
@@ -678,7 +718,7 @@ mod tests {
     #[test]
     fn serve_on_the_embedded_engines_runs_everything_in_process() {
         let plan = Plan::new(Roles::ALL, &Engines::embedded("/nonexistent")).unwrap();
-        assert!(plan.projector && plan.activity && plan.analytics_runtime);
+        assert!(plan.projector && plan.activity && plan.analytics_runtime && plan.projector_runtime);
         assert!(!plan.shared_views && !plan.redis_decisions);
     }
 
@@ -696,6 +736,10 @@ mod tests {
         // The analyzer reads no views: no replica, no activity.
         let analyzer = Plan::new(only(|r| r.analyzer = true), &engines(None, None)).unwrap();
         assert!(!analyzer.projector && !analyzer.activity && !analyzer.analytics_runtime);
+        assert!(
+            fanout.projector_runtime && !query.projector_runtime,
+            "the projector gets a thread of its own beside sockets only"
+        );
     }
 
     #[test]
