@@ -204,8 +204,9 @@ pub struct Plan {
     /// Analytics share the process with the chat path, so they get a
     /// low-priority runtime of their own.
     pub analytics_runtime: bool,
-    /// The projector shares the process with sockets (ingest, fan-out), so
-    /// it gets a thread and runtime of its own (see [`SideRuntime`]).
+    /// The projector shares the process with what serves clients (ingest,
+    /// fan-out, query API), so it gets a thread and runtime of its own (see
+    /// [`SideRuntime`]).
     pub projector_runtime: bool,
 }
 
@@ -231,7 +232,7 @@ impl Plan {
             redis_decisions,
             activity,
             analytics_runtime: chat_path && (roles.analyzer || activity),
-            projector_runtime: projector && (roles.ingest || roles.fanout),
+            projector_runtime: projector && (roles.ingest || roles.fanout || roles.query_api),
         })
     }
 }
@@ -386,15 +387,19 @@ pub struct Server {
 ///   would run between them and add ~0.1 ms to its last receivers; at the
 ///   lowest priority it waits for them, and still progresses, with a small
 ///   share, on a saturated machine.
-/// - **The projector** beside ingest and the fan-out: its decisions gate
-///   every acknowledgement, and on the server's runtime it was one task
-///   among thousands of sockets woken by the same burst (a group commit's
-///   acks, a batch's deliveries), so a decision waited its turn behind all
-///   of them — tens of milliseconds at a few thousand messages a second,
-///   the tail that set `small_rooms`' highest rate held (bench/README.md).
-///   On a thread of its own, at normal priority, it runs when it wakes: the
-///   kernel's scheduler favours a thread that slept. One worker thread: the
-///   projector is one task.
+/// - **The projector** beside ingest, the fan-out or the query API: its
+///   decisions gate every acknowledgement, and on the server's runtime it
+///   was one task among thousands of sockets woken by the same burst (a
+///   group commit's acks, a batch's deliveries), so a decision waited its
+///   turn behind all of them — tens of milliseconds at a few thousand
+///   messages a second, the tail that set `small_rooms`' highest rate held
+///   (bench/README.md, "sixth session"). And its view commits block: fjall
+///   takes its journal lock for a commit, which its flush workers hold while
+///   they sync the journal (20–50 ms at times on a busy disk), so on the
+///   server's runtime every socket on that worker stopped with it. On a
+///   thread of its own, at normal priority, it runs when it wakes (the
+///   kernel's scheduler favours a thread that slept) and blocks no one but
+///   itself. One worker thread: the projector is one task.
 struct SideRuntime {
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -737,8 +742,13 @@ mod tests {
         let analyzer = Plan::new(only(|r| r.analyzer = true), &engines(None, None)).unwrap();
         assert!(!analyzer.projector && !analyzer.activity && !analyzer.analytics_runtime);
         assert!(
-            fanout.projector_runtime && !query.projector_runtime,
-            "the projector gets a thread of its own beside sockets only"
+            fanout.projector_runtime && query.projector_runtime,
+            "a replica's projector gets a thread of its own beside what serves clients"
+        );
+        let projector = Plan::new(only(|r| r.projector = true), &engines(None, None)).unwrap();
+        assert!(
+            !projector.projector_runtime,
+            "alone, it has the process's runtime to itself"
         );
     }
 

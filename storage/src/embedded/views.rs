@@ -12,17 +12,9 @@
 //! A failed write (a full disk) poisons the fjall database, which then
 //! refuses every write until it is reopened: the store remembers the first
 //! such failure and reports it through [`ViewStore::health`].
-//!
-//! Batches are committed by a thread of the store's own (`views-writer`),
-//! never on the caller's: a fjall commit takes the database's journal lock,
-//! which fjall's flush workers hold while they sync the journal (tens of
-//! milliseconds on a busy disk), and an async runtime's worker blocked there
-//! stops every socket and consumer it runs. The writer commits whatever
-//! batches are waiting (any consumers') as one fjall batch.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock, RwLock, mpsc};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use emosation_core::bulk::BulkRows;
@@ -49,73 +41,6 @@ pub struct EmbeddedViewStore {
     cache: EntityCache,
     /// The first write failure that poisoned the database.
     poisoned: OnceLock<String>,
-    /// Batches to the writer thread; `None` once the store is dropped.
-    commits: Option<mpsc::Sender<Commit>>,
-    writer: Option<JoinHandle<()>>,
-}
-
-/// One write of a table row: a value, or `None` to remove the key.
-type Write = (Keyspace, Vec<u8>, Option<Vec<u8>>);
-
-/// A batch for the writer thread and where to answer.
-struct Commit {
-    writes: Vec<Write>,
-    done: tokio::sync::oneshot::Sender<Result<(), Failed>>,
-}
-
-/// A failed commit as each caller of its group sees it (fjall's errors are
-/// not `Clone`): whether it poisoned the database, and what it said.
-struct Failed {
-    poisons: bool,
-    message: String,
-}
-
-/// The most batches the writer takes into one fjall commit.
-const MAX_COMMIT_GROUP: usize = 64;
-
-/// The writer thread: every batch waiting is committed as one fjall batch
-/// (atomic as a whole, so each of them is), then every caller is answered.
-fn writer_loop(db: Database, rx: mpsc::Receiver<Commit>) {
-    let mut group: Vec<Commit> = Vec::with_capacity(MAX_COMMIT_GROUP);
-    while let Ok(first) = rx.recv() {
-        group.push(first);
-        while group.len() < MAX_COMMIT_GROUP {
-            match rx.try_recv() {
-                Ok(c) => group.push(c),
-                Err(_) => break,
-            }
-        }
-        let mut b = db.batch();
-        for c in &mut group {
-            for (ks, k, v) in c.writes.drain(..) {
-                match v {
-                    Some(v) => b.insert(&ks, k, v),
-                    None => b.remove(&ks, k),
-                }
-            }
-        }
-        let started = std::time::Instant::now();
-        let result = b.commit();
-        metrics::histogram!("emosation_views_commit_seconds").record(started.elapsed().as_secs_f64());
-        for c in group.drain(..) {
-            let answer = result.as_ref().map(|_| ()).map_err(|e| Failed {
-                poisons: matches!(e, fjall::Error::Io(_) | fjall::Error::Poisoned),
-                message: e.to_string(),
-            });
-            let _ = c.done.send(answer);
-        }
-    }
-}
-
-impl Drop for EmbeddedViewStore {
-    fn drop(&mut self) {
-        // Closing the queue lets the writer commit what is queued and exit,
-        // so the database is closed when the store is gone.
-        self.commits.take();
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
-        }
-    }
 }
 
 /// The keyspaces of the views (every consumer's tables).
@@ -293,16 +218,6 @@ impl EmbeddedViewStore {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
             })
             .map_err(err)?;
-        let (commits, rx) = mpsc::channel();
-        let writer_db = db.clone();
-        let writer = std::thread::Builder::new()
-            .name("views-writer".into())
-            .spawn(move || writer_loop(writer_db, rx))
-            .map_err(|e| OpenError::Open {
-                what: "embedded view store",
-                path: dir.display().to_string(),
-                reason: e.to_string(),
-            })?;
         Ok(EmbeddedViewStore {
             db,
             handles: RwLock::new(Arc::new(handles)),
@@ -310,8 +225,6 @@ impl EmbeddedViewStore {
             ingesting: Arc::new(Mutex::new(())),
             cache: EntityCache::default(),
             poisoned: OnceLock::new(),
-            commits: Some(commits),
-            writer: Some(writer),
         })
     }
 
@@ -553,7 +466,7 @@ impl ViewQueries for EmbeddedViewStore {
 impl ViewStore for EmbeddedViewStore {
     async fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
         let h = self.handles();
-        let mut writes: Vec<Write> = Vec::with_capacity(batch.changes.len() + batch.positions.len() + 4);
+        let mut b = self.db.batch();
         // Each change's size as stored, for the cache's byte bound.
         let mut sizes = Vec::with_capacity(batch.changes.len());
         for (key, value) in &batch.changes {
@@ -563,11 +476,11 @@ impl ViewStore for EmbeddedViewStore {
                 Some(v) => {
                     let v = postcard::to_allocvec(v).map_err(storage)?;
                     sizes.push(k.len() + v.len());
-                    writes.push((ks.clone(), k, Some(v)));
+                    b.insert(ks, k, v)
                 }
                 None => {
                     sizes.push(0);
-                    writes.push((ks.clone(), k, None));
+                    b.remove(ks, k)
                 }
             }
             // The user's index row is written with the membership and
@@ -577,35 +490,25 @@ impl ViewStore for EmbeddedViewStore {
                 let idx = join2(user_id, room_id);
                 match value {
                     Some(_) if self.cache.contains(key) => {}
-                    Some(_) => writes.push((h.user_rooms.clone(), idx, Some(Vec::new()))),
-                    None => writes.push((h.user_rooms.clone(), idx, None)),
+                    Some(_) => b.insert(&h.user_rooms, idx, []),
+                    None => b.remove(&h.user_rooms, idx),
                 }
             }
         }
         for (topic, partition, next) in &batch.positions {
-            writes.push((
-                self.positions.clone(),
+            b.insert(
+                &self.positions,
                 consumer_partition_key(&batch.consumer, *topic, *partition),
-                Some(next.to_be_bytes().to_vec()),
-            ));
+                next.to_be_bytes(),
+            );
         }
-        if !writes.is_empty() {
-            let (done, answer) = tokio::sync::oneshot::channel();
-            let sent = self
-                .commits
-                .as_ref()
-                .is_some_and(|c| c.send(Commit { writes, done }).is_ok());
-            let stopped = || StoreError::Storage("the view store's writer has stopped".into());
-            if !sent {
-                return Err(stopped());
-            }
-            if let Err(f) = answer.await.map_err(|_| stopped())? {
-                if f.poisons {
-                    let _ = self.poisoned.set(f.message.clone());
-                }
-                return Err(StoreError::Storage(f.message));
-            }
-        }
+        // A commit takes fjall's journal lock, which its flush workers hold
+        // while they sync the journal: tens of milliseconds at times on a
+        // busy disk, which is why the projector beside sockets runs on a
+        // thread of its own (docs/architecture.md).
+        let started = std::time::Instant::now();
+        self.committed(b.commit())?;
+        metrics::histogram!("emosation_views_commit_seconds").record(started.elapsed().as_secs_f64());
         self.cache.write(
             batch
                 .changes
