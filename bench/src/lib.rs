@@ -67,6 +67,18 @@ pub async fn server_stages(http: &Client, base: &str, names: &[&str]) -> Value {
     stages_between(&Histograms::default(), &server_histograms(http, base, names).await)
 }
 
+/// The server's own latency histograms the ws scenarios report: where an
+/// ack's time went (append → durable, then the fold's decision), the log's
+/// group commit, the views' commits, and the fan-out's read → queued.
+pub const SERVER_STAGES: &[&str] = &[
+    "emosation_ingest_append_seconds",
+    "emosation_ingest_decision_seconds",
+    "emosation_fanout_read_to_queued_seconds",
+    "emosation_log_group_commit_seconds{phase=\"write\"}",
+    "emosation_log_group_commit_seconds{phase=\"sync\"}",
+    "emosation_views_commit_seconds",
+];
+
 /// Cumulative bucket counts `(le, count)` of a server's histograms, by name.
 pub type Histograms = std::collections::BTreeMap<String, Vec<(f64, f64)>>;
 

@@ -83,18 +83,6 @@ struct Sock {
 
 /// Runs the scenario against `server` (emosation or a peer's name) at
 /// `base` (process `pid`); prints one JSON line per step and a summary.
-/// The server's own latency histograms reported per step: where an ack's
-/// time went (append → durable, then the fold's decision), the log's group
-/// commit, the views' commits, and the fan-out's read → queued.
-const STAGES: &[&str] = &[
-    "emosation_ingest_append_seconds",
-    "emosation_ingest_decision_seconds",
-    "emosation_log_group_commit_seconds{phase=\"write\"}",
-    "emosation_log_group_commit_seconds{phase=\"sync\"}",
-    "emosation_views_commit_seconds",
-    "emosation_fanout_read_to_queued_seconds",
-];
-
 pub async fn run(server: &str, base: &str, pid: u32) -> anyhow::Result<()> {
     let rooms_n: usize = env("SMALL_ROOMS", 5_000);
     let users_n: usize = env("SMALL_USERS", 200);
@@ -237,7 +225,7 @@ pub async fn run(server: &str, base: &str, pid: u32) -> anyhow::Result<()> {
         shared
             .interval_us
             .store((sockets * 1_000_000 / rate.max(1)).max(1), Ordering::Relaxed);
-        let hist0 = crate::server_histograms(&http, base, STAGES).await;
+        let hist0 = crate::server_histograms(&http, base, crate::SERVER_STAGES).await;
         let cpu0 = cpu_us(pid);
         let gen0 = cpu_us(std::process::id());
         let t0 = Instant::now();
@@ -245,7 +233,10 @@ pub async fn run(server: &str, base: &str, pid: u32) -> anyhow::Result<()> {
         let secs = t0.elapsed().as_secs_f64();
         let cpu = cpu_us(pid).saturating_sub(cpu0);
         let generator = cpu_us(std::process::id()).saturating_sub(gen0);
-        let stages = crate::stages_between(&hist0, &crate::server_histograms(&http, base, STAGES).await);
+        let stages = crate::stages_between(
+            &hist0,
+            &crate::server_histograms(&http, base, crate::SERVER_STAGES).await,
+        );
         let s = std::mem::take(&mut *shared.stats[i].lock().unwrap());
         let ack = percentiles(s.ack_us);
         let delivery = percentiles(s.delivery_us);

@@ -247,18 +247,8 @@ async fn scenario(
         .collect();
     let generator_cpu_ms = cpu_us(std::process::id()).saturating_sub(generator_before) / 1000;
     let received = r.received.load(Ordering::Relaxed);
-    let stages = emosation_bench::server_stages(
-        &reqwest::Client::new(),
-        &bases[0],
-        &[
-            "emosation_ingest_append_seconds",
-            "emosation_ingest_decision_seconds",
-            "emosation_fanout_read_to_queued_seconds",
-            "emosation_log_group_commit_seconds{phase=\"write\"}",
-            "emosation_log_group_commit_seconds{phase=\"sync\"}",
-        ],
-    )
-    .await;
+    let stages =
+        emosation_bench::server_stages(&reqwest::Client::new(), &bases[0], emosation_bench::SERVER_STAGES).await;
     let mut all = Vec::new();
     // Per message (by its id): its send time, its first receiver's latency,
     // and how much later its last receiver got it (the room's delivery spread).
