@@ -57,6 +57,15 @@ const WIDE_EVENT: u64 = 64;
 /// How long a tailer waits for the projector before looking again.
 const APPLIED_WAIT: Duration = Duration::from_secs(1);
 
+/// How long a subscription without `since`, the first of its partition on
+/// this node, waits for the views to hold the records before the log's end,
+/// where its live delivery starts. A client that subscribes and then reads
+/// history (the web client does) would otherwise miss what was appended but
+/// not yet folded when it subscribed: not in the history it read, and before
+/// its live start. The projector is normally milliseconds behind; a longer
+/// wait would only hold up subscribes while it is down or replaying.
+const FRESH_START_WAIT: Duration = Duration::from_secs(2);
+
 impl Feed {
     /// `batch_window`: after a delivery that reached a wide room (at least
     /// [`WIDE_EVENT`] subscribers here), the partition's next delivery
@@ -129,12 +138,23 @@ impl Feed {
             _ => None,
         };
         let end = match boundary(self.hub.tailer_next(p)) {
+            // A tailer moves past a batch only once the views hold it.
             Some(end) => end,
-            None => self
-                .log
-                .end_offset(Topic::Rooms, p)
-                .await
-                .map_err(|e| FrameError::new("unavailable", e.to_string()))?,
+            None => {
+                let end = self
+                    .log
+                    .end_offset(Topic::Rooms, p)
+                    .await
+                    .map_err(|e| FrameError::new("unavailable", e.to_string()))?;
+                // Live delivery of a subscription without `since` starts at
+                // `end`: what is before it must be in the views by the time
+                // `subscribed` goes out, so that history read after it has
+                // everything up to the cursor (see `FRESH_START_WAIT`).
+                if since.is_none() && end > 0 {
+                    self.views_reach(p, end - 1).await;
+                }
+                end
+            }
         };
         let since = match since {
             None => None,
@@ -174,6 +194,25 @@ impl Feed {
             });
         }
         Ok(reg.cursor)
+    }
+
+    /// Waits, at most [`FRESH_START_WAIT`], until the views hold `offset` of
+    /// partition `p`. Beyond that (a projector far behind or down) it gives
+    /// up: the subscription then starts at the log's end as it would have,
+    /// and history read right after it may miss the records just before.
+    async fn views_reach(&self, p: u32, offset: u64) {
+        let at = tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            at = self.decisions.wait_applied(Topic::Rooms, p, offset, FRESH_START_WAIT) => at,
+        };
+        if at <= offset {
+            warn!(
+                partition = p,
+                applied = at,
+                end = offset + 1,
+                "a subscription starts at the log's end while the views are behind it"
+            );
+        }
     }
 
     /// Waits until the projector, in any process, has applied `offset` of
@@ -554,5 +593,55 @@ mod tests {
         feed.subscribe(Arc::clone(&conn), "room-a", None, Streams::ALL, &permits)
             .await
             .unwrap();
+    }
+
+    /// A subscription without `since` starts live delivery at the log's end,
+    /// and `subscribed` goes out only once the views hold everything before
+    /// it: history read after `subscribed` then has every record up to the
+    /// cursor, and live delivery has every one after it (no gap between).
+    #[tokio::test]
+    async fn a_fresh_subscription_waits_for_the_views_to_reach_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(&dir.path().join("log"), Topology::default()).unwrap());
+        let views: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("views")).unwrap());
+        let decisions = Arc::new(LocalDecisions::new());
+        let feed = Feed::new(
+            log.clone(),
+            views,
+            decisions.clone(),
+            Duration::ZERO,
+            CancellationToken::new(),
+        );
+        let mut last = None;
+        for i in 0..3 {
+            last = Some(log.append(Topic::Rooms, b"room-a", Bytes::from(vec![i])).await.unwrap());
+        }
+        let last = last.unwrap();
+        let conn = Arc::new(ConnHandle::new(1, "u".into(), 64, None));
+        let permits = Arc::new(Semaphore::new(1));
+        let subscribing = tokio::spawn({
+            let feed = Arc::clone(&feed);
+            async move { feed.subscribe(conn, "room-a", None, Streams::ALL, &permits).await }
+        });
+        // The views hold nothing yet: no answer.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !subscribing.is_finished(),
+            "subscribed before the views reached the log's end"
+        );
+        // The projector folds all but the last record: still waiting.
+        decisions.applied(Topic::Rooms, last.partition, last.offset);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !subscribing.is_finished(),
+            "subscribed before the views held the last record"
+        );
+        decisions.applied(Topic::Rooms, last.partition, last.offset + 1);
+        let cursor = tokio::time::timeout(Duration::from_secs(5), subscribing)
+            .await
+            .expect("subscribed once the views reached the end")
+            .unwrap()
+            .unwrap();
+        assert_eq!(cursor, last.to_id(), "live delivery starts after the last record");
     }
 }

@@ -223,8 +223,10 @@ export class ChatRoom {
     this.live.addEventListener('open', this.onOpen);
     this.live.addEventListener('reset', this.onReset);
     document.addEventListener('visibilitychange', this.onVisible);
-    // Subscribe first, then read history: anything posted in between comes
-    // both ways and is shown once.
+    // Subscribe, and read history at once for a quick first paint; it is
+    // read again when `subscribed` confirms the subscription
+    // (reconcileHistory), which closes any gap between the two. Anything
+    // that comes both ways is shown once (by id).
     // `presence`: this is the room shown, so this user has it open.
     this.live.watch(this.roomId, ['chat', 'emotion', 'presence']);
     this.ctx.sidebar?.setActive(this.roomId);
@@ -351,6 +353,24 @@ export class ChatRoom {
     this.fillViewport();
   }
 
+  /**
+   * The newest page of history read again once a subscription of this room
+   * is confirmed, merged by id. A subscription without `since` delivers
+   * live from its `subscribed` cursor, and the server sends `subscribed`
+   * once the views hold everything up to that cursor: history read now has
+   * all of it, where the read made when the subscribe went out may have
+   * come too early (HTTP can overtake the socket's subscribe). It also
+   * brings what a subscription on other streams (the sidebar's, chat only)
+   * passed over before this one took its place: an emotion, say.
+   */
+  async reconcileHistory() {
+    const page = await this.fetchPage(null);
+    if (!page || this.destroyed) return;
+    const stick = this.nearEnd();
+    for (const m of page.messages) this.addMessage(m, false);
+    if (stick) this.scrollToEnd();
+  }
+
   async fetchPage(before) {
     const q = new URLSearchParams({ limit: String(PAGE) });
     if (before) q.set('before', before);
@@ -418,7 +438,8 @@ export class ChatRoom {
   }
 
   addMessage(m, live) {
-    if (this.msgs.has(m.message_id)) return;
+    const known = this.msgs.get(m.message_id);
+    if (known) return this.refresh(known, m);
     const mine = m.author_id === this.me.user_id;
     const foot = h('div', { class: 'foot' });
     const li = h('li', { class: `msg${mine ? ' mine' : ''}`, dataset: { key: m.message_id, id: m.message_id } },
@@ -452,6 +473,23 @@ export class ChatRoom {
       this.markReadSoon();
       this.refreshActivity();
     }
+  }
+
+  /**
+   * A message already on screen, as a later read of history has it: what a
+   * frame may not have brought (see reconcileHistory). A live change already
+   * applied is newer than the history's and stays.
+   */
+  refresh(li, m) {
+    if (li.classList.contains('deleted')) return;
+    if (m.deleted) {
+      this.showDeleted(li);
+      this.emotions.delete(m.message_id);
+      return;
+    }
+    if (m.edited_at && !this.changes.has(m.message_id) && !li.querySelector('.edited')) this.showEdited(li, m.text, m.edited_at);
+    const had = this.emotions.get(m.message_id);
+    if (m.emotion && (!had || had.cursor < m.emotion.cursor)) this.setEmotion(m.emotion, false);
   }
 
   // ---- edits and deletes ----
@@ -633,6 +671,9 @@ export class ChatRoom {
         break;
       case 'error':
         if (f.client_msg_id && this.pending.has(f.client_msg_id)) this.markFailed(this.pending.get(f.client_msg_id));
+        break;
+      case 'subscribed':
+        this.reconcileHistory();
         break;
       case 'unsubscribed':
         // We left the room (here or in another tab).
