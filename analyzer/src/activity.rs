@@ -21,7 +21,9 @@
 //! record, the batch's entities are all readable (on Scylla, whose other
 //! readers may see a batch half-written, the stored position is the batch's
 //! `materialized` watermark), so a message missing then was refused by the
-//! fold.
+//! fold. With the projector in the same process it need not look: the
+//! projector's report of what took effect ([`Decisions::took_effect`]) is
+//! the same answer for a post.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -59,8 +61,19 @@ impl ActivityConsumer {
         ActivityConsumer { views, decisions }
     }
 
-    /// Which of `posts` the fold stored (a `Message` entity at its position).
-    async fn stored(&self, posts: &[(LogPosition, MessagePosted)]) -> Result<Vec<bool>, ConsumerError> {
+    /// Which of `posts` the fold stored (a `Message` entity at its position):
+    /// from the projector's report when it is in this process
+    /// ([`Decisions::took_effect`], the same answer), else from the views.
+    async fn stored(
+        &self,
+        topic: Topic,
+        partition: u32,
+        posts: &[(LogPosition, MessagePosted)],
+    ) -> Result<Vec<bool>, ConsumerError> {
+        let offsets: Vec<u64> = posts.iter().map(|(pos, _)| pos.offset).collect();
+        if let Some(known) = self.decisions.took_effect(topic, partition, &offsets) {
+            return Ok(known);
+        }
         let keys: Vec<ViewKey> = posts
             .iter()
             .map(|(pos, m)| ViewKey::Message {
@@ -107,7 +120,7 @@ impl AnalyticsConsumer for ActivityConsumer {
         crate::core_caught_up(&*self.decisions, topic, partition, last).await?;
         let mut hours: BTreeMap<ViewKey, ActivityView> = BTreeMap::new();
         if !posts.is_empty() {
-            let stored = self.stored(&posts).await?;
+            let stored = self.stored(topic, partition, &posts).await?;
             let counted: Vec<&MessagePosted> = posts
                 .iter()
                 .zip(stored)

@@ -65,6 +65,7 @@ enum Effect {
 }
 
 struct Candidate {
+    offset: u64,
     at: i64,
     check: ViewKey,
     effect: Effect,
@@ -78,7 +79,9 @@ impl AdminConsumer {
     }
 
     fn candidate(topic: Topic, pos: LogPosition, record: Record) -> Option<Candidate> {
+        let offset = pos.offset;
         let audit = |at: i64, action: &str, by: String, user_id: String, username: String| Candidate {
+            offset,
             at,
             check: ViewKey::Username(normalize_username(&username)),
             effect: Effect::Audit(AuditEntryView {
@@ -92,6 +95,7 @@ impl AdminConsumer {
         };
         match (topic, record) {
             (Topic::Accounts, Record::UserSignedUp(r)) => Some(Candidate {
+                offset,
                 at: r.at,
                 check: ViewKey::User(pos.to_id()),
                 effect: Effect::Signup,
@@ -111,6 +115,7 @@ impl AdminConsumer {
                 Some(audit(r.at, "account_restored", by, r.user_id, r.username))
             }
             (Topic::Rooms, Record::RoomCreated(r)) => Some(Candidate {
+                offset,
                 at: r.at,
                 check: ViewKey::Room(r.room_id),
                 effect: Effect::Room {
@@ -122,6 +127,7 @@ impl AdminConsumer {
             // post has none, a repeat names the first): a 16-byte value to
             // read where the message itself would be a whole copy.
             (Topic::Rooms, Record::MessagePosted(r)) => Some(Candidate {
+                offset,
                 at: r.at,
                 check: ViewKey::ClientMsg {
                     room_id: r.room_id,
@@ -133,6 +139,7 @@ impl AdminConsumer {
             (Topic::Rooms, Record::EmotionRecorded(r)) if r.edit_id.is_none() => {
                 let label: Label = r.label.parse().ok()?;
                 Some(Candidate {
+                    offset,
                     at: r.at,
                     check: ViewKey::emotion(&r.room_id, &r.message_id),
                     effect: Effect::Emotion {
@@ -143,6 +150,47 @@ impl AdminConsumer {
             }
             _ => None,
         }
+    }
+
+    /// The candidates the fold accepted. A post's and a first emotion's
+    /// answer comes from the projector's report when it is in this process
+    /// ([`Decisions::took_effect`]: for these, the same answer as their
+    /// write-once check entity); the rest, and all of them without a
+    /// report, from the views, in one lookup.
+    async fn accepted_of<'a>(
+        &self,
+        topic: Topic,
+        partition: u32,
+        candidates: &'a [Candidate],
+    ) -> Result<Vec<&'a Candidate>, ConsumerError> {
+        let reported = |c: &Candidate| matches!(c.effect, Effect::Message { .. } | Effect::Emotion { .. });
+        let offsets: Vec<u64> = candidates.iter().filter(|c| reported(c)).map(|c| c.offset).collect();
+        let mut known = match offsets.is_empty() {
+            true => None,
+            false => self.decisions.took_effect(topic, partition, &offsets),
+        }
+        .map(Vec::into_iter);
+        let checks: Vec<ViewKey> = candidates
+            .iter()
+            .filter(|c| known.is_none() || !reported(c))
+            .map(|c| c.check.clone())
+            .collect();
+        let mut found = match checks.is_empty() {
+            true => Vec::new(),
+            false => self.views.load(&checks).await?,
+        }
+        .into_iter();
+        let mut accepted = Vec::new();
+        for c in candidates {
+            let yes = match known.as_mut() {
+                Some(known) if reported(c) => known.next().unwrap_or(false),
+                _ => Self::accepted(c, found.next().flatten().as_ref()),
+            };
+            if yes {
+                accepted.push(c);
+            }
+        }
+        Ok(accepted)
     }
 
     /// Whether the fold accepted the candidate, given its check entity.
@@ -191,14 +239,7 @@ impl AnalyticsConsumer for AdminConsumer {
         crate::core_caught_up(&*self.decisions, topic, partition, last).await?;
         let mut changes: Vec<(ViewKey, Option<ViewValue>)> = Vec::new();
         if !candidates.is_empty() {
-            let checks: Vec<ViewKey> = candidates.iter().map(|c| c.check.clone()).collect();
-            let found = self.views.load(&checks).await?;
-            let accepted: Vec<&Candidate> = candidates
-                .iter()
-                .zip(&found)
-                .filter(|(c, f)| Self::accepted(c, f.as_ref()))
-                .map(|(c, _)| c)
-                .collect();
+            let accepted = self.accepted_of(topic, partition, &candidates).await?;
             // This batch's counts by UTC day (the totals are their sum),
             // then added to what is stored.
             let mut days: BTreeMap<i64, AdminCountsView> = BTreeMap::new();

@@ -611,6 +611,24 @@ fn close_direct(state: &mut impl FoldState, r: &RelationshipChanged) {
     put_room(state, room);
 }
 
+/// Whether an outcome changed the views: the record was accepted and was
+/// not a repeat of something already folded (a post whose `client_msg_id`
+/// was seen, an emotion after the message's first, a join of a member
+/// already in, a second delete). Reported by the projector per record
+/// ([`Decisions::folded`](crate::ports::Decisions::folded)).
+pub fn took_effect(outcome: &Outcome) -> bool {
+    match outcome {
+        Err(_) => false,
+        Ok(
+            Accepted::Posted { duplicate, .. }
+            | Accepted::EmotionRecorded { duplicate }
+            | Accepted::MessageDeleted { duplicate, .. },
+        ) => !duplicate,
+        Ok(Accepted::Joined { changed, .. }) => *changed,
+        Ok(_) => true,
+    }
+}
+
 /// Folds one record into `state` and says what was decided. The record is
 /// consumed: its strings move into the views instead of being copied.
 pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Outcome {

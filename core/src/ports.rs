@@ -364,6 +364,30 @@ pub trait Decisions: Send + Sync + 'static {
     /// Either way, once it resolves past `offset`, a read of the views sees
     /// every entity the fold wrote for records up to `offset`.
     fn wait_applied(&self, topic: Topic, partition: u32, offset: u64, timeout: Duration) -> AppliedTicket;
+
+    /// Reported by a projector once a batch of a partition is applied,
+    /// before its watermark (`applied`): the records of `[from, next)` that
+    /// took effect ([`took_effect`](crate::fold::took_effect)), by offset,
+    /// ascending. An adapter may keep the latest reports to answer
+    /// [`Decisions::took_effect`]; the default keeps nothing.
+    fn folded(&self, _topic: Topic, _partition: u32, _from: u64, _next: u64, _effective: &[u64]) {}
+
+    /// For each of `offsets` (of one partition, ascending), whether the
+    /// record there took effect in the fold — if this adapter holds a
+    /// projector's report (`folded`) covering every one of them: one in this
+    /// process, recently. Otherwise `None`, and the caller asks the views.
+    ///
+    /// Readers of the log that would look up an entity only to learn what
+    /// the fold decided about a record (the fan-out, the dashboards) ask
+    /// here first. The answer is the views' answer, whenever asked, for the
+    /// records whose effect is a write-once entity at their own position: a
+    /// `MessagePosted` took effect iff its `Message` (and idempotency key)
+    /// is stored, an `EmotionRecorded` of the message as posted (no
+    /// `edit_id`) iff its `Emotion` is. For other records it tells what the
+    /// fold decided at the time, which later records may have undone.
+    fn took_effect(&self, _topic: Topic, _partition: u32, _offsets: &[u64]) -> Option<Vec<bool>> {
+        None
+    }
 }
 
 /// A pending wait for an applied watermark.

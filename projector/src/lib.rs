@@ -193,15 +193,22 @@ impl Consumer for Projector {
         self.decisions.applied(topic, partition, next);
     }
 
-    /// Folds and applies the batch, then reports the watermark and publishes
-    /// the decisions: an ingest node that answers its client after the
-    /// decision already sees the views updated.
+    /// Folds and applies the batch, then reports which records took effect
+    /// and the watermark, and publishes the decisions: an ingest node that
+    /// answers its client after the decision already sees the views updated.
     async fn handle_batch(&self, topic: Topic, partition: u32, entries: &[LogEntry]) -> Result<(), ConsumerError> {
         let Some(last) = entries.last() else {
             return Ok(());
         };
         let next = last.offset + 1;
         let folded = fold_and_apply(&*self.store, topic, partition, entries).await?;
+        let effective: Vec<u64> = folded
+            .iter()
+            .filter(|f| emosation_core::fold::took_effect(&f.outcome))
+            .map(|f| f.position.offset)
+            .collect();
+        self.decisions
+            .folded(topic, partition, entries[0].offset, next, &effective);
         self.decisions.applied(topic, partition, next);
         for f in folded {
             self.decisions.publish(

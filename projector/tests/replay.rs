@@ -628,3 +628,87 @@ async fn replay_never_stops_short_when_the_log_is_slow_to_answer() {
     assert_eq!(stats.records, 500, "every record was read despite the empty answers");
     assert_eq!(views.checksum().await.unwrap(), direct.checksum().await.unwrap());
 }
+
+/// What the projector reports as having taken effect (`Decisions::folded`,
+/// asked through `took_effect` by the fan-out and the dashboards instead of
+/// looking entities up) is exactly what the views say, for every post and
+/// every emotion of a message as posted: over a log full of repeated
+/// `client_msg_id`s, posts by non-members, emotions of unknown messages and
+/// second emotions, plus a record that does not decode and one that is
+/// not routed by its room (neither took effect; both are skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_effects_are_what_the_views_hold() {
+    use emosation_core::ports::Decisions;
+    use emosation_core::view::{ViewKey, ViewValue};
+    let dir = tempfile::tempdir().unwrap();
+    let topo = Topology {
+        accounts_partitions: 2,
+        rooms_partitions: 3,
+    };
+    let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(&dir.path().join("log"), topo).unwrap());
+    append_all(&*log, commands(6000, topo)).await;
+    log.append(Topic::Rooms, b"garbage", Bytes::from_static(b"not avro"))
+        .await
+        .unwrap();
+    let views: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("views")).unwrap());
+    let decisions = Arc::new(LocalDecisions::new());
+    let stop = CancellationToken::new();
+    let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions.clone());
+    let task = tokio::spawn(projector.run(stop.clone()));
+    wait_until_caught_up(&*log, &*views).await;
+
+    let (mut posts, mut emotions, mut stored) = (0, 0, 0);
+    for p in 0..topo.rooms_partitions {
+        let end = log.end_offset(Topic::Rooms, p).await.unwrap();
+        let entries = log
+            .fetch(Topic::Rooms, p, 0, end as usize, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(entries.len() as u64, end);
+        let mut asked = Vec::new();
+        for e in &entries {
+            let pos = LogPosition::new(p, e.offset);
+            let (record, key) = match emosation_schemas::decode(&e.value) {
+                Ok(Record::MessagePosted(m)) => {
+                    posts += 1;
+                    let key = ViewKey::message(&m.room_id, &pos.to_id());
+                    (Some(Record::MessagePosted(m)), Some(key))
+                }
+                Ok(Record::EmotionRecorded(r)) if r.edit_id.is_none() => {
+                    emotions += 1;
+                    let key = ViewKey::emotion(&r.room_id, &r.message_id);
+                    (Some(Record::EmotionRecorded(r)), Some(key))
+                }
+                Ok(_) => continue,
+                // Undecodable: the fold skips it, so it took no effect.
+                Err(_) => (None, None),
+            };
+            let in_views = match (record, key) {
+                (Some(Record::MessagePosted(_)), Some(key)) => views.load(&[key]).await.unwrap()[0].is_some(),
+                (Some(Record::EmotionRecorded(_)), Some(key)) => matches!(
+                    views.load(&[key]).await.unwrap().pop().flatten(),
+                    Some(ViewValue::Emotion(em)) if em.position == pos.to_id()
+                ),
+                _ => false,
+            };
+            stored += usize::from(in_views);
+            asked.push((e.offset, in_views));
+        }
+        let offsets: Vec<u64> = asked.iter().map(|(o, _)| *o).collect();
+        let reported = decisions
+            .took_effect(Topic::Rooms, p, &offsets)
+            .expect("the projector in this process reported the whole partition");
+        for ((offset, in_views), reported) in asked.iter().zip(reported) {
+            assert_eq!(reported, *in_views, "partition {p} offset {offset}");
+        }
+    }
+    assert!(posts > 300 && emotions > 100, "{posts} posts, {emotions} emotions");
+    assert!(
+        stored > 0 && stored < posts + emotions,
+        "some stored and some not: {stored}"
+    );
+    // Beyond what was reported: not known here.
+    assert_eq!(decisions.took_effect(Topic::Rooms, 0, &[u64::MAX - 1]), None);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

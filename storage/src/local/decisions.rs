@@ -38,6 +38,73 @@ pub struct LocalDecisions {
     reported: Arc<AtomicBool>,
     /// The view store whose core positions answer waits too.
     views: Option<Arc<dyn ViewStore>>,
+    /// Per partition, the latest stretch of the projector's reports of
+    /// which records took effect (`folded`), for `took_effect`.
+    effects: Mutex<HashMap<(Topic, u32), Effects>>,
+}
+
+/// Offsets of a partition whose fold reports are kept, at most: 32 KiB of
+/// bits per partition. Readers that follow the projector closely (the
+/// fan-out, the dashboards at their quarter-second linger) are well within
+/// it at any rate this server sustains; one further behind (a backfill)
+/// asks the views.
+const EFFECTS_KEPT: u64 = 1 << 18;
+
+/// One bit per offset, for a contiguous stretch of a partition's reports.
+#[derive(Debug)]
+struct Effects {
+    /// The first offset covered: where the reports began after a gap, or
+    /// the oldest kept.
+    from: u64,
+    /// One past the last offset covered.
+    to: u64,
+    /// The offset of bit 0 of `bits[0]` (a multiple of 64, `<= from`).
+    base: u64,
+    bits: std::collections::VecDeque<u64>,
+}
+
+impl Effects {
+    fn starting_at(from: u64) -> Effects {
+        Effects {
+            from,
+            to: from,
+            base: from & !63,
+            bits: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Adds the report of `[from, next)`. A report that does not continue
+    /// the last one (a projector restarted elsewhere in the partition)
+    /// starts the stretch again: what lies between is not known here.
+    fn report(&mut self, from: u64, next: u64, effective: &[u64]) {
+        if from != self.to || next < from {
+            *self = Effects::starting_at(from);
+        }
+        let words = (next - self.base).div_ceil(64) as usize;
+        self.bits.resize(words.max(self.bits.len()), 0);
+        for &o in effective.iter().filter(|o| (from..next).contains(*o)) {
+            let i = o - self.base;
+            self.bits[(i / 64) as usize] |= 1 << (i % 64);
+        }
+        self.to = next;
+        while self.to - self.base > EFFECTS_KEPT + 64 {
+            self.bits.pop_front();
+            self.base += 64;
+        }
+        self.from = self.from.max(self.base);
+    }
+
+    fn get(&self, offsets: &[u64]) -> Option<Vec<bool>> {
+        offsets
+            .iter()
+            .map(|&o| {
+                (self.from..self.to).contains(&o).then(|| {
+                    let i = o - self.base;
+                    self.bits[(i / 64) as usize] >> (i % 64) & 1 == 1
+                })
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for LocalDecisions {
@@ -135,6 +202,23 @@ impl Decisions for LocalDecisions {
         advance(&self.watermark(topic, partition), next_offset);
     }
 
+    fn folded(&self, topic: Topic, partition: u32, from: u64, next: u64, effective: &[u64]) {
+        self.effects
+            .lock()
+            .expect("effects lock")
+            .entry((topic, partition))
+            .or_insert_with(|| Effects::starting_at(from))
+            .report(from, next, effective);
+    }
+
+    fn took_effect(&self, topic: Topic, partition: u32, offsets: &[u64]) -> Option<Vec<bool>> {
+        self.effects
+            .lock()
+            .expect("effects lock")
+            .get(&(topic, partition))?
+            .get(offsets)
+    }
+
     fn wait_applied(&self, topic: Topic, partition: u32, offset: u64, timeout: Duration) -> AppliedTicket {
         let watermark = self.watermark(topic, partition);
         let mut rx = watermark.subscribe();
@@ -200,6 +284,42 @@ mod tests {
     use super::*;
     use emosation_core::ids::LogPosition;
     use emosation_core::{Accepted, Outcome};
+
+    /// Reports are kept per partition as one stretch: known offsets are
+    /// answered, anything outside the stretch (before it, after it, across
+    /// a gap, or dropped as the oldest) is not.
+    #[test]
+    fn fold_reports_answer_only_for_the_stretch_they_cover() {
+        let d = LocalDecisions::new();
+        assert_eq!(d.took_effect(Topic::Rooms, 0, &[0]), None, "nothing reported");
+        d.folded(Topic::Rooms, 0, 100, 103, &[100, 102]);
+        d.folded(Topic::Rooms, 0, 103, 200, &[150, 199]);
+        assert_eq!(
+            d.took_effect(Topic::Rooms, 0, &[100, 101, 102, 150, 151, 199]),
+            Some(vec![true, false, true, true, false, true])
+        );
+        assert_eq!(d.took_effect(Topic::Rooms, 0, &[99, 100]), None, "before the stretch");
+        assert_eq!(d.took_effect(Topic::Rooms, 0, &[200]), None, "not reported yet");
+        assert_eq!(d.took_effect(Topic::Rooms, 1, &[150]), None, "another partition");
+        assert_eq!(d.took_effect(Topic::Accounts, 0, &[150]), None, "another topic");
+        // A report that does not continue the stretch starts it again.
+        d.folded(Topic::Rooms, 0, 300, 310, &[305]);
+        assert_eq!(d.took_effect(Topic::Rooms, 0, &[150]), None, "before the gap");
+        assert_eq!(d.took_effect(Topic::Rooms, 0, &[300, 305]), Some(vec![false, true]));
+        // The oldest offsets are dropped beyond EFFECTS_KEPT.
+        let mut at = 310;
+        while at < 310 + EFFECTS_KEPT + 1000 {
+            d.folded(Topic::Rooms, 0, at, at + 1000, &[at]);
+            at += 1000;
+        }
+        assert_eq!(d.took_effect(Topic::Rooms, 0, &[305]), None, "dropped as the oldest");
+        assert_eq!(
+            d.took_effect(Topic::Rooms, 0, &[at - 1000, at - 999]),
+            Some(vec![true, false])
+        );
+        let kept = d.effects.lock().unwrap()[&(Topic::Rooms, 0)].bits.len() as u64;
+        assert!(kept * 64 <= EFFECTS_KEPT + 128, "{kept} words kept");
+    }
 
     fn decision() -> Decision {
         let outcome: Outcome = Ok(Accepted::ReadMarkerSet);

@@ -210,6 +210,15 @@ impl Decisions for RedisDecisions {
     fn wait_applied(&self, topic: Topic, partition: u32, offset: u64, timeout: Duration) -> AppliedTicket {
         self.local.wait_applied(topic, partition, offset, timeout)
     }
+
+    /// Kept in this process only: readers elsewhere ask their views.
+    fn folded(&self, topic: Topic, partition: u32, from: u64, next: u64, effective: &[u64]) {
+        self.local.folded(topic, partition, from, next, effective);
+    }
+
+    fn took_effect(&self, topic: Topic, partition: u32, offsets: &[u64]) -> Option<Vec<bool>> {
+        self.local.took_effect(topic, partition, offsets)
+    }
 }
 
 #[cfg(test)]
