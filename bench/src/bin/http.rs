@@ -1,6 +1,10 @@
 //! HTTP on loopback against the release server (a child process):
 //! - `post`: `POST /v1/rooms/{id}/messages`, closed loop, many connections:
 //!   requests/s and latency percentiles (each 202 means durable and folded);
+//!   then (`http_post_emotions`) how many of the messages had their emotion
+//!   when the load stopped, how long until all did, and the rate with every
+//!   emotion in (the analyzer yields to the chat path, so a saturating
+//!   closed loop defers emotions: see `emotions_caught_up`);
 //! - `history`: `GET /v1/rooms/{id}/messages?limit=50` open loop at a fixed
 //!   rate (default 10,000 req/s): achieved rate and latency percentiles.
 //!
@@ -117,6 +121,9 @@ async fn run(name: &str, server: ServerProcess, engine: &str, history: bool) -> 
         json!({"bench": "http_post_messages", "server": name, "log": engine, "connections": conns, "seconds": elapsed, "accepted": n, "errors": errors,
                "req_per_sec": (n as f64 / elapsed).round(), "latency": percentiles(lat)})
     );
+    if name == "emosation" {
+        emotions_caught_up(&client, &base, &tokens[0], &room, n, elapsed).await?;
+    }
 
     if !history {
         return Ok(());
@@ -180,5 +187,52 @@ async fn run(name: &str, server: ServerProcess, engine: &str, history: bool) -> 
                "errors": errors, "achieved_per_sec": (n as f64 / elapsed).round(), "latency": summary, "target_p99_us": 2000})
     );
     drop(server);
+    Ok(())
+}
+
+/// After `post`: how many of the `accepted` messages (all in `room`) had
+/// their emotion when the load stopped, and how long until all did. The
+/// analyzer runs at the lowest CPU priority, so at saturation it classifies
+/// in what time the chat path leaves, and a closed loop leaves none: the
+/// `post` rate alone is then a rate with emotions deferred. The rate with
+/// every emotion in is `accepted / (load seconds + seconds to catch up)`
+/// (bounded: it gives up after 120 s).
+async fn emotions_caught_up(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    room: &str,
+    accepted: usize,
+    load_secs: f64,
+) -> anyhow::Result<()> {
+    let url = format!("{base}/v1/rooms/{room}/emotions?limit=1");
+    let classified = async || -> anyhow::Result<u64> {
+        let v: serde_json::Value = client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(v["summary"]
+            .as_object()
+            .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum())
+            .unwrap_or(0))
+    };
+    let stopped = Instant::now();
+    let at_end = classified().await?;
+    let mut now = at_end;
+    while now < accepted as u64 && stopped.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = classified().await?;
+    }
+    let caught_up = (now >= accepted as u64).then(|| stopped.elapsed().as_secs_f64());
+    println!(
+        "{}",
+        json!({"bench": "http_post_emotions", "accepted": accepted, "with_emotion_when_load_stopped": at_end,
+               "with_emotion_now": now, "all_classified_after_secs": caught_up,
+               "req_per_sec_with_every_emotion": caught_up.map(|c| (accepted as f64 / (load_secs + c)).round())})
+    );
     Ok(())
 }
