@@ -10,7 +10,8 @@
 //! Coherence: the store is written only by `apply` (and by bulk loads of
 //! entities that did not exist, which the cache never claims to know:
 //! it holds only entities that exist), so `apply` writes its changes through
-//! the cache after committing them. A read that misses loads from fjall and
+//! the cache after committing them — except idempotency keys, which only a
+//! repeated send reads again: their writes remove any copy instead. A read that misses loads from fjall and
 //! fills the cache only if no `apply` ran meanwhile (an epoch check under the
 //! cache's lock); otherwise a value read before a commit could outlive it.
 //!
@@ -129,6 +130,12 @@ impl EntityCache {
         inner.epoch += 1;
         for (k, v, bytes) in changes {
             match v {
+                // An idempotency key is read again only by a repeat of its
+                // send (the fold's duplicate check; a fresh key is never
+                // cached, it does not exist yet): one entity per message
+                // that would push a useful one out. Not kept, and no older
+                // copy may outlive the write.
+                Some(_) if matches!(k, ViewKey::ClientMsg { .. }) => inner.remove(&k),
                 Some(v) => inner.insert(Cow::Owned(k), Cow::Owned(v), bytes),
                 None => inner.remove(&k),
             }
@@ -274,6 +281,35 @@ mod tests {
         assert_eq!(cache.get(&key(2)).unwrap(), value("two"));
         cache.clear();
         assert!(cache.get(&key(2)).is_err());
+    }
+
+    /// An idempotency key's write is not kept (it is read again only by a
+    /// repeat of its send), and leaves no older copy answering.
+    #[test]
+    fn idempotency_keys_are_not_kept_on_write() {
+        let cache = EntityCache::default();
+        let cm = ViewKey::ClientMsg {
+            room_id: "r".into(),
+            user_id: "u".into(),
+            client_msg_id: "c".into(),
+        };
+        let id = |s: &str| ViewValue::ClientMsg(s.into());
+        cache.write([
+            (cm.clone(), Some(id("0000000000000001")), 40),
+            (key(1), Some(value("m")), 10),
+        ]);
+        assert!(cache.get(&cm).is_err(), "not kept");
+        assert_eq!(
+            cache.get(&key(1)).unwrap(),
+            value("m"),
+            "the batch's other entities are"
+        );
+        // Read from the store and kept; a later write must not leave it.
+        let epoch = cache.get(&cm).unwrap_err();
+        cache.fill(&cm, &id("0000000000000001"), 40, epoch);
+        assert!(cache.get(&cm).is_ok());
+        cache.write([(cm.clone(), Some(id("0000000000000002")), 40)]);
+        assert!(cache.get(&cm).is_err(), "the older copy is gone");
     }
 
     #[test]
