@@ -975,21 +975,8 @@ pub fn fold(state: &mut impl FoldState, pos: LogPosition, record: Record) -> Out
                 _ => None,
             };
             let emotion = |r: &crate::record::EmotionRecorded| -> Result<(usize, EmotionView), Rejection> {
-                let label: Label = r.label.parse().map_err(|_| Rejection::Malformed)?;
-                let scores: [f32; 7] = r.scores.as_slice().try_into().map_err(|_| Rejection::Malformed)?;
-                if !r.score.is_finite() || scores.iter().any(|s| !s.is_finite()) {
-                    return Err(Rejection::Malformed);
-                }
-                let view = EmotionView {
-                    room_id: r.room_id.clone(),
-                    message_id: r.message_id.clone(),
-                    label: label.as_str().to_owned(),
-                    score: r.score,
-                    scores,
-                    model: r.model.clone(),
-                    created_at: r.at,
-                    position: pos.to_id(),
-                };
+                let view = EmotionView::from_record(r, pos).ok_or(Rejection::Malformed)?;
+                let label: Label = view.label.parse().map_err(|_| Rejection::Malformed)?;
                 Ok((label_slot(label), view))
             };
             let Some(edit_id) = r.edit_id.clone() else {

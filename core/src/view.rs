@@ -214,6 +214,30 @@ pub struct EmotionView {
     pub position: String,
 }
 
+impl EmotionView {
+    /// The view an `EmotionRecorded` at `pos` makes, as the fold stores it
+    /// (the label in its canonical spelling); `None` for a record the fold
+    /// refuses as malformed (an unknown label, not seven scores, a score
+    /// that is not finite).
+    pub fn from_record(r: &crate::record::EmotionRecorded, pos: crate::ids::LogPosition) -> Option<EmotionView> {
+        let label: crate::emotion::Label = r.label.parse().ok()?;
+        let scores: [f32; 7] = r.scores.as_slice().try_into().ok()?;
+        if !r.score.is_finite() || scores.iter().any(|s| !s.is_finite()) {
+            return None;
+        }
+        Some(EmotionView {
+            room_id: r.room_id.clone(),
+            message_id: r.message_id.clone(),
+            label: label.as_str().to_owned(),
+            score: r.score,
+            scores,
+            model: r.model.clone(),
+            created_at: r.at,
+            position: pos.to_id(),
+        })
+    }
+}
+
 /// What changed in a room's membership, and the member count after it: what
 /// a fan-out node tells subscribers (`member_joined` / `member_left`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

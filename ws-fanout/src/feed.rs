@@ -19,7 +19,7 @@ use std::time::Duration;
 use emosation_core::Record;
 use emosation_core::ids::{LogPosition, Topic, partition_for};
 use emosation_core::ports::{Decisions, Log, LogEntry, ViewStore};
-use emosation_core::view::{ViewKey, ViewValue};
+use emosation_core::view::{EmotionView, ViewKey, ViewValue};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -275,25 +275,50 @@ impl Feed {
         out
     }
 
-    /// What the fold decided about candidates, as events in log order: one
-    /// view lookup for the whole batch. A failed lookup yields no events
-    /// (logged), like records the fold refused.
-    async fn decide(&self, candidates: Candidates) -> Vec<Event> {
+    /// What the fold decided about candidates of partition `p`, as events
+    /// in log order. Posts without attachments and first emotions are
+    /// decided by the projector's report when it runs in this process
+    /// ([`Decisions::took_effect`]: for these, the views' answer, and their
+    /// frames are made from the record alone); the rest, or all without a
+    /// report, by one view lookup for the batch. A failed lookup yields no
+    /// events (logged), like records the fold refused.
+    async fn decide(&self, p: u32, candidates: Candidates) -> Vec<Event> {
         let Candidates { keys, records } = candidates;
         if keys.is_empty() {
             return Vec::new();
         }
-        let values = match self.views.load(&keys).await {
-            Ok(v) => v,
-            Err(err) => {
-                warn!(error = %err, "fan-out view lookup");
-                return Vec::new();
-            }
+        let offsets: Vec<u64> = records.iter().filter(|c| c.reported()).map(|c| c.offset).collect();
+        let mut known = match offsets.is_empty() {
+            true => None,
+            false => self.decisions.took_effect(Topic::Rooms, p, &offsets),
+        }
+        .map(Vec::into_iter);
+        let keys: Vec<ViewKey> = match known {
+            None => keys,
+            Some(_) => keys
+                .into_iter()
+                .zip(&records)
+                .filter(|(_, c)| !c.reported())
+                .map(|(k, _)| k)
+                .collect(),
         };
+        let mut values = match keys.is_empty() {
+            true => Vec::new(),
+            false => match self.views.load(&keys).await {
+                Ok(v) => v,
+                Err(err) => {
+                    warn!(error = %err, "fan-out view lookup");
+                    return Vec::new();
+                }
+            },
+        }
+        .into_iter();
         records
             .into_iter()
-            .zip(values)
-            .filter_map(|(c, v)| c.decided(v))
+            .filter_map(|c| match known.as_mut() {
+                Some(known) if c.reported() => c.decided_by_report(p, known.next().unwrap_or(false)),
+                _ => c.decided(values.next().flatten()),
+            })
             .collect()
     }
 
@@ -389,7 +414,7 @@ impl Feed {
                 }
                 Self::candidates(p, records, |room, stream| interest.wants(room, stream))
             });
-            let events = self.decide(candidates).await;
+            let events = self.decide(p, candidates).await;
             let mut wide = false;
             if !events.is_empty() {
                 wide = self.hub.deliver(events, &mut flushes) >= WIDE_EVENT;
@@ -441,7 +466,7 @@ impl Feed {
                 conn.close(1011, "catch-up failed");
                 return;
             }
-            for ev in self.decide(candidates).await {
+            for ev in self.decide(p, candidates).await {
                 if self.hub.wants(conn.id, sub_id, &room, ev.stream) && !conn.push_waiting(ev.frame).await {
                     return;
                 }
@@ -490,6 +515,55 @@ struct Candidate {
 }
 
 impl Candidate {
+    /// Whether the projector's report decides it (see [`Feed::decide`]):
+    /// its effect is a write-once entity at its own position, and its frame
+    /// needs nothing but the record.
+    fn reported(&self) -> bool {
+        match &self.record {
+            Record::MessagePosted(r) => r.attachments.is_empty(),
+            Record::EmotionRecorded(r) => r.edit_id.is_none(),
+            _ => false,
+        }
+    }
+
+    /// The event of a [`Candidate::reported`] record, given whether it took
+    /// effect: the frame [`Candidate::decided`] makes from the stored
+    /// entity, made from the record (the entity is the record's content).
+    fn decided_by_report(self, p: u32, took_effect: bool) -> Option<Event> {
+        if !took_effect {
+            return None;
+        }
+        let Candidate {
+            offset,
+            record,
+            position,
+            deleted_at,
+        } = self;
+        match record {
+            Record::MessagePosted(r) => Some(Event {
+                offset,
+                frame: match deleted_at {
+                    Some(at) => protocol::tombstone(&r, &position, at),
+                    None => protocol::message(&r, &position, &[]),
+                },
+                room_id: r.room_id,
+                stream: Stream::Chat,
+                left: None,
+            }),
+            Record::EmotionRecorded(r) => {
+                let em = EmotionView::from_record(&r, LogPosition::new(p, offset))?;
+                Some(Event {
+                    offset,
+                    frame: protocol::emotion(&em),
+                    room_id: em.room_id,
+                    stream: Stream::Emotion,
+                    left: None,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// The event, given the value of `key` in the views.
     fn decided(self, value: Option<ViewValue>) -> Option<Event> {
         let Candidate {

@@ -355,7 +355,7 @@ export class ChatRoom {
 
   /**
    * The newest page of history read again once a subscription of this room
-   * is confirmed, merged by id. A subscription without `since` delivers
+   * that started live (without `since`) is confirmed, merged by id. It delivers
    * live from its `subscribed` cursor, and the server sends `subscribed`
    * once the views hold everything up to that cursor: history read now has
    * all of it, where the read made when the subscribe went out may have
@@ -673,7 +673,9 @@ export class ChatRoom {
         if (f.client_msg_id && this.pending.has(f.client_msg_id)) this.markFailed(this.pending.get(f.client_msg_id));
         break;
       case 'subscribed':
-        this.reconcileHistory();
+        // A resumed subscription replays what came after its cursor; one
+        // that started live leaves history to show what came before.
+        if (f.fresh) this.reconcileHistory();
         break;
       case 'unsubscribed':
         // We left the room (here or in another tab).

@@ -139,6 +139,9 @@ export class Live extends EventTarget {
     }
     if (f.room_id && f.cursor && CURSOR_FRAMES.has(f.type)) {
       const r = this.rooms.get(f.room_id);
+      // `fresh`: the subscription started live, without `since` (nothing
+      // replayed): what came before its cursor is for history to show.
+      if (r && f.type === 'subscribed') f.fresh = !!r.fresh;
       if (r && (!r.cursor || f.cursor > r.cursor)) r.cursor = f.cursor;
     }
     switch (f.type) {
@@ -164,6 +167,15 @@ export class Live extends EventTarget {
         this.stop('kicked');
         break;
       case 'session_ended':
+        // This socket outlived its access token (the renewed one came too
+        // late: a busy machine, a laptop waking up), which does not end the
+        // session. The server closes the socket; the next one opens with a
+        // fresh token (a refresh that fails does end the session) and
+        // resumes from the cursors.
+        if (f.reason === 'token_expired') {
+          this.helloed = false; // onClose renews the token before reconnecting
+          return;
+        }
         this.dispatchEvent(new CustomEvent('frame', { detail: f }));
         this.stop('ended');
         return;
@@ -203,6 +215,8 @@ export class Live extends EventTarget {
       if (r.cursor && r.resume) frame.since = r.cursor;
       this.send(frame);
       r.sent = true;
+      // Its `subscribed` says whether it resumed (see onFrame).
+      r.fresh = !frame.since;
       this.tokens -= 1;
     }
     if (this.queue.size) this.pumpTimer = setTimeout(() => this.pump(), 1000 / SUB_RATE);
