@@ -324,15 +324,23 @@ async fn spawn_admin(dir: &Path) -> (Child, Api) {
 }
 
 /// `GET /v1/admin/stats` once the admin consumer counted `messages`
-/// messages: its days and totals (never more than stored).
+/// messages and as many first emotions (each message gets exactly one, in
+/// the log after it: counting the messages alone could catch a consumer
+/// that keeps up closely before the last emotions): its days and totals
+/// (never more than stored).
 async fn admin_counts(api: &Api, messages: u64) -> Value {
     eventually("the admin counts caught up", Duration::from_secs(30), async || {
         let body = api.admin_get("/v1/admin/stats").await?;
         let counted = body["totals"]["messages"].as_u64().unwrap_or(0);
-        if counted < messages {
-            return Err(format!("{counted}/{messages}"));
+        let emotions: u64 = body["totals"]["emotions"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        if counted < messages || emotions < messages {
+            return Err(format!("{counted}/{messages} messages, {emotions}/{messages} emotions"));
         }
         assert_eq!(counted, messages, "never counted twice: {body}");
+        assert_eq!(emotions, messages, "one first emotion each: {body}");
         assert_eq!(body["totals"]["users"], 1, "{body}");
         Ok(json!({"days": body["days"], "totals": body["totals"]}))
     })
