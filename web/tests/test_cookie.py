@@ -4,6 +4,7 @@ in localStorage but who is logged in, and two tabs renewing their access
 tokens through the one rotating cookie never present a spent one."""
 
 import json
+import re
 
 from playwright.sync_api import expect
 
@@ -89,3 +90,32 @@ def test_a_refresh_token_kept_by_an_older_client_moves_into_the_cookie(people, s
     # The old token was spent by that refresh (rotation), as it should be.
     status, _ = server.call("POST", "/v1/auth/refresh", {"refresh_token": tokens["refresh_token"]})
     assert status == 401
+
+
+def test_a_socket_whose_token_runs_out_reconnects_and_the_session_goes_on(people, server):
+    """A renewal that comes too late for the socket (every refresh fails for
+    a while: the server ends the socket with `token_expired`) is not the end
+    of the session: the page keeps it, renews once refreshes get through,
+    reconnects and resumes — nothing missed, nothing logged out."""
+    wes = people("wes")
+    wes.signup_via_ui()
+    page = wes.page
+    room_id = create_room(page, "Late renewals", 4)
+    expect(page.locator(".status")).to_have_text("Live")
+    # Refreshes fail (as with no network) for longer than a token lives.
+    page.route("**/v1/auth/refresh", lambda route: route.abort("internetdisconnected"))
+    page.wait_for_timeout(6_000)
+    assert "#/login" not in page.url, page.url
+    expect(page.locator(".status")).not_to_have_text("Live")
+    # Posted while the page's socket is down: it must come on resume.
+    wes_token = server.login("wes")["access_token"]
+    status, _ = server.call(
+        "POST", f"/v1/rooms/{room_id}/messages", {"client_msg_id": "while-away", "text": "while you were away"}, wes_token
+    )
+    assert status == 202
+    page.unroute("**/v1/auth/refresh")
+    expect(page.locator(".status")).to_have_text(re.compile("Reconnected|Live"), timeout=30_000)
+    expect(page.locator(".timeline .msg:not(.pending) .text")).to_have_text(["while you were away"])
+    send(page, "and back")
+    expect(page.locator(".timeline .msg:not(.pending)")).to_have_count(2)
+    assert "#/login" not in page.url
