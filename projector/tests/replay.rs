@@ -286,8 +286,17 @@ async fn append_all(log: &dyn Log, records: Vec<Record>) {
 /// Runs a live projector over `log` into `views` until it has caught up,
 /// stops it, and returns the views' checksum.
 async fn project_live(log: &Arc<dyn Log>, views: &Arc<dyn ViewStore>) -> String {
+    project_live_reporting_to(log, views, Arc::new(LocalDecisions::new())).await
+}
+
+/// [`project_live`], with the projector reporting to `decisions`.
+async fn project_live_reporting_to(
+    log: &Arc<dyn Log>,
+    views: &Arc<dyn ViewStore>,
+    decisions: Arc<LocalDecisions>,
+) -> String {
     let stop = CancellationToken::new();
-    let projector = Projector::new(Arc::clone(log), Arc::clone(views), Arc::new(LocalDecisions::new()));
+    let projector = Projector::new(Arc::clone(log), Arc::clone(views), decisions);
     let task = tokio::spawn(projector.run(stop.clone()));
     wait_until_caught_up(&**log, &**views).await;
     stop.cancel();
@@ -652,10 +661,8 @@ async fn reported_effects_are_what_the_views_hold() {
         .unwrap();
     let views: Arc<dyn ViewStore> = Arc::new(EmbeddedViewStore::open(&dir.path().join("views")).unwrap());
     let decisions = Arc::new(LocalDecisions::new());
-    let stop = CancellationToken::new();
-    let projector = Projector::new(Arc::clone(&log), Arc::clone(&views), decisions.clone());
-    let task = tokio::spawn(projector.run(stop.clone()));
-    wait_until_caught_up(&*log, &*views).await;
+    // Stopped once caught up: what it reported stays with `decisions`.
+    project_live_reporting_to(&log, &views, decisions.clone()).await;
 
     let (mut posts, mut emotions, mut stored) = (0, 0, 0);
     for p in 0..topo.rooms_partitions {
@@ -709,6 +716,4 @@ async fn reported_effects_are_what_the_views_hold() {
     );
     // Beyond what was reported: not known here.
     assert_eq!(decisions.took_effect(Topic::Rooms, 0, &[u64::MAX - 1]), None);
-    stop.cancel();
-    task.await.unwrap().unwrap();
 }

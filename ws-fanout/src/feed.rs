@@ -540,26 +540,11 @@ impl Candidate {
             deleted_at,
         } = self;
         match record {
-            Record::MessagePosted(r) => Some(Event {
+            Record::MessagePosted(r) => Some(post_event(offset, r, &position, deleted_at, &[])),
+            Record::EmotionRecorded(r) => Some(emotion_event(
                 offset,
-                frame: match deleted_at {
-                    Some(at) => protocol::tombstone(&r, &position, at),
-                    None => protocol::message(&r, &position, &[]),
-                },
-                room_id: r.room_id,
-                stream: Stream::Chat,
-                left: None,
-            }),
-            Record::EmotionRecorded(r) => {
-                let em = EmotionView::from_record(&r, LogPosition::new(p, offset))?;
-                Some(Event {
-                    offset,
-                    frame: protocol::emotion(&em),
-                    room_id: em.room_id,
-                    stream: Stream::Emotion,
-                    left: None,
-                })
-            }
+                EmotionView::from_record(&r, LogPosition::new(p, offset))?,
+            )),
             _ => None,
         }
     }
@@ -573,40 +558,20 @@ impl Candidate {
             deleted_at,
         } = self;
         match (record, value) {
-            (Record::MessagePosted(r), Some(value)) => Some(Event {
-                offset,
-                frame: match deleted_at {
-                    Some(at) => protocol::tombstone(&r, &position, at),
-                    None => protocol::message(
-                        &r,
-                        &position,
-                        match &value {
-                            ViewValue::Message(m) => &m.attachments,
-                            _ => &[],
-                        },
-                    ),
-                },
-                room_id: r.room_id,
-                stream: Stream::Chat,
-                left: None,
-            }),
-            (Record::EmotionRecorded(_), Some(ViewValue::Emotion(em))) if em.position == position => Some(Event {
-                offset,
-                frame: protocol::emotion(&em),
-                room_id: em.room_id,
-                stream: Stream::Emotion,
-                left: None,
-            }),
-            (Record::EmotionRecorded(_), Some(ViewValue::MessageEdit(edit))) => {
-                let em = edit.emotion.filter(|em| em.position == position)?;
-                Some(Event {
-                    offset,
-                    frame: protocol::emotion(&em),
-                    room_id: em.room_id,
-                    stream: Stream::Emotion,
-                    left: None,
-                })
+            (Record::MessagePosted(r), Some(value)) => {
+                let attachments = match &value {
+                    ViewValue::Message(m) => m.attachments.as_slice(),
+                    _ => &[],
+                };
+                Some(post_event(offset, r, &position, deleted_at, attachments))
             }
+            (Record::EmotionRecorded(_), Some(ViewValue::Emotion(em))) if em.position == position => {
+                Some(emotion_event(offset, em))
+            }
+            (Record::EmotionRecorded(_), Some(ViewValue::MessageEdit(edit))) => Some(emotion_event(
+                offset,
+                edit.emotion.filter(|em| em.position == position)?,
+            )),
             (Record::MessageEdited(_) | Record::MessageDeleted(_), Some(ViewValue::MessageChange(c))) => Some(Event {
                 offset,
                 frame: protocol::message_change(&c, &position),
@@ -623,6 +588,38 @@ impl Candidate {
             }),
             _ => None,
         }
+    }
+}
+
+/// A post's event: the message (with `attachments`, from its stored
+/// entity), or its tombstone for a catch-up of a message deleted since.
+fn post_event(
+    offset: u64,
+    r: emosation_core::record::MessagePosted,
+    position: &str,
+    deleted_at: Option<i64>,
+    attachments: &[emosation_core::view::AttachmentRef],
+) -> Event {
+    Event {
+        offset,
+        frame: match deleted_at {
+            Some(at) => protocol::tombstone(&r, position, at),
+            None => protocol::message(&r, position, attachments),
+        },
+        room_id: r.room_id,
+        stream: Stream::Chat,
+        left: None,
+    }
+}
+
+/// An emotion's event, on the `emotion` stream.
+fn emotion_event(offset: u64, em: EmotionView) -> Event {
+    Event {
+        offset,
+        frame: protocol::emotion(&em),
+        room_id: em.room_id,
+        stream: Stream::Emotion,
+        left: None,
     }
 }
 
