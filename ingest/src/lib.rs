@@ -425,8 +425,10 @@ impl Ingest {
                 Err(_) => return Err(CommandError::DecisionPending { position: pos.to_id() }),
             };
             let accepted = decision.outcome?;
-            let unexpected = format!("unexpected outcome {accepted:?}");
-            answer(accepted, pos.to_id()).ok_or_else(|| CommandError::internal(what, unexpected))
+            // Described before `answer` takes it, and only if it is refused.
+            let described = accepted.clone();
+            answer(accepted, pos.to_id())
+                .ok_or_else(|| CommandError::internal(what, format!("unexpected outcome {described:?}")))
         }))
     }
 

@@ -99,7 +99,7 @@ pub fn capacity(c: Option<i64>) -> Result<i32, CommandError> {
 /// 1–4000 characters, not only invisible ones, no bidi controls; returns
 /// the text NFC-normalised (the length is counted after normalising).
 pub fn text(t: &str) -> Result<String, CommandError> {
-    let t: String = t.nfc().collect();
+    let t = nfc(t);
     if invisible(&t) {
         return Err(CommandError::Invalid(
             "text must not be empty or only invisible characters".into(),
@@ -114,6 +114,16 @@ pub fn text(t: &str) -> Result<String, CommandError> {
         ));
     }
     Ok(t)
+}
+
+/// `t` NFC-normalised; text that is so already (nearly all of it: any
+/// ASCII) is copied as it is, after a quick check, instead of being taken
+/// apart and composed again character by character.
+fn nfc(t: &str) -> String {
+    match unicode_normalization::is_nfc_quick(t.chars()) {
+        unicode_normalization::IsNormalized::Yes => t.to_owned(),
+        _ => t.nfc().collect(),
+    }
 }
 
 /// 1–128 printable characters.
