@@ -414,6 +414,10 @@ async fn send_loop(wr: &mut OwnedWriteHalf, index: usize, room: &str, shared: &S
     // Spread the sockets' phases over one interval.
     let mut seq: u64 = 1;
     let mut due: Option<Instant> = None;
+    // The interval `due` was scheduled with: a new step's rate re-phases
+    // the socket at once, instead of keeping the old schedule until its
+    // next send (which offered ~12% less than each later step's rate).
+    let mut scheduled_with = 0;
     loop {
         let interval = shared.interval_us.load(Ordering::Relaxed);
         if interval == 0 || shared.stop_sending.load(Ordering::Relaxed) {
@@ -421,10 +425,22 @@ async fn send_loop(wr: &mut OwnedWriteHalf, index: usize, room: &str, shared: &S
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
+        if interval != scheduled_with {
+            scheduled_with = interval;
+            due = None;
+        }
         let at = *due.get_or_insert_with(|| {
             Instant::now() + Duration::from_micros((index as u64).wrapping_mul(7919) % interval)
         });
-        tokio::time::sleep_until(at.into()).await;
+        // Asleep in slices of at most 500 ms, so that a new step's rate is
+        // seen within them, not one old interval later.
+        if at > Instant::now() {
+            let slice = Instant::now() + Duration::from_millis(500);
+            tokio::time::sleep_until(at.min(slice).into()).await;
+            if at > Instant::now() {
+                continue;
+            }
+        }
         if in_flight.sent.lock().unwrap().len() >= shared.window {
             // The window is full: wait for an ack, then send at once.
             let step = shared.step.load(Ordering::Relaxed);
