@@ -99,8 +99,8 @@ impl Ingest {
         };
         let decided = self
             .command("upload attachment", make, |a| match a {
-                Accepted::AttachmentUploaded { attachment_id } => Some(attachment_id),
-                _ => None,
+                Accepted::AttachmentUploaded { attachment_id } => Ok(attachment_id),
+                other => Err(other),
             })
             .await;
         let attachment_id = match decided {
@@ -202,8 +202,8 @@ impl Ingest {
                     };
                     let decided = self
                         .command("expire attachment", make, |a| match a {
-                            Accepted::AttachmentExpired { blob_key } => Some(blob_key),
-                            _ => None,
+                            Accepted::AttachmentExpired { blob_key } => Ok(blob_key),
+                            other => Err(other),
                         })
                         .await;
                     match decided {

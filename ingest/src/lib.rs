@@ -354,13 +354,13 @@ impl Ingest {
 
     /// Appends the record built by `make(request_id, at)`, waits for the
     /// fold's decision, and maps an acceptance to the command's answer with
-    /// `answer` (`None`: an acceptance this command cannot have, an internal
-    /// error). A rejection is the command's error.
+    /// `answer` (`Err` hands back an acceptance this command cannot have: an
+    /// internal error). A rejection is the command's error.
     async fn command<T: Send + 'static>(
         &self,
         what: &'static str,
         make: impl FnOnce(i64, i64) -> Record,
-        answer: impl FnOnce(Accepted) -> Option<T> + Send + 'static,
+        answer: impl FnOnce(Accepted) -> Result<T, Accepted> + Send + 'static,
     ) -> Result<T, CommandError> {
         self.begin(what, make, answer)?.await
     }
@@ -371,7 +371,7 @@ impl Ingest {
         &self,
         what: &'static str,
         make: impl FnOnce(i64, i64) -> Record,
-        answer: impl FnOnce(Accepted, String) -> Option<T> + Send + 'static,
+        answer: impl FnOnce(Accepted, String) -> Result<T, Accepted> + Send + 'static,
     ) -> Result<T, CommandError> {
         self.begin_at(what, make, answer)?.await
     }
@@ -383,7 +383,7 @@ impl Ingest {
         &self,
         what: &'static str,
         make: impl FnOnce(i64, i64) -> Record,
-        answer: impl FnOnce(Accepted) -> Option<T> + Send + 'static,
+        answer: impl FnOnce(Accepted) -> Result<T, Accepted> + Send + 'static,
     ) -> Result<Answer<T>, CommandError> {
         self.begin_at(what, make, |a, _| answer(a))
     }
@@ -393,7 +393,7 @@ impl Ingest {
         &self,
         what: &'static str,
         make: impl FnOnce(i64, i64) -> Record,
-        answer: impl FnOnce(Accepted, String) -> Option<T> + Send + 'static,
+        answer: impl FnOnce(Accepted, String) -> Result<T, Accepted> + Send + 'static,
     ) -> Result<Answer<T>, CommandError> {
         let request_id = rand::random::<i64>();
         let record = make(request_id, emosation_core::time::now_ms());
@@ -424,11 +424,9 @@ impl Ingest {
                 }
                 Err(_) => return Err(CommandError::DecisionPending { position: pos.to_id() }),
             };
-            let accepted = decision.outcome?;
-            // Described before `answer` takes it, and only if it is refused.
-            let described = accepted.clone();
-            answer(accepted, pos.to_id())
-                .ok_or_else(|| CommandError::internal(what, format!("unexpected outcome {described:?}")))
+            // `answer` hands back an acceptance this command cannot have.
+            answer(decision.outcome?, pos.to_id())
+                .map_err(|other| CommandError::internal(what, format!("unexpected outcome {other:?}")))
         }))
     }
 
@@ -488,8 +486,8 @@ impl Ingest {
         };
         let user_id = self
             .command("signup", make, |a| match a {
-                Accepted::SignedUp { user_id } => Some(user_id),
-                _ => None,
+                Accepted::SignedUp { user_id } => Ok(user_id),
+                other => Err(other),
             })
             .await?;
         Ok((user_id, username))
@@ -527,8 +525,8 @@ impl Ingest {
         };
         let opened = self
             .command("login", make, |a| match a {
-                Accepted::SessionOpened { expires_at } => Some(expires_at),
-                _ => None,
+                Accepted::SessionOpened { expires_at } => Ok(expires_at),
+                other => Err(other),
             })
             .await;
         let expires_at = match opened {
@@ -563,9 +561,9 @@ impl Ingest {
         };
         let rotated = self
             .command("refresh", make, |a| match a {
-                Accepted::Refreshed { generation, expires_at } => Some(Some((generation, expires_at))),
-                Accepted::RefreshReused => Some(None),
-                _ => None,
+                Accepted::Refreshed { generation, expires_at } => Ok(Some((generation, expires_at))),
+                Accepted::RefreshReused => Ok(None),
+                other => Err(other),
             })
             .await;
         match rotated {
@@ -602,7 +600,7 @@ impl Ingest {
                 expires_at,
             })
         };
-        self.command("logout", make, |_| Some(())).await?;
+        self.command("logout", make, |_| Ok(())).await?;
         self.end_sessions(&user.user_id, Some(&user.session_id), KickReason::Logout)
             .await;
         Ok(())
@@ -675,7 +673,7 @@ impl Ingest {
                 by: by.map(str::to_owned),
             })
         };
-        self.command("delete account", make, |_| Some(())).await?;
+        self.command("delete account", make, |_| Ok(())).await?;
         self.end_sessions(user_id, None, KickReason::AccountDeleted).await;
         Ok(())
     }
@@ -696,7 +694,7 @@ impl Ingest {
                 by: Some(by.to_owned()),
             })
         };
-        self.command("restore account", make, |_| Some(())).await
+        self.command("restore account", make, |_| Ok(())).await
     }
 
     pub async fn create_room(
@@ -726,8 +724,8 @@ impl Ingest {
             })
         };
         self.command("create room", make, |a| match a {
-            Accepted::RoomCreated(room) => Some(room),
-            _ => None,
+            Accepted::RoomCreated(room) => Ok(room),
+            other => Err(other),
         })
         .await
     }
@@ -754,8 +752,8 @@ impl Ingest {
             })
         };
         self.command("join", make, |a| match a {
-            Accepted::Joined { member_count, .. } => Some(member_count),
-            _ => None,
+            Accepted::Joined { member_count, .. } => Ok(member_count),
+            other => Err(other),
         })
         .await
     }
@@ -772,8 +770,8 @@ impl Ingest {
             })
         };
         self.command("quit", make, |a| match a {
-            Accepted::Quit { member_count } => Some(member_count),
-            _ => None,
+            Accepted::Quit { member_count } => Ok(member_count),
+            other => Err(other),
         })
         .await
     }
@@ -837,12 +835,12 @@ impl Ingest {
             })
         };
         self.begin("post", make, |a| match a {
-            Accepted::Posted { message_id, duplicate } => Some(Posted {
+            Accepted::Posted { message_id, duplicate } => Ok(Posted {
                 cursor: message_id.clone(),
                 message_id,
                 duplicate,
             }),
-            _ => None,
+            other => Err(other),
         })
     }
 
@@ -861,7 +859,7 @@ impl Ingest {
                 message_id: message_id.to_owned(),
             })
         };
-        self.command("mark read", make, |_| Some(())).await
+        self.command("mark read", make, |_| Ok(())).await
     }
 
     /// The checks an edit or delete of `message_id` in `room_id` makes
@@ -921,12 +919,12 @@ impl Ingest {
             })
         };
         self.command_at("edit message", make, |a, cursor| match a {
-            Accepted::MessageEdited { message_id, edited_at } => Some(Changed {
+            Accepted::MessageEdited { message_id, edited_at } => Ok(Changed {
                 message_id,
                 cursor,
                 at: edited_at,
             }),
-            _ => None,
+            other => Err(other),
         })
         .await
     }
@@ -953,12 +951,12 @@ impl Ingest {
         self.command_at("delete message", make, |a, cursor| match a {
             Accepted::MessageDeleted {
                 message_id, deleted_at, ..
-            } => Some(Changed {
+            } => Ok(Changed {
                 message_id,
                 cursor,
                 at: deleted_at,
             }),
-            _ => None,
+            other => Err(other),
         })
         .await
     }
@@ -1012,13 +1010,13 @@ impl Ingest {
         let (other_id, other_name) = (other.user_id.clone(), other.username.clone());
         let related = self
             .command("relationship", make, move |a| match a {
-                Accepted::Relationship { status, room_id } => Some(Related {
+                Accepted::Relationship { status, room_id } => Ok(Related {
                     other_id,
                     other_name,
                     status: status.as_str(),
                     room_id,
                 }),
-                _ => None,
+                other => Err(other),
             })
             .await?;
         // The other person hears of a request, or of being accepted, on
@@ -1076,8 +1074,8 @@ impl Ingest {
             })
         };
         self.command("admin role", make, |a| match a {
-            Accepted::AdminRole { granted } => Some(granted),
-            _ => None,
+            Accepted::AdminRole { granted } => Ok(granted),
+            other => Err(other),
         })
         .await
     }
