@@ -26,9 +26,9 @@ use axum::routing::get;
 use emosation_core::access;
 use emosation_core::emotion::Label;
 use emosation_core::ids::LogPosition;
-use emosation_core::ports::{Presence, ViewStore};
+use emosation_core::ports::{Presence, ViewQueries, ViewStore};
 use emosation_core::time;
-use emosation_core::view::{ViewKey, ViewValue};
+use emosation_core::view::{EmotionView, RoomView, ViewKey, ViewValue};
 use emosation_http::{ApiError, ApiPath, ApiQuery, AuthUser, Authenticator};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -97,7 +97,7 @@ pub fn routes(
 
 /// The room's changes to its messages so far (edits, deletes,
 /// re-classifications of edits): 0 for a room none was made in.
-async fn room_changes(views: &dyn ViewStore, room_id: &str) -> Result<u64, ApiError> {
+async fn room_changes(views: &dyn ViewQueries, room_id: &str) -> Result<u64, ApiError> {
     Ok(
         match views.load(&[ViewKey::room_edits(room_id)]).await?.pop().flatten() {
             Some(ViewValue::RoomEdits(e)) => e.changes,
@@ -496,6 +496,72 @@ struct EmotionsQuery {
     limit: Option<String>,
 }
 
+/// Reads of an emotions page before its answer goes with the summary as it
+/// stands, when edits keep landing between the page and the summary.
+const EMOTIONS_ATTEMPTS: u32 = 4;
+
+/// A room's newest `limit` emotions ([`emotions_page`]) and the room whose
+/// counts summarise them, read so that they agree.
+///
+/// The page and the summary are separate reads, and an edit's emotion (or
+/// a delete) folded between them would move a count the page had not seen:
+/// the page would show the message's first emotion next to a summary that
+/// no longer counts it. Every such fold bumps the room's change counter in
+/// the same view batch as the counts, so the page goes out with the summary
+/// only if the counter did not move around both reads; otherwise both are
+/// read again, [`EMOTIONS_ATTEMPTS`] times at most. New first emotions only
+/// add: the summary, read after the page, counts at least what it shows.
+async fn emotions_with_summary(
+    views: &dyn ViewQueries,
+    room_id: &str,
+    limit: usize,
+) -> Result<(Vec<EmotionView>, RoomView), ApiError> {
+    let mut changes = room_changes(views, room_id).await?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let page = emotions_page(views, room_id, limit, changes).await?;
+        let room = views
+            .room(room_id)
+            .await?
+            .ok_or(ApiError::from(emosation_core::Rejection::RoomNotFound))?;
+        let after = room_changes(views, room_id).await?;
+        if after == changes || attempts == EMOTIONS_ATTEMPTS {
+            return Ok((page, room));
+        }
+        changes = after;
+    }
+}
+
+/// The newest `limit` emotions of a room, each message's latest: an edit's
+/// emotion supersedes the message's first, and a deleted message has none
+/// (looked up only in a room with `changes`).
+async fn emotions_page(
+    views: &dyn ViewQueries,
+    room_id: &str,
+    limit: usize,
+    changes: u64,
+) -> Result<Vec<EmotionView>, ApiError> {
+    let emotions = views.emotions(room_id, limit).await?;
+    if changes == 0 {
+        return Ok(emotions);
+    }
+    let keys: Vec<ViewKey> = emotions
+        .iter()
+        .map(|e| ViewKey::message_edit(room_id, &e.message_id))
+        .collect();
+    let edits = views.load(&keys).await?;
+    Ok(emotions
+        .into_iter()
+        .zip(edits)
+        .filter_map(|(first, edit)| match edit {
+            Some(ViewValue::MessageEdit(e)) if e.deleted_at.is_some() => None,
+            Some(ViewValue::MessageEdit(e)) => Some(e.emotion.unwrap_or(first)),
+            _ => Some(first),
+        })
+        .collect())
+}
+
 async fn emotions(
     State(s): State<QueryState>,
     user: AuthUser,
@@ -504,30 +570,7 @@ async fn emotions(
 ) -> Result<axum::response::Response, ApiError> {
     access::member_room(&*s.views, &room_id, &user.user_id).await?;
     let limit = parse_limit(q.limit.as_deref(), DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?;
-    let mut emotions = s.views.emotions(&room_id, limit).await?;
-    // An edit's emotion supersedes the message's first; a deleted message
-    // has none.
-    if room_changes(&*s.views, &room_id).await? > 0 {
-        let keys: Vec<ViewKey> = emotions
-            .iter()
-            .map(|e| ViewKey::message_edit(&room_id, &e.message_id))
-            .collect();
-        let edits = s.views.load(&keys).await?;
-        emotions = emotions
-            .into_iter()
-            .zip(edits)
-            .filter_map(|(first, edit)| match edit {
-                Some(ViewValue::MessageEdit(e)) if e.deleted_at.is_some() => None,
-                Some(ViewValue::MessageEdit(e)) => Some(e.emotion.unwrap_or(first)),
-                _ => Some(first),
-            })
-            .collect();
-    }
-    // The summary counts every emotion of the room, not only this page. Read
-    // after the page: the views only grow, so it counts at least what the
-    // page shows (read before it, a batch of emotions folded in between
-    // would be on the page and missing from the summary).
-    let room = access::room(&*s.views, &room_id).await?;
+    let (emotions, room) = emotions_with_summary(&*s.views, &room_id, limit).await?;
     let summary: serde_json::Map<String, Value> = Label::ALL
         .iter()
         .zip(room.emotion_counts)
@@ -595,4 +638,186 @@ async fn activity(
         })).collect::<Vec<_>>(),
     });
     Ok(json::respond(&body, 96 + hours.len() * 64))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use emosation_core::Record;
+    use emosation_core::ids::{LogPosition, Topic, Topology, partition_for, random_id};
+    use emosation_core::ports::{CORE_VIEWS, LogEntry, StoreError, ViewBatch};
+    use emosation_core::record::{EmotionRecorded, MessageEdited, MessagePosted, RoomCreated};
+    use emosation_core::view::{ActivityView, FriendView, MemberView, MessageView};
+    use emosation_storage::EmbeddedViewStore;
+
+    use super::*;
+
+    /// A real store that folds the rest of a log right after the first read
+    /// of a message's edits: a live projector's batch landing between an
+    /// emotions page and its summary, which otherwise happens at random.
+    struct FoldsAfterTheEdits {
+        store: EmbeddedViewStore,
+        partition: u32,
+        rest: Mutex<Option<Vec<LogEntry>>>,
+        pages: AtomicUsize,
+    }
+
+    async fn fold(store: &EmbeddedViewStore, partition: u32, entries: &[LogEntry]) {
+        let (changes, _) = emosation_projector::fold_batch(store, Topic::Rooms, partition, entries)
+            .await
+            .unwrap();
+        let batch = ViewBatch {
+            consumer: CORE_VIEWS.to_owned(),
+            changes,
+            positions: vec![],
+        };
+        store.apply(batch).await.unwrap();
+    }
+
+    #[async_trait::async_trait]
+    impl ViewQueries for FoldsAfterTheEdits {
+        async fn load(&self, keys: &[ViewKey]) -> Result<Vec<Option<ViewValue>>, StoreError> {
+            let found = self.store.load(keys).await?;
+            // A message's edit (the room's change counter is a row of the
+            // same table, read before and after the page).
+            let edit =
+                |k: &ViewKey| matches!(k, ViewKey::MessageEdit { room_id, .. } if *k != ViewKey::room_edits(room_id));
+            if keys.iter().any(edit) {
+                let rest = self.rest.lock().unwrap().take();
+                if let Some(rest) = rest {
+                    fold(&self.store, self.partition, &rest).await;
+                }
+            }
+            Ok(found)
+        }
+        async fn rooms(&self, after: Option<&str>, limit: usize) -> Result<Vec<RoomView>, StoreError> {
+            self.store.rooms(after, limit).await
+        }
+        async fn members(&self, room: &str, after: Option<&str>, limit: usize) -> Result<Vec<MemberView>, StoreError> {
+            self.store.members(room, after, limit).await
+        }
+        async fn user_rooms(
+            &self,
+            user: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<MemberView>, StoreError> {
+            self.store.user_rooms(user, after, limit).await
+        }
+        async fn friends(&self, user: &str, after: Option<&str>, limit: usize) -> Result<Vec<FriendView>, StoreError> {
+            self.store.friends(user, after, limit).await
+        }
+        async fn usernames(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<(String, String)>, StoreError> {
+            self.store.usernames(prefix, after, limit).await
+        }
+        async fn history(
+            &self,
+            room: &str,
+            before: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<MessageView>, StoreError> {
+            self.store.history(room, before, limit).await
+        }
+        async fn emotions(&self, room: &str, limit: usize) -> Result<Vec<EmotionView>, StoreError> {
+            self.pages.fetch_add(1, Ordering::SeqCst);
+            self.store.emotions(room, limit).await
+        }
+        async fn activity(&self, room: &str, from: i64, to: i64) -> Result<Vec<ActivityView>, StoreError> {
+            self.store.activity(room, from, to).await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_emotions_page_and_its_summary_agree_when_an_edit_is_classified_between_them() {
+        let (room, alice) = (random_id(0xa1), random_id(0xb1));
+        let p = partition_for(room.as_bytes(), Topology::default().rooms_partitions);
+        let message_id = LogPosition::new(p, 1).to_id();
+        let emotion = |label: &str, edit_id: Option<String>| {
+            Record::EmotionRecorded(EmotionRecorded {
+                request_id: 0,
+                at: 3,
+                room_id: room.clone(),
+                message_id: message_id.clone(),
+                label: label.into(),
+                score: 0.6,
+                scores: vec![0.6, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05],
+                model: "test".into(),
+                edit_id,
+            })
+        };
+        let log = [
+            Record::RoomCreated(RoomCreated {
+                request_id: 0,
+                at: 1,
+                room_id: room.clone(),
+                name: "r".into(),
+                capacity: 10,
+                owner_id: alice.clone(),
+                owner_name: "alice".into(),
+            }),
+            Record::MessagePosted(MessagePosted {
+                request_id: 0,
+                at: 2,
+                room_id: room.clone(),
+                author_id: alice.clone(),
+                author: "alice".into(),
+                client_msg_id: "c1".into(),
+                text: "so happy".into(),
+                attachments: vec![],
+            }),
+            emotion("joy", None),
+            Record::MessageEdited(MessageEdited {
+                request_id: 0,
+                at: 4,
+                room_id: room.clone(),
+                message_id: message_id.clone(),
+                user_id: alice.clone(),
+                username: "alice".into(),
+                text: "so sad".into(),
+            }),
+            // The edit's emotion (the edit is the record at offset 3).
+            emotion("sadness", Some(LogPosition::new(p, 3).to_id())),
+        ];
+        let entries: Vec<LogEntry> = log
+            .iter()
+            .enumerate()
+            .map(|(i, r)| LogEntry {
+                offset: i as u64,
+                key: Bytes::from(r.key()),
+                value: Bytes::from(emosation_schemas::encode(r).unwrap()),
+                timestamp_ms: 0,
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let views = FoldsAfterTheEdits {
+            store: EmbeddedViewStore::open(dir.path()).unwrap(),
+            partition: p,
+            rest: Mutex::new(Some(entries[4..].to_vec())),
+            pages: AtomicUsize::new(0),
+        };
+        fold(&views.store, p, &entries[..4]).await;
+
+        let (page, summary) = emotions_with_summary(&views, &room, 50).await.unwrap();
+        let count = |l: Label| summary.emotion_counts[Label::ALL.iter().position(|x| *x == l).unwrap()];
+        assert_eq!(
+            (count(Label::Joy), count(Label::Sadness)),
+            (0, 1),
+            "the edit's emotion folded"
+        );
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].label, "sadness", "the page agrees with its summary");
+        assert_eq!(
+            views.pages.load(Ordering::SeqCst),
+            2,
+            "the page read before the edit's emotion was read again"
+        );
+    }
 }
