@@ -100,7 +100,7 @@ impl Ingest {
         let decided = self
             .command("upload attachment", make, |a| match a {
                 Accepted::AttachmentUploaded { attachment_id } => Ok(attachment_id),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })
             .await;
         let attachment_id = match decided {
@@ -203,7 +203,7 @@ impl Ingest {
                     let decided = self
                         .command("expire attachment", make, |a| match a {
                             Accepted::AttachmentExpired { blob_key } => Ok(blob_key),
-                            other => Err(other),
+                            other => Err(Box::new(other)),
                         })
                         .await;
                     match decided {

@@ -360,7 +360,7 @@ impl Ingest {
         &self,
         what: &'static str,
         make: impl FnOnce(i64, i64) -> Record,
-        answer: impl FnOnce(Accepted) -> Result<T, Accepted> + Send + 'static,
+        answer: impl FnOnce(Accepted) -> Result<T, Box<Accepted>> + Send + 'static,
     ) -> Result<T, CommandError> {
         self.begin(what, make, answer)?.await
     }
@@ -371,7 +371,7 @@ impl Ingest {
         &self,
         what: &'static str,
         make: impl FnOnce(i64, i64) -> Record,
-        answer: impl FnOnce(Accepted, String) -> Result<T, Accepted> + Send + 'static,
+        answer: impl FnOnce(Accepted, String) -> Result<T, Box<Accepted>> + Send + 'static,
     ) -> Result<T, CommandError> {
         self.begin_at(what, make, answer)?.await
     }
@@ -383,7 +383,7 @@ impl Ingest {
         &self,
         what: &'static str,
         make: impl FnOnce(i64, i64) -> Record,
-        answer: impl FnOnce(Accepted) -> Result<T, Accepted> + Send + 'static,
+        answer: impl FnOnce(Accepted) -> Result<T, Box<Accepted>> + Send + 'static,
     ) -> Result<Answer<T>, CommandError> {
         self.begin_at(what, make, |a, _| answer(a))
     }
@@ -393,7 +393,7 @@ impl Ingest {
         &self,
         what: &'static str,
         make: impl FnOnce(i64, i64) -> Record,
-        answer: impl FnOnce(Accepted, String) -> Result<T, Accepted> + Send + 'static,
+        answer: impl FnOnce(Accepted, String) -> Result<T, Box<Accepted>> + Send + 'static,
     ) -> Result<Answer<T>, CommandError> {
         let request_id = rand::random::<i64>();
         let record = make(request_id, emosation_core::time::now_ms());
@@ -487,7 +487,7 @@ impl Ingest {
         let user_id = self
             .command("signup", make, |a| match a {
                 Accepted::SignedUp { user_id } => Ok(user_id),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })
             .await?;
         Ok((user_id, username))
@@ -526,7 +526,7 @@ impl Ingest {
         let opened = self
             .command("login", make, |a| match a {
                 Accepted::SessionOpened { expires_at } => Ok(expires_at),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })
             .await;
         let expires_at = match opened {
@@ -563,7 +563,7 @@ impl Ingest {
             .command("refresh", make, |a| match a {
                 Accepted::Refreshed { generation, expires_at } => Ok(Some((generation, expires_at))),
                 Accepted::RefreshReused => Ok(None),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })
             .await;
         match rotated {
@@ -725,7 +725,7 @@ impl Ingest {
         };
         self.command("create room", make, |a| match a {
             Accepted::RoomCreated(room) => Ok(room),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
         .await
     }
@@ -753,7 +753,7 @@ impl Ingest {
         };
         self.command("join", make, |a| match a {
             Accepted::Joined { member_count, .. } => Ok(member_count),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
         .await
     }
@@ -771,7 +771,7 @@ impl Ingest {
         };
         self.command("quit", make, |a| match a {
             Accepted::Quit { member_count } => Ok(member_count),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
         .await
     }
@@ -840,7 +840,7 @@ impl Ingest {
                 message_id,
                 duplicate,
             }),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
     }
 
@@ -924,7 +924,7 @@ impl Ingest {
                 cursor,
                 at: edited_at,
             }),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
         .await
     }
@@ -956,7 +956,7 @@ impl Ingest {
                 cursor,
                 at: deleted_at,
             }),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
         .await
     }
@@ -1016,7 +1016,7 @@ impl Ingest {
                     status: status.as_str(),
                     room_id,
                 }),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })
             .await?;
         // The other person hears of a request, or of being accepted, on
@@ -1075,7 +1075,7 @@ impl Ingest {
         };
         self.command("admin role", make, |a| match a {
             Accepted::AdminRole { granted } => Ok(granted),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
         .await
     }
