@@ -56,7 +56,15 @@ def test_the_refresh_token_is_an_httponly_cookie_shared_by_tabs(people, server):
         expect(tab.locator(".status")).to_have_text("Live")
     assert not refused, f"requests refused with 401: {refused}"
 
-    # A reload resumes the session from the cookie.
+    # A reload resumes the session from the cookie. Not while this tab's own
+    # refresh is in flight: the reload would drop that refresh's answer (the
+    # rotated cookie), and the reloaded page would present the spent one,
+    # which ends the session (docs/api.md, "Reuse ends the session"). Just
+    # after one of its refreshes is answered the next is seconds away; the
+    # other tab's refreshes are serialised with the reloaded page's by the
+    # client's cross-tab lock.
+    with tab1.expect_request_finished(lambda r: r.url.endswith("/v1/auth/refresh"), timeout=15_000):
+        pass
     tab1.reload()
     expect(tab1.locator(f".my-rooms li[data-room-id='{room_id}']")).to_be_visible()
 
