@@ -5,7 +5,7 @@
 
 use crate::fold::Rejection;
 use crate::ids::is_id;
-use crate::ports::{StoreError, ViewStore};
+use crate::ports::{StoreError, ViewQueries};
 use crate::view::RoomView;
 
 /// Why a room check did not pass.
@@ -19,7 +19,7 @@ pub enum AccessError {
 }
 
 /// The room; [`Rejection::RoomNotFound`] for an unknown or malformed id.
-pub async fn room(views: &dyn ViewStore, room_id: &str) -> Result<RoomView, AccessError> {
+pub async fn room(views: &dyn ViewQueries, room_id: &str) -> Result<RoomView, AccessError> {
     if !is_id(room_id) {
         return Err(Rejection::RoomNotFound.into());
     }
@@ -31,7 +31,7 @@ pub async fn room(views: &dyn ViewStore, room_id: &str) -> Result<RoomView, Acce
 
 /// The room if `user_id` is a member: [`Rejection::RoomNotFound`], else
 /// [`Rejection::NotMember`].
-pub async fn member_room(views: &dyn ViewStore, room_id: &str, user_id: &str) -> Result<RoomView, AccessError> {
+pub async fn member_room(views: &dyn ViewQueries, room_id: &str, user_id: &str) -> Result<RoomView, AccessError> {
     let room = room(views, room_id).await?;
     if views.member(room_id, user_id).await?.is_none() {
         return Err(Rejection::NotMember.into());

@@ -521,10 +521,7 @@ async fn emotions_with_summary(
     loop {
         attempts += 1;
         let page = emotions_page(views, room_id, limit, changes).await?;
-        let room = views
-            .room(room_id)
-            .await?
-            .ok_or(ApiError::from(emosation_core::Rejection::RoomNotFound))?;
+        let room = access::room(views, room_id).await?;
         let after = room_changes(views, room_id).await?;
         if after == changes || attempts == EMOTIONS_ATTEMPTS {
             return Ok((page, room));
