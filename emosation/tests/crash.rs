@@ -326,8 +326,8 @@ async fn spawn_admin(dir: &Path) -> (Child, Api) {
 /// `GET /v1/admin/stats` once the admin consumer counted `messages`
 /// messages and as many first emotions (each message gets exactly one, in
 /// the log after it: counting the messages alone could catch a consumer
-/// that keeps up closely before the last emotions): its days and totals
-/// (never more than stored).
+/// that keeps up closely before the last emotions) and the one sign-up:
+/// its days and totals (never more than stored).
 async fn admin_counts(api: &Api, messages: u64) -> Value {
     eventually("the admin counts caught up", Duration::from_secs(30), async || {
         let body = api.admin_get("/v1/admin/stats").await?;
@@ -336,8 +336,13 @@ async fn admin_counts(api: &Api, messages: u64) -> Value {
             .as_object()
             .map(|m| m.values().filter_map(Value::as_u64).sum())
             .unwrap_or(0);
-        if counted < messages || emotions < messages {
-            return Err(format!("{counted}/{messages} messages, {emotions}/{messages} emotions"));
+        // Accounts are another topic, read by their own partition task: the
+        // sign-up may be counted after the last message.
+        let users = body["totals"]["users"].as_u64().unwrap_or(0);
+        if counted < messages || emotions < messages || users < 1 {
+            return Err(format!(
+                "{counted}/{messages} messages, {emotions}/{messages} emotions, {users}/1 users"
+            ));
         }
         assert_eq!(counted, messages, "never counted twice: {body}");
         assert_eq!(emotions, messages, "one first emotion each: {body}");
